@@ -1,0 +1,1 @@
+"""The SIP bridge and the simulated carrier trunk."""

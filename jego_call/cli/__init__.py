@@ -1,0 +1,1 @@
+"""The `jego` console script and its subcommands."""

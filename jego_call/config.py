@@ -1,0 +1,243 @@
+"""Configuration: frozen dataclasses loaded once from TOML, overridable by environment.
+
+Call `load_config(path)` once at start-up and pass the `Config` down; nothing reads the
+environment or the file after that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "jego.toml"
+ENV_PREFIX = "JEGO_"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    dir: str = "./data"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    token_ttl_s: int = 604800
+    min_password_length: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class IceConfig:
+    servers: tuple[dict[str, Any], ...] = ()
+    loopback_candidates: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CallsConfig:
+    ring_timeout_s: float = 45.0
+    max_call_s: float = 14400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SignallingConfig:
+    heartbeat_s: float = 5.0
+    auth_timeout_s: float = 10.0
+    max_message_bytes: int = 65536
+    max_frame_bytes: int = 1048576
+    max_sessions_per_user: int = 8
+    rate_per_s: float = 50.0
+    rate_burst: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingConfig:
+    max_text_chars: int = 4000
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_photo_bytes: int = 10 * 1024 * 1024
+    max_voice_s: float = 120.0
+    page_size: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierSection:
+    enabled: bool = True
+    config: str = "config/carrier.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSection:
+    enabled: bool = True
+    max_calls: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ice: IceConfig = field(default_factory=IceConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    signalling: SignallingConfig = field(default_factory=SignallingConfig)
+    messaging: MessagingConfig = field(default_factory=MessagingConfig)
+    carrier: CarrierSection = field(default_factory=CarrierSection)
+    bridge: BridgeSection = field(default_factory=BridgeSection)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir)
+
+
+_POSITIVE = {
+    "calls.ring_timeout_s", "calls.max_call_s", "signalling.heartbeat_s", "signalling.auth_timeout_s",
+    "signalling.max_message_bytes", "signalling.max_frame_bytes", "signalling.max_sessions_per_user",
+    "signalling.rate_per_s", "signalling.rate_burst", "messaging.max_text_chars", "messaging.max_file_bytes",
+    "messaging.max_photo_bytes", "messaging.max_voice_s", "messaging.page_size", "auth.token_ttl_s",
+    "bridge.max_calls",
+}
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        return dict(value)
+    if isinstance(tp, types.UnionType):  # pragma: no cover - no optional keys yet
+        return value
+    raise ConfigError(key, f"unsupported type {tp!r}")
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build the frozen dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}", "unknown key")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        value = data[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"expected a table [{key}], got {value!r}")
+            kwargs[f.name] = build(tp, value, f"{key}.")  # type: ignore[arg-type]
+        else:
+            kwargs[f.name] = _coerce(key, value, tp)
+            if key in _POSITIVE and kwargs[f.name] <= 0:
+                raise ConfigError(key, f"must be greater than 0, got {value!r}")
+    return cls(**kwargs)
+
+
+def _parse_env_value(key: str, raw: str, tp: Any) -> Any:
+    if tp is bool:
+        low = raw.strip().lower()
+        if low in {"1", "true", "yes", "on"}:
+            return True
+        if low in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(key, f"expected true or false, got {raw!r}")
+    if tp is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {raw!r}") from None
+    if tp is str:
+        return raw
+    # lists and tables: TOML syntax, e.g. JEGO_ICE_SERVERS='[{urls=["stun:host"]}]'
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(key, f"not a TOML value: {exc}") from None
+
+
+def env_overrides(cls: type, environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Map JEGO_<SECTION>_<KEY> variables onto {section: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    sections = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        for name in sections:
+            if not rest.startswith(name + "_"):
+                continue
+            key = rest[len(name) + 1:]
+            sub = hints[name]
+            sub_hints = typing.get_type_hints(sub)
+            if key not in sub_hints:
+                raise ConfigError(f"{name}.{key}", f"unknown key (from environment variable {var})")
+            out.setdefault(name, {})[key] = _parse_env_value(f"{name}.{key}", raw, sub_hints[key])
+            break
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Load `path` (default config/jego.toml), apply JEGO_* variables, then `overrides`."""
+    environ = os.environ if environ is None else environ
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    data: dict[str, Any] = {}
+    if path is not None or p.exists():
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"no such file: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(p), f"invalid TOML: {exc}") from None
+    for layer in (env_overrides(Config, environ), overrides or {}):
+        for section, values in layer.items():
+            current = data.setdefault(section, {})
+            if not isinstance(current, dict):
+                raise ConfigError(section, "expected a table")
+            current.update(values)
+    return build(Config, data)
