@@ -1,0 +1,402 @@
+"""Per-stream RTP state: RFC 3550 App. A.1 sequence validation, A.3 loss and A.8 jitter
+(:class:`RtpSource`), a bounded jitter buffer keyed on the extended sequence number
+(:class:`JitterBuffer`) and the sending side's seq/ts/ssrc counters (:class:`RtpSender`).
+
+Receive side: ``jb = JitterBuffer()``; for each parsed packet call ``jb.push(packet, now)``
+(``audio=False`` for telephone-event packets, which only occupy their sequence slot); every
+20 ms call ``jb.pop(now)`` and conceal ``None`` with silence. Read ``jb.stats()``.
+Send side: ``tx = RtpSender(payload_type=0)``; ``tx.packet(payload, 160).serialize()`` per frame.
+Times (``now``) are seconds from any monotonic clock supplied by the caller.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+
+from .packet import RTP_SEQ_MOD, RtpPacket, seq_delta, ts_delta
+
+# RFC 3550 App. A.1 constants.
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
+MIN_SEQUENTIAL = 2
+
+
+class RtpSource:
+    """Reception state of one SSRC (RFC 3550 App. A.1, A.3, A.8).
+
+    Create it on the first packet of an SSRC, then call :meth:`update` for every packet; it
+    returns the extended (cycle-counting) sequence number, or ``None`` while the source is
+    on probation or when the packet is a wild jump (A.1 ``update_seq`` returning 0).
+    """
+
+    def __init__(self, ssrc: int, seq: int, clock_rate: int = 8000, probation: int = MIN_SEQUENTIAL) -> None:
+        self.ssrc = ssrc
+        self.clock_rate = clock_rate
+        self.base_seq = seq
+        self.max_seq = seq
+        self.bad_seq = RTP_SEQ_MOD + 1
+        self.cycles = 0
+        self.received = 0
+        self.received_prior = 0
+        self.expected_prior = 0
+        # A.1: "init_seq(s, seq); s->max_seq = seq - 1; s->probation = MIN_SEQUENTIAL;"
+        self._init_seq(seq)
+        self.max_seq = (seq - 1) & 0xFFFF
+        self.probation = probation
+        self.resyncs = 0
+        self._last_arrival: tuple[float, int] | None = None  # (arrival in ts units, rtp ts)
+        self.jitter = 0.0  # A.8, in timestamp units
+
+    def _init_seq(self, seq: int) -> None:
+        self.base_seq = seq
+        self.max_seq = seq
+        self.bad_seq = RTP_SEQ_MOD + 1
+        self.cycles = 0
+        self.received = 0
+        self.received_prior = 0
+        self.expected_prior = 0
+
+    def update_seq(self, seq: int) -> bool:
+        """RFC 3550 App. A.1 ``update_seq``: True when the packet counts as valid."""
+        seq &= 0xFFFF
+        udelta = (seq - self.max_seq) & 0xFFFF
+        if self.probation:
+            # Source is not valid until MIN_SEQUENTIAL packets with sequential numbers arrive.
+            if seq == (self.max_seq + 1) & 0xFFFF:
+                self.probation -= 1
+                self.max_seq = seq
+                if self.probation == 0:
+                    self._init_seq(seq)
+                    self.received += 1
+                    return True
+            else:
+                self.probation = MIN_SEQUENTIAL - 1
+                self.max_seq = seq
+            return False
+        if udelta < MAX_DROPOUT:
+            # In order, with permissible gap.
+            if seq < self.max_seq:
+                self.cycles += RTP_SEQ_MOD  # sequence number wrapped
+            self.max_seq = seq
+        elif udelta <= RTP_SEQ_MOD - MAX_MISORDER:
+            # The sequence number made a very large jump.
+            if seq == self.bad_seq:
+                # Two sequential packets: assume the other side restarted without telling us.
+                self._init_seq(seq)
+                self.resyncs += 1
+            else:
+                self.bad_seq = (seq + 1) & 0xFFFF
+                return False
+        # else: duplicate or reordered packet
+        self.received += 1
+        return True
+
+    def extended(self, seq: int) -> int:
+        """Extended sequence number of ``seq`` relative to the highest seen (handles 65535 -> 0)."""
+        return self.cycles + self.max_seq + seq_delta(seq, self.max_seq)
+
+    @property
+    def extended_max(self) -> int:
+        return self.cycles + self.max_seq
+
+    def update_jitter(self, timestamp: int, arrival: float) -> None:
+        """RFC 3550 App. A.8: J += (|D(i-1,i)| - J) / 16, with arrival in seconds."""
+        arrival_ts = arrival * self.clock_rate
+        if self._last_arrival is not None:
+            # D(i,j) = (Rj - Ri) - (Sj - Si), timestamps compared modulo 2^32
+            last_arrival, last_ts = self._last_arrival
+            d = (arrival_ts - last_arrival) - ts_delta(timestamp, last_ts)
+            self.jitter += (abs(d) - self.jitter) / 16.0
+        self._last_arrival = (arrival_ts, timestamp)
+
+    def update(self, packet: RtpPacket, now: float, *, measure_jitter: bool = True) -> int | None:
+        """Validate ``packet`` (A.1), update jitter (A.8); return its extended seq or None."""
+        if not self.update_seq(packet.sequence_number):
+            return None
+        if measure_jitter:
+            self.update_jitter(packet.timestamp, now)
+        return self.extended(packet.sequence_number)
+
+    @property
+    def expected(self) -> int:
+        """A.3: packets expected = extended max - base + 1 (0 while on probation)."""
+        if self.probation:
+            return 0
+        return self.extended_max - self.base_seq + 1
+
+    @property
+    def cumulative_lost(self) -> int:
+        """A.3 cumulative number of packets lost (negative when duplicates arrived), clamped to 24 bits."""
+        return max(-0x800000, min(0x7FFFFF, self.expected - self.received))
+
+    def fraction_lost(self) -> float:
+        """A.3 fraction lost since the previous call (0.0 .. 1.0); advances the interval."""
+        expected_interval = self.expected - self.expected_prior
+        self.expected_prior = self.expected
+        received_interval = self.received - self.received_prior
+        self.received_prior = self.received
+        lost = expected_interval - received_interval
+        if expected_interval <= 0 or lost <= 0:
+            return 0.0
+        return lost / expected_interval
+
+    @property
+    def jitter_seconds(self) -> float:
+        return self.jitter / self.clock_rate
+
+
+class PushResult(Enum):
+    """What :meth:`JitterBuffer.push` did with a packet."""
+
+    ACCEPTED = "accepted"
+    PROBATION = "probation"  # held until the source is validated (A.1), then released
+    INVALID = "invalid"  # A.1 wild jump, dropped
+    DUPLICATE = "duplicate"
+    LATE = "late"  # its playout slot has passed
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Snapshot of a :class:`JitterBuffer` and its current :class:`RtpSource`."""
+
+    ssrc: int | None
+    received: int  # valid packets per A.1 (current SSRC, includes duplicates)
+    expected: int
+    lost: int  # A.3 cumulative lost, never below 0
+    jitter: float  # seconds (A.8)
+    accepted: int  # packets stored for playout (all SSRCs)
+    duplicates: int
+    late: int
+    invalid: int
+    overflow_dropped: int
+    played: int
+    concealed: int  # pops that returned None inside a started stream (gap or underrun)
+    underruns: int
+    resets: int
+    ssrc_changes: int
+    depth: int
+
+
+class JitterBuffer:
+    """Bounded playout buffer keyed on the extended sequence number.
+
+    ``capacity`` bounds the number of stored packets (oldest dropped first), so memory never
+    depends on sequence or timestamp values. Playout starts once ``prefetch`` packets are
+    buffered and restarts the same way after an underrun. The buffer flushes itself when the
+    SSRC changes, when the source resyncs (A.1) and when the timestamp jumps by more than
+    ``max_ts_jump`` seconds from where the sequence number says it should be.
+    """
+
+    def __init__(
+        self,
+        capacity: int = 16,
+        prefetch: int = 3,
+        clock_rate: int = 8000,
+        frame_samples: int = 160,
+        max_ts_jump: float = 5.0,
+    ) -> None:
+        if capacity < 1 or not 0 < prefetch <= capacity:
+            raise ValueError("need capacity >= 1 and 0 < prefetch <= capacity")
+        self.capacity = capacity
+        self.prefetch = prefetch
+        self.clock_rate = clock_rate
+        self.frame_samples = frame_samples
+        self.max_ts_jump = int(max_ts_jump * clock_rate)
+        self.source: RtpSource | None = None
+        self._slots: dict[int, bytes | None] = {}
+        self._next: int | None = None  # next extended seq to play, or floor while re-buffering
+        self._playing = False
+        self._held: list[tuple[RtpPacket, bool]] = []  # packets seen during A.1 probation
+        self._ref: tuple[int, int] | None = None  # (extended seq, timestamp) of the last audio packet
+        self._n = {
+            "accepted": 0, "duplicates": 0, "late": 0, "invalid": 0, "overflow_dropped": 0,
+            "played": 0, "concealed": 0, "underruns": 0, "resets": 0, "ssrc_changes": 0,
+        }  # fmt: skip
+
+    # -- receive ---------------------------------------------------------------------------
+    def push(self, packet: RtpPacket, now: float, *, audio: bool = True) -> PushResult:
+        """Account for ``packet`` and store its payload (``audio=False``: keep the slot silent)."""
+        if self.source is None or packet.ssrc != self.source.ssrc:
+            if self.source is not None:
+                self._n["ssrc_changes"] += 1
+                self.reset()
+            self.source = RtpSource(packet.ssrc, packet.sequence_number, self.clock_rate)
+            self._held.clear()
+        source = self.source
+        resyncs = source.resyncs
+        ext = source.update(packet, now, measure_jitter=audio)
+        if source.resyncs != resyncs:
+            self.reset()  # A.1 restart: the extended sequence space starts again
+        if ext is None:
+            if source.probation:
+                self._held = [*self._held[-(MIN_SEQUENTIAL - 1) :], (packet, audio)]
+                return PushResult.PROBATION
+            self._n["invalid"] += 1
+            return PushResult.INVALID
+        if self._held:
+            held, self._held = self._held, []
+            for old, old_audio in held:
+                if seq_delta(old.sequence_number, packet.sequence_number) < 0:
+                    self._store(source.extended(old.sequence_number), old, old_audio)
+        return self._store(ext, packet, audio)
+
+    def _store(self, ext: int, packet: RtpPacket, audio: bool) -> PushResult:
+        if audio:
+            if self._ref is not None:
+                ref_ext, ref_ts = self._ref
+                drift = ts_delta(packet.timestamp, ref_ts) - (ext - ref_ext) * self.frame_samples
+                if abs(drift) > self.max_ts_jump:
+                    self.reset()  # forged or restarted timestamp: resynchronise playout
+            self._ref = (ext, packet.timestamp)
+        if self._next is not None and ext < self._next:
+            self._n["late"] += 1
+            return PushResult.LATE
+        if ext in self._slots:
+            self._n["duplicates"] += 1
+            return PushResult.DUPLICATE
+        if self._next is not None and ext >= self._next + self.capacity:
+            # Far ahead: slide the window so that ext is its last slot (bounded work).
+            new_next = ext - self.capacity + 1
+            for key in [k for k in self._slots if k < new_next]:
+                del self._slots[key]
+                self._n["overflow_dropped"] += 1
+            self._next = new_next
+        self._slots[ext] = packet.payload if audio else None
+        self._n["accepted"] += 1
+        while len(self._slots) > self.capacity:
+            oldest = min(self._slots)
+            del self._slots[oldest]
+            self._n["overflow_dropped"] += 1
+            if self._next is not None and self._next <= oldest:
+                self._next = oldest + 1
+        return PushResult.ACCEPTED
+
+    # -- playout ---------------------------------------------------------------------------
+    def pop(self, now: float) -> bytes | None:
+        """Payload for the next 20 ms slot, or None: a gap, an underrun, or not started yet."""
+        del now  # playout is paced by the caller's clock; kept for symmetry with push
+        if not self._playing:
+            if len(self._slots) < self.prefetch:
+                return None
+            first = min(self._slots)
+            self._next = first if self._next is None else max(first, self._next)
+            self._playing = True
+        if not self._slots:
+            self._playing = False  # underrun: re-buffer ``prefetch`` packets before resuming
+            self._n["underruns"] += 1
+            self._n["concealed"] += 1
+            return None
+        assert self._next is not None
+        payload = self._slots.pop(self._next, None)
+        self._next += 1
+        if payload is None:
+            self._n["concealed"] += 1
+        else:
+            self._n["played"] += 1
+        # Latency control: when the buffer is nearly full, drop one extra frame per pop.
+        if self._slots and max(self._slots) - self._next >= self.capacity - 1:
+            self._slots.pop(self._next, None)
+            self._next += 1
+            self._n["overflow_dropped"] += 1
+        return payload
+
+    def reset(self) -> None:
+        """Forget buffered packets and playout position (keeps counters and the RtpSource)."""
+        if self._slots or self._next is not None:
+            self._n["resets"] += 1
+        self._slots.clear()
+        self._next = None
+        self._playing = False
+        self._ref = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._slots)
+
+    def stats(self) -> JitterStats:
+        src = self.source
+        return JitterStats(
+            ssrc=src.ssrc if src else None,
+            received=src.received if src else 0,
+            expected=src.expected if src else 0,
+            lost=max(0, src.cumulative_lost) if src else 0,
+            jitter=src.jitter_seconds if src else 0.0,
+            depth=len(self._slots),
+            **self._n,
+        )
+
+
+class RtpSender:
+    """Outgoing seq/ts/ssrc state (RFC 3550 §5.1): random initial values, wrap-safe counters.
+
+    Per 20 ms frame call :meth:`packet` (it advances the timestamp). Call
+    :meth:`start_talkspurt` after silence so the next packet carries the marker bit;
+    :meth:`skip` advances the clock for frames not sent; :meth:`event_packet` sends a packet
+    with an explicit timestamp (RFC 4733 events keep their start timestamp).
+    """
+
+    def __init__(
+        self,
+        payload_type: int,
+        *,
+        ssrc: int | None = None,
+        sequence_number: int | None = None,
+        timestamp: int | None = None,
+        clock_rate: int = 8000,
+        rng: random.Random | None = None,
+    ) -> None:
+        rnd = rng or random.SystemRandom()
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.ssrc = rnd.getrandbits(32) if ssrc is None else ssrc & 0xFFFFFFFF
+        self.sequence_number = rnd.getrandbits(16) if sequence_number is None else sequence_number & 0xFFFF
+        self.timestamp = rnd.getrandbits(32) if timestamp is None else timestamp & 0xFFFFFFFF
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self._marker_pending = True  # the first packet starts a talkspurt
+
+    def start_talkspurt(self) -> None:
+        """Mark the next audio packet (first packet after silence, RFC 3551 §4.1)."""
+        self._marker_pending = True
+
+    def skip(self, samples: int) -> None:
+        """Advance the media clock without sending (silence suppression, skipped ticks)."""
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        self._marker_pending = True
+
+    def _next_seq(self) -> int:
+        seq = self.sequence_number
+        self.sequence_number = (seq + 1) & 0xFFFF
+        return seq
+
+    def packet(self, payload: bytes, samples: int, *, payload_type: int | None = None) -> RtpPacket:
+        """Packet for the next frame at the current timestamp; then advance ts by ``samples``."""
+        pkt = RtpPacket(
+            payload_type=self.payload_type if payload_type is None else payload_type,
+            sequence_number=self._next_seq(),
+            timestamp=self.timestamp,
+            ssrc=self.ssrc,
+            payload=payload,
+            marker=self._marker_pending,
+        )
+        self._marker_pending = False
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
+        return pkt
+
+    def event_packet(self, payload: bytes, payload_type: int, timestamp: int, marker: bool) -> RtpPacket:
+        """Packet with an explicit timestamp (does not move the media clock)."""
+        pkt = RtpPacket(
+            payload_type=payload_type,
+            sequence_number=self._next_seq(),
+            timestamp=timestamp & 0xFFFFFFFF,
+            ssrc=self.ssrc,
+            payload=payload,
+            marker=marker,
+        )
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
+        return pkt
