@@ -102,7 +102,9 @@ class DtmfReceiver:
         self.malformed = 0
         self._seen: OrderedDict[tuple[int, int, int], DtmfEvent] = OrderedDict()
 
-    def receive(self, payload: bytes, timestamp: int, *, ssrc: int = 0, marker: bool = False) -> DtmfEvent | None:
+    def receive(
+        self, payload: bytes, timestamp: int, *, ssrc: int = 0, marker: bool = False
+    ) -> DtmfEvent | None:
         """Feed one packet; return the new event if this packet starts one, else None."""
         del marker  # the marker is advisory: a lost first packet must not lose the digit
         try:
@@ -170,7 +172,9 @@ def dtmf_packets(
     count = max(1, math.ceil(total / step))
     total = count * step if count * step <= MAX_DURATION else total
     out = [
-        DtmfPacket(TelephoneEvent(event, False, volume, min(step * (i + 1), total)).serialize(), i == 0, False)
+        DtmfPacket(
+            TelephoneEvent(event, False, volume, min(step * (i + 1), total)).serialize(), i == 0, False
+        )
         for i in range(count - 1)
     ]
     end_payload = TelephoneEvent(event, True, volume, total).serialize()
