@@ -1,0 +1,1 @@
+"""Sans-I/O SIP core: messages, URIs, auth, transactions, dialogs, SDP."""
