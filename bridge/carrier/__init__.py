@@ -1,0 +1,1 @@
+"""The simulated Chinese carrier trunk: scenarios (pure), call records, SIP/RTP server."""
