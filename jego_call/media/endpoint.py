@@ -114,7 +114,8 @@ class MediaEndpoint:
         self.video_sinks = list(video_sinks)
         self.recorder = recorder
         self.codecs = [c.upper() for c in codecs] if codecs else None
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers_from_config(ice_servers)))
+        self.configuration = RTCConfiguration(iceServers=ice_servers_from_config(ice_servers))
+        self.pc = RTCPeerConnection(self.configuration)
         self._pumps: list[asyncio.Task[None]] = []
         self._state_changed = asyncio.Event()
         self._closed = False

@@ -4,7 +4,7 @@ Every audio source here is a `PacedAudioTrack`: frame n is released at t0 + n·2
 (t0 = the first `recv()`), never after a relative sleep, so it does not drift. Frames are
 s16 mono at `rate` (48 kHz by default; use 8000 on a G.711 leg to skip a resample).
 
-Pick a source with `source_from_spec("tone:1000:-10" | "silence" | PATH)`, hand it to
+Pick a source with `source_from_spec("tone:1000:-10[:5]" | "silence" | PATH)`, hand it to
 `MediaEndpoint(source=...)`. `EchoTrack` is both a sink (`handle(frame)`) and a source.
 """
 
@@ -95,10 +95,14 @@ class SilenceSource(PacedAudioTrack):
 
 
 class ToneSource(PacedAudioTrack):
-    """A sine of `freq` Hz whose peak is `dbfs` dBFS (RMS is 3.01 dB lower), phase-continuous."""
+    """A sine of `freq` Hz whose peak is `dbfs` dBFS (RMS is 3.01 dB lower), phase-continuous;
+    silence after `duration` seconds if given."""
 
-    def __init__(self, freq: float, dbfs: float = -10.0, rate: int = 48000) -> None:
+    def __init__(self, freq: float, dbfs: float = -10.0, rate: int = 48000,
+                 duration: float | None = None) -> None:
         super().__init__(rate)
+        self.duration = duration
+        self._frames = None if duration is None else int(round(duration / PTIME))
         if not 0 < freq < rate / 2:
             raise ValueError(f"tone frequency must be between 0 and {rate // 2} Hz, got {freq}")
         if dbfs > 0:
@@ -108,6 +112,8 @@ class ToneSource(PacedAudioTrack):
         self._amp = 32767 * 10 ** (dbfs / 20)
 
     def _samples(self, n: int) -> np.ndarray:
+        if self._frames is not None and n >= self._frames:
+            return np.zeros(self.samples_per_frame, dtype=np.int16)
         idx = np.arange(n * self.samples_per_frame, (n + 1) * self.samples_per_frame)
         # phase modulo 1 cycle in exact integer arithmetic keeps long calls precise
         phase = (idx * self.freq % self.rate) / self.rate
@@ -267,27 +273,33 @@ def video_from_file(path: str | Path) -> MediaStreamTrack:
     return player.video
 
 
-def parse_tone(spec: str) -> tuple[float, float]:
-    """Parse "tone:FREQ[:DBFS]" into (freq, dbfs); raise ValueError with a readable message."""
+def parse_tone(spec: str) -> tuple[float, float, float | None]:
+    """Parse "tone:FREQ[:DBFS[:SECONDS]]" into (freq, dbfs, seconds or None).
+
+    Raises ValueError with a readable message.
+    """
     parts = spec.split(":")
-    if parts[0] != "tone" or len(parts) not in (2, 3):
-        raise ValueError(f"expected tone:FREQ[:DBFS], got {spec!r}")
+    if parts[0] != "tone" or len(parts) not in (2, 3, 4):
+        raise ValueError(f"expected tone:FREQ[:DBFS[:SECONDS]], got {spec!r}")
     try:
         freq = float(parts[1])
-        dbfs = float(parts[2]) if len(parts) == 3 else -10.0
+        dbfs = float(parts[2]) if len(parts) >= 3 and parts[2] else -10.0
+        seconds = float(parts[3]) if len(parts) == 4 else None
     except ValueError:
-        raise ValueError(f"expected tone:FREQ[:DBFS] with numbers, got {spec!r}") from None
-    return freq, dbfs
+        raise ValueError(f"expected tone:FREQ[:DBFS[:SECONDS]] with numbers, got {spec!r}") from None
+    if seconds is not None and seconds <= 0:
+        raise ValueError(f"tone duration must be positive, got {spec!r}")
+    return freq, dbfs, seconds
 
 
 def source_from_spec(spec: str | None, rate: int = 48000, loop: bool = False) -> PacedAudioTrack:
-    """Build a source from "tone:FREQ[:DBFS]", "silence" (or None), or a file path.
+    """Build a source from "tone:FREQ[:DBFS[:SECONDS]]", "silence" (or None), or a file path.
 
     Raises FileNotFoundError or ValueError (one readable line) for a bad spec.
     """
     if spec is None or spec == "silence":
         return SilenceSource(rate)
     if spec.startswith("tone:"):
-        freq, dbfs = parse_tone(spec)
-        return ToneSource(freq, dbfs, rate)
+        freq, dbfs, seconds = parse_tone(spec)
+        return ToneSource(freq, dbfs, rate, duration=seconds)
     return FileSource(spec, rate, loop=loop)
