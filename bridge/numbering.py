@@ -170,7 +170,7 @@ def _clean(dial_string: str) -> str:
         raise NumberError("invalid", f"expected a string, got {type(dial_string).__name__}")
     s = _SEPARATORS.sub("", dial_string.strip())
     s = s.translate(str.maketrans("０１２３４５６７８９＋", "0123456789+"))  # full-width digits
-    if not s:
+    if s in ("", "+"):
         raise NumberError("incomplete", "no digits", dial_string)
     if not re.fullmatch(r"\+?\d+", s):
         bad = next((c for c in s.lstrip("+") if not c.isdigit()), "?")
@@ -241,8 +241,9 @@ def normalise(dial_string: str, default_region: str = "CN") -> str:
         if national.startswith("0") and not national.startswith("00"):
             national = national[1:]  # "+86 010 …": the trunk 0 is forgiven here (module doc)
         _cn_national_plausible(national, dial_string)
-    elif len(national) < 2:
-        raise NumberError("incomplete", "the number after the country code is missing", dial_string)
+    else:
+        _check_length(cc + national, dial_string)
+        return _normalise_foreign("+" + cc + national, "ZZ", dial_string)
     _check_length(cc + national, dial_string)
     return f"+{cc}{national}"
 
@@ -259,7 +260,8 @@ def _normalise_foreign(s: str, region: str, dial_string: str) -> str:
     R = phonenumbers.ValidationResult
     if not phonenumbers.is_valid_number(num) and reason != R.IS_POSSIBLE:
         kind = "incomplete" if reason in (R.TOO_SHORT, R.IS_POSSIBLE_LOCAL_ONLY) else "invalid"
-        raise NumberError(kind, f"wrong length for a number of region {region}", dial_string)
+        where = phonenumbers.region_code_for_country_code(num.country_code or 0)
+        raise NumberError(kind, f"wrong length for a number of region {where}", dial_string)
     e164 = phonenumbers.format_number(num, PhoneNumberFormat.E164)
     _check_length(e164[1:], dial_string)
     return e164

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CallRecord", "CdrWriter", "cdr_path", "iso_utc", "read_records"]
+__all__ = ["CallRecord", "CdrWriter", "cdr_path", "iso_utc", "iter_records", "read_records"]
 
 # JSON key -> attribute, where they differ ("from" is a Python keyword).
 _RENAME = {"from": "from_"}
