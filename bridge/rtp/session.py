@@ -172,6 +172,7 @@ class JitterStats:
     invalid: int
     overflow_dropped: int
     played: int
+    non_audio: int  # pops of telephone-event slots (silence, not loss)
     concealed: int  # pops that returned None inside a started stream (gap or underrun)
     underruns: int
     resets: int
@@ -212,7 +213,7 @@ class JitterBuffer:
         self._ref: tuple[int, int] | None = None  # (extended seq, timestamp) of the last audio packet
         self._n = {
             "accepted": 0, "duplicates": 0, "late": 0, "invalid": 0, "overflow_dropped": 0,
-            "played": 0, "concealed": 0, "underruns": 0, "resets": 0, "ssrc_changes": 0,
+            "played": 0, "non_audio": 0, "concealed": 0, "underruns": 0, "resets": 0, "ssrc_changes": 0,
         }  # fmt: skip
 
     # -- receive ---------------------------------------------------------------------------
@@ -289,12 +290,15 @@ class JitterBuffer:
             self._n["concealed"] += 1
             return None
         assert self._next is not None
+        present = self._next in self._slots
         payload = self._slots.pop(self._next, None)
         self._next += 1
-        if payload is None:
-            self._n["concealed"] += 1
-        else:
+        if payload is not None:
             self._n["played"] += 1
+        elif present:
+            self._n["non_audio"] += 1  # a telephone-event slot: silent, but not a loss
+        else:
+            self._n["concealed"] += 1
         # Latency control: when the buffer is nearly full, drop one extra frame per pop.
         if self._slots and max(self._slots) - self._next >= self.capacity - 1:
             self._slots.pop(self._next, None)
