@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ..errors import ConfigError
 
 SUBCOMMANDS = [
+    "jego_call.cli.dial",
     "jego_call.cli.serve",
     "jego_call.cli.user",
 ]

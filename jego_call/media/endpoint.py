@@ -245,8 +245,10 @@ class MediaEndpoint:
         return None
 
     async def stats(self) -> dict[str, Any]:
-        """Audio stats from getStats: packets sent/received/lost, jitter_ms, rtt_ms, bytes and
-        send/receive bitrate (kb/s, since the previous call), codec; `video` likewise if present."""
+        """Audio stats from getStats: packets sent/received/lost, jitter_ms, rtt_ms (from RTCP),
+        bytes_sent (RTP payload), wire_bytes_sent/received (UDP payload of the transport: RTP
+        and SRTP headers, RTCP; with BUNDLE this includes video), bitrate_send/recv_kbps (wire) and
+        payload_send_kbps since the previous call, codec, frames_on_time; `video` likewise."""
         out: dict[str, Any] = {}
         now = time.monotonic()
         for t in self.pc.getTransceivers():
@@ -257,7 +259,8 @@ class MediaEndpoint:
             s: dict[str, Any] = {"codec": codecs[0].mimeType.split("/", 1)[1] if codecs else None,
                                  "packets_sent": 0, "bytes_sent": 0, "packets_received": 0,
                                  "packets_lost": 0, "remote_packets_lost": None, "jitter_ms": None,
-                                 "rtt_ms": None, "bytes_received": 0}
+                                 "rtt_ms": None}
+            wire_sent = wire_received = 0
             reports = await asyncio.gather(t.sender.getStats(), t.receiver.getStats())
             for report in reports:
                 for st in report.values():
@@ -273,16 +276,18 @@ class MediaEndpoint:
                             s["rtt_ms"] = round(st.roundTripTime * 1000, 1)
                         s["remote_packets_lost"] = st.packetsLost
                     elif st.type == "transport":
-                        s["bytes_received"] = st.bytesReceived
-            for key in ("sent", "received"):
-                prev_key = f"{t.kind}.bytes_{key}"
-                prev_t = self._prev.get("t")
-                prev_b = self._prev.get(prev_key)
+                        wire_sent, wire_received = st.bytesSent, st.bytesReceived
+            s["wire_bytes_sent"] = wire_sent
+            s["wire_bytes_received"] = wire_received
+            prev_t = self._prev.get("t")
+            for key, src in (("bitrate_send_kbps", "wire_bytes_sent"), ("bitrate_recv_kbps", "wire_bytes_received"),
+                             ("payload_send_kbps", "bytes_sent")):
+                prev_b = self._prev.get(f"{t.kind}.{src}")
                 rate = None
                 if prev_t is not None and prev_b is not None and now > prev_t:
-                    rate = round((s[f"bytes_{key}"] - prev_b) * 8 / (now - prev_t) / 1000, 1)
-                s[f"bitrate_{'send' if key == 'sent' else 'recv'}_kbps"] = rate
-                self._prev[prev_key] = s[f"bytes_{key}"]
+                    rate = round((s[src] - prev_b) * 8 / (now - prev_t) / 1000, 1)
+                s[key] = rate
+                self._prev[f"{t.kind}.{src}"] = s[src]
             out[t.kind] = s
         self._prev["t"] = now
         audio = out.pop("audio", {})

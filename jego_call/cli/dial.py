@@ -1,0 +1,611 @@
+"""`jego dial`: a command-line test phone. `jego dial call TARGET` places a call through a Jego
+Call server; `jego dial answer` waits for calls. Both send audio from --play (a file or
+tone:FREQ[:DBFS[:SECONDS]]; --echo on answer), record with --record, print progress on stderr
+(dialing -> ringing -> connected -> one line a second -> ended) unless --quiet, and with --json
+print one JSON object per call on stdout.
+
+TARGET is a username, or a phone number (+86..., 0086..., a national number with its leading 0,
+or an 11-digit mobile); phone numbers go to the server as `to` unchanged apart from spaces and
+dashes, and the server routes them.
+
+Exit codes of `jego dial call`:
+    0  answered                      3  busy or declined
+    4  no answer or unavailable      5  invalid number (or unknown user)
+    1  any other failure (failed, unreachable, cancelled, wrong password, server down)
+    2  usage error (bad option, missing --play file, no --user)
+`jego dial answer` exits 0 after --count calls or on SIGINT/SIGTERM, 1 on failure, 2 on usage.
+
+JSON fields: outcome, reason, sip_code, q850_cause, setup_ms (dial -> media connected),
+ringing_ms (dial -> first ringing), connected_s, audio {packets_sent, packets_received,
+packets_lost, jitter_ms, rtt_ms, level_dbfs, dominant_hz, bitrate_send_kbps, bitrate_recv_kbps,
+frames_on_time, codec}, call_id, cpu_s (this process's CPU while connected), and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..client import ApiError, ConnectionLost, JegoClient, ServerUnreachable, new_call_id
+from ..config import load_config
+from ..media.endpoint import MediaEndpoint, MediaError, enable_loopback_candidates
+from ..media.sinks import Analyser, Sink, VideoFrameCounter, WavRecorder
+from ..media.tracks import EchoTrack, PacedAudioTrack, TestPatternVideo, source_from_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_NO_ANSWER, EXIT_INVALID = 0, 1, 2, 3, 4, 5
+OUTCOME_EXIT = {
+    "answered": EXIT_OK, "busy": EXIT_BUSY, "declined": EXIT_BUSY, "no_answer": EXIT_NO_ANSWER,
+    "unavailable": EXIT_NO_ANSWER, "invalid_number": EXIT_INVALID,
+}
+REASON_OUTCOME = {r: r for r in ("busy", "declined", "no_answer", "unavailable", "cancelled",
+                                 "invalid_number", "unreachable")}
+SIP_OUTCOME = {486: "busy", 600: "busy", 603: "declined", 480: "unavailable", 408: "no_answer",
+               404: "invalid_number", 410: "invalid_number", 484: "invalid_number", 604: "invalid_number",
+               502: "unreachable", 503: "unreachable", 504: "unreachable"}
+Q850_OUTCOME = {1: "invalid_number", 22: "invalid_number", 28: "invalid_number", 17: "busy",
+                18: "no_answer", 19: "no_answer", 20: "unavailable", 21: "declined",
+                3: "unreachable", 27: "unreachable", 34: "unreachable", 38: "unreachable", 41: "unreachable"}
+ERROR_OUTCOME = {"unknown_user": "invalid_number", "invalid_number": "invalid_number"}
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
+SETUP_ERRORS = {"unknown_user", "invalid_number", "self_call", "already_in_call", "call_exists",
+                "invalid_message", "rate_limited", "not_authenticated", "unsupported_media", "internal"}
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr, exit 2."""
+
+
+class Failure(Exception):
+    """A failure before any call could be made (login, server): one line on stderr, exit 1."""
+
+
+def classify_target(target: str) -> tuple[str, str]:
+    """Return ("phone" | "user", the `to` to send); raise UsageError for neither."""
+    t = target.strip()
+    compact = re.sub(r"[ ()\-.]", "", t)
+    if t.startswith("+") or compact.startswith("00") or (compact.isdigit() and len(compact) >= 5):
+        return "phone", compact  # the server judges whether it is a valid number
+    if USERNAME_RE.match(t.lower()):
+        return "user", t.lower()
+    raise UsageError(f"not a username or phone number: {target!r}")
+
+
+def outcome_for(reason: str | None, sip_code: int | None, q850: int | None, answered: bool) -> str:
+    """Map a call_ended (reason, sip_code, q850_cause) to the dialer's outcome word."""
+    if answered:
+        return "answered"
+    if reason in REASON_OUTCOME:
+        return REASON_OUTCOME[reason]
+    if sip_code in SIP_OUTCOME:
+        return SIP_OUTCOME[sip_code]
+    if q850 in Q850_OUTCOME:
+        return Q850_OUTCOME[q850]
+    return "failed"
+
+
+@dataclass
+class Report:
+    """What `--json` prints for one call."""
+
+    call_id: str
+    role: str
+    peer: str
+    target_kind: str = "user"
+    outcome: str = "failed"
+    reason: str | None = None
+    by: str | None = None
+    detail: str | None = None
+    sip_code: int | None = None
+    q850_cause: int | None = None
+    setup_ms: float | None = None
+    ringing_ms: float | None = None
+    connected_s: float = 0.0
+    cpu_s: float | None = None
+    codec: str | None = None
+    dtmf_sent: str | None = None
+    dtmf_received: str = ""
+    record: str | None = None
+    audio: dict[str, Any] = field(default_factory=dict)
+    video: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        if d["video"] is None:
+            del d["video"]
+        return d
+
+
+class Output:
+    """Progress lines on stderr (silenced by --quiet) and JSON on stdout."""
+
+    def __init__(self, quiet: bool, as_json: bool) -> None:
+        self.quiet = quiet
+        self.as_json = as_json
+
+    def progress(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def result(self, report: Report) -> None:
+        if self.as_json:
+            print(json.dumps(report.to_json(), separators=(", ", ": ")), flush=True)
+
+
+def _ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000, 1)
+
+
+class Leg:
+    """Runs one call from invite/accept to call_ended: media, ticks, DTMF, hang-up timer."""
+
+    def __init__(self, args: argparse.Namespace, client: JegoClient, ep: MediaEndpoint, report: Report,
+                 analyser: Analyser, video_counter: VideoFrameCounter | None, out: Output,
+                 stop: asyncio.Event, t_dial: float) -> None:
+        self.args, self.client, self.ep, self.report = args, client, ep, report
+        self.analyser, self.video_counter, self.out, self.stop = analyser, video_counter, out, stop
+        self.t_dial = t_dial
+        self.accepted = False
+        self.connected_at: float | None = None
+        self.cpu_at_connect = 0.0
+        self.connect_task: asyncio.Task[None] | None = None
+        self.ending_sent = False
+        self.end_deadline: float | None = None
+        self.local_end: tuple[str, str | None] | None = None  # (reason, detail) decided here
+        self.seconds: list[tuple[float, float]] = []  # per-second (level, dominant) of received audio
+        self.last_stats: dict[str, Any] = {}
+        self.next_tick: float | None = None
+
+    @property
+    def call_id(self) -> str:
+        return self.report.call_id
+
+    def start_media(self) -> None:
+        self.connect_task = asyncio.ensure_future(self.ep.wait_connected(15.0))
+
+    async def _end(self, kind: str, reason: str, detail: str | None = None) -> None:
+        """Send hangup/cancel once; wait up to 3 s for the server's call_ended."""
+        if self.ending_sent:
+            return
+        self.ending_sent = True
+        self.local_end = (reason, detail)
+        self.end_deadline = time.monotonic() + 3.0
+        with contextlib.suppress(ConnectionLost):
+            if kind == "hangup":
+                await self.client.hangup(self.call_id)
+            elif kind == "cancel":
+                await self.client.cancel(self.call_id)
+            else:
+                await self.client.decline(self.call_id, kind)
+
+    async def _on_connected(self) -> None:
+        now = time.monotonic()
+        self.connected_at = now
+        self.cpu_at_connect = time.process_time()
+        self.report.setup_ms = _ms(self.t_dial, now)
+        self.report.codec = self.ep.negotiated_codec()
+        with contextlib.suppress(Exception):
+            await self.ep.stats()  # so the first tick has a rate
+        self.out.progress(f"connected (setup {self.report.setup_ms:.0f} ms, {self.report.codec})")
+        if self.args.dtmf:
+            await self.client.dtmf(self.call_id, self.args.dtmf)
+            self.report.dtmf_sent = self.args.dtmf
+            self.out.progress(f"dtmf sent: {self.args.dtmf}")
+        self.next_tick = now + 1.0
+
+    async def _tick(self) -> None:
+        assert self.connected_at is not None
+        st = await self.ep.stats()
+        self.last_stats = st
+        level, hz = self.analyser.level_dbfs, self.analyser.dominant_hz
+        self.seconds.append((level, hz))
+        lost, got = st.get("packets_lost", 0), st.get("packets_received", 0)
+        loss = 100.0 * lost / (lost + got) if lost + got else 0.0
+        rtt = st.get("rtt_ms")
+        line = (f"  {time.monotonic() - self.connected_at:4.0f}s  level {level:6.1f} dBFS  {hz:6.0f} Hz  "
+                f"tx {st.get('bitrate_send_kbps') or 0:5.1f} kb/s  rx {st.get('bitrate_recv_kbps') or 0:5.1f} kb/s  "
+                f"loss {loss:4.1f}%  rtt {'-' if rtt is None else f'{rtt:.0f} ms'}")
+        if self.video_counter is not None:
+            line += f"  video {self.video_counter.frames} frames"
+        self.out.progress(line)
+
+    async def run(self, ring_deadline: float | None = None, offer_sdp: str | None = None,
+                  accept_at: float | None = None) -> None:
+        """Drive the call until it has ended; fills `self.report`."""
+        hangup_at: float | None = None
+        ended: dict[str, Any] | None = None
+        while ended is None:
+            now = time.monotonic()
+            if self.end_deadline is not None and now >= self.end_deadline:
+                break  # the server never confirmed: report what we decided
+            if self.stop.is_set() and not self.ending_sent:
+                if self.accepted or self.connected_at is not None:
+                    await self._end("hangup", "hangup")
+                elif self.report.role == "caller":
+                    await self._end("cancel", "cancelled")
+                else:
+                    await self._end("declined", "declined")
+            if accept_at is not None and now >= accept_at and offer_sdp is not None and not self.ending_sent:
+                offer, offer_sdp = offer_sdp, None
+                try:
+                    answer = await self.ep.accept_offer(offer)
+                except MediaError as exc:
+                    await self._end("declined", "failed", str(exc))
+                else:
+                    await self.client.accept(self.call_id, answer)
+                    self.accepted = True
+                    self.start_media()
+            if ring_deadline is not None and now >= ring_deadline and not self.accepted and not self.ending_sent:
+                await self._end("cancel", "no_answer", "ring timeout")
+            if self.connect_task is not None and self.connect_task.done():
+                task, self.connect_task = self.connect_task, None
+                err = task.exception()
+                if err is not None:
+                    await self._end("hangup", "failed", f"media: {err}")
+                else:
+                    await self._on_connected()
+                    if self.args.duration is not None:
+                        hangup_at = time.monotonic() + self.args.duration
+            if self.next_tick is not None and now >= self.next_tick and not self.ending_sent:
+                self.next_tick += 1.0
+                await self._tick()
+            if hangup_at is not None and now >= hangup_at and not self.ending_sent:
+                await self._end("hangup", "hangup")
+            # wait for the next message or the next timer
+            wake = [t for t in (self.next_tick, hangup_at, ring_deadline, accept_at, self.end_deadline)
+                    if t is not None and t > now]
+            timeout = min([0.1, *[t - now for t in wake]]) if self.connect_task is not None else \
+                min([0.5, *[t - now for t in wake]])
+            try:
+                msg = await self.client.recv(max(0.005, timeout))
+            except ConnectionLost:
+                self.local_end = self.local_end or ("connection_lost", "signalling connection lost")
+                break
+            if msg is None or msg.get("call_id") not in (None, self.call_id):
+                if msg is not None and msg.get("type") == "invite":  # a second call while busy
+                    with contextlib.suppress(ConnectionLost):
+                        await self.client.decline(str(msg["call_id"]), "busy")
+                continue
+            ended = await self._handle(msg)
+        await self._finish(ended)
+
+    async def _handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        kind = msg.get("type")
+        if kind == "ringing" and self.report.ringing_ms is None:
+            self.report.ringing_ms = _ms(self.t_dial, time.monotonic())
+            self.out.progress(f"ringing ({self.report.ringing_ms:.0f} ms)")
+        elif kind == "accept" and self.report.role == "caller" and not self.accepted:
+            self.accepted = True
+            try:
+                await self.ep.set_answer(str(msg.get("sdp", "")))
+            except MediaError as exc:
+                await self._end("hangup", "failed", str(exc))
+            else:
+                self.start_media()
+        elif kind == "call_state" and msg.get("state") == "connected":
+            self.accepted = True
+        elif kind == "ice":
+            with contextlib.suppress(MediaError):
+                await self.ep.add_ice_candidate(msg.get("candidate"))
+        elif kind == "dtmf":
+            digits = str(msg.get("digits", ""))
+            self.report.dtmf_received += digits
+            self.out.progress(f"dtmf received: {digits}")
+        elif kind == "call_ended":
+            return msg
+        elif kind == "error":
+            code = str(msg.get("code"))
+            if not self.accepted and code in SETUP_ERRORS:
+                return {"type": "call_ended", "reason": code, "outcome": ERROR_OUTCOME.get(code, "failed"),
+                        "detail": f"{code}: {msg.get('message', '')}"}
+            self.out.progress(f"server error: {code}: {msg.get('message', '')}")
+        return None
+
+    async def _finish(self, ended: dict[str, Any] | None) -> None:
+        r = self.report
+        now = time.monotonic()
+        if self.connected_at is not None:
+            r.connected_s = round(now - self.connected_at, 3)
+            r.cpu_s = round(time.process_time() - self.cpu_at_connect, 3)
+            with contextlib.suppress(Exception):
+                self.last_stats = await self.ep.stats()
+        if ended is not None:
+            r.reason = str(ended.get("reason") or "failed")
+            r.by = ended.get("by")
+            r.detail = ended.get("detail")
+            r.sip_code = ended.get("sip_code")
+            r.q850_cause = ended.get("q850_cause")
+        if self.local_end is not None and (ended is None or r.reason in ("cancelled", "hangup", "declined")):
+            # our own decision explains the end better (e.g. ring timeout sent as cancel)
+            if ended is None or self.local_end[0] not in ("hangup",):
+                r.reason = self.local_end[0]
+                r.detail = r.detail or self.local_end[1]
+        r.outcome = outcome_for(r.reason, r.sip_code, r.q850_cause,
+                                self.accepted and self.connected_at is not None)
+        if ended is not None and ended.get("outcome"):
+            r.outcome = str(ended["outcome"])  # a setup error the server sent instead of call_ended
+        if self.accepted and self.connected_at is None and r.reason == "hangup":
+            r.outcome = "answered"  # answered, but hung up before media came up
+        st = self.last_stats
+        active = [s for s in self.seconds if s[0] > -60.0]
+        r.audio = {
+            "codec": st.get("codec"),
+            "packets_sent": st.get("packets_sent", 0), "packets_received": st.get("packets_received", 0),
+            "packets_lost": st.get("packets_lost", 0), "jitter_ms": st.get("jitter_ms"),
+            "rtt_ms": st.get("rtt_ms"),
+            "level_dbfs": round(statistics.median(s[0] for s in active), 2) if active else None,
+            "dominant_hz": round(statistics.median(s[1] for s in active), 1) if active else None,
+            "received_s": round(self.analyser.received_s, 3),
+            "payload_send_kbps": round(st.get("bytes_sent", 0) * 8 / r.connected_s / 1000, 1) if r.connected_s else None,
+            "bitrate_send_kbps": round(st.get("wire_bytes_sent", 0) * 8 / r.connected_s / 1000, 1) if r.connected_s else None,
+            "bitrate_recv_kbps": round(st.get("wire_bytes_received", 0) * 8 / r.connected_s / 1000, 1) if r.connected_s else None,
+            "frames_on_time": st.get("frames_on_time"),
+        }
+        if self.video_counter is not None:
+            v = st.get("video", {})
+            r.video = {"frames_received": self.video_counter.frames, "packets_sent": v.get("packets_sent", 0),
+                       "packets_received": v.get("packets_received", 0)}
+        text = f"ended: {r.outcome}"
+        if r.reason and r.reason != r.outcome:
+            text += f" ({r.reason}{' by ' + r.by if r.by else ''})"
+        if r.sip_code or r.q850_cause:
+            text += f" sip {r.sip_code} q850 {r.q850_cause}"
+        if r.detail:
+            text += f": {r.detail}"
+        if self.connected_at is not None:
+            text += f" after {r.connected_s:.1f} s"
+        self.out.progress(text)
+
+
+# --- set-up shared by both subcommands ----------------------------------------------------
+def _credentials(args: argparse.Namespace) -> tuple[str, str]:
+    user = args.user or os.environ.get("JEGO_USER")
+    password = args.password or os.environ.get("JEGO_PASSWORD")
+    if not user:
+        raise UsageError("--user (or JEGO_USER) is required")
+    if not password:
+        raise UsageError("--password (or JEGO_PASSWORD) is required")
+    return user, password
+
+
+def _check_record(path: str | None) -> None:
+    if path and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"cannot record to {path}: no such directory")
+
+
+def _source(args: argparse.Namespace) -> PacedAudioTrack:
+    if getattr(args, "echo", False):
+        return EchoTrack()
+    try:
+        return source_from_spec(args.play, loop=args.loop)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--play: {exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--play: {exc}") from None
+
+
+def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | None,
+              ice_servers: list[dict[str, Any]]) -> tuple[MediaEndpoint, Analyser, VideoFrameCounter | None]:
+    analyser = Analyser()
+    sinks: list[Sink] = [analyser]
+    if isinstance(source, EchoTrack):
+        sinks.append(source)
+    if record:
+        sinks.append(WavRecorder(record))
+    counter = VideoFrameCounter() if args.video else None
+    ep = MediaEndpoint(source=source, video_source=TestPatternVideo() if args.video else None,
+                       sinks=sinks, video_sinks=[counter] if counter else [], ice_servers=ice_servers,
+                       codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate)
+    return ep, analyser, counter
+
+
+async def _login(args: argparse.Namespace, client: JegoClient, user: str, password: str) -> None:
+    try:
+        await client.login(user, password)
+        await client.connect()
+    except ServerUnreachable as exc:
+        raise Failure(f"cannot reach the server: {exc}") from None
+    except ApiError as exc:
+        if exc.code in ("auth_failed", "unknown_user", "invalid_username"):
+            raise Failure(f"login failed for {user!r}: wrong username or password") from None
+        raise Failure(f"login failed: {exc.code}: {exc.message}") from None
+    except ConnectionLost as exc:
+        raise Failure(str(exc)) from None
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+# --- jego dial call -------------------------------------------------------------------------
+async def dial_call(args: argparse.Namespace, out: Output) -> Report:
+    """Place one call to args.target; returns its Report."""
+    kind, to = classify_target(args.target)
+    user, password = _credentials(args)
+    _check_record(args.record)
+    source = _source(args)
+    stop = asyncio.Event()
+    _install_stop(stop)
+    async with JegoClient(args.server, auto_ringing=False) as client:
+        await _login(args, client, user, password)
+        ep, analyser, counter = _endpoint(args, source, args.record, client.ice_servers)
+        report = Report(call_id=new_call_id(), role="caller", peer=to, target_kind=kind, record=args.record)
+        t_dial = time.monotonic()
+        try:
+            out.progress(f"dialing {to} ...")
+            offer = await ep.create_offer(audio=True, video=args.video)
+            await client.invite(report.call_id, to, offer, ["audio", "video"] if args.video else ["audio"])
+            leg = Leg(args, client, ep, report, analyser, counter, out, stop, t_dial)
+            ring_deadline = t_dial + args.ring_timeout if args.ring_timeout else None
+            await leg.run(ring_deadline=ring_deadline)
+        except ConnectionLost as exc:
+            report.outcome, report.reason, report.detail = "failed", "connection_lost", str(exc)
+            out.progress(f"ended: failed ({exc})")
+        finally:
+            await ep.close()
+    return report
+
+
+# --- jego dial answer -------------------------------------------------------------------------
+def _record_path(base: str | None, n: int) -> str | None:
+    if not base or n == 1:
+        return base
+    p = Path(base)
+    return str(p.with_name(f"{p.stem}-{n}{p.suffix}"))
+
+
+async def dial_answer(args: argparse.Namespace, out: Output) -> list[Report]:
+    """Answer (or reject) calls to --user until --count calls or a stop signal."""
+    user, password = _credentials(args)
+    _check_record(args.record)
+    if args.echo and args.play:
+        raise UsageError("--echo and --play cannot be combined")
+    _source(args).stop()  # validate --play before going online
+    stop = asyncio.Event()
+    _install_stop(stop)
+    reports: list[Report] = []
+    async with JegoClient(args.server, auto_ringing=True) as client:
+        await _login(args, client, user, password)
+        out.progress(f"waiting for calls to {client.username} on {args.server}")
+        while not stop.is_set() and (args.count is None or len(reports) < args.count):
+            try:
+                msg = await client.recv(0.2)
+            except ConnectionLost as exc:
+                raise Failure(f"signalling connection lost: {exc}") from None
+            if msg is None or msg.get("type") != "invite":
+                continue
+            call_id, caller = str(msg["call_id"]), str(msg.get("from", "?"))
+            t0 = time.monotonic()
+            report = Report(call_id=call_id, role="callee", peer=caller)
+            out.progress(f"incoming call from {caller} ({call_id})")
+            if args.reject:
+                reason = "busy" if args.reject == "busy" else "declined"
+                await client.decline(call_id, reason)
+                report.outcome = report.reason = reason
+                out.progress(f"rejected: {reason}")
+                reports.append(report)
+                out.result(report)
+                continue
+            n = len(reports) + 1
+            report.record = _record_path(args.record, n)
+            ep, analyser, counter = _endpoint(args, _source(args), report.record, client.ice_servers)
+            try:
+                leg = Leg(args, client, ep, report, analyser, counter, out, stop, t0)
+                await leg.run(offer_sdp=str(msg.get("sdp", "")), accept_at=t0 + args.answer_after)
+            except ConnectionLost as exc:
+                report.outcome, report.reason, report.detail = "failed", "connection_lost", str(exc)
+            finally:
+                await ep.close()
+            reports.append(report)
+            out.result(report)
+    return reports
+
+
+# --- argparse wiring --------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=os.environ.get("JEGO_SERVER", "http://127.0.0.1:8080"),
+                   help="server URL (default: $JEGO_SERVER or http://127.0.0.1:8080)")
+    p.add_argument("--user", help="username (default: $JEGO_USER)")
+    p.add_argument("--password", help="password (default: $JEGO_PASSWORD)")
+    p.add_argument("--play", metavar="FILE|tone:FREQ[:DBFS[:S]]", help="audio to send (default: silence)")
+    p.add_argument("--loop", action="store_true", help="loop the --play file")
+    p.add_argument("--record", metavar="OUT.wav", help="record received audio (mono 16-bit WAV)")
+    p.add_argument("--dtmf", metavar="DIGITS", help="send these DTMF digits (signalling) once connected")
+    p.add_argument("--video", action="store_true", help="also send a test-pattern video and count frames received")
+    p.add_argument("--codec", type=str.upper, choices=["OPUS", "PCMU", "PCMA"], help="force an audio codec")
+    p.add_argument("--opus-bitrate", type=int, default=32000, metavar="BPS", help="Opus bitrate (default 32000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per call on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add `jego dial call|answer`."""
+    dial = subparsers.add_parser("dial", help="place or answer test calls",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = dial.add_subparsers(dest="dial_command", metavar="{call,answer}")
+    sub.required = True
+    call = sub.add_parser("call", help="call a user or a phone number")
+    call.add_argument("target", help="username or phone number")
+    _common(call)
+    call.add_argument("--duration", type=float, default=10.0, metavar="S", help="hang up after S s connected (10)")
+    call.add_argument("--ring-timeout", type=float, metavar="S", help="cancel if not answered within S s")
+    call.set_defaults(func=run_call)
+    ans = sub.add_parser("answer", help="wait for calls and answer them")
+    _common(ans)
+    ans.add_argument("--echo", action="store_true", help="send back what arrives")
+    ans.add_argument("--count", type=int, metavar="N", help="exit after N calls")
+    ans.add_argument("--reject", choices=["busy", "decline"], help="reject calls instead of answering")
+    ans.add_argument("--duration", type=float, metavar="S", help="hang up after S s (default: wait for the caller)")
+    ans.add_argument("--answer-after", type=float, default=0.0, metavar="S", help="ring for S s before answering")
+    ans.set_defaults(func=run_answer)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for name in ("duration", "ring_timeout", "answer_after"):
+        v = getattr(args, name, None)
+        if v is not None and v < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if getattr(args, "count", None) is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    if args.dtmf and not re.fullmatch(r"[0-9*#A-D]{1,32}", args.dtmf):
+        raise UsageError("--dtmf takes 1 to 32 of 0-9 * # A-D")
+    if args.codec == "OPUS":
+        args.codec = "opus"
+
+
+def _prepare(args: argparse.Namespace) -> Output:
+    _check_numbers(args)
+    cfg = load_config()
+    if cfg.ice.loopback_candidates:
+        enable_loopback_candidates()
+    return Output(args.quiet, args.json)
+
+
+def _error(msg: str) -> None:
+    print(f"jego dial: {msg}", file=sys.stderr)
+
+
+def run_call(args: argparse.Namespace) -> int:
+    """Entry point of `jego dial call`; returns the exit code."""
+    try:
+        out = _prepare(args)
+        report = asyncio.run(dial_call(args, out))
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except Failure as exc:
+        _error(str(exc))
+        if args.json:
+            print(json.dumps({"outcome": "failed", "reason": "setup", "detail": str(exc), "sip_code": None,
+                              "q850_cause": None, "setup_ms": None, "ringing_ms": None, "connected_s": 0.0,
+                              "audio": {}, "call_id": None}))
+        return EXIT_FAILED
+    out.result(report)
+    return OUTCOME_EXIT.get(report.outcome, EXIT_FAILED)
+
+
+def run_answer(args: argparse.Namespace) -> int:
+    """Entry point of `jego dial answer`; returns the exit code."""
+    try:
+        out = _prepare(args)
+        asyncio.run(dial_answer(args, out))
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except Failure as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    return EXIT_OK

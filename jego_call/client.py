@@ -1,0 +1,263 @@
+"""A client of the Jego Call signalling protocol (docs/signalling.md), on aiohttp.
+
+    async with JegoClient("http://127.0.0.1:8080") as c:
+        await c.login("alice", "secret-pass")          # or register(); sets c.token
+        auth_ok = await c.connect()                    # opens /ws and authenticates
+        await c.invite(call_id, "bob", offer_sdp)
+        msg = await c.recv(timeout=1.0)                # next server message, or None
+        ...
+
+Incoming `invite`s are answered with `ringing` automatically (`auto_ringing=True`).
+Errors: `ServerUnreachable` (no TCP/HTTP contact), `ApiError` (an error the server returned,
+with `.code` from the protocol's error table), `ConnectionLost` (the WebSocket closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from .errors import JegoError
+
+
+class ServerUnreachable(JegoError):
+    """The server could not be contacted (refused, DNS, timeout, not HTTP)."""
+
+
+class ApiError(JegoError):
+    """The server answered with a protocol error; `code` is e.g. "auth_failed"."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class ConnectionLost(JegoError):
+    """The signalling WebSocket closed."""
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a connection failure ("Connection refused", "timed out")."""
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return str(os_error.strerror)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def new_call_id() -> str:
+    """A fresh call_id (32 hex characters, within the protocol's 8-64 [A-Za-z0-9_-])."""
+    return uuid.uuid4().hex
+
+
+class JegoClient:
+    """HTTP API + one WebSocket session. Use as an async context manager, or call `close()`."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0, auto_ringing: bool = True) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.auto_ringing = auto_ringing
+        self.token: str | None = None
+        self.username: str | None = None
+        self.session_id: str | None = None
+        self.ice_servers: list[dict[str, Any]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def __aenter__(self) -> JegoClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def ws_url(self) -> str:
+        if self.url.startswith("https://"):
+            return "wss://" + self.url[len("https://"):] + "/ws"
+        return "ws://" + self.url.removeprefix("http://") + "/ws"
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._http
+
+    # --- HTTP API ----------------------------------------------------------------------
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One JSON API call; returns the decoded body (None for 204). Raises ApiError/ServerUnreachable."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            async with self._session().request(method, self.url + path, json=body, headers=headers) as res:
+                text = await res.text()
+                data = json.loads(text) if text else None
+                if res.status >= 400:
+                    err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                    raise ApiError(str(err.get("code", f"http_{res.status}")),
+                                   str(err.get("message", res.reason)), res.status)
+                return data
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+            raise ServerUnreachable(f"cannot reach {self.url}: {_why(exc)}") from None
+        except (json.JSONDecodeError, aiohttp.ContentTypeError):
+            raise ServerUnreachable(f"{self.url} did not answer like a Jego Call server") from None
+
+    async def register(self, username: str, password: str) -> dict[str, Any]:
+        """Create an account; keeps its token. Then `connect()`."""
+        data = await self.request("POST", "/api/register", {"username": username, "password": password})
+        self.token, self.username = data["token"], data["username"]
+        return dict(data)
+
+    async def login(self, username: str, password: str) -> dict[str, Any]:
+        """Log in; keeps the token (ApiError code auth_failed on a wrong password). Then `connect()`."""
+        data = await self.request("POST", "/api/login", {"username": username, "password": password})
+        self.token, self.username = data["token"], data["username"]
+        return dict(data)
+
+    async def me(self) -> dict[str, Any]:
+        return dict(await self.request("GET", "/api/me"))
+
+    async def contacts(self) -> list[dict[str, Any]]:
+        return list((await self.request("GET", "/api/contacts"))["contacts"])
+
+    async def add_contact(self, username: str) -> dict[str, Any]:
+        return dict(await self.request("POST", "/api/contacts", {"username": username}))
+
+    async def remove_contact(self, username: str) -> None:
+        await self.request("DELETE", f"/api/contacts/{username}")
+
+    async def config(self) -> dict[str, Any]:
+        return dict(await self.request("GET", "/api/config"))
+
+    async def healthz(self) -> dict[str, Any]:
+        return dict(await self.request("GET", "/healthz"))
+
+    # --- WebSocket -----------------------------------------------------------------------
+    async def connect(self) -> dict[str, Any]:
+        """Open /ws and authenticate with the token; returns auth_ok (also sets ice_servers)."""
+        if self.token is None:
+            raise ApiError("not_authenticated", "log in or register before connect()")
+        try:
+            self._ws = await self._session().ws_connect(self.ws_url, heartbeat=None, autoping=True)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ServerUnreachable(f"cannot open {self.ws_url}: {_why(exc)}") from None
+        await self._ws.send_str(json.dumps({"type": "auth", "token": self.token}))
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    msg = await self._ws.receive()
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        raise ConnectionLost(f"WebSocket closed during auth ({msg.type.name})")
+                    data = json.loads(msg.data)
+                    if data.get("type") == "auth_ok":
+                        break
+                    if data.get("type") == "error":
+                        raise ApiError(str(data.get("code")), str(data.get("message", "")))
+        except TimeoutError:
+            raise ServerUnreachable(f"{self.ws_url}: no auth_ok within {self.timeout:g} s") from None
+        self.session_id = data.get("session")
+        self.username = data.get("username", self.username)
+        self.ice_servers = list(data.get("ice_servers") or [])
+        self._reader = asyncio.ensure_future(self._read())
+        return dict(data)
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for msg in self._ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                if self.auto_ringing and data.get("type") == "invite" and "call_id" in data:
+                    with contextlib.suppress(Exception):
+                        await self.ringing(str(data["call_id"]))
+                self._inbox.put_nowait(data)
+        finally:
+            self._inbox.put_nowait(None)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        """Send one protocol message (a dict with `type`)."""
+        if self._ws is None or self._ws.closed:
+            raise ConnectionLost("signalling connection is closed")
+        try:
+            await self._ws.send_str(json.dumps(msg, separators=(",", ":")))
+        except (ConnectionResetError, aiohttp.ClientError) as exc:
+            raise ConnectionLost(f"signalling connection lost: {exc}") from None
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109
+        """The next server message; None if `timeout` passes first. Raises ConnectionLost at the end."""
+        if self.closed and self._inbox.empty():
+            raise ConnectionLost("signalling connection is closed")
+        try:
+            msg = await asyncio.wait_for(self._inbox.get(), timeout)
+        except TimeoutError:
+            return None
+        if msg is None:
+            self.closed = True
+            raise ConnectionLost("signalling connection closed by the server")
+        return msg
+
+    async def wait_for(self, type_: str, call_id: str | None = None, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """Skip messages until one of `type_` (for `call_id`, if given); TimeoutError after `timeout`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.recv()
+                if msg and msg.get("type") == type_ and (call_id is None or msg.get("call_id") == call_id):
+                    return msg
+
+    # --- call messages -------------------------------------------------------------------
+    async def invite(self, call_id: str, to: str, sdp: str, media: list[str] | None = None) -> None:
+        await self.send({"type": "invite", "call_id": call_id, "to": to, "media": media or ["audio"], "sdp": sdp})
+
+    async def ringing(self, call_id: str) -> None:
+        await self.send({"type": "ringing", "call_id": call_id})
+
+    async def accept(self, call_id: str, sdp: str) -> None:
+        await self.send({"type": "accept", "call_id": call_id, "sdp": sdp})
+
+    async def decline(self, call_id: str, reason: str = "declined") -> None:
+        await self.send({"type": "decline", "call_id": call_id, "reason": reason})
+
+    async def cancel(self, call_id: str) -> None:
+        await self.send({"type": "cancel", "call_id": call_id})
+
+    async def hangup(self, call_id: str) -> None:
+        await self.send({"type": "hangup", "call_id": call_id})
+
+    async def ice(self, call_id: str, candidate: dict[str, Any] | None) -> None:
+        await self.send({"type": "ice", "call_id": call_id, "candidate": candidate})
+
+    async def dtmf(self, call_id: str, digits: str) -> None:
+        await self.send({"type": "dtmf", "call_id": call_id, "digits": digits})
+
+    async def ping(self) -> None:
+        await self.send({"type": "ping"})
+
+    async def close(self) -> None:
+        """Close the WebSocket and the HTTP session. Idempotent."""
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self.closed = True
