@@ -371,6 +371,10 @@ def _wake(fut: asyncio.Future[None]) -> None:
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, stream: RtpStream) -> None:
         self.stream = stream
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _wake(self.lost)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
@@ -434,6 +438,7 @@ class RtpStream:
         self.last_rx: float | None = None
         self.local_port = 0
         self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._recorder: WavRecorder | None = None
@@ -498,13 +503,14 @@ class RtpStream:
         last_error: OSError | None = None
         for port in ports:
             try:
-                transport, _ = await loop.create_datagram_endpoint(
+                transport, protocol = await loop.create_datagram_endpoint(
                     lambda: _Protocol(self), local_addr=(self.host, port)
                 )
             except OSError as exc:
                 last_error = exc
                 continue
             self._transport = transport
+            self._protocol = protocol
             self.local_port = int(transport.get_extra_info("sockname")[1])
             if self._pool:
                 self._pool.take(self.local_port)
@@ -765,6 +771,10 @@ class RtpStream:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            if self._protocol is not None:
+                # the socket is really closed in connection_lost, one loop iteration later
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._protocol.lost), 1.0)
         if self._pool and self.local_port:
             self._pool.release(self.local_port)
         if self._recorder is not None:

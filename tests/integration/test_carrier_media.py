@@ -1,0 +1,256 @@
+"""Two real RtpStreams on 127.0.0.1 talking RTP: audio judged by content (FFT frequency and
+level of the recording), packet rate, DTMF, bad datagrams, the absolute send clock."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge.carrier.media import (
+    Announcement,
+    Echo,
+    Ringback,
+    RtpStream,
+    Silence,
+    Tone,
+    load_wav,
+    measure_tone,
+)
+from bridge.rtp.packet import RtpPacket
+from bridge.sip.sdp import build_offer, negotiated_from_answer
+
+pytestmark = pytest.mark.timeout(60)
+
+FRAME = 160
+
+
+@dataclass
+class Pair:
+    a: RtpStream  # the "caller": records what comes back
+    b: RtpStream  # the "carrier" side, answered from A's SDP offer
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    a = await RtpStream.create(record_path=tmp_path / "a.wav")
+    offer = build_offer("127.0.0.1", a.local_port)
+    b, ans = await RtpStream.answer(offer.serialize(), record_path=tmp_path / "b.wav")
+    a.configure(negotiated_from_answer(ans.sdp.serialize(), offer))
+    a.start()
+    try:
+        yield Pair(a, b)
+    finally:
+        await a.close()
+        await b.close()
+
+
+def frame_levels(x: np.ndarray) -> np.ndarray:
+    """Per-20 ms RMS level in dBFS (sine-referenced)."""
+    fr = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME).astype(np.float64)
+    return 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) * np.sqrt(2) / 32767 + 1e-9)
+
+
+def loud_segment(x: np.ndarray, threshold: float = -30.0, trim: int = 3) -> np.ndarray:
+    """The samples between the first and last frame above ``threshold``, trimmed by ``trim`` frames."""
+    on = np.nonzero(frame_levels(x) > threshold)[0]
+    if len(on) == 0:
+        return x[:0]
+    return x[(on[0] + trim) * FRAME : (on[-1] + 1 - trim) * FRAME]
+
+
+async def test_tone_echo_keeps_frequency_level_and_rate(pair: Pair, tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    pair.b.play(Echo())
+    done = pair.a.play(Tone(1000.0, -10.0, 2.0))
+    await asyncio.sleep(0.5)
+    t1, n1 = loop.time(), pair.b.stats().packets_received
+    await asyncio.wait_for(done, 5)
+    await asyncio.sleep(1.0)
+    t2, n2 = loop.time(), pair.b.stats().packets_received
+    started = pair.a.t0
+    await pair.a.close()
+    closed = loop.time()
+    await pair.b.close()
+
+    rate = (n2 - n1) / (t2 - t1)
+    assert abs(rate - 50.0) / 50.0 < 0.01, rate
+
+    x, sr = load_wav(tmp_path / "a.wav")
+    assert sr == 8000
+    # The recording is as long as the stream ran: silence was written for every empty slot.
+    assert started is not None and abs(len(x) / sr - (closed - started)) < 0.06
+    echo = loud_segment(x)
+    assert 1.8 <= len(echo) / sr <= 2.1, len(echo) / sr  # the whole 2 s tone came back, once
+    freq, level = measure_tone(echo)
+    assert abs(freq - 1000.0) / 1000.0 < 0.01, freq
+    assert abs(level - (-10.0)) < 1.0, level
+    # Before the echo there is silence, and after it too.
+    assert frame_levels(x[: FRAME * 2]).max() < -60
+    assert frame_levels(x[-FRAME * 10 :]).max() < -60
+
+    st = pair.a.stats()
+    assert st.packets_lost == 0 and st.dropped_malformed == 0
+    assert st.on_time_share > 0.8 and st.skipped_ticks == 0
+
+
+async def test_dtmf_both_ways(pair: Pair) -> None:
+    await asyncio.wait_for(pair.a.send_dtmf("0123456789*#"), 10)
+    await asyncio.wait_for(pair.b.send_dtmf("95#", duration_ms=60), 5)
+    await asyncio.sleep(0.2)
+    assert "".join(pair.b.dtmf_digits) == "0123456789*#"
+    assert "".join(pair.a.dtmf_digits) == "95#"
+    assert pair.a.stats().dtmf_sent == 12 and pair.b.stats().dtmf_received == 12
+
+
+async def test_garbage_does_not_stop_reception(pair: Pair, tmp_path: Path) -> None:
+    pair.b.play(Echo())
+    pair.a.play(Tone(700.0, -10.0))
+    await asyncio.sleep(0.4)
+    before = pair.b.stats()
+    assert before.packets_received > 10
+
+    good = RtpPacket(0, 1000, 160_000, 0xBAD, b"\xff" * 160).serialize()
+    bad = [
+        b"",
+        b"\x80",
+        good[:11],
+        bytes([0x40]) + good[1:],  # version 1
+        bytes([0x8F]) + good[1:12],  # CC=15, truncated
+        bytes([0xA0]) + good[1:12] + b"\x01\xff",  # padding longer than payload
+        bytes.fromhex("81c90007") + b"\x00" * 28,  # RTCP RR on the RTP port
+        b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + b"\x00" * 12,  # STUN binding request
+        bytes(range(256)) * 4,
+        RtpPacket(8, 1, 1, 0xBAD, b"\xd5" * 160).serialize(),  # PCMA into a PCMU answer
+        RtpPacket(127, 1, 1, 0xBAD, b"\x00" * 10).serialize(),
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for data in bad:
+            sock.sendto(data, pair.b.local_address)
+        sock.sendto(good, pair.b.local_address)  # valid RTP, but not from A: dropped
+        await asyncio.sleep(0.6)
+
+    after = pair.b.stats()
+    assert (
+        after.dropped_malformed == 6 and after.dropped_rtcp == 1 and after.dropped_other == 2
+    )  # STUN + 0x00...
+    assert after.dropped_unknown_pt == 2 and after.dropped_wrong_source == 1
+    assert after.ssrc_changes == 0
+    assert after.packets_received - before.packets_received >= 25  # still receiving A
+    await pair.a.close()
+    x, _ = load_wav(tmp_path / "a.wav")
+    tail = x[-int(0.4 * 8000) :]  # audio echoed after the garbage
+    freq, level = measure_tone(tail)
+    assert abs(freq - 700.0) < 7.0 and abs(level + 10.0) < 1.0
+
+
+async def test_latching_follows_the_real_source(tmp_path: Path) -> None:
+    # B is told (via SDP) a wrong address; with latch=True it sends to wherever A really is.
+    b = await RtpStream.create(latch=True, remote=("127.0.0.1", 9), record_path=tmp_path / "b.wav")
+    a = await RtpStream.create(remote=b.local_address, record_path=tmp_path / "a.wav")
+    try:
+        b.play(Echo())
+        b.start()
+        a.play(Tone(1500.0, -12.0))
+        a.start()
+        await asyncio.sleep(1.0)
+        assert b.remote == a.local_address and b.latched
+        await a.close()
+        x, _ = load_wav(tmp_path / "a.wav")
+        freq, level = measure_tone(loud_segment(x))
+        assert abs(freq - 1500.0) < 15.0 and abs(level + 12.0) < 1.0
+    finally:
+        await a.close()
+        await b.close()
+
+
+class _Sink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.packets: list[tuple[float, RtpPacket]] = []
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.packets.append((time.monotonic(), RtpPacket.parse(data)))
+
+
+async def test_absolute_clock_skips_ahead_instead_of_bursting(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    sink = _Sink()
+    transport, _ = await loop.create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    a = await RtpStream.create(remote=("127.0.0.1", port), record_path=tmp_path / "a.wav", max_burst=3)
+    try:
+        a.play(Silence())
+        a.start()
+        await asyncio.sleep(0.5)
+        time.sleep(0.3)  # noqa: ASYNC251 - deliberately block the loop: 15 ticks become due at once
+        await asyncio.sleep(0.5)
+        st = a.stats()
+        elapsed = loop.time() - (a.t0 or 0)
+        # Never drifts: ticks (sent + skipped) track wall time on the absolute schedule.
+        assert abs(st.ticks - (elapsed / 0.02 + 1)) <= 2
+        assert st.skipped_ticks >= 10
+        assert st.packets_sent == st.ticks - st.skipped_ticks
+        # The receiver sees contiguous sequence numbers, and a timestamp jump for the skip.
+        pkts = [p for _, p in sink.packets]
+        seqs = [p.sequence_number for p in pkts]
+        assert all((b - a_) & 0xFFFF == 1 for a_, b in zip(seqs, seqs[1:], strict=False))
+        ts_steps = [(q.timestamp - p.timestamp) & 0xFFFFFFFF for p, q in zip(pkts, pkts[1:], strict=False)]
+        assert max(ts_steps) >= 10 * FRAME and ts_steps.count(FRAME) >= len(ts_steps) - 2
+        # The first packet after the skip carries the marker bit (new talkspurt).
+        jump = ts_steps.index(max(ts_steps)) + 1
+        assert pkts[jump].marker
+    finally:
+        await a.close()
+        transport.close()
+    x, _ = load_wav(tmp_path / "a.wav")
+    assert len(x) == a.stats().ticks * FRAME  # the recording covers skipped ticks too
+
+
+async def test_ringback_and_announcement_content(tmp_path: Path) -> None:
+    a = await RtpStream.create(record_path=tmp_path / "a.wav")
+    b = await RtpStream.create(remote=a.local_address)
+    try:
+        a.start()
+        done = b.play(Ringback(seconds=1.4))
+        b.start()
+        await asyncio.wait_for(done, 3)
+        done = b.play(Announcement(repeats=1))
+        await asyncio.wait_for(done, 4)
+        await asyncio.sleep(0.2)
+    finally:
+        await b.close()
+        await a.close()
+    x, _ = load_wav(tmp_path / "a.wav")
+    levels = frame_levels(x)
+    on = np.nonzero(levels > -30)[0]
+    # Ringback: 1 s of 450 Hz (50 frames) then silence (4 s cadence, cut at 1.4 s).
+    first_burst = x[(on[0] + 2) * FRAME : (on[0] + 48) * FRAME]
+    assert abs(measure_tone(first_burst)[0] - 450.0) < 5.0
+    # Announcement: three SIT tones in rising order after the ringback.
+    sit = x[(on[0] + 70) * FRAME :]
+    sit_on = np.nonzero(frame_levels(sit) > -30)[0]
+    freqs = [
+        measure_tone(sit[(s + 2) * FRAME : (s + 14) * FRAME])[0]
+        for s in (sit_on[0], sit_on[0] + 18, sit_on[0] + 36)
+    ]
+    assert [round(f, -1) for f in freqs] == [950.0, 1400.0, 1800.0]
+
+
+async def test_port_released_and_close_is_idempotent() -> None:
+    a = await RtpStream.create()
+    port = a.local_port
+    await a.close()
+    await a.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_sit_table_is_e180() -> None:
+    freqs = [f for f, _ in Announcement.SIT if f]
+    assert freqs == [950.0, 1400.0, 1800.0]
