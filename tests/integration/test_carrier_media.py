@@ -254,3 +254,65 @@ async def test_port_released_and_close_is_idempotent() -> None:
 def test_sit_table_is_e180() -> None:
     freqs = [f for f, _ in Announcement.SIT if f]
     assert freqs == [950.0, 1400.0, 1800.0]
+
+
+SPEECH = Path(__file__).resolve().parents[1] / "data" / "speech_en_48k.wav"
+
+
+def _read_all(source: object, limit: int = 8000 * 20) -> np.ndarray:
+    out: list[np.ndarray] = []
+    silence = np.zeros(FRAME, dtype=np.int16)
+    total = 0
+    while total < limit:
+        chunk = source.read(FRAME, silence)  # type: ignore[attr-defined]
+        if chunk is None:
+            break
+        out.append(chunk)
+        total += len(chunk)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+
+
+def test_sources_from_scenario_specs() -> None:
+    from bridge.carrier.media import source_for
+    from bridge.carrier.scenarios import parse_media
+
+    tone = _read_all(source_for(parse_media("tone:440:1")))
+    assert len(tone) == 8000
+    freq, level = measure_tone(tone)
+    assert abs(freq - 440.0) < 4.4 and abs(level + 10.0) < 0.1
+
+    ring = _read_all(source_for(parse_media("ringback:6")))
+    assert len(ring) == 6 * 8000
+    lv = frame_levels(ring)
+    on = lv > -40
+    assert on[:50].all() and not on[50:250].any() and on[250:300].all()  # 1 s on, 4 s off
+    assert abs(measure_tone(ring[:8000])[0] - 450.0) < 4.5
+
+    ann = _read_all(source_for(parse_media("announcement:3")))
+    assert len(ann) == 3 * 8000
+    assert abs(measure_tone(ann[: int(0.33 * 8000)])[0] - 950.0) < 10
+
+    speech = _read_all(source_for(parse_media(f"file:{SPEECH}")), limit=8000 * 30)
+    assert abs(len(speech) / 8000 - 16.0066) < 0.01
+    assert frame_levels(speech).max() > -30  # real content, not silence
+    assert _read_all(source_for(parse_media("silence:0.5"))).tolist() == [0] * 4000
+
+
+async def test_speech_file_round_trip_correlates(pair: Pair, tmp_path: Path) -> None:
+    from bridge.carrier.media import PcmPlayback
+
+    speech, _ = load_wav(SPEECH, rate=8000)
+    clip = speech[8000 : 8000 * 3]  # 2 s of speech
+    pair.b.play(Echo())
+    await asyncio.wait_for(pair.a.play(PcmPlayback(clip)), 5)
+    await asyncio.sleep(0.4)
+    await pair.a.close()
+    x, _ = load_wav(tmp_path / "a.wav")
+    # Find the echo by cross-correlation, then compare sample by sample (G.711 twice).
+    xf, cf = x.astype(np.float64), clip.astype(np.float64)
+    corr = np.correlate(xf, cf, mode="valid")
+    lag = int(np.argmax(corr))
+    seg = xf[lag : lag + len(cf)]
+    rho = float(np.dot(seg, cf) / np.sqrt(np.dot(seg, seg) * np.dot(cf, cf)))
+    assert rho > 0.98, rho
+    assert lag % FRAME == 0  # latency is a whole number of 20 ms frames
