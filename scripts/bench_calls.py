@@ -80,11 +80,11 @@ def run(n: int, duration: float, play: str, tmp: Path) -> dict[str, Any]:
             register(url, f"callee{i}")
         answerers = []
         for i in range(n):
-            err = tmp / f"ans{i}.err"
+            err_file = tmp / f"ans{i}.err"
             p = subprocess.Popen([*DIAL, "answer", "--server", url, "--user", f"callee{i}", "--password", PASSWORD,
                                   "--echo", "--count", "1", "--json"], cwd=ROOT, env=env(),
-                                 stdout=subprocess.PIPE, stderr=open(err, "w"), text=True)  # noqa: SIM115
-            answerers.append((p, err))
+                                 stdout=subprocess.PIPE, stderr=open(err_file, "w"), text=True)  # noqa: SIM115
+            answerers.append((p, err_file))
         for p, err_path in answerers:
             while "waiting for calls" not in err_path.read_text():
                 if p.poll() is not None:
