@@ -11,6 +11,12 @@ Lifecycle, as the carrier UAS uses it::
 
 As the offerer: ``stream = await RtpStream.create(...)``, ``build_offer(host, stream.local_port)``,
 then ``stream.configure(negotiated_from_answer(answer, offer))`` and ``stream.start()``.
+For a re-INVITE (hold, codec change) answer it from the same port and apply it::
+
+    new = answer_offer(reoffer, address=host, port=stream.local_port,
+                       session_id=answer.sdp.origin.session_id,
+                       session_version=answer.sdp.origin.session_version + 1)
+    stream.configure(new.audio)      # sendonly/inactive/c=0.0.0.0 stop our sending
 
 Sending is paced on an absolute clock (``t0 + n * 20 ms`` on ``loop.time()``): it never
 drifts, and when the loop falls more than ``max_burst`` frames behind it skips ahead (the
