@@ -316,3 +316,26 @@ async def test_speech_file_round_trip_correlates(pair: Pair, tmp_path: Path) -> 
     rho = float(np.dot(seg, cf) / np.sqrt(np.dot(seg, seg) * np.dot(cf, cf)))
     assert rho > 0.98, rho
     assert lag % FRAME == 0  # latency is a whole number of 20 ms frames
+
+
+async def test_hold_reinvite_stops_our_sending(pair: Pair) -> None:
+    from bridge.sip.sdp import answer_offer
+
+    pair.b.play(Tone(600.0, -10.0))
+    await asyncio.sleep(0.4)
+    assert pair.a.stats().packets_received > 10
+    # A puts the call on hold: re-INVITE with a=sendonly; B answers recvonly from the same port.
+    reoffer = build_offer("127.0.0.1", pair.a.local_port, direction="sendonly", session_version=1)
+    held = answer_offer(reoffer.serialize(), port=pair.b.local_port)
+    assert held.audio.direction == "recvonly" and not held.audio.send
+    pair.b.configure(held.audio)
+    await asyncio.sleep(0.1)
+    n1 = pair.a.stats().packets_received
+    await asyncio.sleep(0.5)
+    assert pair.a.stats().packets_received == n1  # B sends nothing while held
+    assert pair.a.inactive_for() >= 0.5
+    # Resume: sendrecv again, and media flows.
+    resumed = answer_offer(build_offer("127.0.0.1", pair.a.local_port).serialize(), port=pair.b.local_port)
+    pair.b.configure(resumed.audio)
+    await asyncio.sleep(0.4)
+    assert pair.a.stats().packets_received >= n1 + 15
