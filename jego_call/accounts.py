@@ -1,0 +1,219 @@
+"""Accounts: users with argon2 password hashes, signed expiring tokens, and contacts.
+
+Call `Accounts(db, secret, cfg)`; `register`/`login` return a token, `verify_token` turns one
+back into a username. Everything raises SignallingError with its wire code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from .config import AuthConfig
+from .db import Database
+from .errors import ErrorCode, SignallingError
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
+MAX_PASSWORD = 1024
+
+# argon2id with the library's RFC 9106 "low memory" profile: ~50 ms per hash on these cores.
+_HASHER = PasswordHasher()
+# A hash to verify against when the user does not exist, so timing does not reveal it.
+_DUMMY_HASH = _HASHER.hash("not-a-real-password")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    token: str
+    username: str
+    expires_at: float
+
+
+def load_secret(data_dir: Path) -> bytes:
+    """The server's token-signing key, created at first start in DATA/secret.key (mode 0600)."""
+    path = data_dir / "secret.key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key.hex())
+        return key
+
+
+def normalise_username(name: object) -> str:
+    if not isinstance(name, str):
+        raise SignallingError(ErrorCode.INVALID_USERNAME, "username must be a string")
+    name = name.strip().lower()
+    if not USERNAME_RE.match(name):
+        raise SignallingError(
+            ErrorCode.INVALID_USERNAME,
+            "username must be 3-32 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+        )
+    return name
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Accounts:
+    """User accounts and contacts on top of `Database`."""
+
+    def __init__(self, db: Database, secret: bytes, cfg: AuthConfig) -> None:
+        self.db = db
+        self.secret = secret
+        self.cfg = cfg
+
+    # -- passwords and tokens -------------------------------------------------------------
+    def _check_password(self, password: object) -> str:
+        if not isinstance(password, str):
+            raise SignallingError(ErrorCode.WEAK_PASSWORD, "password must be a string")
+        if len(password) < self.cfg.min_password_length:
+            raise SignallingError(
+                ErrorCode.WEAK_PASSWORD, f"password must have at least {self.cfg.min_password_length} characters"
+            )
+        if len(password) > MAX_PASSWORD:
+            raise SignallingError(ErrorCode.WEAK_PASSWORD, f"password must have at most {MAX_PASSWORD} characters")
+        return password
+
+    def issue_token(self, username: str, now: float | None = None) -> Token:
+        now = time.time() if now is None else now
+        exp = int(now + self.cfg.token_ttl_s)
+        body = _b64(json.dumps({"u": username, "exp": exp}, separators=(",", ":")).encode())
+        sig = _b64(hmac.new(self.secret, body.encode(), hashlib.sha256).digest())
+        return Token(f"{body}.{sig}", username, float(exp))
+
+    def verify_token(self, token: object, now: float | None = None) -> str:
+        """The username a valid, unexpired token names; SignallingError(auth_failed) otherwise."""
+        now = time.time() if now is None else now
+        if not isinstance(token, str) or len(token) > 512 or token.count(".") != 1:
+            raise SignallingError(ErrorCode.AUTH_FAILED, "malformed token")
+        body, sig = token.split(".")
+        want = _b64(hmac.new(self.secret, body.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(sig, want):
+            raise SignallingError(ErrorCode.AUTH_FAILED, "bad token signature")
+        try:
+            claims = json.loads(_unb64(body))
+            username, exp = claims["u"], float(claims["exp"])
+        except (ValueError, KeyError, TypeError):
+            raise SignallingError(ErrorCode.AUTH_FAILED, "malformed token") from None
+        if exp < now:
+            raise SignallingError(ErrorCode.AUTH_FAILED, "token expired: log in again")
+        if not self.exists(username):
+            raise SignallingError(ErrorCode.AUTH_FAILED, "account no longer exists")
+        return str(username)
+
+    # -- users ----------------------------------------------------------------------------
+    @staticmethod
+    def hash_password(password: str) -> str:
+        """CPU-bound (~50 ms): call it in a worker thread from async code."""
+        return _HASHER.hash(password)
+
+    def validate_new(self, username: object, password: object) -> tuple[str, str]:
+        name = normalise_username(username)
+        pw = self._check_password(password)
+        if self.exists(name):
+            raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {name!r} is taken")
+        return name, pw
+
+    def create(self, username: str, password_hash: str) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO users(username, password_hash, created_at) VALUES (?, ?, ?)",
+                (username, password_hash, time.time()),
+            )
+        except Exception as exc:  # sqlite3.IntegrityError: a concurrent register won
+            if "UNIQUE" in str(exc):
+                raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {username!r} is taken") from None
+            raise
+
+    def register(self, username: object, password: object) -> Token:
+        """Synchronous register (CLI, tests): validate, hash, store, return a token."""
+        name, pw = self.validate_new(username, password)
+        self.create(name, self.hash_password(pw))
+        return self.issue_token(name)
+
+    def stored_hash(self, username: object) -> tuple[str | None, str]:
+        """(normalised name or None, hash to verify against: a dummy one for unknown users)."""
+        if not isinstance(username, str) or not USERNAME_RE.match(username.strip().lower()):
+            return None, _DUMMY_HASH
+        name = username.strip().lower()
+        row = self.db.query_one("SELECT password_hash FROM users WHERE username = ?", (name,))
+        return (name, row["password_hash"]) if row else (None, _DUMMY_HASH)
+
+    @staticmethod
+    def verify_password(password_hash: str, password: object) -> bool:
+        """CPU-bound (~50 ms): call it in a worker thread from async code."""
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD:
+            return False
+        try:
+            return _HASHER.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def login(self, username: object, password: object) -> Token:
+        """Synchronous login (CLI, tests)."""
+        name, stored = self.stored_hash(username)
+        if not self.verify_password(stored, password) or name is None:
+            raise SignallingError(ErrorCode.AUTH_FAILED, "wrong username or password")
+        return self.issue_token(name)
+
+    def exists(self, username: str) -> bool:
+        return self.db.query_one("SELECT 1 FROM users WHERE username = ?", (username,)) is not None
+
+    def created_at(self, username: str) -> float:
+        row = self.db.query_one("SELECT created_at FROM users WHERE username = ?", (username,))
+        if row is None:
+            raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
+        return float(row["created_at"])
+
+    # -- contacts -------------------------------------------------------------------------
+    def add_contact(self, owner: str, other: object) -> tuple[str, bool]:
+        """Add `other` to `owner`'s contacts; returns (name, created)."""
+        name = normalise_username(other) if isinstance(other, str) else normalise_username(other)
+        if name == owner:
+            raise SignallingError(ErrorCode.SELF_CONTACT, "you cannot add yourself as a contact")
+        if not self.exists(name):
+            raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {name!r}")
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO contacts(owner, contact, created_at) VALUES (?, ?, ?)",
+            (owner, name, time.time()),
+        )
+        return name, cur.rowcount == 1
+
+    def remove_contact(self, owner: str, other: str) -> None:
+        cur = self.db.execute("DELETE FROM contacts WHERE owner = ? AND contact = ?", (owner, other.lower()))
+        if cur.rowcount == 0:
+            raise SignallingError(ErrorCode.NOT_CONTACT, f"{other!r} is not in your contacts")
+
+    def contacts(self, owner: str) -> list[str]:
+        rows = self.db.query("SELECT contact FROM contacts WHERE owner = ? ORDER BY contact", (owner,))
+        return [r["contact"] for r in rows]
+
+    def watchers(self, username: str) -> list[str]:
+        """Users who have `username` as a contact: they see its presence."""
+        rows = self.db.query("SELECT owner FROM contacts WHERE contact = ?", (username,))
+        return [r["owner"] for r in rows]
+
+    def is_contact(self, owner: str, other: str) -> bool:
+        return self.db.query_one(
+            "SELECT 1 FROM contacts WHERE owner = ? AND contact = ?", (owner, other)
+        ) is not None

@@ -1,0 +1,1 @@
+"""[pure] Call state: one state machine per call."""

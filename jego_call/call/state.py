@@ -1,0 +1,94 @@
+"""[pure] The call state machine: an Enum of states, an Enum of events, one transition table.
+
+Create a `CallStateMachine`, then `apply(event)` for each thing that happens; an event the
+table does not allow raises InvalidTransition. `end_reason` tells why an ended call ended.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ..errors import InvalidTransition
+
+
+class CallState(Enum):
+    CALLING = "calling"      # invite delivered to the callee's sessions, no ringing yet
+    RINGING = "ringing"      # a callee session reported ringing
+    CONNECTED = "connected"  # a callee session accepted
+    ENDED = "ended"
+
+
+class CallEvent(Enum):
+    RING = "ring"
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    BUSY = "busy"
+    UNAVAILABLE = "unavailable"
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    HANGUP = "hangup"
+    CONNECTION_LOST = "connection_lost"
+    MAX_DURATION = "max_duration"
+    SHUTDOWN = "shutdown"
+    FAIL = "fail"
+
+
+S, E = CallState, CallEvent
+
+# (state, event) -> next state. Anything absent is illegal.
+TRANSITIONS: dict[tuple[CallState, CallEvent], CallState] = {
+    (S.CALLING, E.RING): S.RINGING,
+    (S.CALLING, E.ACCEPT): S.CONNECTED,
+    (S.RINGING, E.RING): S.RINGING,  # a second callee session also rings
+    (S.RINGING, E.ACCEPT): S.CONNECTED,
+    **{(s, e): S.ENDED for s in (S.CALLING, S.RINGING) for e in (
+        E.DECLINE, E.BUSY, E.UNAVAILABLE, E.CANCEL, E.TIMEOUT, E.HANGUP, E.CONNECTION_LOST, E.SHUTDOWN, E.FAIL)},
+    **{(S.CONNECTED, e): S.ENDED for e in (
+        E.HANGUP, E.CONNECTION_LOST, E.MAX_DURATION, E.SHUTDOWN, E.FAIL)},
+}
+
+# Why a call ended, as sent in call_ended.reason (docs/signalling.md).
+END_REASONS: dict[CallEvent, str] = {
+    E.DECLINE: "declined",
+    E.BUSY: "busy",
+    E.UNAVAILABLE: "unavailable",
+    E.CANCEL: "cancelled",
+    E.TIMEOUT: "no_answer",
+    E.HANGUP: "hangup",
+    E.CONNECTION_LOST: "connection_lost",
+    E.MAX_DURATION: "max_duration",
+    E.SHUTDOWN: "server_shutdown",
+    E.FAIL: "failed",
+}
+
+
+class CallStateMachine:
+    """One call's state. `apply` is the only way to change it."""
+
+    __slots__ = ("state", "end_event", "history")
+
+    def __init__(self) -> None:
+        self.state = CallState.CALLING
+        self.end_event: CallEvent | None = None
+        self.history: list[tuple[CallState, CallEvent, CallState]] = []
+
+    def can(self, event: CallEvent) -> bool:
+        return (self.state, event) in TRANSITIONS
+
+    def apply(self, event: CallEvent) -> CallState:
+        nxt = TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise InvalidTransition("call", self.state, event)
+        self.history.append((self.state, event, nxt))
+        self.state = nxt
+        if nxt is CallState.ENDED:
+            self.end_event = event
+        return nxt
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
+
+    @property
+    def end_reason(self) -> str | None:
+        return END_REASONS[self.end_event] if self.end_event is not None else None

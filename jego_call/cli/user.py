@@ -1,0 +1,59 @@
+"""`jego user add NAME --password PW`: create accounts from the terminal (same database as
+`jego serve` with the same config)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..accounts import Accounts, load_secret
+from ..config import load_config
+from ..db import Database
+from ..errors import SignallingError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("user", help="manage accounts")
+    usub = p.add_subparsers(dest="user_command", metavar="ACTION")
+    usub.required = True
+    a = usub.add_parser("add", help="create an account")
+    a.add_argument("name")
+    a.add_argument("--password", help="the password (or env JEGO_PASSWORD)")
+    a.add_argument("--config", metavar="PATH")
+    a.add_argument("--data-dir", help="override data.dir")
+    a.set_defaults(func=add)
+    ls = usub.add_parser("list", help="list accounts")
+    ls.add_argument("--config", metavar="PATH")
+    ls.add_argument("--data-dir", help="override data.dir")
+    ls.set_defaults(func=list_users)
+
+
+def _open(args: argparse.Namespace) -> Accounts:
+    overrides = {"data": {"dir": args.data_dir}} if args.data_dir else None
+    cfg = load_config(args.config, overrides=overrides)
+    db = Database.open(cfg.data_dir / "jego.sqlite3")
+    return Accounts(db, load_secret(cfg.data_dir), cfg.auth)
+
+
+def add(args: argparse.Namespace) -> int:
+    password = args.password or os.environ.get("JEGO_PASSWORD")
+    if not password:
+        print("jego user add: give --password PW (or set JEGO_PASSWORD)", file=sys.stderr)
+        return 2
+    accounts = _open(args)
+    try:
+        accounts.register(args.name, password)
+    except SignallingError as exc:
+        print(f"jego user add: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"created user {args.name.strip().lower()}")
+    return 0
+
+
+def list_users(args: argparse.Namespace) -> int:
+    accounts = _open(args)
+    for row in accounts.db.query("SELECT username FROM users ORDER BY username"):
+        print(row["username"])
+    return 0

@@ -1,0 +1,1 @@
+"""The signalling server: accounts API, WebSocket protocol (docs/signalling.md), call hub."""

@@ -1,0 +1,152 @@
+"""The /ws handler: frames in, hub calls, JSON out. Errors become {"type":"error"} here.
+
+Nothing in this module decides call logic; it authenticates, rate-limits and translates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..accounts import Accounts
+from ..config import Config
+from ..errors import ErrorCode, SignallingError
+from . import messages as m
+from .hub import Hub
+
+log = logging.getLogger("jego.ws")
+
+OUTBOX_LIMIT = 2048  # a client this far behind is dropped rather than buffered without bound
+CLOSE_AUTH_TIMEOUT = 4001
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNSUPPORTED = 1003
+
+
+class TokenBucket:
+    """Per-connection rate limit: `rate` tokens a second, `burst` at most."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class WsSession:
+    """A hub Session over an aiohttp WebSocket, with a bounded outbox drained by one task."""
+
+    def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
+        self.ws = ws
+        self.id = session_id
+        self.username: str = ""
+        self.outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.outbox.put_nowait(json.dumps(msg, separators=(",", ":")))
+        except asyncio.QueueFull:
+            log.warning("session %s (%s) is not reading: dropping it", self.id, self.username)
+            self.close(CLOSE_SLOW_CONSUMER, "too slow")
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()))
+
+    async def _drain(self) -> None:
+        while True:
+            text = await self.outbox.get()
+            if text is None:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def finish(self) -> None:
+        """Flush what is queued (briefly), then stop the writer."""
+        try:
+            self.outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            self.writer.cancel()
+        try:
+            await asyncio.wait_for(self.writer, 2.0)
+        except (TimeoutError, asyncio.CancelledError):
+            self.writer.cancel()
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """GET /ws: one signalling connection (docs/signalling.md)."""
+    from .server import ACCOUNTS, CONFIG, HUB  # the AppKeys live with the app factory
+
+    cfg: Config = request.app[CONFIG]
+    hub: Hub = request.app[HUB]
+    accounts: Accounts = request.app[ACCOUNTS]
+    sc = cfg.signalling
+    ws = web.WebSocketResponse(heartbeat=sc.heartbeat_s, max_msg_size=sc.max_frame_bytes)
+    await ws.prepare(request)
+    loop = asyncio.get_running_loop()
+    session = WsSession(ws, hub.new_session_id())
+    bucket = TokenBucket(sc.rate_per_s, sc.rate_burst, loop.time())
+    authed = False
+
+    def auth_deadline() -> None:
+        if not authed:
+            session.close(CLOSE_AUTH_TIMEOUT, "authenticate first")
+
+    timer = loop.call_later(sc.auth_timeout_s, auth_deadline)
+    try:
+        async for frame in ws:
+            if frame.type == WSMsgType.BINARY:
+                await ws.close(code=CLOSE_UNSUPPORTED, message=b"text frames only")
+                break
+            if frame.type != WSMsgType.TEXT:
+                break
+            ref = None
+            try:
+                if not bucket.take(loop.time()):
+                    raise SignallingError(ErrorCode.RATE_LIMITED, "slow down")
+                obj = m.decode_frame(frame.data, sc.max_message_bytes)
+                ref = m.message_ref(obj)
+                msg = m.parse_message(obj)
+                if isinstance(msg, m.Ping):
+                    session.send({"type": "pong"})
+                elif isinstance(msg, m.Auth):
+                    if authed:
+                        raise SignallingError(ErrorCode.ALREADY_AUTHENTICATED, "this socket is authenticated")
+                    username = accounts.verify_token(msg.token)
+                    session.username = username
+                    hub.attach(session, username, hello={
+                        "type": "auth_ok", "protocol": m.PROTOCOL_VERSION, "username": username,
+                        "session": session.id, "ice_servers": list(cfg.ice.servers),
+                    })
+                    authed = True
+                    timer.cancel()
+                elif not authed:
+                    raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
+                else:
+                    hub.handle(session, msg)
+            except SignallingError as exc:
+                if exc.code is ErrorCode.AUTH_FAILED or exc.code is ErrorCode.TOO_MANY_SESSIONS:
+                    session.username = ""
+                session.send(exc.to_wire(ref))
+            except Exception:  # a bug must not kill the connection or the server
+                log.exception("session %s: internal error", session.id)
+                session.send(SignallingError(ErrorCode.INTERNAL, "internal error").to_wire(ref))
+    finally:
+        timer.cancel()
+        if authed:
+            hub.detach(session)
+        await session.finish()
+    return ws
+

@@ -1,0 +1,126 @@
+"""Shared fixtures: a live `jego serve` subprocess, users on it, and in-process app clients.
+
+`live_server` starts a real server on a free 127.0.0.1 port with a temp data dir and a 5 s ring
+timeout; `server_factory(**env)` starts one with other JEGO_* settings. `make_user(server, name)`
+registers an account over HTTP and returns its token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+SHARED = ROOT.parent / "shared"
+PASSWORD = "correct-horse-9"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> LiveServer:
+    """Start `jego serve` on a free port; waits until it prints its URL."""
+    data_dir = tmp / "data"
+    log_path = tmp / f"serve-{time.monotonic_ns()}.log"
+    full_env = dict(os.environ)
+    full_env.update({"JEGO_CALLS_RING_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1"})
+    full_env.update(env)
+    args = [sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0", "--data-dir", str(data_dir)]
+    args += extra_args if extra_args is not None else ["--no-carrier", "--no-bridge"]
+    logf = open(log_path, "w")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=logf, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        match = re.search(r"open (http://[0-9.:]+)/", text)
+        if match:
+            return LiveServer(match.group(1), data_dir, proc, log_path, env)
+        if proc.poll() is not None:
+            raise RuntimeError(f"jego serve exited {proc.returncode}:\n{text}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"jego serve did not start:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    servers: list[LiveServer] = []
+
+    def factory(extra_args: list[str] | None = None, **env: str) -> LiveServer:
+        sub = tmp_path / f"srv{len(servers)}"
+        sub.mkdir()
+        s = start_server(sub, extra_args, **env)
+        servers.append(s)
+        return s
+
+    yield factory
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def live_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+    return server_factory()
+
+
+def http_json(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    """One JSON request with urllib; returns (status, decoded body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            raw = res.read()
+            return res.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+def make_user(server: LiveServer, name: str, password: str = PASSWORD) -> str:
+    """Register `name` on `server`; returns its token."""
+    status, body = http_json("POST", f"{server.url}/api/register", {"username": name, "password": password})
+    assert status == 201, body
+    return str(body["token"])
+
+
+def add_contact(server: LiveServer, token: str, name: str) -> None:
+    status, body = http_json("POST", f"{server.url}/api/contacts", {"username": name}, token)
+    assert status in (200, 201), body
