@@ -341,8 +341,15 @@ class SipEndpoint:
         key = server_key(req)
         existing = self._server.get(key)
         if existing is not None:
-            existing.receive_request(req, now)  # retransmission (§17.2.3)
-            self._flush_server(existing)
+            prev = existing.request
+            if (prev.call_id, prev.cseq.seq, prev.from_tag) == (req.call_id, req.cseq.seq, req.from_tag):
+                existing.receive_request(req, now)  # retransmission (§17.2.3)
+                self._flush_server(existing)
+                return
+            # Same branch, different request: the client broke §8.1.1.7 (unique branch).
+            err = SipParseError("Via branch already used by another request")
+            self._queue(error_response(req, err).serialise(), addr, transport)
+            self._events.append(RequestRejected(err.status, err.reason, addr, req))
             return
         # §18.2.1 / RFC 3581: record where the request really came from.
         via = req.top_via
@@ -558,7 +565,7 @@ class SipEndpoint:
             raise KeyError(f"no live server transaction {key}")
         req = tx.request
         if response.status > 100 and response.to_tag is None:
-            response.headers.set("To", str(response.to.with_tag(tx.local_tag)))
+            response.headers.set("To", f"{response.headers.get('To')};tag={tx.local_tag}")
         if self.config.user_agent and "Server" not in response.headers:
             response.headers.add("Server", self.config.user_agent)
         tx.send_response(response, now)

@@ -439,12 +439,11 @@ def _response_headers(req_headers: Headers, status: int, to_tag: str | None) -> 
         value = found
         if name == "To" and to_tag and status != 100:
             try:
-                to = parse_name_addr(value, "To")
+                has_tag = parse_name_addr(value, "To").tag is not None
             except SipParseError:
-                pass
-            else:
-                if to.tag is None:
-                    value = str(to.with_tag(to_tag))
+                has_tag = True  # malformed: copy as is
+            if not has_tag:
+                value = f"{value};tag={to_tag}"  # keep the request's To byte for byte (§8.2.6.2)
         h.add(name, value)
     if status == 100 and "Timestamp" in req_headers:  # §8.2.6.1
         h.add("Timestamp", req_headers.get("Timestamp") or "")

@@ -346,8 +346,17 @@ def read_quoted(text: str, i: int, what: str) -> tuple[str, int]:
 
 
 def quote(text: str) -> str:
-    """Format `text` as a quoted-string."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """Format `text` as a quoted-string (quoted-pair for '"', '\\' and controls; CR/LF become SP)."""
+    out = ['"']
+    for c in text:
+        if c in "\r\n":
+            out.append(" ")
+        elif c in '"\\' or (ord(c) < 0x20 and c != "\t") or c == "\x7f":
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
 
 
 _GEN_VALUE_CHARS = TOKEN_CHARS | frozenset("[]:")
