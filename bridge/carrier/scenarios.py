@@ -146,7 +146,8 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class NeverAnswer:
-    """Keep ringing (180) for `seconds` (the ring timeout), then 480 with cause 19."""
+    """Let the phone ring for `seconds` (the ring timeout, counted from this step), then 480 with
+    cause 19. It sends no 18x itself: put a Ring step before it (the presets do)."""
     seconds: float = 60.0
     code: int = 480
     q850: int = 19
