@@ -1,0 +1,74 @@
+"""Config: TOML defaults, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jego_call.config import Config, load_config
+from jego_call.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_file_matches_dataclass_defaults() -> None:
+    assert load_config(None, environ={}) == Config()
+
+
+def test_env_overrides() -> None:
+    cfg = load_config(None, environ={"JEGO_HTTP_PORT": "9090", "JEGO_CALLS_RING_TIMEOUT_S": "12.5",
+                                     "JEGO_ICE_SERVERS": '[{urls = ["stun:127.0.0.1:3478"]}]',
+                                     "JEGO_CARRIER_ENABLED": "false", "OTHER": "x"})
+    assert cfg.http.port == 9090 and cfg.calls.ring_timeout_s == 12.5 and cfg.carrier.enabled is False
+    assert cfg.ice.servers == ({"urls": ["stun:127.0.0.1:3478"]},)
+    with pytest.raises(dataclass_frozen_error()):
+        cfg.http.port = 1  # type: ignore[misc]
+
+
+def dataclass_frozen_error() -> type[Exception]:
+    import dataclasses
+    return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[http]\nprot = 1\n", "http.prot"),
+        ("[http]\nport = \"eighty\"\n", "http.port"),
+        ("[calls]\nring_timeout_s = -1\n", "calls.ring_timeout_s"),
+        ("[carrier]\nenabled = 1\n", "carrier.enabled"),
+        ("[nope]\nx = 1\n", "nope"),
+        ("http = 5\n", "http"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(p, environ={})
+    assert info.value.key == key
+
+
+def test_env_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"JEGO_HTTP_PORT": "x"})
+    assert info.value.key == "http.port"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"JEGO_HTTP_PROT": "1"})
+    assert info.value.key == "http.prot"
+
+
+def test_cli_reports_bad_config_in_one_line_with_status_2(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[signalling]\nheartbeat_s = \"often\"\n")
+    res = subprocess.run([sys.executable, "-m", "jego_call.cli.main", "serve", "--config", str(p)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "signalling.heartbeat_s" in lines[0], res.stderr
+    res = subprocess.run([sys.executable, "-m", "jego_call.cli.main", "serve", "--config", str(tmp_path / "none")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2 and "no such file" in res.stderr
