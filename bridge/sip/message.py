@@ -218,13 +218,15 @@ def parse_message(data: bytes, *, stream: bool = False, validate: bool = True) -
         if len(data) - offset > MAX_HEADER_BYTES:
             raise MessageTooLarge("header section too large")
         raise SipParseError("no empty line after the header fields")
-    if head_end - offset > MAX_HEADER_BYTES:
-        raise MessageTooLarge("header section too large")
+    if head_end - offset > 2 * MAX_HEADER_BYTES:
+        raise MessageTooLarge("header section too large")  # not even worth reading for a reply
     head = data[offset:head_end].decode("utf-8", "surrogateescape")
     rest = data[head_end + 4:]
     lines = head.split("\r\n")
     start_line = lines[0]
     errors: list[SipError] = []
+    if head_end - offset > MAX_HEADER_BYTES:
+        errors.append(MessageTooLarge("header section too large"))  # §21.5.7, answered with 513
 
     # header fields: unfold (§7.3.1), expand compact forms, split lists
     headers = Headers()
@@ -321,8 +323,7 @@ def parse_message(data: bytes, *, stream: bool = False, validate: bool = True) -
         raise version_error
     if errors or message is None:
         err = errors[0] if errors else SipParseError("malformed start line")
-        if isinstance(err, SipParseError):
-            err.partial = partial
+        err.partial = partial
         raise err
     message.body = body
     if validate:
