@@ -94,7 +94,7 @@ class Ws:
         while (left := deadline - loop.time()) > 0:
             try:
                 obj = await self.recv(left)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return
             assert obj.get("type") != kind, f"unexpected {obj}"
 
