@@ -141,3 +141,20 @@ async def test_wait_connected_times_out_without_answer(closing: list[MediaEndpoi
     await a.create_offer()
     with pytest.raises(MediaError):
         await a.wait_connected(0.3)
+
+
+async def test_mp4_recording_has_audio_and_video(tmp_path: Path, closing: list[MediaEndpoint]) -> None:
+    import av
+
+    from jego_call.media.sinks import Mp4Recorder
+
+    out = tmp_path / "call.mp4"
+    a = MediaEndpoint(source=ToneSource(440), video_source=TestPatternVideo(160, 120), name="A")
+    b = MediaEndpoint(recorder=Mp4Recorder(out), name="B")
+    closing += [a, b]
+    await connect(a, b, video=True)
+    await asyncio.sleep(3.0)
+    await b.close()
+    with av.open(str(out)) as c:
+        kinds = {s.type: s.frames for s in c.streams}
+    assert kinds.get("audio", 0) > 50 and kinds.get("video", 0) > 10, kinds
