@@ -25,9 +25,9 @@ from typing import Any, Final
 
 from jego_call.config import build
 from jego_call.errors import ConfigError
+from jego_call.numbering import NumberError, NumberInfo, classify, normalise
 
 from ..causes import CAUSE_TEXT, cause_for_sip, outcome_for
-from ..numbering import NumberError, NumberInfo, classify, normalise
 
 DEFAULT_CARRIER_CONFIG: Final = Path(__file__).resolve().parents[2] / "config" / "carrier.toml"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import numbering
-from bridge.area_codes import AREA_CODES
-from bridge.numbering import (
+from jego_call import numbering
+from jego_call.area_codes import AREA_CODES
+from jego_call.numbering import (
     NumberError,
     classify,
     emergency_regions,

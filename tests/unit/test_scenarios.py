@@ -36,8 +36,8 @@ from bridge.causes import (
     reason_header,
     sip_for_cause,
 )
-from bridge.numbering import NumberError
 from jego_call.errors import ConfigError
+from jego_call.numbering import NumberError
 
 
 @pytest.fixture(scope="module")
