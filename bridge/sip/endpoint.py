@@ -366,7 +366,7 @@ class SipEndpoint:
         if req.method == "INVITE":
             tx = InviteServerTransaction(key, req, addr, reliable, self.config.timers, local_tag)
         else:
-            tx = NonInviteServerTransaction(key, req, addr, reliable, self.config.timers, local_tag)
+            tx = NonInviteServerTransaction(key, req, addr, reliable, self.config.timers, local_tag, now)
         self._server[key] = tx
         error = self.check_request(req)
         if error is None and req.method == "CANCEL":

@@ -290,14 +290,19 @@ class InviteServerTransaction(Transaction):
 
 
 class NonInviteServerTransaction(Transaction):
-    """§17.2.2: Trying -> Proceeding -> Completed (Timer J = 64*T1 over UDP) -> Terminated."""
+    """§17.2.2: Trying -> Proceeding -> Completed (Timer J = 64*T1 over UDP) -> Terminated.
+
+    If the TU never sends a final response, the transaction is dropped after 64*T1 + T4 (the
+    client gave up at Timer F): not in RFC 3261, it bounds memory against a silent TU.
+    """
 
     def __init__(self, key: TransactionKey, request: SipRequest, addr: Addr, reliable: bool,
-                 timers: TimerConfig, local_tag: str) -> None:
+                 timers: TimerConfig, local_tag: str, now: float) -> None:
         super().__init__(key, request, addr, reliable, timers)
         self.local_tag = local_tag
         self.last_response: SipResponse | None = None
         self._last_wire: bytes | None = None
+        self._set("abandon", now + 64 * timers.t1 + timers.t4)
 
     @property
     def final_sent(self) -> bool:
@@ -317,10 +322,11 @@ class NonInviteServerTransaction(Transaction):
             self.state = TxState.PROCEEDING
         else:
             self.state = TxState.COMPLETED
+            self._timers.clear()
             self._set("J", now + (0.0 if self.reliable else 64 * self.timers.t1))
 
     def _fire(self, name: str, at: float) -> None:
-        if name == "J":
+        if name in ("J", "abandon"):
             self._terminate()
 
 

@@ -351,3 +351,14 @@ def test_garbage_never_raises() -> None:
         drain(ep)
     ep.receive_datagram(invite_bytes(branch="z9hG4bKafter"), PEER, 10.0)
     assert any(isinstance(e, RequestReceived) for e in drain(ep))
+
+
+def test_unanswered_non_invite_server_transaction_is_dropped() -> None:
+    ep = SipEndpoint()
+    ep.receive_datagram(invite_bytes(method="MESSAGE", branch="z9hG4bKmsg"), PEER, 0.0)
+    (ev,) = drain(ep)
+    assert isinstance(ev, RequestReceived)
+    run_until(ep, 40.0)
+    assert ep.get_timer() is None
+    with pytest.raises(KeyError):
+        ep.respond(ev.key, 200, 40.0)
