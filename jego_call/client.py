@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import uuid
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -141,6 +143,76 @@ class JegoClient:
 
     async def healthz(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/healthz"))
+
+    # --- messaging (docs/signalling.md, ## Messaging) ------------------------------------
+    async def upload_media(self, path: str | Path, kind: str | None = None,
+                           filename: str | None = None) -> dict[str, Any]:
+        """POST /api/media with the file's bytes streamed; returns the media object (`id`, `kind`...).
+
+        The server tells the kind from the content; pass `kind` ("photo", "voice", "file") to insist.
+        Then `send_message(to, media_id=...)`.
+        """
+        p = Path(path)
+        query = {"filename": filename or p.name}
+        if kind is not None:
+            query["kind"] = kind
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/octet-stream"}
+        fh = await asyncio.to_thread(p.open, "rb")
+        try:
+            async with self._session().post(self.url + "/api/media", data=fh, params=query,
+                                            headers=headers) as res:
+                data = await res.json(content_type=None)
+                if res.status >= 400:
+                    err = data.get("error", {}) if isinstance(data, dict) else {}
+                    raise ApiError(str(err.get("code", f"http_{res.status}")),
+                                   str(err.get("message", res.reason)), res.status)
+                return dict(data)
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            raise ServerUnreachable(f"cannot reach {self.url}: {_why(exc)}") from None
+        except (json.JSONDecodeError, aiohttp.ContentTypeError):
+            raise ServerUnreachable(f"{self.url} did not answer like a Jego Call server") from None
+        finally:
+            fh.close()
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        return list((await self.request("GET", "/api/conversations"))["conversations"])
+
+    async def messages(self, with_user: str, before_seq: int | None = None,
+                       limit: int | None = None) -> dict[str, Any]:
+        """One page of history with `with_user`, oldest first: {"messages", "has_more", ...}."""
+        query = "&".join(f"{k}={v}" for k, v in (("before_seq", before_seq), ("limit", limit)) if v is not None)
+        path = f"/api/conversations/{quote(with_user, safe='')}/messages" + (f"?{query}" if query else "")
+        return dict(await self.request("GET", path))
+
+    async def send_message(self, to: str, text: str | None = None, media_id: str | None = None,
+                           client_id: str | None = None, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+        """Send one message over the WebSocket and wait for its `message_ack` (the stored message).
+
+        Needs `connect()`. Other messages that arrive meanwhile are kept for `recv()`. Raises
+        ApiError with the server's code (not_contact, unknown_user, too_large...).
+        """
+        client_id = client_id or uuid.uuid4().hex
+        msg: dict[str, Any] = {"type": "send_message", "id": client_id, "client_id": client_id, "to": to}
+        if text is not None:
+            msg["text"] = text
+        if media_id is not None:
+            msg["media_id"] = media_id
+        await self.send(msg)
+        skipped: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                while True:
+                    got = await self.recv()
+                    if got is None:
+                        continue
+                    if got.get("type") == "message_ack" and got.get("client_id") == client_id:
+                        return dict(got)
+                    if got.get("type") == "error" and got.get("ref") == client_id:
+                        raise ApiError(str(got.get("code")), str(got.get("message", "")))
+                    skipped.append(got)
+        finally:
+            for other in skipped:  # re-queued for recv(), in the order they came
+                self._inbox.put_nowait(other)
 
     # --- WebSocket -----------------------------------------------------------------------
     async def connect(self) -> dict[str, Any]:

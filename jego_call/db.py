@@ -28,6 +28,55 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX contacts_by_contact ON contacts(contact);
     """),
+    # 2: messaging (jego_call/messaging/store.py). One conversation per pair of users (user_a <
+    # user_b); messages numbered 1, 2, 3 ... per conversation; media files live on disk under
+    # DATA/media, content-addressed by sha256, and rows here point to them.
+    (2, """
+        CREATE TABLE conversations (
+            id         INTEGER PRIMARY KEY,
+            user_a     TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            user_b     TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            last_seq   INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (user_a, user_b),
+            CHECK (user_a < user_b)
+        );
+        CREATE INDEX conversations_by_b ON conversations(user_b);
+        CREATE TABLE media (
+            id           TEXT PRIMARY KEY,
+            owner        TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            kind         TEXT NOT NULL CHECK (kind IN ('photo', 'voice', 'file')),
+            mime         TEXT NOT NULL,
+            size         INTEGER NOT NULL,
+            sha256       TEXT NOT NULL,
+            filename     TEXT,
+            width        INTEGER,
+            height       INTEGER,
+            duration_s   REAL,
+            thumb_sha256 TEXT,
+            created_at   REAL NOT NULL
+        );
+        CREATE INDEX media_by_sha ON media(sha256);
+        CREATE TABLE messages (
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            seq             INTEGER NOT NULL,
+            sender          TEXT NOT NULL,
+            recipient       TEXT NOT NULL,
+            client_id       TEXT NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN ('text', 'photo', 'voice', 'file')),
+            body            TEXT,
+            media_id        TEXT REFERENCES media(id),
+            created_at      REAL NOT NULL,
+            delivered_at    REAL,
+            read_at         REAL,
+            PRIMARY KEY (conversation_id, seq),
+            UNIQUE (sender, client_id)
+        );
+        CREATE INDEX messages_undelivered ON messages(recipient, conversation_id, seq) WHERE delivered_at IS NULL;
+        CREATE INDEX messages_unread ON messages(recipient, conversation_id) WHERE read_at IS NULL;
+        CREATE INDEX messages_by_media ON messages(media_id) WHERE media_id IS NOT NULL;
+    """),
 ]
 
 

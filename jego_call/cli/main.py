@@ -16,6 +16,7 @@ from ..errors import ConfigError
 
 SUBCOMMANDS = [
     "jego_call.cli.dial",
+    "jego_call.cli.message",
     "jego_call.cli.serve",
     "jego_call.cli.user",
 ]

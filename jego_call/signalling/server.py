@@ -194,4 +194,7 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_post("/api/contacts", add_contact)
     app.router.add_delete("/api/contacts/{username}", remove_contact)
     app.router.add_get("/api/config", client_config)
+    from ..messaging.service import setup_messaging  # imports this module: import it late
+
+    setup_messaging(app)
     return app

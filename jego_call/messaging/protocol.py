@@ -1,0 +1,94 @@
+"""[pure] The messaging WebSocket types (docs/signalling.md, ## Messaging): send_message,
+receipt and sync, parsed into frozen dataclasses and registered with `@message`.
+
+Importing this module registers the parsers; `service.setup_messaging` routes the types.
+Limits that come from config (max_text_chars) are checked by the handler, not here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ErrorCode, SignallingError
+from ..signalling.messages import field_str, message
+
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+MEDIA_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MAX_TEXT_HARD = 60_000      # characters; the configured messaging.max_text_chars is lower
+MAX_SYNC_CONVERSATIONS = 1000
+RECEIPT_STATES = ("delivered", "read")
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    client_id: str
+    to: str
+    text: str | None
+    media_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    with_: str
+    state: str      # "delivered" or "read"
+    up_to_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    after: tuple[tuple[str, int], ...]   # (peer, after_seq) per conversation the client knows
+
+
+def _int(d: dict[str, Any], name: str, minimum: int) -> int:
+    v = d.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or not minimum <= v < 1 << 62:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be an integer >= {minimum}")
+    return v
+
+
+def _peer(d: dict[str, Any], name: str) -> str:
+    return str(field_str(d, name, max_len=64)).strip().lower()
+
+
+@message("send_message")
+def _send_message(d: dict[str, Any]) -> SendMessage:
+    client_id = str(field_str(d, "client_id", max_len=64, min_len=8, pattern=CLIENT_ID_RE))
+    to = _peer(d, "to")
+    text = d.get("text")
+    media_id = d.get("media_id")
+    if (text is None) == (media_id is None):
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, "give exactly one of 'text' and 'media_id'")
+    if text is not None:
+        if not isinstance(text, str):
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'text' must be a string")
+        if not text.strip():
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "text is empty")
+        if len(text) > MAX_TEXT_HARD:
+            raise SignallingError(ErrorCode.TOO_LARGE, f"text is longer than {MAX_TEXT_HARD} characters")
+    if media_id is not None:
+        media_id = str(field_str(d, "media_id", max_len=32, min_len=32, pattern=MEDIA_ID_RE))
+    return SendMessage(client_id, to, text, media_id)
+
+
+@message("receipt")
+def _receipt(d: dict[str, Any]) -> Receipt:
+    state = d.get("state")
+    if state not in RECEIPT_STATES:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'state' must be 'delivered' or 'read'")
+    return Receipt(_peer(d, "with"), str(state), _int(d, "up_to_seq", 1))
+
+
+@message("sync")
+def _sync(d: dict[str, Any]) -> Sync:
+    convs = d.get("conversations", [])
+    if not isinstance(convs, list) or len(convs) > MAX_SYNC_CONVERSATIONS:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE,
+                              f"field 'conversations' must be a list of at most {MAX_SYNC_CONVERSATIONS}")
+    after: list[tuple[str, int]] = []
+    for c in convs:
+        if not isinstance(c, dict):
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "each conversation must be {\"with\", \"after_seq\"}")
+        after.append((_peer(c, "with"), _int(c, "after_seq", 0)))
+    return Sync(tuple(after))

@@ -1,0 +1,352 @@
+"""Messaging wired into the signalling app: `setup_messaging(app)` (called by `create_app`).
+
+It adds the HTTP routes (media upload and download, conversations, history pages) and a
+cleanup_ctx that builds `Messaging` and routes the WebSocket types `send_message`, `receipt`
+and `sync` to it through `hub.register_handler`. A message is acknowledged to its sender only
+after its transaction is committed. Protocol: docs/signalling.md, ## Messaging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+
+from ..accounts import Accounts
+from ..config import MessagingConfig
+from ..errors import ErrorCode, SignallingError
+from ..signalling.hub import Hub, Session
+from ..signalling.server import ACCOUNTS, CONFIG, DB, HUB, authenticated_user
+from . import protocol as p
+from .media import FILE_MIME, MediaFiles, MediaRejected, Sniffed, TempUpload, analyse
+from .store import Media, Message, MessageStore
+
+log = logging.getLogger("jego.messaging")
+
+SYNC_LIMIT = 500            # messages per sync answer; `more: true` asks the client to sync again
+WRITE_BATCH = 1 << 20       # bytes buffered before a write to the temp file (in a thread)
+MAX_FILENAME = 255
+MAX_PAGE = 200
+
+
+class Messaging:
+    """Conversations for connected sessions: send, receipts, sync. One per app (app[MESSAGING])."""
+
+    def __init__(self, store: MessageStore, files: MediaFiles, accounts: Accounts, hub: Hub,
+                 cfg: MessagingConfig) -> None:
+        self.store = store
+        self.files = files
+        self.accounts = accounts
+        self.hub = hub
+        self.cfg = cfg
+
+    def register(self) -> None:
+        """Route the messaging WebSocket types to this object."""
+        self.hub.register_handler(p.SendMessage, self.on_send)
+        self.hub.register_handler(p.Receipt, self.on_receipt)
+        self.hub.register_handler(p.Sync, self.on_sync)
+
+    # -- sending --------------------------------------------------------------------------
+    def _check_peer(self, user: str, peer: str) -> None:
+        if peer == user:
+            raise SignallingError(ErrorCode.NOT_CONTACT, "you cannot send messages to yourself")
+        if not self.accounts.exists(peer):
+            raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
+        if not self.accounts.is_contact(user, peer):
+            raise SignallingError(ErrorCode.NOT_CONTACT, f"{peer!r} is not in your contacts: add them first")
+
+    def send(self, sender: str, msg: p.SendMessage) -> tuple[Message, bool]:
+        """Validate and durably store one message; returns (message, duplicate)."""
+        old = self.store.by_client_id(sender, msg.client_id)
+        if old is not None:  # a retry: the same ack again, whatever else changed
+            return old, True
+        self._check_peer(sender, msg.to)
+        kind = "text"
+        if msg.text is not None and len(msg.text) > self.cfg.max_text_chars:
+            raise SignallingError(ErrorCode.TOO_LARGE,
+                                  f"text has {len(msg.text)} characters: at most {self.cfg.max_text_chars}")
+        if msg.media_id is not None:
+            media = self.store.media(msg.media_id)
+            if media is None:
+                raise SignallingError(ErrorCode.NOT_FOUND, "no such media: upload it first (POST /api/media)")
+            if media.owner != sender:
+                raise SignallingError(ErrorCode.FORBIDDEN, "you can only send media you uploaded")
+            kind = media.kind
+        return self.store.send(sender, msg.to, msg.client_id, kind, msg.text, msg.media_id)
+
+    def on_send(self, session: Session, msg: p.SendMessage) -> None:
+        stored, duplicate = self.send(session.username, msg)
+        session.send({"type": "message_ack", "client_id": stored.client_id, "duplicate": duplicate,
+                      "message": stored.to_wire()})
+        if duplicate:
+            return
+        push = {"type": "message", "message": stored.to_wire()}
+        self.hub.send_to_user(stored.recipient, push)
+        for s in list(self.hub.sessions.get(stored.sender, ())):
+            if s is not session:  # the sender's other tabs and devices
+                s.send(push)
+
+    # -- receipts -------------------------------------------------------------------------
+    def on_receipt(self, session: Session, msg: p.Receipt) -> None:
+        user, peer = session.username, msg.with_
+        if not self.accounts.exists(peer):
+            raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
+        mark = self.store.mark(user, peer, msg.up_to_seq, msg.state)
+        if mark is None:
+            return
+        self.hub.send_to_user(peer, {"type": "receipt", "with": user, "by": user, "state": msg.state,
+                                     "up_to_seq": mark})
+        mine = {"type": "receipt", "with": peer, "by": user, "state": msg.state, "up_to_seq": msg.up_to_seq}
+        for s in list(self.hub.sessions.get(user, ())):
+            if s is not session:
+                s.send(mine)
+
+    # -- sync -----------------------------------------------------------------------------
+    def on_sync(self, session: Session, msg: p.Sync) -> None:
+        user = session.username
+        sent = 0
+        seen: set[int] = set()
+        for peer, after_seq in msg.after:
+            conv = self.store.conversation_id(user, peer)
+            if conv is None or conv in seen:
+                continue
+            seen.add(conv)
+            for m in self.store.after(user, peer, after_seq, SYNC_LIMIT - sent):
+                session.send({"type": "message", "message": m.to_wire()})
+                sent += 1
+        if sent < SYNC_LIMIT:
+            for m in self.store.undelivered(user, SYNC_LIMIT - sent, seen):
+                session.send({"type": "message", "message": m.to_wire()})
+                sent += 1
+        for peer in self.store.peers(user):
+            delivered, read = self.store.watermarks(user, peer)
+            for state, mark in (("delivered", delivered), ("read", read)):
+                if mark:
+                    session.send({"type": "receipt", "with": peer, "by": peer, "state": state, "up_to_seq": mark})
+        session.send({"type": "sync_done", "count": sent, "more": sent >= SYNC_LIMIT})
+
+    # -- media ----------------------------------------------------------------------------
+    def decide(self, declared: str | None, size: int, sniffed: Sniffed) -> Sniffed:
+        """Reconcile the declared kind (or none) with what the bytes are; SignallingError if they lie."""
+        c = self.cfg
+        if declared == "photo":
+            if sniffed.kind != "photo":
+                why = f" ({sniffed.note})" if sniffed.note else ""
+                raise SignallingError(ErrorCode.UNSUPPORTED_MEDIA,
+                                      f"a photo must be a PNG, JPEG, GIF or WebP image; this content is not{why}")
+            if size > c.max_photo_bytes:
+                raise SignallingError(ErrorCode.TOO_LARGE, f"a photo may have at most {c.max_photo_bytes} bytes")
+            return sniffed
+        if declared == "voice":
+            if sniffed.kind != "voice":
+                why = f" ({sniffed.note})" if sniffed.note else ""
+                raise SignallingError(ErrorCode.UNSUPPORTED_MEDIA,
+                                      f"a voice message must be WAV, OGG, WebM or MP3 audio; this content is not{why}")
+            assert sniffed.duration_s is not None
+            if sniffed.duration_s > c.max_voice_s:
+                raise SignallingError(ErrorCode.TOO_LARGE, f"voice message is {sniffed.duration_s:.1f} s long: "
+                                                           f"at most {c.max_voice_s:g} s")
+            return sniffed
+        if declared == "file":
+            return Sniffed("file", FILE_MIME)
+        # not declared: what the bytes are, unless over the photo/voice limits (then a plain file)
+        if sniffed.kind == "photo" and size > c.max_photo_bytes:
+            return Sniffed("file", FILE_MIME)
+        if sniffed.kind == "voice" and (sniffed.duration_s or 0) > c.max_voice_s:
+            return Sniffed("file", FILE_MIME)
+        return sniffed
+
+    async def upload(self, request: web.Request, owner: str) -> Media:
+        """Stream the request body (raw or the multipart part `file`) to a temp file, check it, store it."""
+        declared = request.query.get("kind")
+        if declared not in (None, "photo", "voice", "file"):
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "kind must be photo, voice or file")
+        limit = self.cfg.max_photo_bytes if declared == "photo" else self.cfg.max_file_bytes
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            raise SignallingError(ErrorCode.TOO_LARGE, f"upload is larger than {limit} bytes")
+        filename = request.query.get("filename")
+        read: Callable[[], Awaitable[bytes]]
+        multipart = request.content_type.startswith("multipart/")
+        if multipart:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise SignallingError(ErrorCode.INVALID_MESSAGE, "multipart body has no part named 'file'")
+                if isinstance(part, aiohttp.BodyPartReader) and (part.name == "file" or part.filename):
+                    break
+            filename = filename or part.filename
+            body_part = part
+
+            async def read() -> bytes:
+                return bytes(await body_part.read_chunk(256 * 1024))
+        else:
+            async def read() -> bytes:
+                return await request.content.readany()
+        up = self.files.new_upload()
+        try:
+            await self._receive(read, up, limit)
+            if up.size == 0:
+                raise SignallingError(ErrorCode.INVALID_MESSAGE, "the upload is empty")
+            if not multipart and request.content_length is not None and up.size != request.content_length:
+                raise SignallingError(ErrorCode.INVALID_MESSAGE, "the upload was cut off")
+            sha = await asyncio.to_thread(up.finish)
+            sniffed = Sniffed("file", FILE_MIME) if declared == "file" else await asyncio.to_thread(analyse, up.path)
+            sniffed = self.decide(declared, up.size, sniffed)
+            await asyncio.to_thread(self.files.commit, up.path, sha)
+            thumb = await asyncio.to_thread(self.files.store_bytes, sniffed.thumbnail) if sniffed.thumbnail else None
+        except MediaRejected as exc:
+            raise SignallingError(ErrorCode.UNSUPPORTED_MEDIA, str(exc)) from None
+        finally:
+            up.discard()  # no-op once committed (the temp path has been renamed)
+        media = Media(secrets.token_hex(16), owner, sniffed.kind, sniffed.mime, up.size, sha,
+                      _clean_filename(filename), sniffed.width, sniffed.height, sniffed.duration_s, thumb,
+                      time.time())
+        self.store.add_media(media)
+        log.info("media %s from %s: %s %s, %d bytes", media.id, owner, media.kind, media.mime, media.size)
+        return media
+
+    @staticmethod
+    async def _receive(read: Callable[[], Awaitable[bytes]], up: TempUpload, limit: int) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                chunk = await read()
+                if not chunk:
+                    break
+                if up.size + len(buf) + len(chunk) > limit:
+                    raise SignallingError(ErrorCode.TOO_LARGE, f"upload is larger than {limit} bytes")
+                buf += chunk
+                if len(buf) >= WRITE_BATCH:
+                    await asyncio.to_thread(up.write, bytes(buf))
+                    buf.clear()
+        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, f"the upload was cut off: {exc}") from None
+        if buf:
+            await asyncio.to_thread(up.write, bytes(buf))
+
+
+def _clean_filename(name: str | None) -> str | None:
+    """The last path component, without control characters or quotes, at most 255 characters."""
+    if not name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in '"')[:MAX_FILENAME].strip()
+    return name or None
+
+
+MESSAGING = web.AppKey("messaging", Messaging)
+
+
+def _messaging(app: web.Application) -> Messaging:
+    return app[MESSAGING]
+
+
+# -- HTTP handlers ------------------------------------------------------------------------------
+async def upload_media(request: web.Request) -> web.Response:
+    """POST /api/media[?kind=photo|voice|file&filename=NAME]: 201 with the media object."""
+    user = authenticated_user(request)
+    media = await _messaging(request.app).upload(request, user)
+    return web.json_response(media.to_wire(), status=201)
+
+
+def _media_for(request: web.Request) -> tuple[Messaging, Media]:
+    user = authenticated_user(request)
+    media_id = request.match_info["media_id"]
+    if not p.MEDIA_ID_RE.match(media_id):
+        raise SignallingError(ErrorCode.NOT_FOUND, "no such media")
+    svc = _messaging(request.app)
+    return svc, svc.store.require_media(user, media_id)
+
+
+def _file_response(svc: Messaging, sha: str, mime: str, disposition: str) -> web.FileResponse:
+    path = svc.files.path(sha)
+    if not path.is_file():
+        raise SignallingError(ErrorCode.NOT_FOUND, "media file is missing")
+    return web.FileResponse(path, headers={
+        "Content-Type": mime, "Content-Disposition": disposition, "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox", "Cache-Control": "private, max-age=86400",
+    })
+
+
+async def download_media(request: web.Request) -> web.FileResponse:
+    """GET /api/media/{id}: the bytes (Range supported); only for members of its conversation."""
+    svc, media = _media_for(request)
+    mode = "attachment" if media.kind == "file" else "inline"
+    disposition = f"{mode}; filename*=UTF-8''{quote(media.filename)}" if media.filename else mode
+    return _file_response(svc, media.sha256, media.mime, disposition)
+
+
+async def media_thumbnail(request: web.Request) -> web.FileResponse:
+    """GET /api/media/{id}/thumbnail: a JPEG of at most 320 px (photos only)."""
+    svc, media = _media_for(request)
+    if media.thumb_sha256 is None:
+        raise SignallingError(ErrorCode.NOT_FOUND, "this media has no thumbnail")
+    return _file_response(svc, media.thumb_sha256, "image/jpeg", "inline")
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    """GET /api/conversations: every conversation, newest first, with unread counts."""
+    user = authenticated_user(request)
+    return web.json_response({"conversations": _messaging(request.app).store.conversations(user)})
+
+
+def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, f"{name} must be an integer") from None
+    if value < minimum:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, f"{name} must be at least {minimum}")
+    return value
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """GET /api/conversations/{username}/messages?before_seq=&limit=: one page, oldest first."""
+    user = authenticated_user(request)
+    svc = _messaging(request.app)
+    peer = request.match_info["username"].strip().lower()
+    if not svc.accounts.exists(peer):
+        raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
+    before = _query_int(request, "before_seq", 1)
+    limit = _query_int(request, "limit", 1) or svc.cfg.page_size
+    limit = min(limit, max(MAX_PAGE, svc.cfg.page_size))
+    messages, more = svc.store.page(user, peer, before, limit)
+    delivered, read = svc.store.watermarks(user, peer)
+    return web.json_response({"with": peer, "messages": [m.to_wire() for m in messages], "has_more": more,
+                              "delivered_seq": delivered, "read_seq": read})
+
+
+async def _messaging_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    files = MediaFiles(cfg.data_dir / "media")
+    removed = await asyncio.to_thread(files.clean_temp)
+    if removed:
+        log.warning("removed %d half-written uploads from %s", removed, files.tmp)
+    svc = Messaging(MessageStore(app[DB]), files, app[ACCOUNTS], app[HUB], cfg.messaging)
+    svc.register()
+    app[MESSAGING] = svc
+    yield
+
+
+def setup_messaging(app: web.Application) -> None:
+    """Add messaging to a `create_app` app: routes now, the service at start-up (after the hub)."""
+    app.cleanup_ctx.append(_messaging_ctx)
+    app.router.add_post("/api/media", upload_media)
+    app.router.add_get("/api/media/{media_id}", download_media)
+    app.router.add_get("/api/media/{media_id}/thumbnail", media_thumbnail)
+    app.router.add_get("/api/conversations", list_conversations)
+    app.router.add_get("/api/conversations/{username}/messages", list_messages)
+
+
+__all__ = ["MESSAGING", "Messaging", "setup_messaging"]
+
