@@ -1,0 +1,112 @@
+"""The seam between a bridged call and its SIP side: the `SipLeg` and `SipTrunk` protocols.
+
+`BridgeCall` (bridge/call.py) talks only to these. The implementation is
+`bridge/pyvoip_leg.py`, the one module that imports pyVoIP; a replacement leg would plug in
+here without touching `BridgeCall`.
+
+Audio crosses this seam as 16-bit signed little-endian PCM, mono, 8 kHz, in 20 ms frames
+(160 samples, 320 bytes). Never 8-bit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+FRAME_SAMPLES = 160
+FRAME_BYTES = 2 * FRAME_SAMPLES
+SAMPLE_RATE = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class LegRinging:
+    """180 or 183 arrived; `early_media` is true when RTP from the far end has started (183 + SDP)."""
+
+    sip_code: int
+    early_media: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LegAnswered:
+    """200 OK arrived and was ACKed (outbound), or we answered (inbound)."""
+
+    codec: str  # "PCMU" or "PCMA"
+
+
+@dataclass(frozen=True, slots=True)
+class LegEnded:
+    """The leg is over. `sip_code`/`q850_cause` come from the final response or the BYE's Reason."""
+
+    reason: str               # hangup, busy, no_answer, not_found, invalid_number, congestion, cancelled, timeout, failed, ...
+    sip_code: int | None = None
+    q850_cause: int | None = None
+    remote: bool = True       # the far end ended it (False: we hung up or cancelled)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LegDtmf:
+    """An RFC 4733 digit received from the far end."""
+
+    digit: str
+
+
+LegEvent = LegRinging | LegAnswered | LegEnded | LegDtmf
+
+
+class SipLeg(Protocol):
+    """One SIP call. Events arrive on `events`, in order, ending with exactly one LegEnded."""
+
+    call_id: str
+    events: asyncio.Queue[LegEvent]
+
+    @property
+    def codec(self) -> str | None:
+        """The negotiated G.711 codec once known ("PCMU"/"PCMA")."""
+
+    async def dial(self, number: str, caller_id: str | None = None) -> None:
+        """Send the INVITE to E.164 `number` (digest auth handled inside); returns once sent."""
+
+    async def answer(self) -> None:
+        """Answer an inbound call (200 OK); LegAnswered follows."""
+
+    async def reject(self, sip_code: int, q850_cause: int | None = None) -> None:
+        """Refuse an inbound call with a final response (e.g. 480, 486); LegEnded follows."""
+
+    async def hangup(self, q850_cause: int = 16) -> None:
+        """BYE when answered, CANCEL while ringing; idempotent; LegEnded(remote=False) follows."""
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Queue one 20 ms frame (320 bytes) to send; never blocks, the queue is bounded (oldest dropped)."""
+
+    def read_audio(self) -> bytes | None:
+        """The next 20 ms frame received (320 bytes), or None when nothing is due; never blocks."""
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send `digits` as RFC 4733 telephone-events, one after the other."""
+
+
+InboundHandler = Callable[[SipLeg, str, str], Awaitable[None]]
+"""Called for a new inbound call with (leg, from_number, to_number), both E.164 where possible."""
+
+
+class SipTrunk(Protocol):
+    """The bridge worker's SIP user agent on the carrier trunk: registration and call legs."""
+
+    async def start(self) -> None:
+        """Bind, register (unless in trunk mode) and start receiving; raises if registration fails."""
+
+    async def stop(self) -> None:
+        """Hang up every leg, unregister, release sockets and threads."""
+
+    def new_leg(self, call_id: str) -> SipLeg:
+        """A fresh outbound leg; call `dial` on it."""
+
+    def set_inbound_handler(self, handler: InboundHandler) -> None:
+        """Where inbound INVITEs go; without one they get 480."""
+
+    @property
+    def registered(self) -> bool:
+        """True once the trunk accepted our REGISTER (always True in trunk mode)."""
