@@ -35,6 +35,7 @@ class LiveServer:
     proc: subprocess.Popen[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] | None = None
 
     @property
     def ws_url(self) -> str:
@@ -42,6 +43,12 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def restart(self) -> None:
+        """Start a new `jego serve` on the same data dir (after stop() or a SIGKILL); `url` changes."""
+        self.stop()
+        new = start_server(self.data_dir.parent, self.extra_args, **self.env)
+        self.url, self.proc, self.log_path = new.url, new.proc, new.log_path
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
@@ -70,7 +77,7 @@ def start_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> 
         text = log_path.read_text(errors="replace")
         match = re.search(r"open (http://[0-9.:]+)/", text)
         if match:
-            return LiveServer(match.group(1), data_dir, proc, log_path, env)
+            return LiveServer(match.group(1), data_dir, proc, log_path, env, extra_args)
         if proc.poll() is not None:
             raise RuntimeError(f"jego serve exited {proc.returncode}:\n{text}")
         time.sleep(0.05)
