@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ..errors import ConfigError
 
 SUBCOMMANDS = [
+    "bridge.carrier.cli",
     "jego_call.cli.dial",
     "jego_call.cli.message",
     "jego_call.cli.serve",

@@ -1,0 +1,1123 @@
+"""The simulated Chinese carrier trunk: a SIP registrar and UAS (plus a UAC for PSTN -> app calls).
+
+    carrier = Carrier(load_carrier_config(), data_dir=Path("data"))
+    await carrier.start()          # carrier.udp_port / carrier.tcp_port; see service.py / cli.py
+    ...                            # sipp, baresip or the bridge talk SIP to it
+    result = await carrier.originate("+8613800138000", "+4915112345678", play=Path("hello.wav"))
+    await carrier.stop()           # BYEs live calls, closes media, flushes call records
+
+Protocol decisions live in small pure pieces that the tests drive directly: `CallFsm` (one call's
+state, a transition table; an illegal move raises), `TrunkAuth` (digest challenge/verify with the
+failure lockout, RFC 3261 §22), `Registrar` (bindings with expiry, RFC 3261 §10.3). `Carrier` is
+the asyncio driver: it feeds a `SipEndpoint` through a `SipTransport`, runs each INVITE's
+behaviour programme (bridge.carrier.scenarios) with timers, owns one `RtpStream` per call and
+appends a `CallRecord` to cdr.jsonl when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from jego_call.numbering import NumberInfo, classify
+
+from ..causes import CAUSE_TEXT, outcome_for, parse_reason_header, reason_header
+from ..sip.auth import (
+    AuthFailureLimiter,
+    AuthResult,
+    DigestChallenger,
+    parse_credentials,
+)
+from ..sip.dialog import DialogId, DialogState
+from ..sip.endpoint import (
+    AckReceived,
+    AckTimeout,
+    BadAck,
+    CancelReceived,
+    EndpointConfig,
+    MessageDropped,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+    SipEndpoint,
+    SipEvent,
+    TransactionTimeout,
+    UnmatchedResponse,
+)
+from ..sip.errors import CallDoesNotExist, Forbidden, SipError
+from ..sip.message import SipRequest, new_request
+from ..sip.sdp import SdpError, SdpSession, answer_offer, build_offer, negotiated_from_answer
+from ..sip.transaction import Addr, TimerConfig, TransactionKey
+from ..sip.transport import SipTransport
+from ..sip.uri import NameAddr, SipUri, parse_uri
+from .cdr import CallRecord, CdrWriter, cdr_path
+from .media import AudioSource, PcmPlayback, PortPool, RtpStream, Sequence, Silence, source_for
+from .scenarios import (
+    Answer,
+    Behaviour,
+    CarrierConfig,
+    Drop,
+    EarlyMedia,
+    Media,
+    NeverAnswer,
+    NoResponse,
+    Reject,
+    Ring,
+    TrunkAccount,
+    Wait,
+    behaviour_for_uri,
+)
+
+log = logging.getLogger("jego.carrier")
+
+ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO")
+SDP = "application/sdp"
+
+# --------------------------------------------------------------------------------------------
+# one call's state (pure)
+
+
+class CallState(StrEnum):
+    SETUP = "setup"          # authenticated INVITE, programme running, nothing but 100 sent
+    EARLY = "early"          # a 18x went out (early dialog, maybe early media)
+    ANSWERED = "answered"    # 200 sent; retransmitted until the ACK (RFC 3261 §13.3.1.4)
+    CONFIRMED = "confirmed"  # ACK received: the call is up
+    ENDED = "ended"          # final non-2xx sent, BYE sent or received, or cancelled
+
+
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    CallState.SETUP: frozenset({CallState.EARLY, CallState.ANSWERED, CallState.ENDED}),
+    CallState.EARLY: frozenset({CallState.EARLY, CallState.ANSWERED, CallState.ENDED}),
+    CallState.ANSWERED: frozenset({CallState.CONFIRMED, CallState.ENDED}),
+    CallState.CONFIRMED: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A move the call state table does not allow (a bug in the driver, never a peer's fault)."""
+
+
+class CallFsm:
+    """The state of one call at the trunk; `move(to)` follows TRANSITIONS or raises."""
+
+    def __init__(self) -> None:
+        self.state = CallState.SETUP
+        self.history: list[CallState] = [CallState.SETUP]
+
+    def can(self, to: CallState) -> bool:
+        return to in TRANSITIONS[self.state]
+
+    def move(self, to: CallState) -> None:
+        if not self.can(to):
+            raise IllegalTransition(f"call cannot go from {self.state} to {to}")
+        self.state = to
+        self.history.append(to)
+
+    @property
+    def answered(self) -> bool:
+        return CallState.ANSWERED in self.history
+
+    @property
+    def ended(self) -> bool:
+        return self.state == CallState.ENDED
+
+
+# --------------------------------------------------------------------------------------------
+# digest authentication with a lockout (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDecision:
+    """`account` when the request may proceed; otherwise `error` is the response to send
+    (401/407 with a fresh challenge, or 403 without one)."""
+
+    account: TrunkAccount | None = None
+    error: SipError | None = None
+    counted_failure: bool = False
+
+
+class TrunkAuth:
+    """Digest auth for REGISTER (401 + WWW-Authenticate) and INVITE (407 + Proxy-Authenticate,
+    as a trunk's SBC is a proxy to its customers: RFC 3261 §22.3). Nonces are single-use and live
+    `nonce_ttl_s`; `max_auth_failures` failures from one source IP within `auth_window_s` get 403
+    without a challenge until the window has passed. Call `check(request, source_ip, now)`."""
+
+    def __init__(self, cfg: CarrierConfig, *, secret: bytes | None = None,
+                 algorithms: tuple[str, ...] = ("MD5",)) -> None:
+        self.cfg = cfg
+        # MD5 only by default: sipp and baresip 1.0 know no other, and several WWW-Authenticate
+        # values confuse clients that read the first header only (RFC 8760 §2.4 allows either).
+        self.challenger = DigestChallenger(secret or secrets.token_bytes(32), cfg.sip.realm,
+                                           algorithms=algorithms, lifetime=cfg.sip.nonce_ttl_s)
+        self.limiter = AuthFailureLimiter(cfg.sip.max_auth_failures, cfg.sip.auth_window_s)
+
+    def _challenge(self, proxy: bool, now: float, stale: bool = False) -> SipError:
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        values = self.challenger.challenge(now, stale=stale)
+        return SipError(407 if proxy else 401, None, headers=[(name, v) for v in values])
+
+    def check(self, request: SipRequest, source_ip: str, now: float) -> AuthDecision:
+        proxy = request.method != "REGISTER"
+        if self.limiter.is_blocked(source_ip, now):
+            return AuthDecision(error=Forbidden("Too many failed authentications"))
+        header = request.headers.get("Proxy-Authorization" if proxy else "Authorization")
+        if header is None and proxy:
+            header = request.headers.get("Authorization")  # lenient: some UAs answer 407 with it
+        try:
+            creds = parse_credentials(header)
+        except SipError:
+            creds = None
+            self.limiter.record_failure(source_ip, now)
+            return AuthDecision(error=self._challenge(proxy, now), counted_failure=True)
+        if creds is None:
+            return AuthDecision(error=self._challenge(proxy, now))
+        account = self.cfg.trunk(creds.username)
+        if account is None:
+            self.limiter.record_failure(source_ip, now)
+            return AuthDecision(error=self._challenge(proxy, now), counted_failure=True)
+        # The digest uri need not equal the Request-URI: sipp sends sip:<ip>:<port>.
+        result = self.challenger.verify(creds, method=request.method, password=account.password, now=now)
+        if result == AuthResult.STALE:
+            return AuthDecision(error=self._challenge(proxy, now, stale=True))
+        if result != AuthResult.OK:
+            self.limiter.record_failure(source_ip, now)
+            if self.limiter.is_blocked(source_ip, now):
+                return AuthDecision(error=Forbidden("Too many failed authentications"), counted_failure=True)
+            return AuthDecision(error=self._challenge(proxy, now), counted_failure=True)
+        if not account.allows(source_ip):
+            return AuthDecision(error=Forbidden(f"Account {account.username} may not be used from {source_ip}"))
+        return AuthDecision(account=account)
+
+
+# --------------------------------------------------------------------------------------------
+# registrar (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One registered Contact of a trunk account (RFC 3261 §10.3)."""
+
+    account: str
+    contact: str          # the Contact URI, e.g. sip:jego@127.0.0.1:5080;transport=udp
+    addr: Addr            # where the REGISTER came from: requests to the account go there
+    transport: str        # "udp" | "tcp"
+    expires_at: float     # on the carrier's clock
+    registered_at: float
+
+    def expires_in(self, now: float) -> int:
+        return max(0, round(self.expires_at - now))
+
+
+class Registrar:
+    """Bindings per trunk account. `register(account, request, addr, transport, now)` applies a
+    REGISTER (raises SipError 423/400) and returns the bindings to list in the 200 OK."""
+
+    MAX_BINDINGS = 10
+
+    def __init__(self, min_expires: int = 60, max_expires: int = 3600) -> None:
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self._bindings: dict[str, dict[str, Binding]] = {}
+
+    def register(self, account: str, request: SipRequest, addr: Addr, transport: str,
+                 now: float) -> list[Binding]:
+        header_expires = request.headers.get("Expires")
+        default = self.max_expires
+        if header_expires is not None:
+            if not header_expires.strip().isdigit():
+                raise SipError(400, "Expires is not a number")
+            default = int(header_expires.strip())
+        table = self._bindings.setdefault(account, {})
+        if request.contact_is_wildcard:
+            if default != 0:  # §10.3 step 6: "*" only with Expires: 0
+                raise SipError(400, "Contact: * needs Expires: 0")
+            table.clear()
+            return []
+        updates: list[tuple[str, int]] = []
+        for contact in request.contacts:
+            raw = contact.param("expires")
+            expires = int(raw) if raw is not None and raw.isdigit() else default
+            if 0 < expires < self.min_expires:
+                raise SipError(423, None, headers=[("Min-Expires", str(self.min_expires))])
+            updates.append((str(contact.uri), min(expires, self.max_expires)))
+        for uri, expires in updates:
+            if expires == 0:
+                table.pop(uri, None)
+            else:
+                table[uri] = Binding(account, uri, addr, transport, now + expires, now)
+        self._purge(account, now)
+        if len(table) > self.MAX_BINDINGS:
+            for uri in sorted(table, key=lambda u: table[u].registered_at)[:-self.MAX_BINDINGS]:
+                del table[uri]
+        return self.bindings(account, now)
+
+    def _purge(self, account: str, now: float) -> None:
+        table = self._bindings.get(account, {})
+        for uri in [u for u, b in table.items() if b.expires_at <= now]:
+            del table[uri]
+
+    def bindings(self, account: str, now: float) -> list[Binding]:
+        self._purge(account, now)
+        return sorted(self._bindings.get(account, {}).values(), key=lambda b: b.registered_at)
+
+    def latest(self, account: str, now: float) -> Binding | None:
+        """The most recent live binding: where carrier-originated calls for `account` go."""
+        found = self.bindings(account, now)
+        return found[-1] if found else None
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+
+
+def safe_name(call_id: str) -> str:
+    """A Call-ID as a file name: [A-Za-z0-9._@-] kept, the rest '_' (no '/', no leading dot)."""
+    name = re.sub(r"[^A-Za-z0-9._@-]", "_", call_id)[:160]
+    return ("_" + name[1:]) if name.startswith(".") else name or "_"
+
+
+@dataclass(eq=False)
+class Call:
+    """A call at the trunk (UAS side); `fsm` holds its state."""
+
+    key: TransactionKey
+    request: SipRequest
+    addr: Addr
+    transport: str
+    account: str
+    number: str
+    behaviour: Behaviour
+    info: NumberInfo | None
+    start_wall: float
+    fsm: CallFsm = field(default_factory=CallFsm)
+    dialog: DialogId | None = None
+    stream: RtpStream | None = None
+    local_sdp: SdpSession | None = None
+    offerless: bool = False          # INVITE without SDP: our 200 is the offer, the ACK the answer
+    recv_media: bool = True
+    answer_wall: float | None = None
+    answer_time: float | None = None  # loop clock
+    sip_code: int = 0
+    q850: int | None = None
+    outcome: str = ""
+    bad_acks: int = 0
+    recording: Path | None = None
+    task: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def call_id(self) -> str:
+        return self.request.call_id
+
+
+@dataclass(eq=False)
+class OutCall:
+    """A carrier-originated call (PSTN -> app): responses and the remote BYE arrive here."""
+
+    key: TransactionKey
+    call_id: str
+    responses: asyncio.Queue[ResponseReceived | TransactionTimeout] = field(default_factory=asyncio.Queue)
+    dialog: DialogId | None = None
+    remote_bye: asyncio.Event = field(default_factory=asyncio.Event)
+    bye_cause: int | None = None
+
+
+class Carrier:
+    """The trunk. `await start()`, then it serves until `await stop()`.
+
+    `timers` sets RFC 3261 T1/T2/T4 (tests shorten T1 so Timer H = 64*T1 fires quickly);
+    `host`/`port` override [sip].host/port. `control_port` (0 = any free port, None = no control
+    channel) starts the local HTTP control channel used by `jego carrier call` (see control.py).
+    """
+
+    def __init__(self, cfg: CarrierConfig, data_dir: str | Path = "data", *, host: str | None = None,
+                 port: int | None = None, timers: TimerConfig | None = None,
+                 control_port: int | None = None) -> None:
+        self.cfg = cfg
+        self.host = host or cfg.sip.host
+        self.port = cfg.sip.port if port is None else port
+        self.data_dir = Path(data_dir)
+        self.carrier_dir = Path(cfg.cdr.dir) if cfg.cdr.dir else self.data_dir / "carrier"
+        self.recordings_dir = self.carrier_dir / "recordings"
+        self.cdr = CdrWriter(cdr_path(self.data_dir, cfg.cdr.dir), fsync=cfg.cdr.fsync)
+        self.timers = timers or TimerConfig()
+        self.endpoint = SipEndpoint(EndpointConfig(timers=self.timers, allow=ALLOW, auto_trying=False,
+                                                   user_agent=cfg.sip.user_agent), host=self.host,
+                                    port=self.port)
+        self.transport = SipTransport(self.endpoint, self.host, self.port, on_event=self._on_event)
+        self.auth = TrunkAuth(cfg)
+        self.registrar = Registrar(cfg.sip.min_expires_s, cfg.sip.max_expires_s)
+        self.ports = PortPool(cfg.sip.rtp_port_min, cfg.sip.rtp_port_max + 1)
+        self.control_port = control_port
+        self.control: Any = None  # control.ControlServer when started
+        self.stats: dict[str, int] = dict.fromkeys((
+            "requests", "options", "registers", "invites", "challenges", "auth_failures", "auth_blocked",
+            "calls", "answered", "bad_acks", "ack_timeouts", "media_timeouts", "cdr_written",
+            "rejected_by_endpoint", "dropped"), 0)
+        self._calls: dict[TransactionKey, Call] = {}
+        self._by_dialog: dict[DialogId, Call] = {}
+        self._out: dict[TransactionKey, OutCall] = {}
+        self._out_by_dialog: dict[DialogId, OutCall] = {}
+        self._active_per_account: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._kick_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.started = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind SIP (UDP and TCP, same port) and, if asked, the control channel."""
+        self._loop = asyncio.get_running_loop()
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        await self.transport.start()
+        self.started = True
+        if self.control_port is not None:
+            from .control import ControlServer
+
+            self.control = ControlServer(self, port=self.control_port)
+            await self.control.start()
+        log.info("carrier listening on udp:%s:%s tcp:%s:%s (realm %s)", self.host, self.udp_port,
+                 self.host, self.tcp_port, self.cfg.sip.realm)
+
+    @property
+    def udp_port(self) -> int:
+        return self.transport.udp_port
+
+    @property
+    def tcp_port(self) -> int:
+        return self.transport.tcp_port
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no call is live and every call record is written."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._calls or self._tasks:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"carrier still busy: {len(self._calls)} calls, {len(self._tasks)} tasks")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """End every call (BYE for answered ones, 503 for ringing ones), write their records,
+        close media and sockets."""
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
+        for call in list(self._calls.values()):
+            if call.fsm.state in (CallState.ANSWERED, CallState.CONFIRMED):
+                self._hangup(call, 16, "normal_clearing")
+            else:
+                self._final(call, 503, 41, "Carrier shutting down")
+        with contextlib.suppress(TimeoutError):
+            await self.wait_idle(5.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.sleep(0.05)  # let the BYEs leave
+        if self.started:
+            await self.transport.close()
+            self.started = False
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.transport.now()
+
+    def _kick(self) -> None:
+        """Flush the endpoint soon (sends queued messages, delivers events, re-arms the timer)."""
+        if not self._kick_pending and self._loop is not None:
+            self._kick_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._kick_pending = False
+        if self.started:
+            self.transport.flush()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_event(self, event: SipEvent) -> None:
+        try:
+            self._dispatch(event)
+        except Exception:  # noqa: BLE001 - a bug in one call must not stop the trunk
+            log.exception("carrier: error handling %s", type(event).__name__)
+        self._kick()
+
+    def _dispatch(self, event: SipEvent) -> None:
+        if isinstance(event, RequestReceived):
+            self.stats["requests"] += 1
+            self._on_request(event)
+        elif isinstance(event, CancelReceived):
+            self._on_cancel(event)
+        elif isinstance(event, AckReceived):
+            self._on_ack(event)
+        elif isinstance(event, BadAck):
+            self._on_bad_ack(event)
+        elif isinstance(event, AckTimeout):
+            self._on_ack_timeout(event)
+        elif isinstance(event, ResponseReceived):
+            out = self._out.get(event.key)
+            if out is not None:
+                out.responses.put_nowait(event)
+        elif isinstance(event, TransactionTimeout):
+            out = self._out.get(event.key)
+            if out is not None:
+                out.responses.put_nowait(event)
+        elif isinstance(event, RequestRejected):
+            self.stats["rejected_by_endpoint"] += 1
+            log.info("carrier: %s answered %s %s", event.addr, event.status, event.reason)
+        elif isinstance(event, (MessageDropped, UnmatchedResponse)):
+            self.stats["dropped"] += 1
+            log.debug("carrier: dropped from %s: %s", event.addr,
+                      getattr(event, "reason", "unmatched response"))
+
+    def _respond(self, key: TransactionKey, status: int, reason: str | None = None, *,
+                 headers: tuple[tuple[str, str], ...] = (), body: bytes = b"",
+                 content_type: str | None = None) -> str | None:
+        """Send a response; returns its To-tag (None if the transaction is gone)."""
+        try:
+            resp = self.endpoint.respond(key, status, self.now(), reason, headers=headers, body=body,
+                                         content_type=content_type)
+        except (KeyError, ValueError) as exc:
+            log.debug("carrier: cannot send %s: %s", status, exc)
+            return None
+        self._kick()
+        return resp.to_tag
+
+    def _reject(self, key: TransactionKey, error: SipError) -> None:
+        try:
+            self.endpoint.reject(key, error, self.now())
+        except (KeyError, ValueError) as exc:
+            log.debug("carrier: cannot send %s: %s", error.status, exc)
+        self._kick()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _on_request(self, ev: RequestReceived) -> None:
+        req = ev.request
+        method = req.method
+        if method == "OPTIONS":
+            # Keep-alives and probes: always answered, in or out of a dialog, without auth.
+            self.stats["options"] += 1
+            self._respond(ev.key, 200, headers=(("Accept-Language", "en, zh"),))
+            return
+        if ev.in_dialog:
+            self._on_in_dialog(ev)
+            return
+        if method == "REGISTER":
+            self._on_register(ev)
+        elif method == "INVITE":
+            self._on_invite(ev)
+        elif method == "BYE":
+            self._reject(ev.key, CallDoesNotExist())  # a BYE without To-tag matches no dialog
+        else:
+            self._reject(ev.key, SipError(405, None, headers=[("Allow", ", ".join(ALLOW))]))
+
+    def _authenticate(self, ev: RequestReceived) -> TrunkAccount | None:
+        decision = self.auth.check(ev.request, ev.addr[0], self.now())
+        if decision.account is not None:
+            return decision.account
+        assert decision.error is not None
+        if decision.counted_failure:
+            self.stats["auth_failures"] += 1
+        if decision.error.status == 403:
+            self.stats["auth_blocked"] += 1
+            log.warning("carrier: 403 to %s %s from %s: %s", ev.request.method,
+                        ev.request.call_id, ev.addr[0], decision.error.reason)
+        else:
+            self.stats["challenges"] += 1
+        self._reject(ev.key, decision.error)
+        return None
+
+    def _on_register(self, ev: RequestReceived) -> None:
+        self.stats["registers"] += 1
+        account = self._authenticate(ev)
+        if account is None:
+            return
+        req = ev.request
+        to_user = req.to.uri.user if isinstance(req.to.uri, SipUri) else None
+        if to_user is not None and to_user != account.username:
+            self._reject(ev.key, Forbidden(f"{account.username} may not register {to_user}"))
+            return
+        now = self.now()
+        try:
+            bindings = self.registrar.register(account.username, req, ev.addr, ev.transport, now)
+        except SipError as err:
+            self._reject(ev.key, err)
+            return
+        headers = tuple(("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in bindings)
+        headers += (("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),)
+        self._respond(ev.key, 200, headers=headers)
+        log.info("carrier: %s registered %s from %s:%s", account.username,
+                 ", ".join(b.contact for b in bindings) or "(none)", *ev.addr)
+
+    def _on_invite(self, ev: RequestReceived) -> None:
+        self.stats["invites"] += 1
+        req = ev.request
+        # RFC 3261 §17.2.1: 100 Trying at once so the caller stops retransmitting (we switched
+        # the endpoint's automatic 100 off only so the "drop" behaviour can send nothing at all).
+        number, behaviour = behaviour_for_uri(str(req.uri), self.cfg)
+        if not isinstance(behaviour.final, Drop):
+            self._respond(ev.key, 100)
+        account = self._authenticate(ev)
+        if account is None:
+            return
+        active = self._active_per_account.get(account.username, 0)
+        if active >= account.max_calls:
+            log.warning("carrier: %s is at max_calls=%s: 503", account.username, account.max_calls)
+            self._reject(ev.key, SipError(503, None, 34, headers=[("Retry-After", "5")]))
+            return
+        info = classify(number) if number.startswith("+") else None
+        call = Call(ev.key, req, ev.addr, ev.transport, account.username, number, behaviour, info,
+                    time.time())
+        call.offerless = not req.body
+        self._calls[ev.key] = call
+        self._active_per_account[account.username] = active + 1
+        self._idle.clear()
+        self.stats["calls"] += 1
+        log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
+                 info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
+        call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
+
+    def _on_in_dialog(self, ev: RequestReceived) -> None:
+        req = ev.request
+        out = self._out_by_dialog.get(ev.dialog) if ev.dialog else None
+        if out is not None:
+            if req.method == "BYE":
+                self._respond(ev.key, 200)
+                out.bye_cause = _reason_cause(req)
+                out.remote_bye.set()
+            else:
+                self._respond(ev.key, 200)
+            return
+        call = self._by_dialog.get(ev.dialog) if ev.dialog else None
+        if call is None:
+            self._reject(ev.key, CallDoesNotExist())  # RFC 3261 §12.2.2
+            return
+        if req.method == "BYE":
+            self._respond(ev.key, 200)
+            cause = _reason_cause(req) or 16
+            if call.fsm.state in (CallState.SETUP, CallState.EARLY):
+                # BYE in an early dialog (§15.1.2 permits it from the caller): end the INVITE too.
+                self._respond(call.key, 487, headers=(("Reason", reason_header(cause)),))
+                self._end(call, 487, cause, "cancelled")
+            else:
+                self._end(call, 200, cause, "normal_clearing")
+        elif req.method == "INVITE":
+            self._on_reinvite(call, ev)
+        elif req.method == "INFO":
+            log.info("carrier: INFO in %s: %s", call.call_id, req.body[:200].decode("utf-8", "replace"))
+            self._respond(ev.key, 200)
+        else:
+            self._reject(ev.key, SipError(405, None, headers=[("Allow", ", ".join(ALLOW))]))
+
+    def _on_reinvite(self, call: Call, ev: RequestReceived) -> None:
+        """Hold/resume/codec change (RFC 3264 §8): answer from the same port, new o= version."""
+        stream = call.stream
+        if stream is None or call.local_sdp is None or call.fsm.state != CallState.CONFIRMED:
+            self._reject(ev.key, SipError(491 if call.fsm.state == CallState.ANSWERED else 488))
+            return
+        version = call.local_sdp.origin.session_version + 1
+        if not ev.request.body:
+            offer = build_offer(self.host, stream.local_port, codecs=self.cfg.sip.codecs,
+                                telephone_event_pt=self.cfg.sip.dtmf_payload_type,
+                                session_id=call.local_sdp.origin.session_id, session_version=version)
+            call.local_sdp = offer
+            call.offerless = True
+            self._respond(ev.key, 200, body=offer.serialize().encode(), content_type=SDP)
+            return
+        try:
+            ans = answer_offer(ev.request.body, address=self.host, port=stream.local_port,
+                               supported=self.cfg.sip.codecs, session_id=call.local_sdp.origin.session_id,
+                               session_version=version)
+        except SdpError as err:
+            self._reject(ev.key, err)
+            return
+        stream.configure(ans.audio)
+        call.recv_media = ans.audio.recv
+        call.local_sdp = ans.sdp
+        self._respond(ev.key, 200, body=ans.sdp.serialize().encode(), content_type=SDP)
+
+    def _on_cancel(self, ev: CancelReceived) -> None:
+        call = self._calls.get(ev.invite_key)
+        if call is None or ev.final_sent:
+            return
+        cause = _reason_cause(ev.cancel)
+        self._respond(call.key, 487)  # RFC 3261 §9.2
+        self._end(call, 487, cause, "cancelled")
+
+    def _on_ack(self, ev: AckReceived) -> None:
+        call = self._by_dialog.get(ev.dialog)
+        if call is None:
+            return
+        if call.fsm.state == CallState.ANSWERED:
+            call.fsm.move(CallState.CONFIRMED)
+            call.acked.set()
+            if call.recv_media:
+                call.watchdog = self._spawn(self._media_watchdog(call), f"carrier-watch-{call.call_id}")
+        if call.offerless and ev.request.body and call.stream is not None and call.local_sdp is not None:
+            try:
+                audio = negotiated_from_answer(ev.request.body, call.local_sdp, supported=self.cfg.sip.codecs)
+            except SdpError as err:
+                log.warning("carrier: bad SDP answer in ACK of %s: %s", call.call_id, err)
+                self._hangup(call, 65, "incompatible_media")
+                return
+            call.stream.configure(audio)
+            call.recv_media = audio.recv
+            call.offerless = False
+
+    def _on_bad_ack(self, ev: BadAck) -> None:
+        """RFC 3261 §13.3.1.4 / §17.2.3: an ACK that is not for our 2xx does not stop its
+        retransmission. Logged and counted so a broken user agent is visible."""
+        self.stats["bad_acks"] += 1
+        call = self._by_dialog.get(ev.dialog) if ev.dialog else None
+        if call is not None:
+            call.bad_acks += 1
+        log.warning("carrier: bad ACK from %s:%s for %s: %s", ev.addr[0], ev.addr[1],
+                    call.call_id if call else "no call", ev.reason)
+
+    def _on_ack_timeout(self, ev: AckTimeout) -> None:
+        """Timer H for a 2xx (64*T1, §13.3.1.4): no ACK, so the session is ended with a BYE."""
+        call = self._by_dialog.get(ev.dialog)
+        if call is None or call.fsm.ended:
+            return
+        self.stats["ack_timeouts"] += 1
+        log.warning("carrier: no ACK for the 200 of %s within 64*T1 (%s bad ACKs): BYE",
+                    call.call_id, call.bad_acks)
+        self._hangup(call, 102, "ack_timeout")
+
+    # --- the behaviour programme ---------------------------------------------------------------
+
+    async def _programme(self, call: Call) -> None:
+        steps = call.behaviour.steps
+        try:
+            for step in steps:
+                if call.fsm.ended:
+                    return
+                if isinstance(step, Ring):
+                    self._provisional(call, step.code)
+                    await asyncio.sleep(step.seconds)
+                elif isinstance(step, EarlyMedia):
+                    if call.offerless:  # no offer to answer in a 183 (no PRACK here): plain 180
+                        self._provisional(call, 180)
+                    else:
+                        if not await self._ensure_stream(call):
+                            return
+                        assert call.stream is not None and call.local_sdp is not None
+                        self._provisional(call, step.code, sdp=True)
+                        if step.source.kind == "announcement" and call.behaviour.announcement_zh:
+                            log.info("carrier: %s announcement: %s", call.call_id, call.behaviour.announcement_zh)
+                        call.stream.play(_source(step.source))
+                    await asyncio.sleep(step.seconds)
+                elif isinstance(step, Wait):
+                    await asyncio.sleep(step.seconds)
+                elif isinstance(step, Answer):
+                    await self._answer(call, step)
+                elif isinstance(step, Reject):
+                    text = step.text or CAUSE_TEXT.get(step.q850 or 0, "")
+                    extra = (("Retry-After", str(step.retry_after)),) if step.retry_after else ()
+                    self._final(call, step.code, step.q850, text, extra)
+                elif isinstance(step, NeverAnswer):
+                    await asyncio.sleep(step.seconds)
+                    self._final(call, step.code, step.q850)
+                elif isinstance(step, NoResponse):
+                    await asyncio.sleep(step.seconds)
+                    self._final(call, step.code, step.q850)
+                elif isinstance(step, Drop):
+                    # Nothing at all; after the caller's Timer B (64*T1) a 408 frees the transaction.
+                    await asyncio.sleep(64 * self.timers.t1 + 1.0)
+                    self._final(call, 408, 102)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("carrier: programme of %s failed", call.call_id)
+            if not call.fsm.ended:
+                if call.fsm.state in (CallState.ANSWERED, CallState.CONFIRMED):
+                    self._hangup(call, 41, "failed")
+                else:
+                    self._final(call, 500, 41)
+
+    def _provisional(self, call: Call, code: int, *, sdp: bool = False) -> None:
+        if call.fsm.ended or call.fsm.state not in (CallState.SETUP, CallState.EARLY):
+            return
+        body = call.local_sdp.serialize().encode() if sdp and call.local_sdp is not None else b""
+        tag = self._respond(call.key, code, body=body, content_type=SDP if body else None)
+        if tag is not None:
+            self._bind_dialog(call, tag)
+            call.fsm.move(CallState.EARLY)
+
+    def _bind_dialog(self, call: Call, tag: str) -> None:
+        did = DialogId(call.call_id, tag, call.request.from_tag or "")
+        if call.dialog is None:
+            call.dialog = did
+            self._by_dialog[did] = call
+
+    async def _ensure_stream(self, call: Call) -> bool:
+        """Bind the call's RTP port and answer its offer (or build our offer for a late-offer
+        INVITE). On a bad offer answer 488/400 (with Warning) and return False."""
+        if call.stream is not None:
+            return True
+        record = self.recordings_dir / f"{safe_name(call.call_id)}.wav" if self.cfg.cdr.recordings else None
+        sip = self.cfg.sip
+        try:
+            if call.offerless:
+                stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
+                                                latch=True, telephone_event_pt=sip.dtmf_payload_type)
+                call.local_sdp = build_offer(self.host, stream.local_port, codecs=sip.codecs,
+                                             telephone_event_pt=sip.dtmf_payload_type)
+            else:
+                stream, ans = await RtpStream.answer(call.request.body, host=self.host, supported=sip.codecs,
+                                                     start=False, port_pool=self.ports, record_path=record,
+                                                     latch=True)
+                call.local_sdp = ans.sdp
+                call.recv_media = ans.audio.recv
+        except SdpError as err:
+            if not call.fsm.ended:
+                self._final_error(call, err)
+            return False
+        except OSError as exc:
+            log.error("carrier: no RTP port for %s: %s", call.call_id, exc)
+            if not call.fsm.ended:
+                self._final(call, 503, 47)
+            return False
+        if call.fsm.ended:  # cancelled while we were binding
+            await stream.close()
+            return False
+        call.stream = stream
+        call.recording = record
+        if not call.offerless:
+            stream.start()
+        return True
+
+    async def _answer(self, call: Call, step: Answer) -> None:
+        if not await self._ensure_stream(call):
+            return
+        assert call.stream is not None and call.local_sdp is not None
+        tag = self._respond(call.key, 200, body=call.local_sdp.serialize().encode(), content_type=SDP)
+        if tag is None:
+            return
+        self._bind_dialog(call, tag)
+        call.fsm.move(CallState.ANSWERED)
+        call.answer_wall = time.time()
+        call.answer_time = self.now()
+        call.sip_code = 200
+        self.stats["answered"] += 1
+        if call.offerless:
+            call.stream.start()
+        call.stream.play(Sequence(*(_source(m) for m in step.media)))
+        if step.hangup_after_s is not None:
+            await call.acked.wait()
+            await asyncio.sleep(step.hangup_after_s)
+            if call.fsm.state == CallState.CONFIRMED:
+                self._hangup(call, 16, "normal_clearing")
+
+    async def _media_watchdog(self, call: Call) -> None:
+        """BYE when no RTP arrived for media_timeout_s on an answered call (cause 41)."""
+        limit = self.cfg.sip.media_timeout_s
+        period = min(1.0, limit / 4)
+        try:
+            while call.fsm.state == CallState.CONFIRMED and call.stream is not None:
+                await asyncio.sleep(period)
+                if call.recv_media and call.stream.inactive_for() > limit:
+                    self.stats["media_timeouts"] += 1
+                    log.warning("carrier: no RTP on %s for %.1f s: BYE", call.call_id, limit)
+                    self._hangup(call, 41, "media_timeout")
+                    return
+        except asyncio.CancelledError:
+            pass
+
+    # --- ending calls ----------------------------------------------------------------------------
+
+    def _final(self, call: Call, code: int, q850: int | None, text: str | None = None,
+               extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """Final non-2xx response with an RFC 3326 Reason, then end the call."""
+        if call.fsm.ended or call.fsm.state not in (CallState.SETUP, CallState.EARLY):
+            return
+        headers = extra
+        if q850 is not None:
+            headers = (("Reason", reason_header(q850, text or None)),) + headers
+        self._respond(call.key, code, headers=headers)
+        self._end(call, code, q850)
+
+    def _final_error(self, call: Call, err: SipError) -> None:
+        self._reject(call.key, err)
+        self._end(call, err.status, err.q850)
+
+    def _hangup(self, call: Call, cause: int, outcome: str) -> None:
+        """BYE with `Reason: Q.850;cause=…` on an answered call, then end it."""
+        if call.fsm.ended or call.dialog is None:
+            return
+        dialog = self.endpoint.dialog(call.dialog)
+        if dialog is not None and dialog.state != DialogState.TERMINATED:
+            try:
+                self.endpoint.send_in_dialog(call.dialog, "BYE", self.now(),
+                                             headers=(("Reason", reason_header(cause)),))
+            except (KeyError, ValueError) as exc:
+                log.debug("carrier: BYE for %s failed: %s", call.call_id, exc)
+            self._kick()
+        self._end(call, 200, cause, outcome)
+
+    def _end(self, call: Call, code: int, q850: int | None, outcome: str | None = None) -> None:
+        if call.fsm.ended:
+            return
+        call.fsm.move(CallState.ENDED)
+        call.sip_code = 200 if call.fsm.answered else code
+        call.q850 = q850
+        call.outcome = outcome or outcome_for(call.sip_code, q850).key
+        self._calls.pop(call.key, None)
+        left = self._active_per_account.get(call.account, 1) - 1
+        self._active_per_account[call.account] = max(0, left)
+        current = asyncio.current_task()
+        for task in (call.task, call.watchdog):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
+
+    async def _finish(self, call: Call) -> None:
+        """Close media, write the call record; forget the dialog a little later (late ACK/BYE
+        retransmissions still match it meanwhile)."""
+        end = time.time()
+        dtmf = ""
+        codec = None
+        if call.stream is not None:
+            dtmf = "".join(call.stream.dtmf_digits)
+            codec = call.stream.codec
+            await call.stream.close()
+        info = call.info
+        area = f"{info.area_code} {info.city}".strip() if info is not None and info.area_code else None
+        answer = call.answer_wall if call.answer_wall is not None else None
+        start = min(call.start_wall, end)
+        if answer is not None:
+            answer = min(max(answer, start), end)
+        record = CallRecord.make(
+            call_id=call.call_id, from_=_user(call.request.from_), to=call.number, start=start, end=end,
+            answer=answer, sip_code=call.sip_code, q850_cause=call.q850,
+            number_type=info.kind if info is not None else call.behaviour.name,
+            operator=info.operator if info is not None else None, area=area, codec=codec, dtmf=dtmf,
+            recording=call.recording if call.stream is not None else None, outcome=call.outcome,
+            behaviour=call.behaviour.matched or call.behaviour.name)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, record)
+            self.stats["cdr_written"] += 1
+        except OSError as exc:
+            log.error("carrier: cannot write the call record of %s: %s", call.call_id, exc)
+        log.info("carrier: call %s ended: %s %s cause %s, %.1f s, dtmf %r%s", call.call_id, call.sip_code,
+                 call.outcome, call.q850, record.duration_s, dtmf,
+                 f", {call.bad_acks} bad ACKs" if call.bad_acks else "")
+        if call.dialog is not None:
+            did = call.dialog
+            self._spawn(self._forget(did, call), f"carrier-forget-{call.call_id}")
+
+    async def _forget(self, did: DialogId, call: Call) -> None:
+        await asyncio.sleep(64 * self.timers.t1 if call.fsm.answered else 1.0)
+        if self._by_dialog.get(did) is call:
+            del self._by_dialog[did]
+        dialog = self.endpoint.dialog(did)
+        if dialog is not None and dialog.state == DialogState.TERMINATED:
+            self.endpoint.terminate_dialog(did)
+
+    # --- carrier-originated calls (PSTN -> app) --------------------------------------------------
+
+    def inbound_target(self) -> tuple[SipUri, Addr, str] | None:
+        """Where a call to the app goes: [inbound].contact, else the latest REGISTER Contact of
+        [inbound].account (sent to the address that REGISTER came from). None if unknown."""
+        contact = self.cfg.inbound.contact
+        if contact:
+            uri = parse_uri(contact)
+            if not isinstance(uri, SipUri):
+                return None
+            transport = (uri.param("transport") or "udp").lower()
+            return uri, (uri.host, uri.port or 5060), transport
+        binding = self.registrar.latest(self.cfg.inbound.account, self.now())
+        if binding is None:
+            return None
+        uri = parse_uri(binding.contact)
+        if not isinstance(uri, SipUri):
+            return None
+        return uri, binding.addr, binding.transport
+
+    async def originate(self, from_number: str, to_number: str, *, play: str | Path | None = None,
+                        duration: float | None = None, ring_timeout: float | None = None,
+                        on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Call the app from a Chinese number: INVITE (no digest: the carrier is trusted) to the
+        inbound target, From = `from_number`, To = `to_number` (the DID). Plays `play` (a WAV)
+        once answered, records what comes back, hangs up after `duration` seconds (default: the
+        file's length + 1 s, or 5 s) unless the app hangs up first. Returns a result dict:
+        code, reason, cause, outcome, answered, duration_s, recording, call_id, dtmf, error."""
+        target = self.inbound_target()
+        result: dict[str, Any] = {"code": 0, "reason": "", "cause": None, "outcome": "failed",
+                                  "answered": False, "duration_s": 0.0, "recording": None, "call_id": None,
+                                  "dtmf": "", "from": from_number, "to": to_number, "error": None}
+        if target is None:
+            result["error"] = (f"no registration for trunk account {self.cfg.inbound.account!r} "
+                               "and no [inbound].contact: register the bridge first")
+            return result
+        source = PcmPlayback.from_wav(play) if play else None
+        if duration is None:
+            duration = (len(source.samples) / 8000 + 1.0) if source is not None else 5.0
+        uri, dest, transport = target
+        sip = self.cfg.sip
+        call_id = secrets.token_hex(12)
+        record = self.recordings_dir / f"{safe_name(call_id)}.wav" if self.cfg.cdr.recordings else None
+        stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record, latch=True,
+                                        telephone_event_pt=sip.dtmf_payload_type)
+        offer = build_offer(self.host, stream.local_port, codecs=sip.codecs,
+                            telephone_event_pt=sip.dtmf_payload_type)
+        realm = sip.realm
+        req = new_request(
+            "INVITE", uri, from_=NameAddr(SipUri("sip", from_number, realm), None),
+            to=NameAddr(SipUri("sip", to_number, realm), None), call_id=call_id,
+            contact=self.endpoint.contact, body=offer.serialize().encode(), content_type=SDP,
+            headers=(("P-Asserted-Identity", f"<tel:{from_number}>"), ("Allow", ", ".join(ALLOW))))
+        start_wall = time.time()
+        key = self.endpoint.send_request(req, dest, self.now(), transport=transport)
+        out = OutCall(key, call_id)
+        self._out[key] = out
+        self._kick()
+        result["call_id"] = call_id
+        answer_wall: float | None = None
+        ring_timeout = sip.ring_timeout_s if ring_timeout is None else ring_timeout
+        deadline = self.now() + ring_timeout
+        cancelled = False
+        media_started = False
+        try:
+            while True:
+                timeout = max(0.0, deadline - self.now()) if not cancelled else 64 * self.timers.t1
+                try:
+                    ev = await asyncio.wait_for(out.responses.get(), timeout)
+                except TimeoutError:
+                    if cancelled:
+                        result.update(code=408, reason="No response to CANCEL", outcome="timeout")
+                        break
+                    cancelled = True
+                    self.endpoint.send_cancel(key, self.now())
+                    self._kick()
+                    continue
+                if isinstance(ev, TransactionTimeout):
+                    result.update(code=408, reason="Request Timeout", cause=102, outcome="timeout")
+                    break
+                resp = ev.response
+                if on_progress is not None:
+                    on_progress(resp.status)
+                if resp.status < 200:
+                    if resp.body and not media_started and resp.status == 183:
+                        with contextlib.suppress(SdpError):
+                            stream.configure(negotiated_from_answer(resp.body, offer, supported=sip.codecs))
+                            stream.start()
+                            media_started = True
+                    continue
+                cause = _reason_cause(resp)
+                result.update(code=resp.status, reason=resp.reason, cause=cause)
+                if resp.status >= 300:
+                    result["outcome"] = "no_answer" if cancelled else outcome_for(resp.status, cause).key
+                    break
+                # 2xx: the endpoint ACKed it (auto_ack). Media on, play, wait, BYE.
+                out.dialog = ev.dialog
+                if ev.dialog is not None:
+                    self._out_by_dialog[ev.dialog] = out
+                answer_wall = time.time()
+                result["answered"] = True
+                try:
+                    stream.configure(negotiated_from_answer(resp.body, offer, supported=sip.codecs))
+                except SdpError as err:
+                    result.update(outcome="incompatible_media", error=str(err))
+                    self._bye_out(out, 65)
+                    break
+                if not media_started:
+                    stream.start()
+                    media_started = True
+                stream.play(source if source is not None else Silence())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(out.remote_bye.wait(), duration)
+                if out.remote_bye.is_set():
+                    result.update(outcome="normal_clearing", cause=out.bye_cause or 16, hung_up_by="app")
+                else:
+                    self._bye_out(out, 16)
+                    result.update(outcome="normal_clearing", cause=16, hung_up_by="carrier")
+                break
+        finally:
+            self._out.pop(key, None)
+            if out.dialog is not None:
+                self._out_by_dialog.pop(out.dialog, None)
+            result["dtmf"] = "".join(stream.dtmf_digits)
+            codec = stream.codec if result["answered"] else None
+            await stream.close()
+        end_wall = time.time()
+        if answer_wall is not None:
+            result["duration_s"] = round(end_wall - answer_wall, 3)
+        if record is not None and media_started:
+            result["recording"] = str(record)
+        info = classify(from_number) if from_number.startswith("+") else None
+        rec = CallRecord.make(
+            call_id=call_id, from_=from_number, to=to_number, start=start_wall, end=end_wall,
+            answer=answer_wall, sip_code=result["code"], q850_cause=result["cause"],
+            number_type=info.kind if info else "invalid", operator=info.operator if info else None,
+            area=f"{info.area_code} {info.city}" if info and info.area_code else None, codec=codec,
+            dtmf=result["dtmf"], recording=result["recording"], outcome=result["outcome"], behaviour="inbound")
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, rec)
+        return result
+
+    def _bye_out(self, out: OutCall, cause: int) -> None:
+        if out.dialog is None or self.endpoint.dialog(out.dialog) is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.endpoint.send_in_dialog(out.dialog, "BYE", self.now(),
+                                         headers=(("Reason", reason_header(cause)),))
+        self._kick()
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the control channel and logs."""
+        now = self.now()
+        return {
+            "sip": {"host": self.host, "udp_port": self.udp_port, "tcp_port": self.tcp_port,
+                    "realm": self.cfg.sip.realm},
+            "calls": len(self._calls),
+            "registrations": [
+                {"account": b.account, "contact": b.contact, "source": f"{b.addr[0]}:{b.addr[1]}",
+                 "transport": b.transport, "expires_in": b.expires_in(now)}
+                for t in self.cfg.trunks for b in self.registrar.bindings(t.username, now)],
+            "stats": dict(self.stats),
+            "cdr": str(self.cdr.path),
+        }
+
+
+def _source(media: Media) -> AudioSource:
+    # scenarios.Media is frozen; media.MediaSpec's protocol members are plain attributes.
+    return source_for(media)  # type: ignore[arg-type]
+
+
+def _user(na: NameAddr) -> str:
+    uri = na.uri
+    if isinstance(uri, SipUri) and uri.user:
+        return uri.user
+    return str(uri)
+
+
+def _reason_cause(msg: Any) -> int | None:
+    """The Q.850 cause of a request's/response's Reason header (RFC 3326), if any."""
+    for value in msg.headers.get_all("Reason"):
+        for proto, cause, _ in parse_reason_header(value):
+            if proto.upper() == "Q.850" and cause is not None:
+                return cause
+    return None
