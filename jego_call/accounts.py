@@ -40,9 +40,9 @@ class Token:
     expires_at: float
 
 
-def load_secret(data_dir: Path) -> bytes:
-    """The server's token-signing key, created at first start in DATA/secret.key (mode 0600)."""
-    path = data_dir / "secret.key"
+def load_secret(data_dir: Path, name: str = "secret.key") -> bytes:
+    """A 32-byte server secret kept in DATA/<name> (mode 0600), created at first start."""
+    path = data_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         return bytes.fromhex(path.read_text().strip())
@@ -58,10 +58,11 @@ def normalise_username(name: object) -> str:
     if not isinstance(name, str):
         raise SignallingError(ErrorCode.INVALID_USERNAME, "username must be a string")
     name = name.strip().lower()
-    if not USERNAME_RE.match(name):
+    if not USERNAME_RE.match(name) or not any(c.isalpha() for c in name):
         raise SignallingError(
             ErrorCode.INVALID_USERNAME,
-            "username must be 3-32 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+            "username must be 3-32 characters of a-z, 0-9, '.', '_', '-', start with a letter or digit"
+            " and contain a letter",
         )
     return name
 

@@ -49,6 +49,7 @@ class IceConfig:
 class CallsConfig:
     ring_timeout_s: float = 45.0
     max_call_s: float = 14400.0
+    default_region: str = "CN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,24 @@ class CarrierSection:
 class BridgeSection:
     enabled: bool = True
     max_calls: int = 16
+    secret: str = ""
+    allow_international: bool = False
+    server_url: str = ""
+    name: str = "bridge-1"
+    trunk_host: str = "127.0.0.1"
+    trunk_port: int = 5060
+    username: str = "jego"
+    password: str = "jego-trunk-secret"
+    register: bool = True
+    local_host: str = "127.0.0.1"
+    sip_port: int = 0
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    app_codec: str = "opus"
+    opus_bitrate: int = 32000
+    media_timeout_s: float = 30.0
+    max_call_s: float = 7200.0
+    did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +130,11 @@ _POSITIVE = {
     "signalling.max_message_bytes", "signalling.max_frame_bytes", "signalling.max_sessions_per_user",
     "signalling.rate_per_s", "signalling.rate_burst", "messaging.max_text_chars", "messaging.max_file_bytes",
     "messaging.max_photo_bytes", "messaging.max_voice_s", "messaging.page_size", "auth.token_ttl_s",
-    "bridge.max_calls",
+    "bridge.max_calls", "bridge.trunk_port", "bridge.rtp_port_min", "bridge.rtp_port_max", "bridge.opus_bitrate",
+    "bridge.media_timeout_s", "bridge.max_call_s",
 }
+
+_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma")}
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -170,6 +192,8 @@ def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             kwargs[f.name] = _coerce(key, value, tp)
             if key in _POSITIVE and kwargs[f.name] <= 0:
                 raise ConfigError(key, f"must be greater than 0, got {value!r}")
+            if key in _CHOICES and kwargs[f.name] not in _CHOICES[key]:
+                raise ConfigError(key, f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
     return cls(**kwargs)
 
 

@@ -77,6 +77,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX messages_unread ON messages(recipient, conversation_id) WHERE read_at IS NULL;
         CREATE INDEX messages_by_media ON messages(media_id) WHERE media_id IS NOT NULL;
     """),
+    (3, """
+        CREATE TABLE calls (
+            call_id     TEXT PRIMARY KEY,
+            caller      TEXT NOT NULL,
+            callee      TEXT NOT NULL,
+            caller_kind TEXT NOT NULL,
+            callee_kind TEXT NOT NULL,
+            media       TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            answered_at REAL,
+            ended_at    REAL NOT NULL,
+            outcome     TEXT NOT NULL,
+            sip_code    INTEGER,
+            q850_cause  INTEGER,
+            codec       TEXT,
+            app_stats   TEXT,
+            phone_stats TEXT
+        );
+        CREATE INDEX calls_by_caller ON calls(caller, started_at);
+        CREATE INDEX calls_by_callee ON calls(callee, started_at);
+    """),
 ]
 
 

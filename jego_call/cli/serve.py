@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..config import Config, load_config
 from ..log import setup_logging
-from ..signalling.server import create_app
+from ..signalling.server import BOUND_URL, create_app
 
 log = logging.getLogger("jego.serve")
 
@@ -72,6 +72,7 @@ async def serve(cfg: Config) -> None:
         await runner.cleanup()
         raise SystemExit(f"jego serve: cannot listen on {cfg.http.host}:{cfg.http.port}: {exc.strerror}") from None
     host, port = runner.addresses[0][:2]
+    app[BOUND_URL].set_result(f"http://{host}:{port}")
     print(f"Jego Call is running: open http://{host}:{port}/", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -68,6 +68,13 @@ class Auth:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayAuth:
+    secret: str
+    name: str
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     pass
 
@@ -78,23 +85,29 @@ class Invite:
     to: str
     media: tuple[str, ...]
     sdp: str
+    from_: str | None = None  # only gateways name the caller (a phone number)
 
 
 @dataclass(frozen=True, slots=True)
 class Ringing:
     call_id: str
+    sdp: str | None = None       # gateways: the answer, when early media starts
+    sip_code: int | None = None  # gateways: 180 or 183
 
 
 @dataclass(frozen=True, slots=True)
 class Accept:
     call_id: str
-    sdp: str
+    sdp: str | None  # users must send it; a gateway may have sent it with ringing
 
 
 @dataclass(frozen=True, slots=True)
 class Decline:
     call_id: str
-    reason: str  # "declined" or "busy"
+    reason: str  # users: "declined" or "busy"; gateways: any end reason
+    sip_code: int | None = None
+    q850_cause: int | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +118,23 @@ class Cancel:
 @dataclass(frozen=True, slots=True)
 class Hangup:
     call_id: str
+    sip_code: int | None = None
+    q850_cause: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallReport:
+    call_id: str
+    codec: str | None
+    app: dict[str, int]
+    phone: dict[str, int]
+
+
+# End reasons a gateway may give in `decline` (docs/signalling.md).
+GATEWAY_END_REASONS = frozenset({
+    "declined", "busy", "no_answer", "unavailable", "invalid_number", "rejected", "unreachable",
+    "congestion", "timeout", "failed", "cancelled", "emergency",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +149,25 @@ class Dtmf:
     digits: str
 
 
+def field_int(d: dict[str, Any], name: str, lo: int, hi: int, optional: bool = True) -> int | None:
+    v = d.get(name)
+    if v is None and optional:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be an integer {lo}-{hi}")
+    return v
+
+
 @message("auth")
 def _auth(d: dict[str, Any]) -> Auth:
     return Auth(str(field_str(d, "token", max_len=512)))
+
+
+@message("gateway_auth")
+def _gateway_auth(d: dict[str, Any]) -> GatewayAuth:
+    cap = field_int(d, "capacity", 1, 1000, optional=False)
+    assert cap is not None
+    return GatewayAuth(str(field_str(d, "secret", max_len=256)), str(field_str(d, "name", max_len=64)), cap)
 
 
 @message("ping")
@@ -137,25 +183,31 @@ def _invite(d: dict[str, Any]) -> Invite:
             or len(set(media)) != len(media)):
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'media' must be [\"audio\"] or [\"audio\", \"video\"]")
     to = str(field_str(d, "to", max_len=64))
-    return Invite(call_id(d), to.strip(), tuple(media), _sdp(d))
+    from_ = field_str(d, "from", max_len=64, optional=True)
+    return Invite(call_id(d), to.strip(), tuple(media), _sdp(d), from_)
+
+
+def _optional_sdp(d: dict[str, Any]) -> str | None:
+    return _sdp(d) if d.get("sdp") is not None else None
 
 
 @message("ringing")
 def _ringing(d: dict[str, Any]) -> Ringing:
-    return Ringing(call_id(d))
+    return Ringing(call_id(d), _optional_sdp(d), field_int(d, "sip_code", 100, 199))
 
 
 @message("accept")
 def _accept(d: dict[str, Any]) -> Accept:
-    return Accept(call_id(d), _sdp(d))
+    return Accept(call_id(d), _optional_sdp(d))
 
 
 @message("decline")
 def _decline(d: dict[str, Any]) -> Decline:
     reason = d.get("reason", "declined")
-    if reason not in ("declined", "busy"):
+    if reason not in GATEWAY_END_REASONS:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'reason' must be 'declined' or 'busy'")
-    return Decline(call_id(d), reason)
+    return Decline(call_id(d), reason, field_int(d, "sip_code", 300, 699), field_int(d, "q850_cause", 0, 127),
+                   field_str(d, "detail", max_len=200, optional=True))
 
 
 @message("cancel")
@@ -165,7 +217,25 @@ def _cancel(d: dict[str, Any]) -> Cancel:
 
 @message("hangup")
 def _hangup(d: dict[str, Any]) -> Hangup:
-    return Hangup(call_id(d))
+    return Hangup(call_id(d), field_int(d, "sip_code", 100, 699), field_int(d, "q850_cause", 0, 127))
+
+
+def _counters(d: dict[str, Any], name: str) -> dict[str, int]:
+    v = d.get(name) or {}
+    if not isinstance(v, dict) or len(v) > 16:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be an object of counters")
+    out: dict[str, int] = {}
+    for k, n in v.items():
+        if k not in ("packets_sent", "packets_received", "packets_lost") or not isinstance(n, int) or isinstance(n, bool):
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, f"{name}.{str(k)[:32]} is not a known counter")
+        out[k] = n
+    return out
+
+
+@message("call_report")
+def _call_report(d: dict[str, Any]) -> CallReport:
+    return CallReport(call_id(d), field_str(d, "codec", max_len=16, optional=True), _counters(d, "app"),
+                      _counters(d, "phone"))
 
 
 @message("ice")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..accounts import Accounts, load_secret
+from ..calllog import CallLog
 from ..config import Config
 from ..db import Database
 from ..errors import ErrorCode, SignallingError
@@ -30,6 +31,10 @@ CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 HUB = web.AppKey("hub", Hub)
+CALL_LOG = web.AppKey("call_log", CallLog)
+GATEWAY_SECRET = web.AppKey("gateway_secret", str)
+# Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
+BOUND_URL = web.AppKey("bound_url", asyncio.Future)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_JSON_BODY = 64 * 1024
@@ -141,6 +146,22 @@ async def remove_contact(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def call_history(request: web.Request) -> web.Response:
+    user = authenticated_user(request)
+    try:
+        limit = min(500, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, "limit must be an integer") from None
+    return web.json_response({"calls": request.app[CALL_LOG].history(user, limit)})
+
+
+def load_gateway_secret(cfg: Config) -> str:
+    """bridge.secret, or the one kept in DATA/bridge.key (created here at first start)."""
+    if cfg.bridge.secret:
+        return cfg.bridge.secret
+    return load_secret(cfg.data_dir, "bridge.key").hex()
+
+
 async def client_config(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     return web.json_response({"ice_servers": list(cfg.ice.servers), "protocol": 1})
@@ -159,13 +180,17 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db = Database.open(cfg.data_dir / "jego.sqlite3")
     app[DB] = db
     app[ACCOUNTS] = Accounts(db, load_secret(cfg.data_dir), cfg.auth)
+    app[CALL_LOG] = CallLog(db)
+    app[GATEWAY_SECRET] = load_gateway_secret(cfg)
     yield
     db.close()
 
 
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    app[HUB] = Hub(app[ACCOUNTS], cfg.calls, cfg.signalling.max_sessions_per_user)
+    app[BOUND_URL] = asyncio.get_running_loop().create_future()
+    app[HUB] = Hub(app[ACCOUNTS], cfg.calls, cfg.signalling.max_sessions_per_user, call_log=app[CALL_LOG],
+                   allow_international=cfg.bridge.allow_international)
     yield
     app[HUB].shutdown()
 
@@ -194,6 +219,7 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_post("/api/contacts", add_contact)
     app.router.add_delete("/api/contacts/{username}", remove_contact)
     app.router.add_get("/api/config", client_config)
+    app.router.add_get("/api/calls", call_history)
     from ..messaging.service import setup_messaging  # imports this module: import it late
 
     setup_messaging(app)

@@ -6,6 +6,7 @@ Nothing in this module decides call logic; it authenticates, rate-limits and tra
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -49,6 +50,7 @@ class WsSession:
         self.ws = ws
         self.id = session_id
         self.username: str = ""
+        self.role = "user"
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.writer = asyncio.get_running_loop().create_task(self._drain())
 
@@ -87,7 +89,7 @@ class WsSession:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """GET /ws: one signalling connection (docs/signalling.md)."""
-    from .server import ACCOUNTS, CONFIG, HUB  # the AppKeys live with the app factory
+    from .server import ACCOUNTS, CONFIG, GATEWAY_SECRET, HUB  # the AppKeys live with the app factory
 
     cfg: Config = request.app[CONFIG]
     hub: Hub = request.app[HUB]
@@ -132,13 +134,27 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     })
                     authed = True
                     timer.cancel()
+                elif isinstance(msg, m.GatewayAuth):
+                    if authed:
+                        raise SignallingError(ErrorCode.ALREADY_AUTHENTICATED, "this socket is authenticated")
+                    if not hmac.compare_digest(msg.secret.encode(), request.app[GATEWAY_SECRET].encode()):
+                        raise SignallingError(ErrorCode.AUTH_FAILED, "wrong gateway secret")
+                    session.role = "gateway"
+                    session.username = f"gateway:{msg.name}"
+                    hub.attach_gateway(session, msg.name, msg.capacity, hello={
+                        "type": "auth_ok", "protocol": m.PROTOCOL_VERSION, "role": "gateway",
+                        "session": session.id, "ice_servers": list(cfg.ice.servers),
+                    })
+                    authed = True
+                    timer.cancel()
                 elif not authed:
                     raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
                 else:
                     hub.handle(session, msg)
             except SignallingError as exc:
-                if exc.code is ErrorCode.AUTH_FAILED or exc.code is ErrorCode.TOO_MANY_SESSIONS:
+                if not authed:
                     session.username = ""
+                    session.role = "user"
                 session.send(exc.to_wire(ref))
             except Exception:  # a bug must not kill the connection or the server
                 log.exception("session %s: internal error", session.id)

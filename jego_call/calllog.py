@@ -1,0 +1,87 @@
+"""Call records: one row per call in SQLite, written when the call ends.
+
+The hub calls `CallLog.record(...)` from its end-of-call path; a gateway's `call_report`
+(codec, packet counters) updates the row with `report(...)`, even after the end.
+`history(user)` serves GET /api/calls; `all()` serves `jego cdr`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    caller: str
+    callee: str
+    caller_kind: str       # "user" or "phone"
+    callee_kind: str
+    media: str             # "audio" or "audio+video"
+    started_at: float
+    answered_at: float | None
+    ended_at: float
+    outcome: str           # answered calls that ended normally: "hangup"; else the end reason
+    sip_code: int | None = None
+    q850_cause: int | None = None
+    codec: str | None = None
+
+
+class CallLog:
+    """Stores and reads call records."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, rec: CallRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO calls(call_id, caller, callee, caller_kind, callee_kind, media, started_at,"
+            " answered_at, ended_at, outcome, sip_code, q850_cause, codec)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
+             rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause, rec.codec),
+        )
+
+    def report(self, call_id: str, codec: str | None, app: dict[str, int], phone: dict[str, int]) -> bool:
+        """Attach a gateway's report; False if the call has no record (yet)."""
+        cur = self.db.execute(
+            "UPDATE calls SET codec = COALESCE(?, codec), app_stats = ?, phone_stats = ? WHERE call_id = ?",
+            (codec, json.dumps(app), json.dumps(phone), call_id),
+        )
+        return cur.rowcount == 1
+
+    @staticmethod
+    def _row(row: Any, user: str | None) -> dict[str, Any]:
+        out = {
+            "call_id": row["call_id"], "caller": row["caller"], "callee": row["callee"],
+            "media": row["media"].split("+"), "started_at": row["started_at"], "answered_at": row["answered_at"],
+            "ended_at": row["ended_at"], "outcome": row["outcome"], "sip_code": row["sip_code"],
+            "q850_cause": row["q850_cause"], "codec": row["codec"],
+            "duration_s": round(row["ended_at"] - row["answered_at"], 3) if row["answered_at"] else 0.0,
+            "app": json.loads(row["app_stats"]) if row["app_stats"] else None,
+            "phone": json.loads(row["phone_stats"]) if row["phone_stats"] else None,
+        }
+        if user is not None:
+            outgoing = row["caller"] == user
+            out["direction"] = "outgoing" if outgoing else "incoming"
+            out["peer"] = row["callee"] if outgoing else row["caller"]
+            out["peer_kind"] = row["callee_kind"] if outgoing else row["caller_kind"]
+        return out
+
+    def history(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT * FROM calls WHERE caller = ? AND caller_kind = 'user'"
+            " UNION ALL SELECT * FROM calls WHERE callee = ? AND callee_kind = 'user' AND caller != callee"
+            " ORDER BY started_at DESC LIMIT ?",
+            (user, user, limit),
+        )
+        return [self._row(r, user) for r in rows]
+
+    def all(self, limit: int = 100, phone_only: bool = False) -> list[dict[str, Any]]:
+        where = "WHERE caller_kind = 'phone' OR callee_kind = 'phone'" if phone_only else ""
+        rows = self.db.query(f"SELECT * FROM calls {where} ORDER BY started_at DESC LIMIT ?", (limit,))
+        return [self._row(r, None) for r in rows]

@@ -1,0 +1,47 @@
+"""`jego cdr`: list call records (newest first) from the database `jego serve` writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from ..calllog import CallLog
+from ..config import load_config
+from ..db import Database
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("cdr", help="list call records")
+    p.add_argument("--config", metavar="PATH")
+    p.add_argument("--data-dir", help="override data.dir")
+    p.add_argument("--limit", type=int, default=50, help="how many records (default 50)")
+    p.add_argument("--phone", action="store_true", help="only calls to or from phone numbers")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=run)
+
+
+def _ts(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {"data": {"dir": args.data_dir}} if args.data_dir else None
+    cfg = load_config(args.config, overrides=overrides)
+    path = cfg.data_dir / "jego.sqlite3"
+    if not path.exists():
+        print(f"no call records yet ({path} does not exist)")
+        return 0
+    log = CallLog(Database.open(path))
+    rows = log.all(max(1, args.limit), phone_only=args.phone)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    print(f"{'started':19}  {'from':16} {'to':16} {'outcome':15} {'sip':>3} {'q850':>4} {'secs':>7} codec")
+    for r in rows:
+        print(f"{_ts(r['started_at']):19}  {r['caller'][:16]:16} {r['callee'][:16]:16} {r['outcome'][:15]:15} "
+              f"{r['sip_code'] or '-':>3} {r['q850_cause'] if r['q850_cause'] is not None else '-':>4} "
+              f"{r['duration_s']:7.1f} {r['codec'] or '-'}")
+    return 0
