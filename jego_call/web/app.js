@@ -219,7 +219,7 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/ws`);
   state.ws = ws;
   ws.onopen = () => send({ type: "auth", token: state.token });
-  ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+  ws.onmessage = (ev) => { const msg = JSON.parse(ev.data); onMessage(msg); window.jegoHooks.dispatch(msg); };
   ws.onclose = () => {
     $("conn").textContent = "offline";
     updateCallButtons();
@@ -491,6 +491,22 @@ function startStats(call) {
 window.jego = {
   get call() { return state.call; },
   stats: () => (state.call && state.call.pc ? collectStats(state.call.pc) : Promise.resolve(null)),
+};
+
+// Hooks for features outside the call UI (chat.js): every server message goes to the
+// listeners added with onMessage(fn); send(msg) writes to the socket; api() is the JSON API.
+window.jegoHooks = {
+  listeners: [],
+  onMessage(fn) { this.listeners.push(fn); },
+  dispatch(msg) {
+    for (const fn of this.listeners) { try { fn(msg); } catch (e) { console.error(e); } }
+  },
+  send: (msg) => send(msg),
+  api: (method, path, body) => api(method, path, body),
+  get token() { return state.token; },
+  get username() { return state.username; },
+  get contacts() { return [...state.contacts.keys()]; },
+  get online() { return !!state.ws && state.ws.readyState === WebSocket.OPEN; },
 };
 
 // ---- wiring -----------------------------------------------------------------------------
