@@ -273,6 +273,8 @@ class BridgeCall:
 
     async def start_outbound(self, to: str, offer_sdp: str) -> None:
         """App -> phone: answer the app's offer (kept until 183/200), then INVITE `to` (E.164)."""
+        if self.sm.ended:
+            return
         self.sm.apply(BridgeEvent.INVITE)
         self._spawn(self._leg_events(), "leg-events")
         try:
@@ -289,6 +291,8 @@ class BridgeCall:
 
     async def start_inbound(self, from_number: str, username: str) -> None:
         """Phone -> app: offer audio to `username` as a gateway `invite` from `from_number`."""
+        if self.sm.ended:
+            return
         self.sm.apply(BridgeEvent.INVITE)
         self._spawn(self._leg_events(), "leg-events")
         try:
@@ -467,7 +471,7 @@ class BridgeCall:
         """The bridge ends the call: tell the app (`app_msg`), end the SIP leg."""
         if self.sm.ended or self._closing:
             return
-        self.sm.apply(event)
+        self.sm.apply(BridgeEvent.FAIL if self.sm.state is BridgeState.IDLE else event)
         self.end_info = {"by": "bridge", "reason": detail}
         if app_msg is not None:
             if self.direction == "out" and not self.sm.answered:

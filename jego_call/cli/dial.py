@@ -109,6 +109,7 @@ class Report:
     sip_code: int | None = None
     q850_cause: int | None = None
     setup_ms: float | None = None
+    early_media_ms: float | None = None
     ringing_ms: float | None = None
     connected_s: float = 0.0
     cpu_s: float | None = None
@@ -165,6 +166,13 @@ class Leg:
         self.seconds: list[tuple[float, float]] = []  # per-second (level, dominant) of received audio
         self.last_stats: dict[str, Any] = {}
         self.next_tick: float | None = None
+        self.early_answer = False   # the answer SDP came with `ringing` (phone early media)
+        self.media_ready = False    # media connected before the call was answered
+        self.hangup_at: float | None = None
+
+    def _start_duration(self) -> None:
+        if self.args.duration is not None:
+            self.hangup_at = time.monotonic() + self.args.duration
 
     @property
     def call_id(self) -> str:
@@ -251,11 +259,14 @@ class Leg:
                 task, self.connect_task = self.connect_task, None
                 err = task.exception()
                 if err is not None:
-                    await self._end("hangup", "failed", f"media: {err}")
+                    await self._end("hangup" if self.accepted else "cancel", "failed", f"media: {err}")
+                elif not self.accepted:
+                    self.media_ready = True  # early media flows; connected once `accept` comes
                 else:
                     await self._on_connected()
-                    if self.args.duration is not None:
-                        hangup_at = time.monotonic() + self.args.duration
+                    self._start_duration()
+            if self.hangup_at is not None and hangup_at is None:
+                hangup_at = self.hangup_at
             if self.next_tick is not None and now >= self.next_tick and not self.ending_sent:
                 self.next_tick += 1.0
                 await self._tick()
@@ -281,17 +292,34 @@ class Leg:
 
     async def _handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         kind = msg.get("type")
-        if kind == "ringing" and self.report.ringing_ms is None:
-            self.report.ringing_ms = _ms(self.t_dial, time.monotonic())
-            self.out.progress(f"ringing ({self.report.ringing_ms:.0f} ms)")
+        if kind == "ringing":
+            if self.report.ringing_ms is None:
+                self.report.ringing_ms = _ms(self.t_dial, time.monotonic())
+                self.out.progress(f"ringing ({self.report.ringing_ms:.0f} ms)")
+            if msg.get("sdp") and self.report.role == "caller" and not self.early_answer and not self.accepted:
+                # a phone call's early media (ringback, announcements): the answer comes now
+                self.early_answer = True
+                self.report.early_media_ms = _ms(self.t_dial, time.monotonic())
+                try:
+                    await self.ep.set_answer(str(msg["sdp"]))
+                except MediaError as exc:
+                    await self._end("cancel", "failed", str(exc))
+                else:
+                    self.out.progress("early media")
+                    self.start_media()
         elif kind == "accept" and self.report.role == "caller" and not self.accepted:
             self.accepted = True
-            try:
-                await self.ep.set_answer(str(msg.get("sdp", "")))
-            except MediaError as exc:
-                await self._end("hangup", "failed", str(exc))
+            if self.early_answer:  # accept without sdp: the early-media answer stands
+                if self.media_ready:
+                    await self._on_connected()
+                    self._start_duration()
             else:
-                self.start_media()
+                try:
+                    await self.ep.set_answer(str(msg.get("sdp", "")))
+                except MediaError as exc:
+                    await self._end("hangup", "failed", str(exc))
+                else:
+                    self.start_media()
         elif kind == "call_state" and msg.get("state") == "connected":
             self.accepted = True
         elif kind == "ice":

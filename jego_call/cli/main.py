@@ -16,6 +16,7 @@ from ..errors import ConfigError
 
 SUBCOMMANDS = [
     "bridge.carrier.cli",
+    "bridge.cli",
     "jego_call.cli.cdr",
     "jego_call.cli.dial",
     "jego_call.cli.message",

@@ -23,7 +23,7 @@ log = logging.getLogger("jego.serve")
 
 # Optional in-process services: "module:function" taking (app, cfg) and adding cleanup_ctx
 # entries; enabled by the config section of the same name ([carrier], [bridge]).
-SERVICES: dict[str, str] = {"carrier": "bridge.carrier.service:attach"}
+SERVICES: dict[str, str] = {"carrier": "bridge.carrier.service:attach", "bridge": "bridge.service:attach"}
 
 
 def add_parser(sub: Any) -> None:

@@ -1,0 +1,99 @@
+"""`jego bridge`: one more bridge worker in its own process, for capacity beyond the in-process one.
+
+    jego bridge [--server http://127.0.0.1:8080] [--secret S] [--name bridge-2] [--max-calls 16]
+                [--config config/jego.toml] [--data-dir DIR]
+
+The worker connects to the server's /ws as a gateway (`gateway_auth`), using `--secret`, else
+`bridge.secret`, else the hex key in DATA/bridge.key that `jego serve` created. Its SIP trunk
+settings come from [bridge] of the config (JEGO_BRIDGE_* variables override them); give each
+worker its own `sip_port` (0 picks a free one). Stops on SIGINT/SIGTERM, hanging up its calls.
+Exit codes: 0 stopped, 1 could not start, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from jego_call.config import Config, load_config
+from jego_call.log import setup_logging
+from jego_call.media.endpoint import enable_loopback_candidates
+
+from .worker import BridgeWorker
+
+
+def add_parser(sub: Any) -> None:
+    """Add `jego bridge`."""
+    p = sub.add_parser("bridge", help="run a bridge worker (SIP trunk <-> app calls) as its own process",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", metavar="URL", help="signalling server (default: bridge.server_url or [http])")
+    p.add_argument("--secret", help="gateway secret (default: bridge.secret or DATA/bridge.key)")
+    p.add_argument("--name", help="worker name (default: bridge.name)")
+    p.add_argument("--max-calls", type=int, metavar="N", help="most calls at once (default: bridge.max_calls)")
+    p.add_argument("--config", metavar="PATH", help="TOML config (default config/jego.toml)")
+    p.add_argument("--data-dir", help="where bridge.key is (default: data.dir)")
+    p.set_defaults(func=run)
+
+
+def gateway_secret(cfg: Config, given: str | None) -> str:
+    """--secret, bridge.secret, or DATA/bridge.key (read only: the server creates it)."""
+    if given:
+        return given
+    if cfg.bridge.secret:
+        return cfg.bridge.secret
+    path = Path(cfg.data.dir) / "bridge.key"
+    try:
+        return bytes.fromhex(path.read_text().strip()).hex()
+    except (OSError, ValueError):
+        raise SystemExit(f"jego bridge: no gateway secret: pass --secret, set bridge.secret, "
+                         f"or start `jego serve` once so it writes {path}") from None
+
+
+def server_url(cfg: Config, given: str | None) -> str:
+    if given:
+        return given
+    if cfg.bridge.server_url:
+        return cfg.bridge.server_url
+    host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "") else cfg.http.host
+    return f"http://{host}:{cfg.http.port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.data_dir:
+        overrides["data"] = {"dir": args.data_dir}
+    if args.max_calls is not None:
+        if args.max_calls < 1:
+            print("jego bridge: --max-calls must be at least 1", file=sys.stderr)
+            return 2
+        overrides["bridge"] = {"max_calls": args.max_calls}
+    cfg = load_config(args.config, overrides=overrides)
+    setup_logging(cfg.log.level)
+    try:
+        secret = gateway_secret(cfg, args.secret)
+    except SystemExit as exc:
+        print(exc.code, file=sys.stderr)
+        return 1
+    url = server_url(cfg, args.server)
+
+    async def main() -> int:
+        if cfg.ice.loopback_candidates:
+            enable_loopback_candidates()
+        worker = BridgeWorker.from_config(cfg, url, secret, name=args.name)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.start()
+        print(f"Jego bridge {worker.name}: server {url}, trunk {cfg.bridge.trunk_host}:{cfg.bridge.trunk_port}, "
+              f"up to {worker.max_calls} calls", flush=True)
+        await stop.wait()
+        await worker.stop()
+        print(f"Jego bridge {worker.name} stopped.", flush=True)
+        return 0
+
+    return asyncio.run(main())

@@ -1,0 +1,58 @@
+"""Run one bridge worker inside `jego serve` (an aiohttp cleanup_ctx entry).
+
+`jego_call.cli.serve` calls `attach(app, cfg)` when `[bridge] enabled` is true. The worker
+connects to this very server once it listens (`app[BOUND_URL]`, resolved by `jego serve`) with
+the gateway secret `app[GATEWAY_SECRET]`, and stops with the app. More capacity: run extra
+workers with `jego bridge` (bridge/cli.py). The running worker is `app[BRIDGE_KEY][0]`
+(empty until the server listens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from jego_call.config import Config
+from jego_call.media.endpoint import enable_loopback_candidates
+from jego_call.signalling.server import BOUND_URL, GATEWAY_SECRET
+
+from .worker import BridgeWorker
+
+log = logging.getLogger("jego.bridge")
+
+BRIDGE_KEY: web.AppKey[list[BridgeWorker]] = web.AppKey("bridge", list)
+
+
+def attach(app: web.Application, cfg: Config) -> None:
+    """Add one in-process bridge worker to `app`'s start-up/shut-down (cleanup_ctx)."""
+
+    async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
+        if cfg.ice.loopback_candidates:
+            enable_loopback_candidates()
+        holder: list[BridgeWorker] = []
+        app[BRIDGE_KEY] = holder
+
+        async def start_when_bound() -> None:
+            url = await app[BOUND_URL]  # jego serve resolves it once the site listens
+            worker = BridgeWorker.from_config(cfg, url, app[GATEWAY_SECRET])
+            holder.append(worker)
+            await worker.start()
+            print(f"Bridge {worker.name}: trunk {cfg.bridge.trunk_host}:{cfg.bridge.trunk_port} "
+                  f"({'REGISTER' if cfg.bridge.register else 'trunk mode'}), up to {worker.max_calls} calls",
+                  flush=True)
+
+        starter = asyncio.ensure_future(start_when_bound())
+        try:
+            yield
+        finally:
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starter
+            for worker in holder:
+                await worker.stop()
+
+    app.cleanup_ctx.append(bridge_ctx)
