@@ -371,6 +371,7 @@ class Carrier:
         self._out_by_dialog: dict[DialogId, OutCall] = {}
         self._active_per_account: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lingering: set[asyncio.Task[Any]] = set()  # dialogs kept a while after the call
         self._kick_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -426,7 +427,7 @@ class Carrier:
                 self._final(call, 503, 41, "Carrier shutting down")
         with contextlib.suppress(TimeoutError):
             await self.wait_idle(5.0)
-        for task in list(self._tasks):
+        for task in list(self._tasks) + list(self._lingering):
             task.cancel()
         await asyncio.sleep(0.05)  # let the BYEs leave
         if self.started:
@@ -925,8 +926,9 @@ class Carrier:
                  call.outcome, call.q850, record.duration_s, dtmf,
                  f", {call.bad_acks} bad ACKs" if call.bad_acks else "")
         if call.dialog is not None:
-            did = call.dialog
-            self._spawn(self._forget(did, call), f"carrier-forget-{call.call_id}")
+            task = asyncio.ensure_future(self._forget(call.dialog, call))
+            self._lingering.add(task)
+            task.add_done_callback(self._lingering.discard)
 
     async def _forget(self, did: DialogId, call: Call) -> None:
         await asyncio.sleep(64 * self.timers.t1 if call.fsm.answered else 1.0)

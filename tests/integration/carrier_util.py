@@ -27,6 +27,7 @@ from bridge.carrier.scenarios import load_carrier_config
 from bridge.carrier.trunk import Carrier
 from bridge.rtp import g711
 from bridge.sip.auth import build_authorization, parse_challenge
+from bridge.sip.dialog import DialogId
 from bridge.sip.endpoint import (
     EndpointConfig,
     RequestReceived,
@@ -169,6 +170,7 @@ class Uac:
         self.dest = (HOST, carrier_port)
         self.backlog: list[SipEvent] = []
         self.from_tag = random_token(4)
+        self.last_dialog: DialogId | None = None
 
     async def __aenter__(self) -> Uac:
         await self.tr.start()
@@ -204,6 +206,8 @@ class Uac:
         if isinstance(ev, TransactionTimeout):
             raise AssertionError("transaction timed out")
         assert isinstance(ev, ResponseReceived)
+        if ev.dialog is not None:
+            self.last_dialog = ev.dialog
         return ev.response
 
     async def final(self, key: TransactionKey, timeout: float = 10.0) -> tuple[SipResponse, list[SipResponse]]:
@@ -262,6 +266,15 @@ class Uac:
 
     def invite_uri(self, number: str) -> str:
         return f"sip:{number}@{HOST}:{self.dest[1]};user=phone"
+
+    def answer(self, ev: RequestReceived, status: int, *, body: bytes = b"") -> None:
+        self.ep.respond(ev.key, status, self.now(), body=body, content_type="application/sdp" if body else None)
+        self.tr.flush()
+
+    def bye(self, dialog: DialogId) -> TransactionKey:
+        key = self.ep.send_in_dialog(dialog, "BYE", self.now())
+        self.tr.flush()
+        return key
 
     async def incoming(self, method: str, timeout: float = 10.0) -> RequestReceived:
         ev = await self.next(lambda e: isinstance(e, RequestReceived) and e.request.method == method, timeout)
