@@ -279,6 +279,31 @@ class Registrar:
 # --------------------------------------------------------------------------------------------
 # the driver
 
+# RFC 3261 §25.1: `Supported = ("Supported" / "k") HCOLON [option-tag *(COMMA option-tag)]`; the
+# value may be empty, and baresip 1.0 sends "Supported: " so. bridge.sip's parser rejects an empty
+# token list with 400, so the trunk drops such empty lines before parsing (they mean "none").
+_EMPTY_TOKEN_LIST = re.compile(rb"\r\n(?:Supported|k|Allow)[ \t]*:[ \t]*(?=\r\n)", re.IGNORECASE)
+
+
+def drop_empty_token_lists(data: bytes) -> bytes:
+    """Remove empty Supported/Allow header lines from the header section of a SIP message."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return data
+    cleaned = _EMPTY_TOKEN_LIST.sub(b"", head)
+    return data if cleaned == head else cleaned + sep + body
+
+
+class _TrunkTransport(SipTransport):
+    """SipTransport with `drop_empty_token_lists` applied to every incoming message."""
+
+    def _on_datagram(self, data: bytes, addr: Addr) -> None:
+        super()._on_datagram(drop_empty_token_lists(data), addr)
+
+    def _on_stream_message(self, conn: Any, data: bytes) -> None:
+        super()._on_stream_message(conn, drop_empty_token_lists(data))
+
+
 
 def safe_name(call_id: str) -> str:
     """A Call-ID as a file name: [A-Za-z0-9._@-] kept, the rest '_' (no '/', no leading dot)."""
@@ -355,7 +380,7 @@ class Carrier:
         self.endpoint = SipEndpoint(EndpointConfig(timers=self.timers, allow=ALLOW, auto_trying=False,
                                                    user_agent=cfg.sip.user_agent), host=self.host,
                                     port=self.port)
-        self.transport = SipTransport(self.endpoint, self.host, self.port, on_event=self._on_event)
+        self.transport: SipTransport = _TrunkTransport(self.endpoint, self.host, self.port, on_event=self._on_event)
         self.auth = TrunkAuth(cfg)
         self.registrar = Registrar(cfg.sip.min_expires_s, cfg.sip.max_expires_s)
         self.ports = PortPool(cfg.sip.rtp_port_min, cfg.sip.rtp_port_max + 1)
@@ -690,12 +715,15 @@ class Carrier:
     def _on_bad_ack(self, ev: BadAck) -> None:
         """RFC 3261 §13.3.1.4 / §17.2.3: an ACK that is not for our 2xx does not stop its
         retransmission. Logged and counted so a broken user agent is visible."""
-        self.stats["bad_acks"] += 1
         call = self._by_dialog.get(ev.dialog) if ev.dialog else None
-        if call is not None:
-            call.bad_acks += 1
+        if call is None:
+            # e.g. the ACK of a 400 the endpoint sent statelessly: nothing waits for it.
+            log.debug("carrier: stray ACK from %s:%s: %s", ev.addr[0], ev.addr[1], ev.reason)
+            return
+        self.stats["bad_acks"] += 1
+        call.bad_acks += 1
         log.warning("carrier: bad ACK from %s:%s for %s: %s", ev.addr[0], ev.addr[1],
-                    call.call_id if call else "no call", ev.reason)
+                    call.call_id, ev.reason)
 
     def _on_ack_timeout(self, ev: AckTimeout) -> None:
         """Timer H for a 2xx (64*T1, §13.3.1.4): no ACK, so the session is ended with a BYE."""
