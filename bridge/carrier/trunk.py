@@ -390,6 +390,10 @@ class Carrier:
             "requests", "options", "registers", "invites", "challenges", "auth_failures", "auth_blocked",
             "calls", "answered", "bad_acks", "ack_timeouts", "media_timeouts", "cdr_written",
             "rejected_by_endpoint", "dropped"), 0)
+        # RTP health summed over ended calls (bench_carrier.sh reads it from /status).
+        self.media_totals: dict[str, float] = dict.fromkeys((
+            "streams", "packets_sent", "packets_received", "packets_lost", "send_ticks", "on_time",
+            "skipped_ticks", "max_lateness"), 0)
         self._calls: dict[TransactionKey, Call] = {}
         self._by_dialog: dict[DialogId, Call] = {}
         self._out: dict[TransactionKey, OutCall] = {}
@@ -932,6 +936,7 @@ class Carrier:
             dtmf = "".join(call.stream.dtmf_digits)
             codec = call.stream.codec
             await call.stream.close()
+            self._add_media_stats(call.stream)
         info = call.info
         area = f"{info.area_code} {info.city}".strip() if info is not None and info.area_code else None
         answer = call.answer_wall if call.answer_wall is not None else None
@@ -957,6 +962,18 @@ class Carrier:
             task = asyncio.ensure_future(self._forget(call.dialog, call))
             self._lingering.add(task)
             task.add_done_callback(self._lingering.discard)
+
+    def _add_media_stats(self, stream: RtpStream) -> None:
+        st = stream.stats()
+        t = self.media_totals
+        t["streams"] += 1
+        t["packets_sent"] += st.packets_sent
+        t["packets_received"] += st.packets_received
+        t["packets_lost"] += st.packets_lost
+        t["send_ticks"] += st.ticks - st.skipped_ticks
+        t["on_time"] += st.on_time
+        t["skipped_ticks"] += st.skipped_ticks
+        t["max_lateness"] = max(t["max_lateness"], st.max_lateness)
 
     async def _forget(self, did: DialogId, call: Call) -> None:
         await asyncio.sleep(64 * self.timers.t1 if call.fsm.answered else 1.0)
@@ -1128,6 +1145,9 @@ class Carrier:
                  "transport": b.transport, "expires_in": b.expires_in(now)}
                 for t in self.cfg.trunks for b in self.registrar.bindings(t.username, now)],
             "stats": dict(self.stats),
+            "media": {**self.media_totals, "on_time_share": (
+                self.media_totals["on_time"] / self.media_totals["send_ticks"]
+                if self.media_totals["send_ticks"] else 1.0)},
             "cdr": str(self.cdr.path),
         }
 
