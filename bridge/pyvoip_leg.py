@@ -1393,6 +1393,7 @@ class PyVoipTrunk:
         """Hang up every leg, un-REGISTER, stop and join every thread, release sockets."""
         if self._phone is None:
             return
+        self._handler = None  # new INVITEs get 480 while we stop
         for leg in list(self._legs.values()):
             with contextlib.suppress(Exception):
                 await leg.hangup()
@@ -1406,8 +1407,9 @@ class PyVoipTrunk:
             leg._end(LegEnded("hangup", None, 16, remote=False, detail="trunk stopped"))
         await asyncio.gather(*(asyncio.to_thread(m.stop) for m in medias))
         await asyncio.gather(*self._pending_stops(), return_exceptions=True)
-        phone, self._phone = self._phone, None
-        await asyncio.to_thread(phone.stop)
+        # un-REGISTER needs the receive path (REGISTER responses are routed through the trunk)
+        await asyncio.to_thread(self._phone.stop)
+        self._phone = None
         self._legs.clear()
 
     def new_leg(self, call_id: str) -> PyVoipLeg:
@@ -1529,7 +1531,7 @@ class PyVoipTrunk:
         if method == "OPTIONS" and leg is None:
             # Keep-alive / capability query (RFC 3261 §11.2); pyVoIP drops it (SIP.py:867).
             self.respond(req, 200, src, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
-                                                 ("Accept-Language", "en"), ("Supported", "")])
+                                                 ("Accept-Language", "en")])
             return
         if leg is not None:
             leg._on_request(req, src)

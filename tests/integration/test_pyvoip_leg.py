@@ -1,0 +1,876 @@
+"""bridge/pyvoip_leg.py against strict peers on 127.0.0.1: sipp scenarios (tests/sipp/uas_*.xml,
+uac_cancel.xml) that check what the leg sends, and small strict peers written here with our
+bridge/sip and bridge/rtp cores. Every pyVoIP 1.6.8 defect the module mends has a test below
+(the table at the top of bridge/pyvoip_leg.py names them). Audio is judged by content.
+
+Run alone in a private network namespace:
+    unshare -n -- bash -c 'ip link set lo up && exec .venv/bin/python -m pytest tests/integration/test_pyvoip_leg.py -q'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import shutil
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bridge.carrier.media import measure_tone
+from bridge.legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
+from bridge.pyvoip_leg import PyVoipLeg, PyVoipTrunk, TrunkConfig
+from bridge.rtp import g711
+from bridge.rtp.dtmf import DtmfReceiver, TelephoneEvent, dtmf_packets
+from bridge.rtp.packet import RtpPacket, RtpParseError
+from bridge.sip.auth import digest_response, parse_credentials
+from bridge.sip.message import (
+    SipRequest,
+    SipResponse,
+    make_response,
+    new_request,
+    parse_message,
+    random_token,
+)
+from bridge.sip.sdp import NegotiatedAudio, answer_offer, build_offer
+
+ROOT = Path(__file__).resolve().parents[2]
+SIPP_DIR = ROOT / "tests" / "sipp"
+SIPP = shutil.which("sipp")
+HOST = "127.0.0.1"
+
+pytestmark = pytest.mark.timeout(60)
+needs_sipp = pytest.mark.skipif(SIPP is None, reason="sipp (sip-tester) is not installed")
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+def free_udp_port(pair: bool = False) -> int:
+    """A UDP port free on 127.0.0.1 right now (and port+2 as well when `pair`, for sipp -mp)."""
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+        s.close()
+        if not pair:
+            return port
+        if port + 2 > 65535:
+            continue
+        try:
+            for p in (port, port + 2):
+                t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                t.bind((HOST, p))
+                t.close()
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free UDP port")
+
+
+def pyvoip_threads() -> list[str]:
+    """Threads the leg/trunk may start (pyVoIP's names); the loop's executor threads are not ours."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(("SIP ", "RTP ", "Phone Call"))]
+
+
+def sine(freq: float, dbfs: float, n: int, start: int = 0) -> np.ndarray:
+    amp = 32767 * 10 ** (dbfs / 20)
+    t = (np.arange(n) + start) / 8000
+    return np.rint(amp * np.sin(2 * math.pi * freq * t)).astype(np.int16)
+
+
+def active(x: np.ndarray, threshold_dbfs: float = -55.0, trim: int = 2) -> np.ndarray:
+    """The samples between the first and last 20 ms frame above the threshold, `trim` frames in."""
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160).astype(np.float64)
+    level = 20 * np.log10(np.sqrt((frames**2).mean(axis=1)) * math.sqrt(2) / 32767 + 1e-12)
+    on = np.nonzero(level > threshold_dbfs)[0]
+    if len(on) == 0:
+        return x[:0]
+    return x[(on[0] + trim) * 160 : (on[-1] + 1 - trim) * 160]
+
+
+def snr_db(x: np.ndarray, freq: float) -> float:
+    """SNR of a sine at `freq` in x: least-squares fit of the sine, residual = noise."""
+    t = np.arange(len(x)) / 8000
+    basis = np.stack([np.sin(2 * math.pi * freq * t), np.cos(2 * math.pi * freq * t), np.ones_like(t)], axis=1)
+    y = x.astype(np.float64)
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    fit = basis @ coef
+    noise = y - fit
+    return 10 * math.log10(np.sum((fit - coef[2]) ** 2) / max(np.sum(noise**2), 1e-9))
+
+
+@dataclass
+class SippMessage:
+    direction: str  # "received" / "sent" (from sipp's point of view)
+    msg: SipRequest | SipResponse
+
+
+def parse_sipp_log(path: Path) -> list[SippMessage]:
+    """sipp's -trace_msg file as parsed messages (headers only: the body is not needed here)."""
+    out: list[SippMessage] = []
+    if not path.exists():
+        return out
+    text = path.read_text(errors="replace")
+    for block in re.split(r"^-{20,}.*$", text, flags=re.M):
+        lines = block.strip("\n").split("\n")
+        if len(lines) < 3 or "message" not in lines[0]:
+            continue
+        direction = "received" if "received" in lines[0] else "sent"
+        head: list[str] = []
+        for line in lines[1:]:
+            line = line.rstrip("\r")
+            if not line and head:
+                break
+            if line and not line.lower().startswith(("content-length", "l:")):
+                head.append(line)
+        raw = ("\r\n".join(head) + "\r\nContent-Length: 0\r\n\r\n").encode()
+        with contextlib.suppress(Exception):
+            out.append(SippMessage(direction, parse_message(raw, validate=False)))
+    return out
+
+
+class Sipp:
+    """One sipp process running a scenario from tests/sipp with -m 1, its message log kept."""
+
+    def __init__(self, tmp: Path, scenario: str, *, remote: str | None = None, service: str | None = None,
+                 keys: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.port = free_udp_port()
+        self.media_port = free_udp_port(pair=True)
+        self.log = tmp / f"{scenario}.msg.log"
+        self.err = tmp / f"{scenario}.err.log"
+        args = [SIPP or "sipp"] + ([remote] if remote else [])
+        args += ["-sf", str(SIPP_DIR / scenario), "-i", HOST, "-mi", HOST, "-p", str(self.port),
+                 "-mp", str(self.media_port), "-m", "1", "-nostdin", "-trace_msg", "-message_file", str(self.log),
+                 "-trace_err", "-error_file", str(self.err), "-timeout", "30s", "-timeout_error"]
+        if service:
+            args += ["-s", service]
+        for k, v in (keys or {}).items():
+            args += ["-key", k, v]
+        self.args = args
+        self.cwd = cwd or tmp
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Sipp:
+        self.proc = await asyncio.create_subprocess_exec(*self.args, cwd=self.cwd, stdout=asyncio.subprocess.DEVNULL,
+                                                         stderr=asyncio.subprocess.DEVNULL)
+        # Wait until sipp has bound its SIP port.
+        for _ in range(100):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.bind((HOST, self.port))
+            except OSError:
+                break
+            finally:
+                probe.close()
+            await asyncio.sleep(0.02)
+        return self
+
+    async def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            return -9
+
+    def errors(self) -> str:
+        return self.err.read_text(errors="replace") if self.err.exists() else ""
+
+    def messages(self) -> list[SippMessage]:
+        return parse_sipp_log(self.log)
+
+    def received(self, method: str) -> list[SipRequest]:
+        return [m.msg for m in self.messages() if m.direction == "received" and isinstance(m.msg, SipRequest)
+                and m.msg.method == method]
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class RtpPeer(asyncio.DatagramProtocol):
+    """Our own RTP receiver/sender on 127.0.0.1: records (arrival time, raw datagram)."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, bytes]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.last_addr: tuple[str, int] | None = None
+
+    @classmethod
+    async def open(cls) -> RtpPeer:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(cls, local_addr=(HOST, 0))
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.arrivals.append((time.monotonic(), data))
+        self.last_addr = addr
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def packets(self, pt: int | None = None) -> list[tuple[float, RtpPacket]]:
+        out = []
+        for t, raw in self.arrivals:
+            with contextlib.suppress(RtpParseError):
+                p = RtpPacket.parse(raw)
+                if pt is None or p.payload_type == pt:
+                    out.append((t, p))
+        return out
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class MiniUas(asyncio.DatagramProtocol):
+    """A strict little UAS with bridge/sip: 100 + 200 (SDP answer pointing at `rtp`), records every
+    request; answers BYE/OPTIONS 200; `bye()` sends a BYE into the dialog."""
+
+    def __init__(self, rtp_port: int, codecs: tuple[str, ...]) -> None:
+        self.rtp_port = rtp_port
+        self.codecs = codecs
+        self.requests: list[SipRequest] = []
+        self.responses: list[SipResponse] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.invite: SipRequest | None = None
+        self.leg_addr: tuple[str, int] | None = None
+        self.leg_media: NegotiatedAudio | None = None
+        self.tag = "miniuas" + random_token(3)
+        self.acked = asyncio.Event()
+
+    @classmethod
+    async def open(cls, rtp_port: int, codecs: tuple[str, ...] = ("PCMU",)) -> MiniUas:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(lambda: cls(rtp_port, codecs), local_addr=(HOST, 0))
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        msg = parse_message(data)  # strict: a malformed message from the leg fails the test
+        if isinstance(msg, SipResponse):
+            self.responses.append(msg)
+            return
+        self.requests.append(msg)
+        if msg.method == "INVITE":
+            if self.invite is not None and msg.top_via.branch == self.invite.top_via.branch:
+                return
+            self.invite, self.leg_addr = msg, addr
+            self.transport.sendto(make_response(msg, 100).serialise(), addr)
+            ans = answer_offer(msg.body, address=HOST, port=self.rtp_port, supported=self.codecs)
+            self.leg_media = ans.audio
+            ok = make_response(msg, 200, to_tag=self.tag, headers=[("Contact", f"<sip:uas@{HOST}:{self.port}>")],
+                               body=ans.sdp.serialize().encode(), content_type="application/sdp")
+            self.transport.sendto(ok.serialise(), addr)
+        elif msg.method == "ACK":
+            self.acked.set()
+        elif msg.method in ("BYE", "OPTIONS", "CANCEL"):
+            self.transport.sendto(make_response(msg, 200, to_tag=self.tag).serialise(), addr)
+
+    def bye(self, cause: int = 16) -> None:
+        assert self.invite is not None and self.transport is not None and self.leg_addr is not None
+        inv = self.invite
+        contact = inv.contacts[0].uri
+        req = new_request("BYE", contact, from_=str(inv.to.with_tag(self.tag)), to=str(inv.from_),
+                          call_id=inv.call_id, cseq=1, headers=[("Reason", f"Q.850;cause={cause}")])
+        req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
+        self.transport.sendto(req.serialise(), self.leg_addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@contextlib.asynccontextmanager
+async def running_trunk(server_port: int, **kw: Any) -> AsyncIterator[PyVoipTrunk]:
+    """A started trunk (trunk mode unless register=True) whose stop() must leave no thread behind."""
+    before = pyvoip_threads()
+    cfg = replace(TrunkConfig(server_port=server_port, register=False), **kw)
+    trunk = PyVoipTrunk(cfg)
+    await trunk.start()
+    try:
+        yield trunk
+    finally:
+        await asyncio.wait_for(trunk.stop(), 15)
+        assert pyvoip_threads() == before, f"threads left behind: {pyvoip_threads()}"
+
+
+async def next_event(leg: PyVoipLeg, kind: type[Any], timeout: float = 5.0) -> Any:
+    """Events until one of `kind` (earlier ones are kept in leg.seen); fails on LegEnded otherwise."""
+    seen: list[LegEvent] = getattr(leg, "seen", [])
+    leg.seen = seen  # type: ignore[attr-defined]
+    while True:
+        ev = await asyncio.wait_for(leg.events.get(), timeout)
+        seen.append(ev)
+        if isinstance(ev, kind):
+            return ev
+        assert not isinstance(ev, LegEnded), f"leg ended while waiting for {kind.__name__}: {ev}"
+
+
+async def pump(leg: PyVoipLeg, seconds: float, source: Callable[[int], np.ndarray] | None = None,
+               sink: list[np.ndarray] | None = None) -> int:
+    """Write frames at a true 50/s (absolute clock) and/or collect read_audio frames."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    n = 0
+    while n < int(seconds * 50):
+        await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
+        if source is not None:
+            leg.send_audio(source(n).tobytes())
+        if sink is not None:
+            while (frame := leg.read_audio()) is not None:
+                sink.append(np.frombuffer(frame, dtype=np.int16))
+        n += 1
+    return n
+
+
+@dataclass
+class MediaCall:
+    trunk: PyVoipTrunk
+    leg: PyVoipLeg
+    uas: MiniUas
+    rtp: RtpPeer
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leg_rtp(self) -> tuple[str, int]:
+        assert self.uas.leg_media is not None and self.uas.leg_media.remote is not None
+        return self.uas.leg_media.remote
+
+
+@contextlib.asynccontextmanager
+async def media_call(codecs: tuple[str, ...] = ("PCMU",), **kw: Any) -> AsyncIterator[MediaCall]:
+    """An answered outbound call to MiniUas; the UAS's RTP goes to an RtpPeer we read."""
+    rtp = await RtpPeer.open()
+    uas = await MiniUas.open(rtp.port, codecs)
+    try:
+        async with running_trunk(uas.port, **kw) as trunk:
+            leg = trunk.new_leg("media-call")
+            await leg.dial("+8613800138000")
+            await next_event(leg, LegAnswered)
+            await asyncio.wait_for(uas.acked.wait(), 2)
+            yield MediaCall(trunk, leg, uas, rtp)
+    finally:
+        uas.close()
+        rtp.close()
+
+
+def tone_pcap(path: Path, freq: float = 1000.0, dbfs: float = -10.0, seconds: float = 1.4) -> None:
+    """A pcap (Ethernet/IPv4/UDP/RTP) of an A-law tone in 20 ms packets, for play_pcap_audio."""
+    pcm = sine(freq, dbfs, int(seconds * 8000))
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(len(pcm) // 160):
+        rtp = struct.pack("!BBHII", 0x80, 8, i, i * 160, 0x4A45474F) + g711.alaw_encode(pcm[i * 160:(i + 1) * 160])
+        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, bytes([127, 0, 0, 1]),
+                         bytes([127, 0, 0, 1]))
+        frame = b"\x00" * 12 + b"\x08\x00" + ip + udp
+        ts = i * 0.02
+        out.append(struct.pack("<IIII", int(ts), int((ts % 1) * 1e6), len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# signalling against sipp
+
+@needs_sipp
+async def test_ack_to_tag_matches_200(tmp_path: Path) -> None:
+    """pyVoIP SIP.py:1565 puts a random To-tag in the ACK; ours carries the 200's (RFC 3261 §13.2.2.4)."""
+    rtp = await RtpPeer.open()
+    sipp = await Sipp(tmp_path, "uas_answer_check_ack.xml",
+                      keys={"rtp_host": HOST, "rtp_port": str(rtp.port), "answer_fmt": "0 101"}).start()
+    try:
+        async with running_trunk(sipp.port) as trunk:
+            leg = trunk.new_leg("ack-tag")
+            sip_port = trunk.local_port
+            await leg.dial("+8613800138000")
+            ringing = await next_event(leg, LegRinging)
+            assert ringing == LegRinging(180, False)
+            answered = await next_event(leg, LegAnswered)
+            assert answered.codec == "PCMU" and leg.codec == "PCMU"
+            await asyncio.sleep(0.3)
+            await leg.hangup()
+            ended = await next_event(leg, LegEnded)
+            assert ended == LegEnded("hangup", None, 16, remote=False)
+            rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+        invite, = sipp.received("INVITE")
+        ack, = sipp.received("ACK")
+        bye, = sipp.received("BYE")
+        assert ack.to_tag == "jegoUasTag200" and bye.to_tag == "jegoUasTag200"
+        assert ack.cseq.seq == invite.cseq.seq and bye.cseq.seq == invite.cseq.seq + 1
+        assert ack.top_via.branch != invite.top_via.branch  # a 2xx ACK is its own transaction
+        assert str(ack.uri) == f"sip:uas@{HOST}:{sipp.port};transport=udp"  # the 200's Contact
+        # our own address in Contact/SDP, never 0.0.0.0
+        assert f"@{HOST}:{sip_port}" in (invite.headers.get("Contact") or "")
+        # audio flowed to the answer's address
+        assert len(rtp.packets(0)) >= 10
+    finally:
+        await sipp.close()
+        rtp.close()
+
+
+@needs_sipp
+async def test_busy_486_is_acked_and_mapped(tmp_path: Path) -> None:
+    """pyVoIP ignores 486 (no ACK, DIALING forever); ours ACKs it and ends busy / 486 / cause 17."""
+    sipp = await Sipp(tmp_path, "uas_busy_486.xml").start()
+    try:
+        async with running_trunk(sipp.port) as trunk:
+            leg = trunk.new_leg("busy")
+            await leg.dial("+8613900000486")
+            ended = await next_event(leg, LegEnded)
+            assert (ended.reason, ended.sip_code, ended.q850_cause, ended.remote) == ("busy", 486, 17, True)
+            rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+        invite, = sipp.received("INVITE")
+        acks = sipp.received("ACK")
+        assert acks and all(a.top_via.branch == invite.top_via.branch for a in acks)  # §17.1.1.3
+        assert all(a.to_tag == "jegoUasTag486" and a.cseq.seq == invite.cseq.seq for a in acks)
+    finally:
+        await sipp.close()
+
+
+@needs_sipp
+async def test_407_challenge_is_answered(tmp_path: Path) -> None:
+    """pyVoIP dead-locks on 407 holding recvLock; ours ACKs it and re-INVITEs with Proxy-Authorization."""
+    rtp = await RtpPeer.open()
+    sipp = await Sipp(tmp_path, "uas_auth_407.xml", keys={"rtp_host": HOST, "rtp_port": str(rtp.port)}).start()
+    try:
+        async with running_trunk(sipp.port) as trunk:
+            leg = trunk.new_leg("auth")
+            await leg.dial("+8613800138000")
+            await next_event(leg, LegAnswered)
+            # the SIP receive path is not blocked: an OPTIONS is answered meanwhile
+            await leg.hangup()
+            await next_event(leg, LegEnded)
+            rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+        first, second = sipp.received("INVITE")
+        assert first.headers.get("Proxy-Authorization") is None
+        creds = second.headers.get("Proxy-Authorization") or ""
+        assert 'username="jego"' in creds and 'realm="carrier.jego.test"' in creds
+        parsed = parse_credentials(creds)  # sipp's verifyauth ignores Proxy-Authorization: check here
+        assert parsed is not None and parsed.nonce == "4f1c2b6d9a8e7f30" and parsed.uri == str(second.uri)
+        assert parsed.response == digest_response(
+            algorithm=parsed.algorithm, username="jego", realm=parsed.realm, password="jego-trunk-secret",
+            method="INVITE", uri=parsed.uri, nonce=parsed.nonce, qop=parsed.qop, nc=parsed.nc, cnonce=parsed.cnonce)
+        assert second.cseq.seq == first.cseq.seq + 1 and second.call_id == first.call_id
+        assert second.from_tag == first.from_tag and second.top_via.branch != first.top_via.branch
+        ack407 = sipp.received("ACK")[0]
+        assert ack407.top_via.branch == first.top_via.branch and ack407.to_tag == "jegoUasTag407"
+    finally:
+        await sipp.close()
+        rtp.close()
+
+
+@needs_sipp
+async def test_early_media_183(tmp_path: Path) -> None:
+    """pyVoIP ignores 183; ours emits LegRinging(183, early_media=True) and plays its audio."""
+    tone_pcap(tmp_path / "tone.pcap", 1000.0, -10.0, 1.4)
+    sipp = await Sipp(tmp_path, "uas_early_media.xml", cwd=tmp_path).start()
+    try:
+        async with running_trunk(sipp.port) as trunk:
+            leg = trunk.new_leg("early")
+            await leg.dial("+8613800138000")
+            ringing = await next_event(leg, LegRinging)
+            assert ringing == LegRinging(183, True)
+            assert leg.codec == "PCMA"
+            frames: list[np.ndarray] = []
+            collector = asyncio.ensure_future(pump(leg, 1.55, sink=frames))
+            answered = await next_event(leg, LegAnswered, timeout=5)
+            collector.cancel()
+            assert answered.codec == "PCMA"
+            early = active(np.concatenate(frames))
+            freq, level = measure_tone(early)
+            assert len(early) >= 8000, f"only {len(early)} samples of early media"
+            assert abs(freq - 1000) < 2 and abs(level + 10) < 0.3, (freq, level)
+            assert snr_db(early, 1000.0) > 30
+            await leg.hangup()
+            await next_event(leg, LegEnded)
+            rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+    finally:
+        await sipp.close()
+
+
+@needs_sipp
+async def test_cancel_outbound_while_ringing(tmp_path: Path) -> None:
+    """pyVoIP cannot cancel; ours sends CANCEL (INVITE's branch and CSeq), ACKs the 487."""
+    sipp = await Sipp(tmp_path, "uas_ring_cancel.xml").start()
+    try:
+        async with running_trunk(sipp.port) as trunk:
+            leg = trunk.new_leg("cancel")
+            await leg.dial("+8613900000480")
+            await next_event(leg, LegRinging)
+            await leg.hangup()
+            await leg.hangup()  # idempotent
+            ended = await next_event(leg, LegEnded)
+            assert (ended.reason, ended.sip_code, ended.remote) == ("cancelled", 487, False)
+            rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+        invite, = sipp.received("INVITE")
+        cancel, = sipp.received("CANCEL")
+        assert cancel.top_via.branch == invite.top_via.branch and cancel.cseq.seq == invite.cseq.seq
+        assert str(cancel.uri) == str(invite.uri) and cancel.to_tag is None  # §9.1: To as in the INVITE
+        ack, = sipp.received("ACK")
+        assert ack.top_via.branch == invite.top_via.branch and ack.to_tag == "jegoUasTagRC"
+    finally:
+        await sipp.close()
+
+
+@needs_sipp
+async def test_inbound_cancel_gets_487_and_never_answers(tmp_path: Path) -> None:
+    """pyVoIP answers 200 to CANCEL, sends no 487 and answers the call anyway; ours: 200 + 487,
+    and answer() after the CANCEL sends nothing (sipp fails on any 200 for the INVITE)."""
+    legs: list[PyVoipLeg] = []
+    answered_late = asyncio.Event()
+
+    async def on_call(leg: Any, from_number: str, to_number: str) -> None:
+        legs.append(leg)
+        assert (from_number, to_number) == ("+8613900000001", "+8613800138000")
+        ended = await next_event(leg, LegEnded)
+        assert (ended.reason, ended.sip_code, ended.remote) == ("cancelled", 487, True)
+        await leg.answer()  # too late: must be a no-op
+        answered_late.set()
+
+    async with running_trunk(free_udp_port()) as trunk:
+        trunk.set_inbound_handler(on_call)
+        sipp = await Sipp(tmp_path, "uac_cancel.xml", remote=f"{HOST}:{trunk.local_port}",
+                          service="+8613800138000").start()
+        try:
+            rc = await sipp.wait()
+            assert rc == 0, sipp.errors()
+            await asyncio.wait_for(answered_late.wait(), 2)
+            statuses = [m.msg.status for m in sipp.messages()
+                        if m.direction == "received" and isinstance(m.msg, SipResponse)]
+            assert 487 in statuses and statuses.count(200) == 1  # the 200 is the CANCEL's
+            assert legs[0].state == "ended" and legs[0].read_audio() is None
+        finally:
+            await sipp.close()
+
+
+@needs_sipp
+async def test_register_digest(tmp_path: Path) -> None:
+    """REGISTER with digest through our auth core, and a bounded un-REGISTER on stop()."""
+    sipp = await Sipp(tmp_path, "uas_register.xml").start()
+    try:
+        async with running_trunk(sipp.port, register=True, register_timeout=5.0) as trunk:
+            assert trunk.registered
+        rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+        regs = sipp.received("REGISTER")
+        assert len(regs) == 4
+        assert regs[1].headers.get("Authorization") and regs[3].headers.get("Authorization")
+        assert regs[3].headers.get("Expires") == "0"
+        assert f"@{HOST}:" in (regs[0].headers.get("Contact") or "")
+    finally:
+        await sipp.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# signalling against our own strict peers
+
+async def test_trunk_mode_no_register_and_options_keepalive() -> None:
+    """Trunk mode sends no REGISTER; OPTIONS gets 200 with Allow (pyVoIP drops OPTIONS); stop()
+    does not wait for an un-REGISTER (pyVoIP waits up to 30 s)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    server.settimeout(1.0)
+    try:
+        t0 = time.monotonic()
+        async with running_trunk(server.getsockname()[1]) as trunk:
+            assert trunk.registered
+            opts = new_request("OPTIONS", f"sip:jego@{HOST}:{trunk.local_port}", from_=f"<sip:carrier@{HOST}>",
+                               to=f"<sip:jego@{HOST}>")
+            opts.headers.add("Via", f"SIP/2.0/UDP {HOST}:{server.getsockname()[1]};branch=z9hG4bKopt1;rport",
+                             first=True)
+            server.sendto(opts.serialise(), (HOST, trunk.local_port))
+            data = await asyncio.to_thread(server.recv, 65535)
+            resp = parse_message(data)
+            assert isinstance(resp, SipResponse) and resp.status == 200
+            assert "INVITE" in (resp.headers.get("Allow") or "") and resp.to_tag
+            assert resp.top_via.branch == "z9hG4bKopt1"
+        assert time.monotonic() - t0 < 3.0
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.recv(65535)  # nothing else was ever sent: no REGISTER, no un-REGISTER
+    finally:
+        server.close()
+
+
+async def test_invite_timeout() -> None:
+    """No response at all: Timer A retransmits the INVITE, Timer B (64·T1) ends it as 408."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    server.setblocking(False)
+    try:
+        async with running_trunk(server.getsockname()[1], t1=0.05) as trunk:
+            leg = trunk.new_leg("timeout")
+            t0 = time.monotonic()
+            await leg.dial("+8613800138000")
+            ended = await next_event(leg, LegEnded, timeout=6)
+            assert (ended.reason, ended.sip_code, ended.remote) == ("timeout", 408, True)
+            assert 3.0 <= time.monotonic() - t0 < 5.0
+        invites = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                invites.append(parse_message(server.recv(65535)))
+        assert len(invites) >= 6 and len({m.top_via.branch for m in invites}) == 1
+    finally:
+        server.close()
+
+
+async def test_inbound_call_answer_and_bye() -> None:
+    """An inbound call: 100/180/200 to the Via (rport), and our BYE goes to the INVITE's Contact
+    (pyVoIP sends it to `server` with the INVITE's Via, SIP.py:1517/1653), tags the right way round."""
+    loop = asyncio.get_running_loop()
+    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # sends the INVITE
+    uac.bind((HOST, 0))
+    contact = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the INVITE's Contact
+    contact.bind((HOST, 0))
+    for s in (uac, contact):
+        s.settimeout(3.0)
+    rtp = await RtpPeer.open()
+    got: list[tuple[PyVoipLeg, str, str]] = []
+
+    async def on_call(leg: Any, from_number: str, to_number: str) -> None:
+        got.append((leg, from_number, to_number))
+        await leg.answer()
+
+    try:
+        async with running_trunk(free_udp_port()) as trunk:
+            trunk.set_inbound_handler(on_call)
+            offer = build_offer(HOST, rtp.port, codecs=("PCMA", "PCMU"))
+            inv = new_request("INVITE", f"sip:+8613800138000@{HOST}:{trunk.local_port}",
+                              from_="<sip:008613900000002@carrier.test>", to=f"<sip:+8613800138000@{HOST}>",
+                              contact=f"<sip:carrier@{HOST}:{contact.getsockname()[1]}>",
+                              body=offer.serialize().encode(), content_type="application/sdp")
+            inv.headers.add("Via", f"SIP/2.0/UDP {HOST}:{uac.getsockname()[1]};branch=z9hG4bKinv1;rport", first=True)
+            uac.sendto(inv.serialise(), (HOST, trunk.local_port))
+            codes = []
+            ok: SipResponse | None = None
+            while ok is None:
+                resp = parse_message(await loop.run_in_executor(None, uac.recv, 65535))
+                assert isinstance(resp, SipResponse)
+                codes.append(resp.status)
+                if resp.status == 200:
+                    ok = resp
+            assert codes[0] == 100 and 180 in codes
+            assert ok.to_tag and "a=rtpmap:8 PCMA/8000" in ok.body.decode()  # offerer's order
+            assert f"c=IN IP4 {HOST}" in ok.body.decode()
+            ack = new_request("ACK", ok.contacts[0].uri, from_=str(inv.from_), to=str(ok.to), call_id=inv.call_id,
+                              cseq=1)
+            ack.headers.add("Via", f"SIP/2.0/UDP {HOST}:{uac.getsockname()[1]};branch=z9hG4bKack1;rport", first=True)
+            uac.sendto(ack.serialise(), (HOST, trunk.local_port))
+            leg, from_number, to_number = got[0]
+            assert (from_number, to_number) == ("+8613900000002", "+8613800138000")
+            assert (await next_event(leg, LegAnswered)).codec == "PCMA"
+            await asyncio.sleep(0.3)
+            assert len(rtp.packets(8)) >= 5
+            await leg.hangup(17)
+            ended = await next_event(leg, LegEnded)
+            assert (ended.reason, ended.q850_cause, ended.remote) == ("hangup", 17, False)
+            bye = parse_message(await loop.run_in_executor(None, contact.recv, 65535))
+            assert isinstance(bye, SipRequest) and bye.method == "BYE"
+            assert str(bye.uri) == f"sip:carrier@{HOST}:{contact.getsockname()[1]}"
+            assert bye.from_tag == ok.to_tag and bye.to_tag == inv.from_tag and bye.call_id == inv.call_id
+            assert "cause=17" in (bye.headers.get("Reason") or "")
+            contact.sendto(make_response(bye, 200).serialise(), (HOST, trunk.local_port))
+    finally:
+        uac.close()
+        contact.close()
+        rtp.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# media
+
+async def test_pcma_is_a_law() -> None:
+    """pyVoIP sends μ-law bytes labelled PT 8 (RTP.py:460); ours encodes A-law."""
+    async with media_call(codecs=("PCMA",)) as call:
+        assert call.leg.codec == "PCMA"
+        await pump(call.leg, 1.2, source=lambda n: sine(440.0, -10.0, 160, n * 160))
+        pkts = [p for _, p in call.rtp.packets(8)]
+        assert len(pkts) >= 50 and not call.rtp.packets(0)
+        payload = b"".join(p.payload for p in pkts)
+        as_alaw = g711.alaw_decode(payload)
+        on = active(as_alaw)
+        freq, level = measure_tone(on)
+        assert len(on) > 5000 and abs(freq - 440) < 1 and abs(level + 10) < 0.3, (freq, level)
+        assert snr_db(on, 440.0) > 30
+        # the same bytes decoded as μ-law (what pyVoIP's PCMA really is) are not the tone
+        assert snr_db(active(g711.ulaw_decode(payload)), 440.0) < 10
+
+
+async def test_quiet_tone_is_16_bit() -> None:
+    """A -40 dBFS tone through the leg keeps G.711's 16-bit quality (pyVoIP's 8-bit path: 3.7 dB)."""
+    async with media_call(codecs=("PCMU",)) as call:
+        # 1013 Hz: not a divisor of 8 kHz, so the quantisation error is noise-like
+        await pump(call.leg, 1.2, source=lambda n: sine(1013.0, -40.0, 160, n * 160))
+        payload = b"".join(p.payload for _, p in call.rtp.packets(0))
+        tone = active(g711.ulaw_decode(payload), threshold_dbfs=-60.0)
+        assert len(tone) > 5000
+        ours = snr_db(tone, 1013.0)
+        # pyVoIP's path for the same samples: 8-bit linear (audioop lin2lin 2->1) then μ-law
+        ref = sine(1013.0, -40.0, 8000)
+        eight_bit = (ref.astype(np.int32) >> 8 << 8).astype(np.int16)
+        theirs = snr_db(g711.ulaw_decode(g711.ulaw_encode(eight_bit)).astype(np.float64), 1013.0)
+        print(f"-40 dBFS 1013 Hz: SNR ours {ours:.1f} dB, pyVoIP 8-bit path {theirs:.1f} dB")
+        assert ours >= 30 and ours - theirs >= 20
+
+
+async def test_pacing_absolute_clock_and_bounded_backlog() -> None:
+    """50.00 packets/s on an absolute clock (pyVoIP drifts to ~49.7) and no backlog growth when the
+    app writes at a true 50 frames/s (pyVoIP's grows ~8 ms per second)."""
+    async with media_call() as call:
+        backlog: list[int] = []
+        seconds = 6.0
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(0.25)
+                backlog.append(call.leg.stats()["tx_backlog"])
+
+        watcher = asyncio.ensure_future(watch())
+        start = len(call.rtp.arrivals)
+        written = await pump(call.leg, seconds, source=lambda n: sine(700.0, -20.0, 160, n * 160))
+        watcher.cancel()
+        arrivals = [t for t, _ in call.rtp.arrivals[start + 10:]]
+        rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+        stats = call.leg.stats()
+        print(f"pacing: {rate:.3f} packets/s over {arrivals[-1] - arrivals[0]:.1f} s; backlog samples "
+              f"max {max(backlog)}; dropped {stats['tx_dropped']}; written {written}")
+        assert abs(rate - 50.0) / 50.0 < 0.005, rate
+        assert max(backlog) <= 3 and backlog[-1] <= 2, backlog
+        assert stats["tx_dropped"] <= 2 and stats.get("tx_skipped_ticks", 0) == 0
+
+
+async def test_sequence_wraps() -> None:
+    """pyVoIP raises OverflowError at 65536 and sends a packet without its seq; ours wraps."""
+    async with media_call(rtp_initial_sequence=65530) as call:
+        await asyncio.sleep(0.4)
+        raw = [r for _, r in call.rtp.arrivals]
+    assert all(len(r) == 12 + 160 for r in raw[:20])
+    seqs = [RtpPacket.parse(r).sequence_number for r in raw[:15]]
+    assert seqs[:10] == [65530, 65531, 65532, 65533, 65534, 65535, 0, 1, 2, 3], seqs
+
+
+async def test_send_dtmf_rfc4733() -> None:
+    """pyVoIP cannot send DTMF; ours sends RFC 4733 events (marker, one timestamp per event,
+    three end packets), and audio carries on after them; then a BYE from the far end ends the leg."""
+    async with media_call() as call:
+        te_pt = call.uas.leg_media.telephone_event_pt if call.uas.leg_media else None
+        assert te_pt == 101
+        await asyncio.wait_for(call.leg.send_dtmf("15#"), 3)
+        await asyncio.sleep(0.1)
+        rx = DtmfReceiver()
+        by_ts: dict[int, list[RtpPacket]] = {}
+        for _, p in call.rtp.packets(101):
+            rx.receive(p.payload, p.timestamp, ssrc=p.ssrc, marker=p.marker)
+            by_ts.setdefault(p.timestamp, []).append(p)
+        assert rx.digits == ["1", "5", "#"]
+        for pkts in by_ts.values():
+            assert pkts[0].marker and not any(p.marker for p in pkts[1:])
+            ends = [p for p in pkts if TelephoneEvent.parse(p.payload).end]
+            assert len(ends) == 3 and TelephoneEvent.parse(ends[0].payload).duration == 800
+        all_pkts = [p for _, p in call.rtp.packets()]
+        seqs = [p.sequence_number for p in all_pkts]
+        assert all((b - a) % 65536 == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        assert all_pkts[-1].payload_type == 0  # audio resumed
+        call.uas.bye(16)
+        ended = await next_event(call.leg, LegEnded)
+        assert (ended.reason, ended.q850_cause, ended.remote) == ("hangup", 16, True)
+        assert any(r.status == 200 and r.cseq.method == "BYE" for r in call.uas.responses)
+
+
+async def test_bad_rtp_is_dropped_and_audio_continues() -> None:
+    """0-byte, short, truncated and unknown-PT datagrams and RFC 4733 event 16 (which kill pyVoIP's
+    receiver thread) are dropped; a DTMF digit and then a tone still come through."""
+    async with media_call() as call:
+        dest = call.leg_rtp
+        peer = call.rtp
+        bad = [
+            b"",                                        # 0 bytes: pyVoIP's receiver dies
+            b"\x80",
+            bytes(11),
+            bytes([0x8F, 0]) + bytes(10),               # CC=15, no CSRC list
+            bytes([0xA0, 0]) + bytes(10) + b"\x00\xff",  # padding length 255 > payload
+            RtpPacket(127, 1, 0, 9, b"x" * 160).serialize(),  # unknown PT
+        ]
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # asyncio drops empty sendto()s
+        for d in bad:
+            raw.sendto(d, dest)
+        raw.close()
+        ssrc, ts = 0x1234, 8000
+        seq = 100
+        for item in dtmf_packets(16):                   # flash: IndexError in pyVoIP (RTP.py:554)
+            peer.send(RtpPacket(101, seq, ts, ssrc, item.payload, item.marker).serialize(), dest)
+            seq += 1
+        ts += 1600
+        for item in dtmf_packets("7"):
+            peer.send(RtpPacket(101, seq, ts, ssrc, item.payload, item.marker).serialize(), dest)
+            seq += 1
+        dtmf = await next_event(call.leg, LegDtmf)
+        assert dtmf == LegDtmf("7")
+        assert not [e for e in getattr(call.leg, "seen", []) if isinstance(e, LegDtmf) and e.digit != "7"]
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        frames: list[np.ndarray] = []
+        for n in range(60):                             # 1.2 s of 1 kHz at -12 dBFS, paced
+            await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
+            ts += 160
+            pcm = sine(1000.0, -12.0, 160, n * 160)
+            peer.send(RtpPacket(0, seq, ts, ssrc, g711.ulaw_encode(pcm)).serialize(), dest)
+            seq += 1
+            while (f := call.leg.read_audio()) is not None:
+                frames.append(np.frombuffer(f, dtype=np.int16))
+        await pump(call.leg, 0.2, sink=frames)
+        tone = active(np.concatenate(frames))
+        assert len(tone) > 6000
+        freq, level = measure_tone(tone)
+        assert abs(freq - 1000) < 2 and abs(level + 12) < 0.3 and snr_db(tone, 1000.0) > 30, (freq, level)
+        stats = call.leg.stats()
+        assert stats["rx_malformed"] >= 5 and stats["rx_dropped"] >= 1 and stats.get("rx_errors", 0) == 0
+        assert any(t.name.startswith("RTP Receiver") and t.is_alive() for t in threading.enumerate())
+
+
+async def test_threads_do_not_leak() -> None:
+    """Two calls' worth of threads are joined by hangup + stop (pyVoIP's Timers are never joined)."""
+    before = pyvoip_threads()
+    for _ in range(2):
+        async with media_call() as call:
+            names = pyvoip_threads()
+            assert any(n.startswith("RTP Transmitter") for n in names) and "SIP Recieve" in names
+            await call.leg.hangup()
+            await next_event(call.leg, LegEnded)
+    assert pyvoip_threads() == before
