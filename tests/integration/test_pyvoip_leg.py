@@ -874,3 +874,42 @@ async def test_threads_do_not_leak() -> None:
             await call.leg.hangup()
             await next_event(call.leg, LegEnded)
     assert pyvoip_threads() == before
+
+
+# ------------------------------------------------------------------------------------------------
+# against our simulated carrier (bridge/carrier): digest REGISTER and INVITE, codes and causes
+
+async def test_against_the_simulated_carrier(tmp_path: Path) -> None:
+    """Register with digest, call a number that answers (the default: 180, 183 ringback, answer +
+    echo), one that is busy (183 announcement, 486 / 17) and CANCEL one that rings (+…480)."""
+    from .carrier_util import running_carrier
+
+    async with running_carrier(tmp_path / "carrier") as carrier:
+        async with running_trunk(carrier.udp_port, register=True) as trunk:
+            assert trunk.registered
+            leg = trunk.new_leg("carrier-answer")
+            await leg.dial("+8613800138000")
+            answered = await next_event(leg, LegAnswered, timeout=8)
+            assert answered.codec in ("PCMU", "PCMA")
+            assert LegRinging(183, True) in leg.seen  # type: ignore[attr-defined]
+            # the carrier echoes: a 1 kHz tone we send comes back through read_audio
+            frames: list[np.ndarray] = []
+            await pump(leg, 2.0, source=lambda n: sine(1000.0, -15.0, 160, n * 160), sink=frames)
+            echo = np.concatenate(frames)[-8000:]  # the last second: no ringback left in it
+            freq, level = measure_tone(echo)
+            assert len(echo) == 8000 and abs(freq - 1000) < 2 and abs(level + 15) < 1.0, (freq, level)
+            await leg.hangup()
+            assert (await next_event(leg, LegEnded)).reason == "hangup"
+
+            busy = trunk.new_leg("carrier-busy")
+            await busy.dial("+8613900000486")
+            ended = await next_event(busy, LegEnded, timeout=8)
+            assert (ended.reason, ended.sip_code, ended.q850_cause, ended.remote) == ("busy", 486, 17, True)
+
+            ringing = trunk.new_leg("carrier-cancel")
+            await ringing.dial("+8613900000480")
+            assert (await next_event(ringing, LegRinging, timeout=5)).sip_code == 180
+            await ringing.hangup()
+            ended = await next_event(ringing, LegEnded)
+            assert (ended.reason, ended.sip_code, ended.remote) == ("cancelled", 487, False)
+            await carrier.wait_idle(5)
