@@ -23,7 +23,7 @@ Defects of pyVoIP 1.6.8 (media-stack.md §1) -> how they are mended -> the test 
 | defect (pyVoIP file:line)                          | mend                                                      | test |
 |----------------------------------------------------|-----------------------------------------------------------|------|
 | 8-bit read_audio/write_audio (RTP.py:476-507)       | `_MediaClient` takes G.711 payloads below it, bridge/rtp/g711 16-bit; `_Call.read_audio/write_audio` raise | test_quiet_tone_is_16_bit |
-| ACK for 2xx has a random To-tag (SIP.py:1565)      | `_Leg._ack_2xx` copies the 2xx's To (RFC 3261 §13.2.2.4)   | test_ack_to_tag_matches_200 (sipp uas_answer_check_ack.xml) |
+| ACK for 2xx has a random To-tag (SIP.py:1565)      | `PyVoipLeg._ack_2xx` copies the 2xx's To (RFC 3261 §13.2.2.4)   | test_ack_to_tag_matches_200 (sipp uas_answer_check_ack.xml) |
 | 4xx-6xx to INVITE ignored, no ACK (SIP.py:911)     | ACK with the INVITE's branch + response To (§17.1.1.3); LegEnded(outcome, code, Reason cause) | test_busy_486_is_acked_and_mapped (sipp uas_busy_486.xml) |
 | 407/401 on INVITE dead-locks recvLock (SIP.py:1614) | no lock held: ACK the challenge, re-INVITE with CSeq+1 and Proxy-Authorization (bridge/sip/auth) | test_407_challenge_is_answered (sipp uas_auth_407.xml) |
 | PCMA sent as μ-law (RTP.py:460)                    | `_MediaClient.encode_packet` uses the negotiated codec's encoder | test_pcma_is_a_law |
@@ -33,9 +33,9 @@ Defects of pyVoIP 1.6.8 (media-stack.md §1) -> how they are mended -> the test 
 | no DTMF send (RTP.py:382)                          | RFC 4733 event packets from bridge/rtp/dtmf on the media clock | test_send_dtmf_rfc4733 |
 | seq wrap OverflowError, packet without seq (RTP.py:389) | RtpSender masks seq/ts; `TrunkConfig.rtp_initial_sequence` for the test | test_sequence_wraps |
 | 180/183 ignored, RTP only after 200 (SIP.py:906, VoIP.py:310) | LegRinging(180/183); 183 + SDP starts media: LegRinging(183, early_media=True), audio via read_audio | test_early_media_183 (sipp uas_early_media.xml) |
-| always REGISTERs; deregister waits 30 s (SIP.py:963, 1658) | `register=False` = trunk mode; deregister bounded to `deregister_timeout` | test_trunk_mode_no_register, test_register_digest (sipp uas_register.xml) |
+| always REGISTERs; deregister waits 30 s (SIP.py:963, 1658) | `register=False` = trunk mode; deregister bounded to `deregister_timeout` | test_trunk_mode_no_register_and_options_keepalive, test_register_digest (sipp uas_register.xml), test_against_the_simulated_carrier |
 | myIP default 0.0.0.0 in Contact/SDP (VoIP.py:477) | `TrunkConfig.local_host` must be a unicast address (127.0.0.1 default) | tests/unit/test_pyvoip_leg_unit.py |
-| OPTIONS dropped (__init__.py:33, SIP.py:867)       | 200 OK with Allow/Accept (RFC 3261 §11.2)                  | test_options_keepalive_answered |
+| OPTIONS dropped (__init__.py:33, SIP.py:867)       | 200 OK with Allow/Accept (RFC 3261 §11.2)                  | test_trunk_mode_no_register_and_options_keepalive |
 | BYE we send goes to `server` with the INVITE's Via (SIP.py:1517, 1653) | BYE to the remote target / route set (§12.2.1.1) with our own Via | test_inbound_call_answer_and_bye |
 | no CANCEL of our own INVITE (no API)               | `hangup()` while ringing sends CANCEL (§9.1), waits for 487 | test_cancel_outbound_while_ringing (sipp uas_ring_cancel.xml) |
 | no Timer A/B, INVITE never times out (SIP.py)      | Timer A retransmits, Timer B = 64·T1 -> LegEnded("timeout", 408) | test_invite_timeout |

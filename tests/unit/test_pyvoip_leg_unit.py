@@ -1,0 +1,96 @@
+"""Unit checks of bridge/pyvoip_leg.py that need no network: TrunkConfig validation (never
+0.0.0.0 in Contact/SDP), pyVoIP quarantined in one module, the bounded frame buffer, digest
+challenge choice, and pyVoIP's 8-bit audio API switched off."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bridge.pyvoip_leg import (
+    PyVoipTrunk,
+    TrunkConfig,
+    _Call,
+    _e164,
+    _FrameBuffer,
+    _pick_challenge,
+)
+from bridge.sip.message import parse_message
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_match_the_carrier_trunk_account() -> None:
+    cfg = TrunkConfig()
+    assert (cfg.server_host, cfg.server_port, cfg.username, cfg.password) == (
+        "127.0.0.1", 5060, "jego", "jego-trunk-secret")
+    assert cfg.local_host == "127.0.0.1" and cfg.register and cfg.codecs == ("PCMU", "PCMA")
+
+
+@pytest.mark.parametrize("kw", [
+    {"local_host": "0.0.0.0"},     # pyVoIP's default: written verbatim into Contact and c=
+    {"local_host": "localhost"},   # must be an address
+    {"local_host": "::1"},         # pyVoIP is IPv4 only
+    {"codecs": ("G729",)},
+    {"codecs": ()},
+    {"rtp_port_low": 3000, "rtp_port_high": 2000},
+    {"dtmf_payload_type": 8},
+    {"t1": 0},
+])
+def test_bad_config_is_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        TrunkConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_only_pyvoip_leg_imports_pyvoip() -> None:
+    pattern = re.compile(r"^\s*(import|from)\s+pyVoIP\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for base in ("bridge", "jego_call", "tests")
+                 for p in (ROOT / base).rglob("*.py")
+                 if p.name != "pyvoip_leg.py" and pattern.search(p.read_text(errors="replace"))]
+    assert offenders == []
+
+
+def test_frame_buffer_is_bounded_and_drops_oldest() -> None:
+    buf = _FrameBuffer(3)
+    for i in range(5):
+        buf.write(0, bytes([i]) * 320)
+    assert len(buf) == 3 and buf.dropped == 2
+    assert [buf.read()[0] for _ in range(3)] == [2, 3, 4]
+    assert buf.read() == b""
+
+
+def test_e164_from_uri_user() -> None:
+    assert _e164("+8613800138000") == "+8613800138000"
+    assert _e164("008613800138000") == "+8613800138000"
+    assert _e164("+8613800138000;isub=1") == "+8613800138000"
+    assert _e164(None) == ""
+
+
+def test_challenge_choice_prefers_the_servers_first_supported_algorithm() -> None:
+    raw = (b"SIP/2.0 407 Proxy Authentication Required\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx\r\n"
+           b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n"
+           b'Proxy-Authenticate: Digest realm="r", nonce="n1", algorithm=SHA-512-256\r\n'
+           b'Proxy-Authenticate: Digest realm="r", nonce="n2", algorithm=SHA-256, qop="auth"\r\n'
+           b'Proxy-Authenticate: Digest realm="r", nonce="n3", algorithm=MD5\r\n'
+           b"Content-Length: 0\r\n\r\n")
+    resp = parse_message(raw)
+    picked = _pick_challenge(resp)  # type: ignore[arg-type]
+    assert picked is not None
+    name, ch = picked
+    assert name == "Proxy-Authorization" and ch.nonce == "n2" and ch.algorithm == "SHA-256"
+
+
+def test_pyvoip_8_bit_audio_api_is_disabled() -> None:
+    with pytest.raises(NotImplementedError):
+        _Call.read_audio(object.__new__(_Call))
+    with pytest.raises(NotImplementedError):
+        _Call.write_audio(object.__new__(_Call), b"\x80" * 160)
+
+
+def test_trunk_not_started() -> None:
+    trunk = PyVoipTrunk(TrunkConfig(register=False))
+    assert not trunk.registered
+    with pytest.raises(RuntimeError):
+        trunk.new_leg("x")
