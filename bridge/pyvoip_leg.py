@@ -524,6 +524,7 @@ class _SipClient(pv_sip.SIPClient):
         self._reg_mutex = threading.Lock()
         self.registered = False
         self.last_register_error: str | None = None
+        self._closing = False  # set by stop(): a refresh REGISTER in flight gives up
 
     # pyVoIP's start() registers before the receive thread exists, under recvLock (SIP.py:955-966).
     def start(self) -> None:
@@ -542,6 +543,7 @@ class _SipClient(pv_sip.SIPClient):
     def stop(self) -> None:
         if not self.NSD:
             return
+        self._closing = True
         if self.registerThread is not None:
             self.registerThread.cancel()
             if self.registerThread is not threading.current_thread():
@@ -578,6 +580,8 @@ class _SipClient(pv_sip.SIPClient):
             self.registered = True
             self.phone._status = PhoneStatus.REGISTERED
             return True
+        if self._closing:
+            return False
         self.phone._status = PhoneStatus.REGISTERING
         try:
             expires = self._register_once(cfg.register_expires)
@@ -678,7 +682,7 @@ class _SipClient(pv_sip.SIPClient):
         next_tx = time.monotonic() + interval
         while True:
             now = time.monotonic()
-            if now >= deadline or not self.NSD:
+            if now >= deadline or not self.NSD or (self._closing and req.headers.get("Expires") != "0"):
                 raise TimeoutError("no final response to REGISTER")
             try:
                 resp = self._reg_responses.get(timeout=max(0.0, min(next_tx, deadline) - now))
@@ -1394,10 +1398,16 @@ class PyVoipTrunk:
         if self._phone is None:
             return
         self._handler = None  # new INVITEs get 480 while we stop
+        byes = []
         for leg in list(self._legs.values()):
+            answered = leg.state == "answered"
             with contextlib.suppress(Exception):
                 await leg.hangup()
-        await asyncio.sleep(0)
+            if answered:
+                byes.append(leg._bye_done.wait())
+        if byes:  # give the BYEs a moment to be answered (and retransmitted) before we go
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*byes), min(1.0, 4 * self.config.t1))
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()

@@ -711,6 +711,69 @@ async def test_inbound_call_answer_and_bye() -> None:
         rtp.close()
 
 
+def _uac_invite(uac: socket.socket, trunk_port: int, rtp_port: int) -> SipRequest:
+    offer = build_offer(HOST, rtp_port, codecs=("PCMU",))
+    inv = new_request("INVITE", f"sip:+8613800138000@{HOST}:{trunk_port}", from_="<sip:+8613900000003@carrier.test>",
+                      to=f"<sip:+8613800138000@{HOST}>", contact=f"<sip:carrier@{HOST}:{uac.getsockname()[1]}>",
+                      body=offer.serialize().encode(), content_type="application/sdp")
+    inv.headers.add("Via", f"SIP/2.0/UDP {HOST}:{uac.getsockname()[1]};branch=z9hG4bK{random_token(6)};rport",
+                    first=True)
+    uac.sendto(inv.serialise(), (HOST, trunk_port))
+    return inv
+
+
+def _recv_until(uac: socket.socket, pred: Callable[[SipResponse], bool]) -> list[SipResponse]:
+    out: list[SipResponse] = []
+    while not out or not pred(out[-1]):
+        msg = parse_message(uac.recv(65535))
+        assert isinstance(msg, SipResponse)
+        out.append(msg)
+    return out
+
+
+async def test_inbound_reject_and_no_handler() -> None:
+    """Without a handler an INVITE gets 480; reject(486, 17) answers 486 + Reason and retransmits
+    it (Timer G) until the ACK arrives (RFC 3261 §17.2.1)."""
+    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    uac.bind((HOST, 0))
+    uac.settimeout(2.0)
+    legs: list[PyVoipLeg] = []
+
+    async def on_call(leg: Any, from_number: str, to_number: str) -> None:
+        legs.append(leg)
+        await leg.reject(486, 17)
+
+    try:
+        async with running_trunk(free_udp_port(), t1=0.1) as trunk:
+            port = trunk.local_port
+            _uac_invite(uac, port, 40000)
+            got = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
+            assert got[-1].status == 480
+
+            trunk.set_inbound_handler(on_call)
+            inv = _uac_invite(uac, port, 40000)
+            got = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
+            final = got[-1]
+            assert final.status == 486 and "cause=17" in (final.headers.get("Reason") or "")
+            again = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
+            assert again[-1].status == 486 and again[-1].to_tag == final.to_tag  # retransmitted
+            ack = new_request("ACK", inv.uri, from_=str(inv.from_), to=str(final.to), call_id=inv.call_id, cseq=1)
+            ack.headers.add("Via", inv.headers.get("Via") or "", first=True)
+            uac.sendto(ack.serialise(), (HOST, port))
+            await asyncio.sleep(0.2)
+            uac.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # drain what was in flight before the ACK
+                    uac.recv(65535)
+            uac.settimeout(0.8)
+            with pytest.raises(TimeoutError):
+                uac.recv(65535)  # the ACK stopped the retransmissions
+            ended = await next_event(legs[0], LegEnded)
+            assert (ended.reason, ended.sip_code, ended.q850_cause, ended.remote) == ("busy", 486, 17, False)
+    finally:
+        uac.close()
+
+
 # ------------------------------------------------------------------------------------------------
 # media
 
