@@ -16,6 +16,7 @@ end reason across (SIP status + Q.850 cause <-> protocol end reason) and finally
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -170,22 +171,54 @@ class CallSettings:
 # --- media glue: the two directions ---------------------------------------------------------
 class PhoneToAppTrack(PacedAudioTrack):
     """The app leg's outgoing audio: every 20 ms (absolute clock, `PacedAudioTrack`) one frame
-    from `SipLeg.read_audio()` through `PhoneToApp`; silence when the leg has nothing."""
+    through `PhoneToApp`, silence when there is none.
 
-    def __init__(self, leg: SipLeg, rate: int) -> None:
+    A small playout buffer sits between the SIP leg's clock and ours: every slot drains what
+    `SipLeg.read_audio()` has due, starts (and restarts after running dry) once `prefill`
+    frames wait, and trims back to `prefill` when more than `max_frames` pile up, so thread or
+    event-loop stalls cost neither gaps nor lasting latency.
+    """
+
+    def __init__(self, leg: SipLeg, rate: int, prefill: int = 2, max_frames: int = 6) -> None:
         super().__init__(rate)
         self.leg = leg
         self.conv = PhoneToApp(rate)
+        self.prefill = prefill
+        self.max_frames = max_frames
+        self._buf: collections.deque[bytes] = collections.deque()
+        self._playing = False
         self.received = 0                 # frames the SIP leg delivered
+        self.underruns = 0
+        self.trimmed = 0
         self.last_audio = time.monotonic()
 
-    def _samples(self, n: int) -> Any:
-        pcm = None
-        with contextlib.suppress(Exception):
-            pcm = self.leg.read_audio()
-        if pcm is not None:
+    def _drain(self) -> None:
+        for _ in range(50):  # at most a second's worth per slot
+            try:
+                pcm = self.leg.read_audio()
+            except Exception:  # a leg that has ended may raise; it has nothing more anyway
+                return
+            if pcm is None:
+                return
             self.received += 1
             self.last_audio = time.monotonic()
+            self._buf.append(pcm)
+
+    def _samples(self, n: int) -> Any:
+        self._drain()
+        if len(self._buf) > self.max_frames:
+            while len(self._buf) > self.prefill:
+                self._buf.popleft()
+                self.trimmed += 1
+        if not self._playing and len(self._buf) >= self.prefill:
+            self._playing = True
+        pcm = None
+        if self._playing:
+            if self._buf:
+                pcm = self._buf.popleft()
+            else:
+                self._playing = False
+                self.underruns += 1
         return self.conv.samples(pcm)
 
     async def recv(self) -> AudioFrame:
@@ -195,11 +228,17 @@ class PhoneToAppTrack(PacedAudioTrack):
 
 
 class AppToPhoneSink:
-    """The app leg's incoming audio (a MediaEndpoint sink): `AppToPhone`, then `SipLeg.send_audio`."""
+    """The app leg's incoming audio (a MediaEndpoint sink): `AppToPhone`, then `SipLeg.send_audio`.
 
-    def __init__(self, leg: SipLeg) -> None:
+    The first `prefill` frames are held and sent together, so the leg's send queue starts with a
+    cushion against event-loop stalls (the leg plays it out on its own 20 ms clock).
+    """
+
+    def __init__(self, leg: SipLeg, prefill: int = 3) -> None:
         self.leg = leg
         self.conv = AppToPhone()
+        self.prefill = prefill
+        self._held: list[bytes] = []
         self.sent = 0
         self.last_audio = time.monotonic()
 
@@ -207,7 +246,13 @@ class AppToPhoneSink:
         if not isinstance(frame, AudioFrame):
             return
         self.last_audio = time.monotonic()
-        for pcm in self.conv.push(frame):
+        out = self.conv.push(frame)
+        if self.prefill:
+            self._held += out
+            if len(self._held) < self.prefill:
+                return
+            out, self._held, self.prefill = self._held, [], 0
+        for pcm in out:
             self.leg.send_audio(pcm)
             self.sent += 1
 
@@ -244,6 +289,7 @@ class BridgeCall:
         self.created = time.monotonic()
         self.connected_at: float | None = None
         self.end_info: dict[str, Any] = {}
+        self.leg_stats: dict[str, Any] = {}
         self.done = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._leg_ended = asyncio.Event()
@@ -407,6 +453,7 @@ class BridgeCall:
         assert self.connected_at is not None
         while not self.sm.ended and not self._closing:
             await asyncio.sleep(0.25)
+            self._snapshot_leg_stats()
             now = time.monotonic()
             if now - self.connected_at >= s.max_call_s:
                 reason, cause = "maximum call duration reached", 102  # Q.850 102: recovery on timer expiry
@@ -512,11 +559,18 @@ class BridgeCall:
             app_codec = None
         await self.ep.close()
         phone = {"packets_sent": self.sink.sent, "packets_received": self.track.received, "packets_lost": 0}
-        leg_stats = getattr(self.leg, "stats", None)
-        if callable(leg_stats):
-            with contextlib.suppress(Exception):
-                got = leg_stats()
-                phone.update({k: int(got[k]) for k in phone if k in got})
+        self._snapshot_leg_stats()
+        got = self.leg_stats
+        if got:  # the leg's RTP counters, when it keeps them (pyvoip_leg: tx/rx_packets)
+            log.info("[call %s] leg stats %s; app->phone frames %d; phone->app frames %d of %d, "
+                     "%d underruns, %d trimmed", self.call_id, got, self.sink.sent, self.track.received,
+                     self.track.conv.frames, self.track.underruns, self.track.trimmed)
+            for ours, theirs in (("packets_sent", "tx_packets"), ("packets_received", "rx_packets")):
+                if theirs in got or ours in got:
+                    phone[ours] = int(got.get(theirs, got.get(ours, 0)))
+            lost = getattr(got.get("jitter"), "lost", None)
+            if isinstance(lost, int):
+                phone["packets_lost"] = lost
         # "PCMU" when G.711 went straight through to the app, "opus/PCMU" when transcoded
         report_codec = f"{app_codec}/{codec}" if app_codec and codec and app_codec != codec else codec
         with contextlib.suppress(Exception):
@@ -530,6 +584,15 @@ class BridgeCall:
         self.done.set()
         if self.on_done is not None:
             self.on_done(self)
+
+    def _snapshot_leg_stats(self) -> None:
+        """Keep the leg's latest counters (a leg may drop them when it ends)."""
+        leg_stats = getattr(self.leg, "stats", None)
+        if callable(leg_stats):
+            with contextlib.suppress(Exception):
+                got = leg_stats()
+                if got:
+                    self.leg_stats = dict(got)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.ensure_future(coro)

@@ -204,6 +204,8 @@ class Leg:
         self.report.codec = self.ep.negotiated_codec()
         with contextlib.suppress(Exception):
             await self.ep.stats()  # so the first tick has a rate
+        if isinstance(self.ep.source, HeldSource):
+            self.ep.source.release()
         self.out.progress(f"connected (setup {self.report.setup_ms:.0f} ms, {self.report.codec})")
         if self.args.dtmf:
             await self.client.dtmf(self.call_id, self.args.dtmf)
@@ -395,6 +397,30 @@ class Leg:
         self.out.progress(text)
 
 
+class HeldSource(PacedAudioTrack):
+    """Silence until `release()`, then `inner`'s audio from its start: a caller's --play begins
+    when the call is answered, not during a phone call's early media (ringback, announcements)."""
+
+    def __init__(self, inner: PacedAudioTrack) -> None:
+        super().__init__(inner.rate)
+        self.inner = inner
+        self.released = False
+        self._k = 0
+
+    def release(self) -> None:
+        self.released = True
+
+    def _samples(self, n: int) -> Any:
+        if not self.released:
+            return super()._samples(n)
+        k, self._k = self._k, self._k + 1
+        return self.inner._samples(k)
+
+    def stop(self) -> None:
+        self.inner.stop()
+        super().stop()
+
+
 # --- set-up shared by both subcommands ----------------------------------------------------
 def _credentials(args: argparse.Namespace) -> tuple[str, str]:
     user = args.user or os.environ.get("JEGO_USER")
@@ -464,7 +490,9 @@ async def dial_call(args: argparse.Namespace, out: Output) -> Report:
     kind, to = classify_target(args.target)
     user, password = _credentials(args)
     _check_record(args.record)
-    source = _source(args)
+    source: PacedAudioTrack = _source(args)
+    if kind == "phone":
+        source = HeldSource(source)  # --play starts at the answer, after any early media
     stop = asyncio.Event()
     _install_stop(stop)
     async with JegoClient(args.server, auto_ringing=False) as client:
