@@ -5,7 +5,7 @@
 file and talks to it with `control_request(...)`:
 
     GET  /status                      -> Carrier.status()
-    POST /call {"from", "to", "play", "duration", "ring_timeout"}
+    POST /call {"from", "to", "play", "duration", "ring_timeout"}   ("from" defaults to [inbound] caller_id)
                                       -> Carrier.originate(...) result, when the call has ended
 
 Every request needs `Authorization: Bearer <token>` from control.json, so only users who can
@@ -91,7 +91,7 @@ class ControlServer:
     async def _call(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-            from_ = str(body["from"])
+            from_ = str(body.get("from") or self.carrier.cfg.inbound.caller_id)  # [inbound] caller_id
             to = str(body["to"])
             play = body.get("play")
             duration = body.get("duration")
