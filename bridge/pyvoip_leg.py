@@ -41,6 +41,8 @@ Defects of pyVoIP 1.6.8 (media-stack.md §1) -> how they are mended -> the test 
 | no Timer A/B, INVITE never times out (SIP.py)      | Timer A retransmits, Timer B = 64·T1 -> LegEnded("timeout", 408) | test_invite_timeout |
 | recv(8192) truncates datagrams (SIP.py:861)        | recvfrom(65535) and our strict parser                      | (all SIP tests) |
 | threads never joined (RTP.py:345-350, SIP.py:964)  | named threads joined by `stop()`                          | test_threads_do_not_leak |
+| re-INVITE starts a 2nd pair of RTP threads (VoIP.py:267-296) | answer the new offer on the same media (hold = recvonly) | test_reinvite_hold_and_resume |
+| no 200 retransmission / Timer H (SIP.py)           | Timer G resends our 200 until ACK; Timer H -> BYE + LegEnded("failed", 41) | test_inbound_200_without_ack_times_out |
 
 Threading: pyVoIP's "SIP Recieve" thread reads and parses datagrams and hands each message to the
 event loop with `loop.call_soon_threadsafe`; REGISTER responses go straight to the registering

@@ -305,6 +305,18 @@ class MiniUas(asyncio.DatagramProtocol):
         req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
         self.transport.sendto(req.serialise(), self.leg_addr)
 
+    def reinvite(self, direction: str, cseq: int) -> None:
+        """A re-INVITE from our side of the dialog with a new offer (hold: "sendonly")."""
+        assert self.invite is not None and self.transport is not None and self.leg_addr is not None
+        inv = self.invite
+        offer = build_offer(HOST, self.rtp_port, codecs=self.codecs, direction=direction,  # type: ignore[arg-type]
+                            session_id=1, session_version=cseq)
+        req = new_request("INVITE", inv.contacts[0].uri, from_=str(inv.to.with_tag(self.tag)), to=str(inv.from_),
+                          call_id=inv.call_id, cseq=cseq, contact=f"<sip:uas@{HOST}:{self.port}>",
+                          body=offer.serialize().encode(), content_type="application/sdp")
+        req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
+        self.transport.sendto(req.serialise(), self.leg_addr)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -976,3 +988,57 @@ async def test_against_the_simulated_carrier(tmp_path: Path) -> None:
             ended = await next_event(ringing, LegEnded)
             assert (ended.reason, ended.sip_code, ended.remote) == ("cancelled", 487, False)
             await carrier.wait_idle(5)
+
+
+async def test_reinvite_hold_and_resume() -> None:
+    """A re-INVITE (hold, then resume) is answered on the same media: recvonly while held, so we
+    stop sending; no second pair of RTP threads (pyVoIP starts one per re-INVITE: 100 packets/s)."""
+    async with media_call() as call:
+        threads = pyvoip_threads()
+        call.uas.reinvite("sendonly", 2)
+        await asyncio.sleep(0.3)
+        ok = [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE"]
+        assert ok and ok[0].status == 200 and "a=recvonly" in ok[0].body.decode()
+        n = len(call.rtp.arrivals)
+        await asyncio.sleep(0.5)
+        assert len(call.rtp.arrivals) - n <= 1  # held: nothing sent
+        call.uas.reinvite("sendrecv", 3)
+        await asyncio.sleep(0.2)
+        n = len(call.rtp.arrivals)
+        await asyncio.sleep(1.0)
+        assert 45 <= len(call.rtp.arrivals) - n <= 55  # resumed at 50/s, not 100/s
+        assert pyvoip_threads() == threads
+
+
+async def test_inbound_200_without_ack_times_out() -> None:
+    """Our 200 OK is retransmitted (Timer G) and, with no ACK by Timer H (64·T1), the call is
+    torn down with a BYE to the Contact (RFC 3261 §13.3.1.4)."""
+    uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    uac.bind((HOST, 0))
+    uac.settimeout(5.0)
+    legs: list[PyVoipLeg] = []
+
+    async def on_call(leg: Any, from_number: str, to_number: str) -> None:
+        legs.append(leg)
+        await leg.answer()
+
+    try:
+        async with running_trunk(free_udp_port(), t1=0.05) as trunk:
+            trunk.set_inbound_handler(on_call)
+            inv = _uac_invite(uac, trunk.local_port, 40000)
+            oks = 0
+            bye: SipRequest | None = None
+            t0 = time.monotonic()
+            while bye is None:
+                msg = parse_message(await asyncio.to_thread(uac.recv, 65535))
+                if isinstance(msg, SipResponse):
+                    oks += msg.status == 200
+                elif msg.method == "BYE":
+                    bye = msg
+            assert 2.5 < time.monotonic() - t0 < 4.5 and oks >= 5
+            assert bye.call_id == inv.call_id and bye.to_tag == inv.from_tag
+            assert (await next_event(legs[0], LegAnswered)).codec == "PCMU"
+            ended = await next_event(legs[0], LegEnded)
+            assert (ended.reason, ended.q850_cause) == ("failed", 41)
+    finally:
+        uac.close()
