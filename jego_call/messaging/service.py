@@ -82,11 +82,12 @@ class Messaging:
 
     def on_send(self, session: Session, msg: p.SendMessage) -> None:
         stored, duplicate = self.send(session.username, msg)
+        wire = stored.to_wire()
         session.send({"type": "message_ack", "client_id": stored.client_id, "duplicate": duplicate,
-                      "message": stored.to_wire()})
+                      "message": wire})
         if duplicate:
             return
-        push = {"type": "message", "message": stored.to_wire()}
+        push = {"type": "message", "message": wire}
         self.hub.send_to_user(stored.recipient, push)
         for s in list(self.hub.sessions.get(stored.sender, ())):
             if s is not session:  # the sender's other tabs and devices

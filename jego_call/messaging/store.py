@@ -151,9 +151,9 @@ class MessageStore:
                 "INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, media_id, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (conv_id, seq, sender, recipient, client_id, kind, text, media_id, now))
-        msg = self.get(conv_id, seq)
-        assert msg is not None
-        return msg, False
+        media = self.media(media_id) if media_id is not None else None
+        return Message(conv_id, seq, sender, recipient, client_id, kind, text,
+                       media.to_wire() if media is not None else None, now, None, None), False
 
     def get(self, conversation_id: int, seq: int) -> Message | None:
         row = self.db.query_one(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq = ?",
