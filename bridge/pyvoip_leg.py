@@ -813,6 +813,7 @@ class PyVoipLeg:
         self.local_tag = random_token(6)
         self.remote_tag: str | None = None
         self.media: _MediaClient | None = None
+        self._stopped_media: _MediaClient | None = None  # kept after the end so stats() still answers
         self.audio: NegotiatedAudio | None = None
         self.final_status: int | None = None
         self._trunk = trunk
@@ -960,8 +961,9 @@ class PyVoipLeg:
             await asyncio.wrap_future(fut)
 
     def stats(self) -> dict[str, Any]:
-        """Media counters (tx/rx packets, drops, backlog, jitter buffer) for logs and tests."""
-        return self.media.stats() if self.media else {}
+        """Media counters (tx/rx packets, drops, backlog, jitter buffer); still valid after LegEnded."""
+        media = self.media or self._stopped_media
+        return media.stats() if media else {}
 
     # -- internals: events ----------------------------------------------------------------------
     def _emit(self, ev: LegEvent) -> None:
@@ -1637,6 +1639,7 @@ class PyVoipTrunk:
         phone = self._phone
         media, leg.media = leg.media, None
         if media is not None:
+            leg._stopped_media = media
             self._stops.append(asyncio.ensure_future(asyncio.to_thread(media.stop)))
         if phone is not None and leg._port is not None:
             if leg._sock is not None:

@@ -433,6 +433,7 @@ async def test_ack_to_tag_matches_200(tmp_path: Path) -> None:
             await leg.hangup()
             ended = await next_event(leg, LegEnded)
             assert ended == LegEnded("hangup", None, 16, remote=False)
+            assert leg.stats()["tx_packets"] >= 10  # counters survive the end of the call
             rc = await sipp.wait()
         assert rc == 0, sipp.errors()
         invite, = sipp.received("INVITE")
