@@ -53,6 +53,10 @@ setup_jego() {
     local stamp="$JEGO_ROOT/.venv/.jego-stamp-$mode"
     local want
     want=$(cat "$JEGO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    local test_stamp="$JEGO_ROOT/.venv/.jego-stamp-test"
+    if [ "$mode" = run ] && [ -f "$test_stamp" ] && [ "$(cat "$test_stamp")" = "$want" ]; then
+        stamp="$test_stamp"  # the test set-up installs everything the service needs
+    fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         _jego_log "installing pip packages ($mode)"
         "$JEGO_ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$JEGO_ROOT$extras"
