@@ -279,32 +279,6 @@ class Registrar:
 # --------------------------------------------------------------------------------------------
 # the driver
 
-# RFC 3261 §25.1: `Supported = ("Supported" / "k") HCOLON [option-tag *(COMMA option-tag)]`; the
-# value may be empty, and baresip 1.0 sends "Supported: " so. bridge.sip's parser rejects an empty
-# token list with 400, so the trunk drops such empty lines before parsing (they mean "none").
-_EMPTY_TOKEN_LIST = re.compile(rb"\r\n(?:Supported|k|Allow)[ \t]*:[ \t]*(?=\r\n)", re.IGNORECASE)
-
-
-def drop_empty_token_lists(data: bytes) -> bytes:
-    """Remove empty Supported/Allow header lines from the header section of a SIP message."""
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return data
-    cleaned = _EMPTY_TOKEN_LIST.sub(b"", head)
-    return data if cleaned == head else cleaned + sep + body
-
-
-class _TrunkTransport(SipTransport):
-    """SipTransport with `drop_empty_token_lists` applied to every incoming message."""
-
-    def _on_datagram(self, data: bytes, addr: Addr) -> None:
-        super()._on_datagram(drop_empty_token_lists(data), addr)
-
-    def _on_stream_message(self, conn: Any, data: bytes) -> None:
-        super()._on_stream_message(conn, drop_empty_token_lists(data))
-
-
-
 def safe_name(call_id: str) -> str:
     """A Call-ID as a file name: [A-Za-z0-9._@-] kept, the rest '_' (no '/', no leading dot)."""
     name = re.sub(r"[^A-Za-z0-9._@-]", "_", call_id)[:160]
@@ -380,7 +354,7 @@ class Carrier:
         self.endpoint = SipEndpoint(EndpointConfig(timers=self.timers, allow=ALLOW, auto_trying=False,
                                                    user_agent=cfg.sip.user_agent), host=self.host,
                                     port=self.port)
-        self.transport: SipTransport = _TrunkTransport(self.endpoint, self.host, self.port, on_event=self._on_event)
+        self.transport: SipTransport = SipTransport(self.endpoint, self.host, self.port, on_event=self._on_event)
         self.auth = TrunkAuth(cfg)
         self.registrar = Registrar(cfg.sip.min_expires_s, cfg.sip.max_expires_s)
         self.ports = PortPool(cfg.sip.rtp_port_min, cfg.sip.rtp_port_max + 1)

@@ -341,9 +341,15 @@ def parse_uint(value: str, what: str, maximum: int) -> int:
 
 
 def parse_token_list(values: Iterable[str], what: str) -> list[str]:
-    """Option-tag / method lists (Require, Supported, Allow ...): each element must be a token."""
+    """Option-tag / method lists (Require, Supported, Allow ...): each element must be a token.
+
+    An empty header value is an empty list (RFC 3261 §25.1: `Supported = "Supported" HCOLON
+    [option-tag *(COMMA option-tag)]`; baresip sends "Supported: ").
+    """
     out = []
     for v in values:
+        if v == "":
+            continue
         if not is_token(v):
             raise SipParseError(f"{what}: invalid token {v[:40]!r}")
         out.append(v)
