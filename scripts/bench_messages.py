@@ -201,7 +201,10 @@ async def args_barrier(args: dict[str, Any]) -> None:
 
 
 def worker(url: str, pairs: list[tuple[str, str]], args: dict[str, Any], out: Any) -> None:
-    out.put(asyncio.run(worker_main(url, pairs, args)))
+    try:
+        out.put(asyncio.run(worker_main(url, pairs, args)))
+    except BaseException as exc:  # report it: the parent must not wait for a dead worker
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -245,6 +248,9 @@ def main() -> int:
         for p in ps:
             p.start()
         results = [out.get(timeout=600) for _ in ps]
+        failed = [r["error"] for r in results if "error" in r]
+        if failed:
+            raise SystemExit(f"a client process failed: {failed}")
         for p in ps:
             p.join()
         stop.set()
