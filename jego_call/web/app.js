@@ -19,7 +19,24 @@ const REASONS = {
   media_denied: "Camera or microphone permission denied",
   media_failed: "Could not set up audio or video",
   invalid_number: "That number is not valid",
+  emergency: "Emergency calls are not supported: use a local phone",
+  rejected: "This call is not allowed",
+  unreachable: "Phone calls are not available right now",
+  congestion: "The phone network is busy, try again later",
+  timeout: "The phone cannot be reached",
 };
+
+// Plain words for how a call to a phone number ended (docs/signalling.md, phone end reasons).
+const PHONE_REASONS = {
+  hangup: "Call ended",
+  busy: "The number is busy",
+  no_answer: "No answer",
+  unavailable: "The phone is switched off or out of reach",
+  declined: "The call was declined",
+  invalid_number: "That number does not exist or is incomplete",
+  cancelled: "Call cancelled",
+};
+const isPhone = (peer) => typeof peer === "string" && /^\+?[0-9][0-9 ()\-.]{1,30}$/.test(peer);
 
 const state = {
   token: localStorage.getItem("jego.token"),
@@ -72,7 +89,8 @@ function setCallState(s) {
 function setEndReason(reason, detail) {
   const el = $("call-end-reason");
   el.dataset.reason = reason || "";
-  el.textContent = reason ? (REASONS[reason] || reason) + (detail ? ` (${detail})` : "") : "";
+  const words = (state.call && isPhone(state.call.peer) && PHONE_REASONS[reason]) || REASONS[reason] || reason;
+  el.textContent = reason ? words + (detail && detail !== words ? ` (${detail})` : "") : "";
 }
 
 function updateCallButtons() {
@@ -182,6 +200,7 @@ async function enter() {
     if (e.status === 401) { logout(); banner("Your session expired: log in again"); return; }
     banner(e.message);
   }
+  loadHistory();
   connect();
 }
 
@@ -243,7 +262,10 @@ function onMessage(msg) {
       if (state.contacts.has(msg.username)) { state.contacts.set(msg.username, msg.presence); renderContacts(); }
       break;
     case "invite": onInvite(msg); break;
-    case "ringing": if (mine && call.state === "calling") setCallState("ringing"); break;
+    case "ringing":
+      if (mine && call.state === "calling") setCallState("ringing");
+      if (mine && msg.sdp) onEarlyMedia(msg);
+      break;
     case "call_state": if (mine && msg.state === "ringing" && call.state === "calling") setCallState("ringing"); break;
     case "accept": if (mine) onAccept(msg); break;
     case "ice":
@@ -302,10 +324,11 @@ function gathered(pc, ms = 1500) {
   });
 }
 
-async function placeCall(kind) {
-  if (!state.selected) return;
+async function placeCall(kind, target) {
+  const peer = target || state.selected;
+  if (!peer) return;
   const media = kind === "video" ? ["audio", "video"] : ["audio"];
-  const call = newCall({ id: callId(), peer: state.selected, direction: "out", media });
+  const call = newCall({ id: callId(), peer, direction: "out", media });
   state.call = call;
   banner(null);
   setEndReason(null);
@@ -327,6 +350,11 @@ async function placeCall(kind) {
 
 async function onAccept(msg) {
   const call = state.call;
+  if (!msg.sdp && call.earlyMedia) {  // a phone call: the answer came with the early media
+    $("early-media").hidden = true;
+    connected(call);
+    return;
+  }
   try {
     await call.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
     for (const c of call.pendingIce.splice(0)) await call.pc.addIceCandidate(c || null).catch(() => {});
@@ -334,6 +362,86 @@ async function onAccept(msg) {
   } catch (e) {
     hangup();
     setEndReason("media_failed", e.message);
+  }
+}
+
+// A phone call's `ringing` with an sdp: apply the answer now, so the ringback tone or the
+// network's announcement plays before the phone is answered (early media); `accept` follows
+// without an sdp.
+async function onEarlyMedia(msg) {
+  const call = state.call;
+  if (call.earlyMedia || !call.pc) return;
+  call.earlyMedia = true;
+  try {
+    await call.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+    for (const c of call.pendingIce.splice(0)) await call.pc.addIceCandidate(c || null).catch(() => {});
+    if (state.call === call && call.state !== "connected") $("early-media").hidden = false;
+  } catch (e) {
+    hangup();
+    setEndReason("media_failed", e.message);
+  }
+}
+
+// ---- phone calls: dial pad, DTMF, call history -----------------------------------------------
+const DTMF_KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "0", "#"];
+
+function renderDialpad() {
+  const pad = $("dialpad-keys");
+  pad.textContent = "";
+  for (const d of DTMF_KEYS) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = d;
+    b.setAttribute("data-testid", `dtmf-${d}`);
+    b.addEventListener("click", () => pressKey(d));
+    pad.append(b);
+  }
+}
+
+// During a connected call a key sends DTMF (the bridge passes it to the phone as RFC 4733);
+// otherwise it types into the number field.
+function pressKey(d) {
+  const call = state.call;
+  if (call && call.state === "connected") {
+    send({ type: "dtmf", call_id: call.id, digits: d });
+    $("call-stats").dataset.dtmf = (($("call-stats").dataset.dtmf) || "") + d;
+  } else {
+    $("dialpad-input").value += d;
+  }
+}
+
+function callPhone(ev) {
+  if (ev) ev.preventDefault();
+  const number = $("dialpad-input").value.trim();
+  if (!number) { banner("Type a phone number first"); return; }
+  if (state.call && ["calling", "ringing", "incoming", "connected"].includes(state.call.state)) return;
+  placeCall("audio", number);
+}
+
+function describeCall(c) {
+  const when = new Date(c.started_at * 1000).toLocaleString();
+  const arrow = c.direction === "outgoing" ? "→" : "←";
+  const phone = c.peer_kind === "phone";
+  const words = (phone && PHONE_REASONS[c.outcome]) || REASONS[c.outcome] || c.outcome;
+  const dur = c.duration_s ? ` ${Math.round(c.duration_s)} s` : "";
+  return `${when} ${arrow} ${c.peer}${phone ? " (phone)" : ""}: ${words}${dur}`;
+}
+
+async function loadHistory() {
+  try {
+    const data = await api("GET", "/api/calls?limit=20");
+    const ul = $("call-history");
+    ul.textContent = "";
+    for (const c of data.calls) {
+      const li = document.createElement("li");
+      li.setAttribute("data-testid", "call-history-item");
+      li.dataset.callId = c.call_id;
+      li.dataset.outcome = c.outcome;
+      li.textContent = describeCall(c);
+      ul.append(li);
+    }
+  } catch (e) {
+    if (e.status !== 401) banner(e.message);
   }
 }
 
@@ -411,6 +519,8 @@ function endCall(reason, detail) {
   $("remote-audio").srcObject = null;
   setCallState("ended");
   setEndReason(reason, detail);
+  $("early-media").hidden = true;
+  setTimeout(loadHistory, 500);  // the server has stored the call record by then
   $("mute").textContent = "Mute";
   $("mute").setAttribute("aria-pressed", "false");
   $("camera").textContent = "Camera off";
@@ -521,5 +631,8 @@ $("decline").addEventListener("click", decline);
 $("hangup").addEventListener("click", hangup);
 $("mute").addEventListener("click", toggleMute);
 $("camera").addEventListener("click", toggleCamera);
+$("dialpad-form").addEventListener("submit", callPhone);
+$("history-refresh").addEventListener("click", loadHistory);
+renderDialpad();
 
 if (state.token) enter();
