@@ -1,0 +1,90 @@
+"""A 60 s app -> phone call through the bridge: no drift (the bridge sends 50 packets/s within
+0.1 % both ways) and flat memory (the RSS of the `jego serve` process, sampled over the call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jego_call.client import JegoClient, new_call_id
+from jego_call.media.endpoint import MediaEndpoint, enable_loopback_candidates
+from jego_call.media.tracks import ToneSource
+from tests.conftest import PASSWORD, LiveServer
+
+from .bridge_util import PLAIN, phone_server
+
+pytestmark = pytest.mark.slow
+
+CALL_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    s = phone_server(tmp_path_factory.mktemp("long"))
+    yield s
+    s.stop()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_sixty_second_call_has_no_drift_and_flat_memory(server: LiveServer) -> None:
+    enable_loopback_candidates()
+    async with JegoClient(server.url) as client:
+        await client.login("alice", PASSWORD)
+        auth = await client.connect()
+        ep = MediaEndpoint(source=ToneSource(700), ice_servers=auth["ice_servers"])
+        cid = new_call_id()
+        try:
+            await client.invite(cid, PLAIN, await ep.create_offer())
+            acc = await client.wait_for("accept", cid, timeout=15)
+            await ep.set_answer(acc["sdp"])
+            await ep.wait_connected(10)
+            t0 = time.monotonic()
+            samples: list[tuple[float, float]] = []
+            marks: dict[str, tuple[float, int]] = {}
+            while (now := time.monotonic()) - t0 < CALL_S:
+                samples.append((now - t0, rss_mb(server.proc.pid)))
+                st = await ep.stats()
+                if now - t0 >= 5 and "a" not in marks:
+                    marks["a"] = (time.monotonic(), int(st["packets_received"]))
+                marks["b"] = (time.monotonic(), int(st["packets_received"]))
+                await asyncio.sleep(1.0)
+            await client.hangup(cid)
+            await client.wait_for("call_ended", cid, timeout=10)
+        finally:
+            await ep.close()
+    (ta, pa), (tb, pb) = marks["a"], marks["b"]
+    rate = (pb - pa) / (tb - ta)
+    print(f"bridge -> app: {rate:.3f} packets/s over {tb - ta:.1f} s")
+    assert abs(rate - 50.0) <= 0.05 + 2 / (tb - ta)  # 0.1 %, plus one packet of timing at each mark
+    # bridge -> phone: pyVoIP's RTP counter over the answered time, from the bridge's call_report
+    status, body = await asyncio.to_thread(_history, server)
+    rec = body["calls"][0]
+    assert rec["call_id"] == cid
+    answered = rec["ended_at"] - rec["answered_at"]
+    phone_rate = rec["phone"]["packets_sent"] / answered
+    print(f"bridge -> phone: {phone_rate:.3f} packets/s over {answered:.1f} s")
+    assert abs(phone_rate - 50.0) <= 0.05 + 3 / answered
+    # memory: the second half of the call does not grow over the first
+    early = max(m for t, m in samples if 10 <= t < 30)
+    late = max(m for t, m in samples if t >= 40)
+    print(f"serve RSS: {samples[0][1]:.1f} MB at connect, max {early:.1f} MB (10-30 s), {late:.1f} MB (40-60 s)")
+    assert late - early < 3.0
+
+
+def _history(server: LiveServer) -> tuple[int, dict[str, object]]:
+    from tests.conftest import http_json
+
+    status, body = http_json("POST", f"{server.url}/api/login", {"username": "alice", "password": PASSWORD})
+    status, body = http_json("GET", f"{server.url}/api/calls?limit=1", token=body["token"])
+    return status, body
