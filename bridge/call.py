@@ -576,7 +576,9 @@ class BridgeCall:
         with contextlib.suppress(Exception):
             await self.send({"type": "call_report", "call_id": self.call_id, "codec": report_codec,
                              "app": app, "phone": phone})
-        log.info("[call %s] ended (%s); app %s phone %s", self.call_id, self.end_info.get("reason"), app, phone)
+        log.info("[call %s] ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms)", self.call_id,
+                 self.end_info.get("reason"), app, phone, self.track.pacing.on_time_ratio,
+                 self.track.pacing.max_late_ms)
         current = asyncio.current_task()
         for t in self._tasks:
             if t is not current and not t.done():

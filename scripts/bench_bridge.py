@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Benchmark: N concurrent app -> phone calls through ONE bridge worker process.
+
+Starts `jego serve --no-bridge` (signalling + the simulated carrier, on free 127.0.0.1 ports) and
+one `jego bridge` worker process, then for each N places N simultaneous calls from one load
+process (N aiortc endpoints playing tests/data/speech_en_48k.wav) to a carrier number that
+answers and echoes. Reports per N:
+
+- cpu_per_call_s: CPU-seconds of the bridge process per call-second (all calls connected);
+- on_time: the worst call's share of app-bound frames released within 10 ms of their 20 ms slot
+  (the bridge logs it per call);
+- pesq_min / pesq_p50: narrowband PESQ of the carrier's recording of each call against the
+  source resampled to 8 kHz;
+- setup_ms p50 / p99: invite -> accept as the caller sees it.
+
+`max_ok_calls` is the largest N with on_time >= 99 % and pesq_min >= 3.6 for every call. The
+load process shares the machine, so figures are a floor. Not a test: run it (as root inside
+`unshare -n` so only loopback exists) and copy the table to docs/benchmarks.md "## Bridge".
+
+    unshare -n -- bash -c 'ip link set lo up && .venv/bin/python scripts/bench_bridge.py --calls 1 4 8 12'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jego_call.client import JegoClient, new_call_id  # noqa: E402
+from jego_call.media import analysis  # noqa: E402
+from jego_call.media.endpoint import MediaEndpoint, enable_loopback_candidates  # noqa: E402
+from jego_call.media.tracks import FileSource  # noqa: E402
+from tests.integration.bridge_util import PLAIN, carrier_config, free_port  # noqa: E402
+
+PASSWORD = "bench-password-1"
+SPEECH = ROOT / "tests" / "data" / "speech_en_48k.wav"
+
+
+def env(extra: dict[str, str]) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("JEGO_")}
+    e.update(PYTHONUNBUFFERED="1", **extra)
+    return e
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for(path: Path, pattern: str, proc: subprocess.Popen[str], timeout: float = 30) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, path.read_text(errors="replace"))
+        if m:
+            return m
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited:\n{path.read_text()}")
+        time.sleep(0.05)
+    raise SystemExit(f"{pattern!r} not seen in {path}")
+
+
+def register(url: str, name: str) -> None:
+    req = urllib.request.Request(f"{url}/api/register", data=json.dumps({"username": name, "password": PASSWORD})
+                                 .encode(), method="POST", headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=10).read()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:
+            raise
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
+
+
+async def one_call(url: str, user: str, hold_s: float, out: dict[str, Any]) -> None:
+    async with JegoClient(url) as client:
+        await client.login(user, PASSWORD)
+        auth = await client.connect()
+        ep = MediaEndpoint(source=FileSource(SPEECH), ice_servers=auth["ice_servers"])
+        cid = new_call_id()
+        out["call_id"] = cid
+        try:
+            t0 = time.monotonic()
+            await client.invite(cid, PLAIN, await ep.create_offer())
+            acc = await client.wait_for("accept", cid, timeout=30)
+            out["setup_ms"] = (time.monotonic() - t0) * 1000
+            await ep.set_answer(acc["sdp"])
+            await ep.wait_connected(15)
+            out["connected"] = time.monotonic()
+            await asyncio.sleep(hold_s)
+            out["hangup"] = time.monotonic()
+            await client.hangup(cid)
+            await client.wait_for("call_ended", cid, timeout=10)
+        finally:
+            await ep.close()
+
+
+def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data: Path) -> dict[str, Any]:
+    users = [f"bench{i}" for i in range(n)]
+    for u in users:
+        register(url, u)
+    cdr_path = data / "carrier" / "cdr.jsonl"
+    cdr_before = len(cdr_path.read_text().splitlines()) if cdr_path.exists() else 0
+    results: list[dict[str, Any]] = [{} for _ in users]
+    hold = 17.5
+
+    async def all_calls() -> float:
+        task = asyncio.gather(*(one_call(url, u, hold, r) for u, r in zip(users, results, strict=True)))
+        # CPU of the bridge over the window when every call is up
+        await asyncio.sleep(6.0)
+        c0, t0 = proc_cpu_s(bridge.pid), time.monotonic()
+        await asyncio.sleep(8.0)
+        cpu = (proc_cpu_s(bridge.pid) - c0) / (time.monotonic() - t0)
+        await task
+        return cpu
+
+    cpu_per_s = asyncio.run(all_calls())
+    time.sleep(1.5)
+    log = bridge_log.read_text(errors="replace")
+    on_time = [float(m) for cid in (r["call_id"] for r in results)
+               for m in re.findall(rf"\[call {cid}\] ended .*frames on time ([0-9.]+)", log)]
+    recs = [json.loads(line) for line in cdr_path.read_text().splitlines()[cdr_before:] if line.strip()]
+    ref = analysis.resample(*analysis.read_wav(SPEECH), 8000)
+    scores = []
+    for rec in recs:
+        if rec.get("recording"):
+            heard, rate = analysis.read_wav(rec["recording"])
+            scores.append(analysis.pesq_score(ref, heard, rate, mode="nb"))
+    setup = [r["setup_ms"] for r in results if "setup_ms" in r]
+    return {"calls": n, "cpu_per_call_s": round(cpu_per_s / n, 4), "on_time_min": min(on_time) if on_time else None,
+            "pesq_min": round(min(scores), 2) if scores else None,
+            "pesq_p50": round(statistics.median(scores), 2) if scores else None,
+            "setup_ms_p50": round(pct(setup, 50)), "setup_ms_p99": round(pct(setup, 99)),
+            "recorded": len(scores)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, nargs="+", default=[1, 4, 8, 12])
+    ap.add_argument("--app-codec", choices=["opus", "pcmu", "pcma"], default="opus")
+    args = ap.parse_args()
+    enable_loopback_candidates()
+    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_s:
+        if os.environ.get("BENCH_KEEP"):
+            tmp_s = os.environ["BENCH_KEEP"]
+        tmp = Path(tmp_s)
+        port = free_port()
+        common = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
+                  "JEGO_BRIDGE_APP_CODEC": args.app_codec, "JEGO_LOG_LEVEL": "INFO"}
+        data = tmp / "data"
+        slog, blog = tmp / "serve.log", tmp / "bridge.log"
+        serve = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0", "--data-dir",
+                                  str(data), "--no-bridge"], cwd=ROOT, env=env(common), text=True,
+                                 stdout=open(slog, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        url = wait_for(slog, r"open (http://[0-9.:]+)/", serve).group(1)
+        bridge = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", url,
+                                   "--data-dir", str(data), "--max-calls", "64", "--name", "bench"],
+                                  cwd=ROOT, env=env(common), text=True, stdout=open(blog, "w"),  # noqa: SIM115
+                                  stderr=subprocess.STDOUT)
+        try:
+            wait_for(blog, r"connected to http", bridge)
+            rows = []
+            for n in args.calls:
+                row = run(n, url, bridge, blog, data)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            ok = [r["calls"] for r in rows if (r["on_time_min"] or 0) >= 0.99 and (r["pesq_min"] or 0) >= 3.6
+                  and r["recorded"] == r["calls"]]
+            print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs)")
+            print("| calls | CPU s per call-s | frames on time (worst call) | PESQ nb min / p50 | setup ms p50 / p99 |")
+            print("|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['calls']} | {r['cpu_per_call_s']:.3f} | {100 * (r['on_time_min'] or 0):.1f} % | "
+                      f"{r['pesq_min']} / {r['pesq_p50']} | {r['setup_ms_p50']} / {r['setup_ms_p99']} |")
+        finally:
+            for p in (bridge, serve):
+                p.terminate()
+            for p in (bridge, serve):
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
