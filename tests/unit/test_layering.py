@@ -18,6 +18,7 @@ IO_MODULES = {"asyncio", "socket", "threading", "time", "selectors", "subprocess
 PURE = [
     "jego_call/call/state.py",
     "jego_call/signalling/messages.py",
+    "jego_call/messaging/protocol.py",
     "jego_call/numbering.py",
     "bridge/sip/message.py",
     "bridge/sip/uri.py",
