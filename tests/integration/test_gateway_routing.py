@@ -6,28 +6,23 @@ prove the server's side of docs/signalling.md "Phone calls and gateways" without
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from jego_call.config import load_config
-from jego_call.signalling.server import GATEWAY_SECRET, create_app
+from jego_call.signalling.server import GATEWAY_SECRET
 
+from .conftest import Factory
 from .sigclient import FAKE_SDP, Ws, new_call_id, register
 
 ANSWER = FAKE_SDP + "a=answer\r\n"
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
-    cfg = load_config(None, environ={}, overrides={"data": {"dir": str(tmp_path)}, "calls": {"ring_timeout_s": 3.0}})
-    c = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
-    await c.start_server()
-    yield c
-    await c.close()
+async def client(make_client: Factory) -> TestClient:
+    c: TestClient = await make_client(calls={"ring_timeout_s": 3.0})
+    return c
 
 
 async def gateway(client: TestClient, capacity: int = 4, name: str = "gw1") -> Ws:

@@ -11,51 +11,23 @@ import signal
 import sqlite3
 import uuid
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from jego_call.config import load_config
 from jego_call.db import Database
-from jego_call.signalling.server import DB, create_app
+from jego_call.signalling.server import DB
 
 from ..conftest import LiveServer, http_json, make_user
 from ..conftest import add_contact as live_add_contact
+from .conftest import Factory
 from .sigclient import Ws, add_contact, register
-
-Factory = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
-    clients: list[TestClient] = []
-
-    async def factory(**sections: dict[str, Any]) -> TestClient:
-        overrides: dict[str, dict[str, Any]] = {"data": {"dir": str(tmp_path / f"d{len(clients)}")}}
-        overrides["signalling"] = {"heartbeat_s": 1.0, "auth_timeout_s": 2.0}
-        for k, v in sections.items():
-            overrides.setdefault(k, {}).update(v)
-        cfg = load_config(None, environ={}, overrides=overrides)
-        client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for c in clients:
-        await c.close()
-
-
-@pytest.fixture
-async def client(make_client: Factory) -> TestClient:
-    c: TestClient = await make_client()
-    return c
 
 
 def auth(token: str) -> dict[str, str]:

@@ -4,47 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from jego_call.config import load_config
-from jego_call.signalling.server import HUB, create_app
+from jego_call.signalling.server import HUB
 
+from .conftest import Factory
 from .sigclient import FAKE_SDP, PASSWORD, Ws, add_contact, new_call_id, register
-
-Factory = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
-    clients: list[TestClient] = []
-
-    async def factory(**sections: dict[str, Any]) -> TestClient:
-        overrides: dict[str, dict[str, Any]] = {"data": {"dir": str(tmp_path / f"d{len(clients)}")}}
-        overrides["calls"] = {"ring_timeout_s": 2.0}
-        overrides["signalling"] = {"heartbeat_s": 1.0, "auth_timeout_s": 2.0}
-        for k, v in sections.items():
-            overrides.setdefault(k, {}).update(v)
-        cfg = load_config(None, environ={}, overrides=overrides)
-        client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for c in clients:
-        await c.close()
-
-
-@pytest.fixture
-async def client(make_client: Factory) -> TestClient:
-    c: TestClient = await make_client()
-    return c
 
 
 async def pair(client: TestClient) -> tuple[Ws, Ws, str, str]:
