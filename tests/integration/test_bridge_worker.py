@@ -1,0 +1,61 @@
+"""`jego bridge` as its own process: it finds the server's gateway secret in DATA/bridge.key,
+registers on the carrier, takes calls up to --max-calls, and the server refuses the next call
+(`unreachable`) instead of squeezing it in. SIGTERM stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+
+from .bridge_util import PLAIN, carrier_config, carrier_record, free_port
+from .test_dial import DIAL, _env, dial
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], Path]]:
+    port = free_port()
+    env = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp_path, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port)}
+    server = start_server(tmp_path, ["--no-bridge"], **env)
+    for name in ("alice", "bob"):
+        make_user(server, name)
+    log = tmp_path / "bridge.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",
+         str(server.data_dir), "--max-calls", "1", "--name", "extra"],
+        cwd=ROOT, env={**_env(), **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
+    deadline = time.monotonic() + 20
+    while "connected to http" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    yield server, proc, log
+    if proc.poll() is None:
+        proc.kill()
+    server.stop()
+
+
+def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, subprocess.Popen[str], Path]) -> None:
+    server, proc, log = setup
+    first = subprocess.Popen([*DIAL, "call", PLAIN, "--server", server.url, "--user", "alice", "--password",
+                              PASSWORD, "--duration", "4", "--json", "--quiet"],
+                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # the first call is up by now
+    rc, res, err = dial(server, PLAIN, "--json", user="bob")
+    assert res is not None and res["reason"] == "unreachable" and rc == 1, (res, err)
+    out, err1 = first.communicate(timeout=30)
+    assert first.returncode == 0, err1
+    assert json.loads(out.strip().splitlines()[-1])["outcome"] == "answered"
+    assert carrier_record(server, PLAIN)["outcome"] == "normal_clearing"
+    assert "gateway extra connected (capacity 1)" in server.log()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert "stopped" in log.read_text()
