@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
 
-from .bridge_util import PLAIN, carrier_config, carrier_record, free_port
+from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
 from .test_dial import DIAL, _env, dial
 
 
@@ -59,3 +59,16 @@ def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, su
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     assert "stopped" in log.read_text()
+
+
+def test_maximum_call_duration_ends_both_legs(tmp_path: Path) -> None:
+    server = phone_server(tmp_path / "maxdur", JEGO_BRIDGE_MAX_CALL_S="2")
+    try:
+        rc, res, err = dial(server, PLAIN, "--duration", "15", "--json")
+        assert rc == 0 and res is not None, err
+        # the bridge hung up: the app hears `hangup` by the phone side with Q.850 102 (timer expiry)
+        assert res["reason"] == "hangup" and res["by"] == PLAIN and res["q850_cause"] == 102, res
+        assert res["connected_s"] < 5
+        assert carrier_record(server, PLAIN)["outcome"] == "normal_clearing"  # our BYE reached the carrier
+    finally:
+        server.stop()
