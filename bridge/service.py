@@ -55,4 +55,11 @@ def attach(app: web.Application, cfg: Config) -> None:
             for worker in holder:
                 await worker.stop()
 
+    async def stop_first(app: web.Application) -> None:
+        # Before the hub ends calls and closes sockets (create_app's on_shutdown): hang up our
+        # SIP legs with BYE/CANCEL and un-REGISTER while the server and the trunk are still up.
+        for worker in app.get(BRIDGE_KEY, []):
+            await worker.stop()
+
     app.cleanup_ctx.append(bridge_ctx)
+    app.on_shutdown.insert(0, stop_first)
