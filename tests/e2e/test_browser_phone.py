@@ -90,3 +90,39 @@ def test_busy_number_is_reported_in_plain_words(tone_browser: Browser, server: L
             c.close()
 
 
+
+
+def test_browser_answers_a_call_from_a_phone(tone_browser: Browser, server: LiveServer) -> None:
+    """`jego carrier call` rings bob's DID; bob answers in Chromium; the phone hears bob's tone."""
+    import threading
+
+    from ..integration.bridge_util import carrier_call
+
+    contexts: list[BrowserContext] = []
+    result: dict[str, object] = {}
+
+    def phone() -> None:
+        result["rc"], result["res"] = carrier_call(server, ECHO_NUMBER, "+8675512345678", "--duration", "5")
+
+    caller = threading.Thread(target=phone)
+    try:
+        bob = open_user(tone_browser, contexts, server, "bob", register=False)
+        caller.start()
+        expect(bob.get_by_test_id("call-state")).to_have_text("incoming", timeout=20_000)
+        expect(bob.get_by_test_id("incoming")).to_contain_text(ECHO_NUMBER)
+        bob.get_by_test_id("answer").click()
+        expect(bob.get_by_test_id("call-state")).to_have_text("connected", timeout=20_000)
+        caller.join(60)
+        expect(bob.get_by_test_id("call-state")).to_have_text("ended", timeout=20_000)
+        expect(bob.get_by_test_id("call-end-reason")).to_have_attribute("data-reason", "hangup")
+    finally:
+        caller.join(60)
+        for c in contexts:
+            c.close()
+    assert result.get("rc") == 0, result
+    res = result["res"]
+    assert isinstance(res, dict) and res["answered"], res
+    heard, rate = read_wav(res["recording"])
+    middle = heard[rate: 4 * rate]  # the phone's recording of what bob's browser sent
+    assert abs(dominant_frequency(middle, rate) - TONE_HZ) <= 0.01 * TONE_HZ
+    assert level_dbfs(middle) > -35.0
