@@ -259,7 +259,8 @@ async def test_port_released_and_close_is_idempotent() -> None:
     await a.close()
     await a.close()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", port))  # the port is free again
+        s.bind(("127.0.0.1", port))  # the port is free again (bind raises otherwise)
+        assert s.getsockname()[1] == port
 
 
 def test_sit_table_is_e180() -> None:

@@ -50,7 +50,8 @@ async def history(client: TestClient, token: str) -> list[dict[str, Any]]:
 async def test_wrong_gateway_secret(client: TestClient) -> None:
     ws = await Ws.open(client)
     await ws.send({"type": "gateway_auth", "secret": "guess", "name": "x", "capacity": 1})
-    await ws.expect_error("auth_failed")
+    err = await ws.expect_error("auth_failed")
+    assert "secret" in err["message"]
 
 
 async def test_app_to_phone_call_with_early_media(client: TestClient) -> None:

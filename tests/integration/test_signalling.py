@@ -140,7 +140,8 @@ async def test_rate_limit(make_client: Factory) -> None:
     ws = await Ws.open(client, await register(client, "alice"))
     for _ in range(8):
         await ws.send({"type": "ping"})
-    await ws.expect_error("rate_limited")
+    err = await ws.expect_error("rate_limited")
+    assert err["code"] == "rate_limited" and sum(m["type"] == "pong" for m in ws.seen) <= 5
 
 
 # -- calls ----------------------------------------------------------------------------------

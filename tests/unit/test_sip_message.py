@@ -320,6 +320,7 @@ def test_via_parse_and_params() -> None:
 def test_random_mutations_never_raise_anything_but_sip_errors() -> None:
     rng = random.Random(4475)
     seeds = [OPTIONS] + [p.read_bytes() for p in sorted(DATA.glob("*.sip"))]
+    parsed = 0
     for _ in range(600):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
@@ -335,4 +336,6 @@ def test_random_mutations_never_raise_anything_but_sip_errors() -> None:
             msg = parse_message(bytes(data))
         except SipError:
             continue
-        msg.serialise()  # a parsed message always serialises
+        assert msg.serialise()  # a parsed message always serialises
+        parsed += 1
+    assert 0 < parsed < 600  # the mutations hit both paths
