@@ -28,6 +28,7 @@ from typing import Any
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from jego_call.call.machine import TableMachine
 from jego_call.errors import InvalidTransition
 from jego_call.media.endpoint import MediaEndpoint, MediaError
 from jego_call.media.tracks import PacedAudioTrack
@@ -80,33 +81,13 @@ TRANSITIONS: dict[tuple[BridgeState, BridgeEvent], BridgeState] = {
 }
 
 
-class BridgeStateMachine:
+class BridgeStateMachine(TableMachine[BridgeState, BridgeEvent]):
     """One bridged call's state; `apply(event)` is the only way to change it."""
 
-    __slots__ = ("state", "history", "end_event")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.state = BridgeState.IDLE
-        self.history: list[tuple[BridgeState, BridgeEvent, BridgeState]] = []
-        self.end_event: BridgeEvent | None = None
-
-    def can(self, event: BridgeEvent) -> bool:
-        return (self.state, event) in TRANSITIONS
-
-    def apply(self, event: BridgeEvent) -> BridgeState:
-        """Move on `event`; raises InvalidTransition (and changes nothing) if the table forbids it."""
-        nxt = TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise InvalidTransition("bridge call", self.state, event)
-        self.history.append((self.state, event, nxt))
-        self.state = nxt
-        if nxt is BridgeState.ENDED:
-            self.end_event = event
-        return nxt
-
-    @property
-    def ended(self) -> bool:
-        return self.state is BridgeState.ENDED
+        super().__init__("bridge call", TRANSITIONS, BridgeState.IDLE, BridgeState.ENDED)
 
     @property
     def answered(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from ..errors import InvalidTransition
+from .machine import TableMachine
 
 
 class CallState(Enum):
@@ -62,32 +62,13 @@ END_REASONS: dict[CallEvent, str] = {
 }
 
 
-class CallStateMachine:
+class CallStateMachine(TableMachine[CallState, CallEvent]):
     """One call's state. `apply` is the only way to change it."""
 
-    __slots__ = ("state", "end_event", "history")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.state = CallState.CALLING
-        self.end_event: CallEvent | None = None
-        self.history: list[tuple[CallState, CallEvent, CallState]] = []
-
-    def can(self, event: CallEvent) -> bool:
-        return (self.state, event) in TRANSITIONS
-
-    def apply(self, event: CallEvent) -> CallState:
-        nxt = TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise InvalidTransition("call", self.state, event)
-        self.history.append((self.state, event, nxt))
-        self.state = nxt
-        if nxt is CallState.ENDED:
-            self.end_event = event
-        return nxt
-
-    @property
-    def ended(self) -> bool:
-        return self.state is CallState.ENDED
+        super().__init__("call", TRANSITIONS, CallState.CALLING, CallState.ENDED)
 
     @property
     def end_reason(self) -> str | None:

@@ -17,6 +17,7 @@ IO_MODULES = {"asyncio", "socket", "threading", "time", "selectors", "subprocess
               "pyVoIP", "aioice"}
 PURE = [
     "jego_call/call/state.py",
+    "jego_call/call/machine.py",
     "jego_call/signalling/messages.py",
     "jego_call/messaging/protocol.py",
     "jego_call/numbering.py",
