@@ -9,8 +9,8 @@ its own limit.
    in `gateway_auth`, so a server never sends such an invite by design; the test makes the
    server believe there is room by lowering the worker's limit after it authenticated
    (capacity 2, limit 1), then places two calls from two users on a real in-process server. The
-   worker's trunk is a stub whose legs dial and then stay ringing silently, so the first call
-   holds its slot for the whole test.
+   worker's trunk is the real pyVoIP trunk on the real in-process carrier, and the number dialled
+   rings until the ring timeout, so the first call holds its slot for the whole test.
 """
 
 from __future__ import annotations
@@ -26,18 +26,21 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.legs import InboundHandler, LegEnded, LegEvent, SipLeg
+from bridge.carrier.trunk import Carrier
+from bridge.pyvoip_leg import PyVoipTrunk, TrunkConfig
 from bridge.worker import BridgeWorker
 from jego_call.media.endpoint import MediaEndpoint
 from jego_call.signalling.server import GATEWAY_SECRET
 from tests.conftest import ROOT, LiveServer, make_user, start_server
 
 from .bridge_util import carrier_config, free_port
+from .carrier_util import running_carrier
 from .conftest import Factory
 from .sigclient import Ws, new_call_id, register
 from .test_dial import _env, dial
 
 ECHO = "+8613800138000"  # config/carrier.toml: answers and echoes
+RINGS = "+8613900000480"  # config/carrier.toml: rings until the ring timeout
 
 
 # --- 1. reconnect after a server restart ------------------------------------------------------
@@ -116,78 +119,20 @@ def test_worker_reconnects_after_server_restart(tmp_path: Path, restart_setup: d
 
 
 # --- 2. a worker never squeezes in a call above its limit --------------------------------------
-class RingingLeg:
-    """A SIP leg whose INVITE goes out and then nothing: no 18x, no answer, silence."""
-
-    def __init__(self, call_id: str, dialled: list[str]) -> None:
-        self.call_id = call_id
-        self.events: asyncio.Queue[LegEvent] = asyncio.Queue()
-        self._dialled = dialled
-        self._ended = False
-
-    @property
-    def codec(self) -> str | None:
-        return "PCMU"
-
-    async def dial(self, number: str, caller_id: str | None = None) -> None:
-        self._dialled.append(number)
-
-    async def answer(self) -> None:
-        raise AssertionError("no inbound calls here")
-
-    async def reject(self, sip_code: int, q850_cause: int | None = None) -> None:
-        await self.hangup()
-
-    async def hangup(self, q850_cause: int = 16) -> None:
-        if not self._ended:
-            self._ended = True
-            self.events.put_nowait(LegEnded(reason="cancelled", remote=False))
-
-    def send_audio(self, pcm: bytes) -> None:
-        pass
-
-    def read_audio(self) -> bytes | None:
-        return None
-
-    async def send_dtmf(self, digits: str) -> None:
-        pass
-
-
-class StubTrunk:
-    """A trunk that needs no SIP at all: every `new_leg` is a RingingLeg."""
-
-    def __init__(self) -> None:
-        self.dialled: list[str] = []
-        self.legs: list[RingingLeg] = []
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        for leg in self.legs:
-            await leg.hangup()
-
-    def new_leg(self, call_id: str) -> SipLeg:
-        leg = RingingLeg(call_id, self.dialled)
-        self.legs.append(leg)
-        return leg
-
-    def set_inbound_handler(self, handler: InboundHandler) -> None:
-        pass
-
-    @property
-    def registered(self) -> bool:
-        return True
-
-
-async def test_worker_refuses_a_call_above_its_limit(make_client: Factory) -> None:
+async def test_worker_refuses_a_call_above_its_limit(make_client: Factory, tmp_path: Path) -> None:
     client: TestClient = await make_client(calls={"ring_timeout_s": 20.0})
     assert client.app is not None
-    trunk = StubTrunk()
-    worker = BridgeWorker(str(client.make_url("/")), client.app[GATEWAY_SECRET], trunk,
-                          name="tight", max_calls=2, backoff_max_s=1.0)
     offers: list[MediaEndpoint] = []
     sockets: list[Ws] = []
+    async with running_carrier(tmp_path / "carrier", sip={"ring_timeout_s": 20.0}) as carrier:
+        trunk = PyVoipTrunk(TrunkConfig(server_port=carrier.udp_port))
+        worker = BridgeWorker(str(client.make_url("/")), client.app[GATEWAY_SECRET], trunk,
+                              name="tight", max_calls=2, backoff_max_s=1.0)
+        await refuse_above_limit(client, carrier, worker, offers, sockets)
+
+
+async def refuse_above_limit(client: TestClient, carrier: Carrier, worker: BridgeWorker,
+                             offers: list[MediaEndpoint], sockets: list[Ws]) -> None:
     try:
         await worker.start()
         await worker.wait_ready(10)
@@ -199,23 +144,24 @@ async def test_worker_refuses_a_call_above_its_limit(make_client: Factory) -> No
             ep = MediaEndpoint(name=user)
             offers.append(ep)
             cid = new_call_id()
-            await ws.send({"type": "invite", "call_id": cid, "to": ECHO, "media": ["audio"],
+            await ws.send({"type": "invite", "call_id": cid, "to": RINGS, "media": ["audio"],
                            "sdp": await ep.create_offer()})
             return ws, cid
 
         alice, first = await place("alice")
-        for _ in range(100):  # the first call reached the phone network
-            if trunk.dialled:
+        for _ in range(200):  # the first call reached the phone network (the carrier rings it)
+            if carrier.status()["calls"] == 1:
                 break
             await asyncio.sleep(0.05)
-        assert trunk.dialled == [ECHO] and list(worker.calls) == [first]
+        assert carrier.status()["calls"] == 1 and list(worker.calls) == [first]
 
         bob, second = await place("bob")
         ended = await bob.expect("call_ended", timeout=5, call_id=second)
         assert ended["reason"] == "congestion" and ended.get("q850_cause") == 34, ended
         assert ended.get("sip_code") is None and "capacity" in str(ended.get("detail")), ended
         assert worker.refused == 1
-        assert trunk.dialled == [ECHO], "the second call must never reach the phone network"
+        await asyncio.sleep(0.5)
+        assert carrier.status()["calls"] == 1, "the second call must never reach the phone network"
         assert list(worker.calls) == [first]
 
         # the first call still proceeds: nothing ended it, it is still the worker's
