@@ -20,8 +20,15 @@ For a re-INVITE (hold, codec change) answer it from the same port and apply it::
 
 Sending is paced on an absolute clock (``t0 + n * 20 ms`` on ``loop.time()``): it never
 drifts, and when the loop falls more than ``max_burst`` frames behind it skips ahead (the
-skipped frames advance the RTP timestamp but are not sent). Every tick also pops one frame from
-the jitter buffer, so the recording is exactly as long as the stream ran, with silence for gaps.
+skipped frames advance the RTP timestamp but are not sent). Every tick also plays out exactly
+160 samples, so the recording is exactly as long as the stream ran, with silence for gaps.
+
+Receiving is sample-based, so any packet length (a=ptime 10/20/30/40/60 ms) arrives whole: the
+jitter buffer orders packets by sequence number; each tick pulls packets from it, decodes them
+and places their samples in a bounded FIFO by RTP timestamp (a gap in timestamps becomes that
+much silence), until the FIFO holds the tick's 160 samples. The FIFO keeps at most
+``fifo_ms`` (300 ms) of audio, dropping the oldest samples. After an underrun (or an SSRC change,
+or a timestamp jump larger than the FIFO) playout restarts at the next packet, as before.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import struct
 import wave
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,7 +50,7 @@ import numpy.typing as npt
 
 from ..rtp import g711
 from ..rtp.dtmf import DtmfPacket, DtmfReceiver, dtmf_packets
-from ..rtp.packet import PacketKind, RtpPacket, RtpParseError, classify
+from ..rtp.packet import PacketKind, RtpPacket, RtpParseError, classify, ts_delta
 from ..rtp.session import JitterBuffer, RtpSender
 from ..sip.sdp import NegotiatedAudio, SdpAnswer, SdpSession, answer_offer
 
@@ -55,6 +63,10 @@ FULL_SCALE = 32767
 
 Pcm = npt.NDArray[np.int16]
 Addr = tuple[str, int]
+
+# Audio payloads go through the jitter buffer prefixed with their SSRC and RTP timestamp, so that
+# playout can place the decoded samples by timestamp (the buffer itself only orders by sequence).
+_RX_TAG = struct.Struct("!II")
 
 
 # ------------------------------------------------------------------------------------------
@@ -422,6 +434,7 @@ class RtpStream:
         record_path: str | Path | None = None,
         jitter_capacity: int = 16,
         jitter_prefetch: int = 3,
+        fifo_ms: int = 300,
         max_burst: int = 3,
         on_time_tolerance: float = 0.005,
         ssrc: int | None = None,
@@ -440,6 +453,12 @@ class RtpStream:
         self._set_codec(codec, payload_type, telephone_event_pt)
         self.sender = RtpSender(self.payload_type, ssrc=ssrc)
         self.jitter = JitterBuffer(capacity=jitter_capacity, prefetch=jitter_prefetch, frame_samples=FRAME)
+        # Received samples not played out yet: ``_rx_pcm`` ends at RTP timestamp ``_rx_end_ts``.
+        self._fifo_cap = max(FRAME, RATE * fifo_ms // 1000)
+        self._rx_pcm: Pcm = np.zeros(0, dtype=np.int16)
+        self._rx_end_ts: int | None = None
+        self._rx_ssrc: int | None = None
+        self._rx_resync = True  # the next packet starts playout afresh (no gap fill)
         self.dtmf = DtmfReceiver()
         self.last_rx: float | None = None
         self.local_port = 0
@@ -625,7 +644,8 @@ class RtpStream:
         now = self._loop.time()
         self.last_rx = now
         self._n["received"] += 1
-        self.jitter.push(pkt, now, audio=is_audio)
+        tagged = replace(pkt, payload=_RX_TAG.pack(pkt.ssrc, pkt.timestamp) + pkt.payload) if is_audio else pkt
+        self.jitter.push(tagged, now, audio=is_audio)
         if is_event:
             self.dtmf.receive(pkt.payload, pkt.timestamp, ssrc=pkt.ssrc, marker=pkt.marker)
 
@@ -672,12 +692,7 @@ class RtpStream:
     def _tick(self, now: float, *, transmit: bool) -> None:
         """One 20 ms slot: play out a received frame, record it, send one frame."""
         self._n["ticks"] += 1
-        payload = self.jitter.pop(now)
-        rx = self._silence
-        if payload is not None:
-            rx = self._decode(payload)
-            if len(rx) != FRAME:
-                rx = np.pad(rx[:FRAME], (0, max(0, FRAME - len(rx))))
+        rx = self._playout(now)
         if self._recorder is not None:
             self._recorder.write(rx)
         tx = self._source.read(FRAME, rx)
@@ -696,6 +711,48 @@ class RtpStream:
             return
         pkt = self.sender.packet(self._encode(tx), FRAME)
         self._transport.sendto(pkt.serialize(), dest)
+
+    def _playout(self, now: float) -> Pcm:
+        """The next 160 received samples: pull packets from the jitter buffer into the FIFO until
+        it holds a frame; a short FIFO is padded with silence (a gap, an underrun)."""
+        gap = False
+        while len(self._rx_pcm) < FRAME:
+            empty = self.jitter.depth == 0
+            item = self.jitter.pop(now)
+            if item is None:
+                if empty:
+                    self._rx_resync = True  # underrun: restart at the next packet, as the buffer does
+                else:
+                    gap = True  # a lost packet or a telephone-event slot: its time passes in silence
+                break
+            self._feed(item)
+        out = self._rx_pcm[:FRAME]
+        self._rx_pcm = self._rx_pcm[FRAME:]
+        missing = FRAME - len(out)
+        if missing:
+            out = np.pad(out, (0, missing)) if len(out) else self._silence
+            if gap and self._rx_end_ts is not None:
+                self._rx_end_ts = (self._rx_end_ts + missing) & 0xFFFFFFFF
+        return out
+
+    def _feed(self, item: bytes) -> None:
+        """Place one tagged payload's samples in the FIFO by RTP timestamp."""
+        ssrc, ts = _RX_TAG.unpack_from(item)
+        pcm = self._decode(item[_RX_TAG.size :])
+        n = len(pcm)
+        delta = 0 if self._rx_end_ts is None else ts_delta(ts, self._rx_end_ts)
+        if self._rx_resync or ssrc != self._rx_ssrc or abs(delta) > self._fifo_cap:
+            delta = 0  # a new start, a new source or a timestamp jump: no gap fill
+        self._rx_resync = False
+        self._rx_ssrc = ssrc
+        self._rx_end_ts = (ts + n) & 0xFFFFFFFF
+        if delta < 0:
+            pcm = pcm[-delta:]  # overlaps samples already queued or played
+        elif delta > 0:
+            pcm = np.concatenate((np.zeros(delta, dtype=np.int16), pcm))
+        if len(pcm):
+            fifo = np.concatenate((self._rx_pcm, pcm)) if len(self._rx_pcm) else pcm
+            self._rx_pcm = fifo[-self._fifo_cap :]  # bounded: drop the oldest samples
 
     def _dtmf_tick(self, dest: Addr | None) -> None:
         job = self._dtmf_jobs[0]

@@ -354,7 +354,9 @@ class Carrier:
         self.endpoint = SipEndpoint(EndpointConfig(timers=self.timers, allow=ALLOW, auto_trying=False,
                                                    user_agent=cfg.sip.user_agent), host=self.host,
                                     port=self.port)
-        self.transport: SipTransport = SipTransport(self.endpoint, self.host, self.port, on_event=self._on_event)
+        self.transport: SipTransport = SipTransport(self.endpoint, self.host, self.port, on_event=self._on_event,
+                                                    udp="udp" in cfg.sip.transports,
+                                                    tcp="tcp" in cfg.sip.transports)
         self.auth = TrunkAuth(cfg)
         self.registrar = Registrar(cfg.sip.min_expires_s, cfg.sip.max_expires_s)
         self.ports = PortPool(cfg.sip.rtp_port_min, cfg.sip.rtp_port_max + 1)
@@ -384,7 +386,8 @@ class Carrier:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind SIP (UDP and TCP, same port) and, if asked, the control channel."""
+        """Bind SIP (the `[sip] transports`: UDP and/or TCP, same port) and, if asked, the control
+        channel. A transport not listed is not opened (its port property is 0)."""
         self._loop = asyncio.get_running_loop()
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         await self.transport.start()
@@ -394,8 +397,9 @@ class Carrier:
 
             self.control = ControlServer(self, port=self.control_port)
             await self.control.start()
-        log.info("carrier listening on udp:%s:%s tcp:%s:%s (realm %s)", self.host, self.udp_port,
-                 self.host, self.tcp_port, self.cfg.sip.realm)
+        listening = [f"{name}:{self.host}:{port}" for name, port in (("udp", self.udp_port), ("tcp", self.tcp_port))
+                     if port]
+        log.info("carrier listening on %s (realm %s)", " ".join(listening), self.cfg.sip.realm)
 
     @property
     def udp_port(self) -> int:

@@ -68,10 +68,16 @@ class _TcpProtocol(asyncio.Protocol):
 
 
 class SipTransport:
-    """Owns `endpoint`, a UDP socket and a TCP listener on host:port (port 0: any free port)."""
+    """Owns `endpoint`, a UDP socket and a TCP listener on host:port (port 0: any free port).
+    `udp=False` / `tcp=False` skip that listener (its port stays 0)."""
 
     def __init__(self, endpoint: SipEndpoint, host: str = "127.0.0.1", port: int = 0, *,
-                 on_event: Callable[[SipEvent], None] | None = None) -> None:
+                 on_event: Callable[[SipEvent], None] | None = None, udp: bool = True,
+                 tcp: bool = True) -> None:
+        if not (udp or tcp):
+            raise ValueError("SipTransport needs udp or tcp")
+        self.listen_udp = udp
+        self.listen_tcp = tcp
         self.endpoint = endpoint
         self.host = host
         self.port = port
@@ -91,16 +97,21 @@ class SipTransport:
     async def start(self) -> None:
         """Bind UDP, then TCP on the same port number when possible; sets the endpoint's address."""
         loop = self._loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self),
-                                                     local_addr=(self.host, self.port))
-        self._udp = udp
-        self.udp_port = int(udp.get_extra_info("sockname")[1])
-        try:
-            self._server = await loop.create_server(lambda: _TcpProtocol(self), self.host, self.udp_port)
-        except OSError:
-            self._server = await loop.create_server(lambda: _TcpProtocol(self), self.host, 0)
-        self.tcp_port = int(self._server.sockets[0].getsockname()[1])
-        self.endpoint.set_local_address(self.host, self.udp_port)
+        if self.listen_udp:
+            udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self),
+                                                         local_addr=(self.host, self.port))
+            self._udp = udp
+            self.udp_port = int(udp.get_extra_info("sockname")[1])
+        if self.listen_tcp:
+            want = self.udp_port if self.listen_udp else self.port
+            try:
+                self._server = await loop.create_server(lambda: _TcpProtocol(self), self.host, want)
+            except OSError:
+                if not self.listen_udp:
+                    raise
+                self._server = await loop.create_server(lambda: _TcpProtocol(self), self.host, 0)
+            self.tcp_port = int(self._server.sockets[0].getsockname()[1])
+        self.endpoint.set_local_address(self.host, self.udp_port or self.tcp_port)
 
     def now(self) -> float:
         assert self._loop is not None, "start() first"
