@@ -37,11 +37,10 @@ import asyncio
 import contextlib
 import logging
 import math
-import struct
 import wave
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,9 +63,6 @@ FULL_SCALE = 32767
 Pcm = npt.NDArray[np.int16]
 Addr = tuple[str, int]
 
-# Audio payloads go through the jitter buffer prefixed with their SSRC and RTP timestamp, so that
-# playout can place the decoded samples by timestamp (the buffer itself only orders by sequence).
-_RX_TAG = struct.Struct("!II")
 
 
 # ------------------------------------------------------------------------------------------
@@ -644,8 +640,7 @@ class RtpStream:
         now = self._loop.time()
         self.last_rx = now
         self._n["received"] += 1
-        tagged = replace(pkt, payload=_RX_TAG.pack(pkt.ssrc, pkt.timestamp) + pkt.payload) if is_audio else pkt
-        self.jitter.push(tagged, now, audio=is_audio)
+        self.jitter.push(pkt, now, audio=is_audio)
         if is_event:
             self.dtmf.receive(pkt.payload, pkt.timestamp, ssrc=pkt.ssrc, marker=pkt.marker)
 
@@ -718,7 +713,7 @@ class RtpStream:
         gap = False
         while len(self._rx_pcm) < FRAME:
             empty = self.jitter.depth == 0
-            item = self.jitter.pop(now)
+            item = self.jitter.pop_packet(now)
             if item is None:
                 if empty:
                     self._rx_resync = True  # underrun: restart at the next packet, as the buffer does
@@ -735,10 +730,10 @@ class RtpStream:
                 self._rx_end_ts = (self._rx_end_ts + missing) & 0xFFFFFFFF
         return out
 
-    def _feed(self, item: bytes) -> None:
-        """Place one tagged payload's samples in the FIFO by RTP timestamp."""
-        ssrc, ts = _RX_TAG.unpack_from(item)
-        pcm = self._decode(item[_RX_TAG.size :])
+    def _feed(self, item: RtpPacket) -> None:
+        """Place one packet's samples in the FIFO by RTP timestamp."""
+        ssrc, ts = item.ssrc, item.timestamp
+        pcm = self._decode(item.payload)
         n = len(pcm)
         delta = 0 if self._rx_end_ts is None else ts_delta(ts, self._rx_end_ts)
         if self._rx_resync or ssrc != self._rx_ssrc or abs(delta) > self._fifo_cap:

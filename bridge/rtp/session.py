@@ -206,7 +206,7 @@ class JitterBuffer:
         self.frame_samples = frame_samples
         self.max_ts_jump = int(max_ts_jump * clock_rate)
         self.source: RtpSource | None = None
-        self._slots: dict[int, bytes | None] = {}
+        self._slots: dict[int, RtpPacket | None] = {}
         self._next: int | None = None  # next extended seq to play, or floor while re-buffering
         self._playing = False
         self._held: list[tuple[RtpPacket, bool]] = []  # packets seen during A.1 probation
@@ -264,7 +264,7 @@ class JitterBuffer:
                 del self._slots[key]
                 self._n["overflow_dropped"] += 1
             self._next = new_next
-        self._slots[ext] = packet.payload if audio else None
+        self._slots[ext] = packet if audio else None
         self._n["accepted"] += 1
         while len(self._slots) > self.capacity:
             oldest = min(self._slots)
@@ -277,6 +277,11 @@ class JitterBuffer:
     # -- playout ---------------------------------------------------------------------------
     def pop(self, now: float) -> bytes | None:
         """Payload for the next 20 ms slot, or None: a gap, an underrun, or not started yet."""
+        packet = self.pop_packet(now)
+        return packet.payload if packet is not None else None
+
+    def pop_packet(self, now: float) -> RtpPacket | None:
+        """Like `pop`, but the whole packet: for playout that places samples by RTP timestamp."""
         del now  # playout is paced by the caller's clock; kept for symmetry with push
         if not self._playing:
             if len(self._slots) < self.prefetch:
@@ -291,9 +296,9 @@ class JitterBuffer:
             return None
         assert self._next is not None
         present = self._next in self._slots
-        payload = self._slots.pop(self._next, None)
+        packet = self._slots.pop(self._next, None)
         self._next += 1
-        if payload is not None:
+        if packet is not None:
             self._n["played"] += 1
         elif present:
             self._n["non_audio"] += 1  # a telephone-event slot: silent, but not a loss
@@ -304,7 +309,7 @@ class JitterBuffer:
             self._slots.pop(self._next, None)
             self._next += 1
             self._n["overflow_dropped"] += 1
-        return payload
+        return packet
 
     def reset(self) -> None:
         """Forget buffered packets and playout position (keeps counters and the RtpSource)."""
