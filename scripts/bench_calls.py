@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
 import subprocess
 import sys
@@ -24,39 +22,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import benchlib  # scripts/ is on sys.path when a script runs
+from benchlib import proc_cpu_s
+
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-password-1"
 DIAL = [sys.executable, "-m", "jego_call.cli.main", "dial"]
 
 
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("JEGO_")}
-    e["PYTHONUNBUFFERED"] = "1"
-    return e
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_server(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    log = tmp / "serve.log"
-    e = env()
-    e["JEGO_SIGNALLING_RATE_BURST"] = "1000"
-    proc = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0",
-                             "--data-dir", str(tmp / "data"), "--no-carrier", "--no-bridge"],
-                            cwd=ROOT, env=e, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = re.search(r"open (http://[0-9.:]+)/", log.read_text())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise SystemExit(f"server did not start:\n{log.read_text()}")
+    return benchlib.start_server(tmp, JEGO_SIGNALLING_RATE_BURST="1000")
 
 
 def register(url: str, name: str) -> None:
@@ -82,7 +57,7 @@ def run(n: int, duration: float, play: str, tmp: Path) -> dict[str, Any]:
         for i in range(n):
             err_file = tmp / f"ans{i}.err"
             p = subprocess.Popen([*DIAL, "answer", "--server", url, "--user", f"callee{i}", "--password", PASSWORD,
-                                  "--echo", "--count", "1", "--json"], cwd=ROOT, env=env(),
+                                  "--echo", "--count", "1", "--json"], cwd=ROOT, env=benchlib.clean_env(),
                                  stdout=subprocess.PIPE, stderr=open(err_file, "w"), text=True)  # noqa: SIM115
             answerers.append((p, err_file))
         for p, err_path in answerers:
@@ -93,7 +68,7 @@ def run(n: int, duration: float, play: str, tmp: Path) -> dict[str, Any]:
         server_cpu0 = proc_cpu_s(server.pid)
         callers = [subprocess.Popen([*DIAL, "call", f"callee{i}", "--server", url, "--user", f"caller{i}",
                                      "--password", PASSWORD, "--play", play, "--duration", str(duration),
-                                     "--json", "--quiet"], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                                     "--json", "--quiet"], cwd=ROOT, env=benchlib.clean_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
                     for i in range(n)]
         caller_res = []

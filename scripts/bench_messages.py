@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import re
 import statistics
 import subprocess
 import sys
@@ -35,33 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import benchlib  # scripts/ is on sys.path when a script runs
+from benchlib import proc_cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-password-1"
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_server(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    log = tmp / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JEGO_")}
-    env.update({"PYTHONUNBUFFERED": "1", "JEGO_SIGNALLING_RATE_PER_S": "100000",
-                "JEGO_SIGNALLING_RATE_BURST": "100000", "JEGO_LOG_LEVEL": "WARNING"})
-    proc = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0",
-                             "--data-dir", str(tmp / "data"), "--no-carrier", "--no-bridge"],
-                            cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = re.search(r"open (http://[0-9.:]+)/", log.read_text())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise SystemExit(f"server did not start:\n{log.read_text()}")
+    return benchlib.start_server(tmp, JEGO_SIGNALLING_RATE_PER_S="100000", JEGO_SIGNALLING_RATE_BURST="100000",
+                                 JEGO_LOG_LEVEL="WARNING")
 
 
 def post(url: str, body: dict[str, Any], token: str | None = None) -> Any:

@@ -9,9 +9,7 @@ and JEGO_BRIDGE_TRUNK_PORT at that port.
 from __future__ import annotations
 
 import json
-import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ import numpy as np
 from jego_call.media import analysis
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
 
+from .carrier_util import free_port
 from .test_dial import _env
 
 HOST = "127.0.0.1"
@@ -44,25 +43,6 @@ steps = [{{ op = "ring", code = 180 }}, {{ op = "answer", media = ["tone:1000:3"
 description = "test: 180, answers and echoes"
 steps = [{{ op = "ring", code = 180 }}, {{ op = "answer", media = ["echo"] }}]
 """
-
-
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1."""
-    for _ in range(200):
-        p = random.randrange(20000, 60000)
-        socks = []
-        try:
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                s = socket.socket(socket.AF_INET, kind)
-                socks.append(s)
-                s.bind((HOST, p))
-            return p
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port")
 
 
 def carrier_config(tmp: Path, port: int, ring_timeout_s: float = 3.0) -> Path:
