@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "jego.toml"
@@ -137,64 +137,9 @@ _POSITIVE = {
 _CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma")}
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`; raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(key, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(key, f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(key, f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(key, f"expected a string, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a table, got {value!r}")
-        return dict(value)
-    if isinstance(tp, types.UnionType):  # pragma: no cover - no optional keys yet
-        return value
-    raise ConfigError(key, f"unsupported type {tp!r}")
-
-
 def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build the frozen dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"{prefix}{key}", "unknown key")
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        key = f"{prefix}{f.name}"
-        tp = hints[f.name]
-        value = data[f.name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(key, f"expected a table [{key}], got {value!r}")
-            kwargs[f.name] = build(tp, value, f"{key}.")  # type: ignore[arg-type]
-        else:
-            kwargs[f.name] = _coerce(key, value, tp)
-            if key in _POSITIVE and kwargs[f.name] <= 0:
-                raise ConfigError(key, f"must be greater than 0, got {value!r}")
-            if key in _CHOICES and kwargs[f.name] not in _CHOICES[key]:
-                raise ConfigError(key, f"must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-    return cls(**kwargs)
+    """Build the frozen dataclass `cls` from a mapping (schema.build with this file's rules)."""
+    return schema.build(cls, data, prefix, positive=_POSITIVE, choices=_CHOICES)
 
 
 def _parse_env_value(key: str, raw: str, tp: Any) -> Any:

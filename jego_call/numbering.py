@@ -248,6 +248,19 @@ def normalise(dial_string: str, default_region: str = "CN") -> str:
     return f"+{cc}{national}"
 
 
+def e164_of(raw: str | None, default_region: str = "CN") -> str:
+    """The one E.164 helper for numbers that arrive from elsewhere (a SIP URI user part, a DID
+    in the config): `normalise` with URI parameters such as ";isub=1" dropped, or the text as it
+    came when it is no number (e.g. "anonymous"), and "" for nothing."""
+    if not raw:
+        return ""
+    user = raw.split(";", 1)[0].strip()
+    try:
+        return normalise(user, default_region)
+    except NumberError:
+        return user
+
+
 def _normalise_foreign(s: str, region: str, dial_string: str) -> str:
     try:
         num = phonenumbers.parse(s, region)

@@ -67,7 +67,7 @@ class CallRecord:
     codec: str | None = None         # "PCMU" / "PCMA"
     dtmf: str = ""                   # RFC 4733 digits received, in order
     recording: str | None = None     # path of the WAV recording
-    outcome: str = ""                # bridge.causes outcome key: busy, no_answer, normal_clearing ...
+    outcome: str = ""                # a jego_call.call.reasons.EndReason: hangup, busy, no_answer, not_found ...
     behaviour: str = ""              # Behaviour.matched, e.g. "number:+8613900000486"
 
     @classmethod

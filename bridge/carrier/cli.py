@@ -26,9 +26,9 @@ from jego_call.config import load_config
 from jego_call.log import setup_logging
 
 from ..sip.transaction import TimerConfig
+from .config import load_carrier_config, resolve_config_path
 from .control import ControlError, control_request
-from .scenarios import load_carrier_config
-from .service import resolve_config_path, start_carrier
+from .service import start_carrier
 
 log = logging.getLogger("jego.carrier")
 
@@ -82,16 +82,18 @@ def run(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args.data_dir)
 
     async def main() -> None:
-        carrier = await start_carrier(cfg, data_dir, timers=timers, control_port=0)
+        service = await start_carrier(cfg, data_dir, timers=timers)
+        carrier = service.carrier
+        assert service.control is not None
         print(f"Jego carrier listening on udp:{carrier.host}:{carrier.udp_port} "
               f"tcp:{carrier.host}:{carrier.tcp_port} realm {cfg.sip.realm}; "
-              f"records in {carrier.cdr.path.parent}; control {carrier.control.url}", flush=True)
+              f"records in {carrier.cdr.path.parent}; control {service.control.url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await carrier.stop()
+        await service.stop()
         print("Jego carrier stopped.", flush=True)
 
     try:

@@ -1,6 +1,6 @@
 """The running carrier's local control channel: a tiny HTTP API on 127.0.0.1 (never elsewhere).
 
-`Carrier(..., control_port=0)` starts a `ControlServer`; it writes `<data dir>/carrier/control.json`
+`service.start_carrier` starts a `ControlServer` beside the `Carrier`; it writes `<data dir>/carrier/control.json`
 (mode 0600: {"url", "token", "pid", "sip"}) and removes it on stop. `jego carrier call` reads that
 file and talks to it with `control_request(...)`:
 

@@ -1,6 +1,6 @@
 """What the simulated carrier does for each dialled number: config, behaviour programmes, lookup.
 
-Start with `load_carrier_config(path)` (config/carrier.toml, documented key by key there), then
+Start with `bridge.carrier.config.load_carrier_config(path)` (or `parse_carrier_config(data)`) (config/carrier.toml, documented key by key there), then
 for each INVITE: `number_from_uri(request_uri)` -> `behaviour_for(e164, cfg)` -> run the
 `Behaviour.steps` in order (the trunk/media code does the I/O). `behaviour_for_uri` does both.
 
@@ -15,21 +15,18 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import tomllib
 import types
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Final
 
-from jego_call.config import build
+from jego_call.call.reasons import EndReason, from_sip
 from jego_call.errors import ConfigError
 from jego_call.numbering import NumberError, NumberInfo, classify, normalise
+from jego_call.schema import build
 
-from ..causes import CAUSE_TEXT, cause_for_sip, outcome_for
-
-DEFAULT_CARRIER_CONFIG: Final = Path(__file__).resolve().parents[2] / "config" / "carrier.toml"
+from ..sip.causes import CAUSE_TEXT, cause_for_sip
 
 # --------------------------------------------------------------------------------------------
 # media sources
@@ -95,6 +92,20 @@ def parse_media(spec: str, key: str = "media") -> Media:
 
 ECHO: Final = Media("echo")
 RINGBACK: Final = Media("ringback")   # Chinese ringback: 450 Hz, 1 s on / 4 s off
+# What a Chinese carrier's recorded message says for each outcome (realism for the simulator).
+ANNOUNCEMENTS_ZH: Final[dict[EndReason, str]] = {
+    EndReason.BUSY: "您拨打的用户正忙，请稍后再拨",
+    EndReason.NO_ANSWER: "您拨打的电话暂时无人接听，请稍后再拨",
+    EndReason.TIMEOUT: "您拨打的电话暂时无法接通，请稍后再拨",
+    EndReason.SWITCHED_OFF: "您拨打的电话已关机",
+    EndReason.NOT_FOUND: "您拨打的号码是空号，请查证后再拨",
+    EndReason.INVALID_NUMBER: "您拨打的号码有误，请查证后再拨",
+    EndReason.NUMBER_CHANGED: "您拨打的号码已改号",
+    EndReason.REJECTED: "您拨打的电话暂时无法接通",
+    EndReason.DECLINED: "您拨打的用户暂时无法接听",
+    EndReason.CONGESTION: "网络忙，请稍后再拨",
+    EndReason.UNREACHABLE: "您拨打的电话暂时无法接通",
+}
 ANNOUNCEMENT: Final = Media("announcement")  # text: Behaviour.announcement_zh
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +222,7 @@ class Behaviour:
         code = self.final_code
         if code is None or code == 200:
             return ""
-        return outcome_for(code, self.q850).announcement_zh
+        return ANNOUNCEMENTS_ZH.get(from_sip(code, self.q850), "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,25 +618,6 @@ def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     prefixes = _number_table(data.get("prefixes", {}), "prefixes", sip, False)
     return CarrierConfig(sip=sip, trunks=trunks, inbound=inbound, unreachable=unreachable, cdr=cdr,
                          default=default, numbers=numbers, prefixes=prefixes)
-
-
-def load_carrier_config(path: str | Path | None = None,
-                        overrides: Mapping[str, Mapping[str, Any]] | None = None) -> CarrierConfig:
-    """Read config/carrier.toml (or `path`), merge `overrides` per section (e.g.
-    {"sip": {"ring_timeout_s": 2}}), validate. Next: `behaviour_for(e164, cfg)`."""
-    p = Path(path) if path is not None else DEFAULT_CARRIER_CONFIG
-    try:
-        data: dict[str, Any] = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("carrier.config", f"no such file: {p}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(p), f"invalid TOML: {exc}") from None
-    for section, values in (overrides or {}).items():
-        cur = data.setdefault(section, {})
-        if not isinstance(cur, dict):
-            raise ConfigError(section, "expected a table")
-        cur.update(values)
-    return parse_carrier_config(data)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@
     result = await carrier.originate("+8613800138000", "+4915112345678", play=Path("hello.wav"))
     await carrier.stop()           # BYEs live calls, closes media, flushes call records
 
-Protocol decisions live in small pure pieces that the tests drive directly: `CallFsm` (one call's
-state, a transition table; an illegal move raises), `TrunkAuth` (digest challenge/verify with the
+Protocol decisions live in small pure pieces that the tests drive directly: `CarrierCallMachine` (state.py: one call's
+state, a TableMachine; an illegal move raises), `TrunkAuth` (registrar.py: digest with the
 failure lockout, RFC 3261 §22), `Registrar` (bindings with expiry, RFC 3261 §10.3). `Carrier` is
 the asyncio driver: it feeds a `SipEndpoint` through a `SipTransport`, runs each INVITE's
 behaviour programme (bridge.carrier.scenarios) with timers, owns one `RtpStream` per call and
@@ -24,19 +24,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from jego_call.call.reasons import EndReason, from_sip
 from jego_call.numbering import NumberInfo, classify
 
-from ..causes import CAUSE_TEXT, outcome_for, parse_reason_header, reason_header
-from ..sip.auth import (
-    AuthFailureLimiter,
-    AuthResult,
-    DigestChallenger,
-    parse_credentials,
-)
+from ..net.sip_transport import SipTransport
+from ..sip.causes import CAUSE_TEXT, q850_of, reason_header
 from ..sip.dialog import DialogId, DialogState
 from ..sip.endpoint import (
     AckReceived,
@@ -57,10 +52,10 @@ from ..sip.errors import CallDoesNotExist, Forbidden, SipError
 from ..sip.message import SipRequest, new_request
 from ..sip.sdp import SdpError, SdpSession, answer_offer, build_offer, negotiated_from_answer
 from ..sip.transaction import Addr, TimerConfig, TransactionKey
-from ..sip.transport import SipTransport
 from ..sip.uri import NameAddr, SipUri, parse_uri
 from .cdr import CallRecord, CdrWriter, cdr_path
 from .media import AudioSource, PcmPlayback, PortPool, RtpStream, Sequence, Silence, source_for
+from .registrar import Registrar, TrunkAuth
 from .scenarios import (
     Answer,
     Behaviour,
@@ -76,205 +71,12 @@ from .scenarios import (
     Wait,
     behaviour_for_uri,
 )
+from .state import CallEvent, CallState, CarrierCallMachine
 
 log = logging.getLogger("jego.carrier")
 
 ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO")
 SDP = "application/sdp"
-
-# --------------------------------------------------------------------------------------------
-# one call's state (pure)
-
-
-class CallState(StrEnum):
-    SETUP = "setup"          # authenticated INVITE, programme running, nothing but 100 sent
-    EARLY = "early"          # a 18x went out (early dialog, maybe early media)
-    ANSWERED = "answered"    # 200 sent; retransmitted until the ACK (RFC 3261 §13.3.1.4)
-    CONFIRMED = "confirmed"  # ACK received: the call is up
-    ENDED = "ended"          # final non-2xx sent, BYE sent or received, or cancelled
-
-
-TRANSITIONS: dict[CallState, frozenset[CallState]] = {
-    CallState.SETUP: frozenset({CallState.EARLY, CallState.ANSWERED, CallState.ENDED}),
-    CallState.EARLY: frozenset({CallState.EARLY, CallState.ANSWERED, CallState.ENDED}),
-    CallState.ANSWERED: frozenset({CallState.CONFIRMED, CallState.ENDED}),
-    CallState.CONFIRMED: frozenset({CallState.ENDED}),
-    CallState.ENDED: frozenset(),
-}
-
-
-class IllegalTransition(RuntimeError):
-    """A move the call state table does not allow (a bug in the driver, never a peer's fault)."""
-
-
-class CallFsm:
-    """The state of one call at the trunk; `move(to)` follows TRANSITIONS or raises."""
-
-    def __init__(self) -> None:
-        self.state = CallState.SETUP
-        self.history: list[CallState] = [CallState.SETUP]
-
-    def can(self, to: CallState) -> bool:
-        return to in TRANSITIONS[self.state]
-
-    def move(self, to: CallState) -> None:
-        if not self.can(to):
-            raise IllegalTransition(f"call cannot go from {self.state} to {to}")
-        self.state = to
-        self.history.append(to)
-
-    @property
-    def answered(self) -> bool:
-        return CallState.ANSWERED in self.history
-
-    @property
-    def ended(self) -> bool:
-        return self.state == CallState.ENDED
-
-
-# --------------------------------------------------------------------------------------------
-# digest authentication with a lockout (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthDecision:
-    """`account` when the request may proceed; otherwise `error` is the response to send
-    (401/407 with a fresh challenge, or 403 without one)."""
-
-    account: TrunkAccount | None = None
-    error: SipError | None = None
-    counted_failure: bool = False
-
-
-class TrunkAuth:
-    """Digest auth for REGISTER (401 + WWW-Authenticate) and INVITE (407 + Proxy-Authenticate,
-    as a trunk's SBC is a proxy to its customers: RFC 3261 §22.3). Nonces are single-use and live
-    `nonce_ttl_s`; `max_auth_failures` failures from one source IP within `auth_window_s` get 403
-    without a challenge until the window has passed. Call `check(request, source_ip, now)`."""
-
-    def __init__(self, cfg: CarrierConfig, *, secret: bytes | None = None,
-                 algorithms: tuple[str, ...] = ("MD5",)) -> None:
-        self.cfg = cfg
-        # MD5 only by default: sipp and baresip 1.0 know no other, and several WWW-Authenticate
-        # values confuse clients that read the first header only (RFC 8760 §2.4 allows either).
-        self.challenger = DigestChallenger(secret or secrets.token_bytes(32), cfg.sip.realm,
-                                           algorithms=algorithms, lifetime=cfg.sip.nonce_ttl_s)
-        self.limiter = AuthFailureLimiter(cfg.sip.max_auth_failures, cfg.sip.auth_window_s)
-
-    def _challenge(self, proxy: bool, now: float, stale: bool = False) -> SipError:
-        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        values = self.challenger.challenge(now, stale=stale)
-        return SipError(407 if proxy else 401, None, headers=[(name, v) for v in values])
-
-    def check(self, request: SipRequest, source_ip: str, now: float) -> AuthDecision:
-        proxy = request.method != "REGISTER"
-        if self.limiter.is_blocked(source_ip, now):
-            return AuthDecision(error=Forbidden("Too many failed authentications"))
-        header = request.headers.get("Proxy-Authorization" if proxy else "Authorization")
-        if header is None and proxy:
-            header = request.headers.get("Authorization")  # lenient: some UAs answer 407 with it
-        try:
-            creds = parse_credentials(header)
-        except SipError:
-            creds = None
-            self.limiter.record_failure(source_ip, now)
-            return AuthDecision(error=self._challenge(proxy, now), counted_failure=True)
-        if creds is None:
-            return AuthDecision(error=self._challenge(proxy, now))
-        account = self.cfg.trunk(creds.username)
-        if account is None:
-            self.limiter.record_failure(source_ip, now)
-            return AuthDecision(error=self._challenge(proxy, now), counted_failure=True)
-        # The digest uri need not equal the Request-URI: sipp sends sip:<ip>:<port>.
-        result = self.challenger.verify(creds, method=request.method, password=account.password, now=now)
-        if result == AuthResult.STALE:
-            return AuthDecision(error=self._challenge(proxy, now, stale=True))
-        if result != AuthResult.OK:
-            self.limiter.record_failure(source_ip, now)
-            if self.limiter.is_blocked(source_ip, now):
-                return AuthDecision(error=Forbidden("Too many failed authentications"), counted_failure=True)
-            return AuthDecision(error=self._challenge(proxy, now), counted_failure=True)
-        if not account.allows(source_ip):
-            return AuthDecision(error=Forbidden(f"Account {account.username} may not be used from {source_ip}"))
-        return AuthDecision(account=account)
-
-
-# --------------------------------------------------------------------------------------------
-# registrar (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One registered Contact of a trunk account (RFC 3261 §10.3)."""
-
-    account: str
-    contact: str          # the Contact URI, e.g. sip:jego@127.0.0.1:5080;transport=udp
-    addr: Addr            # where the REGISTER came from: requests to the account go there
-    transport: str        # "udp" | "tcp"
-    expires_at: float     # on the carrier's clock
-    registered_at: float
-
-    def expires_in(self, now: float) -> int:
-        return max(0, round(self.expires_at - now))
-
-
-class Registrar:
-    """Bindings per trunk account. `register(account, request, addr, transport, now)` applies a
-    REGISTER (raises SipError 423/400) and returns the bindings to list in the 200 OK."""
-
-    MAX_BINDINGS = 10
-
-    def __init__(self, min_expires: int = 60, max_expires: int = 3600) -> None:
-        self.min_expires = min_expires
-        self.max_expires = max_expires
-        self._bindings: dict[str, dict[str, Binding]] = {}
-
-    def register(self, account: str, request: SipRequest, addr: Addr, transport: str,
-                 now: float) -> list[Binding]:
-        header_expires = request.headers.get("Expires")
-        default = self.max_expires
-        if header_expires is not None:
-            if not header_expires.strip().isdigit():
-                raise SipError(400, "Expires is not a number")
-            default = int(header_expires.strip())
-        table = self._bindings.setdefault(account, {})
-        if request.contact_is_wildcard:
-            if default != 0:  # §10.3 step 6: "*" only with Expires: 0
-                raise SipError(400, "Contact: * needs Expires: 0")
-            table.clear()
-            return []
-        updates: list[tuple[str, int]] = []
-        for contact in request.contacts:
-            raw = contact.param("expires")
-            expires = int(raw) if raw is not None and raw.isdigit() else default
-            if 0 < expires < self.min_expires:
-                raise SipError(423, None, headers=[("Min-Expires", str(self.min_expires))])
-            updates.append((str(contact.uri), min(expires, self.max_expires)))
-        for uri, expires in updates:
-            if expires == 0:
-                table.pop(uri, None)
-            else:
-                table[uri] = Binding(account, uri, addr, transport, now + expires, now)
-        self._purge(account, now)
-        if len(table) > self.MAX_BINDINGS:
-            for uri in sorted(table, key=lambda u: table[u].registered_at)[:-self.MAX_BINDINGS]:
-                del table[uri]
-        return self.bindings(account, now)
-
-    def _purge(self, account: str, now: float) -> None:
-        table = self._bindings.get(account, {})
-        for uri in [u for u, b in table.items() if b.expires_at <= now]:
-            del table[uri]
-
-    def bindings(self, account: str, now: float) -> list[Binding]:
-        self._purge(account, now)
-        return sorted(self._bindings.get(account, {}).values(), key=lambda b: b.registered_at)
-
-    def latest(self, account: str, now: float) -> Binding | None:
-        """The most recent live binding: where carrier-originated calls for `account` go."""
-        found = self.bindings(account, now)
-        return found[-1] if found else None
-
 
 # --------------------------------------------------------------------------------------------
 # the driver
@@ -298,7 +100,7 @@ class Call:
     behaviour: Behaviour
     info: NumberInfo | None
     start_wall: float
-    fsm: CallFsm = field(default_factory=CallFsm)
+    fsm: CarrierCallMachine = field(default_factory=CarrierCallMachine)
     dialog: DialogId | None = None
     stream: RtpStream | None = None
     local_sdp: SdpSession | None = None
@@ -308,7 +110,7 @@ class Call:
     answer_time: float | None = None  # loop clock
     sip_code: int = 0
     q850: int | None = None
-    outcome: str = ""
+    outcome: EndReason | None = None
     bad_acks: int = 0
     recording: Path | None = None
     task: asyncio.Task[None] | None = None
@@ -336,13 +138,12 @@ class Carrier:
     """The trunk. `await start()`, then it serves until `await stop()`.
 
     `timers` sets RFC 3261 T1/T2/T4 (tests shorten T1 so Timer H = 64*T1 fires quickly);
-    `host`/`port` override [sip].host/port. `control_port` (0 = any free port, None = no control
-    channel) starts the local HTTP control channel used by `jego carrier call` (see control.py).
+    `host`/`port` override [sip].host/port. The local HTTP control channel used by `jego carrier
+    call` is not the carrier's business: service.start_carrier adds a control.ControlServer.
     """
 
     def __init__(self, cfg: CarrierConfig, data_dir: str | Path = "data", *, host: str | None = None,
-                 port: int | None = None, timers: TimerConfig | None = None,
-                 control_port: int | None = None) -> None:
+                 port: int | None = None, timers: TimerConfig | None = None) -> None:
         self.cfg = cfg
         self.host = host or cfg.sip.host
         self.port = cfg.sip.port if port is None else port
@@ -360,8 +161,6 @@ class Carrier:
         self.auth = TrunkAuth(cfg)
         self.registrar = Registrar(cfg.sip.min_expires_s, cfg.sip.max_expires_s)
         self.ports = PortPool(cfg.sip.rtp_port_min, cfg.sip.rtp_port_max + 1)
-        self.control_port = control_port
-        self.control: Any = None  # control.ControlServer when started
         self.stats: dict[str, int] = dict.fromkeys((
             "requests", "options", "registers", "invites", "challenges", "auth_failures", "auth_blocked",
             "calls", "answered", "bad_acks", "ack_timeouts", "media_timeouts", "cdr_written",
@@ -386,17 +185,12 @@ class Carrier:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind SIP (the `[sip] transports`: UDP and/or TCP, same port) and, if asked, the control
-        channel. A transport not listed is not opened (its port property is 0)."""
+        """Bind SIP (the `[sip] transports`: UDP and/or TCP, same port). A transport not listed is
+        not opened (its port property is 0)."""
         self._loop = asyncio.get_running_loop()
         self.recordings_dir.mkdir(parents=True, exist_ok=True)
         await self.transport.start()
         self.started = True
-        if self.control_port is not None:
-            from .control import ControlServer
-
-            self.control = ControlServer(self, port=self.control_port)
-            await self.control.start()
         listening = [f"{name}:{self.host}:{port}" for name, port in (("udp", self.udp_port), ("tcp", self.tcp_port))
                      if port]
         log.info("carrier listening on %s (realm %s)", " ".join(listening), self.cfg.sip.realm)
@@ -424,12 +218,9 @@ class Carrier:
     async def stop(self) -> None:
         """End every call (BYE for answered ones, 503 for ringing ones), write their records,
         close media and sockets."""
-        if self.control is not None:
-            await self.control.stop()
-            self.control = None
         for call in list(self._calls.values()):
             if call.fsm.state in (CallState.ANSWERED, CallState.CONFIRMED):
-                self._hangup(call, 16, "normal_clearing")
+                self._hangup(call, 16, EndReason.HANGUP)
             else:
                 self._final(call, 503, 41, "Carrier shutting down")
         with contextlib.suppress(TimeoutError):
@@ -613,7 +404,7 @@ class Carrier:
         if out is not None:
             if req.method == "BYE":
                 self._respond(ev.key, 200)
-                out.bye_cause = _reason_cause(req)
+                out.bye_cause = q850_of(req)
                 out.remote_bye.set()
             else:
                 self._respond(ev.key, 200)
@@ -624,13 +415,13 @@ class Carrier:
             return
         if req.method == "BYE":
             self._respond(ev.key, 200)
-            cause = _reason_cause(req) or 16
+            cause = q850_of(req) or 16
             if call.fsm.state in (CallState.SETUP, CallState.EARLY):
                 # BYE in an early dialog (§15.1.2 permits it from the caller): end the INVITE too.
                 self._respond(call.key, 487, headers=(("Reason", reason_header(cause)),))
-                self._end(call, 487, cause, "cancelled")
+                self._end(call, 487, cause, EndReason.CANCELLED)
             else:
-                self._end(call, 200, cause, "normal_clearing")
+                self._end(call, 200, cause, EndReason.HANGUP)
         elif req.method == "INVITE":
             self._on_reinvite(call, ev)
         elif req.method == "INFO":
@@ -670,16 +461,16 @@ class Carrier:
         call = self._calls.get(ev.invite_key)
         if call is None or ev.final_sent:
             return
-        cause = _reason_cause(ev.cancel)
+        cause = q850_of(ev.cancel)
         self._respond(call.key, 487)  # RFC 3261 §9.2
-        self._end(call, 487, cause, "cancelled")
+        self._end(call, 487, cause, EndReason.CANCELLED)
 
     def _on_ack(self, ev: AckReceived) -> None:
         call = self._by_dialog.get(ev.dialog)
         if call is None:
             return
         if call.fsm.state == CallState.ANSWERED:
-            call.fsm.move(CallState.CONFIRMED)
+            call.fsm.apply(CallEvent.ACK)
             call.acked.set()
             if call.recv_media:
                 call.watchdog = self._spawn(self._media_watchdog(call), f"carrier-watch-{call.call_id}")
@@ -688,7 +479,7 @@ class Carrier:
                 audio = negotiated_from_answer(ev.request.body, call.local_sdp, supported=self.cfg.sip.codecs)
             except SdpError as err:
                 log.warning("carrier: bad SDP answer in ACK of %s: %s", call.call_id, err)
-                self._hangup(call, 65, "incompatible_media")
+                self._hangup(call, 65, EndReason.FAILED)
                 return
             call.stream.configure(audio)
             call.recv_media = audio.recv
@@ -715,7 +506,7 @@ class Carrier:
         self.stats["ack_timeouts"] += 1
         log.warning("carrier: no ACK for the 200 of %s within 64*T1 (%s bad ACKs): BYE",
                     call.call_id, call.bad_acks)
-        self._hangup(call, 102, "ack_timeout")
+        self._hangup(call, 102, EndReason.ACK_TIMEOUT)
 
     # --- the behaviour programme ---------------------------------------------------------------
 
@@ -764,7 +555,7 @@ class Carrier:
             log.exception("carrier: programme of %s failed", call.call_id)
             if not call.fsm.ended:
                 if call.fsm.state in (CallState.ANSWERED, CallState.CONFIRMED):
-                    self._hangup(call, 41, "failed")
+                    self._hangup(call, 41, EndReason.FAILED)
                 else:
                     self._final(call, 500, 41)
 
@@ -775,7 +566,7 @@ class Carrier:
         tag = self._respond(call.key, code, body=body, content_type=SDP if body else None)
         if tag is not None:
             self._bind_dialog(call, tag)
-            call.fsm.move(CallState.EARLY)
+            call.fsm.apply(CallEvent.RING)
 
     def _bind_dialog(self, call: Call, tag: str) -> None:
         did = DialogId(call.call_id, tag, call.request.from_tag or "")
@@ -828,7 +619,7 @@ class Carrier:
         if tag is None:
             return
         self._bind_dialog(call, tag)
-        call.fsm.move(CallState.ANSWERED)
+        call.fsm.apply(CallEvent.ANSWER)
         call.answer_wall = time.time()
         call.answer_time = self.now()
         call.sip_code = 200
@@ -840,7 +631,7 @@ class Carrier:
             await call.acked.wait()
             await asyncio.sleep(step.hangup_after_s)
             if call.fsm.state == CallState.CONFIRMED:
-                self._hangup(call, 16, "normal_clearing")
+                self._hangup(call, 16, EndReason.HANGUP)
 
     async def _media_watchdog(self, call: Call) -> None:
         """BYE when no RTP arrived for media_timeout_s on an answered call (cause 41)."""
@@ -852,7 +643,7 @@ class Carrier:
                 if call.recv_media and call.stream.inactive_for() > limit:
                     self.stats["media_timeouts"] += 1
                     log.warning("carrier: no RTP on %s for %.1f s: BYE", call.call_id, limit)
-                    self._hangup(call, 41, "media_timeout")
+                    self._hangup(call, 41, EndReason.MEDIA_TIMEOUT)
                     return
         except asyncio.CancelledError:
             pass
@@ -874,7 +665,7 @@ class Carrier:
         self._reject(call.key, err)
         self._end(call, err.status, err.q850)
 
-    def _hangup(self, call: Call, cause: int, outcome: str) -> None:
+    def _hangup(self, call: Call, cause: int, outcome: EndReason) -> None:
         """BYE with `Reason: Q.850;cause=…` on an answered call, then end it."""
         if call.fsm.ended or call.dialog is None:
             return
@@ -888,13 +679,13 @@ class Carrier:
             self._kick()
         self._end(call, 200, cause, outcome)
 
-    def _end(self, call: Call, code: int, q850: int | None, outcome: str | None = None) -> None:
+    def _end(self, call: Call, code: int, q850: int | None, outcome: EndReason | None = None) -> None:
         if call.fsm.ended:
             return
-        call.fsm.move(CallState.ENDED)
+        call.fsm.apply(CallEvent.END)
         call.sip_code = 200 if call.fsm.answered else code
         call.q850 = q850
-        call.outcome = outcome or outcome_for(call.sip_code, q850).key
+        call.outcome = outcome or from_sip(call.sip_code, q850)
         self._calls.pop(call.key, None)
         left = self._active_per_account.get(call.account, 1) - 1
         self._active_per_account[call.account] = max(0, left)
@@ -926,7 +717,7 @@ class Carrier:
             answer=answer, sip_code=call.sip_code, q850_cause=call.q850,
             number_type=info.kind if info is not None else call.behaviour.name,
             operator=info.operator if info is not None else None, area=area, codec=codec, dtmf=dtmf,
-            recording=call.recording if call.stream is not None else None, outcome=call.outcome,
+            recording=call.recording if call.stream is not None else None, outcome=str(call.outcome or ""),
             behaviour=call.behaviour.matched or call.behaviour.name)
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, record)
@@ -990,7 +781,7 @@ class Carrier:
         file's length + 1 s, or 5 s) unless the app hangs up first. Returns a result dict:
         code, reason, cause, outcome, answered, duration_s, recording, call_id, dtmf, error."""
         target = self.inbound_target()
-        result: dict[str, Any] = {"code": 0, "reason": "", "cause": None, "outcome": "failed",
+        result: dict[str, Any] = {"code": 0, "reason": "", "cause": None, "outcome": EndReason.FAILED,
                                   "answered": False, "duration_s": 0.0, "recording": None, "call_id": None,
                                   "dtmf": "", "from": from_number, "to": to_number, "error": None}
         if target is None:
@@ -1032,14 +823,14 @@ class Carrier:
                     ev = await asyncio.wait_for(out.responses.get(), timeout)
                 except TimeoutError:
                     if cancelled:
-                        result.update(code=408, reason="No response to CANCEL", outcome="timeout")
+                        result.update(code=408, reason="No response to CANCEL", outcome=EndReason.TIMEOUT)
                         break
                     cancelled = True
                     self.endpoint.send_cancel(key, self.now())
                     self._kick()
                     continue
                 if isinstance(ev, TransactionTimeout):
-                    result.update(code=408, reason="Request Timeout", cause=102, outcome="timeout")
+                    result.update(code=408, reason="Request Timeout", cause=102, outcome=EndReason.TIMEOUT)
                     break
                 resp = ev.response
                 if on_progress is not None:
@@ -1051,10 +842,10 @@ class Carrier:
                             stream.start()
                             media_started = True
                     continue
-                cause = _reason_cause(resp)
+                cause = q850_of(resp)
                 result.update(code=resp.status, reason=resp.reason, cause=cause)
                 if resp.status >= 300:
-                    result["outcome"] = "no_answer" if cancelled else outcome_for(resp.status, cause).key
+                    result["outcome"] = EndReason.NO_ANSWER if cancelled else from_sip(resp.status, cause)
                     break
                 # 2xx: the endpoint ACKed it (auto_ack). Media on, play, wait, BYE.
                 out.dialog = ev.dialog
@@ -1065,7 +856,7 @@ class Carrier:
                 try:
                     stream.configure(negotiated_from_answer(resp.body, offer, supported=sip.codecs))
                 except SdpError as err:
-                    result.update(outcome="incompatible_media", error=str(err))
+                    result.update(outcome=EndReason.FAILED, error=str(err))
                     self._bye_out(out, 65)
                     break
                 if not media_started:
@@ -1075,10 +866,10 @@ class Carrier:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(out.remote_bye.wait(), duration)
                 if out.remote_bye.is_set():
-                    result.update(outcome="normal_clearing", cause=out.bye_cause or 16, hung_up_by="app")
+                    result.update(outcome=EndReason.HANGUP, cause=out.bye_cause or 16, hung_up_by="app")
                 else:
                     self._bye_out(out, 16)
-                    result.update(outcome="normal_clearing", cause=16, hung_up_by="carrier")
+                    result.update(outcome=EndReason.HANGUP, cause=16, hung_up_by="carrier")
                 break
         finally:
             self._out.pop(key, None)
@@ -1140,12 +931,3 @@ def _user(na: NameAddr) -> str:
     if isinstance(uri, SipUri) and uri.user:
         return uri.user
     return str(uri)
-
-
-def _reason_cause(msg: Any) -> int | None:
-    """The Q.850 cause of a request's/response's Reason header (RFC 3326), if any."""
-    for value in msg.headers.get_all("Reason"):
-        for proto, cause, _ in parse_reason_header(value):
-            if proto.upper() == "Q.850" and cause is not None:
-                return cause
-    return None

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from jego_call.errors import JegoError
-
 from .status import SipStatus, reason_phrase
 
 
-class SipError(JegoError):
-    """A failure that maps to a SIP final response `status` with `reason` as the phrase.
+class SipError(Exception):
+    """The root of bridge.sip's errors: a failure that maps to a SIP final response `status` with `reason` as the phrase.
 
     `headers` are added to the response (e.g. ("Unsupported", "foo")); `q850` adds an RFC 3326
     Reason header.

@@ -475,7 +475,7 @@ def error_response(request: SipRequest | PartialMessage, error: SipError, *,
     for name, value in error.headers:
         h.add(name, value)
     if error.q850 is not None:
-        from bridge.causes import reason_header  # stdlib-only module
+        from bridge.sip.causes import reason_header  # stdlib-only module
 
         h.add("Reason", reason_header(error.q850))
     return SipResponse(error.status, error.reason, h)

@@ -1,6 +1,6 @@
 """[pure] A state machine driven by a transition table: (state, event) -> next state.
 
-Subclass `TableMachine` with your Enums and table (see call/state.py, bridge/call.py); `apply`
+Subclass `TableMachine` with your Enums and table (see call/state.py, bridge/gateway/call.py); `apply`
 is the only way to change the state, and a move the table lacks raises InvalidTransition.
 """
 

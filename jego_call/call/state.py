@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from .machine import TableMachine
+from .reasons import EndReason
 
 
 class CallState(Enum):
@@ -48,17 +49,17 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], CallState] = {
 }
 
 # Why a call ended, as sent in call_ended.reason (docs/signalling.md).
-END_REASONS: dict[CallEvent, str] = {
-    E.DECLINE: "declined",
-    E.BUSY: "busy",
-    E.UNAVAILABLE: "unavailable",
-    E.CANCEL: "cancelled",
-    E.TIMEOUT: "no_answer",
-    E.HANGUP: "hangup",
-    E.CONNECTION_LOST: "connection_lost",
-    E.MAX_DURATION: "max_duration",
-    E.SHUTDOWN: "server_shutdown",
-    E.FAIL: "failed",
+END_REASONS: dict[CallEvent, EndReason] = {
+    E.DECLINE: EndReason.DECLINED,
+    E.BUSY: EndReason.BUSY,
+    E.UNAVAILABLE: EndReason.UNAVAILABLE,
+    E.CANCEL: EndReason.CANCELLED,
+    E.TIMEOUT: EndReason.NO_ANSWER,
+    E.HANGUP: EndReason.HANGUP,
+    E.CONNECTION_LOST: EndReason.CONNECTION_LOST,
+    E.MAX_DURATION: EndReason.MAX_DURATION,
+    E.SHUTDOWN: EndReason.SERVER_SHUTDOWN,
+    E.FAIL: EndReason.FAILED,
 }
 
 
@@ -71,5 +72,5 @@ class CallStateMachine(TableMachine[CallState, CallEvent]):
         super().__init__("call", TRANSITIONS, CallState.CALLING, CallState.ENDED)
 
     @property
-    def end_reason(self) -> str | None:
+    def end_reason(self) -> EndReason | None:
         return END_REASONS[self.end_event] if self.end_event is not None else None

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..call.reasons import EndReason, from_sip
 from ..client import ApiError, ConnectionLost, JegoClient, ServerUnreachable, new_call_id
 from ..config import load_config
 from ..media.endpoint import MediaEndpoint, MediaError, enable_loopback_candidates
@@ -48,14 +49,6 @@ OUTCOME_EXIT = {
     "answered": EXIT_OK, "busy": EXIT_BUSY, "declined": EXIT_BUSY, "no_answer": EXIT_NO_ANSWER,
     "unavailable": EXIT_NO_ANSWER, "invalid_number": EXIT_INVALID,
 }
-REASON_OUTCOME = {r: r for r in ("busy", "declined", "no_answer", "unavailable", "cancelled",
-                                 "invalid_number", "unreachable")}
-SIP_OUTCOME = {486: "busy", 600: "busy", 603: "declined", 480: "unavailable", 408: "no_answer",
-               404: "invalid_number", 410: "invalid_number", 484: "invalid_number", 604: "invalid_number",
-               502: "unreachable", 503: "unreachable", 504: "unreachable"}
-Q850_OUTCOME = {1: "invalid_number", 22: "invalid_number", 28: "invalid_number", 17: "busy",
-                18: "no_answer", 19: "no_answer", 20: "unavailable", 21: "declined",
-                3: "unreachable", 27: "unreachable", 34: "unreachable", 38: "unreachable", 41: "unreachable"}
 ERROR_OUTCOME = {"unknown_user": "invalid_number", "invalid_number": "invalid_number"}
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 SETUP_ERRORS = {"unknown_user", "invalid_number", "self_call", "already_in_call", "call_exists",
@@ -82,16 +75,15 @@ def classify_target(target: str) -> tuple[str, str]:
 
 
 def outcome_for(reason: str | None, sip_code: int | None, q850: int | None, answered: bool) -> str:
-    """Map a call_ended (reason, sip_code, q850_cause) to the dialer's outcome word."""
+    """Map a call_ended (reason, sip_code, q850_cause) to the dialer's outcome word: the end
+    reason's `outcome` (jego_call.call.reasons), or for an unknown reason that of the SIP code."""
     if answered:
         return "answered"
-    if reason in REASON_OUTCOME:
-        return REASON_OUTCOME[reason]
-    if sip_code in SIP_OUTCOME:
-        return SIP_OUTCOME[sip_code]
-    if q850 in Q850_OUTCOME:
-        return Q850_OUTCOME[q850]
-    return "failed"
+    try:
+        end = EndReason(reason or "")
+    except ValueError:
+        end = from_sip(sip_code, q850) if sip_code else EndReason.FAILED
+    return end.outcome if end.outcome != "answered" else "failed"
 
 
 @dataclass

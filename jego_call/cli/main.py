@@ -16,7 +16,7 @@ from ..errors import ConfigError
 
 SUBCOMMANDS = [
     "bridge.carrier.cli",
-    "bridge.cli",
+    "bridge.gateway.cli",
     "jego_call.cli.cdr",
     "jego_call.cli.dial",
     "jego_call.cli.message",

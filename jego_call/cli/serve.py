@@ -17,13 +17,14 @@ from aiohttp import web
 
 from ..config import Config, load_config
 from ..log import setup_logging
-from ..signalling.server import BOUND_URL, create_app
+from ..signalling.keys import BOUND_URL
+from ..signalling.server import create_app
 
 log = logging.getLogger("jego.serve")
 
 # Optional in-process services: "module:function" taking (app, cfg) and adding cleanup_ctx
 # entries; enabled by the config section of the same name ([carrier], [bridge]).
-SERVICES: dict[str, str] = {"carrier": "bridge.carrier.service:attach", "bridge": "bridge.service:attach"}
+SERVICES: dict[str, str] = {"carrier": "bridge.carrier.service:attach", "bridge": "bridge.gateway.service:attach"}
 
 
 def add_parser(sub: Any) -> None:

@@ -21,8 +21,9 @@ from aiohttp import web
 from ..accounts import Accounts
 from ..config import MessagingConfig
 from ..errors import ErrorCode, SignallingError
+from ..signalling.http import authenticated_user
 from ..signalling.hub import Hub, Session
-from ..signalling.server import ACCOUNTS, CONFIG, DB, HUB, authenticated_user
+from ..signalling.keys import ACCOUNTS, CONFIG, DB, HUB, MESSAGING
 from . import protocol as p
 from .media import FILE_MIME, MediaFiles, MediaRejected, Sniffed, TempUpload, analyse
 from .store import Media, Message, MessageStore
@@ -242,7 +243,6 @@ def _clean_filename(name: str | None) -> str | None:
     return name or None
 
 
-MESSAGING = web.AppKey("messaging", Messaging)
 
 
 def _messaging(app: web.Application) -> Messaging:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .. import numbering
 from ..accounts import Accounts
+from ..call.reasons import USER_DECLINE_REASONS, EndReason
 from ..call.state import CallEvent, CallState, CallStateMachine
 from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
@@ -34,8 +35,8 @@ EMERGENCY_TEXT = "emergency calls are not supported, use a local phone"
 
 # How a gateway's `decline` reason ends the call (anything else: FAIL with that reason).
 GATEWAY_EVENTS = {
-    "declined": CallEvent.DECLINE, "busy": CallEvent.BUSY, "no_answer": CallEvent.TIMEOUT,
-    "unavailable": CallEvent.UNAVAILABLE, "cancelled": CallEvent.CANCEL,
+    EndReason.DECLINED: CallEvent.DECLINE, EndReason.BUSY: CallEvent.BUSY, EndReason.NO_ANSWER: CallEvent.TIMEOUT,
+    EndReason.UNAVAILABLE: CallEvent.UNAVAILABLE, EndReason.CANCELLED: CallEvent.CANCEL,
 }
 
 
@@ -340,24 +341,24 @@ class Hub:
         session.send({"type": "call_state", "call_id": call.id, "state": "calling"})
         if numbering.is_emergency(msg.to, region):
             log.warning("[call %s] %s dialled emergency number %r: refused", call.id, caller, msg.to)
-            self._end(call, CallEvent.FAIL, reason="emergency", detail=EMERGENCY_TEXT)
+            self._end(call, CallEvent.FAIL, reason=EndReason.EMERGENCY, detail=EMERGENCY_TEXT)
             return
         try:
             e164 = numbering.normalise(msg.to, region)
         except numbering.NumberError as exc:
-            self._end(call, CallEvent.FAIL, reason="invalid_number", detail=str(exc))
+            self._end(call, CallEvent.FAIL, reason=EndReason.INVALID_NUMBER, detail=str(exc))
             return
         info = numbering.classify(e164)
         call.callee = e164
         if info.kind in ("invalid", "incomplete", "short"):
-            self._end(call, CallEvent.FAIL, reason="invalid_number", detail=info.reason or "not a valid number")
+            self._end(call, CallEvent.FAIL, reason=EndReason.INVALID_NUMBER, detail=info.reason or "not a valid number")
             return
         if not e164.startswith("+86") and not self.allow_international:
-            self._end(call, CallEvent.FAIL, reason="rejected", detail="calls outside China are not allowed")
+            self._end(call, CallEvent.FAIL, reason=EndReason.REJECTED, detail="calls outside China are not allowed")
             return
         gw = self.pick_gateway()
         if gw is None:
-            self._end(call, CallEvent.FAIL, reason="unreachable", detail="no phone gateway is available")
+            self._end(call, CallEvent.FAIL, reason=EndReason.UNREACHABLE, detail="no phone gateway is available")
             return
         gw.calls.add(call.id)
         call.ringing_sessions = {gw.session}
@@ -396,7 +397,7 @@ class Hub:
         others = call.ringing_sessions - {session}
         call.ringing_sessions = set()
         for s in others:
-            s.send({"type": "call_ended", "call_id": call.id, "reason": "answered_elsewhere"})
+            s.send({"type": "call_ended", "call_id": call.id, "reason": EndReason.ANSWERED_ELSEWHERE})
         self._cancel_timer(call)
         call.timer = self.loop.call_later(self.cfg.max_call_s, self._max_duration, call)
         accept: dict[str, Any] = {"type": "accept", "call_id": call.id}
@@ -418,10 +419,10 @@ class Hub:
             extra = {"detail": msg.detail} if msg.detail else {}
             self._end(call, event, reason=msg.reason, sip_code=msg.sip_code, q850_cause=msg.q850_cause, **extra)
             return
-        if msg.reason not in ("declined", "busy"):
+        if msg.reason not in USER_DECLINE_REASONS:
             raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'reason' must be 'declined' or 'busy'",
                                   call_id=call.id)
-        event = CallEvent.BUSY if msg.reason == "busy" else CallEvent.DECLINE
+        event = CallEvent.BUSY if msg.reason is EndReason.BUSY else CallEvent.DECLINE
         self._require_callee(call, session, event, "decline")
         self._end(call, event, by=session.username)
 
@@ -479,14 +480,14 @@ class Hub:
         if not call.sm.ended:
             self._end(call, CallEvent.MAX_DURATION)
 
-    def _end(self, call: Call, event: CallEvent, by: str | None = None, reason: str | None = None,
+    def _end(self, call: Call, event: CallEvent, by: str | None = None, reason: EndReason | None = None,
              sip_code: int | None = None, q850_cause: int | None = None, **extra: Any) -> None:
         """End `call` once: tell every session involved, free both users, push presence."""
         if call.sm.ended:
             return
         call.sm.apply(event)
         self._cancel_timer(call)
-        end_reason = reason or call.sm.end_reason or "failed"
+        end_reason = reason or call.sm.end_reason or EndReason.FAILED
         msg: dict[str, Any] = {"type": "call_ended", "call_id": call.id, "reason": end_reason}
         if by is not None:
             msg["by"] = by

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..call.reasons import GATEWAY_DECLINE_REASONS, EndReason
 from ..errors import ErrorCode, SignallingError
 
 PROTOCOL_VERSION = 1
@@ -104,7 +105,7 @@ class Accept:
 @dataclass(frozen=True, slots=True)
 class Decline:
     call_id: str
-    reason: str  # users: "declined" or "busy"; gateways: any end reason
+    reason: EndReason  # users: declined or busy; gateways: any of GATEWAY_DECLINE_REASONS
     sip_code: int | None = None
     q850_cause: int | None = None
     detail: str | None = None
@@ -128,13 +129,6 @@ class CallReport:
     codec: str | None
     app: dict[str, int]
     phone: dict[str, int]
-
-
-# End reasons a gateway may give in `decline` (docs/signalling.md).
-GATEWAY_END_REASONS = frozenset({
-    "declined", "busy", "no_answer", "unavailable", "invalid_number", "rejected", "unreachable",
-    "congestion", "timeout", "failed", "cancelled", "emergency",
-})
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +197,9 @@ def _accept(d: dict[str, Any]) -> Accept:
 
 @message("decline")
 def _decline(d: dict[str, Any]) -> Decline:
-    reason = d.get("reason", "declined")
-    if reason not in GATEWAY_END_REASONS:
+    raw = d.get("reason", "declined")
+    reason = EndReason.parse(raw) if isinstance(raw, str) else None
+    if reason is None or reason.value != raw or reason not in GATEWAY_DECLINE_REASONS:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'reason' must be 'declined' or 'busy'")
     return Decline(call_id(d), reason, field_int(d, "sip_code", 300, 699), field_int(d, "q850_cause", 0, 127),
                    field_str(d, "detail", max_len=200, optional=True))

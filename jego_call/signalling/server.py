@@ -8,9 +8,8 @@ Run it with `jego serve`, or `web.run_app(create_app(cfg))`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,82 +17,20 @@ from aiohttp import web
 
 from .. import __version__
 from ..accounts import Accounts, load_secret
+from ..call import reasons
 from ..calllog import CallLog
 from ..config import Config
 from ..db import Database
 from ..errors import ErrorCode, SignallingError
+from ..messaging.service import setup_messaging
+from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
+from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB
 from .ws import websocket_handler
 
 log = logging.getLogger("jego.server")
 
-CONFIG = web.AppKey("config", Config)
-DB = web.AppKey("db", Database)
-ACCOUNTS = web.AppKey("accounts", Accounts)
-HUB = web.AppKey("hub", Hub)
-CALL_LOG = web.AppKey("call_log", CallLog)
-GATEWAY_SECRET = web.AppKey("gateway_secret", str)
-# Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
-BOUND_URL = web.AppKey("bound_url", asyncio.Future)
-
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-MAX_JSON_BODY = 64 * 1024
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(exc: SignallingError) -> web.Response:
-    return web.json_response({"error": {"code": str(exc.code), "message": exc.message}}, status=exc.http_status)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place API errors become HTTP: SignallingError -> JSON with its code."""
-    try:
-        return await handler(request)
-    except SignallingError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if request.path.startswith("/api/") and exc.status >= 400:
-            code = ErrorCode.NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_MESSAGE
-            if exc.status == 413:
-                code = ErrorCode.TOO_LARGE
-            elif exc.status == 405:
-                code = ErrorCode.INVALID_MESSAGE
-            return web.json_response({"error": {"code": str(code), "message": exc.reason}}, status=exc.status)
-        raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(SignallingError(ErrorCode.INTERNAL, "internal error"))
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body; invalid_json otherwise."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise SignallingError(ErrorCode.TOO_LARGE, f"body is larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise SignallingError(ErrorCode.TOO_LARGE, f"body is larger than {MAX_JSON_BODY} bytes")
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        raise SignallingError(ErrorCode.INVALID_JSON, "body is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise SignallingError(ErrorCode.INVALID_JSON, "body must be a JSON object")
-    return obj
-
-
-def authenticated_user(request: web.Request) -> str:
-    """The username of the request's bearer token, or SignallingError(not_authenticated)."""
-    header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.query.get("token")
-    if not token:
-        raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send Authorization: Bearer TOKEN")
-    try:
-        return request.app[ACCOUNTS].verify_token(token)
-    except SignallingError as exc:
-        raise SignallingError(ErrorCode.NOT_AUTHENTICATED, exc.message) from None
-
 
 def _token_json(token: Any) -> dict[str, Any]:
     return {"token": token.token, "username": token.username, "expires_at": token.expires_at}
@@ -167,6 +104,11 @@ async def client_config(request: web.Request) -> web.Response:
     return web.json_response({"ice_servers": list(cfg.ice.servers), "protocol": 1})
 
 
+async def end_reasons(request: web.Request) -> web.Response:
+    """Every call end reason with its SIP code, Q.850 cause and words (the web client's table)."""
+    return web.json_response(reasons.catalogue(), headers={"Cache-Control": "max-age=3600"})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
 
@@ -219,8 +161,7 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_post("/api/contacts", add_contact)
     app.router.add_delete("/api/contacts/{username}", remove_contact)
     app.router.add_get("/api/config", client_config)
+    app.router.add_get("/api/reasons", end_reasons)
     app.router.add_get("/api/calls", call_history)
-    from ..messaging.service import setup_messaging  # imports this module: import it late
-
     setup_messaging(app)
     return app

@@ -18,6 +18,7 @@ from ..config import Config
 from ..errors import ErrorCode, SignallingError
 from . import messages as m
 from .hub import Hub
+from .keys import ACCOUNTS, CONFIG, GATEWAY_SECRET, HUB
 
 log = logging.getLogger("jego.ws")
 
@@ -89,7 +90,6 @@ class WsSession:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """GET /ws: one signalling connection (docs/signalling.md)."""
-    from .server import ACCOUNTS, CONFIG, GATEWAY_SECRET, HUB  # the AppKeys live with the app factory
 
     cfg: Config = request.app[CONFIG]
     hub: Hub = request.app[HUB]

@@ -4,37 +4,13 @@
 
 const $ = (id) => document.getElementById(id);
 
-const REASONS = {
-  hangup: "Call ended",
-  declined: "Call declined",
-  busy: "Busy: they are in another call",
-  no_answer: "No answer",
-  unavailable: "Offline: they are not connected",
-  cancelled: "Call cancelled",
-  answered_elsewhere: "Answered on another device",
-  connection_lost: "Connection lost",
-  max_duration: "Call reached its maximum length",
-  server_shutdown: "The server is restarting",
-  failed: "Call failed",
-  media_denied: "Camera or microphone permission denied",
-  media_failed: "Could not set up audio or video",
-  invalid_number: "That number is not valid",
-  emergency: "Emergency calls are not supported: use a local phone",
-  rejected: "This call is not allowed",
-  unreachable: "Phone calls are not available right now",
-  congestion: "The phone network is busy, try again later",
-  timeout: "The phone cannot be reached",
-};
-
-// Plain words for how a call to a phone number ended (docs/signalling.md, phone end reasons).
-const PHONE_REASONS = {
-  hangup: "Call ended",
-  busy: "The number is busy",
-  no_answer: "No answer",
-  unavailable: "The phone is switched off or out of reach",
-  declined: "The call was declined",
-  invalid_number: "That number does not exist or is incomplete",
-  cancelled: "Call cancelled",
+// Plain words for every end reason, from the server's one table (GET /api/reasons,
+// jego_call/call/reasons.py); the reason itself is shown until it has loaded.
+const REASONS = {};
+fetch("/api/reasons").then((r) => r.json()).then((table) => Object.assign(REASONS, table)).catch(() => {});
+const reasonWords = (reason, phone) => {
+  const info = REASONS[reason];
+  return info ? (phone ? info.phone_en : info.en) : reason;
 };
 const isPhone = (peer) => typeof peer === "string" && /^\+?[0-9][0-9 ()\-.]{1,30}$/.test(peer);
 
@@ -89,7 +65,7 @@ function setCallState(s) {
 function setEndReason(reason, detail) {
   const el = $("call-end-reason");
   el.dataset.reason = reason || "";
-  const words = (state.call && isPhone(state.call.peer) && PHONE_REASONS[reason]) || REASONS[reason] || reason;
+  const words = reasonWords(reason, state.call && isPhone(state.call.peer));
   el.textContent = reason ? words + (detail && detail !== words ? ` (${detail})` : "") : "";
 }
 
@@ -422,7 +398,7 @@ function describeCall(c) {
   const when = new Date(c.started_at * 1000).toLocaleString();
   const arrow = c.direction === "outgoing" ? "→" : "←";
   const phone = c.peer_kind === "phone";
-  const words = (phone && PHONE_REASONS[c.outcome]) || REASONS[c.outcome] || c.outcome;
+  const words = reasonWords(c.outcome, phone);
   const dur = c.duration_s ? ` ${Math.round(c.duration_s)} s` : "";
   return `${when} ${arrow} ${c.peer}${phone ? " (phone)" : ""}: ${words}${dur}`;
 }

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from bridge.carrier.cdr import CallRecord, read_records
-from bridge.carrier.scenarios import load_carrier_config
+from bridge.carrier.config import load_carrier_config
+from bridge.carrier.service import start_carrier
 from bridge.carrier.trunk import Carrier
+from bridge.net.sip_transport import SipTransport
 from bridge.rtp import g711
 from bridge.sip.auth import build_authorization, parse_challenge
 from bridge.sip.dialog import DialogId
@@ -38,7 +40,6 @@ from bridge.sip.endpoint import (
 )
 from bridge.sip.message import SipRequest, SipResponse, new_request, random_token
 from bridge.sip.transaction import TimerConfig, TransactionKey
-from bridge.sip.transport import SipTransport
 from bridge.sip.uri import NameAddr, SipUri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,13 +80,12 @@ async def running_carrier(data_dir: Path, *, sip: dict[str, Any] | None = None, 
     if max_calls is not None:
         cfg = dataclasses.replace(cfg, trunks=tuple(dataclasses.replace(t, max_calls=max_calls)
                                                     for t in cfg.trunks))
-    carrier = Carrier(cfg, data_dir, host=HOST, port=0, timers=TimerConfig(t1=t1) if t1 else None,
-                      control_port=0 if control else None)
-    await carrier.start()
+    service = await start_carrier(cfg, data_dir, control=control, host=HOST, port=0,
+                                  timers=TimerConfig(t1=t1) if t1 else None)
     try:
-        yield carrier
+        yield service.carrier
     finally:
-        await carrier.stop()
+        await service.stop()
 
 
 async def wait_records(carrier: Carrier, n: int, timeout: float = 15.0) -> list[CallRecord]:

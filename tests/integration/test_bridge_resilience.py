@@ -27,10 +27,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.carrier.trunk import Carrier
-from bridge.pyvoip_leg import PyVoipTrunk, TrunkConfig
-from bridge.worker import BridgeWorker
+from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
+from bridge.gateway.worker import BridgeWorker
 from jego_call.media.endpoint import MediaEndpoint
-from jego_call.signalling.server import GATEWAY_SECRET
+from jego_call.signalling.keys import GATEWAY_SECRET
 from tests.conftest import ROOT, LiveServer, make_user, start_server
 
 from .bridge_util import carrier_config, free_port

@@ -54,7 +54,7 @@ def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, su
     out, err1 = first.communicate(timeout=30)
     assert first.returncode == 0, err1
     assert json.loads(out.strip().splitlines()[-1])["outcome"] == "answered"
-    assert carrier_record(server, PLAIN)["outcome"] == "normal_clearing"
+    assert carrier_record(server, PLAIN)["outcome"] == "hangup"
     assert "gateway extra connected (capacity 1)" in server.log()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -69,6 +69,6 @@ def test_maximum_call_duration_ends_both_legs(tmp_path: Path) -> None:
         # the bridge hung up: the app hears `hangup` by the phone side with Q.850 102 (timer expiry)
         assert res["reason"] == "hangup" and res["by"] == PLAIN and res["q850_cause"] == 102, res
         assert res["connected_s"] < 5
-        assert carrier_record(server, PLAIN)["outcome"] == "normal_clearing"  # our BYE reached the carrier
+        assert carrier_record(server, PLAIN)["outcome"] == "hangup"  # our BYE reached the carrier
     finally:
         server.stop()

@@ -96,7 +96,7 @@ async def test_baresip_registers_calls_and_hears_its_echo(tmp_path: Path) -> Non
     log = out.decode(errors="replace")
     assert registered, log
     assert carrier.stats["challenges"] >= 2  # REGISTER (401) and INVITE (407)
-    assert (rec.to, rec.sip_code, rec.outcome, rec.codec) == ("+8613800138000", 200, "normal_clearing", "PCMU")
+    assert (rec.to, rec.sip_code, rec.outcome, rec.codec) == ("+8613800138000", 200, "hangup", "PCMU")
     assert 3.0 < rec.duration_s < 6.0, rec
 
     [dec] = list(snd.glob("dump-*-dec.wav"))  # what baresip played out: ringback, then the echo

@@ -36,7 +36,7 @@ async def test_register_then_invite_with_rtp_and_dtmf(tmp_path: Path) -> None:
         assert run.rc == 0, run.output + run.errors
         assert run.stats["SuccessfulCall(C)"] == "1" and run.stats["FailedCall(C)"] == "0"
         [rec] = await wait_records(carrier, 1)
-    assert (rec.to, rec.sip_code, rec.q850_cause, rec.outcome) == ("+8613800138000", 200, 16, "normal_clearing")
+    assert (rec.to, rec.sip_code, rec.q850_cause, rec.outcome) == ("+8613800138000", 200, 16, "hangup")
     assert rec.number_type == "mobile" and rec.operator == "China Mobile"
     assert rec.codec == "PCMA" and rec.dtmf == "1"
     assert rec.answer is not None and 5.0 < rec.duration_s < 9.0

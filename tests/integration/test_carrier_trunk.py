@@ -18,7 +18,7 @@ import pytest
 
 from bridge.carrier.cdr import read_records
 from bridge.carrier.media import Echo, RtpStream, Tone, load_wav, measure_tone
-from bridge.causes import parse_reason_header
+from bridge.sip.causes import parse_reason_header
 from bridge.sip.endpoint import ResponseReceived
 from bridge.sip.message import random_token
 from bridge.sip.sdp import build_offer, negotiated_from_answer
@@ -171,7 +171,7 @@ async def test_tone_then_echo_with_dtmf_and_call_record(tmp_path: Path) -> None:
     f1k, level1k = measure_tone(segment(heard, 2.7, 3.9))  # our tone, echoed
     assert abs(f1k - 1000) < 5 and -13 < level1k < -7
     assert (rec.to, rec.number_type, rec.area, rec.codec) == ("+861065529988", "fixed", "10 Beijing", "PCMU")
-    assert (rec.sip_code, rec.q850_cause, rec.outcome, rec.dtmf) == (200, 16, "normal_clearing", "12#")
+    assert (rec.sip_code, rec.q850_cause, rec.outcome, rec.dtmf) == (200, 16, "hangup", "12#")
     assert rec.recording is not None
     carrier_heard, _ = load_wav(rec.recording)
     # The carrier's recording starts at the 183; our tone began about 1 s + 2.2 s later.
@@ -227,7 +227,7 @@ async def test_bad_ack_is_counted_and_200_keeps_coming(tmp_path: Path) -> None:
         assert carrier.stats["ack_timeouts"] == 0
         ua.bye(did)
         [rec] = await wait_records(carrier, 1)
-    assert rec.outcome == "normal_clearing"
+    assert rec.outcome == "hangup"
 
 
 async def test_media_inactivity_sends_bye(tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ async def test_jego_carrier_call_reaches_the_registered_ua(tmp_path: Path) -> No
         out, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0, err.decode()
         result = json.loads(out)
-        assert (result["code"], result["answered"], result["outcome"]) == (200, True, "normal_clearing")
+        assert (result["code"], result["answered"], result["outcome"]) == (200, True, "hangup")
         assert 2.5 < result["duration_s"] < 4.5
         records = await wait_records(carrier, 1)
     app_heard, _ = load_wav(tmp_path / "app.wav")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from jego_call.signalling.server import GATEWAY_SECRET
+from jego_call.signalling.keys import GATEWAY_SECRET
 
 from .conftest import Factory
 from .sigclient import FAKE_SDP, Ws, new_call_id, register

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from jego_call.db import Database
-from jego_call.signalling.server import DB
+from jego_call.signalling.keys import DB
 
 from ..conftest import LiveServer, http_json, make_user
 from ..conftest import add_contact as live_add_contact

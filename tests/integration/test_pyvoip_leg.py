@@ -1,7 +1,7 @@
-"""bridge/pyvoip_leg.py against strict peers on 127.0.0.1: sipp scenarios (tests/sipp/uas_*.xml,
+"""bridge/gateway/pyvoip/ against strict peers on 127.0.0.1: sipp scenarios (tests/sipp/uas_*.xml,
 uac_cancel.xml) that check what the leg sends, and small strict peers written here with our
 bridge/sip and bridge/rtp cores. Every pyVoIP 1.6.8 defect the module mends has a test below
-(the table at the top of bridge/pyvoip_leg.py names them). Audio is judged by content.
+(the table at the top of bridge/gateway/pyvoip/ names them). Audio is judged by content.
 
 Run alone in a private network namespace:
     unshare -n -- bash -c 'ip link set lo up && exec .venv/bin/python -m pytest tests/integration/test_pyvoip_leg.py -q'
@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from bridge.carrier.media import measure_tone
-from bridge.legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
-from bridge.pyvoip_leg import PyVoipLeg, PyVoipTrunk, TrunkConfig
+from bridge.gateway.legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
+from bridge.gateway.pyvoip import PyVoipLeg, PyVoipTrunk, TrunkConfig
 from bridge.rtp import g711
 from bridge.rtp.dtmf import DtmfReceiver, TelephoneEvent, dtmf_packets
 from bridge.rtp.packet import RtpPacket, RtpParseError

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
-from jego_call.signalling.server import HUB
+from jego_call.signalling.keys import HUB
 
 from .conftest import Factory
 from .sigclient import FAKE_SDP, PASSWORD, Ws, add_contact, new_call_id, register

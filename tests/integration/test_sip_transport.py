@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bridge.net.sip_transport import SipTransport
 from bridge.sip.endpoint import (
     AckReceived,
     RequestReceived,
@@ -16,7 +17,6 @@ from bridge.sip.endpoint import (
     SipEvent,
 )
 from bridge.sip.message import new_request, parse_message
-from bridge.sip.transport import SipTransport
 
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\n"
 

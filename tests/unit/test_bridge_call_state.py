@@ -6,18 +6,17 @@ import itertools
 
 import pytest
 
-from bridge.call import (
-    REASON_FOR_OUTCOME,
+from bridge.gateway.call import (
     TRANSITIONS,
     BridgeEvent,
     BridgeState,
     BridgeStateMachine,
     decline_for,
+    sip_refusal,
 )
-from bridge.causes import OUTCOMES
-from bridge.legs import LegEnded
+from bridge.gateway.legs import LegEnded
+from jego_call.call.reasons import GATEWAY_DECLINE_REASONS, EndReason, from_sip
 from jego_call.errors import InvalidTransition
-from jego_call.signalling.messages import GATEWAY_END_REASONS
 
 PATHS = {
     BridgeState.IDLE: [],
@@ -76,25 +75,28 @@ def test_early_media_survives_a_later_180() -> None:
     assert sm.apply(BridgeEvent.ANSWER) is BridgeState.CONNECTED
 
 
-def test_every_outcome_maps_to_a_protocol_reason() -> None:
-    for o in OUTCOMES:
-        assert REASON_FOR_OUTCOME[o.key] in GATEWAY_END_REASONS, o.key
-    assert set(REASON_FOR_OUTCOME.values()) <= GATEWAY_END_REASONS
-
-
 @pytest.mark.parametrize(
     ("code", "cause", "reason"),
-    [(486, 17, "busy"), (480, 19, "no_answer"), (480, 20, "unavailable"), (404, 1, "invalid_number"),
+    [(486, 17, "busy"), (480, 19, "no_answer"), (480, 20, "switched_off"), (404, 1, "not_found"),
      (484, 28, "invalid_number"), (503, 34, "congestion"), (408, 18, "timeout"), (603, 21, "declined"),
      (403, 21, "rejected"), (486, None, "busy"), (480, None, "no_answer"), (599, None, "failed")],
 )
 def test_sip_final_responses_become_plain_reasons(code: int, cause: int | None, reason: str) -> None:
-    got = decline_for(LegEnded("whatever", code, cause))
-    assert got["reason"] == reason
+    got = decline_for(LegEnded(from_sip(code, cause), code, cause))
+    assert got["reason"] == reason and EndReason(got["reason"]) in GATEWAY_DECLINE_REASONS
     assert got["sip_code"] == code and got["q850_cause"] == cause
-    assert got["detail"]  # plain words for people
+    assert got["detail"] == EndReason(reason).words()  # plain words for people
 
 
 def test_no_response_at_all_is_unreachable() -> None:
-    got = decline_for(LegEnded("timeout", None, None, detail="no response to INVITE"))
+    got = decline_for(LegEnded(EndReason.TIMEOUT, None, None, detail="no response to INVITE"))
     assert got["reason"] == "unreachable" and got["sip_code"] is None
+
+
+@pytest.mark.parametrize(("reason", "sip"), [
+    (EndReason.BUSY, (486, 17)), (EndReason.DECLINED, (603, 21)), (EndReason.NO_ANSWER, (480, 19)),
+    (EndReason.UNAVAILABLE, (480, 20)), (EndReason.CANCELLED, (487, 16)), (EndReason.CONNECTION_LOST, (480, 41)),
+    (EndReason.SERVER_SHUTDOWN, (503, 41)), (EndReason.NOT_FOUND, (404, 1)), (EndReason.HANGUP, (480, 16)),
+])
+def test_app_side_endings_refuse_an_inbound_invite(reason: EndReason, sip: tuple[int, int]) -> None:
+    assert sip_refusal(reason) == sip

@@ -7,35 +7,46 @@ import dataclasses
 
 import pytest
 
-from bridge.carrier.scenarios import load_carrier_config
-from bridge.carrier.trunk import (
-    TRANSITIONS,
-    CallFsm,
-    CallState,
-    IllegalTransition,
-    Registrar,
-    TrunkAuth,
-    safe_name,
-)
+from bridge.carrier.config import load_carrier_config
+from bridge.carrier.registrar import Registrar, TrunkAuth
+from bridge.carrier.state import TRANSITIONS, CallEvent, CallState, CarrierCallMachine
+from bridge.carrier.trunk import safe_name
 from bridge.sip.auth import build_authorization, parse_challenge
 from bridge.sip.errors import SipError
 from bridge.sip.message import SipRequest, new_request, parse_message
+from jego_call.errors import InvalidTransition
 
 
 def test_call_state_table() -> None:
-    fsm = CallFsm()
-    for to in (CallState.EARLY, CallState.EARLY, CallState.ANSWERED, CallState.CONFIRMED, CallState.ENDED):
-        fsm.move(to)
-    assert fsm.answered and fsm.ended
-    with pytest.raises(IllegalTransition):
-        fsm.move(CallState.CONFIRMED)
-    rejected = CallFsm()
-    rejected.move(CallState.ENDED)
+    fsm = CarrierCallMachine()
+    for ev in (CallEvent.RING, CallEvent.RING, CallEvent.ANSWER, CallEvent.ACK, CallEvent.END):
+        fsm.apply(ev)
+    assert fsm.answered and fsm.ended and fsm.state is CallState.ENDED
+    with pytest.raises(InvalidTransition):
+        fsm.apply(CallEvent.ACK)
+    rejected = CarrierCallMachine()
+    rejected.apply(CallEvent.END)
     assert not rejected.answered
-    with pytest.raises(IllegalTransition):
-        CallFsm().move(CallState.CONFIRMED)  # no ACK before a 200
-    assert TRANSITIONS[CallState.ENDED] == frozenset()
-    assert all(CallState.ENDED in TRANSITIONS[s] for s in CallState if s != CallState.ENDED)
+    with pytest.raises(InvalidTransition):
+        CarrierCallMachine().apply(CallEvent.ACK)  # no ACK before a 200
+    assert not any(s is CallState.ENDED for s, _e in TRANSITIONS)  # nothing leaves ENDED
+    assert all((s, CallEvent.END) in TRANSITIONS for s in CallState if s is not CallState.ENDED)
+
+
+@pytest.mark.parametrize(("state", "event"), [(s, e) for s in CallState for e in CallEvent])
+def test_every_pair_is_in_the_table_or_raises(state: CallState, event: CallEvent) -> None:
+    path = {CallState.SETUP: [], CallState.EARLY: [CallEvent.RING], CallState.ANSWERED: [CallEvent.ANSWER],
+            CallState.CONFIRMED: [CallEvent.ANSWER, CallEvent.ACK], CallState.ENDED: [CallEvent.END]}[state]
+    fsm = CarrierCallMachine()
+    for ev in path:
+        fsm.apply(ev)
+    expected = TRANSITIONS.get((state, event))
+    if expected is None:
+        with pytest.raises(InvalidTransition):
+            fsm.apply(event)
+        assert fsm.state is state
+    else:
+        assert fsm.apply(event) is expected
 
 
 def register(password: str | None, challenge: str | None = None, user: str = "jego") -> SipRequest:

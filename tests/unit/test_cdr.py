@@ -21,7 +21,7 @@ def _answered(call_id: str = "c1", dtmf: str = "123#") -> CallRecord:
     return CallRecord.make(call_id=call_id, from_="+4930123456", to="+8613800138000", start=T0,
                            answer=T0 + 1.25, end=T0 + 61.75, sip_code=200, q850_cause=16,
                            number_type="mobile", operator="China Mobile", codec="PCMU", dtmf=dtmf,
-                           recording=Path("/data/carrier/rec/c1.wav"), outcome="normal_clearing",
+                           recording=Path("/data/carrier/rec/c1.wav"), outcome="hangup",
                            behaviour="number:+8613800138000")
 
 

@@ -1,4 +1,4 @@
-"""Unit checks of bridge/pyvoip_leg.py that need no network: TrunkConfig validation (never
+"""Unit checks of bridge/gateway/pyvoip/ that need no network: TrunkConfig validation (never
 0.0.0.0 in Contact/SDP), pyVoIP quarantined in one module, the bounded frame buffer, digest
 challenge choice, and pyVoIP's 8-bit audio API switched off."""
 
@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bridge.pyvoip_leg import (
-    PyVoipTrunk,
-    TrunkConfig,
-    _Call,
-    _e164,
-    _FrameBuffer,
-    _pick_challenge,
-)
+from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
+from bridge.gateway.pyvoip.common import _pick_challenge
+from bridge.gateway.pyvoip.media import _FrameBuffer
+from bridge.gateway.pyvoip.phone import _Call
 from bridge.sip.message import parse_message
+from jego_call.numbering import e164_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,11 +41,11 @@ def test_bad_config_is_refused(kw: dict[str, object]) -> None:
         TrunkConfig(**kw)  # type: ignore[arg-type]
 
 
-def test_only_pyvoip_leg_imports_pyvoip() -> None:
+def test_only_the_pyvoip_package_imports_pyvoip() -> None:
     pattern = re.compile(r"^\s*(import|from)\s+pyVoIP\b", re.M)
     offenders = [str(p.relative_to(ROOT)) for base in ("bridge", "jego_call", "tests")
                  for p in (ROOT / base).rglob("*.py")
-                 if p.name != "pyvoip_leg.py" and pattern.search(p.read_text(errors="replace"))]
+                 if "pyvoip" not in p.relative_to(ROOT).parts[:3] and pattern.search(p.read_text(errors="replace"))]
     assert offenders == []
 
 
@@ -62,10 +59,12 @@ def test_frame_buffer_is_bounded_and_drops_oldest() -> None:
 
 
 def test_e164_from_uri_user() -> None:
-    assert _e164("+8613800138000") == "+8613800138000"
-    assert _e164("008613800138000") == "+8613800138000"
-    assert _e164("+8613800138000;isub=1") == "+8613800138000"
-    assert _e164(None) == ""
+    assert e164_of("+8613800138000") == "+8613800138000"
+    assert e164_of("008613800138000") == "+8613800138000"
+    assert e164_of("+8613800138000;isub=1") == "+8613800138000"
+    assert e164_of("13800138000") == "+8613800138000"
+    assert e164_of("anonymous") == "anonymous"
+    assert e164_of(None) == ""
 
 
 def test_challenge_choice_prefers_the_servers_first_supported_algorithm() -> None:

@@ -1,4 +1,4 @@
-"""bridge.carrier.scenarios + bridge.causes: carrier.toml, behaviour programmes, URI numbers."""
+"""bridge.carrier.scenarios + bridge.sip.causes: carrier.toml, behaviour programmes, URI numbers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from bridge.carrier.config import DEFAULT_CARRIER_CONFIG, load_carrier_config
 from bridge.carrier.scenarios import (
-    DEFAULT_CARRIER_CONFIG,
     Answer,
     Behaviour,
     CarrierConfig,
@@ -22,16 +22,14 @@ from bridge.carrier.scenarios import (
     Ring,
     behaviour_for,
     behaviour_for_uri,
-    load_carrier_config,
     number_from_uri,
     parse_carrier_config,
     parse_media,
     presets,
 )
-from bridge.causes import (
+from bridge.sip.causes import (
     CAUSE_TEXT,
     cause_for_sip,
-    outcome_for,
     parse_reason_header,
     reason_header,
     sip_for_cause,
@@ -402,18 +400,6 @@ def test_parse_reason_header_round_trip() -> None:
     assert two == [("SIP", 200, "Call completed elsewhere"), ("Q.850", 16, "")]
     assert parse_reason_header("") == []
     assert parse_reason_header("Q.850;cause=abc") == [("Q.850", None, "")]
-
-
-@pytest.mark.parametrize("code, cause, key", [
-    (486, 17, "busy"), (480, 19, "no_answer"), (408, 18, "not_reachable"), (480, 20, "switched_off"),
-    (404, 1, "not_found"), (484, 28, "invalid_number"), (410, 22, "number_changed"), (403, 21, "rejected"),
-    (603, 21, "declined"), (503, 34, "congestion"), (503, 42, "congestion"), (502, 27, "out_of_order"),
-    (488, 65, "incompatible_media"), (487, None, "cancelled"), (200, 16, "normal_clearing"),
-    (486, None, "busy"), (600, None, "busy"), (404, None, "not_found"), (480, None, "no_answer"),
-    (699, None, "failed"),
-])
-def test_outcome_table(code: int, cause: int | None, key: str) -> None:
-    assert outcome_for(code, cause).key == key
 
 
 @pytest.mark.parametrize("cause, code", [(1, 404), (17, 486), (18, 408), (19, 480), (20, 480), (21, 403),

@@ -1,4 +1,4 @@
-"""bridge.transcode: tones keep frequency and level through both converters, 5 kHz does not
+"""bridge.gateway.transcode: tones keep frequency and level through both converters, 5 kHz does not
 alias into the telephone band, frames are exactly 20 ms, and None becomes silence."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from av import AudioFrame
 
-from bridge.transcode import PHONE_BYTES, PHONE_SAMPLES, AppToPhone, PhoneToApp, mono_s16
+from bridge.gateway.transcode import PHONE_BYTES, PHONE_SAMPLES, AppToPhone, PhoneToApp, mono_s16
 from jego_call.media import analysis
 
 

@@ -1,7 +1,7 @@
 """The seam between a bridged call and its SIP side: the `SipLeg` and `SipTrunk` protocols.
 
-`BridgeCall` (bridge/call.py) talks only to these. The implementation is
-`bridge/pyvoip_leg.py`, the one module that imports pyVoIP; a replacement leg would plug in
+`BridgeCall` (bridge/gateway/call.py) talks only to these. The implementation is
+`bridge/gateway/pyvoip/`, the one module that imports pyVoIP; a replacement leg would plug in
 here without touching `BridgeCall`.
 
 Audio crosses this seam as 16-bit signed little-endian PCM, mono, 8 kHz, in 20 ms frames
@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from jego_call.call.reasons import EndReason
 
 FRAME_SAMPLES = 160
 FRAME_BYTES = 2 * FRAME_SAMPLES
@@ -39,7 +41,7 @@ class LegAnswered:
 class LegEnded:
     """The leg is over. `sip_code`/`q850_cause` come from the final response or the BYE's Reason."""
 
-    reason: str               # hangup, busy, no_answer, not_found, invalid_number, congestion, cancelled, timeout, failed, ...
+    reason: EndReason         # from_sip(code, cause) for the far end's endings; ours say why
     sip_code: int | None = None
     q850_cause: int | None = None
     remote: bool = True       # the far end ended it (False: we hung up or cancelled)

@@ -7,7 +7,7 @@
     await worker.stop()           # hang up every call, close the socket, stop the trunk
 
 It speaks docs/signalling.md "Phone calls and gateways": an `invite` to an E.164 number becomes a
-`BridgeCall` (bridge/call.py) with an outbound SIP leg; an inbound INVITE to a DID in
+`BridgeCall` (bridge/gateway/call.py) with an outbound SIP leg; an inbound INVITE to a DID in
 `bridge.did` becomes a gateway `invite` to that user. `ice`, `dtmf`, `accept`, `ringing`,
 `hangup`, `cancel`, `call_ended` and `error` go to the call they name. The socket reconnects
 with exponential back-off; calls do not survive a reconnect (the server ends them).
@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from jego_call.config import BridgeSection, Config
+from jego_call.numbering import e164_of
 
 from .call import BridgeCall, CallSettings
 from .legs import SipLeg, SipTrunk
@@ -37,19 +38,14 @@ TrunkFactory = Callable[[BridgeSection], SipTrunk]
 
 
 def pyvoip_trunk(section: BridgeSection) -> SipTrunk:
-    """The production trunk: pyVoIP (bridge/pyvoip_leg.py) configured from [bridge]."""
-    from .pyvoip_leg import PyVoipTrunk, TrunkConfig  # the one module that imports pyVoIP
+    """The production trunk: pyVoIP (bridge/gateway/pyvoip/) configured from [bridge]."""
+    from .pyvoip import PyVoipTrunk, TrunkConfig  # the one module that imports pyVoIP
 
     return PyVoipTrunk(TrunkConfig(
         server_host=section.trunk_host, server_port=section.trunk_port, username=section.username,
         password=section.password, register=section.register, local_host=section.local_host,
         local_port=section.sip_port, rtp_port_low=section.rtp_port_min, rtp_port_high=section.rtp_port_max,
         max_calls=section.max_calls, tx_queue_frames=10))
-
-
-def _e164(number: str) -> str:
-    digits = "".join(ch for ch in number if ch.isdigit())
-    return "+" + digits if digits else number
 
 
 class BridgeWorker:
@@ -64,7 +60,7 @@ class BridgeWorker:
         self.name = name
         self.max_calls = max_calls
         self.settings = settings or CallSettings()
-        self.did = {_e164(k): v for k, v in (did or {}).items()}
+        self.did = {e164_of(k): v for k, v in (did or {}).items()}
         self.backoff_max_s = backoff_max_s
         self.calls: dict[str, BridgeCall] = {}
         self.ice_servers: list[dict[str, Any]] = []
@@ -221,7 +217,7 @@ class BridgeWorker:
 
     async def _inbound(self, leg: SipLeg, from_number: str, to_number: str) -> None:
         """The trunk's handler for an INVITE from the phone network."""
-        to = _e164(to_number)
+        to = e164_of(to_number)
         user = self.did.get(to)
         if user is None:
             log.info("inbound call to %s: not one of our numbers", to_number)
@@ -237,7 +233,7 @@ class BridgeWorker:
         call_id = uuid.uuid4().hex
         log.info("[call %s] inbound %s -> %s (%s)", call_id, from_number, to, user)
         call = self._new_call(call_id, "in", leg)
-        call.begin_inbound(_e164(from_number) if from_number else "unknown", user)
+        call.begin_inbound(e164_of(from_number) if from_number else "unknown", user)
 
     def _call_done(self, call: BridgeCall) -> None:
         self.calls.pop(call.call_id, None)

@@ -19,10 +19,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from .endpoint import SipEndpoint, SipEvent
-from .errors import SipError
-from .message import StreamFramer
-from .transaction import Addr
+from bridge.sip.endpoint import SipEndpoint, SipEvent
+from bridge.sip.errors import SipError
+from bridge.sip.message import StreamFramer
+from bridge.sip.transaction import Addr
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `jego_call.cli.serve` calls `attach(app, cfg)` when `[bridge] enabled` is true. The worker
 connects to this very server once it listens (`app[BOUND_URL]`, resolved by `jego serve`) with
 the gateway secret `app[GATEWAY_SECRET]`, and stops with the app. More capacity: run extra
-workers with `jego bridge` (bridge/cli.py). The running worker is `app[BRIDGE_KEY][0]`
+workers with `jego bridge` (bridge/gateway/cli.py). The running worker is `app[BRIDGE_KEY][0]`
 (empty until the server listens).
 """
 
@@ -18,7 +18,7 @@ from aiohttp import web
 
 from jego_call.config import Config
 from jego_call.media.endpoint import enable_loopback_candidates
-from jego_call.signalling.server import BOUND_URL, GATEWAY_SECRET
+from jego_call.signalling.keys import BOUND_URL, GATEWAY_SECRET
 
 from .worker import BridgeWorker
 

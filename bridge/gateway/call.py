@@ -1,6 +1,6 @@
 """`BridgeCall`: one phone call through the bridge, the app's WebRTC leg joined to one SIP leg.
 
-The worker (bridge/worker.py) creates one per call and feeds it:
+The worker (bridge/gateway/worker.py) creates one per call and feeds it:
 
     call = BridgeCall(call_id, "out", leg, send, settings, ice_servers, on_done)
     await call.start_outbound(to_e164, offer_sdp)     # app -> phone: answer SDP, then INVITE
@@ -10,7 +10,7 @@ The worker (bridge/worker.py) creates one per call and feeds it:
 It owns one `BridgeStateMachine` (an Enum and a transition table; an illegal move raises
 InvalidTransition), one `MediaEndpoint` and one `SipLeg`, ends both exactly once, maps the
 end reason across (SIP status + Q.850 cause <-> protocol end reason) and finally sends
-`call_report`. Audio goes through `bridge.transcode` (one converter per direction).
+`call_report`. Audio goes through `bridge.gateway.transcode` (one converter per direction).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from jego_call.call.machine import TableMachine
+from jego_call.call.reasons import EndReason
 from jego_call.errors import InvalidTransition
 from jego_call.media.endpoint import MediaEndpoint, MediaError
 from jego_call.media.tracks import PacedAudioTrack
 
-from .causes import outcome_for
 from .legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging, SipLeg
 from .transcode import PHONE_RATE, AppToPhone, PhoneToApp
 
@@ -95,39 +95,28 @@ class BridgeStateMachine(TableMachine[BridgeState, BridgeEvent]):
 
 
 # --- reason mapping -----------------------------------------------------------------------
-# bridge.causes outcome keys -> the protocol's end reasons for a gateway `decline`
-# (docs/signalling.md "Phone calls and gateways").
-REASON_FOR_OUTCOME: dict[str, str] = {
-    "busy": "busy", "no_answer": "no_answer", "not_reachable": "timeout", "switched_off": "unavailable",
-    "not_found": "invalid_number", "invalid_number": "invalid_number", "number_changed": "invalid_number",
-    "rejected": "rejected", "declined": "declined", "congestion": "congestion", "out_of_order": "unreachable",
-    "incompatible_media": "failed", "cancelled": "cancelled", "timeout": "timeout",
-    "normal_clearing": "failed", "failed": "failed",
-}
-_PROTOCOL_REASONS = frozenset(REASON_FOR_OUTCOME.values()) | {"unreachable"}
-
-# The app side's end reason (server call_ended) -> the SIP final response and Q.850 cause for an
-# inbound INVITE not yet answered (RFC 3398 §8.2.6.1 in reverse).
-SIP_FOR_APP_REASON: dict[str, tuple[int, int]] = {
-    "busy": (486, 17), "declined": (603, 21), "no_answer": (480, 19), "unavailable": (480, 20),
-    "cancelled": (487, 16), "connection_lost": (480, 41), "server_shutdown": (503, 41),
-    "invalid_number": (404, 1), "unknown_user": (404, 1),
-}
-
-
 def decline_for(ended: LegEnded) -> dict[str, Any]:
-    """The gateway `decline` fields for a SIP leg that ended before the answer."""
-    if ended.sip_code is not None and ended.sip_code >= 300:
-        out = outcome_for(ended.sip_code, ended.q850_cause)
-        reason = REASON_FOR_OUTCOME.get(out.key, "failed")
-        detail = out.english
+    """The gateway `decline` fields for a SIP leg that ended before the answer: the leg's end
+    reason (jego_call.call.reasons, from the final response and its Q.850 cause) in plain words."""
+    reason = ended.reason
+    if ended.sip_code is None and reason in (EndReason.TIMEOUT, EndReason.UNREACHABLE):
+        reason = EndReason.UNREACHABLE  # no response at all: the phone network is unreachable
+        detail = ended.detail or "the phone network did not answer"
+    elif reason is EndReason.FAILED and ended.detail:
+        detail = ended.detail
     else:
-        reason = ended.reason if ended.reason in _PROTOCOL_REASONS else "failed"
-        detail = ended.detail or ended.reason
-        if ended.reason in ("timeout", "unreachable") and ended.sip_code is None:
-            reason, detail = "unreachable", ended.detail or "the phone network did not answer"
-    return {"reason": reason, "sip_code": ended.sip_code, "q850_cause": ended.q850_cause,
-            "detail": (ended.detail if ended.detail and reason == "failed" else detail)[:200]}
+        detail = reason.words()
+    return {"reason": reason.value, "sip_code": ended.sip_code, "q850_cause": ended.q850_cause,
+            "detail": detail[:200]}
+
+
+def sip_refusal(reason: EndReason) -> tuple[int, int]:
+    """The SIP final response and Q.850 cause that refuse an unanswered inbound INVITE because the
+    app side ended with `reason` (RFC 3398 §8.2.6.1 in reverse)."""
+    code, cause = reason.sip_code, reason.q850
+    if not code or code < 300:
+        return 480, cause or 31
+    return code, cause or 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +343,7 @@ class BridgeCall:
             code = str(msg.get("code") or "failed")
             if self.sm.state is not BridgeState.CONNECTED:
                 log.warning("[call %s] server refused: %s %s", self.call_id, code, msg.get("message", ""))
-                await self._app_ended(code)
+                await self._app_ended(EndReason.NOT_FOUND if code == "unknown_user" else code)
 
     async def shutdown(self, cause: int = 41) -> None:
         """End the call from the bridge side (worker stopping, connection lost)."""
@@ -474,13 +463,13 @@ class BridgeCall:
             await self.send(msg)
         await self._close()
 
-    async def _app_ended(self, reason: str) -> None:
+    async def _app_ended(self, reason: str | EndReason) -> None:
         if self.sm.ended or self._closing:
             return
         self.sm.apply(BridgeEvent.APP_END)
         self.end_info = {"by": "app", "reason": reason}
         log.info("[call %s] app side ended: %s", self.call_id, reason)
-        await self._end_leg(SIP_FOR_APP_REASON.get(reason, (480, 31)), 16)
+        await self._end_leg(sip_refusal(EndReason.parse(reason)), 16)
         await self._close()
 
     async def _fail(self, reason: str, detail: str, sip_code: int | None) -> None:

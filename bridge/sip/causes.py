@@ -1,23 +1,23 @@
-"""SIP status <-> Q.850 cause <-> plain-English outcome (carrier.md §4.3, RFC 3398, RFC 3326).
+"""The one Q.850 helper: SIP status <-> Q.850 cause, and the RFC 3326 Reason header.
 
-The carrier uses `reason_header(cause)` on its final responses and BYEs; the bridge reads a
-response with `parse_reason_header(value)` and then `outcome_for(sip_code, cause)` to tell the
-user "busy", "no answer", "number does not exist", .... Pure, stdlib only.
+The carrier puts `reason_header(cause)` on its final responses and BYEs; the bridge reads the
+cause of a response or BYE with `q850_of(message)` (falling back to `cause_for_sip(code)`), then
+`jego_call.call.reasons.from_sip(code, cause)` tells the user what happened. Pure, stdlib only.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .message import SipMessage
 
 __all__ = [
     "CAUSE_TEXT",
-    "OUTCOMES",
-    "Outcome",
     "cause_for_sip",
-    "outcome_for",
     "parse_reason_header",
+    "q850_of",
     "reason_header",
     "sip_for_cause",
 ]
@@ -53,36 +53,6 @@ CAUSE_TEXT: Final[dict[int, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One row of the carrier.md §4.3 table. `key` is what the bridge reports to the app."""
-
-    key: str              # busy, no_answer, not_reachable, switched_off, not_found, ...
-    sip_code: int         # the final response a carrier sends (0: a BYE, not a response)
-    q850: int | None      # the cause in its Reason header
-    english: str          # for people
-    announcement_zh: str  # what a Chinese carrier's early media says (realism for the simulator)
-
-
-# Carrier → bridge direction: what a carrier sends for each situation (RFC 3398 §8.2.6.1).
-OUTCOMES: Final[tuple[Outcome, ...]] = (
-    Outcome("busy", 486, 17, "The number is busy", "您拨打的用户正忙，请稍后再拨"),
-    Outcome("no_answer", 480, 19, "No answer", "您拨打的电话暂时无人接听，请稍后再拨"),
-    Outcome("not_reachable", 408, 18, "The phone cannot be reached", "您拨打的电话暂时无法接通，请稍后再拨"),
-    Outcome("switched_off", 480, 20, "The phone is switched off", "您拨打的电话已关机"),
-    Outcome("not_found", 404, 1, "The number does not exist", "您拨打的号码是空号，请查证后再拨"),
-    Outcome("invalid_number", 484, 28, "The number is incomplete or invalid", "您拨打的号码有误，请查证后再拨"),
-    Outcome("number_changed", 410, 22, "The number has changed", "您拨打的号码已改号"),
-    Outcome("rejected", 403, 21, "The call was rejected or barred", "您拨打的电话暂时无法接通"),
-    Outcome("declined", 603, 21, "The call was declined", "您拨打的用户暂时无法接听"),
-    Outcome("congestion", 503, 34, "The network is busy, try again later", "网络忙，请稍后再拨"),
-    Outcome("out_of_order", 502, 27, "The destination is out of order", "您拨打的电话暂时无法接通"),
-    Outcome("incompatible_media", 488, 65, "Incompatible media", ""),
-    Outcome("cancelled", 487, None, "The call was cancelled", ""),
-    Outcome("timeout", 504, 102, "The network did not answer in time", "网络忙，请稍后再拨"),
-    Outcome("normal_clearing", 0, 16, "Call ended", ""),
-)
-
 # Q.850 cause → SIP final response (RFC 3398 §8.2.6.1; 16 ends with a BYE, hence 0).
 _SIP_FOR_CAUSE: Final[dict[int, int]] = {
     1: 404, 2: 404, 3: 404, 16: 0, 17: 486, 18: 408, 19: 480, 20: 480, 21: 403, 22: 410,
@@ -99,16 +69,6 @@ _CAUSE_FOR_SIP: Final[dict[int, int]] = {
     505: 127, 513: 127, 600: 17, 603: 21, 604: 1, 606: 58,
 }
 
-# Default outcome per SIP code when the cause does not pick a row.
-_OUTCOME_FOR_SIP: Final[dict[int, str]] = {
-    404: "not_found", 484: "invalid_number", 486: "busy", 600: "busy", 480: "no_answer",
-    408: "not_reachable", 410: "number_changed", 403: "rejected", 603: "declined", 503: "congestion",
-    502: "out_of_order", 488: "incompatible_media", 606: "incompatible_media", 487: "cancelled",
-    504: "timeout", 485: "not_found", 604: "not_found",
-}
-_BY_KEY: Final[dict[str, Outcome]] = {o.key: o for o in OUTCOMES}
-
-
 def sip_for_cause(cause: int) -> int:
     """The SIP final response for a Q.850 cause (0 = clear with BYE); unknown causes → 500."""
     return _SIP_FOR_CAUSE.get(cause, 500)
@@ -119,27 +79,6 @@ def cause_for_sip(code: int) -> int:
     if code in _CAUSE_FOR_SIP:
         return _CAUSE_FOR_SIP[code]
     return 31 if 400 <= code < 500 else 41 if 500 <= code < 600 else 21 if code >= 600 else 16
-
-
-def outcome_for(sip_code: int, cause: int | None = None) -> Outcome:
-    """The outcome to report: the (code, cause) row, else the cause's row, else the code's.
-
-    480 + 19 is "no_answer", 480 + 20 "switched_off"; 200 or a BYE with 16 is "normal_clearing".
-    Unknown codes give a generic "failed" outcome carrying the code and cause.
-    """
-    for o in OUTCOMES:
-        if o.sip_code == sip_code and cause is not None and o.q850 == cause:
-            return o
-    if sip_code in (0, 200) and cause in (None, 16):
-        return _BY_KEY["normal_clearing"]
-    if cause is not None:
-        for o in OUTCOMES:
-            if o.q850 == cause and o.sip_code == sip_for_cause(cause):
-                return o
-    key = _OUTCOME_FOR_SIP.get(sip_code)
-    if key is not None:
-        return _BY_KEY[key]
-    return Outcome("failed", sip_code, cause, f"The call failed ({sip_code})", "")
 
 
 def _quote(text: str) -> str:
@@ -190,3 +129,12 @@ def parse_reason_header(value: str) -> list[tuple[str, int | None, str]]:
             break
         pos = len(value) - len(rest) + 1
     return out
+
+
+def q850_of(message: SipMessage) -> int | None:
+    """The Q.850 cause of a message's RFC 3326 Reason header(s), if any (the first Q.850 one)."""
+    for value in message.headers.get_all("Reason"):
+        for proto, cause, _text in parse_reason_header(value):
+            if proto.upper() == "Q.850" and cause is not None:
+                return cause
+    return None

@@ -1,0 +1,111 @@
+"""TrunkConfig, TrunkError and the small SIP helpers the pyVoIP leg shares."""
+
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import pyVoIP.VoIP  # noqa: F401  # must come before pyVoIP.SIP (circular import, media-stack.md §1.1)
+
+from bridge.sip.auth import ALGORITHMS, parse_challenge
+from bridge.sip.errors import SipError
+from bridge.sip.message import (
+    SipMessage,
+    SipResponse,
+)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+FRAME_S = 0.020
+T2 = 4.0  # RFC 3261 §17.1.2.2: cap of the non-INVITE retransmit interval
+
+
+class TrunkError(RuntimeError):
+    """The trunk could not start (bind or registration failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    """How the bridge reaches the carrier trunk. Defaults match config/carrier.toml's account.
+
+    `register=False` is trunk mode (IP-authenticated, no REGISTER). `local_port=0` picks a free
+    port. `t1` is RFC 3261's T1: Timer B (no answer to the INVITE) is 64·T1.
+    """
+
+    server_host: str = "127.0.0.1"
+    server_port: int = 5060
+    username: str = "jego"
+    password: str = "jego-trunk-secret"
+    realm: str | None = None          # answer only challenges from this realm (None: any)
+    local_host: str = "127.0.0.1"     # written into Via/Contact/SDP: never 0.0.0.0
+    local_port: int = 0
+    rtp_port_low: int = 16384
+    rtp_port_high: int = 32767
+    register: bool = True
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")
+    register_expires: int = 300
+    max_calls: int = 32
+    dtmf_payload_type: int = 101
+    caller_id: str | None = None      # default From user of outbound calls (None: username)
+    t1: float = 0.5
+    register_timeout: float = 8.0
+    deregister_timeout: float = 2.0
+    cancel_timeout: float = 8.0       # how long hangup() waits for the 487 after CANCEL
+    jitter_prefetch: int = 3
+    jitter_capacity: int = 16
+    tx_queue_frames: int = 5          # send_audio backlog bound (oldest dropped)
+    rx_queue_frames: int = 25         # read_audio backlog bound (oldest dropped)
+    rtp_initial_sequence: int | None = None  # tests: first RTP sequence number (None: random)
+    user_agent: str = "JegoCall-Bridge (pyVoIP 1.6.8)"
+
+    def __post_init__(self) -> None:
+        try:
+            ip = ipaddress.ip_address(self.local_host)
+        except ValueError:
+            raise ValueError(f"local_host must be an IP address, got {self.local_host!r}") from None
+        if ip.is_unspecified or ip.version != 4:
+            raise ValueError("local_host must be a unicast IPv4 address (pyVoIP writes it into Contact and SDP)")
+        if not self.codecs or any(c.upper() not in ("PCMU", "PCMA") for c in self.codecs):
+            raise ValueError("codecs must be a non-empty subset of ('PCMU', 'PCMA')")
+        if not 0 < self.rtp_port_low <= self.rtp_port_high <= 65535:
+            raise ValueError("need 0 < rtp_port_low <= rtp_port_high <= 65535")
+        if not 0 <= self.local_port <= 65535 or not 0 < self.server_port <= 65535:
+            raise ValueError("SIP ports out of range")
+        if not 96 <= self.dtmf_payload_type <= 127:
+            raise ValueError("dtmf_payload_type must be dynamic (96..127)")
+        if self.t1 <= 0 or self.max_calls < 1 or self.register_expires < 1:
+            raise ValueError("t1, max_calls and register_expires must be positive")
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _has_sdp(msg: SipMessage) -> bool:
+    ctype = msg.headers.get("Content-Type") or ""
+    return bool(msg.body) and ctype.split(";")[0].strip().lower() == "application/sdp"
+
+
+def _pick_challenge(resp: SipResponse) -> tuple[str, Any] | None:
+    """(credentials header name, challenge) for a 401/407: the first Digest challenge whose
+    algorithm we support (RFC 8760 §2.4: the server lists its preference first)."""
+    name, creds = ("Proxy-Authenticate", "Proxy-Authorization") if resp.status == 407 else (
+        "WWW-Authenticate", "Authorization")
+    for value in resp.headers.get_all(name):
+        try:
+            ch = parse_challenge(value)
+        except SipError:
+            continue
+        if ch.algorithm.upper() in ALGORITHMS:
+            return creds, ch
+    return None
+
+

@@ -1,0 +1,30 @@
+"""Every `web.AppKey` of the signalling server, in one module that imports nothing at run time.
+
+`create_app` (server.py) and the `cleanup_ctx` entries fill them; handlers read them, e.g.
+`request.app[HUB]`. Features add their own resources here too (MESSAGING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ..accounts import Accounts
+    from ..calllog import CallLog
+    from ..config import Config
+    from ..db import Database
+    from ..messaging.service import Messaging
+    from .hub import Hub
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+DB: web.AppKey[Database] = web.AppKey("db")
+ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts")
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
+GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
+MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
+# Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
+BOUND_URL: web.AppKey[asyncio.Future[str]] = web.AppKey("bound_url")

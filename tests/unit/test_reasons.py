@@ -1,0 +1,71 @@
+"""jego_call.call.reasons: one vocabulary of end reasons, with SIP codes, Q.850 causes and words."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from jego_call.call.reasons import (
+    GATEWAY_DECLINE_REASONS,
+    REASONS,
+    USER_DECLINE_REASONS,
+    EndReason,
+    catalogue,
+    from_sip,
+)
+from jego_call.call.state import END_REASONS
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.parametrize(("code", "cause", "reason"), [
+    (486, 17, EndReason.BUSY), (480, 19, EndReason.NO_ANSWER), (408, 18, EndReason.TIMEOUT),
+    (480, 20, EndReason.SWITCHED_OFF), (404, 1, EndReason.NOT_FOUND), (484, 28, EndReason.INVALID_NUMBER),
+    (410, 22, EndReason.NUMBER_CHANGED), (403, 21, EndReason.REJECTED), (603, 21, EndReason.DECLINED),
+    (503, 34, EndReason.CONGESTION), (503, 42, EndReason.CONGESTION), (502, 27, EndReason.UNREACHABLE),
+    (488, 65, EndReason.FAILED), (487, None, EndReason.CANCELLED), (487, 127, EndReason.CANCELLED),
+    (200, 16, EndReason.HANGUP), (0, None, EndReason.HANGUP), (None, 41, EndReason.FAILED),
+    (0, 17, EndReason.BUSY), (486, None, EndReason.BUSY), (600, None, EndReason.BUSY),
+    (404, None, EndReason.NOT_FOUND), (480, None, EndReason.NO_ANSWER), (699, None, EndReason.FAILED),
+    (499, 18, EndReason.TIMEOUT),
+])
+def test_sip_to_reason(code: int | None, cause: int | None, reason: EndReason) -> None:
+    assert from_sip(code, cause) is reason
+
+
+def test_every_reason_has_words_in_both_languages() -> None:
+    assert set(REASONS) == set(EndReason)
+    for r in EndReason:
+        en, zh = r.words("en"), r.words("zh-CN")
+        assert en and zh and en != zh, r
+        assert not CJK.search(en) and CJK.search(zh), r
+        assert r.words("fr") == en
+
+
+def test_refusal_codes_are_final_responses_and_map_back() -> None:
+    """What we send for a reason is read back as a reason with the same verdict."""
+    for r in EndReason:
+        if r.sip_code and r.sip_code >= 300:
+            assert 300 <= r.sip_code <= 699 and r.q850 is not None and 0 < r.q850 < 128
+            assert from_sip(r.sip_code, r.q850).outcome == r.outcome, r
+
+
+def test_decline_reasons() -> None:
+    assert USER_DECLINE_REASONS == {EndReason.DECLINED, EndReason.BUSY}
+    assert USER_DECLINE_REASONS <= GATEWAY_DECLINE_REASONS
+    assert EndReason.HANGUP not in GATEWAY_DECLINE_REASONS and EndReason.NOT_FOUND in GATEWAY_DECLINE_REASONS
+    assert set(END_REASONS.values()) <= set(EndReason)
+
+
+def test_parse_and_catalogue() -> None:
+    assert EndReason.parse("busy") is EndReason.BUSY
+    assert EndReason.parse("nonsense") is EndReason.FAILED
+    assert EndReason.parse(None, EndReason.HANGUP) is EndReason.HANGUP
+    table = catalogue()
+    assert set(table) == {r.value for r in EndReason}
+    assert table["not_found"] == {"sip_code": 404, "q850_cause": 1, "outcome": "invalid_number",
+                                  "en": "The number does not exist", "zh": "您拨打的号码不存在",
+                                  "phone_en": "The number does not exist", "phone_zh": "您拨打的号码不存在"}
+    assert table["busy"]["phone_en"] == "The number is busy" != table["busy"]["en"]
+    assert EndReason.BUSY.words("zh", phone=True) == "您拨打的号码正忙"
