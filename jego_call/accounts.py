@@ -6,7 +6,9 @@ back into a username. Everything raises SignallingError with its wire code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -14,8 +16,11 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -23,6 +28,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from .config import AuthConfig
 from .db import Database
 from .errors import ErrorCode, SignallingError
+from .limits import LoginLimits, LoginPolicy, WorkBudget
+
+_R = TypeVar("_R")
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MAX_PASSWORD = 1024
@@ -218,3 +226,85 @@ class Accounts:
         return self.db.query_one(
             "SELECT 1 FROM contacts WHERE owner = ? AND contact = ?", (owner, other)
         ) is not None
+
+
+# -- login doors (issue 13): rate limits, lockout and the bounded password hasher ---------------
+# Kept apart from Accounts: the handlers in signalling/server.py ask LoginDoors first, then
+# Accounts. The decisions are the pure jego_call.limits; this is their asyncio shell.
+
+
+class GateBusy(Exception):
+    """The hasher's queue is full: answer 429 with Retry-After `retry_after`."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("the password hasher is busy")
+        self.retry_after = retry_after
+
+
+class HashGate:
+    """Runs argon2 in its own thread pool (`workers` threads, never the loop's default
+    executor that messaging uses), at most `cpu_share` hashing seconds per second with
+    `burst_s` in hand, and at most `queue` callers waiting (more: GateBusy). `await run(fn, …)`."""
+
+    def __init__(self, workers: int = 1, cpu_share: float = 0.5, burst_s: float = 1.0, queue: int = 64) -> None:
+        self.workers = workers
+        self.queue = queue
+        self.budget = WorkBudget(cpu_share, burst_s, time.monotonic())
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
+        self._sem: asyncio.Semaphore | None = None
+        self.waiting = 0
+        self.stats = {"hashes": 0, "hash_s": 0.0, "busy": 0}
+
+    @staticmethod
+    def _timed(fn: Callable[..., _R], *args: object) -> tuple[_R, float]:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - t0
+
+    async def run(self, fn: Callable[..., _R], *args: object) -> _R:
+        if self.waiting >= self.queue:
+            self.stats["busy"] += 1
+            raise GateBusy(1.0)
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.workers)
+        self.waiting += 1
+        try:
+            async with self._sem:
+                # With several workers another may charge meanwhile: the budget then runs a
+                # little into debt, which the next start waits out.
+                wait = self.budget.wait_to_start(time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                loop = asyncio.get_running_loop()
+                out, took = await loop.run_in_executor(self._executor, functools.partial(self._timed, fn, *args))
+                self.budget.charge(time.monotonic(), took)
+                self.stats["hashes"] += 1
+                self.stats["hash_s"] += took
+                return out
+        finally:
+            self.waiting -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LoginDoors:
+    """What stands before POST /api/login and /api/register: `policy` (limits.LoginPolicy) and
+    `gate` (HashGate). Build it from [auth]; `close()` at shutdown."""
+
+    def __init__(self, cfg: AuthConfig) -> None:
+        self.policy = LoginPolicy(LoginLimits(
+            source_burst=cfg.login_source_burst, source_per_s=cfg.login_source_per_s,
+            source_failures=cfg.login_source_failures, source_failures_per_s=cfg.login_source_failures_per_s,
+            lockout_after=cfg.lockout_after, lockout_window_s=cfg.lockout_window_s,
+            lockout_base_s=cfg.lockout_base_s, lockout_max_s=cfg.lockout_max_s,
+            register_burst=cfg.register_source_burst, register_per_s=cfg.register_source_per_s))
+        self.gate = HashGate(cfg.hash_workers, cfg.hash_cpu_share, cfg.hash_burst_s, cfg.hash_queue)
+
+    @staticmethod
+    def account_key(username: object) -> str:
+        """The lockout key for a tried name: normalised as a username would be (any text)."""
+        return username.strip().lower()[:64] if isinstance(username, str) else "?"
+
+    def close(self) -> None:
+        self.gate.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..accounts import Accounts, load_secret
+from ..accounts import Accounts, GateBusy, LoginDoors, load_secret
+from ..billing.web import setup_billing
 from ..call import reasons
 from ..calllog import CallLog
 from ..config import Config
@@ -25,7 +28,7 @@ from ..errors import ErrorCode, SignallingError
 from ..messaging.service import setup_messaging
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
-from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB
+from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB, LOGIN_DOORS
 from .ws import websocket_handler
 
 log = logging.getLogger("jego.server")
@@ -36,23 +39,53 @@ def _token_json(token: Any) -> dict[str, Any]:
     return {"token": token.token, "username": token.username, "expires_at": token.expires_at}
 
 
+def too_many(retry_after: float, message: str) -> web.Response:
+    """429 with Retry-After (whole seconds, at least 1) in the API's error shape."""
+    secs = max(1, math.ceil(retry_after))
+    return web.json_response({"error": {"code": str(ErrorCode.RATE_LIMITED), "message": message,
+                                        "retry_after": secs}}, status=429, headers={"Retry-After": str(secs)})
+
+
 async def register(request: web.Request) -> web.Response:
+    doors = request.app[LOGIN_DOORS]
+    source = request.remote or "?"
+    denied = doors.policy.before_register(source, time.monotonic())
+    if denied is not None:
+        log.warning("register from %s refused: %s", source, denied.rule)
+        return too_many(denied.retry_after, denied.message)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
     name, pw = accounts.validate_new(body.get("username"), body.get("password"))
-    pw_hash = await asyncio.to_thread(accounts.hash_password, pw)
+    try:
+        pw_hash = await doors.gate.run(accounts.hash_password, pw)
+    except GateBusy as busy:
+        return too_many(busy.retry_after, "The server is busy: try again in a moment")
     accounts.create(name, pw_hash)
     log.info("registered user %s", name)
     return web.json_response(_token_json(accounts.issue_token(name)), status=201)
 
 
 async def login(request: web.Request) -> web.Response:
+    doors = request.app[LOGIN_DOORS]
+    source = request.remote or "?"
     body = await json_body(request)
+    key = doors.account_key(body.get("username"))
+    denied = doors.policy.before_login(key, source, time.monotonic())
+    if denied is not None:
+        log.warning("login for %r from %s refused: %s", key, source, denied.rule)
+        return too_many(denied.retry_after, denied.message)
     accounts = request.app[ACCOUNTS]
     name, stored = accounts.stored_hash(body.get("username"))
-    ok = await asyncio.to_thread(accounts.verify_password, stored, body.get("password"))
+    try:
+        ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"))
+    except GateBusy as busy:
+        return too_many(busy.retry_after, "The server is busy: try again in a moment")
     if not ok or name is None:
+        locked = doors.policy.login_failed(key, source, time.monotonic())
+        if locked:
+            log.warning("account %r locked for %.0f s after failed logins (last from %s)", key, locked, source)
         raise SignallingError(ErrorCode.AUTH_FAILED, "wrong username or password")
+    doors.policy.login_ok(key, source, time.monotonic())
     return web.json_response(_token_json(accounts.issue_token(name)))
 
 
@@ -137,6 +170,12 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     app[HUB].shutdown()
 
 
+async def _doors(app: web.Application) -> AsyncIterator[None]:
+    app[LOGIN_DOORS] = LoginDoors(app[CONFIG].auth)
+    yield
+    app[LOGIN_DOORS].close()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     # Before cleanup: end calls with a reason and close sockets, so WebSocket handlers return.
     if HUB in app:
@@ -148,6 +187,7 @@ def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BODY)
     app[CONFIG] = cfg
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_doors)
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", index)
@@ -164,4 +204,5 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get("/api/reasons", end_reasons)
     app.router.add_get("/api/calls", call_history)
     setup_messaging(app)
+    setup_billing(app)
     return app

@@ -36,6 +36,13 @@ PURE_MODULES = (
     "jego_call/area_codes.py",
     "jego_call/errors.py",
     "jego_call/schema.py",
+    "jego_call/limits.py",
+    "jego_call/billing/__init__.py",
+    "jego_call/billing/money.py",
+    "jego_call/billing/rates.py",
+    "jego_call/billing/fraud.py",
+    "jego_call/billing/policy.py",
+    "jego_call/billing/refusal.py",
     "bridge/carrier/scenarios.py",
     "bridge/carrier/registrar.py",
 )

@@ -1,0 +1,242 @@
+"""[pure] Rate limits for the doors: token buckets, a growing account lockout, the login and
+register policy, and the work budget of the password hasher. Everything takes `now` (any
+monotonic clock, in seconds) and returns how long to wait; nothing here sleeps or reads a clock.
+
+Call `LoginPolicy(LoginLimits(...))`, then for each POST /api/login: `before_login(account,
+source, now)` (a `Denied` means 429 with Retry-After, and no hash is computed), then
+`login_failed(...)` or `login_ok(...)`; for POST /api/register `before_register(source, now)`.
+`WorkBudget` bounds hashing seconds per second (accounts.HashGate is its asyncio shell).
+
+Decisions, explicitly:
+- The lockout is per account name *as tried*, whether the account exists or not, so neither a
+  429 nor its absence tells an attacker which names exist.
+- While an account is locked, every attempt gets 429, the right password too: otherwise the
+  lockout would only slow guessing down, not stop it. The answer is "too many attempts", never
+  "wrong password".
+- A successful login clears the account's failures and its lockout level.
+- Memory is bounded: at most `max_keys` accounts and sources are tracked; the least recently
+  used are forgotten first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class TokenBucket:
+    """`burst` tokens, refilled at `rate` per second. `take` takes one (or says how long until
+    one is there); `charge` takes any amount and may go into debt (for costs known afterwards)."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be greater than 0")
+        self.rate, self.burst = float(rate), float(burst)
+        self.tokens, self.last = float(burst), now
+
+    def _refill(self, now: float) -> None:
+        if now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+
+    def wait(self, now: float, n: float = 1.0) -> float:
+        """Seconds until `n` tokens are there (0: now). Takes nothing."""
+        self._refill(now)
+        return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
+
+    def take(self, now: float, n: float = 1.0) -> float:
+        """Take `n` tokens and return 0, or take nothing and return the seconds to wait."""
+        w = self.wait(now, n)
+        if w == 0.0:
+            self.tokens -= n
+        return w
+
+    def charge(self, now: float, cost: float) -> None:
+        """Take `cost` tokens even if that leaves the bucket in debt."""
+        self._refill(now)
+        self.tokens -= cost
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.burst
+
+
+class _Lru(Generic[T]):
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self.items: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        item = self.items.get(key)
+        if item is not None:
+            self.items.move_to_end(key)
+        return item
+
+    def put(self, key: str, item: T) -> T:
+        self.items[key] = item
+        self.items.move_to_end(key)
+        while len(self.items) > self.max_keys:
+            self.items.popitem(last=False)
+        return item
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class KeyedBuckets:
+    """One TokenBucket per key (a source address), created full on first use."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate, self.burst = rate, burst
+        self._lru: _Lru[TokenBucket] = _Lru(max_keys)
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        b = self._lru.get(key)
+        return b if b is not None else self._lru.put(key, TokenBucket(self.rate, self.burst, now))
+
+    def wait(self, key: str, now: float) -> float:
+        b = self._lru.get(key)
+        return 0.0 if b is None else b.wait(now)
+
+    def take(self, key: str, now: float) -> float:
+        return self._bucket(key, now).take(now)
+
+    def charge(self, key: str, now: float, cost: float = 1.0) -> None:
+        self._bucket(key, now).charge(now, cost)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+@dataclass(slots=True)
+class _Lock:
+    failures: deque[float] = field(default_factory=deque)
+    until: float = float("-inf")
+    level: int = 0
+
+
+class Lockout:
+    """`after` failures within `window_s` lock a key for `base_s`, doubling with each further
+    lockout up to `max_s`; a success resets it. `retry_after(key, now)` > 0 while locked."""
+
+    def __init__(self, after: int, window_s: float, base_s: float, max_s: float, max_keys: int = 100_000) -> None:
+        self.after, self.window_s, self.base_s, self.max_s = after, window_s, base_s, max_s
+        self._lru: _Lru[_Lock] = _Lru(max_keys)
+
+    def retry_after(self, key: str, now: float) -> float:
+        lock = self._lru.get(key)
+        return max(0.0, lock.until - now) if lock is not None else 0.0
+
+    def failure(self, key: str, now: float) -> float:
+        """Count a failure; returns the lockout it starts (seconds), or 0."""
+        lock = self._lru.get(key) or self._lru.put(key, _Lock())
+        if lock.until > now:
+            return 0.0
+        if lock.level and now - lock.until > 24 * 3600.0:
+            lock.level = 0  # a day without a lockout forgets the earlier ones
+        lock.failures.append(now)
+        while lock.failures and lock.failures[0] <= now - self.window_s:
+            lock.failures.popleft()
+        if len(lock.failures) < self.after:
+            return 0.0
+        duration = min(self.max_s, self.base_s * 2.0 ** lock.level)
+        lock.level += 1
+        lock.until = now + duration
+        lock.failures.clear()
+        return duration
+
+    def success(self, key: str) -> None:
+        self._lru.items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """The [auth] keys of the doors (see config/jego.toml)."""
+
+    source_burst: int = 30
+    source_per_s: float = 1.0
+    source_failures: int = 20
+    source_failures_per_s: float = 0.1
+    lockout_after: int = 5
+    lockout_window_s: float = 900.0
+    lockout_base_s: float = 60.0
+    lockout_max_s: float = 3600.0
+    register_burst: int = 50
+    register_per_s: float = 0.03
+    max_keys: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Answer 429 with `Retry-After: ceil(retry_after)` and `message`; `rule` is for logs."""
+
+    retry_after: float
+    message: str
+    rule: str
+
+
+class LoginPolicy:
+    """Per-source buckets (attempts, failures, registrations) and the per-account lockout."""
+
+    def __init__(self, limits: LoginLimits) -> None:
+        self.limits = limits
+        k = limits.max_keys
+        self.attempts = KeyedBuckets(limits.source_per_s, limits.source_burst, k)
+        self.failures = KeyedBuckets(limits.source_failures_per_s, limits.source_failures, k)
+        self.registrations = KeyedBuckets(limits.register_per_s, limits.register_burst, k)
+        self.lockout = Lockout(limits.lockout_after, limits.lockout_window_s, limits.lockout_base_s,
+                               limits.lockout_max_s, k)
+
+    def before_login(self, account: str, source: str, now: float) -> Denied | None:
+        """None: go on and check the password. Denied: answer 429, hash nothing."""
+        locked = self.lockout.retry_after(account, now)
+        if locked > 0:
+            return Denied(locked, f"Too many failed logins for this account: try again in {_secs(locked)}", "account")
+        wait = self.failures.wait(source, now)
+        if wait > 0:
+            return Denied(wait, f"Too many failed logins from your network: try again in {_secs(wait)}",
+                          "source_failures")
+        wait = self.attempts.take(source, now)
+        if wait > 0:
+            return Denied(wait, f"Too many login attempts from your network: try again in {_secs(wait)}", "source")
+        return None
+
+    def login_failed(self, account: str, source: str, now: float) -> float:
+        """Count a wrong password; returns the account lockout it starts (seconds) or 0."""
+        self.failures.charge(source, now)
+        return self.lockout.failure(account, now)
+
+    def login_ok(self, account: str, source: str, now: float) -> None:
+        self.lockout.success(account)
+
+    def before_register(self, source: str, now: float) -> Denied | None:
+        wait = self.registrations.take(source, now)
+        if wait > 0:
+            return Denied(wait, f"Too many new accounts from your network: try again in {_secs(wait)}", "register")
+        return None
+
+
+def _secs(s: float) -> str:
+    n = max(1, int(-(-s // 1)))
+    return f"{n} s" if n < 120 else f"{-(-n // 60)} min"
+
+
+class WorkBudget(TokenBucket):
+    """Seconds of work allowed per second (`share`, e.g. 0.5 of one core) with `burst_s` in
+    hand. Before a job: `wait(now, 0)` > 0 means wait that long (the budget is in debt); after
+    it: `charge(now, seconds_it_took)`."""
+
+    def __init__(self, share: float, burst_s: float, now: float) -> None:
+        super().__init__(share, burst_s, now)
+
+    def wait_to_start(self, now: float) -> float:
+        self._refill(now)
+        return 0.0 if self.tokens > 0 else -self.tokens / self.rate + 1e-6
