@@ -73,6 +73,9 @@ def currency(code: str) -> Currency:
     return cur
 
 
+# (symbol, code), longest symbols first so "HK$" is not read as "$".
+_OTHER_SYMBOLS: Final = sorted(((s.upper(), c.code) for c in CURRENCIES.values() for s in c.symbols),
+                               key=lambda x: -len(x[0]))
 _FULLWIDTH: Final = str.maketrans("０１２３４５６７８９．，＋－", "0123456789.,+-")
 _NUMBER_RE: Final = re.compile(r"[+-]?\d+(?:[.,]\d+)?")
 _MAX_DIGITS: Final = 15  # 10^15 minor units is far beyond any credit balance
@@ -121,6 +124,10 @@ def _strip_currency(text: str, cur: Currency) -> str:
             return s[len(tok):].strip()
         if upper.endswith(t):
             return s[: len(s) - len(tok)].strip()
+    mine = {t.upper() for t in tokens}
+    for sym, other in _OTHER_SYMBOLS:
+        if sym not in mine and (upper.startswith(sym) or upper.endswith(sym)):
+            raise MoneyError(f"amount is in {other}, but credit is kept in {cur.code}")
     m = re.fullmatch(r"([A-Za-z]{3})\s*(.*)|(.*?)\s*([A-Za-z]{3})", s)
     if m:
         code = (m.group(1) or m.group(4) or "").upper()
