@@ -28,7 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from .config import AuthConfig
 from .db import Database
 from .errors import ErrorCode, SignallingError
-from .limits import LoginLimits, LoginPolicy, WorkBudget
+from .limits import BoundedPriorityQueue, LoginLimits, LoginPolicy, WorkBudget
 
 _R = TypeVar("_R")
 
@@ -244,16 +244,21 @@ class GateBusy(Exception):
 class HashGate:
     """Runs argon2 in its own thread pool (`workers` threads, never the loop's default
     executor that messaging uses), at most `cpu_share` hashing seconds per second with
-    `burst_s` in hand, and at most `queue` callers waiting (more: GateBusy). `await run(fn, …)`."""
+    `burst_s` in hand. Callers wait in a queue of at most `queue`, the least suspect first
+    (`priority`: recent failures of the account and the source); when it is full the most
+    suspect gets GateBusy. `await run(fn, *args, priority=…)`."""
 
     def __init__(self, workers: int = 1, cpu_share: float = 0.5, burst_s: float = 1.0, queue: int = 64) -> None:
         self.workers = workers
-        self.queue = queue
         self.budget = WorkBudget(cpu_share, burst_s, time.monotonic())
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
-        self._sem: asyncio.Semaphore | None = None
-        self.waiting = 0
+        self._waiters: BoundedPriorityQueue[asyncio.Future[None]] = BoundedPriorityQueue(queue)
+        self._active = 0
         self.stats = {"hashes": 0, "hash_s": 0.0, "busy": 0}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     @staticmethod
     def _timed(fn: Callable[..., _R], *args: object) -> tuple[_R, float]:
@@ -261,28 +266,49 @@ class HashGate:
         out = fn(*args)
         return out, time.perf_counter() - t0
 
-    async def run(self, fn: Callable[..., _R], *args: object) -> _R:
-        if self.waiting >= self.queue:
+    def _release(self) -> None:
+        self._active -= 1
+        while (fut := self._waiters.pop()) is not None:
+            if not fut.done():
+                self._active += 1   # counted for the waiter we wake
+                fut.set_result(None)
+                return
+
+    async def _acquire(self, priority: float) -> None:
+        if self._active < self.workers and not len(self._waiters):
+            self._active += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        evicted = self._waiters.push(priority, fut)
+        if evicted is not None:
             self.stats["busy"] += 1
-            raise GateBusy(1.0)
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.workers)
-        self.waiting += 1
+            if evicted is fut:
+                raise GateBusy(1.0)
+            evicted.set_exception(GateBusy(1.0))
         try:
-            async with self._sem:
-                # With several workers another may charge meanwhile: the budget then runs a
-                # little into debt, which the next start waits out.
-                wait = self.budget.wait_to_start(time.monotonic())
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                loop = asyncio.get_running_loop()
-                out, took = await loop.run_in_executor(self._executor, functools.partial(self._timed, fn, *args))
-                self.budget.charge(time.monotonic(), took)
-                self.stats["hashes"] += 1
-                self.stats["hash_s"] += took
-                return out
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release()   # woken and cancelled at once: pass the slot on
+            self._waiters.discard(fut)
+            raise
+
+    async def run(self, fn: Callable[..., _R], *args: object, priority: float = 0.0) -> _R:
+        await self._acquire(priority)
+        try:
+            # With several workers another may charge meanwhile: the budget then runs a
+            # little into debt, which the next start waits out.
+            wait = self.budget.wait_to_start(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            loop = asyncio.get_running_loop()
+            out, took = await loop.run_in_executor(self._executor, functools.partial(self._timed, fn, *args))
+            self.budget.charge(time.monotonic(), took)
+            self.stats["hashes"] += 1
+            self.stats["hash_s"] += took
+            return out
         finally:
-            self.waiting -= 1
+            self._release()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -209,6 +209,18 @@ class LoginPolicy:
             return Denied(wait, f"Too many login attempts from your network: try again in {_secs(wait)}", "source")
         return None
 
+    def suspicion(self, account: str, source: str, now: float) -> float:
+        """How suspect an attempt is (0: no recent failures for the account or the source); the
+        hasher serves the least suspect first, so a flood waits behind everyone else."""
+        lock = self.lockout._lru.items.get(account)
+        mine = (len(lock.failures) + lock.level * self.limits.lockout_after) if lock is not None else 0
+        b = self.failures._lru.items.get(source)
+        theirs = 0.0
+        if b is not None:
+            b._refill(now)
+            theirs = b.burst - b.tokens
+        return mine + theirs
+
     def login_failed(self, account: str, source: str, now: float) -> float:
         """Count a wrong password; returns the account lockout it starts (seconds) or 0."""
         self.failures.charge(source, now)
@@ -216,6 +228,13 @@ class LoginPolicy:
 
     def login_ok(self, account: str, source: str, now: float) -> None:
         self.lockout.success(account)
+
+    def register_suspicion(self, source: str, now: float) -> float:
+        b = self.registrations._lru.items.get(source)
+        if b is None:
+            return 0.0
+        b._refill(now)
+        return b.burst - b.tokens
 
     def before_register(self, source: str, now: float) -> Denied | None:
         wait = self.registrations.take(source, now)
@@ -240,3 +259,40 @@ class WorkBudget(TokenBucket):
     def wait_to_start(self, now: float) -> float:
         self._refill(now)
         return 0.0 if self.tokens > 0 else -self.tokens / self.rate + 1e-6
+
+
+class BoundedPriorityQueue(Generic[T]):
+    """At most `maxsize` items; `pop()` gives the lowest priority first (FIFO among equals).
+    When full, `push` evicts the worst item (highest priority, newest first), which may be the
+    one just pushed, and returns it so the caller can refuse it."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: list[tuple[float, int, T]] = []
+        self._seq = 0
+
+    def push(self, priority: float, item: T) -> T | None:
+        self._seq += 1
+        entry = (priority, self._seq, item)
+        if len(self._items) < self.maxsize:
+            self._items.append(entry)
+            return None
+        worst = max(self._items, key=lambda e: (e[0], e[1]))
+        if (priority, self._seq) >= (worst[0], worst[1]):
+            return item
+        self._items.remove(worst)
+        self._items.append(entry)
+        return worst[2]
+
+    def pop(self) -> T | None:
+        if not self._items:
+            return None
+        best = min(self._items, key=lambda e: (e[0], e[1]))
+        self._items.remove(best)
+        return best[2]
+
+    def discard(self, item: T) -> None:
+        self._items = [e for e in self._items if e[2] is not item]
+
+    def __len__(self) -> int:
+        return len(self._items)

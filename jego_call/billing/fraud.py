@@ -155,6 +155,7 @@ class Activity:
     recent: tuple[tuple[float, str], ...] = ()
     used_s_24h: int = 0        # billed seconds of calls settled within the last 24 hours
     reserved_s: int = 0        # allowed seconds of calls still open (they may still use them)
+    velocity_from: float = float("-inf")  # an operator lifted a suspension then: velocity starts afresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,8 @@ def check_velocity(cfg: FraudConfig, activity: Activity, e164: str, now: float) 
     """Velocity signals for a new call to `e164` (counted with it): distinct destinations
     within `velocity_window_s`, and the run of consecutive distinct numbers in one block
     (numbers equal but for their last `sequential_digits` digits). A critical signal suspends."""
-    window = [(t, n) for t, n in activity.recent if t > now - cfg.velocity_window_s] + [(now, e164)]
+    start = max(now - cfg.velocity_window_s, activity.velocity_from)
+    window = [(t, n) for t, n in activity.recent if t > start] + [(now, e164)]
     out: list[Signal] = []
     distinct = len({n for _, n in window})
     level = _level(distinct, cfg.distinct_destinations_warning, cfg.distinct_destinations_critical)

@@ -129,8 +129,11 @@ def activity(conn: sqlite3.Connection, username: str, now: float) -> Activity:
                           " AND authorised_at > ? ORDER BY authorised_at, rowid", (username, now - 3600.0)).fetchall()
     used = conn.execute("SELECT COALESCE(SUM(billed_s), 0) FROM call_charges WHERE username = ? AND state = 'settled'"
                         " AND ended_at > ?", (username, now - 86400.0)).fetchone()[0]
+    lifted = conn.execute("SELECT MAX(at) FROM fraud_events WHERE username = ? AND level = 'lifted'",
+                          (username,)).fetchone()[0]
     return Activity(open_calls=n_open, recent=tuple((float(r[0]), str(r[1])) for r in recent),
-                    used_s_24h=int(used), reserved_s=reserved_s)
+                    used_s_24h=int(used), reserved_s=reserved_s,
+                    velocity_from=float(lifted) if lifted is not None else float("-inf"))
 
 
 def post(conn: sqlite3.Connection, username: str, kind: str, amount: int, cur: Currency, now: float, note: str,

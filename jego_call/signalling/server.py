@@ -57,7 +57,8 @@ async def register(request: web.Request) -> web.Response:
     accounts = request.app[ACCOUNTS]
     name, pw = accounts.validate_new(body.get("username"), body.get("password"))
     try:
-        pw_hash = await doors.gate.run(accounts.hash_password, pw)
+        pw_hash = await doors.gate.run(accounts.hash_password, pw,
+                                       priority=doors.policy.register_suspicion(source, time.monotonic()))
     except GateBusy as busy:
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
     accounts.create(name, pw_hash)
@@ -77,7 +78,8 @@ async def login(request: web.Request) -> web.Response:
     accounts = request.app[ACCOUNTS]
     name, stored = accounts.stored_hash(body.get("username"))
     try:
-        ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"))
+        ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"),
+                                  priority=doors.policy.suspicion(key, source, time.monotonic()))
     except GateBusy as busy:
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
     if not ok or name is None:

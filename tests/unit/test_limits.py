@@ -117,3 +117,25 @@ def test_work_budget_bounds_seconds_per_second() -> None:
         now += 0.26
     assert done <= 0.5 * 100 + 1.0 + 0.26
     assert done >= 0.5 * 100 - 0.26
+
+
+def test_bounded_priority_queue_serves_the_least_suspect_and_evicts_the_most() -> None:
+    from jego_call.limits import BoundedPriorityQueue
+    q: BoundedPriorityQueue[str] = BoundedPriorityQueue(3)
+    assert q.push(5, "flood-a") is None and q.push(5, "flood-b") is None and q.push(0, "alice") is None
+    assert q.push(5, "flood-c") == "flood-c"          # full: the newest of the worst goes
+    assert q.push(0, "bob") == "flood-b"              # a clean one pushes the newest suspect out
+    assert [q.pop(), q.pop(), q.pop(), q.pop()] == ["alice", "bob", "flood-a", None]
+
+
+def test_suspicion_grows_with_failures() -> None:
+    p = LoginPolicy(LoginLimits())
+    assert p.suspicion("alice", "10.0.0.1", T0) == 0
+    for i in range(3):
+        p.login_failed("mallory-target", "10.0.0.9", T0 + i)
+    assert p.suspicion("mallory-target", "10.0.0.1", T0 + 3) == 3          # the account's failures
+    assert p.suspicion("alice", "10.0.0.9", T0 + 3) == pytest.approx(2.7)  # the source: 3 used, 0.3 back
+    assert p.suspicion("alice", "10.0.0.1", T0 + 3) == 0
+    assert p.register_suspicion("10.0.0.1", T0) == 0
+    p.before_register("10.0.0.1", T0)
+    assert p.register_suspicion("10.0.0.1", T0) == pytest.approx(1.0)

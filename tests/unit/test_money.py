@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jego_call.billing.money import CURRENCIES, MoneyError, currency, format_amount, parse_amount, parse_decimal_scaled
+from jego_call.billing.money import (
+    CURRENCIES,
+    MoneyError,
+    currency,
+    format_amount,
+    parse_amount,
+    parse_decimal_scaled,
+)
 
 CNY = currency("CNY")
 JPY = currency("JPY")
