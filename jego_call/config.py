@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
-from .billing.fraud import FraudConfig
+from .billing.fraud_config import FraudConfig
 from .errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "jego.toml"

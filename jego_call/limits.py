@@ -118,6 +118,7 @@ class _Lock:
     failures: deque[float] = field(default_factory=deque)
     until: float = float("-inf")
     level: int = 0
+    pending: int = 0          # attempts let through whose password is still being checked
 
 
 class Lockout:
@@ -131,6 +132,24 @@ class Lockout:
     def retry_after(self, key: str, now: float) -> float:
         lock = self._lru.get(key)
         return max(0.0, lock.until - now) if lock is not None else 0.0
+
+    def full(self, key: str, now: float) -> bool:
+        """True when the failures in the window plus the attempts still being checked reach
+        `after`: one more concurrent attempt could pass the lockout."""
+        lock = self._lru.get(key)
+        if lock is None:
+            return False
+        recent = sum(1 for t in lock.failures if t > now - self.window_s)
+        return recent + lock.pending >= self.after
+
+    def begin(self, key: str) -> None:
+        lock = self._lru.get(key) or self._lru.put(key, _Lock())
+        lock.pending += 1
+
+    def end(self, key: str) -> None:
+        lock = self._lru.get(key)
+        if lock is not None and lock.pending > 0:
+            lock.pending -= 1
 
     def failure(self, key: str, now: float) -> float:
         """Count a failure; returns the lockout it starts (seconds), or 0."""
@@ -151,7 +170,15 @@ class Lockout:
         return duration
 
     def success(self, key: str) -> None:
-        self._lru.items.pop(key, None)
+        lock = self._lru.items.get(key)
+        if lock is None:
+            return
+        if lock.pending:   # other attempts still in flight keep their count
+            lock.failures.clear()
+            lock.level = 0
+            lock.until = float("-inf")
+        else:
+            del self._lru.items[key]
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -196,10 +223,13 @@ class LoginPolicy:
                                limits.lockout_max_s, k)
 
     def before_login(self, account: str, source: str, now: float) -> Denied | None:
-        """None: go on and check the password. Denied: answer 429, hash nothing."""
+        """None: go on and check the password, then call exactly one of `login_failed`,
+        `login_ok` or `login_abandoned`. Denied: answer 429, hash nothing."""
         locked = self.lockout.retry_after(account, now)
         if locked > 0:
             return Denied(locked, f"Too many failed logins for this account: try again in {_secs(locked)}", "account")
+        if self.lockout.full(account, now):
+            return Denied(1.0, "Too many login attempts for this account at once: try again in 1 s", "account_busy")
         wait = self.failures.wait(source, now)
         if wait > 0:
             return Denied(wait, f"Too many failed logins from your network: try again in {_secs(wait)}",
@@ -207,6 +237,7 @@ class LoginPolicy:
         wait = self.attempts.take(source, now)
         if wait > 0:
             return Denied(wait, f"Too many login attempts from your network: try again in {_secs(wait)}", "source")
+        self.lockout.begin(account)
         return None
 
     def suspicion(self, account: str, source: str, now: float) -> float:
@@ -223,11 +254,17 @@ class LoginPolicy:
 
     def login_failed(self, account: str, source: str, now: float) -> float:
         """Count a wrong password; returns the account lockout it starts (seconds) or 0."""
+        self.lockout.end(account)
         self.failures.charge(source, now)
         return self.lockout.failure(account, now)
 
     def login_ok(self, account: str, source: str, now: float) -> None:
+        self.lockout.end(account)
         self.lockout.success(account)
+
+    def login_abandoned(self, account: str) -> None:
+        """The password was never checked (the hasher was busy, the client went away)."""
+        self.lockout.end(account)
 
     def register_suspicion(self, source: str, now: float) -> float:
         b = self.registrations._lru.items.get(source)

@@ -81,7 +81,11 @@ async def login(request: web.Request) -> web.Response:
         ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"),
                                   priority=doors.policy.suspicion(key, source, time.monotonic()))
     except GateBusy as busy:
+        doors.policy.login_abandoned(key)
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
+    except BaseException:  # cancelled (the client went away) or failed: the password was not judged
+        doors.policy.login_abandoned(key)
+        raise
     if not ok or name is None:
         locked = doors.policy.login_failed(key, source, time.monotonic())
         if locked:

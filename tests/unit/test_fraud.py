@@ -30,6 +30,12 @@ def test_shipped_defaults_are_the_dataclass_defaults() -> None:
     assert load_config(None, environ={}).fraud == CFG
 
 
+def test_fraud_kinds_cover_the_numbering_plan() -> None:
+    from jego_call.billing.fraud import _PN_KIND, FRAUD_KINDS
+    from jego_call.numbering import KINDS
+    assert KINDS <= FRAUD_KINDS and set(_PN_KIND.values()) <= FRAUD_KINDS
+
+
 @pytest.mark.parametrize(("number", "rule", "en", "zh"), [
     ("+864001234567", "prefix +86400", "Shared-cost", "400"),               # shared cost +86 400
     ("+8695588", "kind shared_cost", "Shared-cost", "95xxx"),         # 95xxx service numbers

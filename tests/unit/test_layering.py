@@ -41,6 +41,7 @@ PURE_MODULES = (
     "jego_call/billing/money.py",
     "jego_call/billing/rates.py",
     "jego_call/billing/fraud.py",
+    "jego_call/billing/fraud_config.py",
     "jego_call/billing/policy.py",
     "jego_call/billing/refusal.py",
     "bridge/carrier/scenarios.py",

@@ -139,3 +139,20 @@ def test_suspicion_grows_with_failures() -> None:
     assert p.register_suspicion("10.0.0.1", T0) == 0
     p.before_register("10.0.0.1", T0)
     assert p.register_suspicion("10.0.0.1", T0) == pytest.approx(1.0)
+
+
+def test_concurrent_attempts_cannot_slip_past_the_lockout() -> None:
+    """Attempts whose password is still being hashed count: a burst of 200 at once gets 5 through."""
+    p = LoginPolicy(LoginLimits())
+    passed = [p.before_login("victim", "10.0.0.5", T0) is None for _ in range(200)]
+    assert sum(passed) == 5
+    d = p.before_login("victim", "10.0.0.5", T0)
+    assert d is not None and d.rule == "account_busy" and d.retry_after == 1.0
+    for _ in range(5):
+        p.login_failed("victim", "10.0.0.5", T0 + 0.3)
+    d = p.before_login("victim", "10.0.0.5", T0 + 0.4)
+    assert d is not None and d.rule == "account" and d.retry_after == pytest.approx(59.9)
+    q = LoginPolicy(LoginLimits())
+    assert q.before_login("amy", "10.0.0.6", T0) is None
+    q.login_abandoned("amy")                      # never judged: does not count
+    assert all(q.before_login("amy", "10.0.0.6", T0) is None for _ in range(5))
