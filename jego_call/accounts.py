@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -241,6 +242,23 @@ class GateBusy(Exception):
         self.retry_after = retry_after
 
 
+def _lower_priority(nice: int) -> None:
+    """Run this hashing thread at a lower CPU priority (Linux: threads have their own nice
+    value), so under contention the media and event-loop threads of every call come first;
+    name it "argon2" for top -H and /proc."""
+    tid = threading.get_native_id()
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "w") as fh:
+            fh.write("argon2")
+    except OSError:  # not Linux: the name is only cosmetic
+        pass
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:  # pragma: no cover - not allowed here: keep the normal priority
+            pass
+
+
 class HashGate:
     """Runs argon2 in its own thread pool (`workers` threads, never the loop's default
     executor that messaging uses), at most `cpu_share` hashing seconds per second with
@@ -248,10 +266,12 @@ class HashGate:
     (`priority`: recent failures of the account and the source); when it is full the most
     suspect gets GateBusy. `await run(fn, *args, priority=…)`."""
 
-    def __init__(self, workers: int = 1, cpu_share: float = 0.5, burst_s: float = 1.0, queue: int = 64) -> None:
+    def __init__(self, workers: int = 1, cpu_share: float = 0.5, burst_s: float = 1.0, queue: int = 64,
+                 nice: int = 10) -> None:
         self.workers = workers
         self.budget = WorkBudget(cpu_share, burst_s, time.monotonic())
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="argon2", initializer=_lower_priority,
+                                            initargs=(nice,))
         self._waiters: BoundedPriorityQueue[asyncio.Future[None]] = BoundedPriorityQueue(queue)
         self._active = 0
         self.stats = {"hashes": 0, "hash_s": 0.0, "busy": 0}
@@ -325,7 +345,7 @@ class LoginDoors:
             lockout_after=cfg.lockout_after, lockout_window_s=cfg.lockout_window_s,
             lockout_base_s=cfg.lockout_base_s, lockout_max_s=cfg.lockout_max_s,
             register_burst=cfg.register_source_burst, register_per_s=cfg.register_source_per_s))
-        self.gate = HashGate(cfg.hash_workers, cfg.hash_cpu_share, cfg.hash_burst_s, cfg.hash_queue)
+        self.gate = HashGate(cfg.hash_workers, cfg.hash_cpu_share, cfg.hash_burst_s, cfg.hash_queue, cfg.hash_nice)
 
     @staticmethod
     def account_key(username: object) -> str:

@@ -53,6 +53,7 @@ class AuthConfig:
     hash_cpu_share: float = 0.5
     hash_burst_s: float = 1.0
     hash_queue: int = 64
+    hash_nice: int = 10
 
 
 @dataclass(frozen=True, slots=True)

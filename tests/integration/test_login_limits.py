@@ -101,3 +101,21 @@ async def test_the_hasher_is_bounded_and_serves_clean_logins_first(make_client: 
     before = finished[: finished.index(("alice", 200))]
     assert codes.count(401) >= 6 and sum(1 for _, c in before if c == 401) <= 1, finished
     assert doors.gate.stats["busy"] >= 20
+
+
+async def test_the_hasher_runs_at_a_lower_priority(client: TestClient) -> None:
+    import os
+    from pathlib import Path
+    await register(client, "alice")                       # one hash: the pool's thread exists now
+
+    def argon2_nices() -> list[int]:
+        out = []
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            if (task / "comm").read_text().strip() == "argon2":
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out.append(int(stat[16]))                 # field 19 of /proc/PID/task/TID/stat: nice
+        return out
+
+    nices = await asyncio.to_thread(argon2_nices)
+    assert nices and all(n == 10 for n in nices)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0        # the event loop's thread is untouched
