@@ -29,7 +29,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from .config import AuthConfig
 from .db import Database
 from .errors import ErrorCode, SignallingError
-from .limits import BoundedPriorityQueue, LoginLimits, LoginPolicy, WorkBudget
+from .limits import BoundedPriorityQueue, LoginLimits, LoginPolicy, LogThrottle, WorkBudget
 
 _R = TypeVar("_R")
 
@@ -346,6 +346,15 @@ class LoginDoors:
             lockout_base_s=cfg.lockout_base_s, lockout_max_s=cfg.lockout_max_s,
             register_burst=cfg.register_source_burst, register_per_s=cfg.register_source_per_s))
         self.gate = HashGate(cfg.hash_workers, cfg.hash_cpu_share, cfg.hash_burst_s, cfg.hash_queue, cfg.hash_nice)
+        self.log_throttle = LogThrottle(60.0)
+
+    def should_log(self, key: str, now: float) -> str | None:
+        """None to stay quiet about this refusal; else a suffix for the log line (how many
+        like it were held back)."""
+        held = self.log_throttle.allow(key, now)
+        if held is None:
+            return None
+        return f" ({held} more like it in the last minute)" if held else ""
 
     @staticmethod
     def account_key(username: object) -> str:

@@ -244,4 +244,5 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             if not isinstance(current, dict):
                 raise ConfigError(section, "expected a table")
             current.update(values)
-    return build(Config, data)
+    cfg: Config = build(Config, data)
+    return cfg

@@ -333,3 +333,21 @@ class BoundedPriorityQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class LogThrottle:
+    """At most one log line per key per `window_s`: `allow(key, now)` returns None to stay
+    quiet, or how many lines were held back since the last one (a flood must not flood the log)."""
+
+    def __init__(self, window_s: float = 60.0, max_keys: int = 10_000) -> None:
+        self.window_s = window_s
+        self._lru: _Lru[list[float]] = _Lru(max_keys)
+
+    def allow(self, key: str, now: float) -> int | None:
+        entry = self._lru.get(key)
+        if entry is not None and now - entry[0] < self.window_s:
+            entry[1] += 1
+            return None
+        held = int(entry[1]) if entry is not None else 0
+        self._lru.put(key, [now, 0.0])
+        return held

@@ -15,6 +15,7 @@ suspends; 3 consecutive calls into one 1000-number block warns, 5 suspends.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,22 +43,32 @@ _PN_KIND: Final[dict[int, str]] = {
 # destinations
 
 
+def _premium_pattern(region: str) -> re.Pattern[str] | None:
+    desc = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    pattern = desc.premium_rate.national_number_pattern if desc and desc.premium_rate else None
+    return re.compile(pattern) if pattern else None
+
+
+# phonenumbers' premium-rate ranges of China (16[08]xxxxx voice information services): our own
+# table reads these 8-digit numbers as incomplete mobiles, so they are checked first.
+_CN_PREMIUM: Final = _premium_pattern("CN")
+
+
 def destination_kind(info: NumberInfo) -> str:
-    """Our kind for `info`: numbering's classification for +86 (the MIIT table decides mobile,
-    satellite and unallocated), phonenumbers' number type abroad, and "premium" wherever
-    phonenumbers' metadata says premium rate."""
-    if not info.e164.startswith("+") or info.kind in ("invalid", "incomplete", "emergency", "short"):
+    """Our kind for `info`: "premium" wherever phonenumbers' metadata says premium rate, else
+    numbering's classification for +86 (the MIIT table decides mobile, satellite and
+    unallocated) and phonenumbers' number type abroad."""
+    if info.e164.startswith("+86"):
+        if _CN_PREMIUM is not None and _CN_PREMIUM.fullmatch(info.e164[3:]):
+            return "premium"
+        return info.kind
+    if info.kind != "foreign":
         return info.kind
     try:
         num = phonenumbers.parse(info.e164, None)
-    except phonenumbers.NumberParseException:
+    except phonenumbers.NumberParseException:  # pragma: no cover - classify parsed it already
         return info.kind
-    pn = phonenumbers.number_type(num)
-    if pn == PhoneNumberType.PREMIUM_RATE:
-        return "premium"
-    if info.kind != "foreign":
-        return info.kind
-    return _PN_KIND.get(pn, "unknown")
+    return _PN_KIND.get(phonenumbers.number_type(num), "unknown")
 
 
 _KIND_WORDS: Final[dict[str, tuple[str, str]]] = {

@@ -184,10 +184,10 @@ class Billing:
                               existing.cut_reason.value == "credit_exhausted")
                 return Authorisation(call_id, grant, None)
             bal, _ = store.balance(conn, username)
-            hold, _, _ = store.held(conn, username)
+            open_calls = store.held(conn, username)
             susp = store.suspension(conn, username)
-            account = policy.Account(bal, hold, susp[0] if susp else None)
-            activity = store.activity(conn, username, now)
+            account = policy.Account(bal, open_calls[0], susp[0] if susp else None)
+            activity = store.activity(conn, username, now, open_calls)
             decision = policy.decide(info, account, activity, self.rates, self.fraud, self.terms, now)
             for s in decision.signals:
                 store.fraud_event(conn, username, now, s.level, s.rule, s.en, call_id)

@@ -51,7 +51,8 @@ async def register(request: web.Request) -> web.Response:
     source = request.remote or "?"
     denied = doors.policy.before_register(source, time.monotonic())
     if denied is not None:
-        log.warning("register from %s refused: %s", source, denied.rule)
+        if (more := doors.should_log(f"register {source}", time.monotonic())) is not None:
+            log.warning("register from %s refused: %s%s", source, denied.rule, more)
         return too_many(denied.retry_after, denied.message)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
@@ -73,7 +74,9 @@ async def login(request: web.Request) -> web.Response:
     key = doors.account_key(body.get("username"))
     denied = doors.policy.before_login(key, source, time.monotonic())
     if denied is not None:
-        log.warning("login for %r from %s refused: %s", key, source, denied.rule)
+        if (more := doors.should_log(f"{denied.rule} {key if denied.rule.startswith('account') else source}",
+                                     time.monotonic())) is not None:
+            log.warning("login for %r from %s refused: %s%s", key, source, denied.rule, more)
         return too_many(denied.retry_after, denied.message)
     accounts = request.app[ACCOUNTS]
     name, stored = accounts.stored_hash(body.get("username"))
@@ -82,6 +85,8 @@ async def login(request: web.Request) -> web.Response:
                                   priority=doors.policy.suspicion(key, source, time.monotonic()))
     except GateBusy as busy:
         doors.policy.login_abandoned(key)
+        if (more := doors.should_log("busy", time.monotonic())) is not None:
+            log.warning("login for %r from %s refused: the password hasher is busy%s", key, source, more)
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
     except BaseException:  # cancelled (the client went away) or failed: the password was not judged
         doors.policy.login_abandoned(key)

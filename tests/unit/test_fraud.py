@@ -46,6 +46,8 @@ def test_fraud_kinds_cover_the_numbering_plan() -> None:
     ("+8616012345678", "kind unallocated", "not in use", "未分配"),         # unallocated mobile range
     ("+8610000000001", "kind unallocated", "not in use", "未分配"),
     ("+868001234567", "kind toll_free", "Toll-free", "免费"),
+    ("+8616812345", "kind premium", "Premium-rate", "声讯"),                 # 168 voice information
+    ("+8616012345", "kind premium", "Premium-rate", "声讯"),
     ("+4915112345678", "country", "DE (+49)", "DE"),                       # outside China
     ("+449098790000", "country", "GB (+44)", "GB"),
 ])

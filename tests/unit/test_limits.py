@@ -156,3 +156,12 @@ def test_concurrent_attempts_cannot_slip_past_the_lockout() -> None:
     assert q.before_login("amy", "10.0.0.6", T0) is None
     q.login_abandoned("amy")                      # never judged: does not count
     assert all(q.before_login("amy", "10.0.0.6", T0) is None for _ in range(5))
+
+
+def test_log_throttle() -> None:
+    from jego_call.limits import LogThrottle
+    t = LogThrottle(60.0)
+    assert t.allow("source 10.0.0.1", T0) == 0
+    assert [t.allow("source 10.0.0.1", T0 + i) for i in range(1, 5)] == [None] * 4
+    assert t.allow("source 10.0.0.2", T0 + 5) == 0
+    assert t.allow("source 10.0.0.1", T0 + 61) == 4       # the next line says how many were held back
