@@ -36,6 +36,8 @@ PURE_MODULES = (
     "jego_call/area_codes.py",
     "jego_call/errors.py",
     "jego_call/schema.py",
+    "jego_call/quality.py",
+    "jego_call/media/impair.py",
     "bridge/carrier/scenarios.py",
     "bridge/carrier/registrar.py",
 )
