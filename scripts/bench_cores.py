@@ -7,7 +7,7 @@
    timer consulted after every input as the shell does. Reports inputs/s and calls/s.
 2. BridgeCallCore (bridge/gateway/call_core.py): CALLS outbound phone calls through the bridge's
    whole decision path (start, offer answered, 180, 183 with media, 200, DTMF both ways, timer
-   ticks with audio stamps, app hangup, LegEnded: 12 inputs each). Reports inputs/s and calls/s.
+   ticks with audio stamps, app hangup, LegEnded: 15 inputs each). Reports inputs/s and calls/s.
 
 Every figure is process CPU time (`time.process_time`). Not a test: run it and copy the figures
 to docs/benchmarks.md (## Call cores).
