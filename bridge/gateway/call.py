@@ -346,7 +346,7 @@ class BridgeCall:
             except Exception as exc:  # the worker drops what it cannot send; never fail the call on it
                 log.warning("[call %s] sending %s failed: %s", self.call_id, cmd.msg.get("type"), exc)
         elif isinstance(cmd, Log):
-            log.log(cmd.level, "%s", cmd.text)
+            log.log(cmd.level, "%s", cmd)  # "[call <id>] text": the one place the prefix is made
         elif isinstance(cmd, MediaAddIce):
             with contextlib.suppress(Exception):  # a bad candidate from the app is not fatal
                 await self.ep.add_ice_candidate(cmd.candidate)

@@ -305,8 +305,14 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Log:
+    """A log line for people: `text` about call `call_id`."""
+
     level: int
     text: str
+    call_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"[call {self.call_id}] {self.text}" if self.call_id else self.text
 
 
 Command = (ToServer | LegDial | LegAnswer | LegReject | LegHangup | LegSendDtmf | MediaAcceptOffer
@@ -407,7 +413,7 @@ class BridgeCallCore:
         self._out.append(cmd)
 
     def _log(self, level: int, text: str) -> None:
-        self._out.append(Log(level, f"[call {self.call_id}] {text}"))
+        self._out.append(Log(level, text, self.call_id))
 
     def _to_server(self, msg: dict[str, Any]) -> None:
         self._out.append(ToServer({**msg, "call_id": self.call_id}))

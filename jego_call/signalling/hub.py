@@ -210,7 +210,7 @@ class Hub:
                 if target is not None:
                     target.close(cmd.code, cmd.reason)
             elif isinstance(cmd, Log):
-                log.log(cmd.level, "%s", cmd.text)
+                log.log(cmd.level, "%s", cmd)  # "[call <id>] text": the one place the prefix is made
             elif isinstance(cmd, WriteCallRecord):
                 self._record(cmd)
             elif isinstance(cmd, StoreReport):

@@ -192,8 +192,14 @@ class CallEnded:
 
 @dataclass(frozen=True, slots=True)
 class Log:
+    """A log line for people: `text` about call `call_id` (None: not about one call)."""
+
     level: int
     text: str
+    call_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"[call {self.call_id}] {self.text}" if self.call_id else self.text
 
 
 Command = Send | Close | WriteCallRecord | StoreReport | CallEnded | Log
@@ -376,8 +382,8 @@ class HubCore:
     def _send_to_user(self, username: str, msg: dict[str, Any]) -> None:
         self._send_all(self.user_sessions.get(username, ()), msg)
 
-    def _log(self, level: int, text: str) -> None:
-        self._out.append(Log(level, text))
+    def _log(self, level: int, text: str, call: Call | None = None) -> None:
+        self._out.append(Log(level, text, call.id if call is not None else None))
 
     def _presence_changed(self, username: str) -> None:
         now = self.presence(username)
@@ -460,7 +466,7 @@ class HubCore:
         self.calls[call.id] = call
         if not call.phone:
             self.user_call[caller] = call
-        self._log(INFO, f"[call {call.id}] {caller} -> {callee} ({'+'.join(call.media)})")
+        self._log(INFO, f"{caller} -> {callee} ({'+'.join(call.media)})", call)
         self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "calling"})
         if callee in self.user_call:
             self._end(call, CallEvent.BUSY)
@@ -498,7 +504,7 @@ class HubCore:
         self.user_call[caller] = call
         self._send(session.id, {"type": "call_state", "call_id": call.id, "state": "calling"})
         if numbering.is_emergency(msg.to, region):
-            self._log(WARNING, f"[call {call.id}] {caller} dialled emergency number {msg.to!r}: refused")
+            self._log(WARNING, f"{caller} dialled emergency number {msg.to!r}: refused", call)
             self._end(call, CallEvent.FAIL, reason=EndReason.EMERGENCY, detail=EMERGENCY_TEXT)
             return
         try:
@@ -520,7 +526,7 @@ class HubCore:
             return
         gw.calls.add(call.id)
         call.ringing_sessions = {gw.session}
-        self._log(INFO, f"[call {call.id}] {caller} -> {e164} via gateway {gw.name}")
+        self._log(INFO, f"{caller} -> {e164} via gateway {gw.name}", call)
         self._send(gw.session, {"type": "invite", "call_id": call.id, "from": caller, "to": e164, "media": ["audio"],
                                 "sdp": msg.sdp})
 
@@ -563,7 +569,7 @@ class HubCore:
         self._send(call.caller_session, accept)
         for s in (call.caller_session, session.id):
             self._send(s, {"type": "call_state", "call_id": call.id, "state": "connected"})
-        self._log(INFO, f"[call {call.id}] connected")
+        self._log(INFO, "connected", call)
         for user in (call.caller, call.callee):
             if user in self.user_call:
                 self._presence_changed(user)
@@ -647,7 +653,7 @@ class HubCore:
                 del self.user_call[user]
         for gw in self.gateways.values():
             gw.calls.discard(call.id)
-        self._log(INFO, f"[call {call.id}] ended: {end_reason}")
+        self._log(INFO, f"ended: {end_reason}", call)
         self._out.append(WriteCallRecord(
             call.id, call.caller, call.callee,
             "phone" if call.kind == "phone_in" else "user", "phone" if call.kind == "phone_out" else "user",

@@ -129,7 +129,7 @@ class HubWorld:
         return [c for c in self.commands if isinstance(c, Close)]
 
     def logs(self) -> list[str]:
-        return [c.text for c in self.commands if isinstance(c, Log)]
+        return [str(c) for c in self.commands if isinstance(c, Log)]
 
     def call(self, call_id: str) -> Call:
         return self.core.calls.get(call_id) or self.ended[call_id]

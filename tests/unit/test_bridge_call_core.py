@@ -103,7 +103,7 @@ class Bridge:
         return [c for c in self.cmds if isinstance(c, kind)]
 
     def logs(self) -> list[str]:
-        return [c.text for c in self.of(Log)]
+        return [str(c) for c in self.of(Log)]
 
     def clear(self) -> None:
         self.cmds.clear()
@@ -118,7 +118,7 @@ def outbound(**settings: Any) -> Bridge:
     b = Bridge("out", **settings)
     assert b.do(StartOutbound(NUMBER, OFFER)) == [MediaAcceptOffer(OFFER)]
     cmds = b.do(OfferAnswered(ANSWER))
-    assert LegDial(NUMBER) in cmds and f"[call {CID}] dialling {NUMBER}" in [c.text for c in cmds if isinstance(c, Log)]
+    assert LegDial(NUMBER) in cmds and f"[call {CID}] dialling {NUMBER}" in [str(c) for c in cmds if isinstance(c, Log)]
     assert b.state is BridgeState.INVITING
     return b
 
