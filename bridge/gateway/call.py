@@ -32,6 +32,7 @@ from typing import Any
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from jego_call.log import call_context
 from jego_call.media.endpoint import MediaEndpoint
 from jego_call.media.tracks import PacedAudioTrack
 
@@ -289,7 +290,7 @@ class BridgeCall:
             try:
                 await self._feed(item)
             except Exception:  # a bug must not leave the call hanging: log it, go on with the next event
-                log.exception("[call %s] failed on %s", self.call_id, item)
+                log.exception("failed on %s", item)
 
     async def _feed(self, item: Event | _Tick) -> None:
         """One event through the core; results of our own operations go straight back in."""
@@ -344,9 +345,9 @@ class BridgeCall:
             try:
                 await self.send(cmd.msg)
             except Exception as exc:  # the worker drops what it cannot send; never fail the call on it
-                log.warning("[call %s] sending %s failed: %s", self.call_id, cmd.msg.get("type"), exc)
+                log.warning("sending %s failed: %s", cmd.msg.get("type"), exc)
         elif isinstance(cmd, Log):
-            log.log(cmd.level, "%s", cmd)  # "[call <id>] text": the one place the prefix is made
+            log.log(cmd.level, "%s", cmd.text)  # the call id comes from the task's log context
         elif isinstance(cmd, MediaAddIce):
             with contextlib.suppress(Exception):  # a bad candidate from the app is not fatal
                 await self.ep.add_ice_candidate(cmd.candidate)
@@ -449,7 +450,8 @@ class BridgeCall:
                     self.leg_stats = dict(got)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        with call_context(call_id=self.call_id):  # every record of the call's tasks carries its id
+            task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(f"bridge-call-{self.call_id}-{name}")
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
@@ -459,4 +461,4 @@ class BridgeCall:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("[call %s] task %s failed", self.call_id, task.get_name(), exc_info=task.exception())
+            log.error("task %s failed", task.get_name(), exc_info=task.exception(), extra={"call_id": self.call_id})

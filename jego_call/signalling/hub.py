@@ -210,7 +210,7 @@ class Hub:
                 if target is not None:
                     target.close(cmd.code, cmd.reason)
             elif isinstance(cmd, Log):
-                log.log(cmd.level, "%s", cmd)  # "[call <id>] text": the one place the prefix is made
+                log.log(cmd.level, "%s", cmd.text, extra={"call_id": cmd.call_id})  # the formatter shows the call
             elif isinstance(cmd, WriteCallRecord):
                 self._record(cmd)
             elif isinstance(cmd, StoreReport):
@@ -221,7 +221,7 @@ class Hub:
                     try:
                         hook(cmd.call)
                     except Exception:  # a hook must never break call teardown
-                        log.exception("[call %s] on_call_ended hook failed", cmd.call.id)
+                        log.exception("on_call_ended hook failed", extra={"call_id": cmd.call.id})
         self._arm()
 
     def _record(self, rec: WriteCallRecord) -> None:
@@ -232,7 +232,7 @@ class Hub:
                 rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
                 rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
         except Exception:  # a full disk must not break call teardown
-            log.exception("[call %s] could not store the call record", rec.call_id)
+            log.exception("could not store the call record", extra={"call_id": rec.call_id})
 
     def _arm(self) -> None:
         """One loop timer, at the core's next deadline (re-armed only when that changes)."""
