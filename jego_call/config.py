@@ -132,6 +132,8 @@ class BillingSection:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
+    format: str = "text"
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,7 @@ _POSITIVE = {
     "billing.warning_s", "billing.max_call_s", "billing.heartbeat_s", "billing.history",
 }
 
-_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma")}
+_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma"), "log.format": ("text", "json")}
 
 
 def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:

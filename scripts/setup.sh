@@ -39,7 +39,9 @@ setup_jego() {
     local mode="${1:-run}"
     local debs=(libopus0 python3-venv)
     if [ "$mode" = test ]; then
-        debs+=(chromium sip-tester baresip iproute2 util-linux)
+        # Real servers the tests start and stop by PID (tests/servers.py), the browser, SIP peers.
+        debs+=(chromium sip-tester baresip iproute2 util-linux redis-server postgresql prometheus coturn
+               postgresql-client)
     fi
     _jego_apt "${debs[@]}"
 
