@@ -243,15 +243,22 @@ class GateBusy(Exception):
 
 
 def _lower_priority(nice: int) -> None:
-    """Run this hashing thread at a lower CPU priority (Linux: threads have their own nice
-    value), so under contention the media and event-loop threads of every call come first;
-    name it "argon2" for top -H and /proc."""
+    """Set up a hashing thread: name it "argon2" (top -H, /proc), pin it to one CPU and lower
+    its priority. argon2 computes its lanes in threads it starts per hash, which inherit all
+    three; pinned, they never use more than one core, so the wall time HashGate charges is an
+    upper bound of their CPU time; at nice `nice` the media and event-loop threads of every call
+    come first when CPU is short."""
     tid = threading.get_native_id()
     try:
         with open(f"/proc/self/task/{tid}/comm", "w") as fh:
             fh.write("argon2")
     except OSError:  # not Linux: the name is only cosmetic
         pass
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(tid, {max(os.sched_getaffinity(0))})
+        except OSError:  # pragma: no cover - not allowed here: the budget is then a little loose
+            pass
     if nice > 0 and hasattr(os, "setpriority"):
         try:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
@@ -261,8 +268,8 @@ def _lower_priority(nice: int) -> None:
 
 class HashGate:
     """Runs argon2 in its own thread pool (`workers` threads, never the loop's default
-    executor that messaging uses), at most `cpu_share` hashing seconds per second with
-    `burst_s` in hand. Callers wait in a queue of at most `queue`, the least suspect first
+    executor that messaging uses; pinned to one CPU at a lower priority, see _lower_priority),
+    at most `cpu_share` hashing seconds per second with `burst_s` in hand. Callers wait in a queue of at most `queue`, the least suspect first
     (`priority`: recent failures of the account and the source); when it is full the most
     suspect gets GateBusy. `await run(fn, *args, priority=…)`."""
 

@@ -108,14 +108,17 @@ async def test_the_hasher_runs_at_a_lower_priority(client: TestClient) -> None:
     from pathlib import Path
     await register(client, "alice")                       # one hash: the pool's thread exists now
 
-    def argon2_nices() -> list[int]:
+    def argon2_threads() -> list[tuple[int, str]]:
         out = []
         for task in Path(f"/proc/{os.getpid()}/task").iterdir():
             if (task / "comm").read_text().strip() == "argon2":
                 stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                out.append(int(stat[16]))                 # field 19 of /proc/PID/task/TID/stat: nice
+                cpus = next(line.split(":")[1].strip() for line in (task / "status").read_text().splitlines()
+                            if line.startswith("Cpus_allowed_list"))
+                out.append((int(stat[16]), cpus))         # field 19 of /proc/PID/task/TID/stat: nice
         return out
 
-    nices = await asyncio.to_thread(argon2_nices)
-    assert nices and all(n == 10 for n in nices)
+    threads = await asyncio.to_thread(argon2_threads)
+    assert threads and all(nice == 10 for nice, _ in threads)
+    assert all(cpus.isdigit() for _, cpus in threads)     # pinned to one CPU
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0        # the event loop's thread is untouched
