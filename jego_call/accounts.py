@@ -235,11 +235,13 @@ class Accounts:
 
 
 class GateBusy(Exception):
-    """The hasher's queue is full: answer 429 with Retry-After `retry_after`."""
+    """The hasher's queue is full (or the client left while waiting: `gone`): answer 429 with
+    Retry-After `retry_after`; nothing was hashed."""
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("the password hasher is busy")
+    def __init__(self, retry_after: float, gone: bool = False) -> None:
+        super().__init__("the client went away" if gone else "the password hasher is busy")
         self.retry_after = retry_after
+        self.gone = gone
 
 
 def _lower_priority(nice: int) -> None:
@@ -281,7 +283,7 @@ class HashGate:
                                             initargs=(nice,))
         self._waiters: BoundedPriorityQueue[asyncio.Future[None]] = BoundedPriorityQueue(queue)
         self._active = 0
-        self.stats = {"hashes": 0, "hash_s": 0.0, "busy": 0}
+        self.stats = {"hashes": 0, "hash_s": 0.0, "busy": 0, "gone": 0}
 
     @property
     def waiting(self) -> int:
@@ -320,7 +322,10 @@ class HashGate:
             self._waiters.discard(fut)
             raise
 
-    async def run(self, fn: Callable[..., _R], *args: object, priority: float = 0.0) -> _R:
+    async def run(self, fn: Callable[..., _R], *args: object, priority: float = 0.0,
+                  alive: Callable[[], bool] | None = None) -> _R:
+        """`fn(*args)` on a hashing thread. `alive()` is asked just before hashing: a client
+        that has gone away (a flood that fires and disconnects) costs no hash (GateBusy gone)."""
         await self._acquire(priority)
         try:
             # With several workers another may charge meanwhile: the budget then runs a
@@ -328,6 +333,9 @@ class HashGate:
             wait = self.budget.wait_to_start(time.monotonic())
             if wait > 0:
                 await asyncio.sleep(wait)
+            if alive is not None and not alive():
+                self.stats["gone"] += 1
+                raise GateBusy(1.0, gone=True)
             loop = asyncio.get_running_loop()
             out, took = await loop.run_in_executor(self._executor, functools.partial(self._timed, fn, *args))
             self.budget.charge(time.monotonic(), took)

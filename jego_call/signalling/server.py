@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,11 @@ def _token_json(token: Any) -> dict[str, Any]:
     return {"token": token.token, "username": token.username, "expires_at": token.expires_at}
 
 
+def _connected(request: web.Request) -> Callable[[], bool]:
+    """Whether the client is still there (checked just before its password is hashed)."""
+    return lambda: request.transport is not None and not request.transport.is_closing()
+
+
 def too_many(retry_after: float, message: str) -> web.Response:
     """429 with Retry-After (whole seconds, at least 1) in the API's error shape."""
     secs = max(1, math.ceil(retry_after))
@@ -58,7 +63,7 @@ async def register(request: web.Request) -> web.Response:
     accounts = request.app[ACCOUNTS]
     name, pw = accounts.validate_new(body.get("username"), body.get("password"))
     try:
-        pw_hash = await doors.gate.run(accounts.hash_password, pw,
+        pw_hash = await doors.gate.run(accounts.hash_password, pw, alive=_connected(request),
                                        priority=doors.policy.register_suspicion(source, time.monotonic()))
     except GateBusy as busy:
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
@@ -81,11 +86,11 @@ async def login(request: web.Request) -> web.Response:
     accounts = request.app[ACCOUNTS]
     name, stored = accounts.stored_hash(body.get("username"))
     try:
-        ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"),
+        ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"), alive=_connected(request),
                                   priority=doors.policy.suspicion(key, source, time.monotonic()))
     except GateBusy as busy:
         doors.policy.login_abandoned(key)
-        if (more := doors.should_log("busy", time.monotonic())) is not None:
+        if not busy.gone and (more := doors.should_log("busy", time.monotonic())) is not None:
             log.warning("login for %r from %s refused: the password hasher is busy%s", key, source, more)
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
     except BaseException:  # cancelled (the client went away) or failed: the password was not judged

@@ -4,6 +4,8 @@ with 429 and Retry-After, per-source limits, and the bounded hasher."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -12,6 +14,15 @@ from jego_call.signalling.keys import LOGIN_DOORS
 
 from .conftest import Factory
 from .sigclient import PASSWORD, register
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait until `pred()` holds (polled every 20 ms), or fail."""
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition did not come about")
 
 
 async def login(client: TestClient, user: str, password: str) -> tuple[int, Any, dict[str, str]]:
@@ -122,3 +133,41 @@ async def test_the_hasher_runs_at_a_lower_priority(client: TestClient) -> None:
     assert threads and all(nice == 10 for nice, _ in threads)
     assert all(cpus.isdigit() for _, cpus in threads)     # pinned to one CPU
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0        # the event loop's thread is untouched
+
+
+async def test_a_client_that_leaves_costs_no_hash(tmp_path: Path) -> None:
+    """Fire-and-disconnect floods: a login whose client has gone is dropped before hashing.
+    Served by an AppRunner as `jego serve` does (aiohttp then does not cancel the handler of a
+    client that hung up; TestServer would)."""
+    import aiohttp
+    from aiohttp import web
+
+    from jego_call.config import load_config
+    from jego_call.signalling.server import create_app
+    cfg = load_config(None, environ={}, overrides={
+        "data": {"dir": str(tmp_path / "d")},
+        "auth": {"hash_cpu_share": 0.2, "hash_burst_s": 0.3, "lockout_after": 1000, "login_source_failures": 1000}})
+    app = create_app(cfg)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/api/login"
+    doors = app[LOGIN_DOORS]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def one(i: int) -> int:
+                async with http.post(url, json={"username": f"ghost{i}", "password": "wrong-password"}) as res:
+                    return res.status
+
+            tasks = [asyncio.ensure_future(one(i)) for i in range(10)]
+            await eventually(lambda: doors.gate.waiting >= 8)    # queued behind the first hash
+            for t in tasks[1:]:
+                t.cancel()                             # the clients hang up
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await eventually(lambda: doors.gate.waiting == 0 and doors.gate.stats["gone"] >= 8)
+            assert doors.gate.stats["gone"] >= 8 and doors.gate.stats["hashes"] <= 2, doors.gate.stats
+            assert await one(0) == 401                 # and the door still works
+    finally:
+        await runner.cleanup()
