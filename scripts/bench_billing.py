@@ -84,11 +84,11 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
         t4 = time.perf_counter()
         assert s is not None and s.cost > 0
         for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            v_us = v * 1e6
-            times[k].append(v_us)
+            times[k].append(v * 1e6)
         t += 0.01
     cpu = time.process_time() - cpu0
-    out = {k: {"p50_us": round(statistics.median(v), 1), "p99_us": round(pct(v, 99), 1)} for k, v in times.items()}
+    out: dict[str, Any] = {k: {"p50_us": round(statistics.median(v), 1), "p99_us": round(pct(v, 99), 1)}
+                           for k, v in times.items()}
     out["cpu_us_per_call"] = round(cpu / calls * 1e6, 1)
     out["users"], out["calls"], out["history"] = users, calls, history
     db.close()
