@@ -171,7 +171,8 @@ class Hub:
         if hello is not None:
             session.send(hello)
         for contact in self.accounts.contacts(username):
-            session.send({"type": "presence", "username": contact, "presence": self.presence(contact)})
+            session.send({"type": "presence", "username": contact, "presence": self.presence(contact),
+                          "display_name": self.accounts.display_name(contact)})
         self._presence_changed(username)
 
     def attach_gateway(self, session: Session, name: str, capacity: int, hello: dict[str, Any] | None = None) -> None:
@@ -233,7 +234,8 @@ class Hub:
             self._presence.pop(username, None)
         else:
             self._presence[username] = now
-        msg = {"type": "presence", "username": username, "presence": now}
+        msg = {"type": "presence", "username": username, "presence": now,
+               "display_name": self.accounts.display_name(username)}
         for watcher in self.accounts.watchers(username):
             self.send_to_user(watcher, msg)
 
@@ -246,7 +248,8 @@ class Hub:
 
     def contact_added(self, owner: str, contact: str) -> None:
         """Tell `owner`'s sessions the presence of a contact they just added."""
-        self.send_to_user(owner, {"type": "presence", "username": contact, "presence": self.presence(contact)})
+        self.send_to_user(owner, {"type": "presence", "username": contact, "presence": self.presence(contact),
+                                  "display_name": self.accounts.display_name(contact)})
 
     # -- messages -------------------------------------------------------------------------
     def handle(self, session: Session, msg: Any) -> None:
@@ -305,6 +308,9 @@ class Hub:
             self.user_call[caller] = call
         log.info("[call %s] %s -> %s (%s)", call.id, caller, callee, "+".join(call.media))
         session.send({"type": "call_state", "call_id": call.id, "state": "calling"})
+        if not call.phone and self.accounts.is_blocked(callee, caller):  # told only "not available"
+            self._end(call, CallEvent.UNAVAILABLE)
+            return
         if callee in self.user_call:
             self._end(call, CallEvent.BUSY)
             return
@@ -315,6 +321,8 @@ class Hub:
         self.user_call[callee] = call
         call.ringing_sessions = set(targets)
         offer = {"type": "invite", "call_id": call.id, "from": caller, "media": list(call.media), "sdp": call.offer}
+        if not call.phone:
+            offer["display_name"] = self.accounts.display_name(caller)
         for s in targets:
             s.send(offer)
         call.timer = self.loop.call_later(self.cfg.ring_timeout_s, self._timeout, call)
