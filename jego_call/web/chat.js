@@ -171,7 +171,7 @@ function renderHeader() {
 // ---- panes --------------------------------------------------------------------------------------
 function paneFor(chat) {
   if (chat.pane) return chat.pane;
-  const list = el("ol", { className: "message-list", testid: "message-list", "aria-label": t("messages_label") });
+  const list = el("ol", { className: "message-list", testid: "message-list" });
   const older = el("button", { type: "button", className: "older small", testid: "load-older", text: t("older"), hidden: true });
   const inputId = `msg-${newId()}`;
   const input = el("input", { id: inputId, testid: "message-input", autocomplete: "off", maxlength: "4000",
@@ -188,7 +188,8 @@ function paneFor(chat) {
   const inputLabel = el("label", { className: "sr-only", for: inputId, text: t("message_label") });
   const form = el("form", { className: "composer" }, voice, photoLabel, fileLabel, inputLabel, input, sendBtn);
   const error = el("div", { className: "chat-error", testid: "chat-error", role: "alert" });
-  const scroller = el("div", { className: "message-scroll" }, older, list);
+  const scroller = el("div", { className: "message-scroll", tabindex: "0", role: "log", "aria-live": "off",
+    "aria-label": t("messages_label") }, older, list);
   const root = el("section", { className: "chat", testid: `chat-${chat.peer}`, "data-peer": chat.peer, hidden: true,
     "aria-label": t("chat_with", { name: people.nameOf(chat.peer) }) }, scroller, error, form);
   form.addEventListener("submit", (ev) => {
@@ -274,7 +275,7 @@ function body(msg) {
   mediaLink(m.id).then((link) => {
     if (msg.kind === "photo") {
       const img = el("img", { testid: "photo-thumb", alt: m.filename || t("preview_photo"), src: link.thumbnail_url || link.url,
-        loading: "lazy" });
+        loading: "lazy", translate: m.filename ? "no" : null });
       img.addEventListener("error", () => refresh(img, m.id, link.thumbnail_url ? "thumbnail_url" : "url"), { once: true });
       const open = el("button", { type: "button", className: "photo-open", "aria-label": t("open_photo") }, img);
       open.addEventListener("click", () => showPhoto(m));
@@ -358,7 +359,8 @@ function showPhoto(media) {
   mediaLink(media.id).then((link) => {
     const close = el("button", { type: "button", className: "icon-btn viewer-close", testid: "photo-close",
       "aria-label": t("close") }, icon("close"));
-    v.append(el("img", { testid: "photo-full", src: link.url, alt: media.filename || t("preview_photo") }), close);
+    v.append(el("img", { testid: "photo-full", src: link.url, alt: media.filename || t("preview_photo"),
+      translate: media.filename ? "no" : null }), close);
     openModal(v, close);
   });
 }

@@ -12,6 +12,7 @@ const input = $("dialpad-input");
 let last = null;     // the latest check result shown
 let recent = [];     // E.164 numbers, newest first
 let hintKey = null;  // a hint from the page itself (not from a check)
+let typing = 0;      // counts input events: an answer for an older one is dropped
 
 const FULL_WIDTH = { "０": "0", "１": "1", "２": "2", "３": "3", "４": "4", "５": "5", "６": "6", "７": "7", "８": "8", "９": "9", "＋": "+" };
 
@@ -27,20 +28,26 @@ function clean(value) {
 
 function setHint(text, kind = "info") {
   const h = $("dialpad-hint");
-  h.textContent = text || "";
+  if (Array.isArray(text)) {
+    h.replaceChildren();
+    text.forEach((part, i) => { if (i) h.append(" · "); h.append(part); });
+  } else {
+    h.textContent = text || "";
+  }
   h.dataset.kind = kind;
 }
 
+// "China Mobile · Beijing · mobile": operator and city come localised from the server.
 function describe(check) {
   const zh = getLang() === "zh-CN";
   const parts = [];
   const op = zh ? check.operator_zh : check.operator;
   const city = zh ? check.city_zh : check.city;
-  if (op) parts.push(op);
-  if (city) parts.push(city);
+  if (op) parts.push(el("span", { "data-l10n": "server", text: op }));
+  if (city) parts.push(el("span", { "data-l10n": "server", text: city }));
   const kind = { mobile: "kind_mobile", fixed: "kind_fixed", satellite: "kind_satellite", foreign: "kind_foreign" }[check.kind];
-  if (kind) parts.push(t(kind));
-  return parts.join(" · ");
+  if (kind) parts.push(el("span", { text: t(kind) }));
+  return parts;
 }
 
 function show(check) {
@@ -63,6 +70,7 @@ function show(check) {
 }
 
 async function onInput(ev) {
+  const mine = ++typing;
   const { value, refused } = clean(input.value);
   if (refused) {
     const at = input.selectionStart;
@@ -75,7 +83,7 @@ async function onInput(ev) {
   const deleting = ev && ev.inputType && ev.inputType.startsWith("delete");
   try {
     const check = await checkNumber(value);
-    if (input.value !== value) return;  // typed on meanwhile
+    if (mine !== typing || input.value !== value) return;  // typed on meanwhile
     if (!deleting && check.formatted && check.formatted !== value && check.formatted.replace(/\D/g, "") === value.replace(/\D/g, "")) {
       const atEnd = input.selectionStart === value.length;
       input.value = check.formatted;

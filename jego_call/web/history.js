@@ -10,13 +10,19 @@ import { $, avatar, banner, clock, el, icon, phoneNumber } from "./ui.js";
 const ANSWERED = new Set(["hangup", "max_duration", "media_timeout"]);
 let calls = [];
 
-function outcomeText(c) {
+// "Outgoing · 02:13" for answered calls, else the outcome's words from the callee's or the
+// caller's side ("Missed call", "No answer").
+function outcome(c) {
   const phone = c.peer_kind === "phone";
   const incoming = c.direction === "incoming";
+  const span = el("span", { className: "h-outcome" });
   if (ANSWERED.has(c.outcome) && c.answered_at) {
-    return `${t(incoming ? "history_incoming" : "history_outgoing")} · ${clock(c.duration_s)}`;
+    span.append(el("span", { text: t(incoming ? "history_incoming" : "history_outgoing") }), " · ",
+      el("span", { translate: "no", className: "timer", text: clock(c.duration_s) }));
+  } else {
+    span.textContent = reasonWords(c.outcome, { phone, callee: incoming }) || c.outcome;
   }
-  return reasonWords(c.outcome, { phone, callee: incoming }) || c.outcome;
+  return span;
 }
 
 function itemFor(c) {
@@ -33,7 +39,7 @@ function itemFor(c) {
   }
   const arrow = icon(missed ? "missed" : incoming ? "incoming" : "outgoing", `icon dir ${missed ? "missed" : ""}`);
   const sub = el("span", { className: "h-sub" }, arrow,
-    el("span", { className: "h-outcome", text: outcomeText(c) }),
+    outcome(c),
     el("time", { datetime: new Date(c.started_at * 1000).toISOString(), text: fmt.when(c.started_at) }));
   const back = el("button", {
     type: "button", className: "icon-btn call-back", testid: "call-back",

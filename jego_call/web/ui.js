@@ -59,6 +59,7 @@ export function avatar(name, key, size = "") {
 
 export function fillAvatar(a, name, key, phone = false) {
   a.textContent = "";
+  a.setAttribute("translate", "no");
   if (phone) a.append(icon("phone"));
   else a.textContent = initial(name || key || "?");
   a.style.background = AVATAR_COLOURS[hash(key || name || "") % AVATAR_COLOURS.length];
@@ -138,7 +139,7 @@ function syncInert() {
 }
 
 export function focusable(root) {
-  return [...root.querySelectorAll("button, [href], input, select, textarea, [tabindex]:not([tabindex='-1'])")]
+  return [...root.querySelectorAll("button, a[href], input, select, textarea, [tabindex]:not([tabindex='-1'])")]
     .filter((e) => !e.disabled && !e.closest("[hidden]") && e.getClientRects().length);
 }
 
@@ -185,7 +186,7 @@ const KEYS = [["1", ""], ["2", "ABC"], ["3", "DEF"], ["4", "GHI"], ["5", "JKL"],
 export function buildKeypad(container, onKey, prefix) {
   container.replaceChildren();
   for (const [d, letters] of KEYS) {
-    const b = el("button", { type: "button", className: "key", testid: `${prefix}-${d}`, "aria-label": d },
+    const b = el("button", { type: "button", className: "key", testid: `${prefix}-${d}` },
       el("span", { className: "digit", text: d }),
       el("span", { className: "letters", "aria-hidden": "true", translate: "no", text: letters }));
     b.addEventListener("click", () => onKey(d));
