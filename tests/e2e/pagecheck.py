@@ -113,12 +113,34 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+# Leftovers of a developer page: the browser's raw file control, monospace counters, and any
+# element of the page that sticks out of the viewport (the self-view cut off at 390 px).
+LEFTOVERS_JS = r"""
+() => {
+  const out = [];
+  const seen = (e) => e.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true });
+  for (const e of document.querySelectorAll("input[type=file]")) if (seen(e)) out.push("a raw file input is visible");
+  for (const e of document.querySelectorAll("pre, code")) if (seen(e)) out.push("a monospace block is visible");
+  for (const e of document.querySelectorAll("video, .avatar, button, input")) {
+    if (!seen(e) || e.closest(".message-scroll, .panel")) continue;  // lists scroll inside themselves
+    const r = e.getBoundingClientRect();
+    if (r.width && (r.left < -1 || r.right > innerWidth + 1 || r.top < -1 || r.bottom > innerHeight + 1)) {
+      out.push(`${e.getAttribute("data-testid") || e.id || e.className} is cut off at ${JSON.stringify([r.left, r.top, r.right, r.bottom])}`);
+    }
+  }
+  if (window.scrollY !== 0 || document.scrollingElement.scrollTop !== 0) out.push("the page itself scrolled");
+  return out;
+}
+"""
+
+
 def check_screen(page: Page, name: str, *, axe: bool = True) -> list[str]:
     """Everything a main screen must satisfy; returns the problems (empty: fine)."""
     problems = []
     width, inner = sideways(page)
     if width > inner:
         problems.append(f"{name}: scrolls sideways ({width} > {inner})")
+    problems += [f"{name}: {p}" for p in page.evaluate(LEFTOVERS_JS)]
     problems += [f"{name}: {p}" for p in untranslated(page)]
     if axe:
         problems += [f"{name}: {p}" for p in axe_violations(page)]

@@ -155,6 +155,7 @@ def test_incoming_call_is_visible_and_focused_over_an_open_scrolled_chat(
     # scrolled to the oldest message, typing into the box: the call still comes on top
     pane.locator(".message-scroll").evaluate("e => { e.scrollTop = 0; }")
     pane.get_by_test_id("message-input").click()
+    assert b.evaluate("window.scrollY") == 0  # opening a chat does not scroll the page away
     b.evaluate("window.__hidden = true")  # the tab is in the background: a notification too
     a.get_by_test_id(f"contact-{callee}").click()
     a.get_by_test_id("call-video").click()
@@ -475,6 +476,11 @@ def test_main_screens_in_both_languages_and_sizes(browser: Browser, contexts: li
     expect(page.get_by_test_id(f"chat-{friend}").get_by_test_id("receipt").last).to_have_attribute(
         "data-state", "delivered", timeout=TIMEOUT)
     screen(page, "conversation")
+    if primary["width"] >= 1024:  # the chat sits beside the list, on the first screen
+        chat_box = page.get_by_test_id("chat-pane").bounding_box()
+        list_box = page.get_by_test_id("contacts").bounding_box()
+        assert chat_box and list_box and chat_box["x"] >= list_box["x"] + list_box["width"], (chat_box, list_box)
+        assert chat_box["y"] < 200 and chat_box["y"] + chat_box["height"] <= primary["height"], chat_box
     other.get_by_test_id(f"contact-{me}").click()
     other.get_by_test_id("call-video").click()
     expect(page.get_by_test_id("incoming")).to_be_visible(timeout=TIMEOUT)
