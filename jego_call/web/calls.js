@@ -263,6 +263,7 @@ function hideOutcome() {
 
 // A refusal before anything was dialled (the dial pad's number check): no call, same words.
 export function refuse(peer, reason, detail) {
+  if (liveCall()) return;
   const call = new Call({ peer, phone: true });
   current = call;
   call.machine.apply("dial");

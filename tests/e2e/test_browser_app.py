@@ -7,6 +7,7 @@ locale table, no serious axe-core violations, screenshots kept as artefacts)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from ..conftest import PASSWORD, LiveServer, http_json, start_server
 from ..integration.carrier_util import free_port
 from .conftest import DESKTOP, PHONE, open_as
 from .pagecheck import (
+    CJK,
+    LATIN,
     check_screen,
     focus_ring_visible,
     focused_testid,
@@ -91,6 +94,29 @@ def reasons(server: LiveServer) -> dict[str, Any]:
     status, body = http_json("GET", f"{server.url}/api/reasons")
     assert status == 200
     return dict(body)
+
+
+# -- 0. the locale table itself --------------------------------------------------------------------
+def test_locale_table_has_every_string_in_both_languages(browser: Browser, contexts: list[BrowserContext],
+                                                         server: LiveServer) -> None:
+    ctx = browser.new_context()
+    contexts.append(ctx)
+    page = ctx.new_page()
+    page.goto(server.url + "/")
+    table: dict[str, dict[str, str]] = page.evaluate("import('/static/i18n.js').then((m) => m.STRINGS)")
+    assert set(table) == {"en", "zh-CN"}
+    assert set(table["en"]) == set(table["zh-CN"]), set(table["en"]) ^ set(table["zh-CN"])
+    keys = page.evaluate("""() => [...document.querySelectorAll('[data-i18n], [data-i18n-placeholder], [data-i18n-label]')]
+        .map((e) => e.dataset.i18n || e.dataset.i18nPlaceholder || e.dataset.i18nLabel)""")
+    assert set(keys) <= set(table["en"]), set(keys) - set(table["en"])
+    for key, en in table["en"].items():
+        zh = table["zh-CN"][key]
+        assert en and zh and (en != zh or key == "stats_video"), key
+        assert not CJK.search(en), (key, en)
+        bare = re.sub(r"\{\w+\}", "", zh).replace("Jego", "")  # placeholders and the brand are not words
+        assert not LATIN.search(bare), (key, zh)
+        assert re.findall(r"\{\w+\}", en) == re.findall(r"\{\w+\}", zh) or sorted(
+            re.findall(r"\{\w+\}", en)) == sorted(re.findall(r"\{\w+\}", zh)), key
 
 
 # -- 1. nothing but sign-in -----------------------------------------------------------------------
