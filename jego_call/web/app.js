@@ -152,8 +152,8 @@ async function addContact(ev) {
     announce(t("added", { name: data.display_name }));
     renderList();
   } catch (e) {
+    if (e.code === "network") { error.textContent = ""; banner(t("err_network"), "network"); return; }
     error.textContent = t(ADD_ERRORS[e.code] || "err_generic", { name });
-    if (e.code === "network") banner(t("err_network"), "network");
   }
 }
 
