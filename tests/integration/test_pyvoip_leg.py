@@ -279,6 +279,8 @@ class MiniUas(asyncio.DatagramProtocol):
         msg = parse_message(data)  # strict: a malformed message from the leg fails the test
         if isinstance(msg, SipResponse):
             self.responses.append(msg)
+            if msg.cseq.method == "INVITE" and 200 <= msg.status < 300:
+                self._ack_reinvite(msg, addr)
             return
         self.requests.append(msg)
         if msg.method == "INVITE":
@@ -304,6 +306,14 @@ class MiniUas(asyncio.DatagramProtocol):
                           call_id=inv.call_id, cseq=1, headers=[("Reason", f"Q.850;cause={cause}")])
         req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
         self.transport.sendto(req.serialise(), self.leg_addr)
+
+    def _ack_reinvite(self, ok: SipResponse, addr: tuple[str, int]) -> None:
+        """ACK the 2xx of our re-INVITE (RFC 3261 §13.2.2.4), each retransmission too."""
+        assert self.transport is not None and self.invite is not None
+        ack = new_request("ACK", ok.contacts[0].uri, from_=str(ok.from_), to=str(ok.to), call_id=ok.call_id,
+                          cseq=ok.cseq.seq)
+        ack.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
+        self.transport.sendto(ack.serialise(), addr)
 
     def reinvite(self, direction: str, cseq: int) -> None:
         """A re-INVITE from our side of the dialog with a new offer (hold: "sendonly")."""
@@ -744,9 +754,29 @@ def _recv_until(uac: socket.socket, pred: Callable[[SipResponse], bool]) -> list
     return out
 
 
+def _ack_final(uac: socket.socket, trunk_port: int, inv: SipRequest, final: SipResponse) -> None:
+    """ACK for a 3xx-6xx (RFC 3261 §17.1.1.3): the INVITE's Via (branch), the response's To."""
+    ack = new_request("ACK", inv.uri, from_=str(inv.from_), to=str(final.to), call_id=inv.call_id, cseq=1)
+    ack.headers.add("Via", inv.headers.get("Via") or "", first=True)
+    uac.sendto(ack.serialise(), (HOST, trunk_port))
+
+
+async def _quiet(uac: socket.socket, seconds: float = 0.8) -> None:
+    """Drain what was in flight, then assert nothing more arrives for `seconds`."""
+    await asyncio.sleep(0.2)
+    uac.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            uac.recv(65535)
+    uac.settimeout(seconds)
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(uac.recv, 65535)
+    uac.settimeout(2.0)
+
+
 async def test_inbound_reject_and_no_handler() -> None:
-    """Without a handler an INVITE gets 480; reject(486, 17) answers 486 + Reason and retransmits
-    it (Timer G) until the ACK arrives (RFC 3261 §17.2.1)."""
+    """Without a handler an INVITE gets 480; reject(486, 17) answers 486 + Reason. Both final
+    responses are retransmitted (Timer G) until the ACK arrives (RFC 3261 §17.2.1)."""
     uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     uac.bind((HOST, 0))
     uac.settimeout(2.0)
@@ -759,9 +789,14 @@ async def test_inbound_reject_and_no_handler() -> None:
     try:
         async with running_trunk(free_udp_port(), t1=0.1) as trunk:
             port = trunk.local_port
-            _uac_invite(uac, port, 40000)
+            first = _uac_invite(uac, port, 40000)
             got = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
-            assert got[-1].status == 480
+            unavailable = got[-1]
+            assert unavailable.status == 480 and "cause=20" in (unavailable.headers.get("Reason") or "")
+            again = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
+            assert again[-1].status == 480 and again[-1].to_tag == unavailable.to_tag  # retransmitted
+            _ack_final(uac, port, first, unavailable)
+            await _quiet(uac)  # the ACK stopped the retransmissions
 
             trunk.set_inbound_handler(on_call)
             inv = _uac_invite(uac, port, 40000)
@@ -770,17 +805,8 @@ async def test_inbound_reject_and_no_handler() -> None:
             assert final.status == 486 and "cause=17" in (final.headers.get("Reason") or "")
             again = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
             assert again[-1].status == 486 and again[-1].to_tag == final.to_tag  # retransmitted
-            ack = new_request("ACK", inv.uri, from_=str(inv.from_), to=str(final.to), call_id=inv.call_id, cseq=1)
-            ack.headers.add("Via", inv.headers.get("Via") or "", first=True)
-            uac.sendto(ack.serialise(), (HOST, port))
-            await asyncio.sleep(0.2)
-            uac.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while True:  # drain what was in flight before the ACK
-                    uac.recv(65535)
-            uac.settimeout(0.8)
-            with pytest.raises(TimeoutError):
-                uac.recv(65535)  # the ACK stopped the retransmissions
+            _ack_final(uac, port, inv, final)
+            await _quiet(uac)  # the ACK stopped the retransmissions
             ended = await next_event(legs[0], LegEnded)
             assert (ended.reason, ended.sip_code, ended.q850_cause, ended.remote) == ("busy", 486, 17, False)
     finally:
@@ -998,11 +1024,13 @@ async def test_reinvite_hold_and_resume() -> None:
         threads = pyvoip_threads()
         call.uas.reinvite("sendonly", 2)
         await asyncio.sleep(0.3)
-        ok = [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE"]
+        ok = [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE" and r.status >= 200]
         assert ok and ok[0].status == 200 and "a=recvonly" in ok[0].body.decode()
         n = len(call.rtp.arrivals)
         await asyncio.sleep(0.5)
         assert len(call.rtp.arrivals) - n <= 1  # held: nothing sent
+        oks = [r for r in call.uas.responses if r.cseq.seq == 2 and r.status == 200]
+        assert len(oks) == 1  # our ACK stopped its retransmission (T1 = 0.5 s passed)
         call.uas.reinvite("sendrecv", 3)
         await asyncio.sleep(0.2)
         n = len(call.rtp.arrivals)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
-from bridge.gateway.pyvoip.common import _pick_challenge
 from bridge.gateway.pyvoip.media import _FrameBuffer
 from bridge.gateway.pyvoip.phone import _Call
+from bridge.sip.auth import pick_challenge
 from bridge.sip.message import parse_message
 from jego_call.numbering import e164_of
 
@@ -75,7 +75,7 @@ def test_challenge_choice_prefers_the_servers_first_supported_algorithm() -> Non
            b'Proxy-Authenticate: Digest realm="r", nonce="n3", algorithm=MD5\r\n'
            b"Content-Length: 0\r\n\r\n")
     resp = parse_message(raw)
-    picked = _pick_challenge(resp)  # type: ignore[arg-type]
+    picked = pick_challenge(resp)  # type: ignore[arg-type]
     assert picked is not None
     name, ch = picked
     assert name == "Proxy-Authorization" and ch.nonce == "n2" and ch.algorithm == "SHA-256"
