@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_trunk_idle.py [--seconds 10]
 
 Phase 1 runs pyVoIP's unmodified SIPClient.recv_loop on a bound socket (it polls: sleep(0.01));
-phase 2 starts PyVoipTrunk in trunk mode (no REGISTER), whose receive thread blocks in select().
+phase 2 starts PyVoipTrunk in trunk mode (no REGISTER), whose receive thread blocks in epoll (a selector).
 Nothing is sent to either. Printed per phase: CPU of the SIP receive thread (its POSIX thread CPU
 clock, ns resolution) and of the whole process (time.process_time), in ms per second of idle,
 and for ours the receive thread's wake-ups. Figures go to docs/benchmarks.md ("SIP trunk idle").
@@ -61,7 +61,7 @@ async def main() -> None:
         wakeups = sip.wakeups - w0
     finally:
         await trunk.stop()
-    print(f"PyVoipTrunk (select)   : receive thread {ours_thread:6.3f} ms CPU/s, process {ours_proc:6.3f} ms CPU/s, "
+    print(f"PyVoipTrunk (epoll)    : receive thread {ours_thread:6.3f} ms CPU/s, process {ours_proc:6.3f} ms CPU/s, "
           f"{wakeups} wake-ups in {args.seconds:g} s")
 
 

@@ -595,9 +595,7 @@ class SipEndpoint:
                         and dlg.state == DialogState.EARLY]:
                 del self._dialogs[did]
         elif req.method == "BYE" and response.status >= 200 and req.to_tag:
-            did = DialogId(req.call_id, req.to_tag, req.from_tag or "")
-            self._dialogs.pop(did, None)
-            self._ack_waits.pop(did, None)
+            self.terminate_dialog(DialogId(req.call_id, req.to_tag, req.from_tag or ""))
 
     def respond(self, key: TransactionKey, status: int, now: float, reason: str | None = None, *,
                 headers: Iterable[tuple[str, str]] = (), body: bytes = b"",

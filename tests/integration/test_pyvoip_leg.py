@@ -1223,7 +1223,7 @@ async def test_requests_outside_our_dialogs_get_481_405_501() -> None:
 
 async def test_idle_receive_thread_sleeps() -> None:
     """pyVoIP's SIP receive loop polls every 10 ms (SIP.py:850-857: ~100 wake-ups a second, ~20 ms
-    CPU/s idle); ours blocks in select() on the socket and a self-pipe: not one wake-up while idle,
+    CPU/s idle); ours blocks in epoll (a selector) on the socket and a self-pipe: not one wake-up while idle,
     one per datagram (docs/benchmarks.md has the CPU figure, scripts/bench_trunk_idle.py)."""
     peer = await RawPeer.open()
     try:

@@ -43,12 +43,12 @@ Defects of pyVoIP 1.6.8 (media-stack.md §1) -> how they are mended -> the test 
 | no CANCEL of our own INVITE (no API)               | `hangup()` while ringing: `SipEndpoint.send_cancel` (§9.1: held until a provisional); without a final response the INVITE transaction gives up after `cancel_timeout`; a 2xx crossing it, or arriving later, is ACKed and BYEd | test_cancel_outbound_while_ringing (sipp uas_ring_cancel.xml), test_200_crossing_cancel_is_acked_then_byed, test_late_200_after_cancel_gave_up_is_acked_and_byed |
 | no Timer A/B, INVITE never times out (SIP.py)      | the endpoint's INVITE client transaction: Timer A retransmits, Timer B = 64·T1 -> TransactionTimeout -> LegEnded("timeout", 408) | test_invite_timeout |
 | recv(8192) truncates datagrams (SIP.py:861)        | recvfrom(65535) and our strict parser                      | (all SIP tests) |
-| SIP receive loop polls every 10 ms, ~20 ms CPU/s idle (SIP.py:850-857) | the receive thread blocks in select() on the socket and a self-pipe: no wake-up while idle (0.000 ms CPU/s for the thread, 0.014 for the process; docs/benchmarks.md) | test_idle_receive_thread_sleeps; scripts/bench_trunk_idle.py |
+| SIP receive loop polls every 10 ms, 16-21 ms CPU/s idle (SIP.py:850-857) | the receive thread blocks in epoll (a selector) on the socket and a self-pipe: no wake-up while idle (0.000 ms CPU/s for the thread, 0.018 for the process; docs/benchmarks.md) | test_idle_receive_thread_sleeps; scripts/bench_trunk_idle.py |
 | threads never joined (RTP.py:345-350, SIP.py:964)  | named threads joined by `stop()`; no threading.Timer for the REGISTER refresh | test_threads_do_not_leak |
 | re-INVITE starts a 2nd pair of RTP threads (VoIP.py:267-296) | answer the new offer on the same media (hold = recvonly), through the endpoint's server transaction (200 until ACK) | test_reinvite_hold_and_resume |
 | no 200 retransmission / Timer H (SIP.py)           | the endpoint resends our 2xx until ACK (§13.3.1.4) and our 3xx-6xx (Timer G); AckTimeout -> BYE + LegEnded("failed", 41) | test_inbound_200_without_ack_times_out, test_inbound_reject_and_no_handler |
 
-Threading: pyVoIP's "SIP Recieve" thread sleeps in select() and hands each datagram to the
+Threading: pyVoIP's "SIP Recieve" thread sleeps in epoll (a selector) and hands each datagram to the
 event loop (`EndpointDriver.receive_datagram_threadsafe`); all SIP state (the endpoint, dialogs,
 legs, registration) lives on the event loop, and output leaves through pyVoIP's socket. Each
 call has an "RTP Receiver" thread (parse, jitter buffer, DTMF) and an "RTP Transmitter" thread

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import random
-import select
+import selectors
 import socket
 import threading
 from types import SimpleNamespace
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class _SipClient(pv_sip.SIPClient):
     """pyVoIP's SIPClient: owns the UDP socket, the "SIP Recieve" thread and the registration.
 
-    Mended: binds port 0 and learns the real port; the receive thread blocks in select() on the
+    Mended: binds port 0 and learns the real port; the receive thread blocks in a selector on the
     socket and a self-pipe (pyVoIP polls every 10 ms, SIP.py:850-857) and hands each datagram to
     the trunk's EndpointDriver on the event loop; REGISTER and its digest are a non-INVITE client
     transaction of the trunk's SipEndpoint (Timer E/F there), awaited on the loop; the refresh is a
@@ -75,7 +75,7 @@ class _SipClient(pv_sip.SIPClient):
             raise RuntimeError("Attempted to start already started SIPClient")
         self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.s.bind((self.myIP, self.myPort))
-        self.s.setblocking(False)  # select() says when; a send never blocks the event loop
+        self.s.setblocking(False)  # the selector says when; a send never blocks the event loop
         self.myPort = self.s.getsockname()[1]
         self.out = self.s
         self._wake_r, self._wake_w = os.pipe()
@@ -103,18 +103,27 @@ class _SipClient(pv_sip.SIPClient):
         self._wake_r = self._wake_w = None
 
     def recv_loop(self) -> None:
-        """The "SIP Recieve" thread: sleeps in select() until a datagram or the stop signal."""
-        sock, wake = self.s, self._wake_r
-        assert wake is not None, "start() first"
-        while self.NSD:
+        """The "SIP Recieve" thread: sleeps in epoll (a selector, no timeout, no FD_SETSIZE limit)
+        until a datagram or the stop signal on the self-pipe."""
+        assert self._wake_r is not None, "start() first"
+        with selectors.DefaultSelector() as sel:
             try:
-                ready, _, _ = select.select([sock.fileno(), wake], [], [])  # no timeout: idle costs nothing
-            except (OSError, ValueError):  # closed under us
-                break
-            self.wakeups += 1
-            if wake in ready or not self.NSD:
-                break
-            self.recv()
+                sel.register(self.s, selectors.EVENT_READ)
+                wake = sel.register(self._wake_r, selectors.EVENT_READ)
+            except (OSError, ValueError):  # stopped before we ran
+                return
+            while self.NSD:
+                try:
+                    ready = sel.select()  # no timeout: an idle trunk costs nothing
+                except (OSError, ValueError):  # closed under us
+                    break
+                self.wakeups += 1
+                if not self.NSD or any(key is wake or key.fd == wake.fd for key, _ in ready):
+                    break
+                try:
+                    self.recv()
+                except Exception:  # noqa: BLE001 - one datagram must never end the receive thread
+                    log.exception("SIP receive failed")
 
     def recv(self) -> None:
         """One datagram, whole (pyVoIP: recv(8192) truncates, SIP.py:861), to the trunk."""
