@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import pyVoIP.VoIP  # noqa: F401  # must come before pyVoIP.SIP (circular import, media-stack.md §1.1)
@@ -45,6 +46,7 @@ from bridge.sip.sdp import (
 )
 from bridge.sip.transaction import TransactionKey
 from bridge.sip.uri import NameAddr, SipUri
+from jego_call.call.machine import TableMachine
 from jego_call.call.reasons import EndReason, from_sip
 
 from .common import ALLOW, ALLOW_METHODS, _has_sdp
@@ -57,6 +59,54 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # -------------------------------------------------------------------------------------------------
+# the leg's state: an Enum, an Enum of events and one transition table (an illegal move raises)
+
+class LegState(StrEnum):
+    IDLE = "idle"                # created, nothing sent
+    CALLING = "calling"          # out: INVITE sent, no provisional yet (Timer A/B running)
+    PROCEEDING = "proceeding"    # out: a provisional arrived (ringing, maybe early media)
+    CANCELLING = "cancelling"    # out: we CANCELled; waiting for the 487 (or a crossing 2xx)
+    OFFERED = "offered"          # in: INVITE received, 100/180 sent, the app decides
+    ANSWERED = "answered"        # a 2xx: ACKed by us (out) or sent by us (in)
+    ENDED = "ended"              # LegEnded emitted
+
+
+class LegInput(StrEnum):
+    DIAL = "dial"                # we sent the INVITE
+    OFFER = "offer"              # an INVITE for us arrived
+    PROVISIONAL = "provisional"  # 1xx to our INVITE
+    CHALLENGE = "challenge"      # 401/407: a new INVITE with credentials went out
+    CANCEL = "cancel"            # hangup() while ringing
+    ANSWER = "answer"            # 2xx received (out) / sent (in)
+    END = "end"                  # final non-2xx, BYE either way, CANCEL/487, timeouts, stop
+
+
+_S, _E = LegState, LegInput
+LEG_TRANSITIONS: dict[tuple[LegState, LegInput], LegState] = {
+    (_S.IDLE, _E.DIAL): _S.CALLING,
+    (_S.IDLE, _E.OFFER): _S.OFFERED,
+    (_S.CALLING, _E.PROVISIONAL): _S.PROCEEDING,
+    (_S.CALLING, _E.CHALLENGE): _S.CALLING,
+    (_S.PROCEEDING, _E.CHALLENGE): _S.CALLING,
+    (_S.CALLING, _E.CANCEL): _S.CANCELLING,
+    (_S.PROCEEDING, _E.CANCEL): _S.CANCELLING,
+    (_S.CALLING, _E.ANSWER): _S.ANSWERED,
+    (_S.PROCEEDING, _E.ANSWER): _S.ANSWERED,
+    (_S.OFFERED, _E.ANSWER): _S.ANSWERED,
+    **{(s, _E.END): _S.ENDED for s in LegState if s is not _S.ENDED},
+}
+
+
+class LegMachine(TableMachine[LegState, LegInput]):
+    """One SIP leg's state; `apply(event)` is the only way to change it."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("sip leg", LEG_TRANSITIONS, LegState.IDLE, LegState.ENDED)
+
+
+# -------------------------------------------------------------------------------------------------
 # the leg
 
 class PyVoipLeg:
@@ -67,7 +117,7 @@ class PyVoipLeg:
         self.call_id = call_id
         self.events: asyncio.Queue[LegEvent] = asyncio.Queue()
         self.inbound = inbound
-        self.state = "idle"  # idle calling proceeding cancelling answered ended | offered (inbound)
+        self.sm = LegMachine()
         self.sip_call_id = call_id if inbound else f"{random_token(12)}@{trunk.config.local_host}"
         self.local_tag = random_token(6)
         self.remote_tag: str | None = None
@@ -98,6 +148,11 @@ class PyVoipLeg:
 
     # -- SipLeg API ---------------------------------------------------------------------------
     @property
+    def state(self) -> LegState:
+        """idle calling proceeding cancelling answered ended | offered (inbound): see LegState."""
+        return self.sm.state
+
+    @property
     def codec(self) -> str | None:
         """The negotiated G.711 codec once known ("PCMU"/"PCMA")."""
         return self.audio.codec if self.audio else None
@@ -110,7 +165,7 @@ class PyVoipLeg:
         trunk = self._trunk
         cfg = self._cfg
         if trunk.active_calls() >= cfg.max_calls:
-            self.state = "ended"
+            self.sm.apply(_E.END)
             self._emit(LegEnded(EndReason.CONGESTION, 503, 34, remote=False, detail="max_calls reached"))
             return
         phone = trunk.phone
@@ -130,7 +185,7 @@ class PyVoipLeg:
             "INVITE", ruri, from_=from_, to=to, call_id=self.sip_call_id, cseq=1,
             contact=trunk.contact(), headers=[("Allow", ALLOW)],
             body=self._offer.serialize().encode(), content_type="application/sdp")
-        self.state = "calling"
+        self.sm.apply(_E.DIAL)
         self._send_invite(invite)
 
     async def answer(self) -> None:
@@ -140,7 +195,7 @@ class PyVoipLeg:
             log.info("answer() ignored on %s in state %s", self.call_id, self.state)
             return
         assert self._answer_sdp is not None
-        self.state = "answered"
+        self.sm.apply(_E.ANSWER)
         self.final_status = 200
         self._start_media(self.audio)
         self._respond_invite(200, body=self._answer_sdp.serialize().encode(), content_type="application/sdp")
@@ -174,7 +229,7 @@ class PyVoipLeg:
             self._send_bye(q850_cause)
             self._end(LegEnded(EndReason.HANGUP, None, q850_cause, remote=False))
         elif self.state in ("calling", "proceeding"):
-            self.state = "cancelling"
+            self.sm.apply(_E.CANCEL)
             self._send_cancel(q850_cause)
 
     def send_audio(self, pcm: bytes) -> None:
@@ -221,9 +276,10 @@ class PyVoipLeg:
     def _end(self, ev: LegEnded) -> None:
         """Emit the one LegEnded, stop media, free the port, forget the leg. Late retransmissions
         for the call are answered by the endpoint's transactions and dialogs, not by the leg."""
-        if self.state == "ended" and self._ended:
+        if self.sm.ended and self._ended:
             return
-        self.state = "ended"
+        if not self.sm.ended:
+            self.sm.apply(_E.END)
         self._emit(ev)
         if self._call is not None:
             self._call.state = pv_voip.CallState.ENDED
@@ -271,7 +327,7 @@ class PyVoipLeg:
 
     def _on_provisional(self, resp: SipResponse, dialog: DialogId | None) -> None:
         if self.state == "calling":
-            self.state = "proceeding"
+            self.sm.apply(_E.PROVISIONAL)
         if resp.status == 100 or self._ended or self.state == "cancelling":
             return  # a CANCEL waiting for this provisional went out with it (the endpoint's)
         if resp.to_tag:
@@ -325,7 +381,7 @@ class PyVoipLeg:
             self._send_bye(65)
             self._end(LegEnded(EndReason.FAILED, None, 65, remote=False, detail="no usable SDP answer"))
             return
-        self.state = "answered"
+        self.sm.apply(_E.ANSWER)
         self._start_media(audio)
         if self._call is not None:
             self._call.state = pv_voip.CallState.ANSWERED
@@ -336,13 +392,13 @@ class PyVoipLeg:
         INVITE with CSeq+1 and (Proxy-)Authorization (§22.2); anything else ends the leg."""
         if self._ended:
             return
-        if resp.status in (401, 407) and self.state != "cancelling" and self._auth_tries < 2 \
+        if resp.status in (401, 407) and self.sm.can(_E.CHALLENGE) and self._auth_tries < 2 \
                 and self._invite is not None:
             retry = authorize_retry(self._invite, resp, username=self._cfg.username,
                                     password=self._cfg.password, realm=self._cfg.realm)
             if retry is not None:
                 self._auth_tries += 1
-                self.state = "calling"
+                self.sm.apply(_E.CHALLENGE)
                 self._send_invite(retry)
                 return
         self.final_status = resp.status
@@ -389,7 +445,7 @@ class PyVoipLeg:
         self._inv_req = ev.request
         self._server_key = ev.key
         self.remote_tag = ev.request.from_tag
-        self.state = "offered"
+        self.sm.apply(_E.OFFER)
 
     def _respond_invite(self, status: int, *, headers: list[tuple[str, str]] | None = None,
                         body: bytes = b"", content_type: str | None = None) -> None:
