@@ -118,7 +118,7 @@ class _SipClient(pv_sip.SIPClient):
                 except (OSError, ValueError):  # closed under us
                     break
                 self.wakeups += 1
-                if not self.NSD or any(key is wake or key.fd == wake.fd for key, _ in ready):
+                if not self.NSD or any(key.fd == wake.fd for key, _ in ready):
                     break
                 try:
                     self.recv()
