@@ -98,13 +98,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX calls_by_caller ON calls(caller, started_at);
         CREATE INDEX calls_by_callee ON calls(callee, started_at);
     """),
-    # 4: prepaid credit (jego_call/billing/store.py). Money is INTEGER minor units of `currency`.
+    # 4: people (jego_call/accounts.py): a display name shown beside the username (NULL: the
+    # username), and blocks: `owner` has blocked `blocked` (no calls, messages or presence from them).
+    (4, """
+        ALTER TABLE users ADD COLUMN display_name TEXT;
+        CREATE TABLE blocks (
+            owner      TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            blocked    TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (owner, blocked)
+        );
+        CREATE INDEX blocks_by_blocked ON blocks(blocked);
+    """),
+    # 5: prepaid credit (jego_call/billing/store.py). Money is INTEGER minor units of `currency`.
     # credit_accounts.balance is the sum of the user's ledger amounts (kept in the same
     # transaction). call_charges is the billing record of one phone call, written when it is
     # authorised (before any SIP), with the money it holds while open; answered_at/last_seen let
     # recovery bill a call left open by a crash for the time it was really up. The UNIQUE call_id
     # in the ledger makes a second charge for one call impossible.
-    (4, """
+    (5, """
         CREATE TABLE credit_accounts (
             username   TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
             balance    INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),

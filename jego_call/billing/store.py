@@ -1,4 +1,4 @@
-"""SQL of the credit ledger (tables in jego_call/db.py migration 4). Every function runs inside
+"""SQL of the credit ledger (tables in jego_call/db.py migration 5). Every function runs inside
 a transaction its caller owns (`Database.transaction()`); `service.Billing` owns them.
 
 Money columns are INTEGER minor units; `credit_accounts.balance` always equals the sum of the

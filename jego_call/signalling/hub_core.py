@@ -63,6 +63,10 @@ class Directory(Protocol):
 
     def watchers(self, username: str) -> list[str]: ...
 
+    def display_name(self, username: str) -> str: ...
+
+    def is_blocked(self, owner: str, other: str) -> bool: ...
+
 
 # --- state: plain dataclasses ------------------------------------------------------------------
 @dataclass(slots=True)
@@ -254,7 +258,7 @@ class HubCore:
         if hello is not None:
             self._send(session, hello)
         for contact in self.directory.contacts(username):
-            self._send(session, {"type": "presence", "username": contact, "presence": self.presence(contact)})
+            self._send(session, self._presence_msg(contact))
         self._presence_changed(username)
         return self._take()
 
@@ -332,7 +336,7 @@ class HubCore:
     def contact_added(self, owner: str, contact: str) -> list[Command]:
         """Tell `owner`'s sessions the presence of a contact they just added."""
         self._out = []
-        self._send_to_user(owner, {"type": "presence", "username": contact, "presence": self.presence(contact)})
+        self._send_to_user(owner, self._presence_msg(contact))
         return self._take()
 
     def shutdown(self, *, now: float, wall: float) -> list[Command]:
@@ -385,6 +389,10 @@ class HubCore:
     def _log(self, level: int, text: str, call: Call | None = None) -> None:
         self._out.append(Log(level, text, call.id if call is not None else None))
 
+    def _presence_msg(self, username: str, presence: str | None = None) -> dict[str, Any]:
+        return {"type": "presence", "username": username, "presence": presence or self.presence(username),
+                "display_name": self.directory.display_name(username)}
+
     def _presence_changed(self, username: str) -> None:
         now = self.presence(username)
         if self.presence_sent.get(username, "offline") == now:
@@ -393,7 +401,7 @@ class HubCore:
             self.presence_sent.pop(username, None)
         else:
             self.presence_sent[username] = now
-        msg = {"type": "presence", "username": username, "presence": now}
+        msg = self._presence_msg(username, now)
         for watcher in self.directory.watchers(username):
             self._send_to_user(watcher, msg)
 
@@ -468,6 +476,9 @@ class HubCore:
             self.user_call[caller] = call
         self._log(INFO, f"{caller} -> {callee} ({'+'.join(call.media)})", call)
         self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "calling"})
+        if not call.phone and self.directory.is_blocked(callee, caller):  # told only "not available"
+            self._end(call, CallEvent.UNAVAILABLE)
+            return
         if callee in self.user_call:
             self._end(call, CallEvent.BUSY)
             return
@@ -478,6 +489,8 @@ class HubCore:
         self.user_call[callee] = call
         call.ringing_sessions = set(targets)
         offer = {"type": "invite", "call_id": call.id, "from": caller, "media": list(call.media), "sdp": call.offer}
+        if not call.phone:
+            offer["display_name"] = self.directory.display_name(caller)
         self._send_all(call.ringing_sessions, offer)
         self._arm(call, CallTimer.RING, self.cfg.ring_timeout_s)
 

@@ -38,6 +38,8 @@ class MemoryDirectory:
 
     users: set[str] = field(default_factory=set)
     contact_lists: dict[str, list[str]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    blocks: set[tuple[str, str]] = field(default_factory=set)   # (owner, blocked)
 
     def exists(self, username: str) -> bool:
         return username in self.users
@@ -47,6 +49,12 @@ class MemoryDirectory:
 
     def watchers(self, username: str) -> list[str]:
         return sorted(o for o, cs in self.contact_lists.items() if username in cs)
+
+    def display_name(self, username: str) -> str:
+        return self.names.get(username, username)
+
+    def is_blocked(self, owner: str, other: str) -> bool:
+        return (owner, other) in self.blocks
 
 
 class HubWorld:

@@ -153,7 +153,7 @@ def test_call_between_users_end_to_end() -> None:
     assert w.inbox("a1") == [{"type": "call_state", "call_id": CID, "state": "calling"}]
     for sid in ("b1", "b2"):
         assert w.inbox(sid) == [{"type": "invite", "call_id": CID, "from": "alice", "media": ["audio", "video"],
-                                 "sdp": SDP}]
+                                 "sdp": SDP, "display_name": "alice"}]
     assert w.inbox("c1") == []
     w.drain()
     w.msg("b1", type="ringing", call_id=CID)
@@ -169,8 +169,8 @@ def test_call_between_users_end_to_end() -> None:
     assert w.inbox("b1", "call_ended") == [{"type": "call_ended", "call_id": CID,
                                             "reason": EndReason.ANSWERED_ELSEWHERE}]
     # presence: each watcher sees the other in a call
-    assert {"type": "presence", "username": "bob", "presence": "in_call"} in w.inbox("a1")
-    assert {"type": "presence", "username": "alice", "presence": "in_call"} in w.inbox("b2")
+    assert {"type": "presence", "username": "bob", "presence": "in_call", "display_name": "bob"} in w.inbox("a1")
+    assert {"type": "presence", "username": "alice", "presence": "in_call", "display_name": "alice"} in w.inbox("b2")
     assert w.core.presence("bob") == "in_call" and w.core.presence("carol") == "online"
     w.drain()
     w.now += 60
@@ -281,9 +281,9 @@ def test_too_many_sessions_and_presence_on_attach() -> None:
     w.drain()
     w.attach("a1", "alice", hello={"type": "auth_ok"})
     assert w.inbox("a1") == [{"type": "auth_ok"},
-                             {"type": "presence", "username": "bob", "presence": "online"},
-                             {"type": "presence", "username": "carol", "presence": "offline"}]
-    assert w.inbox("b1") == [{"type": "presence", "username": "alice", "presence": "online"}]
+                             {"type": "presence", "username": "bob", "presence": "online", "display_name": "bob"},
+                             {"type": "presence", "username": "carol", "presence": "offline", "display_name": "carol"}]
+    assert w.inbox("b1") == [{"type": "presence", "username": "alice", "presence": "online", "display_name": "alice"}]
     w.drain()
     w.attach("a2", "alice")
     assert w.inbox("b1") == []  # alice was online already: no second push
@@ -292,7 +292,7 @@ def test_too_many_sessions_and_presence_on_attach() -> None:
     w.detach("a1")
     assert w.inbox("b1") == []
     w.detach("a2")
-    assert w.inbox("b1") == [{"type": "presence", "username": "alice", "presence": "offline"}]
+    assert w.inbox("b1") == [{"type": "presence", "username": "alice", "presence": "offline", "display_name": "alice"}]
     w.drain()
     w.attach("c1", "carol")
     assert w.inbox("b1") == []  # bob does not have carol as a contact
@@ -300,7 +300,7 @@ def test_too_many_sessions_and_presence_on_attach() -> None:
     w.drain()
     w.directory.contact_lists["bob"].append("carol")
     w._take(w.core.contact_added("bob", "carol"))
-    assert w.inbox("b1") == [{"type": "presence", "username": "carol", "presence": "online"}]
+    assert w.inbox("b1") == [{"type": "presence", "username": "carol", "presence": "online", "display_name": "carol"}]
 
 
 # --- timers -----------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ def test_caller_connection_lost() -> None:
     for sid in ("b1", "b2"):
         assert w.last(sid, "call_ended") == {"type": "call_ended", "call_id": CID,
                                              "reason": EndReason.CONNECTION_LOST, "by": "alice"}
-    assert {"type": "presence", "username": "alice", "presence": "offline"} in w.inbox("b1")
+    assert {"type": "presence", "username": "alice", "presence": "offline", "display_name": "alice"} in w.inbox("b1")
     assert w.core.user_call == {} and w.core.next_deadline() is None
 
 
@@ -641,3 +641,15 @@ def test_commands_name_sessions_by_id_only() -> None:
     phone_in(w, call_id=CID2)
     assert all(isinstance(c.session, str) and c.session in {"a1", "b1", "b2", "c1", "gw1"}
                for c in w.commands if isinstance(c, Send))
+
+
+def test_blocked_caller_is_told_only_not_available_and_names_travel() -> None:
+    w = world()
+    w.directory.names["alice"] = "王芳"
+    w.directory.blocks.add(("bob", "carol"))
+    w.drain()
+    invite(w, "c1", to="bob", call_id="call-blocked")
+    assert w.last("c1", "call_ended")["reason"] == EndReason.UNAVAILABLE  # same words as offline
+    assert w.inbox("b1", "invite") == w.inbox("b2", "invite") == []       # bob's devices never ring
+    invite(w, "a1", to="bob", call_id="call-named")
+    assert w.last("b1", "invite")["display_name"] == "王芳" == w.last("b2", "invite")["display_name"]

@@ -185,10 +185,10 @@ def test_sessions_registry_and_other_features_handlers() -> None:
     hub.detach(FakeSession("s99", "bob"))  # never attached: nothing happens
     assert hub.sessions["bob"] == {b}
     hub.detach(b)
-    assert "bob" not in hub.sessions and a.sent[-1] == {"type": "presence", "username": "bob", "presence": "offline"}
+    assert "bob" not in hub.sessions and a.sent[-1] == {"type": "presence", "username": "bob", "presence": "offline", "display_name": "bob"}
     hub.detach(b)  # twice: harmless
     hub.contact_added("alice", "bob")
-    assert a.sent[-1] == {"type": "presence", "username": "bob", "presence": "offline"}
+    assert a.sent[-1] == {"type": "presence", "username": "bob", "presence": "offline", "display_name": "bob"}
 
 
 def test_gateway_and_shutdown_through_the_shell() -> None:

@@ -30,6 +30,7 @@ PURE_MODULES = (
     "jego_call/call/state.py",
     "jego_call/call/machine.py",
     "jego_call/call/reasons.py",
+    "jego_call/call/dialplan.py",
     "jego_call/signalling/messages.py",
     "jego_call/signalling/hub_core.py",
     "jego_call/messaging/protocol.py",
