@@ -452,7 +452,7 @@ class Carrier:
         except SdpError as err:
             self._reject(ev.key, err)
             return
-        stream.configure(ans.audio)
+        stream.apply_answer(ev.request.body, ans)  # rtcp-mux kept if offered again (RFC 5761 §5.1.3)
         call.recv_media = ans.audio.recv
         call.local_sdp = ans.sdp
         self._respond(ev.key, 200, body=ans.sdp.serialize().encode(), content_type=SDP)
