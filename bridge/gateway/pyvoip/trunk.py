@@ -103,7 +103,8 @@ class PyVoipTrunk:
         medias = [leg.media for leg in self._legs.values() if leg.media is not None]
         for leg in list(self._legs.values()):
             leg._end(LegEnded(EndReason.HANGUP, None, 16, remote=False, detail="trunk stopped"))
-        await asyncio.gather(*(asyncio.to_thread(m.stop) for m in medias))
+        for m in medias:
+            m.stop()
         await asyncio.gather(*self._pending_stops(), return_exceptions=True)
         # un-REGISTER needs the receive path (REGISTER responses are routed through the trunk)
         await asyncio.to_thread(self._phone.stop)
@@ -318,13 +319,13 @@ class PyVoipTrunk:
         return stops
 
     def _release_leg(self, leg: PyVoipLeg) -> None:
-        """Stop the leg's media (threads joined off the loop), free its port, and forget the leg
+        """Stop the leg's media, free its port, and forget the leg
         after 64·T1 so late retransmissions are still recognised."""
         phone = self._phone
         media, leg.media = leg.media, None
         if media is not None:
             leg._stopped_media = media
-            self._stops.append(asyncio.ensure_future(asyncio.to_thread(media.stop)))
+            media.stop()  # on the shared media engine: plain and non-blocking
         if phone is not None and leg._port is not None:
             if leg._sock is not None:
                 leg._sock.close()
