@@ -291,14 +291,4 @@ class MediaEngine:
                 "ticks": self.ticks}
 
 
-def use_uvloop() -> bool:
-    """Install uvloop's event loop policy when uvloop is importable (call before asyncio.run)."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
-
-
-__all__ = ["MediaEngine", "RtpEndpoint", "bind_pair", "format_of", "use_uvloop"]
+__all__ = ["MediaEngine", "RtpEndpoint", "bind_pair", "format_of"]
