@@ -994,6 +994,37 @@ async def test_against_the_simulated_carrier(tmp_path: Path) -> None:
             await carrier.wait_idle(5)
 
 
+async def test_rtcp_with_the_simulated_carrier(tmp_path: Path) -> None:
+    """The leg and the carrier exchange RTCP SR/RR (RFC 3550 §6, RTCP on port + 1): what each
+    far end reports (loss, jitter) and the round trip from LSR/DLSR are in both sides' stats."""
+    from .carrier_util import running_carrier
+
+    async with running_carrier(tmp_path / "carrier", sip={"rtcp_interval_s": 0.4}) as carrier:
+        async with running_trunk(carrier.udp_port, register=True, rtcp_interval_s=0.4) as trunk:
+            leg = trunk.new_leg("rtcp")
+            await leg.dial("+8613800138000")
+            await next_event(leg, LegAnswered, timeout=8)
+            pumping = asyncio.ensure_future(pump(leg, 6.0, source=lambda n: sine(600.0, -15.0, 160, n * 160)))
+            try:
+                stats: dict[str, Any] = {}
+                for _ in range(60):
+                    await asyncio.sleep(0.1)
+                    stats = leg.stats()
+                    streams = [c.stream for c in carrier._calls.values() if c.stream is not None]
+                    if "rtt_ms" in stats and streams and streams[0].stats().rtt is not None:
+                        break
+                assert stats["rtcp_sent"] >= 2 and stats["rtcp_received"] >= 2, stats
+                assert 0 <= stats["rtt_ms"] < 50 and stats["remote_loss"] == 0 and stats["jitter_ms"] < 20, stats
+                (stream,) = streams
+                cst = stream.stats()
+                assert cst.rtcp_received >= 2 and cst.rtt is not None and 0 <= cst.rtt < 0.05, cst
+                assert cst.remote_packets_lost == 0 and cst.dropped_rtcp == 0, cst
+            finally:
+                pumping.cancel()
+            await leg.hangup()
+            await next_event(leg, LegEnded)
+
+
 async def test_reinvite_hold_and_resume() -> None:
     """A re-INVITE (hold, then resume) is answered on the same media: recvonly while held, so we
     stop sending; no second pair of RTP threads (pyVoIP starts one per re-INVITE: 100 packets/s)."""
