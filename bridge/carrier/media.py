@@ -303,7 +303,8 @@ def _resample(x: npt.NDArray[np.float64], src: int, dst: int) -> npt.NDArray[np.
         h = 2 * cutoff * np.sinc(2 * cutoff * taps) * np.blackman(len(taps))
         x = np.convolve(x, h / h.sum(), mode="same")
     t_out = np.arange(int(len(x) * dst / src)) * (src / dst)
-    return np.interp(t_out, np.arange(len(x)), x)
+    out: npt.NDArray[np.float64] = np.interp(t_out, np.arange(len(x)), x)
+    return out
 
 
 class WavRecorder:
