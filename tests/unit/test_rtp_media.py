@@ -447,3 +447,26 @@ def test_scheduler_due_and_next_deadline() -> None:
         groups.append(len(due))
     assert sum(groups) == 50 and len(groups) == math.ceil(49 * 0.0037 / PERIOD) + 1
     assert align(10.0, 10.0, 0.02) == 10.0 and abs(align(10.021, 10.0, 0.02) - 10.04) < 1e-9
+
+
+def test_a_timestamp_jump_resyncs_without_inserting_silence() -> None:
+    """Same SSRC and contiguous sequence numbers, but the timestamp leaps by 100 s (a restarted
+    or forged clock): playout restarts at the new timestamp instead of waiting out the gap."""
+    q = FrameQueues(rx_max=1000)
+    s = session(audio=q)
+    s.start(0.0)
+    pcm = sine(700, 100 * FRAME)
+    for i in range(100):
+        at = 0.002 + i * PERIOD
+        while (due := s.next_due) is not None and due <= at:
+            s.tick(due)
+        ts = i * FRAME + (800_000 if i >= 50 else 0)
+        s.receive(RtpPacket(0, i, ts, 9, g711.ulaw_encode(pcm[i * FRAME:(i + 1) * FRAME])).serialize(), B, at)
+    while (due := s.next_due) is not None and due <= 2.3:
+        s.tick(due)
+    frames = [np.frombuffer(f, dtype=np.int16) for f in q.rx]
+    levels = np.array([np.abs(f).max() for f in frames])
+    on = np.nonzero(levels > 1000)[0]
+    # all 100 frames of tone came out, with at most a frame or two of re-buffering at the leap
+    assert levels[on[0]:on[-1] + 1].size <= 103 and (levels > 1000).sum() >= 98
+    assert s.playout.jitter.stats().resets >= 1
