@@ -133,7 +133,18 @@ class Playout:
         padded with silence (a gap inside the stream, or an underrun)."""
         gap = False
         jb = self.jitter
-        while len(self._pcm) < FRAME:
+        if not len(self._pcm) and jb.depth:
+            # Fast path: an empty FIFO and a next packet of exactly one slot, in sequence.
+            item = jb.pop_packet(now)
+            if item is not None:
+                if (len(item.payload) == FRAME and not self._resync and item.ssrc == self._ssrc
+                        and item.timestamp == self._end_ts):
+                    self._end_ts = (item.timestamp + FRAME) & 0xFFFFFFFF
+                    return self.decode(item.payload), True
+                self._feed(item)
+            else:
+                gap = True  # the buffer was not empty: a lost packet, an event slot or prefetching
+        while len(self._pcm) < FRAME and not gap:
             empty = jb.depth == 0
             item = jb.pop_packet(now)
             if item is None:

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A stall of the event loop longer than this many 20 ms slots is skipped, not burst out.
-MAX_BURST = 5
+# A stall of the event loop longer than this many 20 ms slots (200 ms, as the leg's own RTP
+# thread used to allow) is skipped, not burst out; shorter ones go out back to back.
+MAX_BURST = 10
 
 
 class _MediaClient:
