@@ -11,15 +11,6 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def loop_name() -> str:
-    """"uvloop" when :func:`run` would use it, else "asyncio"."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on uvloop's event loop when importable (UDP and timers in libuv:
     less CPU per packet), else on asyncio's."""
