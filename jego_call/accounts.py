@@ -1,7 +1,11 @@
-"""Accounts: users with argon2 password hashes, signed expiring tokens, and contacts.
+"""Accounts: users with argon2 password hashes, display names, signed expiring tokens, contacts
+and blocks.
 
 Call `Accounts(db, secret, cfg)`; `register`/`login` return a token, `verify_token` turns one
-back into a username. Everything raises SignallingError with its wire code.
+back into a username. `display_name(user)` is what people see beside the username (Unicode,
+1-32 characters; the username when none is set). `block(owner, other)` stops `other`'s calls,
+messages and view of `owner`'s presence; `is_blocked(owner, other)` is what the hub and
+messaging check. Everything raises SignallingError with its wire code.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,12 @@ from .errors import ErrorCode, SignallingError
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MAX_PASSWORD = 1024
+MAX_DISPLAY_NAME = 32
+# Unicode categories a display name may not contain: controls, separators other than the space,
+# unassigned and private-use code points, surrogates.
+_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Bidirectional overrides and isolates can make a name display as another one.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 # argon2id with the library's RFC 9106 "low memory" profile: ~50 ms per hash on these cores.
 _HASHER = PasswordHasher()
@@ -64,6 +75,21 @@ def normalise_username(name: object) -> str:
             "username must be 3-32 characters of a-z, 0-9, '.', '_', '-', start with a letter or digit"
             " and contain a letter",
         )
+    return name
+
+
+def normalise_display_name(name: object) -> str:
+    """A display name as stored: NFC, spaces collapsed, 1-32 characters; invalid_display_name otherwise."""
+    if not isinstance(name, str):
+        raise SignallingError(ErrorCode.INVALID_DISPLAY_NAME, "display name must be a string")
+    name = " ".join(unicodedata.normalize("NFC", name).split())
+    if not name:
+        raise SignallingError(ErrorCode.INVALID_DISPLAY_NAME, "display name must not be empty")
+    if len(name) > MAX_DISPLAY_NAME:
+        raise SignallingError(ErrorCode.INVALID_DISPLAY_NAME,
+                              f"display name must have at most {MAX_DISPLAY_NAME} characters")
+    if any(unicodedata.category(c) in _BAD_NAME_CATEGORIES or c in _BIDI_CONTROLS for c in name):
+        raise SignallingError(ErrorCode.INVALID_DISPLAY_NAME, "display name contains a control character")
     return name
 
 
@@ -135,21 +161,23 @@ class Accounts:
             raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {name!r} is taken")
         return name, pw
 
-    def create(self, username: str, password_hash: str) -> None:
+    def create(self, username: str, password_hash: str, display_name: str | None = None) -> None:
+        """Store a new user; `display_name` must come from `normalise_display_name` (None: the username)."""
         try:
             self.db.execute(
-                "INSERT INTO users(username, password_hash, created_at) VALUES (?, ?, ?)",
-                (username, password_hash, time.time()),
+                "INSERT INTO users(username, password_hash, created_at, display_name) VALUES (?, ?, ?, ?)",
+                (username, password_hash, time.time(), display_name),
             )
         except Exception as exc:  # sqlite3.IntegrityError: a concurrent register won
             if "UNIQUE" in str(exc):
                 raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {username!r} is taken") from None
             raise
 
-    def register(self, username: object, password: object) -> Token:
+    def register(self, username: object, password: object, display_name: object = None) -> Token:
         """Synchronous register (CLI, tests): validate, hash, store, return a token."""
         name, pw = self.validate_new(username, password)
-        self.create(name, self.hash_password(pw))
+        shown = normalise_display_name(display_name) if display_name is not None else None
+        self.create(name, self.hash_password(pw), shown)
         return self.issue_token(name)
 
     def stored_hash(self, username: object) -> tuple[str | None, str]:
@@ -186,18 +214,40 @@ class Accounts:
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
         return float(row["created_at"])
 
+    # -- display names --------------------------------------------------------------------
+    def display_name(self, username: str) -> str:
+        """What people see for `username`: its display name, or the username when none is set."""
+        row = self.db.query_one("SELECT display_name FROM users WHERE username = ?", (username,))
+        return str(row["display_name"]) if row is not None and row["display_name"] else username
+
+    def set_display_name(self, username: str, name: object) -> str:
+        """Change `username`'s display name (normalised, invalid_display_name if it breaks the rules)."""
+        shown = normalise_display_name(name)
+        self.db.execute("UPDATE users SET display_name = ? WHERE username = ?", (shown, username))
+        return shown
+
+    def profile(self, username: str) -> dict[str, object]:
+        """`{"username", "display_name"}`, as contacts, presence and invites carry a person."""
+        return {"username": username, "display_name": self.display_name(username)}
+
     # -- contacts -------------------------------------------------------------------------
-    def add_contact(self, owner: str, other: object) -> tuple[str, bool]:
-        """Add `other` to `owner`'s contacts; returns (name, created)."""
-        name = normalise_username(other) if isinstance(other, str) else normalise_username(other)
+    def _existing_other(self, owner: str, other: object) -> str:
+        name = normalise_username(other)
         if name == owner:
-            raise SignallingError(ErrorCode.SELF_CONTACT, "you cannot add yourself as a contact")
+            raise SignallingError(ErrorCode.SELF_CONTACT, "you cannot add or block yourself")
         if not self.exists(name):
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {name!r}")
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO contacts(owner, contact, created_at) VALUES (?, ?, ?)",
-            (owner, name, time.time()),
-        )
+        return name
+
+    def add_contact(self, owner: str, other: object) -> tuple[str, bool]:
+        """Add `other` to `owner`'s contacts (unblocking them); returns (name, created)."""
+        name = self._existing_other(owner, other)
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, name))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO contacts(owner, contact, created_at) VALUES (?, ?, ?)",
+                (owner, name, time.time()),
+            )
         return name, cur.rowcount == 1
 
     def remove_contact(self, owner: str, other: str) -> None:
@@ -206,13 +256,60 @@ class Accounts:
             raise SignallingError(ErrorCode.NOT_CONTACT, f"{other!r} is not in your contacts")
 
     def contacts(self, owner: str) -> list[str]:
-        rows = self.db.query("SELECT contact FROM contacts WHERE owner = ? ORDER BY contact", (owner,))
+        """The contacts whose presence `owner` sees: their list, less those who blocked `owner`."""
+        rows = self.db.query(
+            "SELECT contact FROM contacts WHERE owner = ? AND contact NOT IN"
+            " (SELECT owner FROM blocks WHERE blocked = ?) ORDER BY contact", (owner, owner))
         return [r["contact"] for r in rows]
 
+    def contact_list(self, owner: str) -> list[dict[str, object]]:
+        """Every contact of `owner` with its display name, and `hidden` when they blocked `owner`
+        (whose presence `owner` then always sees as offline)."""
+        rows = self.db.query(
+            "SELECT c.contact AS username, u.display_name AS display_name,"
+            " EXISTS (SELECT 1 FROM blocks b WHERE b.owner = c.contact AND b.blocked = c.owner) AS hidden"
+            " FROM contacts c JOIN users u ON u.username = c.contact WHERE c.owner = ? ORDER BY c.contact",
+            (owner,))
+        return [{"username": r["username"], "display_name": r["display_name"] or r["username"],
+                 "hidden": bool(r["hidden"])} for r in rows]
+
     def watchers(self, username: str) -> list[str]:
-        """Users who have `username` as a contact: they see its presence."""
-        rows = self.db.query("SELECT owner FROM contacts WHERE contact = ?", (username,))
+        """Users who have `username` as a contact and see its presence (not those it blocked)."""
+        rows = self.db.query(
+            "SELECT owner FROM contacts WHERE contact = ? AND owner NOT IN"
+            " (SELECT blocked FROM blocks WHERE owner = ?)", (username, username))
         return [r["owner"] for r in rows]
+
+    # -- blocks ---------------------------------------------------------------------------
+    def block(self, owner: str, other: object) -> tuple[str, bool]:
+        """`owner` blocks `other`: removed from `owner`'s contacts; their calls and messages to
+        `owner` are refused as "not available" and they see `owner` offline. (name, created)."""
+        name = self._existing_other(owner, other)
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM contacts WHERE owner = ? AND contact = ?", (owner, name))
+            cur = conn.execute("INSERT OR IGNORE INTO blocks(owner, blocked, created_at) VALUES (?, ?, ?)",
+                               (owner, name, time.time()))
+        return name, cur.rowcount == 1
+
+    def unblock(self, owner: str, other: str) -> str:
+        """Lift a block (not_found if `other` is not blocked); they are not added back as a contact."""
+        name = other.strip().lower()
+        cur = self.db.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, name))
+        if cur.rowcount == 0:
+            raise SignallingError(ErrorCode.NOT_FOUND, f"{other!r} is not blocked")
+        return name
+
+    def blocked(self, owner: str) -> list[dict[str, object]]:
+        """Everyone `owner` has blocked, with display names, by username."""
+        rows = self.db.query(
+            "SELECT b.blocked AS username, u.display_name AS display_name FROM blocks b"
+            " JOIN users u ON u.username = b.blocked WHERE b.owner = ? ORDER BY b.blocked", (owner,))
+        return [{"username": r["username"], "display_name": r["display_name"] or r["username"]} for r in rows]
+
+    def is_blocked(self, owner: str, other: str) -> bool:
+        """True when `owner` has blocked `other`."""
+        return self.db.query_one(
+            "SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?", (owner, other)) is not None
 
     def is_contact(self, owner: str, other: str) -> bool:
         return self.db.query_one(

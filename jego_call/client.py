@@ -136,7 +136,18 @@ class JegoClient:
         return dict(await self.request("POST", "/api/contacts", {"username": username}))
 
     async def remove_contact(self, username: str) -> None:
-        await self.request("DELETE", f"/api/contacts/{username}")
+        await self.request("DELETE", f"/api/contacts/{quote(username, safe='')}")
+
+    async def blocked(self) -> list[dict[str, Any]]:
+        """Everyone you have blocked: [{"username", "display_name"}]."""
+        return list((await self.request("GET", "/api/blocks"))["blocked"])
+
+    async def block(self, username: str) -> dict[str, Any]:
+        """Block `username`: they can no longer call or message you (they are told "not available")."""
+        return dict(await self.request("POST", "/api/blocks", {"username": username}))
+
+    async def unblock(self, username: str) -> None:
+        await self.request("DELETE", f"/api/blocks/{quote(username, safe='')}")
 
     async def config(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/api/config"))

@@ -105,6 +105,8 @@ class BridgeSection:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
+    format: str = "text"
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,7 @@ _POSITIVE = {
     "bridge.media_timeout_s", "bridge.max_call_s",
 }
 
-_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma")}
+_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma"), "log.format": ("text", "json")}
 
 
 def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:

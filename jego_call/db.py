@@ -98,6 +98,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX calls_by_caller ON calls(caller, started_at);
         CREATE INDEX calls_by_callee ON calls(callee, started_at);
     """),
+    # 4: people (jego_call/accounts.py): a display name shown beside the username (NULL: the
+    # username), and blocks: `owner` has blocked `blocked` (no calls, messages or presence from them).
+    (4, """
+        ALTER TABLE users ADD COLUMN display_name TEXT;
+        CREATE TABLE blocks (
+            owner      TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            blocked    TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (owner, blocked)
+        );
+        CREATE INDEX blocks_by_blocked ON blocks(blocked);
+    """),
 ]
 
 

@@ -45,9 +45,11 @@ class ErrorCode(StrEnum):
     USERNAME_TAKEN = "username_taken"
     INVALID_USERNAME = "invalid_username"
     WEAK_PASSWORD = "weak_password"
+    INVALID_DISPLAY_NAME = "invalid_display_name"
     SELF_CALL = "self_call"
     SELF_CONTACT = "self_contact"
     NOT_CONTACT = "not_contact"
+    UNAVAILABLE = "unavailable"
     UNKNOWN_CALL = "unknown_call"
     CALL_EXISTS = "call_exists"
     NOT_PARTY = "not_party"
@@ -70,9 +72,11 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.USERNAME_TAKEN: 409,
     ErrorCode.INVALID_USERNAME: 400,
     ErrorCode.WEAK_PASSWORD: 400,
+    ErrorCode.INVALID_DISPLAY_NAME: 400,
     ErrorCode.UNKNOWN_USER: 404,
     ErrorCode.SELF_CONTACT: 400,
     ErrorCode.NOT_CONTACT: 403,
+    ErrorCode.UNAVAILABLE: 403,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.TOO_LARGE: 413,

@@ -39,7 +39,10 @@ setup_jego() {
     local mode="${1:-run}"
     local debs=(libopus0 python3-venv)
     if [ "$mode" = test ]; then
-        debs+=(chromium sip-tester baresip iproute2 util-linux)
+        # Real servers the tests start and stop by PID (tests/servers.py), the browser, SIP peers;
+        # fonts: CJK and emoji, so Chinese (and 👍) render in the browser tests' screenshots.
+        debs+=(chromium sip-tester baresip iproute2 util-linux redis-server postgresql prometheus coturn
+               postgresql-client fonts-noto-cjk fonts-noto-color-emoji)
     fi
     _jego_apt "${debs[@]}"
 

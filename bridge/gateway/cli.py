@@ -21,7 +21,7 @@ from typing import Any
 
 from jego_call.aio import run as run_loop
 from jego_call.config import Config, load_config
-from jego_call.log import setup_logging
+from jego_call.log import default_node, setup_logging
 from jego_call.media.endpoint import enable_loopback_candidates
 
 from .worker import BridgeWorker
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         overrides["bridge"] = {"max_calls": args.max_calls}
     cfg = load_config(args.config, overrides=overrides)
-    setup_logging(cfg.log.level)
+    setup_logging(cfg.log.level, fmt=cfg.log.format, node=cfg.log.node or default_node())
     try:
         secret = gateway_secret(cfg, args.secret)
     except SystemExit as exc:

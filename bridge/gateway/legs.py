@@ -1,4 +1,6 @@
-"""The seam between a bridged call and its SIP side: the `SipLeg` and `SipTrunk` protocols.
+"""[pure] The seam between a bridged call and its SIP side: the `SipLeg` and `SipTrunk` protocols
+and the leg's events (LegRinging, LegAnswered, LegDtmf, LegEnded), which the pure call core
+(call_core.py) takes as input. Definitions only: nothing here runs I/O.
 
 `BridgeCall` (bridge/gateway/call.py) talks only to these. The implementation is
 `bridge/gateway/pyvoip/`, the one module that imports pyVoIP; a replacement leg would plug in
@@ -10,12 +12,14 @@ Audio crosses this seam as 16-bit signed little-endian PCM, mono, 8 kHz, in 20 m
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from jego_call.call.reasons import EndReason
+
+if TYPE_CHECKING:
+    import asyncio
 
 FRAME_SAMPLES = 160
 FRAME_BYTES = 2 * FRAME_SAMPLES

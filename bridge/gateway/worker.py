@@ -209,7 +209,7 @@ class BridgeWorker:
         if len(self.calls) >= self.max_calls:
             # refused, never squeezed in (the server should not have sent it: capacity)
             self.refused += 1
-            log.warning("[call %s] refused: %d calls is this worker's limit", call_id, self.max_calls)
+            log.warning("refused: %d calls is this worker's limit", self.max_calls, extra={"call_id": call_id})
             await self.send({"type": "decline", "call_id": call_id, "reason": "congestion", "sip_code": None,
                              "q850_cause": 34, "detail": "the phone gateway is at capacity"})
             return
@@ -233,7 +233,7 @@ class BridgeWorker:
             await leg.reject(503, 34)  # Q.850 34: no circuit/channel available
             return
         call_id = uuid.uuid4().hex
-        log.info("[call %s] inbound %s -> %s (%s)", call_id, from_number, to, user)
+        log.info("inbound %s -> %s (%s)", from_number, to, user, extra={"call_id": call_id})
         call = self._new_call(call_id, "in", leg)
         call.begin_inbound(e164_of(from_number) if from_number else "unknown", user)
 

@@ -5,7 +5,9 @@ the web client.
 Each member carries the SIP final response and Q.850 cause it is sent as when a call that has
 not been answered must be refused on a SIP leg (`sip_code`, `q850`), the dialer's verdict class
 (`outcome`, which decides `jego dial`'s exit code) and plain words in English and Chinese
-(`words(lang)`). `from_sip(code, cause)` goes the other way: a SIP final response and its
+(`words(lang)`): by default as the caller is told, with `phone=True` when the far end is a phone
+number, and with `callee=True` as the person who was called sees it in their history ("Missed
+call"). `missed` marks the reasons that are a missed call for the callee. `from_sip(code, cause)` goes the other way: a SIP final response and its
 RFC 3326 Reason cause to the reason a user is told. The web client reads `catalogue()` from
 `GET /api/reasons`, so no table is copied by hand.
 """
@@ -29,6 +31,9 @@ class ReasonInfo:
     zh: str
     phone_en: str = ""     # other words when the far end is a phone number (default: en)
     phone_zh: str = ""
+    callee_en: str = ""    # words for the callee's side of the call (default: en)
+    callee_zh: str = ""
+    missed: bool = False   # the callee missed the call (they neither answered nor declined it)
 
 
 class EndReason(StrEnum):
@@ -54,6 +59,7 @@ class EndReason(StrEnum):
     SWITCHED_OFF = "switched_off"
     TIMEOUT = "timeout"
     EMERGENCY = "emergency"
+    SERVICE_NUMBER = "service_number"
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
     CONGESTION = "congestion"
@@ -77,13 +83,18 @@ class EndReason(StrEnum):
     def outcome(self) -> str:
         return REASONS[self].outcome
 
-    def words(self, lang: str = "en", *, phone: bool = False) -> str:
+    @property
+    def missed(self) -> bool:
+        return REASONS[self].missed
+
+    def words(self, lang: str = "en", *, phone: bool = False, callee: bool = False) -> str:
         """Plain words for people, in `lang` ("en" or "zh"; anything else: English); `phone` when
-        the far end is a phone number ("The number is busy" rather than "Busy")."""
+        the far end is a phone number ("The number is busy" rather than "Busy"); `callee` for the
+        side that was called ("Missed call" rather than "No answer")."""
         info = REASONS[self]
         if lang.lower().startswith("zh"):
-            return (phone and info.phone_zh) or info.zh
-        return (phone and info.phone_en) or info.en
+            return (callee and info.callee_zh) or (phone and info.phone_zh) or info.zh
+        return (callee and info.callee_en) or (phone and info.phone_en) or info.en
 
     @classmethod
     def parse(cls, value: object, default: EndReason | None = None) -> EndReason:
@@ -99,12 +110,18 @@ R = EndReason
 REASONS: Final[dict[EndReason, ReasonInfo]] = {
     R.HANGUP: ReasonInfo(0, 16, "answered", "Call ended", "通话已结束"),
     R.DECLINED: ReasonInfo(603, 21, "declined", "Call declined", "对方拒绝了通话",
-                           "The call was declined", "对方拒绝接听"),
+                           "The call was declined", "对方拒绝接听",
+                           callee_en="You declined the call", callee_zh="您拒绝了来电"),
     R.BUSY: ReasonInfo(486, 17, "busy", "Busy: they are in another call", "对方正在通话中",
-                       "The number is busy", "您拨打的号码正忙"),
-    R.NO_ANSWER: ReasonInfo(480, 19, "no_answer", "No answer", "无人接听"),
-    R.UNAVAILABLE: ReasonInfo(480, 20, "unavailable", "Not available right now", "对方暂时无法接通"),
-    R.CANCELLED: ReasonInfo(487, 16, "cancelled", "Call cancelled", "通话已取消"),
+                       "The number is busy", "您拨打的号码正忙",
+                       callee_en="Missed call: you were in another call", callee_zh="未接来电：您当时正在通话",
+                       missed=True),
+    R.NO_ANSWER: ReasonInfo(480, 19, "no_answer", "No answer", "无人接听",
+                            callee_en="Missed call", callee_zh="未接来电", missed=True),
+    R.UNAVAILABLE: ReasonInfo(480, 20, "unavailable", "Not available right now", "对方暂时无法接通",
+                              callee_en="Missed call", callee_zh="未接来电", missed=True),
+    R.CANCELLED: ReasonInfo(487, 16, "cancelled", "Call cancelled", "通话已取消",
+                            callee_en="Missed call", callee_zh="未接来电", missed=True),
     R.ANSWERED_ELSEWHERE: ReasonInfo(None, 26, "answered", "Answered on another device", "已在其他设备上接听"),
     R.CONNECTION_LOST: ReasonInfo(480, 41, "failed", "Connection lost", "连接已断开"),
     R.MAX_DURATION: ReasonInfo(0, 102, "answered", "The call reached its maximum length", "通话已达到最长时限"),
@@ -121,6 +138,9 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
     R.TIMEOUT: ReasonInfo(408, 18, "no_answer", "The phone cannot be reached", "对方暂时无法接通"),
     R.EMERGENCY: ReasonInfo(None, None, "failed", "Emergency numbers cannot be called from the app: use a local phone",
                             "无法通过本应用拨打紧急电话，请使用当地电话"),
+    R.SERVICE_NUMBER: ReasonInfo(None, None, "invalid_number",
+                                 "Service numbers in China cannot be called from the app: use a local phone",
+                                 "无法通过本应用拨打中国的服务号码，请使用当地电话"),
     R.REJECTED: ReasonInfo(403, 21, "failed", "This call is not allowed", "不允许拨打此电话"),
     R.UNREACHABLE: ReasonInfo(503, 41, "unreachable", "Phone calls are not available right now, try again later",
                               "暂时无法拨打电话，请稍后再试"),
@@ -133,7 +153,7 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
 USER_DECLINE_REASONS: Final = frozenset({R.DECLINED, R.BUSY})
 GATEWAY_DECLINE_REASONS: Final = frozenset(REASONS) - {
     R.HANGUP, R.ANSWERED_ELSEWHERE, R.CONNECTION_LOST, R.MAX_DURATION, R.MEDIA_TIMEOUT, R.ACK_TIMEOUT,
-    R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED}
+    R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER}
 
 # A SIP final response (with its Q.850 cause) -> the reason (RFC 3398 §8.2.6.1, carrier.md §4.3).
 _BY_CODE_AND_CAUSE: Final[dict[tuple[int, int], EndReason]] = {
@@ -176,5 +196,6 @@ def from_sip(code: int | None, cause: int | None = None) -> EndReason:
 def catalogue() -> dict[str, dict[str, object]]:
     """Every reason with its codes and words, as `GET /api/reasons` serves it to the web client."""
     return {r.value: {"sip_code": i.sip_code, "q850_cause": i.q850, "outcome": i.outcome, "en": i.en, "zh": i.zh,
-                      "phone_en": i.phone_en or i.en, "phone_zh": i.phone_zh or i.zh}
+                      "phone_en": i.phone_en or i.en, "phone_zh": i.phone_zh or i.zh,
+                      "callee_en": i.callee_en or i.en, "callee_zh": i.callee_zh or i.zh, "missed": i.missed}
             for r, i in REASONS.items()}

@@ -40,7 +40,9 @@ from typing import Any
 from ..call.reasons import EndReason, from_sip
 from ..client import ApiError, ConnectionLost, JegoClient, ServerUnreachable, new_call_id
 from ..config import load_config
+from ..errors import ConfigError
 from ..media.endpoint import MediaEndpoint, MediaError, enable_loopback_candidates
+from ..media.impair import ImpairmentSpec
 from ..media.sinks import Analyser, Sink, VideoFrameCounter, WavRecorder
 from ..media.tracks import EchoTrack, PacedAudioTrack, TestPatternVideo, source_from_spec
 
@@ -373,6 +375,8 @@ class Leg:
             "bitrate_recv_kbps": round(st.get("wire_bytes_received", 0) * 8 / r.connected_s / 1000, 1) if r.connected_s else None,
             "frames_on_time": st.get("frames_on_time"),
         }
+        if st.get("impairment"):
+            r.audio["impairment"] = st["impairment"]
         if self.video_counter is not None:
             v = st.get("video", {})
             r.video = {"frames_received": self.video_counter.frames, "packets_sent": v.get("packets_sent", 0),
@@ -451,7 +455,8 @@ def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | N
     counter = VideoFrameCounter() if args.video else None
     ep = MediaEndpoint(source=source, video_source=TestPatternVideo() if args.video else None,
                        sinks=sinks, video_sinks=[counter] if counter else [], ice_servers=ice_servers,
-                       codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate)
+                       codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate,
+                       impair=args.impair_spec)
     return ep, analyser, counter
 
 
@@ -575,6 +580,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", action="store_true", help="also send a test-pattern video and count frames received")
     p.add_argument("--codec", type=str.upper, choices=["OPUS", "PCMU", "PCMA"], help="force an audio codec")
     p.add_argument("--opus-bitrate", type=int, default=32000, metavar="BPS", help="Opus bitrate (default 32000)")
+    p.add_argument("--impair", metavar="SPEC", default="",
+                   help="impair received media like a bad network: loss=PCT,burst=N,delay=MS,jitter=MS,seed=N")
     p.add_argument("--json", action="store_true", help="print one JSON object per call on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
@@ -612,6 +619,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError("--dtmf takes 1 to 32 of 0-9 * # A-D")
     if args.codec == "OPUS":
         args.codec = "opus"
+    try:
+        args.impair_spec = ImpairmentSpec.parse(args.impair or "")
+    except ConfigError as exc:
+        raise UsageError(f"--impair: {exc.message}") from None
 
 
 def _prepare(args: argparse.Namespace) -> Output:

@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     "bridge.carrier.cli",
     "bridge.gateway.cli",
     "jego_call.cli.cdr",
+    "jego_call.cli.contact",
     "jego_call.cli.dial",
     "jego_call.cli.message",
     "jego_call.cli.serve",

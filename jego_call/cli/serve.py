@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..aio import run as run_loop
 from ..config import Config, load_config
-from ..log import setup_logging
+from ..log import default_node, setup_logging
 from ..signalling.keys import BOUND_URL
 from ..signalling.server import create_app
 
@@ -88,7 +88,7 @@ async def serve(cfg: Config) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    setup_logging(cfg.log.level)
+    setup_logging(cfg.log.level, fmt=cfg.log.format, node=cfg.log.node or default_node())
     try:
         run_loop(serve(cfg))  # uvloop when installed
     except SystemExit as exc:

@@ -1,9 +1,11 @@
-"""`jego user add NAME --password PW`: create accounts from the terminal (same database as
-`jego serve` with the same config)."""
+"""`jego user add NAME [--password PW] [--display-name NAME]`: create accounts from the terminal
+(same database as `jego serve` with the same config). Without `--password` (or JEGO_PASSWORD)
+it asks for the password twice on the terminal, without echo."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from typing import Any
@@ -20,7 +22,8 @@ def add_parser(sub: Any) -> None:
     usub.required = True
     a = usub.add_parser("add", help="create an account")
     a.add_argument("name")
-    a.add_argument("--password", help="the password (or env JEGO_PASSWORD)")
+    a.add_argument("--password", help="the password (or env JEGO_PASSWORD; asked for when neither is given)")
+    a.add_argument("--display-name", help="the name people see beside the username (Unicode, 1-32 characters)")
     a.add_argument("--config", metavar="PATH")
     a.add_argument("--data-dir", help="override data.dir")
     a.set_defaults(func=add)
@@ -37,14 +40,30 @@ def _open(args: argparse.Namespace) -> Accounts:
     return Accounts(db, load_secret(cfg.data_dir), cfg.auth)
 
 
+def ask_password() -> str | None:
+    """The new password, asked twice without echo; None (with a message) when they differ or
+    there is no terminal to ask on."""
+    try:
+        first = getpass.getpass("Password: ")
+        second = getpass.getpass("Password again: ")
+    except (EOFError, KeyboardInterrupt):
+        print("\njego user add: no password given", file=sys.stderr)
+        return None
+    if first != second:
+        print("jego user add: the passwords do not match", file=sys.stderr)
+        return None
+    return first
+
+
 def add(args: argparse.Namespace) -> int:
     password = args.password or os.environ.get("JEGO_PASSWORD")
     if not password:
-        print("jego user add: give --password PW (or set JEGO_PASSWORD)", file=sys.stderr)
-        return 2
+        password = ask_password()
+        if password is None:
+            return 2
     accounts = _open(args)
     try:
-        accounts.register(args.name, password)
+        accounts.register(args.name, password, args.display_name)
     except SignallingError as exc:
         print(f"jego user add: {exc.message}", file=sys.stderr)
         return 1

@@ -38,6 +38,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from .codecs import install_codecs
+from .impair import ImpairmentSpec
+from .netimpair import PeerImpairment, impair_peer_connection
 from .sinks import Mp4Recorder, Sink
 from .tracks import PacedAudioTrack, SilenceSource
 
@@ -98,6 +100,8 @@ class MediaEndpoint:
       (Opus first). `opus_bitrate`: bits/s of our mono Opus encoder (process-wide).
     - `ice_servers`: list of dicts as in `auth_ok.ice_servers`; empty means host candidates only
       (never aiortc's default Google STUN).
+    - `impair`: a seeded network on the receive path (loss, delay, jitter; media/impair.py), for
+      reproducing what a user on a bad network hears; `stats()["impairment"]` says what it did.
     """
 
     def __init__(self, *, source: MediaStreamTrack | None = None,
@@ -105,8 +109,10 @@ class MediaEndpoint:
                  sinks: Sequence[Sink] = (), video_sinks: Sequence[Sink] = (),
                  recorder: Mp4Recorder | None = None,
                  ice_servers: Iterable[dict[str, Any]] = (), codecs: Sequence[str] | None = None,
-                 opus_bitrate: int = 32000, name: str = "") -> None:
+                 opus_bitrate: int = 32000, name: str = "", impair: ImpairmentSpec | None = None) -> None:
         install_codecs(opus_bitrate=opus_bitrate)
+        self.impair = impair
+        self.impairment: PeerImpairment | None = None
         self.name = name
         self.source: MediaStreamTrack = source if source is not None else SilenceSource()
         self.video_source = video_source
@@ -152,7 +158,12 @@ class MediaEndpoint:
         """Gather candidates and return the offer SDP (send it as `invite.sdp`); then `set_answer`."""
         self._add_local_tracks(audio, video)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._install_impairment()
         return str(self.pc.localDescription.sdp)
+
+    def _install_impairment(self) -> None:
+        if self.impair is not None and self.impair.active:
+            self.impairment = impair_peer_connection(self.pc, self.impair, self.impairment)
 
     async def set_answer(self, sdp: str) -> None:
         """Apply the remote answer (`accept.sdp`); then `wait_connected`."""
@@ -173,6 +184,7 @@ class MediaEndpoint:
         if self.video_source is not None and any(t.kind == "video" for t in self.pc.getTransceivers()):
             self.pc.addTrack(self.video_source)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._install_impairment()
         return str(self.pc.localDescription.sdp)
 
     async def add_ice_candidate(self, candidate: dict[str, Any] | None) -> None:
@@ -295,6 +307,8 @@ class MediaEndpoint:
             audio["video"] = out["video"]
         if isinstance(self.source, PacedAudioTrack):
             audio["frames_on_time"] = round(self.source.pacing.on_time_ratio, 4)
+        if self.impairment is not None:
+            audio["impairment"] = {"spec": str(self.impair), **self.impairment.counters}
         return audio
 
     # --- teardown ----------------------------------------------------------------------
@@ -303,6 +317,8 @@ class MediaEndpoint:
         if self._closed:
             return
         self._closed = True
+        if self.impairment is not None:
+            self.impairment.close()
         await self.pc.close()
         for task in self._pumps:
             task.cancel()

@@ -9,6 +9,8 @@ after its transaction is committed. Protocol: docs/signalling.md, ## Messaging.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -34,6 +36,7 @@ SYNC_LIMIT = 500            # messages per sync answer; `more: true` asks the cl
 WRITE_BATCH = 1 << 20       # bytes buffered before a write to the temp file (in a thread)
 MAX_FILENAME = 255
 MAX_PAGE = 200
+MEDIA_URL_TTL_S = 600       # signed media URLs (for <img>/<audio> sources) live ten minutes
 
 
 class Messaging:
@@ -61,6 +64,8 @@ class Messaging:
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
         if not self.accounts.is_contact(user, peer):
             raise SignallingError(ErrorCode.NOT_CONTACT, f"{peer!r} is not in your contacts: add them first")
+        if self.accounts.is_blocked(peer, user):  # the sender is told no more than that
+            raise SignallingError(ErrorCode.UNAVAILABLE, "not available")
 
     def send(self, sender: str, msg: p.SendMessage) -> tuple[Message, bool]:
         """Validate and durably store one message; returns (message, duplicate)."""
@@ -249,6 +254,46 @@ def _messaging(app: web.Application) -> Messaging:
     return app[MESSAGING]
 
 
+# -- signed media URLs --------------------------------------------------------------------------
+# An <img> or <audio> cannot send an Authorization header, and a token in a URL leaks into logs,
+# history and Referer. So GET /api/media/{id}/link (with the header) returns short-lived URLs
+# signed for one user, one media item and one variant: ?u=USER&exp=UNIX&sig=HMAC-SHA256.
+def _url_key(accounts: Accounts) -> bytes:
+    return hmac.new(accounts.secret, b"jego media url v1", hashlib.sha256).digest()
+
+
+def _url_sig(accounts: Accounts, user: str, media_id: str, variant: str, exp: int) -> str:
+    msg = f"{user}\n{media_id}\n{variant}\n{exp}".encode()
+    return hmac.new(_url_key(accounts), msg, hashlib.sha256).hexdigest()
+
+
+def signed_media_url(accounts: Accounts, user: str, media_id: str, variant: str, exp: int) -> str:
+    """The path of `media_id` (variant "full" or "thumbnail") that `user` may fetch until `exp`."""
+    sig = _url_sig(accounts, user, media_id, variant, exp)
+    tail = "/thumbnail" if variant == "thumbnail" else ""
+    return f"/api/media/{media_id}{tail}?u={quote(user)}&exp={exp}&sig={sig}"
+
+
+def media_user(request: web.Request, media_id: str, variant: str, now: float | None = None) -> str:
+    """Who fetches this media: the bearer token's user, or the user a valid signed URL names."""
+    if "sig" not in request.query:
+        return authenticated_user(request)
+    q = request.query
+    user, sig = q.get("u", ""), q.get("sig", "")
+    try:
+        exp = int(q.get("exp", ""))
+    except ValueError:
+        raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "malformed media link") from None
+    accounts = request.app[ACCOUNTS]
+    if not hmac.compare_digest(sig, _url_sig(accounts, user, media_id, variant, exp)):
+        raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "bad media link signature")
+    if exp < (time.time() if now is None else now):
+        raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "media link expired: ask for a new one")
+    if not accounts.exists(user):
+        raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "account no longer exists")
+    return user
+
+
 # -- HTTP handlers ------------------------------------------------------------------------------
 async def upload_media(request: web.Request) -> web.Response:
     """POST /api/media[?kind=photo|voice|file&filename=NAME]: 201 with the media object."""
@@ -257,13 +302,25 @@ async def upload_media(request: web.Request) -> web.Response:
     return web.json_response(media.to_wire(), status=201)
 
 
-def _media_for(request: web.Request) -> tuple[Messaging, Media]:
-    user = authenticated_user(request)
+def _media_for(request: web.Request, variant: str = "full") -> tuple[Messaging, Media]:
     media_id = request.match_info["media_id"]
+    user = media_user(request, media_id, variant)
     if not p.MEDIA_ID_RE.match(media_id):
         raise SignallingError(ErrorCode.NOT_FOUND, "no such media")
     svc = _messaging(request.app)
     return svc, svc.store.require_media(user, media_id)
+
+
+async def media_link(request: web.Request) -> web.Response:
+    """GET /api/media/{id}/link: signed URLs of the media (and its thumbnail) for `<img>`/`<audio>`."""
+    user = authenticated_user(request)
+    svc, media = _media_for(request)
+    exp = int(time.time()) + MEDIA_URL_TTL_S
+    out: dict[str, object] = {"url": signed_media_url(svc.accounts, user, media.id, "full", exp),
+                              "thumbnail_url": None, "expires_at": exp}
+    if media.thumb_sha256 is not None:
+        out["thumbnail_url"] = signed_media_url(svc.accounts, user, media.id, "thumbnail", exp)
+    return web.json_response(out)
 
 
 def _file_response(svc: Messaging, sha: str, mime: str, disposition: str) -> web.FileResponse:
@@ -286,7 +343,7 @@ async def download_media(request: web.Request) -> web.FileResponse:
 
 async def media_thumbnail(request: web.Request) -> web.FileResponse:
     """GET /api/media/{id}/thumbnail: a JPEG of at most 320 px (photos only)."""
-    svc, media = _media_for(request)
+    svc, media = _media_for(request, "thumbnail")
     if media.thumb_sha256 is None:
         raise SignallingError(ErrorCode.NOT_FOUND, "this media has no thumbnail")
     return _file_response(svc, media.thumb_sha256, "image/jpeg", "inline")
@@ -295,7 +352,11 @@ async def media_thumbnail(request: web.Request) -> web.FileResponse:
 async def list_conversations(request: web.Request) -> web.Response:
     """GET /api/conversations: every conversation, newest first, with unread counts."""
     user = authenticated_user(request)
-    return web.json_response({"conversations": _messaging(request.app).store.conversations(user)})
+    svc = _messaging(request.app)
+    conversations = svc.store.conversations(user)
+    for c in conversations:
+        c["display_name"] = svc.accounts.display_name(c["with"])
+    return web.json_response({"conversations": conversations})
 
 
 def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
@@ -345,6 +406,7 @@ def setup_messaging(app: web.Application) -> None:
     app.router.add_post("/api/media", upload_media)
     app.router.add_get("/api/media/{media_id}", download_media)
     app.router.add_get("/api/media/{media_id}/thumbnail", media_thumbnail)
+    app.router.add_get("/api/media/{media_id}/link", media_link)
     app.router.add_get("/api/conversations", list_conversations)
     app.router.add_get("/api/conversations/{username}/messages", list_messages)
 

@@ -63,9 +63,12 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 
 def authenticated_user(request: web.Request) -> str:
-    """The username of the request's bearer token, or SignallingError(not_authenticated)."""
+    """The username of the request's bearer token, or SignallingError(not_authenticated).
+
+    Only the `Authorization: Bearer` header counts: a token in a URL would leak into logs and
+    history (media for `<img>`/`<audio>` use signed links, jego_call/messaging/service.py)."""
     header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.query.get("token")
+    token = header[7:] if header.startswith("Bearer ") else None
     if not token:
         raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send Authorization: Bearer TOKEN")
     try:

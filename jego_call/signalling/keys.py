@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -28,3 +29,6 @@ GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
 # Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
 BOUND_URL: web.AppKey[asyncio.Future[str]] = web.AppKey("bound_url")
+# The billing hook for the dial pad: E.164 -> {"per_minute": "0.10", "currency": "CNY"} or None.
+# Unset until billing installs one; GET /api/numbers/check then returns "price": null.
+PRICE_LOOKUP: web.AppKey[Callable[[str], dict[str, Any] | None]] = web.AppKey("price_lookup")

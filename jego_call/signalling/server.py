@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..accounts import Accounts, load_secret
+from ..accounts import Accounts, load_secret, normalise_display_name
 from ..call import reasons
 from ..calllog import CallLog
 from ..config import Config
@@ -26,24 +27,30 @@ from ..messaging.service import setup_messaging
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
 from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB
+from .people import setup_people
 from .ws import websocket_handler
 
 log = logging.getLogger("jego.server")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+mimetypes.add_type("application/manifest+json", ".webmanifest")
 
-def _token_json(token: Any) -> dict[str, Any]:
-    return {"token": token.token, "username": token.username, "expires_at": token.expires_at}
+
+def _token_json(token: Any, accounts: Accounts) -> dict[str, Any]:
+    return {"token": token.token, "username": token.username, "display_name": accounts.display_name(token.username),
+            "expires_at": token.expires_at}
 
 
 async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
     name, pw = accounts.validate_new(body.get("username"), body.get("password"))
+    raw_name = body.get("display_name")
+    shown = normalise_display_name(raw_name) if raw_name not in (None, "") else None
     pw_hash = await asyncio.to_thread(accounts.hash_password, pw)
-    accounts.create(name, pw_hash)
+    accounts.create(name, pw_hash, shown)
     log.info("registered user %s", name)
-    return web.json_response(_token_json(accounts.issue_token(name)), status=201)
+    return web.json_response(_token_json(accounts.issue_token(name), accounts), status=201)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -53,28 +60,36 @@ async def login(request: web.Request) -> web.Response:
     ok = await asyncio.to_thread(accounts.verify_password, stored, body.get("password"))
     if not ok or name is None:
         raise SignallingError(ErrorCode.AUTH_FAILED, "wrong username or password")
-    return web.json_response(_token_json(accounts.issue_token(name)))
+    return web.json_response(_token_json(accounts.issue_token(name), accounts))
 
 
 async def me(request: web.Request) -> web.Response:
     user = authenticated_user(request)
-    return web.json_response({"username": user, "created_at": request.app[ACCOUNTS].created_at(user)})
+    accounts = request.app[ACCOUNTS]
+    return web.json_response({**accounts.profile(user), "created_at": accounts.created_at(user)})
 
 
 async def list_contacts(request: web.Request) -> web.Response:
     user = authenticated_user(request)
     hub = request.app[HUB]
-    names = request.app[ACCOUNTS].contacts(user)
-    return web.json_response({"contacts": [{"username": n, "presence": hub.presence(n)} for n in names]})
+    accounts = request.app[ACCOUNTS]
+    contacts = [{"username": c["username"], "display_name": c["display_name"],
+                 "presence": "offline" if c["hidden"] else hub.presence(str(c["username"]))}
+                for c in accounts.contact_list(user)]
+    return web.json_response({"contacts": contacts, "blocked": accounts.blocked(user)})
 
 
 async def add_contact(request: web.Request) -> web.Response:
     user = authenticated_user(request)
     body = await json_body(request)
-    name, created = request.app[ACCOUNTS].add_contact(user, body.get("username"))
+    accounts = request.app[ACCOUNTS]
+    name, created = accounts.add_contact(user, body.get("username"))
     hub = request.app[HUB]
-    hub.contact_added(user, name)
-    return web.json_response({"username": name, "presence": hub.presence(name)}, status=201 if created else 200)
+    hidden = accounts.is_blocked(name, user)
+    if not hidden:
+        hub.contact_added(user, name)
+    return web.json_response({**accounts.profile(name), "presence": "offline" if hidden else hub.presence(name)},
+                             status=201 if created else 200)
 
 
 async def remove_contact(request: web.Request) -> web.Response:
@@ -89,7 +104,16 @@ async def call_history(request: web.Request) -> web.Response:
         limit = min(500, max(1, int(request.query.get("limit", "50"))))
     except ValueError:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "limit must be an integer") from None
-    return web.json_response({"calls": request.app[CALL_LOG].history(user, limit)})
+    accounts = request.app[ACCOUNTS]
+    blocked = {str(b["username"]) for b in accounts.blocked(user)}
+    calls = []
+    for c in request.app[CALL_LOG].history(user, limit):
+        if c["direction"] == "incoming" and c["peer"] in blocked:
+            continue  # calls from people you blocked are not yours to see
+        if c["peer_kind"] == "user":
+            c["display_name"] = accounts.display_name(c["peer"])
+        calls.append(c)
+    return web.json_response({"calls": calls})
 
 
 def load_gateway_secret(cfg: Config) -> str:
@@ -163,5 +187,6 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get("/api/config", client_config)
     app.router.add_get("/api/reasons", end_reasons)
     app.router.add_get("/api/calls", call_history)
+    setup_people(app)
     setup_messaging(app)
     return app

@@ -1,500 +1,697 @@
-// Jego Call chat: one pane per contact with history, text, voice messages (MediaRecorder),
-// photos and files, delivery/read ticks and unread counts. Protocol: docs/signalling.md,
-// "## Messaging". Uses app.js only through window.jegoHooks (send, api, onMessage, token...).
-"use strict";
+// Conversations: the list on the left (contacts with presence, last message, unread count and
+// time; requests from people who are not contacts yet, with Add and Block), and the open
+// conversation on the right (header with name, presence and call buttons; messages with
+// delivered/read ticks; a composer with text, voice, photo and file). Protocol:
+// docs/signalling.md "## Messaging". Messages not yet acknowledged are resent with the same
+// client_id after a reconnect; each message reaches the screen exactly once.
+import { api, ApiError, mediaLink, session, upload } from "./api.js";
+import { people } from "./contacts.js";
+import { fmt, onLangChange, t } from "./i18n.js";
+import { socket } from "./socket.js";
+import { $, announce, avatar, closeModal, el, fillAvatar, icon, openModal, presenceWord, sizeText } from "./ui.js";
 
-(() => {
-  const hooks = window.jegoHooks;
-  const $ = (id) => document.getElementById(id);
-  const MAX_VOICE_S = 120;
-  const chats = new Map();       // peer -> chat record (see chatFor)
-  const pendingReceipts = new Map();  // peer -> {state, seq} waiting for flushReceipts
-  let openPeer = null;
-  let receiptTimer = null;
-  let recording = null;          // {chat, recorder, stream, started, timer}
+const MAX_VOICE_S = 120;
+const chats = new Map();              // peer -> chat record (chatFor)
+const pendingReceipts = new Map();    // peer -> {delivered, read}
+const callers = new Set();            // non-contacts who called (requests)
+const headerListeners = [];
+let openPeer = null;
+let receiptTimer = null;
+let recording = null;                 // {chat, recorder, stream, started, timer}
 
-  const me = () => hooks.username;
-  const visible = () => document.visibilityState === "visible";
+const me = () => session.username;
+const visible = () => document.visibilityState === "visible";
 
-  function newId() {
-    const a = new Uint8Array(16);
-    crypto.getRandomValues(a);
-    return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+function newId() {
+  const a = new Uint8Array(16);
+  crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function voiceClock(s) {
+  const v = Math.round(s || 0);
+  return `${Math.floor(v / 60)}:${String(v % 60).padStart(2, "0")}`;
+}
+
+// ---- chat records ---------------------------------------------------------------------------
+function chatFor(peer) {
+  let chat = chats.get(peer);
+  if (!chat) {
+    chat = {
+      peer,
+      items: new Map(),      // seq -> {msg, li}
+      pending: new Map(),    // client_id -> {msg, li, text, mediaId, failed}
+      lastSeq: 0,            // highest seq held (for sync after_seq)
+      loaded: false,         // history fetched: include in sync
+      hasMore: false,
+      deliveredSeq: 0,       // the peer's watermarks for my messages
+      readSeq: 0,
+      unreadSeqs: new Set(), // incoming seqs not yet read
+      myReadSeq: 0,          // what I have reported read
+      serverLastSeq: 0,      // last_seq when GET /api/conversations counted `unread`
+      extraUnread: 0,        // unread messages the server counted that are not in memory
+      unread: 0,
+      last: null,            // newest message (for the list's preview and time)
+      pane: null,
+    };
+    chats.set(peer, chat);
   }
+  return chat;
+}
 
-  function el(tag, attrs = {}, ...children) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs)) {
-      if (v === null || v === undefined || v === false) continue;
-      if (k === "testid") e.setAttribute("data-testid", v);
-      else if (k === "text") e.textContent = v;
-      else if (k === "className") e.className = v;
-      else e.setAttribute(k, v === true ? "" : v);
-    }
-    e.append(...children);
-    return e;
+function peerOf(msg) { return msg.from === me() ? msg.to : msg.from; }
+
+function noteLast(chat, msg) {
+  if (!chat.last || (msg.seq || 0) >= (chat.last.seq || 0)) chat.last = msg;
+}
+
+// ---- the conversation list -------------------------------------------------------------------
+function preview(msg) {
+  if (!msg) return "";
+  if (msg.kind === "text") return msg.text || "";
+  if (msg.kind === "photo") return t("preview_photo");
+  if (msg.kind === "voice") return t("preview_voice");
+  return (msg.media && msg.media.filename) || t("preview_file");
+}
+
+function isRequest(peer) {
+  if (people.isContact(peer) || people.isBlocked(peer) || peer === me()) return false;
+  const c = chats.get(peer);
+  return callers.has(peer) || !!(c && (c.items.size || c.unread || c.pending.size));
+}
+
+function entryFor(peer, request) {
+  const chat = chats.get(peer);
+  const name = people.nameOf(peer);
+  const presence = people.presenceOf(peer);
+  const unread = chat ? chat.unread : 0;
+  const last = chat && chat.last;
+  const id = request ? `conversation-${peer}` : `contact-${peer}`;
+  const wrap = el("span", { className: "avatar-wrap" }, avatar(name, peer));
+  if (!request) wrap.append(el("span", { className: `dot ${presence}` }));
+  const top = el("span", { className: "conv-top" }, el("span", { className: "conv-name", translate: "no", text: name }));
+  if (last && last.ts) top.append(el("time", { className: "conv-time", datetime: new Date(last.ts * 1000).toISOString(), text: fmt.when(last.ts) }));
+  const sub = last ? el("span", { className: "conv-preview", translate: "no", text: preview(last) })
+    : el("span", { className: "conv-preview", translate: "no", text: peer });
+  const badge = el("span", { className: "unread", testid: `unread-${peer}`, text: String(unread), hidden: unread === 0 });
+  const bottom = el("span", { className: "conv-bottom" }, sub, badge);
+  const main = el("span", { className: "conv-main" }, top, bottom);
+  if (!request) main.append(el("span", { className: "sr-only", testid: `presence-${peer}`, text: presenceWord(presence) }));
+  else main.append(el("span", { className: "sr-only", text: t("request_note") }));
+  const btn = el("button", {
+    type: "button", className: "conv", testid: id, "data-presence": presence,
+    "aria-current": peer === openPeer ? "true" : null, onclick: () => openChat(peer),
+  }, wrap, main);
+  const li = el("li", {}, btn);
+  if (request) {
+    li.append(el("div", { className: "request-actions" },
+      el("button", { type: "button", className: "small primary", testid: `request-add-${peer}`, text: t("add"),
+        onclick: () => addBack(peer) }),
+      el("button", { type: "button", className: "small", testid: `request-block-${peer}`, text: t("block"),
+        onclick: () => blockPeer(peer) })));
   }
+  return li;
+}
 
-  function mediaUrl(id, thumb = false) {
-    return `/api/media/${id}${thumb ? "/thumbnail" : ""}?token=${encodeURIComponent(hooks.token)}`;
+function byActivity(a, b) {
+  const ta = (chats.get(a) && chats.get(a).last && chats.get(a).last.ts) || 0;
+  const tb = (chats.get(b) && chats.get(b).last && chats.get(b).last.ts) || 0;
+  if (ta !== tb) return tb - ta;
+  return people.nameOf(a).localeCompare(people.nameOf(b));
+}
+
+export function renderList() {
+  const focused = document.activeElement && document.activeElement.getAttribute("data-testid");
+  const list = $("contacts");
+  const names = [...people.contacts.keys()].sort(byActivity);
+  list.replaceChildren(...names.map((p) => entryFor(p, false)));
+  list.classList.toggle("stale", !socket.online);
+  const requests = [...new Set([...chats.keys(), ...callers])].filter(isRequest).sort(byActivity);
+  $("contacts-empty").hidden = names.length > 0 || requests.length > 0;
+  $("chat-others").replaceChildren(...requests.map((p) => entryFor(p, true)));
+  $("requests").hidden = requests.length === 0;
+  const total = [...chats.values()].filter((c) => !people.isBlocked(c.peer)).reduce((n, c) => n + c.unread, 0);
+  const badge = $("tab-chats-badge");
+  badge.textContent = String(total);
+  badge.hidden = total === 0;
+  if (focused && !document.activeElement.getAttribute("data-testid")) {
+    const again = document.querySelector(`[data-testid="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
   }
+  renderHeader();
+}
 
-  function sizeText(n) {
-    if (n < 1024) return `${n} B`;
-    if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
-    return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  }
+// ---- the open conversation's header ----------------------------------------------------------
+export function currentPeer() { return openPeer; }
 
-  function clock(s) {
-    const t = Math.round(s || 0);
-    return `${Math.floor(t / 60)}:${String(t % 60).padStart(2, "0")}`;
-  }
+export function onHeader(fn) { headerListeners.push(fn); }
 
-  // ---- chat records ---------------------------------------------------------------------
-  function chatFor(peer) {
-    let chat = chats.get(peer);
-    if (!chat) {
-      chat = {
-        peer,
-        items: new Map(),      // seq -> {msg, li}
-        pending: new Map(),    // client_id -> {msg, li, text, mediaId, failed}
-        lastSeq: 0,            // highest seq held (for sync after_seq)
-        loaded: false,         // history fetched: include in sync
-        hasMore: false,
-        deliveredSeq: 0,       // the peer's watermarks for my messages
-        readSeq: 0,
-        unread: 0,
-        unreadSeqs: new Set(), // incoming seqs not yet read
-        myReadSeq: 0,          // what I have reported read
-        serverLastSeq: 0,      // last_seq when GET /api/conversations counted `unread`
-        extraUnread: 0,        // unread messages the server counted that are not in memory
-        pane: null,
-      };
-      chats.set(peer, chat);
-    }
-    return chat;
-  }
+function renderHeader() {
+  const peer = openPeer;
+  $("chat-header").hidden = !peer;
+  $("chat-empty").hidden = !!peer;
+  if (!peer) { $("chat-request").hidden = true; return; }
+  const name = people.nameOf(peer);
+  $("selected").textContent = name;
+  $("chat-username").textContent = peer;
+  fillAvatar($("chat-avatar"), name, peer);
+  const contact = people.isContact(peer);
+  const presence = people.presenceOf(peer);
+  $("chat-presence").textContent = contact ? presenceWord(presence) : t("not_a_contact");
+  $("chat-presence").dataset.presence = presence;
+  $("chat-header").classList.toggle("stale", !socket.online);
+  $("contact-remove").hidden = !contact;
+  $("contact-add-back").hidden = contact;
+  const request = !contact && !people.isBlocked(peer);
+  $("chat-request").hidden = !request;
+  if (request) $("chat-request-text").textContent = t("request_text", { name });
+  for (const fn of headerListeners) fn(peer);
+}
 
-  function peerOf(msg) { return msg.from === me() ? msg.to : msg.from; }
-
-  // ---- panes ----------------------------------------------------------------------------
-  function paneFor(chat) {
-    if (chat.pane) return chat.pane;
-    const list = el("ol", { className: "message-list", testid: "message-list" });
-    const older = el("button", { type: "button", className: "older", testid: "load-older", text: "Older messages", hidden: true });
-    const input = el("input", { testid: "message-input", placeholder: `Message ${chat.peer}`, autocomplete: "off", maxlength: "4000" });
-    const sendBtn = el("button", { type: "submit", testid: "message-send", text: "Send" });
-    const voice = el("button", { type: "button", testid: "voice-record", "aria-pressed": "false", text: "Record voice" });
-    const file = el("input", { type: "file", testid: "file-input" });
-    const attach = el("label", { className: "attach" }, "Photo or file ", file);
-    const form = el("form", { className: "composer row" }, input, sendBtn, voice, attach);
-    const error = el("div", { className: "chat-error", testid: "chat-error", role: "alert" });
-    const pane = el("div", { className: "chat", testid: `chat-${chat.peer}`, "data-peer": chat.peer, hidden: true },
-      el("h3", { text: `Chat with ${chat.peer}` }), older, list, form, error);
-    form.addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      const text = input.value;
-      if (!text.trim()) { showError(chat, "Type a message first"); return; }
-      input.value = "";
-      sendText(chat, text);
-    });
-    voice.addEventListener("click", () => toggleRecording(chat));
-    file.addEventListener("change", () => {
-      const f = file.files && file.files[0];
-      file.value = "";
+// ---- panes --------------------------------------------------------------------------------------
+function paneFor(chat) {
+  if (chat.pane) return chat.pane;
+  const list = el("ol", { className: "message-list", testid: "message-list" });
+  const older = el("button", { type: "button", className: "older small", testid: "load-older", text: t("older"), hidden: true });
+  const inputId = `msg-${newId()}`;
+  const input = el("input", { id: inputId, testid: "message-input", autocomplete: "off", maxlength: "4000",
+    placeholder: t("message_placeholder"), enterkeyhint: "send" });
+  const sendBtn = el("button", { type: "submit", className: "icon-btn send", testid: "message-send", "aria-label": t("send") }, icon("send"));
+  const voice = el("button", { type: "button", className: "icon-btn", testid: "voice-record", "aria-pressed": "false",
+    "aria-label": t("record_voice") }, icon("mic"), el("span", { className: "rec-time", hidden: true }));
+  const photo = el("input", { type: "file", accept: "image/*", className: "file-hidden", testid: "photo-input" });
+  const file = el("input", { type: "file", className: "file-hidden", testid: "file-input" });
+  const photoLabel = el("label", { className: "icon-btn attach", title: t("send_photo") }, icon("image"),
+    el("span", { className: "sr-only", text: t("send_photo") }), photo);
+  const fileLabel = el("label", { className: "icon-btn attach", title: t("send_file") }, icon("clip"),
+    el("span", { className: "sr-only", text: t("send_file") }), file);
+  const inputLabel = el("label", { className: "sr-only", for: inputId, text: t("message_label") });
+  const form = el("form", { className: "composer" }, voice, photoLabel, fileLabel, inputLabel, input, sendBtn);
+  const error = el("div", { className: "chat-error", testid: "chat-error", role: "alert" });
+  const scroller = el("div", { className: "message-scroll", tabindex: "0", role: "log", "aria-live": "off",
+    "aria-label": t("messages_label") }, older, list);
+  const root = el("section", { className: "chat", testid: `chat-${chat.peer}`, "data-peer": chat.peer, hidden: true,
+    "aria-label": t("chat_with", { name: people.nameOf(chat.peer) }) }, scroller, error, form);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = input.value;
+    if (!text.trim()) { showError(chat, t("type_first")); return; }
+    input.value = "";
+    sendText(chat, text);
+  });
+  voice.addEventListener("click", () => toggleRecording(chat));
+  for (const inp of [photo, file]) {
+    inp.addEventListener("change", () => {
+      const f = inp.files && inp.files[0];
+      inp.value = "";
       if (f) sendMedia(chat, f, null, f.name);
     });
-    older.addEventListener("click", () => loadHistory(chat, true));
-    $("chat-pane").append(pane);
-    chat.pane = { root: pane, list, older, input, voice, error };
-    for (const item of [...chat.items.values()].sort((a, b) => a.msg.seq - b.msg.seq)) place(chat, item);
-    return chat.pane;
   }
+  older.addEventListener("click", () => loadHistory(chat, true));
+  $("chat-pane").append(root);
+  chat.pane = { root, list, scroller, older, input, voice, error };
+  for (const item of [...chat.items.values()].sort((a, b) => a.msg.seq - b.msg.seq)) place(chat, item);
+  for (const p of chat.pending.values()) list.append(p.li);
+  return chat.pane;
+}
 
-  function showError(chat, text) {
-    const pane = paneFor(chat);
-    pane.error.textContent = text || "";
+function showError(chat, text) {
+  paneFor(chat).error.textContent = text || "";
+}
+
+export async function openChat(peer) {
+  if (!peer) return;
+  openPeer = peer;
+  const chat = chatFor(peer);
+  const pane = paneFor(chat);
+  for (const c of chats.values()) if (c.pane) c.pane.root.hidden = c !== chat;
+  document.body.classList.add("show-conversation");
+  renderList();
+  if (!people.isContact(peer) && !people.isBlocked(peer)) people.lookup(peer);
+  if (!chat.loaded) await loadHistory(chat, false);
+  markRead(chat);
+  pane.scroller.scrollTop = pane.scroller.scrollHeight;
+  if (openPeer === peer && !document.querySelector("[aria-modal='true']:not([hidden])")) pane.input.focus({ preventScroll: true });
+}
+
+export function closeChat() {
+  document.body.classList.remove("show-conversation");
+  const peer = openPeer;
+  if (peer) {
+    const again = document.querySelector(`[data-testid="contact-${CSS.escape(peer)}"], [data-testid="conversation-${CSS.escape(peer)}"]`);
+    if (again) again.focus();
   }
+}
 
-  async function openChat(peer) {
-    if (!peer) return;
-    openPeer = peer;
-    const chat = chatFor(peer);
-    const pane = paneFor(chat);
-    for (const c of chats.values()) if (c.pane) c.pane.root.hidden = c !== chat;
-    $("chat-empty").hidden = true;
-    if (!chat.loaded) await loadHistory(chat, false);
-    markRead(chat);
-    pane.list.scrollTop = pane.list.scrollHeight;
-    pane.input.focus();
+async function loadHistory(chat, older) {
+  const first = Math.min(...[...chat.items.keys()], Infinity);
+  const q = older && first !== Infinity ? `?before_seq=${first}` : "";
+  try {
+    const page = await api("GET", `/api/conversations/${encodeURIComponent(chat.peer)}/messages${q}`);
+    for (const m of page.messages) addMessage(m, { history: true });
+    applyWatermarks(chat, page.delivered_seq, page.read_seq);
+    chat.hasMore = page.has_more;
+    chat.loaded = true;
+    paneFor(chat).older.hidden = !chat.hasMore;
+  } catch (e) {
+    showError(chat, t("err_load_messages"));
   }
+}
 
-  async function loadHistory(chat, older) {
-    const first = Math.min(...[...chat.items.keys()], Infinity);
-    const q = older && first !== Infinity ? `?before_seq=${first}` : "";
-    try {
-      const page = await hooks.api("GET", `/api/conversations/${encodeURIComponent(chat.peer)}/messages${q}`);
-      for (const m of page.messages) addMessage(m, { history: true });
-      applyWatermarks(chat, page.delivered_seq, page.read_seq);
-      chat.hasMore = page.has_more;
-      chat.loaded = true;
-      paneFor(chat).older.hidden = !chat.hasMore;
-    } catch (e) {
-      showError(chat, `Could not load messages: ${e.message}`);
-    }
-  }
+// ---- rendering -------------------------------------------------------------------------------------
+function receiptState(chat, msg) {
+  if (msg.seq <= chat.readSeq || msg.state === "read") return "read";
+  if (msg.seq <= chat.deliveredSeq || msg.state === "delivered") return "delivered";
+  return "sent";
+}
 
-  // ---- rendering ------------------------------------------------------------------------
-  function receiptState(chat, msg) {
-    if (msg.seq <= chat.readSeq || msg.state === "read") return "read";
-    if (msg.seq <= chat.deliveredSeq || msg.state === "delivered") return "delivered";
-    return "sent";
-  }
-
-  function body(msg) {
-    const m = msg.media;
-    if (msg.kind === "text") return el("span", { className: "text", text: msg.text || "" });
+// Media need a signed link first: the element appears once its source is known.
+function body(msg) {
+  const m = msg.media;
+  if (msg.kind === "text") return el("span", { className: "text", translate: "no", text: msg.text || "" });
+  const holder = el("span", { className: msg.kind });
+  const duration = msg.kind === "voice" ? el("span", { className: "duration", text: voiceClock(m.duration_s) }) : null;
+  if (duration) holder.append(duration);
+  mediaLink(m.id).then((link) => {
     if (msg.kind === "photo") {
-      const img = el("img", { testid: "photo-thumb", alt: m.filename || "photo", src: mediaUrl(m.id, m.thumbnail), loading: "lazy" });
-      img.addEventListener("click", () => showPhoto(m));
-      return el("span", { className: "photo" }, img);
+      const img = el("img", { testid: "photo-thumb", alt: m.filename || t("preview_photo"), src: link.thumbnail_url || link.url,
+        loading: "lazy", translate: m.filename ? "no" : null });
+      img.addEventListener("error", () => refresh(img, m.id, link.thumbnail_url ? "thumbnail_url" : "url"), { once: true });
+      const open = el("button", { type: "button", className: "photo-open", "aria-label": t("open_photo") }, img);
+      open.addEventListener("click", () => showPhoto(m));
+      holder.append(open);
+    } else if (msg.kind === "voice") {
+      const audio = el("audio", { testid: "voice-audio", controls: true, preload: "metadata", src: link.url,
+        "aria-label": t("preview_voice") });
+      audio.addEventListener("error", () => refresh(audio, m.id, "url"), { once: true });
+      holder.insertBefore(audio, duration);
+    } else {
+      const name = m.filename || t("preview_file");
+      holder.append(el("a", { testid: "file-link", href: link.url, download: name, className: "file-link" },
+        icon("clip"), el("span", { translate: "no", text: `${name} (${sizeText(m.size)})` })));
     }
-    if (msg.kind === "voice") {
-      const audio = el("audio", { testid: "voice-audio", controls: true, preload: "metadata", src: mediaUrl(m.id) });
-      return el("span", { className: "voice" }, audio, el("span", { className: "duration", text: clock(m.duration_s) }));
-    }
-    const name = m.filename || "file";
-    return el("a", { testid: "file-link", href: mediaUrl(m.id), download: name, text: `${name} (${sizeText(m.size)})` });
-  }
+  }).catch(() => holder.append(el("span", { className: "muted", text: t("err_media") })));
+  return holder;
+}
 
-  function itemFor(chat, msg, pendingText) {
-    const out = msg.from === me();
-    const li = el("li", {
-      testid: "message-item", className: out ? "out" : "in", "data-kind": msg.kind || "text",
-      "data-seq": msg.seq || null, "data-client-id": msg.client_id,
-    });
-    const meta = el("span", { className: "meta" });
-    const when = msg.ts ? new Date(msg.ts * 1000) : new Date();
-    meta.append(el("time", { text: when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) }));
-    if (out && msg.seq) {
-      const state = receiptState(chat, msg);
-      meta.append(el("span", { testid: "receipt", className: `receipt ${state}`, "data-state": state, text: state }));
-    } else if (out) {
-      meta.append(el("span", { className: "pending", text: pendingText || "sending" }));
-    }
-    li.append(msg.seq || msg.kind === "text" ? body(msg) : el("span", { className: "text muted", text: msg.label || "" }), meta);
-    return li;
-  }
+// A signed link expired (a tab left open): fetch a fresh one and retry once.
+function refresh(node, id, field) {
+  mediaLink(id, true).then((link) => { if (link[field]) node.src = link[field]; }).catch(() => {});
+}
 
-  function place(chat, item) {
-    const pane = chat.pane;
-    if (!pane) return;
-    // keep seq order; pending ones (no seq) stay at the bottom
-    let before = null;
-    for (const li of pane.list.children) {
-      const s = Number(li.dataset.seq || Infinity);
-      if (s > item.msg.seq) { before = li; break; }
-    }
-    pane.list.insertBefore(item.li, before);
-    if (openPeer === chat.peer) pane.list.scrollTop = pane.list.scrollHeight;
-  }
-
-  function refreshReceipts(chat) {
-    for (const item of chat.items.values()) {
-      if (item.msg.from !== me()) continue;
-      const r = item.li.querySelector("[data-testid=receipt]");
-      if (!r) continue;
-      const state = receiptState(chat, item.msg);
-      if (r.dataset.state !== state) {
-        r.dataset.state = state;
-        r.className = `receipt ${state}`;
-        r.textContent = state;
-      }
-    }
-  }
-
-  function applyWatermarks(chat, delivered, read) {
-    chat.deliveredSeq = Math.max(chat.deliveredSeq, delivered || 0, read || 0);
-    chat.readSeq = Math.max(chat.readSeq, read || 0);
-    refreshReceipts(chat);
-  }
-
-  function showPhoto(media) {
-    const v = $("photo-viewer");
-    v.textContent = "";
-    v.append(el("img", { testid: "photo-full", src: mediaUrl(media.id), alt: media.filename || "photo" }));
-    v.hidden = false;
-  }
-  $("photo-viewer").addEventListener("click", () => { $("photo-viewer").hidden = true; $("photo-viewer").textContent = ""; });
-
-  // ---- unread counts --------------------------------------------------------------------
-  function renderBadges() {
-    for (const li of $("contacts").querySelectorAll("li[data-testid^='contact-']")) {
-      const peer = li.getAttribute("data-testid").slice("contact-".length);
-      let badge = li.querySelector(".unread");
-      if (!badge) {
-        badge = el("span", { className: "unread", testid: `unread-${peer}` });
-        li.firstChild.after(badge);
-      }
-      const n = chats.has(peer) ? chats.get(peer).unread : 0;
-      badge.textContent = String(n);
-      badge.hidden = n === 0;
-    }
-    // conversations with people who are not (yet) in my contacts
-    const others = $("chat-others");
-    const contacts = new Set(hooks.contacts);
-    const strangers = [...chats.values()].filter((c) => !contacts.has(c.peer) && (c.items.size || c.unread));
-    others.textContent = "";
-    for (const c of strangers) {
-      const li = el("li", { testid: `conversation-${c.peer}`, text: `${c.peer} ` },
-        el("span", { className: "unread", testid: `unread-${c.peer}`, text: String(c.unread), hidden: c.unread === 0 }));
-      li.addEventListener("click", () => openChat(c.peer));
-      others.append(li);
-    }
-    others.hidden = strangers.length === 0;
-  }
-
-  new MutationObserver(renderBadges).observe($("contacts"), { childList: true });
-  $("contacts").addEventListener("click", (ev) => {
-    const li = ev.target.closest("li[data-testid^='contact-']");
-    if (li) openChat(li.getAttribute("data-testid").slice("contact-".length));
+function itemFor(chat, msg, pendingKey) {
+  const out = msg.from === me();
+  const li = el("li", {
+    testid: "message-item", className: out ? "out" : "in", "data-kind": msg.kind || "text",
+    "data-seq": msg.seq || null, "data-client-id": msg.client_id,
   });
-
-  function markRead(chat) {
-    if (openPeer !== chat.peer || !visible()) return;
-    const before = chat.unread;
-    const maxIn = Math.max(0, ...[...chat.items.values()].filter((i) => i.msg.from === chat.peer).map((i) => i.msg.seq));
-    if (maxIn > chat.myReadSeq) queueReceipt(chat.peer, "read", maxIn);
-    chat.myReadSeq = Math.max(chat.myReadSeq, maxIn);
-    chat.unreadSeqs.clear();
-    chat.extraUnread = 0;
-    chat.unread = 0;
-    if (before) renderBadges();
+  const meta = el("span", { className: "meta" });
+  const when = msg.ts || Date.now() / 1000;
+  meta.append(el("time", { datetime: new Date(when * 1000).toISOString(), text: fmt.stamp(when) }));
+  if (out && msg.seq) {
+    const state = receiptState(chat, msg);
+    meta.append(el("span", { testid: "receipt", className: `receipt ${state}`, "data-state": state },
+      el("span", { className: "sr-only", text: t(`receipt_${state}`) })));
+  } else if (out) {
+    meta.append(el("span", { className: "pending", "data-key": pendingKey || "sending", text: t(pendingKey || "sending") }));
   }
+  const content = msg.seq || msg.kind === "text" ? body(msg) : el("span", { className: "text muted", translate: "no", text: msg.label || "" });
+  li.append(el("div", { className: "bubble" }, content, meta));
+  return li;
+}
 
-  document.addEventListener("visibilitychange", () => { if (openPeer) markRead(chatFor(openPeer)); });
-
-  // ---- receipts (batched: one per conversation, cumulative) ------------------------------
-  function queueReceipt(peer, state, seq) {
-    const cur = pendingReceipts.get(peer) || { delivered: 0, read: 0 };
-    cur[state] = Math.max(cur[state], seq);
-    pendingReceipts.set(peer, cur);
-    if (!receiptTimer) receiptTimer = setTimeout(flushReceipts, 50);
+function place(chat, item) {
+  const pane = chat.pane;
+  if (!pane) return;
+  let before = null;
+  for (const li of pane.list.children) {
+    const s = Number(li.dataset.seq || Infinity);
+    if (s > item.msg.seq) { before = li; break; }
   }
+  const atBottom = pane.scroller.scrollHeight - pane.scroller.scrollTop - pane.scroller.clientHeight < 80;
+  pane.list.insertBefore(item.li, before);
+  if (openPeer === chat.peer && (atBottom || item.msg.from === me())) pane.scroller.scrollTop = pane.scroller.scrollHeight;
+}
 
-  function flushReceipts() {
-    clearTimeout(receiptTimer);
-    receiptTimer = null;
-    for (const [peer, r] of pendingReceipts) {
-      if (r.read) hooks.send({ type: "receipt", with: peer, state: "read", up_to_seq: r.read });
-      if (r.delivered > r.read) hooks.send({ type: "receipt", with: peer, state: "delivered", up_to_seq: r.delivered });
+function refreshReceipts(chat) {
+  for (const item of chat.items.values()) {
+    if (item.msg.from !== me()) continue;
+    const r = item.li.querySelector("[data-testid=receipt]");
+    if (!r) continue;
+    const state = receiptState(chat, item.msg);
+    if (r.dataset.state !== state) {
+      r.dataset.state = state;
+      r.className = `receipt ${state}`;
+      r.firstChild.textContent = t(`receipt_${state}`);
     }
-    pendingReceipts.clear();
   }
+}
 
-  // ---- incoming -------------------------------------------------------------------------
-  function addMessage(msg, { history = false } = {}) {
-    const chat = chatFor(peerOf(msg));
-    let item = chat.items.get(msg.seq);
-    if (item) return chat;  // seen already (sync after a reconnect): exactly once on screen
-    const pend = msg.from === me() ? chat.pending.get(msg.client_id) : null;
-    if (pend) {
-      chat.pending.delete(msg.client_id);
-      pend.li.remove();
+function applyWatermarks(chat, delivered, read) {
+  chat.deliveredSeq = Math.max(chat.deliveredSeq, delivered || 0, read || 0);
+  chat.readSeq = Math.max(chat.readSeq, read || 0);
+  refreshReceipts(chat);
+}
+
+function showPhoto(media) {
+  const v = $("photo-viewer");
+  v.replaceChildren();
+  mediaLink(media.id).then((link) => {
+    const close = el("button", { type: "button", className: "icon-btn viewer-close", testid: "photo-close",
+      "aria-label": t("close") }, icon("close"));
+    v.append(el("img", { testid: "photo-full", src: link.url, alt: media.filename || t("preview_photo"),
+      translate: media.filename ? "no" : null }), close);
+    openModal(v, close);
+  });
+}
+
+function closePhoto() {
+  const v = $("photo-viewer");
+  closeModal(v);
+  v.replaceChildren();
+}
+$("photo-viewer").addEventListener("click", closePhoto);
+$("photo-viewer").addEventListener("keydown", (ev) => { if (ev.key === "Escape") closePhoto(); });
+
+// ---- unread counts and read receipts --------------------------------------------------------------
+function markRead(chat) {
+  if (openPeer !== chat.peer || !visible()) return;
+  const before = chat.unread;
+  const maxIn = Math.max(0, ...[...chat.items.values()].filter((i) => i.msg.from === chat.peer).map((i) => i.msg.seq));
+  if (maxIn > chat.myReadSeq) queueReceipt(chat.peer, "read", maxIn);
+  chat.myReadSeq = Math.max(chat.myReadSeq, maxIn);
+  chat.unreadSeqs.clear();
+  chat.extraUnread = 0;
+  chat.unread = 0;
+  if (before) renderList();
+}
+
+document.addEventListener("visibilitychange", () => { if (openPeer) markRead(chatFor(openPeer)); });
+
+function queueReceipt(peer, state, seq) {
+  const cur = pendingReceipts.get(peer) || { delivered: 0, read: 0 };
+  cur[state] = Math.max(cur[state], seq);
+  pendingReceipts.set(peer, cur);
+  if (!receiptTimer) receiptTimer = setTimeout(flushReceipts, 50);
+}
+
+function flushReceipts() {
+  clearTimeout(receiptTimer);
+  receiptTimer = null;
+  for (const [peer, r] of pendingReceipts) {
+    if (r.read) socket.send({ type: "receipt", with: peer, state: "read", up_to_seq: r.read });
+    if (r.delivered > r.read) socket.send({ type: "receipt", with: peer, state: "delivered", up_to_seq: r.delivered });
+  }
+  pendingReceipts.clear();
+}
+
+// ---- incoming --------------------------------------------------------------------------------------
+function addMessage(msg, { history = false } = {}) {
+  const chat = chatFor(peerOf(msg));
+  let item = chat.items.get(msg.seq);
+  if (item) return chat;  // seen already (sync after a reconnect): exactly once on screen
+  const pend = msg.from === me() ? chat.pending.get(msg.client_id) : null;
+  if (pend) {
+    chat.pending.delete(msg.client_id);
+    pend.li.remove();
+  }
+  item = { msg, li: itemFor(chat, msg) };
+  chat.items.set(msg.seq, item);
+  chat.lastSeq = Math.max(chat.lastSeq, msg.seq);
+  noteLast(chat, msg);
+  if (msg.from === chat.peer) {
+    if (!history) queueReceipt(chat.peer, "delivered", msg.seq);
+    if (msg.state !== "read" && msg.seq > chat.myReadSeq && !chat.unreadSeqs.has(msg.seq)) {
+      chat.unreadSeqs.add(msg.seq);
+      if (msg.seq <= chat.serverLastSeq && chat.extraUnread > 0) chat.extraUnread -= 1;
     }
-    item = { msg, li: itemFor(chat, msg) };
-    chat.items.set(msg.seq, item);
-    chat.lastSeq = Math.max(chat.lastSeq, msg.seq);
-    if (msg.from === chat.peer) {
-      if (!history) queueReceipt(chat.peer, "delivered", msg.seq);
-      if (msg.state !== "read" && msg.seq > chat.myReadSeq && !chat.unreadSeqs.has(msg.seq)) {
-        chat.unreadSeqs.add(msg.seq);
-        if (msg.seq <= chat.serverLastSeq && chat.extraUnread > 0) chat.extraUnread -= 1;
-      }
+    chat.unread = chat.unreadSeqs.size + chat.extraUnread;
+    if (!history && !people.isContact(chat.peer)) people.lookup(chat.peer).then(() => renderList());
+    if (!history && !people.isBlocked(chat.peer)) {
+      announce(t("new_message_from", { name: people.nameOf(chat.peer) }), "sr-messages");
+    }
+  }
+  if (chat.pane) place(chat, item);
+  if (openPeer === chat.peer) markRead(chat);
+  renderList();
+  return chat;
+}
+
+async function loadConversations() {
+  try {
+    const data = await api("GET", "/api/conversations");
+    for (const c of data.conversations) {
+      const chat = chatFor(c.with);
+      if (c.display_name) people.learn(c.with, c.display_name);
+      const known = [...chat.unreadSeqs].filter((s) => s <= c.last_seq).length;
+      chat.extraUnread = Math.max(0, c.unread - known);
+      chat.serverLastSeq = c.last_seq;
       chat.unread = chat.unreadSeqs.size + chat.extraUnread;
+      if (c.last_message) noteLast(chat, c.last_message);
+      applyWatermarks(chat, c.delivered_seq, c.read_seq);
+      if (openPeer === chat.peer) markRead(chat);
     }
-    place(chat, item);
-    if (openPeer === chat.peer) markRead(chat);
-    renderBadges();
-    return chat;
-  }
+    renderList();
+  } catch (e) { /* the chat still works; counts come with the messages */ }
+}
 
-  async function loadConversations() {
-    try {
-      const data = await hooks.api("GET", "/api/conversations");
-      for (const c of data.conversations) {
-        const chat = chatFor(c.with);
-        // messages the server counts as unread that are not in memory yet
-        const known = [...chat.unreadSeqs].filter((s) => s <= c.last_seq).length;
-        chat.extraUnread = Math.max(0, c.unread - known);
-        chat.serverLastSeq = c.last_seq;
-        chat.unread = chat.unreadSeqs.size + chat.extraUnread;
-        applyWatermarks(chat, c.delivered_seq, c.read_seq);
-        if (openPeer === chat.peer) markRead(chat);
-      }
-      renderBadges();
-    } catch (e) { /* the chat still works; counts come with the messages */ }
-  }
+function sync() {
+  const conversations = [...chats.values()].filter((c) => c.loaded).map((c) => ({ with: c.peer, after_seq: c.lastSeq }));
+  socket.send({ type: "sync", conversations });
+}
 
-  function sync() {
-    const conversations = [...chats.values()].filter((c) => c.loaded).map((c) => ({ with: c.peer, after_seq: c.lastSeq }));
-    hooks.send({ type: "sync", conversations });
-  }
-
-  function resendPending() {
-    for (const chat of chats.values()) {
-      for (const [clientId, p] of chat.pending) {
-        if (p.failed || (p.text === undefined && !p.mediaId)) continue;
-        transmit(chat.peer, clientId, p);
-      }
+function resendPending() {
+  for (const chat of chats.values()) {
+    for (const [clientId, p] of chat.pending) {
+      if (p.failed || (p.text === undefined && !p.mediaId)) continue;
+      transmit(chat.peer, clientId, p);
     }
   }
+}
 
-  hooks.onMessage(async (msg) => {
-    switch (msg.type) {
-      case "auth_ok":
-        await loadConversations();
-        sync();
-        resendPending();
-        break;
-      case "message": addMessage(msg.message); break;
-      case "message_ack": addMessage(msg.message); break;
-      case "receipt": {
-        const chat = chatFor(msg.with);
-        if (msg.by === me()) {  // another device of mine read or received them
-          if (msg.state === "read") {
-            chat.myReadSeq = Math.max(chat.myReadSeq, msg.up_to_seq);
-            for (const s of [...chat.unreadSeqs]) if (s <= msg.up_to_seq) chat.unreadSeqs.delete(s);
-            chat.extraUnread = 0;
-            chat.unread = chat.unreadSeqs.size;
-            renderBadges();
-          }
-        } else if (msg.state === "read") applyWatermarks(chat, 0, msg.up_to_seq);
-        else applyWatermarks(chat, msg.up_to_seq, 0);
-        break;
-      }
-      case "sync_done":
-        if (msg.more) { flushReceipts(); sync(); }
-        break;
-      case "presence": renderBadges(); break;
-      case "error": failPending(msg); break;
-      default: break;
+socket.on("auth_ok", async () => {
+  await loadConversations();
+  sync();
+  resendPending();
+});
+socket.on("message", (msg) => addMessage(msg.message));
+socket.on("message_ack", (msg) => addMessage(msg.message));
+socket.on("receipt", (msg) => {
+  const chat = chatFor(msg.with);
+  if (msg.by === me()) {  // another device of mine read or received them
+    if (msg.state === "read") {
+      chat.myReadSeq = Math.max(chat.myReadSeq, msg.up_to_seq);
+      for (const s of [...chat.unreadSeqs]) if (s <= msg.up_to_seq) chat.unreadSeqs.delete(s);
+      chat.extraUnread = 0;
+      chat.unread = chat.unreadSeqs.size;
+      renderList();
     }
-  });
-
-  // ---- sending --------------------------------------------------------------------------
-  function addPending(chat, clientId, fields) {
-    const msg = { client_id: clientId, from: me(), to: chat.peer, kind: fields.kind || "text", text: fields.text, label: fields.label };
-    const li = itemFor(chat, msg, fields.label ? "uploading" : "sending");
-    li.dataset.pending = "true";
-    const p = { msg, li, text: fields.text, mediaId: null, failed: false };
-    chat.pending.set(clientId, p);
-    paneFor(chat);
-    chat.pane.list.append(li);
-    chat.pane.list.scrollTop = chat.pane.list.scrollHeight;
-    showError(chat, "");
-    return p;
-  }
-
-  function transmit(peer, clientId, p) {
-    const msg = { type: "send_message", id: clientId, client_id: clientId, to: peer };
-    if (p.mediaId) msg.media_id = p.mediaId; else msg.text = p.text;
-    hooks.send(msg);  // not open: resent on the next auth_ok with the same client_id
-  }
-
-  function sendText(chat, text) {
-    const clientId = newId();
-    const p = addPending(chat, clientId, { text });
-    transmit(chat.peer, clientId, p);
-  }
-
-  function fail(chat, clientId, text) {
-    const p = chat.pending.get(clientId);
-    if (!p) return;
-    p.failed = true;
-    p.li.classList.add("failed");
-    const pend = p.li.querySelector(".pending");
-    if (pend) pend.textContent = "not sent";
-    showError(chat, text);
-  }
-
-  function failPending(err) {
-    if (!err.ref) return;
-    for (const chat of chats.values()) {
-      if (chat.pending.has(err.ref)) fail(chat, err.ref, `Not sent: ${err.message}`);
+  } else if (msg.state === "read") applyWatermarks(chat, 0, msg.up_to_seq);
+  else applyWatermarks(chat, msg.up_to_seq, 0);
+});
+socket.on("sync_done", (msg) => { if (msg.more) { flushReceipts(); sync(); } });
+socket.on("error", (msg) => failPending(msg));
+people.onChange(() => renderList());
+onLangChange(() => {
+  for (const c of chats.values()) {
+    if (!c.pane) continue;
+    c.pane.input.placeholder = t("message_placeholder");
+    c.pane.older.textContent = t("older");
+    c.pane.root.setAttribute("aria-label", t("chat_with", { name: people.nameOf(c.peer) }));
+    for (const item of [...c.items.values(), ...c.pending.values()]) {
+      const time = item.li.querySelector("time");
+      if (time && item.msg.ts) time.textContent = fmt.stamp(item.msg.ts);
+      const pend = item.li.querySelector(".pending");
+      if (pend) pend.textContent = t(pend.dataset.key);
     }
+    refreshReceiptsText(c);
   }
+  renderList();
+});
 
-  async function sendMedia(chat, blob, kind, filename) {
-    const clientId = newId();
-    const label = kind === "voice" ? "Voice message" : `${filename || "file"} (${sizeText(blob.size)})`;
-    const p = addPending(chat, clientId, { kind: kind || "file", label });
-    const q = new URLSearchParams();
-    if (kind) q.set("kind", kind);
-    if (filename) q.set("filename", filename);
-    try {
-      const res = await fetch(`/api/media?${q}`, {
-        method: "POST", body: blob,
-        headers: { Authorization: `Bearer ${hooks.token}`, "Content-Type": "application/octet-stream" },
-      });
-      const data = await res.json().catch(() => ({}));
-      if (!res.ok) throw new Error((data.error && data.error.message) || res.statusText);
-      p.mediaId = data.id;
-    } catch (e) {
-      fail(chat, clientId, `Upload failed: ${e.message}`);
-      return;
-    }
-    transmit(chat.peer, clientId, p);
+function refreshReceiptsText(chat) {
+  for (const r of chat.pane.list.querySelectorAll("[data-testid=receipt]")) r.firstChild.textContent = t(`receipt_${r.dataset.state}`);
+}
+
+// A call from someone who is not a contact makes a request too (calls.js / history.js tell us).
+export function noteCaller(peer) {
+  if (!peer || people.isContact(peer) || people.isBlocked(peer)) return;
+  if (callers.has(peer)) return;
+  callers.add(peer);
+  people.lookup(peer).then(() => renderList());
+  renderList();
+}
+
+// ---- sending ------------------------------------------------------------------------------------------
+function addPending(chat, clientId, fields) {
+  const msg = { client_id: clientId, from: me(), to: chat.peer, kind: fields.kind || "text", text: fields.text, label: fields.label };
+  const li = itemFor(chat, msg, fields.label ? "uploading" : "sending");
+  li.dataset.pending = "true";
+  const p = { msg, li, text: fields.text, mediaId: null, failed: false };
+  chat.pending.set(clientId, p);
+  paneFor(chat);
+  chat.pane.list.append(li);
+  chat.pane.scroller.scrollTop = chat.pane.scroller.scrollHeight;
+  showError(chat, "");
+  return p;
+}
+
+function transmit(peer, clientId, p) {
+  const msg = { type: "send_message", id: clientId, client_id: clientId, to: peer };
+  if (p.mediaId) msg.media_id = p.mediaId; else msg.text = p.text;
+  socket.send(msg);  // not open: resent on the next auth_ok with the same client_id
+}
+
+function sendText(chat, text) {
+  const clientId = newId();
+  const p = addPending(chat, clientId, { text });
+  transmit(chat.peer, clientId, p);
+}
+
+function fail(chat, clientId, text) {
+  const p = chat.pending.get(clientId);
+  if (!p) return;
+  p.failed = true;
+  p.li.classList.add("failed");
+  const pend = p.li.querySelector(".pending");
+  if (pend) { pend.dataset.key = "not_sent"; pend.textContent = t("not_sent"); }
+  showError(chat, text);
+}
+
+const SEND_ERRORS = { unavailable: "err_unavailable", not_contact: "err_not_contact", too_large: "err_too_large",
+  unsupported_media: "err_unsupported", network: "err_network", unknown_user: "err_unknown_user" };
+
+function failPending(err) {
+  if (!err.ref) return;
+  for (const chat of chats.values()) {
+    if (chat.pending.has(err.ref)) fail(chat, err.ref, t(SEND_ERRORS[err.code] || "err_not_sent"));
   }
+}
 
-  // ---- voice messages -------------------------------------------------------------------
-  function recordButton(chat, on, text) {
-    const b = paneFor(chat).voice;
-    b.setAttribute("aria-pressed", String(on));
-    b.textContent = text;
-    b.classList.toggle("recording", on);
+async function sendMedia(chat, blob, kind, filename) {
+  const clientId = newId();
+  const label = kind === "voice" ? t("preview_voice") : `${filename || t("preview_file")} (${sizeText(blob.size)})`;
+  const p = addPending(chat, clientId, { kind: kind || "file", label });
+  try {
+    const data = await upload(blob, kind, filename);
+    p.mediaId = data.id;
+  } catch (e) {
+    fail(chat, clientId, t(SEND_ERRORS[e.code] || "err_upload"));
+    return;
   }
+  transmit(chat.peer, clientId, p);
+}
 
-  async function toggleRecording(chat) {
-    if (recording) { stopRecording(); return; }
-    let stream;
-    try {
-      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    } catch (e) {
-      showError(chat, `Microphone unavailable: ${e.message}`);
-      return;
-    }
-    const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/webm"].find((t) => MediaRecorder.isTypeSupported(t));
-    const recorder = new MediaRecorder(stream, type ? { mimeType: type } : undefined);
-    const chunks = [];
-    const rec = { chat, recorder, stream, started: Date.now(), timer: null };
-    recording = rec;
-    recorder.ondataavailable = (ev) => { if (ev.data && ev.data.size) chunks.push(ev.data); };
-    recorder.onstop = () => {
-      clearInterval(rec.timer);
-      for (const t of stream.getTracks()) t.stop();
-      recording = null;
-      recordButton(chat, false, "Record voice");
-      const blob = new Blob(chunks, { type: recorder.mimeType || "audio/webm" });
-      if (blob.size) sendMedia(chat, blob, "voice", recorder.mimeType.includes("ogg") ? "voice.ogg" : "voice.webm");
-    };
-    recorder.start(250);
-    recordButton(chat, true, "Stop 0:00");
-    rec.timer = setInterval(() => {
-      const s = (Date.now() - rec.started) / 1000;
-      recordButton(chat, true, `Stop ${clock(s)}`);
-      if (s >= MAX_VOICE_S - 0.5) stopRecording();
-    }, 250);
+// ---- voice messages ----------------------------------------------------------------------------------
+function recordButton(chat, on, seconds) {
+  const b = paneFor(chat).voice;
+  b.setAttribute("aria-pressed", String(on));
+  b.setAttribute("aria-label", on ? t("stop_recording") : t("record_voice"));
+  const label = b.querySelector(".rec-time");
+  label.hidden = !on;
+  label.textContent = on ? voiceClock(seconds) : "";
+  b.classList.toggle("recording", on);
+}
+
+async function toggleRecording(chat) {
+  if (recording) { stopRecording(); return; }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (e) {
+    showError(chat, t("err_microphone"));
+    return;
   }
-
-  function stopRecording() {
-    if (recording && recording.recorder.state !== "inactive") recording.recorder.stop();
-  }
-
-  // For tests and debugging.
-  window.jegoChat = {
-    open: openChat,
-    chats,
-    unread: (peer) => (chats.has(peer) ? chats.get(peer).unread : 0),
+  const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/webm"].find((x) => MediaRecorder.isTypeSupported(x));
+  const recorder = new MediaRecorder(stream, type ? { mimeType: type } : undefined);
+  const chunks = [];
+  const rec = { chat, recorder, stream, started: Date.now(), timer: null };
+  recording = rec;
+  recorder.ondataavailable = (ev) => { if (ev.data && ev.data.size) chunks.push(ev.data); };
+  recorder.onstop = () => {
+    clearInterval(rec.timer);
+    for (const tr of stream.getTracks()) tr.stop();
+    recording = null;
+    recordButton(chat, false, 0);
+    const blob = new Blob(chunks, { type: recorder.mimeType || "audio/webm" });
+    if (blob.size) sendMedia(chat, blob, "voice", recorder.mimeType.includes("ogg") ? "voice.ogg" : "voice.webm");
   };
-})();
+  recorder.start(250);
+  recordButton(chat, true, 0);
+  rec.timer = setInterval(() => {
+    const s = (Date.now() - rec.started) / 1000;
+    recordButton(chat, true, s);
+    if (s >= MAX_VOICE_S - 0.5) stopRecording();
+  }, 250);
+}
+
+function stopRecording() {
+  if (recording && recording.recorder.state !== "inactive") recording.recorder.stop();
+}
+
+// ---- contacts from the header and from requests --------------------------------------------------------
+async function addBack(peer) {
+  try {
+    await people.add(peer);
+    callers.delete(peer);
+    announce(t("added", { name: people.nameOf(peer) }));
+  } catch (e) {
+    chatError(peer, e);
+  }
+}
+
+async function blockPeer(peer) {
+  try {
+    await people.block(peer);
+    callers.delete(peer);
+    announce(t("blocked_done", { name: people.nameOf(peer) }));
+    if (openPeer === peer) { openPeer = null; for (const c of chats.values()) if (c.pane) c.pane.root.hidden = true; closeChat(); }
+    renderList();
+  } catch (e) {
+    chatError(peer, e);
+  }
+}
+
+async function removePeer(peer) {
+  try {
+    await people.remove(peer);
+  } catch (e) {
+    chatError(peer, e);
+  }
+}
+
+function chatError(peer, e) {
+  const chat = chats.get(peer);
+  const text = t(e instanceof ApiError && e.code === "network" ? "err_network" : "err_generic");
+  if (chat && chat.pane) showError(chat, text);
+}
+
+function setMenu(open) {
+  $("contact-menu").setAttribute("aria-expanded", String(open));
+  $("contact-menu-list").hidden = !open;
+  if (open) $("contact-menu-list").querySelector("button:not([hidden])").focus();
+}
+
+$("contact-menu").addEventListener("click", () => setMenu($("contact-menu-list").hidden));
+$("contact-menu-list").addEventListener("keydown", (ev) => { if (ev.key === "Escape") { setMenu(false); $("contact-menu").focus(); } });
+document.addEventListener("click", (ev) => { if (!ev.target.closest(".menu")) setMenu(false); });
+$("contact-remove").addEventListener("click", () => { setMenu(false); removePeer(openPeer); });
+$("contact-add-back").addEventListener("click", () => { setMenu(false); addBack(openPeer); });
+$("contact-block").addEventListener("click", () => { setMenu(false); blockPeer(openPeer); });
+$("chat-request-add").addEventListener("click", () => addBack(openPeer));
+$("chat-request-block").addEventListener("click", () => blockPeer(openPeer));
+$("chat-back").addEventListener("click", closeChat);
+
+export function resetChats() {
+  chats.clear();
+  callers.clear();
+  openPeer = null;
+  $("chat-pane").replaceChildren();
+}
+
+// For tests and debugging.
+window.jegoChat = {
+  open: openChat,
+  chats,
+  unread: (peer) => (chats.has(peer) ? chats.get(peer).unread : 0),
+};

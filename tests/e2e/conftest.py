@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect, sync_playwright
 
-from ..conftest import LiveServer
+from ..conftest import PASSWORD, LiveServer
 
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--use-fake-device-for-media-stream",
@@ -67,3 +69,25 @@ def add_contact(page: Page, name: str, presence: str = "online") -> None:
     page.get_by_test_id("contact-add-input").fill(name)
     page.get_by_test_id("contact-add-submit").click()
     expect(page.get_by_test_id(f"presence-{name}")).to_have_text(presence.replace("_", " "), timeout=10_000)
+
+
+def open_as(browser: Browser, contexts: list[BrowserContext], server: LiveServer, name: str, *,
+            viewport: ViewportSize = DESKTOP, locale: str = "en-US", register: bool = True,
+            display_name: str | None = None, init_script: str | None = None) -> Page:
+    """A fresh context (its own storage) signed up or in as `name`, waiting until online."""
+    ctx = browser.new_context(permissions=["microphone", "camera"], viewport=viewport, locale=locale)
+    contexts.append(ctx)
+    if init_script:
+        ctx.add_init_script(init_script)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/")
+    page.get_by_test_id("login-username").fill(name)
+    page.get_by_test_id("login-password").fill(PASSWORD)
+    if display_name:
+        page.get_by_test_id("login-display-name").fill(display_name)
+    page.get_by_test_id("register-submit" if register else "login-submit").click()
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online", timeout=10_000)
+    page.errors = errors  # type: ignore[attr-defined]
+    return page

@@ -16,9 +16,9 @@ from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
 
 from jego_call.media.analysis import dominant_frequency, level_dbfs, read_wav
 
-from ..conftest import LiveServer
+from ..conftest import LiveServer, http_json
 from ..integration.bridge_util import carrier_record, phone_server
-from .conftest import ARGS, CHROMIUM, open_user
+from .conftest import ARGS, CHROMIUM, open_as, open_user
 from .test_browser_to_dialer import write_tone
 
 pytestmark = pytest.mark.browser
@@ -49,6 +49,7 @@ def test_dial_pad_call_reaches_the_phone_with_the_tone_and_dtmf(tone_browser: Br
     contexts: list[BrowserContext] = []
     try:
         alice = open_user(tone_browser, contexts, server, "alice", register=False)
+        alice.get_by_test_id("tab-phone").click()  # the dial pad has its own tab (issue 11)
         alice.get_by_test_id("dialpad-input").fill("138 0013 8000")
         alice.get_by_test_id("call-phone").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("connected", timeout=20_000)
@@ -76,6 +77,7 @@ def test_busy_number_is_reported_in_plain_words(tone_browser: Browser, server: L
     contexts: list[BrowserContext] = []
     try:
         alice = open_user(tone_browser, contexts, server, "alice", register=False)
+        alice.get_by_test_id("tab-phone").click()
         alice.get_by_test_id("dialpad-input").fill("+86 139 0000 0486")
         alice.get_by_test_id("call-phone").click()
         reason = alice.get_by_test_id("call-end-reason")
@@ -90,6 +92,94 @@ def test_busy_number_is_reported_in_plain_words(tone_browser: Browser, server: L
             c.close()
 
 
+
+# Issue 11: each outcome is said once, in plain words, in the page's language: the words of the
+# server's reason table (phone variants), never with the detail or a code appended.
+OUTCOMES = [
+    ("+8613900000486", "busy"), ("+8613900000404", "not_found"), ("+8613900000503", "congestion"),
+    ("+8613900000020", "switched_off"), ("110", "emergency"), ("12345", "service_number"),
+    ("+49 30 12345678", "rejected"), ("+86123", "service_number"),
+]
+
+
+@pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
+def test_each_phone_outcome_in_plain_words_once_in_both_languages(tone_browser: Browser, server: LiveServer,
+                                                                 locale: str) -> None:
+    status, words = http_json("GET", f"{server.url}/api/reasons")
+    assert status == 200
+    lang = "zh" if locale == "zh-CN" else "en"
+    contexts: list[BrowserContext] = []
+    try:
+        page = open_as(tone_browser, contexts, server, "alice" if lang == "en" else "bob", register=False,
+                       locale=locale)
+        page.get_by_test_id("tab-phone").click()
+        out = page.get_by_test_id("call-end-reason")
+        seen = {}
+        for number, reason in OUTCOMES:
+            page.evaluate("document.getElementById('call-end-reason').dataset.reason = ''")
+            page.get_by_test_id("dialpad-input").fill(number)
+            page.get_by_test_id("call-phone").click()
+            expect(out).to_have_attribute("data-reason", reason, timeout=20_000)
+            expect(out).to_have_text(words[reason][f"phone_{lang}"])
+            text = out.text_content() or ""
+            assert "(" not in text and "（" not in text and "trunk" not in text, text
+            seen[reason] = text
+            if reason == "busy":  # the codes are there, behind "details"
+                expect(page.get_by_test_id("call-end-details")).to_be_hidden()
+                page.get_by_test_id("call-end-details-toggle").click()
+                expect(page.get_by_test_id("call-end-details")).to_contain_text("SIP 486 · Q.850 17")
+            expect(page.get_by_test_id("call-overlay")).to_be_hidden(timeout=10_000)
+        if lang == "en":
+            assert seen["emergency"] == "Emergency numbers cannot be called from the app: use a local phone"
+            assert seen["not_found"] == "The number does not exist"
+            assert seen["busy"] == "The number is busy"
+        else:
+            assert seen["emergency"] == "无法通过本应用拨打紧急电话，请使用当地电话"
+            assert seen["not_found"] == "您拨打的号码不存在"
+            assert seen["busy"] == "您拨打的号码正忙"
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_phone_box_refuses_letters_and_says_why_before_dialling(tone_browser: Browser, server: LiveServer) -> None:
+    contexts: list[BrowserContext] = []
+    try:
+        page = open_as(tone_browser, contexts, server, "alice", register=False)
+        page.get_by_test_id("tab-phone").click()
+        box, hint = page.get_by_test_id("dialpad-input"), page.get_by_test_id("dialpad-hint")
+        box.press_sequentially("13a8b")
+        expect(box).to_have_value("138")
+        expect(hint).to_have_text("Only digits, +, * and # can be typed here")
+        box.fill("alice")  # a username typed (or pasted) into the phone box does not become a call
+        expect(box).to_have_value("")
+        box.fill("")
+        box.press_sequentially("13800138000")
+        expect(box).to_have_value("138 0013 8000", timeout=10_000)  # formatted as typed
+        expect(hint).to_have_text("China Mobile · mobile", timeout=10_000)
+        box.fill("")
+        for key in ("dialkey-1", "dialkey-1", "dialkey-9", "dialkey-9"):  # the keys type too
+            page.get_by_test_id(key).click()
+        page.get_by_test_id("dialpad-backspace").click()  # and backspace takes one off
+        expect(box).to_have_value("119", timeout=10_000)
+        history = page.get_by_test_id("call-history").get_by_test_id("call-history-item")
+        page.get_by_test_id("history-refresh").evaluate("b => b.click()")
+        before = history.count()
+        # before dialling, the page says why these cannot be called; pressing Call places no call
+        for number, reason in (("110", "emergency"), ("12345", "service_number"), ("+49 30 12345678", "rejected")):
+            box.fill(number)
+            status, words = http_json("GET", f"{server.url}/api/reasons")
+            expect(hint).to_have_text(words[reason]["phone_en"], timeout=10_000)
+            expect(page.get_by_test_id("call-state")).to_have_text("idle" if number == "110" else "ended")
+            page.get_by_test_id("call-phone").click()
+            expect(page.get_by_test_id("call-end-reason")).to_have_attribute("data-reason", reason, timeout=10_000)
+            expect(page.get_by_test_id("call-overlay")).to_be_hidden()
+        page.get_by_test_id("history-refresh").evaluate("b => b.click()")
+        page.wait_for_timeout(500)
+        assert history.count() == before  # nothing reached the server
+    finally:
+        for c in contexts:
+            c.close()
 
 
 def test_browser_answers_a_call_from_a_phone(tone_browser: Browser, server: LiveServer) -> None:

@@ -199,3 +199,21 @@ def test_bad_invocations(users: LiveServer, tmp_path: Path) -> None:
     res = subprocess.run([*DIAL, "call", "bob", "--server", users.url], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--user" in _one_line(res.stderr)
+
+
+def test_impaired_receive_path_loses_what_it_was_told(users: LiveServer, answerer: Callable[..., Answerer]) -> None:
+    """--impair drops received datagrams below DTLS/SRTP: the receiver's RTP stats see the loss."""
+    bob = answerer(users, "--echo", "--count", "1")
+    code, res, err = dial(users, "bob", "--play", "tone:1000:-10", "--duration", "6", "--json",
+                          "--impair", "loss=20,seed=3")
+    assert code == 0, err
+    audio = res["audio"] if res else {}
+    imp = audio["impairment"]
+    assert imp["spec"] == "loss=20,seed=3" and imp["received"] > 250
+    assert imp["dropped"] / imp["received"] == pytest.approx(0.20, abs=0.05)
+    lost, got = audio["packets_lost"], audio["packets_received"]
+    assert lost / (lost + got) == pytest.approx(0.20, abs=0.06)  # aiortc's RTP counters agree
+    assert audio["dominant_hz"] == pytest.approx(1000, abs=20)  # still the tone, with holes
+    assert bob.wait() == 0
+    code, _, err = dial(users, "bob", "--impair", "loss=200")
+    assert code == 2 and "impair" in _one_line(err)

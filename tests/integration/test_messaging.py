@@ -337,9 +337,18 @@ async def test_photo_with_thumbnail(client: TestClient) -> None:
     assert res.status == 200 and res.headers["Content-Type"] == "image/jpeg"
     thumb = Image.open(io.BytesIO(await res.read()))
     assert thumb.format == "JPEG" and thumb.size == (320, 240)
-    res = await client.get(f"/api/media/{media['id']}?token={tb}")  # the browser's <img src> form
+    # issue 11: no token in URLs; <img src> uses a short-lived link signed for bob and this media
+    res = await client.get(f"/api/media/{media['id']}?token={tb}")
+    assert res.status == 401 and (await res.json())["error"]["code"] == "not_authenticated"
+    res = await client.get(f"/api/media/{media['id']}/link", headers=auth(tb))
+    link = await res.json()
+    assert res.status == 200 and "token" not in link["url"] and link["thumbnail_url"].startswith(
+        f"/api/media/{media['id']}/thumbnail?")
+    res = await client.get(link["url"])
     assert res.status == 200 and res.headers["Content-Type"] == "image/png"
     assert await res.read() == data
+    res = await client.get(link["thumbnail_url"])
+    assert res.status == 200 and res.headers["Content-Type"] == "image/jpeg"
     # stored content-addressed: media/ab/abcdef...
     sha = hashlib.sha256(data).hexdigest()
     assert (media_dir(client) / sha[:2] / sha).read_bytes() == data

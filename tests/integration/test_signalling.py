@@ -41,7 +41,9 @@ async def test_register_login_me_contacts(client: TestClient) -> None:
     await register(client, "bob")
     await add_contact(client, login_token, "bob")
     res = await client.get("/api/contacts", headers={"Authorization": f"Bearer {login_token}"})
-    assert await res.json() == {"contacts": [{"username": "bob", "presence": "offline"}]}
+    # issue 11: contacts carry display names (the username until one is set), and blocks come along
+    assert await res.json() == {"contacts": [{"username": "bob", "display_name": "bob", "presence": "offline"}],
+                                "blocked": []}
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,38 @@ def test_parse_and_catalogue() -> None:
     assert set(table) == {r.value for r in EndReason}
     assert table["not_found"] == {"sip_code": 404, "q850_cause": 1, "outcome": "invalid_number",
                                   "en": "The number does not exist", "zh": "您拨打的号码不存在",
-                                  "phone_en": "The number does not exist", "phone_zh": "您拨打的号码不存在"}
+                                  "phone_en": "The number does not exist", "phone_zh": "您拨打的号码不存在",
+                                  "callee_en": "The number does not exist", "callee_zh": "您拨打的号码不存在",
+                                  "missed": False}
     assert table["busy"]["phone_en"] == "The number is busy" != table["busy"]["en"]
     assert EndReason.BUSY.words("zh", phone=True) == "您拨打的号码正忙"
+
+
+def test_missed_calls_are_told_from_the_callee_side() -> None:
+    """Issue 11: the person who was called sees "Missed call", not the caller's "Offline" or "No answer"."""
+    for r in (EndReason.NO_ANSWER, EndReason.UNAVAILABLE, EndReason.CANCELLED):
+        assert r.missed
+        assert r.words("en", callee=True) == "Missed call" and r.words("zh", callee=True) == "未接来电"
+        assert r.words("en") != "Missed call"
+    assert EndReason.BUSY.missed and EndReason.BUSY.words("en", callee=True).startswith("Missed call")
+    assert not EndReason.DECLINED.missed and EndReason.DECLINED.words("en", callee=True) == "You declined the call"
+    missed = {r for r in EndReason if r.missed}
+    assert missed == {EndReason.NO_ANSWER, EndReason.UNAVAILABLE, EndReason.CANCELLED, EndReason.BUSY}
+    table = catalogue()
+    assert table["no_answer"]["callee_zh"] == "未接来电" and table["no_answer"]["missed"] is True
+    assert table["hangup"]["callee_en"] == table["hangup"]["en"] == "Call ended"
+    for r in EndReason:
+        assert not CJK.search(r.words("en", callee=True)) and CJK.search(r.words("zh", callee=True)), r
+
+
+def test_words_say_it_once_without_codes_or_jargon() -> None:
+    """Issue 11: one plain clause per outcome, no trunk jargon, no SIP or Q.850 codes."""
+    for r in EndReason:
+        for lang in ("en", "zh"):
+            for phone in (False, True):
+                words = r.words(lang, phone=phone)
+                assert "(" not in words and "（" not in words, words
+                assert not re.search(r"\d{3}|trunk|SIP|Q\.850|cause", words, re.I), words
+    assert EndReason.EMERGENCY.words("en") == "Emergency numbers cannot be called from the app: use a local phone"
+    assert EndReason.SERVICE_NUMBER.words("zh") == "无法通过本应用拨打中国的服务号码，请使用当地电话"
+    assert EndReason.SERVICE_NUMBER not in GATEWAY_DECLINE_REASONS  # the dial pad's own refusal

@@ -1,0 +1,678 @@
+"""[pure] The hub's decisions: sessions, presence and calls as plain data; events in, commands out.
+
+    core = HubCore(directory, calls_cfg, max_sessions_per_user=8)
+    cmds = core.attach("s1", "alice", hello={...})          # a socket authenticated as a user
+    cmds = core.attach_gateway("s2", "bridge-1", 16)         # ... or as a gateway
+    cmds = core.handle("s1", msg, now=mono, wall=unix)       # a parsed message (messages.py)
+    cmds = core.detach("s1", now=mono, wall=unix)            # the socket ended
+    cmds = core.handle_timer(now=mono, wall=unix)            # at or after core.next_deadline()
+
+Sessions are named by their id (a string), so the same events could come from any node of a
+cluster. Every input returns the commands to carry out, in order: `Send`, `Close`,
+`WriteCallRecord`, `StoreReport`, `CallEnded`, `Log`; a client's mistake raises SignallingError
+before anything changes. `now` is monotonic seconds (deadlines are on that clock), `wall` Unix
+seconds (only for call records). Nothing here touches a socket, a clock or the database:
+accounts lookups go through `Directory` (exists, contacts, watchers), backed by SQLite in the
+shell (`signalling/hub.py`), which runs the core on the event loop with one timer for
+`next_deadline()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import numbering
+from ..call.reasons import USER_DECLINE_REASONS, EndReason
+from ..call.state import CallEvent, CallState, CallStateMachine
+from ..errors import ErrorCode, SignallingError
+from . import messages as m
+
+if TYPE_CHECKING:
+    from ..config import CallsConfig
+
+RECENT_CALLS = 4096  # ended call ids remembered, so a late message gets unknown_call
+PHONE_RE = re.compile(r"^\+?[0-9][0-9 ()\-.]{1,30}$")
+EMERGENCY_TEXT = "emergency calls are not supported, use a local phone"
+INFO, WARNING = 20, 30  # Log levels (the logging module's numbers)
+
+# How a gateway's `decline` reason ends the call (anything else: FAIL with that reason).
+GATEWAY_EVENTS = {
+    EndReason.DECLINED: CallEvent.DECLINE, EndReason.BUSY: CallEvent.BUSY, EndReason.NO_ANSWER: CallEvent.TIMEOUT,
+    EndReason.UNAVAILABLE: CallEvent.UNAVAILABLE, EndReason.CANCELLED: CallEvent.CANCEL,
+}
+
+
+def is_phone_target(to: str) -> bool:
+    """A call target that is a phone number rather than a username (usernames need a letter)."""
+    return bool(PHONE_RE.match(to))
+
+
+class Directory(Protocol):
+    """The accounts lookups the core makes (`jego_call.accounts.Accounts` is one)."""
+
+    def exists(self, username: str) -> bool: ...
+
+    def contacts(self, owner: str) -> list[str]: ...
+
+    def watchers(self, username: str) -> list[str]: ...
+
+    def display_name(self, username: str) -> str: ...
+
+    def is_blocked(self, owner: str, other: str) -> bool: ...
+
+
+# --- state: plain dataclasses ------------------------------------------------------------------
+@dataclass(slots=True)
+class SessionInfo:
+    """One authenticated connection: a browser tab, a dialer, or a bridge worker (role gateway)."""
+
+    id: str
+    username: str
+    role: str = "user"  # "user" or "gateway"
+
+
+@dataclass(slots=True)
+class Gateway:
+    """A connected bridge worker and the calls it carries."""
+
+    session: str
+    name: str
+    capacity: int
+    calls: set[str] = field(default_factory=set)
+
+
+class CallTimer(Enum):
+    RING = "ring"                    # calls.ring_timeout_s after the invite went out
+    MAX_DURATION = "max_duration"    # calls.max_call_s after the answer
+
+
+@dataclass(eq=False)
+class Call:
+    """One call: its state machine, who is in it, and its one pending deadline."""
+
+    id: str
+    caller: str
+    callee: str
+    media: tuple[str, ...]
+    caller_session: str
+    created_at: float = 0.0          # Unix seconds
+    sm: CallStateMachine = field(default_factory=CallStateMachine)
+    ringing_sessions: set[str] = field(default_factory=set)   # callee sessions offered the call
+    answered_session: str | None = None
+    answered_at: float | None = None  # Unix seconds
+    rang: bool = False
+    kind: str = "user"              # "user", "phone_out" (app -> phone) or "phone_in" (phone -> app)
+    offer: str = ""
+    early_sdp_sent: bool = False    # a gateway sent the answer with ringing (early media)
+    sip_code: int | None = None
+    q850_cause: int | None = None
+    end_reason: EndReason | None = None
+    timer: CallTimer | None = None
+    deadline: float | None = None   # monotonic seconds
+    timer_seq: int = 0
+
+    @property
+    def phone(self) -> bool:
+        return self.kind != "user"
+
+    @property
+    def state(self) -> CallState:
+        return self.sm.state
+
+    def parties(self) -> set[str]:
+        out = {self.caller_session} | self.ringing_sessions
+        if self.answered_session is not None:
+            out.add(self.answered_session)
+        return out
+
+    def peer_of(self, session: str) -> set[str]:
+        """Where a relay from `session` goes."""
+        if session == self.caller_session:
+            if self.answered_session is not None:
+                return {self.answered_session}
+            return set(self.ringing_sessions)
+        return {self.caller_session}
+
+
+# --- commands ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Queue `msg` to session `session` (never blocks)."""
+
+    session: str
+    msg: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close session `session`'s socket with WebSocket close `code`; `detach` follows."""
+
+    session: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCallRecord:
+    """Store one call record (calllog.CallRecord's fields; times in Unix seconds)."""
+
+    call_id: str
+    caller: str
+    callee: str
+    caller_kind: str
+    callee_kind: str
+    media: str
+    started_at: float
+    answered_at: float | None
+    ended_at: float
+    outcome: str
+    sip_code: int | None
+    q850_cause: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReport:
+    """Attach a gateway's call_report (codec, packet counters) to the call's record."""
+
+    call_id: str
+    codec: str | None
+    app: dict[str, int]
+    phone: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """`call` has ended (run the on_call_ended hooks)."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A log line for people: `text` about call `call_id` (None: not about one call)."""
+
+    level: int
+    text: str
+    call_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"[call {self.call_id}] {self.text}" if self.call_id else self.text
+
+
+Command = Send | Close | WriteCallRecord | StoreReport | CallEnded | Log
+
+
+# --- the core ----------------------------------------------------------------------------------
+class HubCore:
+    """Sessions, presence and calls for one server, decided without I/O. See the module doc."""
+
+    def __init__(self, directory: Directory, calls_cfg: CallsConfig, max_sessions_per_user: int = 8,
+                 allow_international: bool = False, recent_limit: int = RECENT_CALLS) -> None:
+        self.directory = directory
+        self.cfg = calls_cfg
+        self.max_sessions = max_sessions_per_user
+        self.allow_international = allow_international
+        self.recent_limit = recent_limit
+        self.sessions: dict[str, SessionInfo] = {}           # session id -> who it is
+        self.user_sessions: dict[str, set[str]] = {}         # username -> its session ids
+        self.gateways: dict[str, Gateway] = {}               # session id -> gateway
+        self.calls: dict[str, Call] = {}
+        self.user_call: dict[str, Call] = {}                 # username -> the live call they are in
+        self.recent: OrderedDict[str, None] = OrderedDict()
+        self.presence_sent: dict[str, str] = {}              # last presence pushed per user
+        self.closing = False
+        self._timers: list[tuple[float, int, str]] = []      # (deadline, seq, call id), lazily pruned
+        self._seq = itertools.count(1)
+        self._out: list[Command] = []
+        self._now = 0.0
+        self._wall = 0.0
+        self._handlers: dict[type, Callable[[SessionInfo, Any], None]] = {
+            m.Invite: self._on_invite, m.Ringing: self._on_ringing, m.Accept: self._on_accept,
+            m.Decline: self._on_decline, m.Cancel: self._on_cancel, m.Hangup: self._on_hangup,
+            m.Ice: self._on_ice, m.Dtmf: self._on_dtmf, m.CallReport: self._on_call_report,
+        }
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def handles(self, msg_type: type) -> bool:
+        """Whether `handle` acts on messages of `msg_type` (the call types)."""
+        return msg_type in self._handlers
+
+    def attach(self, session: str, username: str, hello: dict[str, Any] | None = None) -> list[Command]:
+        """A user's socket authenticated: `hello` to it, then its contacts' presence; presence
+        pushed to its watchers. Raises too_many_sessions at the account's limit."""
+        if self.closing:
+            raise SignallingError(ErrorCode.INTERNAL, "server is shutting down")
+        have = self.user_sessions.get(username, set())
+        if len(have) >= self.max_sessions:
+            raise SignallingError(ErrorCode.TOO_MANY_SESSIONS, f"at most {self.max_sessions} connections per account")
+        self._out = []
+        self.sessions[session] = SessionInfo(session, username, "user")
+        self.user_sessions.setdefault(username, set()).add(session)
+        if hello is not None:
+            self._send(session, hello)
+        for contact in self.directory.contacts(username):
+            self._send(session, self._presence_msg(contact))
+        self._presence_changed(username)
+        return self._take()
+
+    def attach_gateway(self, session: str, name: str, capacity: int,
+                       hello: dict[str, Any] | None = None) -> list[Command]:
+        """A bridge worker authenticated (docs/signalling.md, gateways)."""
+        if self.closing:
+            raise SignallingError(ErrorCode.INTERNAL, "server is shutting down")
+        self._out = []
+        self.sessions[session] = SessionInfo(session, f"gateway:{name}", "gateway")
+        self.gateways[session] = Gateway(session, name, capacity)
+        if hello is not None:
+            self._send(session, hello)
+        self._log(INFO, f"gateway {name} connected (capacity {capacity})")
+        return self._take()
+
+    def detach(self, session: str, *, now: float, wall: float) -> list[Command]:
+        """The session's socket ended: end its calls (connection_lost), update presence."""
+        self._begin(now, wall)
+        info = self.sessions.pop(session, None)
+        if info is None:
+            return self._take()
+        if session in self.gateways:
+            gw = self.gateways.pop(session)
+            self._log(WARNING, f"gateway {gw.name} disconnected with {len(gw.calls)} calls")
+            self._end_session_calls(session, gw.name)
+            return self._take()
+        have = self.user_sessions.get(info.username)
+        if have is not None:
+            have.discard(session)
+            if not have:
+                del self.user_sessions[info.username]
+        self._end_session_calls(session, info.username)
+        self._presence_changed(info.username)
+        return self._take()
+
+    def handle(self, session: str, msg: Any, *, now: float, wall: float) -> list[Command]:
+        """Act on one parsed call message from an attached session; SignallingError if it is wrong."""
+        info = self.sessions.get(session)
+        if info is None:
+            raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
+        self._begin(now, wall)
+        handler(info, msg)
+        return self._take()
+
+    def handle_timer(self, *, now: float, wall: float) -> list[Command]:
+        """Fire every deadline at or before `now`: ring timeout (no_answer), maximum duration."""
+        self._begin(now, wall)
+        while self._timers and self._timers[0][0] <= now:
+            _at, seq, call_id = heapq.heappop(self._timers)
+            call = self.calls.get(call_id)
+            if call is None or call.timer_seq != seq or call.timer is None:
+                continue  # stale: the call ended or its timer changed
+            kind = call.timer
+            call.timer = call.deadline = None
+            if kind is CallTimer.RING:
+                self._end(call, CallEvent.TIMEOUT)
+            else:
+                self._end(call, CallEvent.MAX_DURATION)
+        return self._take()
+
+    def next_deadline(self) -> float | None:
+        """When `handle_timer` next has something to do (monotonic seconds), or None."""
+        while self._timers:
+            _at, seq, call_id = self._timers[0]
+            call = self.calls.get(call_id)
+            if call is not None and call.timer_seq == seq and call.timer is not None:
+                return self._timers[0][0]
+            heapq.heappop(self._timers)
+        return None
+
+    def contact_added(self, owner: str, contact: str) -> list[Command]:
+        """Tell `owner`'s sessions the presence of a contact they just added."""
+        self._out = []
+        self._send_to_user(owner, self._presence_msg(contact))
+        return self._take()
+
+    def shutdown(self, *, now: float, wall: float) -> list[Command]:
+        """End every call with server_shutdown and close every session (code 1001)."""
+        self._begin(now, wall)
+        self.closing = True
+        for call in list(self.calls.values()):
+            self._end(call, CallEvent.SHUTDOWN)
+        for username in sorted(self.user_sessions):
+            for s in sorted(self.user_sessions[username]):
+                self._out.append(Close(s, 1001, "server shutdown"))
+        for s in sorted(self.gateways):
+            self._out.append(Close(s, 1001, "server shutdown"))
+        return self._take()
+
+    # --- queries --------------------------------------------------------------------------------
+    def online(self, username: str) -> bool:
+        return bool(self.user_sessions.get(username))
+
+    def presence(self, username: str) -> str:
+        if not self.online(username):
+            return "offline"
+        call = self.user_call.get(username)
+        return "in_call" if call is not None and call.state is CallState.CONNECTED else "online"
+
+    def pick_gateway(self) -> Gateway | None:
+        """The gateway with the fewest calls among those with free capacity."""
+        free = [g for g in self.gateways.values() if len(g.calls) < g.capacity]
+        return min(free, key=lambda g: (len(g.calls) / g.capacity, g.name)) if free else None
+
+    # --- output helpers -------------------------------------------------------------------------
+    def _begin(self, now: float, wall: float) -> None:
+        self._out = []
+        self._now, self._wall = now, wall
+
+    def _take(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, session: str, msg: dict[str, Any]) -> None:
+        self._out.append(Send(session, msg))
+
+    def _send_all(self, sessions: Iterable[str], msg: dict[str, Any]) -> None:
+        for s in sorted(sessions):
+            self._out.append(Send(s, msg))
+
+    def _send_to_user(self, username: str, msg: dict[str, Any]) -> None:
+        self._send_all(self.user_sessions.get(username, ()), msg)
+
+    def _log(self, level: int, text: str, call: Call | None = None) -> None:
+        self._out.append(Log(level, text, call.id if call is not None else None))
+
+    def _presence_msg(self, username: str, presence: str | None = None) -> dict[str, Any]:
+        return {"type": "presence", "username": username, "presence": presence or self.presence(username),
+                "display_name": self.directory.display_name(username)}
+
+    def _presence_changed(self, username: str) -> None:
+        now = self.presence(username)
+        if self.presence_sent.get(username, "offline") == now:
+            return
+        if now == "offline":
+            self.presence_sent.pop(username, None)
+        else:
+            self.presence_sent[username] = now
+        msg = self._presence_msg(username, now)
+        for watcher in self.directory.watchers(username):
+            self._send_to_user(watcher, msg)
+
+    def _arm(self, call: Call, kind: CallTimer, after_s: float) -> None:
+        seq = next(self._seq)
+        call.timer, call.deadline, call.timer_seq = kind, self._now + after_s, seq
+        heapq.heappush(self._timers, (call.deadline, seq, call.id))
+
+    @staticmethod
+    def _disarm(call: Call) -> None:
+        call.timer = call.deadline = None
+
+    # --- sessions going away --------------------------------------------------------------------
+    def _end_session_calls(self, session: str, username: str) -> None:
+        for call in list(self.calls.values()):
+            if session == call.caller_session or session == call.answered_session:
+                self._end(call, CallEvent.CONNECTION_LOST, by=username)
+            elif session in call.ringing_sessions:
+                call.ringing_sessions.discard(session)
+                if not call.ringing_sessions and call.answered_session is None:
+                    self._end(call, CallEvent.CONNECTION_LOST, by=username)
+
+    # --- authorisation --------------------------------------------------------------------------
+    def _call_for(self, session: SessionInfo, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise SignallingError(ErrorCode.UNKNOWN_CALL, "no such call, or it has ended", call_id=call_id)
+        if session.id not in call.parties():
+            raise SignallingError(ErrorCode.NOT_PARTY, "you are not a party to this call", call_id=call_id)
+        return call
+
+    @staticmethod
+    def _require(call: Call, event: CallEvent, what: str) -> None:
+        if not call.sm.can(event) or (event is not CallEvent.HANGUP and call.state is CallState.CONNECTED):
+            raise SignallingError(ErrorCode.INVALID_STATE, f"cannot {what} a call that is {call.state.value}",
+                                  call_id=call.id)
+
+    def _require_callee(self, call: Call, session: SessionInfo, event: CallEvent, what: str) -> None:
+        if session.id == call.answered_session:
+            raise SignallingError(ErrorCode.INVALID_STATE, f"cannot {what} a call that is {call.state.value}",
+                                  call_id=call.id)
+        if session.id not in call.ringing_sessions:
+            raise SignallingError(ErrorCode.NOT_PARTY, f"only the callee may {what} the call", call_id=call.id)
+        self._require(call, event, what)
+
+    # --- call messages --------------------------------------------------------------------------
+    def _on_invite(self, session: SessionInfo, msg: m.Invite) -> None:
+        if msg.call_id in self.calls or msg.call_id in self.recent:
+            raise SignallingError(ErrorCode.CALL_EXISTS, "call_id already used", call_id=msg.call_id)
+        if session.role == "gateway":
+            self._inbound_phone_call(session, msg)
+            return
+        caller = session.username
+        if caller in self.user_call:
+            raise SignallingError(ErrorCode.ALREADY_IN_CALL, "hang up your current call first", call_id=msg.call_id)
+        if is_phone_target(msg.to):
+            self._outbound_phone_call(session, msg)
+            return
+        callee = msg.to.lower()
+        if callee == caller:
+            raise SignallingError(ErrorCode.SELF_CALL, "you cannot call yourself", call_id=msg.call_id)
+        if not self.directory.exists(callee):
+            raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {msg.to!r}", call_id=msg.call_id)
+        call = Call(msg.call_id, caller, callee, msg.media, session.id, created_at=self._wall, offer=msg.sdp)
+        self._ring_user(call)
+
+    def _ring_user(self, call: Call) -> None:
+        """Offer `call` to every session of its callee (a user), or end it as busy/unavailable."""
+        caller, callee = call.caller, call.callee
+        self.calls[call.id] = call
+        if not call.phone:
+            self.user_call[caller] = call
+        self._log(INFO, f"{caller} -> {callee} ({'+'.join(call.media)})", call)
+        self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "calling"})
+        if not call.phone and self.directory.is_blocked(callee, caller):  # told only "not available"
+            self._end(call, CallEvent.UNAVAILABLE)
+            return
+        if callee in self.user_call:
+            self._end(call, CallEvent.BUSY)
+            return
+        targets = self.user_sessions.get(callee)
+        if not targets:
+            self._end(call, CallEvent.UNAVAILABLE)
+            return
+        self.user_call[callee] = call
+        call.ringing_sessions = set(targets)
+        offer = {"type": "invite", "call_id": call.id, "from": caller, "media": list(call.media), "sdp": call.offer}
+        if not call.phone:
+            offer["display_name"] = self.directory.display_name(caller)
+        self._send_all(call.ringing_sessions, offer)
+        self._arm(call, CallTimer.RING, self.cfg.ring_timeout_s)
+
+    def _inbound_phone_call(self, session: SessionInfo, msg: m.Invite) -> None:
+        """A gateway rings a user for a call from a phone number."""
+        if not msg.from_:
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "a gateway's invite names the caller in 'from'",
+                                  call_id=msg.call_id)
+        callee = msg.to.lower()
+        if not self.directory.exists(callee):
+            raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {msg.to!r}", call_id=msg.call_id)
+        call = Call(msg.call_id, msg.from_, callee, ("audio",), session.id, created_at=self._wall,
+                    kind="phone_in", offer=msg.sdp)
+        self.gateways[session.id].calls.add(call.id)
+        self._ring_user(call)
+
+    def _outbound_phone_call(self, session: SessionInfo, msg: m.Invite) -> None:
+        """Route a user's call to a phone number: decide what needs no SIP, then pick a gateway."""
+        caller = session.username
+        region = self.cfg.default_region
+        call = Call(msg.call_id, caller, msg.to, ("audio",), session.id, created_at=self._wall,
+                    kind="phone_out", offer=msg.sdp)
+        self.calls[call.id] = call
+        self.user_call[caller] = call
+        self._send(session.id, {"type": "call_state", "call_id": call.id, "state": "calling"})
+        if numbering.is_emergency(msg.to, region):
+            self._log(WARNING, f"{caller} dialled emergency number {msg.to!r}: refused", call)
+            self._end(call, CallEvent.FAIL, reason=EndReason.EMERGENCY, detail=EMERGENCY_TEXT)
+            return
+        try:
+            e164 = numbering.normalise(msg.to, region)
+        except numbering.NumberError as exc:
+            self._end(call, CallEvent.FAIL, reason=EndReason.INVALID_NUMBER, detail=str(exc))
+            return
+        info = numbering.classify(e164)
+        call.callee = e164
+        if info.kind in ("invalid", "incomplete", "short"):
+            self._end(call, CallEvent.FAIL, reason=EndReason.INVALID_NUMBER, detail=info.reason or "not a valid number")
+            return
+        if not e164.startswith("+86") and not self.allow_international:
+            self._end(call, CallEvent.FAIL, reason=EndReason.REJECTED, detail="calls outside China are not allowed")
+            return
+        gw = self.pick_gateway()
+        if gw is None:
+            self._end(call, CallEvent.FAIL, reason=EndReason.UNREACHABLE, detail="no phone gateway is available")
+            return
+        gw.calls.add(call.id)
+        call.ringing_sessions = {gw.session}
+        self._log(INFO, f"{caller} -> {e164} via gateway {gw.name}", call)
+        self._send(gw.session, {"type": "invite", "call_id": call.id, "from": caller, "to": e164, "media": ["audio"],
+                                "sdp": msg.sdp})
+
+    def _on_ringing(self, session: SessionInfo, msg: m.Ringing) -> None:
+        call = self._call_for(session, msg.call_id)
+        self._require_callee(call, session, CallEvent.RING, "report ringing for")
+        gateway = session.role == "gateway"
+        if msg.sdp is not None and (not gateway or call.early_sdp_sent):
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "only a gateway sends one early-media sdp",
+                                  call_id=call.id)
+        call.sm.apply(CallEvent.RING)
+        out: dict[str, Any] = {"type": "ringing", "call_id": call.id}
+        if gateway and msg.sip_code is not None:
+            out["sip_code"] = msg.sip_code
+        if msg.sdp is not None:
+            call.early_sdp_sent = True
+            out.update(sdp=msg.sdp, early_media=True)
+        if not call.rang or msg.sdp is not None:
+            self._send(call.caller_session, out)
+        if not call.rang:
+            call.rang = True
+            self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "ringing"})
+
+    def _on_accept(self, session: SessionInfo, msg: m.Accept) -> None:
+        """First answer wins: the other ringing sessions get answered_elsewhere."""
+        call = self._call_for(session, msg.call_id)
+        self._require_callee(call, session, CallEvent.ACCEPT, "accept")
+        if msg.sdp is None and not call.early_sdp_sent:
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'sdp' is required", call_id=call.id)
+        call.sm.apply(CallEvent.ACCEPT)
+        call.answered_session = session.id
+        call.answered_at = self._wall
+        others = call.ringing_sessions - {session.id}
+        call.ringing_sessions = set()
+        self._send_all(others, {"type": "call_ended", "call_id": call.id, "reason": EndReason.ANSWERED_ELSEWHERE})
+        self._arm(call, CallTimer.MAX_DURATION, self.cfg.max_call_s)
+        accept: dict[str, Any] = {"type": "accept", "call_id": call.id}
+        if msg.sdp is not None:
+            accept["sdp"] = msg.sdp
+        self._send(call.caller_session, accept)
+        for s in (call.caller_session, session.id):
+            self._send(s, {"type": "call_state", "call_id": call.id, "state": "connected"})
+        self._log(INFO, "connected", call)
+        for user in (call.caller, call.callee):
+            if user in self.user_call:
+                self._presence_changed(user)
+
+    def _on_decline(self, session: SessionInfo, msg: m.Decline) -> None:
+        call = self._call_for(session, msg.call_id)
+        if session.role == "gateway":
+            event = GATEWAY_EVENTS.get(msg.reason, CallEvent.FAIL)
+            self._require_callee(call, session, event, "decline")
+            extra = {"detail": msg.detail} if msg.detail else {}
+            self._end(call, event, reason=msg.reason, sip_code=msg.sip_code, q850_cause=msg.q850_cause, **extra)
+            return
+        if msg.reason not in USER_DECLINE_REASONS:
+            raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'reason' must be 'declined' or 'busy'",
+                                  call_id=call.id)
+        event = CallEvent.BUSY if msg.reason is EndReason.BUSY else CallEvent.DECLINE
+        self._require_callee(call, session, event, "decline")
+        self._end(call, event, by=session.username)
+
+    def _on_cancel(self, session: SessionInfo, msg: m.Cancel) -> None:
+        call = self._call_for(session, msg.call_id)
+        if session.id != call.caller_session:
+            raise SignallingError(ErrorCode.NOT_PARTY, "only the caller cancels", call_id=call.id)
+        self._require(call, CallEvent.CANCEL, "cancel")
+        self._end(call, CallEvent.CANCEL, by=session.username)
+
+    def _on_hangup(self, session: SessionInfo, msg: m.Hangup) -> None:
+        call = self._call_for(session, msg.call_id)
+        if call.state is CallState.CONNECTED:
+            event = CallEvent.HANGUP
+        elif session.id == call.caller_session:
+            event = CallEvent.CANCEL
+        else:
+            event = CallEvent.DECLINE
+        if session.role == "gateway":
+            by = call.callee if call.kind == "phone_out" else call.caller
+            self._end(call, event, by=by, sip_code=msg.sip_code, q850_cause=msg.q850_cause)
+            return
+        self._end(call, event, by=session.username)
+
+    def _on_ice(self, session: SessionInfo, msg: m.Ice) -> None:
+        call = self._call_for(session, msg.call_id)
+        self._send_all(call.peer_of(session.id), {"type": "ice", "call_id": call.id, "candidate": msg.candidate})
+
+    def _on_dtmf(self, session: SessionInfo, msg: m.Dtmf) -> None:
+        call = self._call_for(session, msg.call_id)
+        if call.state is not CallState.CONNECTED:
+            raise SignallingError(ErrorCode.INVALID_STATE, "DTMF needs a connected call", call_id=call.id)
+        self._send_all(call.peer_of(session.id),
+                       {"type": "dtmf", "call_id": call.id, "digits": msg.digits, "from": session.username})
+
+    def _on_call_report(self, session: SessionInfo, msg: m.CallReport) -> None:
+        if session.role != "gateway":
+            raise SignallingError(ErrorCode.FORBIDDEN, "only gateways report calls", call_id=msg.call_id)
+        self._out.append(StoreReport(msg.call_id, msg.codec, msg.app, msg.phone))
+
+    # --- ending ---------------------------------------------------------------------------------
+    def _end(self, call: Call, event: CallEvent, by: str | None = None, reason: EndReason | None = None,
+             sip_code: int | None = None, q850_cause: int | None = None, **extra: Any) -> None:
+        """End `call` once: tell every session involved, free both users, record it, push presence."""
+        if call.sm.ended:
+            return
+        call.sm.apply(event)
+        self._disarm(call)
+        end_reason = reason or call.sm.end_reason or EndReason.FAILED
+        call.end_reason = end_reason
+        msg: dict[str, Any] = {"type": "call_ended", "call_id": call.id, "reason": end_reason}
+        if by is not None:
+            msg["by"] = by
+        if call.phone:
+            call.sip_code, call.q850_cause = sip_code, q850_cause
+            msg.update(sip_code=sip_code, q850_cause=q850_cause)
+        msg.update(extra)
+        self._send_all(call.parties(), msg)
+        self.calls.pop(call.id, None)
+        self.recent[call.id] = None
+        while len(self.recent) > self.recent_limit:
+            self.recent.popitem(last=False)
+        for user in (call.caller, call.callee):
+            if self.user_call.get(user) is call:
+                del self.user_call[user]
+        for gw in self.gateways.values():
+            gw.calls.discard(call.id)
+        self._log(INFO, f"ended: {end_reason}", call)
+        self._out.append(WriteCallRecord(
+            call.id, call.caller, call.callee,
+            "phone" if call.kind == "phone_in" else "user", "phone" if call.kind == "phone_out" else "user",
+            "+".join(call.media), call.created_at, call.answered_at, self._wall, end_reason.value,
+            call.sip_code, call.q850_cause))
+        self._out.append(CallEnded(call))
+        for user in (call.caller, call.callee):
+            if call.kind == "user" or self.directory.exists(user):
+                self._presence_changed(user)
