@@ -424,6 +424,9 @@ class BridgeCall:
             lost = getattr(got.get("jitter"), "lost", None)
             if isinstance(lost, int):
                 phone["packets_lost"] = lost
+            for key in ("rtt_ms", "jitter_ms", "remote_loss"):  # the far end's RTCP reports (RFC 3550 §6.4)
+                if isinstance(got.get(key), int):
+                    phone[key] = got[key]
         # "PCMU" when G.711 went straight through to the app, "opus/PCMU" when transcoded
         report_codec = f"{app_codec}/{codec}" if app_codec and codec and app_codec != codec else codec
         with contextlib.suppress(Exception):

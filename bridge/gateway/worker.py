@@ -31,6 +31,7 @@ from jego_call.numbering import e164_of
 
 from .call import BridgeCall, CallSettings
 from .legs import SipLeg, SipTrunk
+from .transcode import single_threaded_ffmpeg
 
 log = logging.getLogger("jego.bridge")
 
@@ -86,6 +87,7 @@ class BridgeWorker:
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the connection loop (trunk first, then the server); returns at once."""
+        single_threaded_ffmpeg()  # no FFmpeg thread pool per resampler (transcode.py)
         self.trunk.set_inbound_handler(self._inbound)
         self._task = asyncio.ensure_future(self._run())
         self._task.set_name(f"bridge-worker-{self.name}")
