@@ -13,8 +13,16 @@ is never queued). Use::
     ep.session.configure(...)                          # any time (re-INVITE)
     engine.close(ep)                                   # RTCP BYE, sockets closed, port free
 
-Callers (bridge/carrier/media.py, bridge/gateway/pyvoip/media.py) must call these on the
-loop's thread. :func:`format_of` turns an SDP offer/answer result into a ``MediaFormat``.
+A leg whose datagrams travel through someone else's transport (the WebRTC leg: SRTP over the
+ICE pair aiortc negotiated, bridge/net/webrtc.py) attaches without sockets and delivers what it
+received itself::
+
+    ep = engine.attach(session, send=protect_and_send, on_events=handle)
+    engine.start(ep)
+    engine.receive(ep, rtp_or_rtcp, now)               # from its transport, after SRTP
+
+Callers (bridge/carrier/media.py, bridge/gateway/pyvoip/media.py, bridge/net/webrtc.py) must
+call these on the loop's thread. :func:`format_of` turns an SDP offer/answer result into a ``MediaFormat``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ READ_BURST = 64  # datagrams read per readiness callback before yielding to othe
 
 Addr = tuple[str, int]
 EventHandler = Callable[[list[MediaEvent]], None]
+SendFn = Callable[[bytes, Addr, bool], None]  # (datagram, address, via the RTCP port)
 
 
 def format_of(audio: NegotiatedAudio, *, rtcp_mux: bool = False, remote_rtcp: Addr | None = None) -> MediaFormat:
@@ -57,14 +66,17 @@ def format_of(audio: NegotiatedAudio, *, rtcp_mux: bool = False, remote_rtcp: Ad
 class RtpEndpoint:
     """One leg on the engine: its session and sockets. Made by :meth:`MediaEngine.bind`."""
 
-    def __init__(self, engine: MediaEngine, session: RtpSession, sock: socket.socket,
-                 rtcp_sock: socket.socket | None, on_events: EventHandler | None) -> None:
+    def __init__(self, engine: MediaEngine, session: RtpSession, sock: socket.socket | None,
+                 rtcp_sock: socket.socket | None, on_events: EventHandler | None,
+                 send: SendFn | None = None) -> None:
         self.engine = engine
         self.session = session
         self.sock = sock
         self.rtcp_sock = rtcp_sock
         self.on_events = on_events
-        self.host, self.local_port = sock.getsockname()[:2]
+        self.send = send  # set: datagrams go to it instead of our sockets (attach)
+        name: tuple[str, int] = sock.getsockname()[:2] if sock is not None else ("", 0)
+        self.host, self.local_port = name
         self.rtcp_port = rtcp_sock.getsockname()[1] if rtcp_sock is not None else None
         self.closed = False
         self.started = False
@@ -183,6 +195,26 @@ class MediaEngine:
             self.loop.add_reader(rtcp_sock.fileno(), self._readable, ep, rtcp_sock, True)
         return ep
 
+    def attach(self, session: RtpSession, *, send: SendFn, on_events: EventHandler | None = None) -> RtpEndpoint:
+        """A leg without sockets of ours: ``send(datagram, addr, via_rtcp)`` carries what the
+        session sends; hand what arrives to :meth:`receive`. Then :meth:`start`."""
+        session.ntp_offset = self.ntp_offset
+        ep = RtpEndpoint(self, session, None, None, on_events, send)
+        self.endpoints.add(ep)
+        return ep
+
+    def receive(self, ep: RtpEndpoint, data: bytes, addr: Addr, *, rtcp: bool = False) -> None:
+        """One datagram for an attached leg (RTP or muxed RTCP), then its events and replies."""
+        if ep.closed:
+            return
+        try:
+            ep.session.receive(data, addr, self.loop.time(), rtcp_port=rtcp)
+        except Exception:  # a bad packet must never stop reception
+            ep.rx_errors += 1
+            log.exception("RTP receive error on an attached leg")
+        if ep.session.out or ep.session.events:
+            self.flush(ep)
+
     def start(self, ep: RtpEndpoint) -> None:
         """Put the leg on the shared 20 ms clock (its first slot on the next grid point)."""
         if ep.closed or ep.started:
@@ -206,7 +238,7 @@ class MediaEngine:
             self.flush(ep)
         finally:
             for s in (ep.sock, ep.rtcp_sock):
-                if s is not None:
+                if s is not None and s.fileno() >= 0:
                     with contextlib.suppress(Exception):
                         self.loop.remove_reader(s.fileno())
                     s.close()
@@ -238,7 +270,14 @@ class MediaEngine:
         session = ep.session
         if session.out:
             out, session.out = session.out, []
-            if not ep.sock.fileno() < 0:
+            if ep.send is not None:
+                for data, addr, via_rtcp in out:
+                    try:
+                        ep.send(data, addr, via_rtcp)
+                    except Exception:
+                        ep.tx_errors += 1
+                        log.exception("sending on an attached leg failed")
+            elif ep.sock is not None and ep.sock.fileno() >= 0:
                 for data, addr, via_rtcp in out:
                     sock = ep.rtcp_sock if via_rtcp and ep.rtcp_sock is not None else ep.sock
                     try:

@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from . import g711
+from .codec import AudioCodec, G711Codec
 from .dtmf import DtmfEvent, DtmfPacket, DtmfReceiver, digit_to_event, dtmf_packets
 from .packet import PacketKind, RtpPacket, RtpParseError, classify, ts_delta
 from .rtcp import (
@@ -105,10 +105,13 @@ class FrameQueues:
 
 
 class Playout:
-    """Jitter buffer + decoder + a FIFO of samples placed by RTP timestamp.
+    """Jitter buffer + decoder + a FIFO of 8 kHz samples placed by RTP timestamp.
 
     :meth:`push` each accepted packet; :meth:`frame` once per slot returns 160 samples and
     whether anything was playing. The FIFO holds at most ``fifo_ms`` (oldest dropped).
+    ``codec`` is an encoding name ("PCMU", "PCMA") or an :class:`~bridge.rtp.codec.AudioCodec`
+    (its ``clock_rate`` is the RTP clock: timestamps count ``clock_rate / 8000`` per sample);
+    a lost packet inside a playing stream is filled by ``codec.conceal`` (Opus: its PLC).
     """
 
     def __init__(
@@ -117,31 +120,46 @@ class Playout:
         capacity: int = 16,
         prefetch: int = 3,
         fifo_ms: int = 300,
-        clock_rate: int = RATE,
-        codec: str = "PCMU",
+        clock_rate: int | None = None,
+        codec: str | AudioCodec = "PCMU",
     ) -> None:
-        self.jitter = JitterBuffer(capacity=capacity, prefetch=prefetch, clock_rate=clock_rate, frame_samples=FRAME)
-        self.decode = g711.decoder_for(codec)
-        self.fifo_cap = max(FRAME, clock_rate * fifo_ms // 1000)
+        self.codec: AudioCodec = G711Codec(codec) if isinstance(codec, str) else codec
+        self.clock_rate = clock_rate or self.codec.clock_rate
+        self.ratio = max(1, self.clock_rate // RATE)  # RTP timestamp units per 8 kHz sample
+        self.jitter = JitterBuffer(capacity=capacity, prefetch=prefetch, clock_rate=self.clock_rate,
+                                   frame_samples=FRAME * self.ratio)
+        self.decode = self.codec.decode
+        self.conceal = self.codec.conceal
+        self.fifo_cap = max(FRAME, RATE * fifo_ms // 1000)  # samples at 8 kHz
         self._pcm: Pcm = np.zeros(0, dtype=np.int16)
         self._end_ts: int | None = None  # RTP timestamp just after the FIFO's last sample
         self._ssrc: int | None = None
         self._resync = True  # the next packet starts playout afresh (no gap fill)
+        self.concealed_samples = 0
+
+    def set_codec(self, codec: AudioCodec) -> None:
+        """A new codec on the same clock (re-INVITE from PCMU to PCMA)."""
+        self.codec = codec
+        self.decode = codec.decode
+        self.conceal = codec.conceal
 
     def frame(self, now: float) -> tuple[Pcm, bool]:
         """The next 160 samples: pull packets until the FIFO holds a frame; a short FIFO is
-        padded with silence (a gap inside the stream, or an underrun)."""
+        padded (concealment inside a playing stream, else silence)."""
         gap = False
         jb = self.jitter
         if not len(self._pcm) and jb.depth:
             # Fast path: an empty FIFO and a next packet of exactly one slot, in sequence.
             item = jb.pop_packet(now)
             if item is not None:
-                if (len(item.payload) == FRAME and not self._resync and item.ssrc == self._ssrc
-                        and item.timestamp == self._end_ts):
-                    self._end_ts = (item.timestamp + FRAME) & 0xFFFFFFFF
-                    return self.decode(item.payload), True
-                self._feed(item)
+                if not self._resync and item.ssrc == self._ssrc and item.timestamp == self._end_ts:
+                    pcm = self.decode(item.payload)
+                    if len(pcm) == FRAME:
+                        self._end_ts = (item.timestamp + FRAME * self.ratio) & 0xFFFFFFFF
+                        return pcm, True
+                    self._feed(item, pcm)
+                else:
+                    self._feed(item)
             else:
                 gap = True  # the buffer was not empty: a lost packet, an event slot or prefetching
         while len(self._pcm) < FRAME and not gap:
@@ -151,7 +169,7 @@ class Playout:
                 if empty:
                     self._resync = True  # underrun: restart at the next packet, as the buffer does
                 else:
-                    gap = True  # a lost packet or a telephone-event slot: its time passes in silence
+                    gap = True  # a lost packet or a telephone-event slot: its time passes
                 break
             self._feed(item)
         have = len(self._pcm)
@@ -160,25 +178,37 @@ class Playout:
             out = self._pcm[:FRAME]
             self._pcm = self._pcm[FRAME:]
             return out, live
-        out = np.pad(self._pcm, (0, FRAME - have)) if have else SILENCE
+        if gap and jb.playing:
+            fill = self.conceal(FRAME - have)  # a lost packet: concealed (G.711: silence)
+            self.concealed_samples += FRAME - have
+            out = np.concatenate((self._pcm, fill)) if have else fill
+        else:
+            out = np.pad(self._pcm, (0, FRAME - have)) if have else SILENCE
         self._pcm = self._pcm[:0]
         if gap and self._end_ts is not None:
-            self._end_ts = (self._end_ts + FRAME - have) & 0xFFFFFFFF
+            self._end_ts = (self._end_ts + (FRAME - have) * self.ratio) & 0xFFFFFFFF
         return out, live
 
-    def _feed(self, item: RtpPacket) -> None:
+    def _feed(self, item: RtpPacket, pcm: Pcm | None = None) -> None:
         ssrc, ts = item.ssrc, item.timestamp
-        pcm = self.decode(item.payload)
         delta = 0 if self._end_ts is None else ts_delta(ts, self._end_ts)
+        if self.ratio != 1:
+            delta = delta // self.ratio if delta >= 0 else -(-delta // self.ratio)  # in 8 kHz samples
         if self._resync or ssrc != self._ssrc or abs(delta) > self.fifo_cap:
             delta = 0  # a new start, a new source or a timestamp jump: no gap fill
+        fill = None
+        if delta > 0 and pcm is None:
+            fill = self.conceal(delta)  # before decoding what follows the gap (the PLC's order)
+            self.concealed_samples += delta
+        if pcm is None:
+            pcm = self.decode(item.payload)
         self._resync = False
         self._ssrc = ssrc
-        self._end_ts = (ts + len(pcm)) & 0xFFFFFFFF
+        self._end_ts = (ts + len(pcm) * self.ratio) & 0xFFFFFFFF
         if delta < 0:
             pcm = pcm[-delta:]  # overlaps samples already queued or played
         elif delta > 0:
-            pcm = np.concatenate((np.zeros(delta, dtype=np.int16), pcm))
+            pcm = np.concatenate((fill if fill is not None else np.zeros(delta, dtype=np.int16), pcm))
         if len(pcm):
             fifo = np.concatenate((self._pcm, pcm)) if len(self._pcm) else pcm
             self._pcm = fifo[-self.fifo_cap :]  # bounded: drop the oldest samples
@@ -312,8 +342,13 @@ class RtpSession:
         cname: str | None = None,
         ntp_offset: float = 0.0,
         dtmf_gap_ms: int = 60,
+        codec: AudioCodec | None = None,
     ) -> None:
         self.rng = rng or random.Random()
+        self._own_codec = codec is None  # G.711 by name: re-INVITEs may switch PCMU <-> PCMA
+        self.codec: AudioCodec = codec if codec is not None else G711Codec(fmt.codec)
+        self.clock_rate = self.codec.clock_rate
+        self._step = FRAME * max(1, self.clock_rate // RATE)  # RTP timestamp units per 20 ms slot
         self.audio = audio
         self.fmt = fmt
         self.latch = latch
@@ -325,10 +360,10 @@ class RtpSession:
         self.on_time_tolerance = on_time_tolerance
         self.sender = RtpSender(
             fmt.payload_type, ssrc=ssrc, sequence_number=sequence_number, timestamp=timestamp,
-            rng=rng or random.SystemRandom(),
+            clock_rate=self.clock_rate, rng=rng or random.SystemRandom(),
         )  # fmt: skip
-        self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=fmt.codec)
-        self._encode = g711.encoder_for(fmt.codec)
+        self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=self.codec)
+        self._encode = self.codec.encode
         self.dtmf = DtmfReceiver()
         self.dtmf_gap_slots = max(1, dtmf_gap_ms // 20)
         self._dtmf_jobs: deque[_DtmfJob] = deque()
@@ -361,8 +396,11 @@ class RtpSession:
         old = self.fmt
         self.fmt = fmt
         if fmt.codec != old.codec:
-            self._encode = g711.encoder_for(fmt.codec)
-            self.playout.decode = g711.decoder_for(fmt.codec)
+            if not self._own_codec:
+                raise ValueError(f"this leg's codec is {self.codec.name}: it cannot change to {fmt.codec}")
+            self.codec = G711Codec(fmt.codec)
+            self._encode = self.codec.encode
+            self.playout.set_codec(self.codec)
         self.sender.payload_type = fmt.payload_type
         if fmt.remote is not None and fmt.remote != old.remote:
             self.remote = fmt.remote
@@ -461,9 +499,9 @@ class RtpSession:
             if self._dtmf_slot(dest if transmit else None):
                 return
         if not transmit or dest is None:
-            self.sender.skip(FRAME)
+            self.sender.skip(self._step)
             return
-        pkt = self.sender.packet(self._encode(tx), FRAME)
+        pkt = self.sender.packet(self._encode(tx), self._step)
         self.out.append((pkt.serialize(), dest, False))
 
     # -- DTMF send -----------------------------------------------------------------------------
@@ -481,7 +519,7 @@ class RtpSession:
         jobs = []
         for d in digits:
             self._job_ids += 1
-            pkts = deque(dtmf_packets(d, duration_ms=duration_ms, volume=volume))
+            pkts = deque(dtmf_packets(d, duration_ms=duration_ms, volume=volume, clock_rate=self.clock_rate))
             self._dtmf_jobs.append(_DtmfJob(self._job_ids, pkts, gap))
             jobs.append(self._job_ids)
         return jobs
@@ -499,7 +537,7 @@ class RtpSession:
                 pkt = self.sender.event_packet(item.payload, te_pt, job.event_ts, item.marker)
                 self.out.append((pkt.serialize(), dest, False))
                 self.n["tx_dtmf_packets"] += 1
-            self.sender.skip(FRAME)  # the media clock runs on underneath the event
+            self.sender.skip(self._step)  # the media clock runs on underneath the event
             if not job.packets:
                 self.n["dtmf_sent"] += 1
             return True
@@ -610,7 +648,7 @@ class RtpSession:
             self.rtt = rtt
         stats = RemoteStats(
             ssrc=reporter, fraction_lost=block.fraction, cumulative_lost=block.cumulative_lost,
-            highest_seq=block.highest_seq, jitter=block.jitter / RATE, rtt=rtt, at=now,
+            highest_seq=block.highest_seq, jitter=block.jitter / self.clock_rate, rtt=rtt, at=now,
         )  # fmt: skip
         self.remote_stats = stats
         self.events.append(ReportReceived(stats))
@@ -655,7 +693,7 @@ class RtpSession:
         due = self.next_due
         if due is None:
             return self.sender.timestamp
-        return (self.sender.timestamp - round((due - now) * RATE)) & 0xFFFFFFFF
+        return (self.sender.timestamp - round((due - now) * self.clock_rate)) & 0xFFFFFFFF
 
     def _send_report(self, now: float, bye: str | None = None) -> None:
         dest = self.remote_rtcp

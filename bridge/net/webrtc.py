@@ -1,0 +1,406 @@
+"""The lean WebRTC audio leg: aiortc negotiates, the per-packet path is ours, on the media engine.
+
+aiortc keeps what it is good at: the SDP offer/answer, ICE (aioice), DTLS and the SRTP keys
+it derives (RFC 5764). It never starts its own RTP sender or receiver here (no encoder, no
+decoder thread, no RTCP tasks): once DTLS is up, every datagram whose first byte says RTP or
+RTCP (RFC 7983 §7) is taken off the ICE pair's socket before aioice sees it, unprotected with
+the pylibsrtp sessions DTLS keyed (bridge/net/srtp.py), and handed to a
+``bridge.rtp.media.RtpSession`` on the process's ``MediaEngine`` (bridge/net/media.py): one
+timer for every leg, no thread or task per call. The session decodes Opus straight to 8 kHz
+(bridge/net/opus.py) or G.711, plays out by RTP timestamp, and once per 20 ms slot trades
+frames with an ``AudioPort`` (``exchange(rx, live) -> tx``): the bridge's SIP leg, a
+conference mixer, a benchmark's speech. What the session sends (RTP, RTCP SR/RR + SDES, BYE,
+all rtcp-mux) is protected and written straight to the ICE pair's socket. STUN (consent
+freshness, RFC 7675) and DTLS still go to aiortc.
+
+    leg = WebRtcLeg(port, codecs=("opus", "PCMU", "PCMA"), on_state=print)
+    answer = await leg.accept_offer(offer_sdp)       # or: offer = await leg.create_offer(); ...
+    await leg.set_answer(answer_sdp)                 #      ... then set_answer
+    await leg.add_ice_candidate(cand)                # trickled candidates ({"candidate": ...})
+    await leg.wait_connected(10)                     # media flows from here on
+    leg.stats()                                      # packets, loss, jitter, RTT, SRTP refusals
+    await leg.close()                                # RTCP BYE, then DTLS/ICE closed
+
+Browsers need nothing else for audio: aiortc's answer negotiates no transport-cc and no REMB
+for an audio m-line (no ``a=rtcp-fb`` and no transport-wide-cc extension), so the browser
+sends at its configured Opus rate and asks for no bandwidth feedback; its statistics
+(remote-inbound-rtp: RTT and loss, remote-outbound-rtp) come from our RR/SR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from aioice.ice import StunProtocol
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.sdp import candidate_from_sdp
+
+from ..rtp.codec import AudioCodec, G711Codec
+from ..rtp.media import AudioPort, MediaEvent, MediaFormat, RemoteBye, RtpSession
+from .media import MediaEngine, RtpEndpoint
+from .opus import OpusCodec
+from .srtp import SrtpGuard
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+StateHandler = Callable[[str], None]
+
+__all__ = ["WebRtcError", "WebRtcLeg", "ice_servers"]
+
+CODEC_NAMES = {"opus": "opus", "pcmu": "PCMU", "pcma": "PCMA"}
+
+
+class WebRtcError(Exception):
+    """The leg could not be negotiated or connected (bad SDP, ICE/DTLS failure, timeout)."""
+
+
+def ice_servers(servers: Iterable[dict[str, Any]]) -> list[RTCIceServer]:
+    """`[{"urls": [...], "username"?, "credential"?}]` (config or auth_ok) -> RTCIceServer."""
+    return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers]
+
+
+async def _idle(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for aiortc's RTCRtpSender.send / RTCRtpReceiver.receive: nothing of theirs runs."""
+    return None
+
+
+class _Tap:
+    """The ICE socket's protocol while the leg lives: RTP/RTCP (first byte 128-191, RFC 7983 §7)
+    to the leg, everything else (STUN 0-3, DTLS 20-63) to aioice's own protocol."""
+
+    def __init__(self, leg: WebRtcLeg, inner: StunProtocol) -> None:
+        self.leg = leg
+        self.inner = inner
+        self._srtp = leg._on_srtp
+        self._other = inner.datagram_received
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if data and 127 < data[0] < 192:
+            self._srtp(data)
+        else:
+            self._other(data, addr)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def error_received(self, exc: Exception) -> None:
+        self.inner.error_received(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class WebRtcLeg:
+    """One WebRTC audio leg on the shared media engine; see the module docstring.
+
+    - ``port``: the application side, asked once per 20 ms slot (``AudioPort``).
+    - ``codecs``: what we accept, in order of preference ("opus", "PCMU", "PCMA"); the first
+      the far end also offers is sent and expected.
+    - ``opus_bitrate``/``opus_complexity``: our Opus encoder (docs/benchmarks.md "Opus at 8 kHz").
+    - ``on_state``: called with aiortc's connectionState (new, connecting, connected, failed,
+      closed) on every change; media runs from "connected" on.
+    - ``sequence_number``/``ssrc``: our first RTP sequence number / SSRC (random by default).
+    """
+
+    def __init__(self, port: AudioPort, *, codecs: Sequence[str] = ("opus", "PCMU", "PCMA"),
+                 ice: Iterable[dict[str, Any]] = (), opus_bitrate: int = 32000, opus_complexity: int = 1,
+                 on_state: StateHandler | None = None, engine: MediaEngine | None = None, name: str = "",
+                 sequence_number: int | None = None, rtcp_interval: float = 1.0, jitter_prefetch: int = 3,
+                 on_time_tolerance: float = 0.010, max_burst: int = 3) -> None:
+        wanted = [CODEC_NAMES.get(c.lower()) for c in codecs]
+        if not wanted or None in wanted:
+            raise ValueError(f"codecs must be among opus, PCMU, PCMA: {list(codecs)}")
+        self.port = port
+        self.codecs = [c for c in wanted if c]
+        self.opus_bitrate = opus_bitrate
+        self.opus_complexity = opus_complexity
+        self.on_state = on_state
+        self.name = name
+        self.sequence_number = sequence_number
+        self.rtcp_interval = rtcp_interval
+        self.jitter_prefetch = jitter_prefetch
+        self.on_time_tolerance = on_time_tolerance
+        self.max_burst = max_burst
+        self._engine = engine
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice)))
+        self.pc.on("connectionstatechange", self._on_pc_state)
+        self.connected = asyncio.Event()
+        self.connected_at: float | None = None
+        self.codec: AudioCodec | None = None
+        self.session: RtpSession | None = None
+        self.srtp: SrtpGuard | None = None
+        self.remote_bye = False
+        self.n = {"tx_packets": 0, "tx_bytes": 0, "tx_dropped": 0, "rx_datagrams": 0, "rx_bytes": 0,
+                  "rx_before_keys": 0}
+        self._t: RTCRtpTransceiver | None = None
+        self._ep: RtpEndpoint | None = None
+        self._conn: Any = None  # aioice Connection
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Addr], None] | None = None
+        self._remote: Addr = ("0.0.0.0", 9)
+        self._taps: list[tuple[Any, StunProtocol]] = []
+        self._closed = False
+
+    # --- negotiation ---------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """aiortc's connectionState: new, connecting, connected, failed, closed."""
+        return str(self.pc.connectionState)
+
+    def _transceiver(self) -> RTCRtpTransceiver:
+        if self._t is None:
+            t = self.pc.addTransceiver("audio", direction="sendrecv")
+            caps = RTCRtpSender.getCapabilities("audio").codecs
+            t.setCodecPreferences([c for name in self.codecs for c in caps if c.mimeType.lower() == f"audio/{name.lower()}"])
+            self._t = t
+        self._silence_aiortc()
+        return self._t
+
+    def _silence_aiortc(self) -> None:
+        """aiortc's own RTP sender and receiver never start (no encoder, no decoder thread, no
+        RTCP task): their start methods become no-ops on every transceiver."""
+        for t in self.pc.getTransceivers():
+            for part, method in ((t.sender, "send"), (t.receiver, "receive")):
+                if getattr(part, method) is not _idle:
+                    setattr(part, method, _idle)
+            if t is not self._t and t.direction != "inactive":
+                t.direction = "inactive"  # audio only: a video m-line is answered inactive
+
+    async def create_offer(self) -> str:
+        """Gather candidates and return our offer SDP; then `set_answer`."""
+        self._transceiver()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._install_taps()
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Apply the far end's offer and return our answer SDP."""
+        self._transceiver()
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError, AssertionError, OperationError ...
+            raise WebRtcError(f"bad offer SDP: {exc}") from exc
+        self._silence_aiortc()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._install_taps()
+        return str(self.pc.localDescription.sdp)
+
+    async def set_answer(self, sdp: str) -> None:
+        """Apply the far end's answer to our offer; ICE and DTLS start."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:
+            raise WebRtcError(f"bad answer SDP: {exc}") from exc
+        self._silence_aiortc()
+
+    async def add_ice_candidate(self, candidate: dict[str, Any] | None) -> None:
+        """A trickled remote candidate (`ice.candidate` object); None or "" ends them."""
+        text = str((candidate or {}).get("candidate") or "")
+        if not text:
+            await self.pc.addIceCandidate(None)
+            return
+        text = text.removeprefix("candidate:")
+        try:
+            c = candidate_from_sdp(text)
+        except (AssertionError, ValueError, IndexError) as exc:
+            raise WebRtcError(f"bad ICE candidate {text!r}") from exc
+        assert candidate is not None
+        c.sdpMid = candidate.get("sdpMid")
+        c.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        await self.pc.addIceCandidate(c)
+
+    async def wait_connected(self, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+        """Until media runs; WebRtcError when the connection fails, closes or times out."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.connected.is_set():
+                    if self.state in ("failed", "closed"):
+                        raise WebRtcError(f"media connection {self.state}")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.05):
+                            await self.connected.wait()
+        except TimeoutError:
+            raise WebRtcError(f"media not connected after {timeout:g} s") from None
+
+    # --- taking over the datagrams ---------------------------------------------------------
+    def _ice(self) -> Any:
+        assert self._t is not None
+        return self._t.receiver.transport.transport._connection
+
+    def _install_taps(self) -> None:
+        """Put a _Tap in front of every local candidate's socket (gathered by now)."""
+        conn = self._conn = self._ice()
+        for proto in list(conn._protocols):
+            transport = getattr(proto, "transport", None)
+            if type(proto) is not StunProtocol or transport is None or any(p is proto for _, p in self._taps):
+                continue
+            transport.set_protocol(_Tap(self, proto))
+            self._taps.append((transport, proto))
+        if len(self._taps) < len(conn._protocols) and not getattr(conn, "_jego_tap", False):
+            # relayed candidates (TURN) deliver through aioice: catch SRTP there instead
+            original = conn.data_received
+
+            def data_received(data: bytes, component: int) -> None:
+                if data and 127 < data[0] < 192:
+                    self._on_srtp(data)
+                else:
+                    original(data, component)
+
+            conn.data_received = data_received
+            conn._jego_tap = True
+
+    def _on_pc_state(self) -> None:
+        state = self.state
+        if state == "connected" and self.session is None and not self._closed:
+            try:
+                self._start_media()
+            except Exception:
+                log.exception("%s: starting media failed", self.name or "webrtc leg")
+        if state in ("failed", "closed"):
+            self._stop_media()
+        if self.on_state is not None:
+            self.on_state(state)
+
+    def _start_media(self) -> None:
+        t = self._t
+        assert t is not None
+        dtls = t.receiver.transport
+        if dtls._tx_srtp is None or dtls._rx_srtp is None:
+            raise WebRtcError("DTLS gave no SRTP keys")
+        self._install_taps()  # candidates of a later gathering, if any
+        self.srtp = SrtpGuard(dtls._tx_srtp, dtls._rx_srtp)
+        negotiated = t._codecs[0]
+        name = negotiated.mimeType.split("/", 1)[1]
+        codec: AudioCodec
+        if name.lower() == "opus":
+            codec = OpusCodec(self.opus_bitrate, self.opus_complexity)
+        else:
+            codec = G711Codec(name)
+        self.codec = codec
+        self._pick_pair()
+        pt = int(negotiated.payloadType or 0)
+        fmt = MediaFormat(codec=codec.name, payload_type=pt, telephone_event_pt=None,
+                          remote=self._remote, rtcp_mux=True)
+        cname = getattr(self.pc, "_RTCPeerConnection__cname", None)
+        self.session = RtpSession(
+            fmt, self.port, codec=codec, ssrc=t.sender._ssrc, sequence_number=self.sequence_number,
+            rtcp_interval=self.rtcp_interval, cname=cname, jitter_prefetch=self.jitter_prefetch,
+            on_time_tolerance=self.on_time_tolerance, max_burst=self.max_burst,
+        )  # fmt: skip
+        engine = self._engine or MediaEngine.get()
+        self._engine = engine
+        self._ep = engine.attach(self.session, send=self._send, on_events=self._on_events)
+        engine.start(self._ep)
+        self.connected_at = time.monotonic()
+        self.connected.set()
+        log.debug("%s: media on the engine (%s/%d, ssrc %08x)", self.name, codec.name, pt, t.sender._ssrc)
+
+    def _pick_pair(self) -> None:
+        """The nominated pair of component 1 (aioice may re-nominate: checked per packet)."""
+        pair = self._conn._nominated.get(1) if self._conn is not None else None
+        self._pair = pair
+        if pair is None:
+            self._sendto = None
+            return
+        self._remote = pair.remote_addr
+        transport = getattr(pair.protocol, "transport", None)
+        if type(pair.protocol) is StunProtocol and transport is not None:
+            self._sendto = transport.sendto
+        else:  # TURN: aioice's coroutine (rare: relayed calls only)
+            proto = pair.protocol
+
+            def via_aioice(data: bytes, addr: Addr) -> None:
+                asyncio.ensure_future(proto.send_data(data, addr))
+
+            self._sendto = via_aioice
+
+    # --- the per-packet path ------------------------------------------------------------------
+    def _on_srtp(self, data: bytes) -> None:
+        ep, srtp = self._ep, self.srtp
+        n = self.n
+        if ep is None or srtp is None:
+            n["rx_before_keys"] += 1
+            return
+        n["rx_datagrams"] += 1
+        n["rx_bytes"] += len(data)
+        plain = srtp.unprotect(data)
+        if plain is not None:
+            ep.engine.receive(ep, plain, self._remote)
+
+    def _send(self, data: bytes, addr: Addr, via_rtcp: bool) -> None:
+        srtp = self.srtp
+        if srtp is None or self._closed:
+            return
+        if self._conn is not None and self._conn._nominated.get(1) is not self._pair:
+            self._pick_pair()
+        sendto = self._sendto
+        if sendto is None:
+            self.n["tx_dropped"] += 1
+            return
+        wire = srtp.protect(data)
+        try:
+            sendto(wire, self._remote)
+        except OSError:
+            self.n["tx_dropped"] += 1
+            return
+        self.n["tx_packets"] += 1
+        self.n["tx_bytes"] += len(wire)
+
+    def _on_events(self, events: list[MediaEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, RemoteBye):
+                self.remote_bye = True
+                log.debug("%s: RTCP BYE from the far end", self.name)
+
+    # --- results ------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters for the call report: packets sent/received/lost, jitter and RTT (our RTCP),
+        frames on time, what SRTP refused and why, the codec."""
+        s = self.session
+        out: dict[str, Any] = {"codec": self.codec.name if self.codec else None, "packets_sent": 0,
+                               "packets_received": 0, "packets_lost": 0, **self.n}
+        if s is not None:
+            jb = s.playout.jitter.stats()
+            ticks = s.n["send_ticks"] + s.n["skipped"]
+            out.update(packets_sent=s.sender.packets_sent, packets_received=s.n["rx_audio"], packets_lost=jb.lost,
+                       jitter_ms=round(jb.jitter * 1000, 2), frames_on_time=round(s.n["on_time"] / ticks, 4) if ticks else 1.0,
+                       max_late_ms=round(s.max_lateness * 1000, 1), rtcp_sent=s.n["rtcp_sent"],
+                       rtcp_received=s.n["rtcp_received"], concealed_ms=s.playout.concealed_samples // 8,
+                       tx_underruns=s.n["tx_underruns"], malformed=s.n["malformed"], unknown_pt=s.n["unknown_pt"])
+            if s.rtt is not None:
+                out["rtt_ms"] = round(s.rtt * 1000, 1)
+            if s.remote_stats is not None:
+                out["remote_packets_lost"] = s.remote_stats.cumulative_lost
+        if self.srtp is not None:
+            out["srtp"] = dict(self.srtp.n)
+        return out
+
+    # --- teardown -----------------------------------------------------------------------------
+    def _stop_media(self) -> None:
+        ep, self._ep = self._ep, None
+        if ep is not None and self._engine is not None:
+            self._engine.close(ep)  # the last RTCP (BYE) goes out while the pair is still up
+        codec = self.codec
+        if isinstance(codec, OpusCodec):
+            codec.close()
+
+    async def close(self) -> None:
+        """RTCP BYE, stop the media, close DTLS and ICE. Idempotent."""
+        if self._closed:
+            return
+        self._stop_media()
+        self._closed = True
+        await self.pc.close()
