@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class CarrierSection:
 @dataclass(frozen=True, slots=True)
 class BridgeSection:
     enabled: bool = True
+    workers: int | str = "auto"     # `jego serve`: this many `jego bridge` processes; "auto": one per core
     max_calls: int = 16
     secret: str = ""
     allow_international: bool = False
@@ -114,9 +116,17 @@ class BridgeSection:
     rtp_port_max: int = 29999
     app_codec: str = "opus"
     opus_bitrate: int = 32000
+    opus_complexity: int = 1
     media_timeout_s: float = 30.0
     max_call_s: float = 7200.0
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `jego serve` starts: `workers`, or one per core for "auto"."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return int(self.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +208,11 @@ def _parse_env_value(key: str, raw: str, tp: Any) -> Any:
             raise ConfigError(key, f"expected a number, got {raw!r}") from None
     if tp is str:
         return raw
+    if isinstance(tp, types.UnionType) and set(typing.get_args(tp)) == {int, str}:
+        try:
+            return int(raw)
+        except ValueError:
+            return raw
     # lists and tables: TOML syntax, e.g. JEGO_ICE_SERVERS='[{urls=["stun:host"]}]'
     try:
         return tomllib.loads(f"v = {raw}")["v"]
@@ -247,4 +262,14 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
                 raise ConfigError(section, "expected a table")
             current.update(values)
     cfg: Config = build(Config, data)
+    _check(cfg)
     return cfg
+
+
+def _check(cfg: Config) -> None:
+    """Rules one key's type cannot say."""
+    workers = cfg.bridge.workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError("bridge.workers", f'expected "auto" or a whole number of processes >= 1, got {workers!r}')
+    if not 0 <= cfg.bridge.opus_complexity <= 10:
+        raise ConfigError("bridge.opus_complexity", f"must be 0 to 10, got {cfg.bridge.opus_complexity}")

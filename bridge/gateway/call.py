@@ -29,12 +29,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+import numpy as np
+import numpy.typing as npt
 
+from bridge.net.webrtc import WebRtcLeg
 from jego_call.log import call_context
-from jego_call.media.endpoint import MediaEndpoint
-from jego_call.media.tracks import PacedAudioTrack
 
 from .call_core import (
     TRANSITIONS,
@@ -72,16 +71,16 @@ from .call_core import (
     decline_for,
     sip_refusal,
 )
-from .legs import LegEnded, SipLeg
-from .transcode import AppToPhone, PhoneToApp
+from .legs import AppLeg, LegEnded, SipLeg
 
-__all__ = ["TRANSITIONS", "AppToPhoneSink", "BridgeCall", "BridgeEvent", "BridgeState", "BridgeStateMachine",
-           "CallSettings", "PhoneToAppTrack", "Send", "decline_for", "sip_refusal"]
+__all__ = ["TRANSITIONS", "AppLegFactory", "BridgeCall", "BridgeEvent", "BridgeState", "BridgeStateMachine",
+           "CallSettings", "PhoneLink", "Send", "decline_for", "lean_app_leg", "sip_refusal"]
 
 log = logging.getLogger("jego.bridge")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Clock = Callable[[], float]
+Pcm = npt.NDArray[np.int16]
 
 
 def loop_clock() -> float:
@@ -89,101 +88,77 @@ def loop_clock() -> float:
     return asyncio.get_running_loop().time()
 
 
-# --- media glue: the two directions ---------------------------------------------------------
-class PhoneToAppTrack(PacedAudioTrack):
-    """The app leg's outgoing audio: every 20 ms (absolute clock, `PacedAudioTrack`) one frame
-    through `PhoneToApp`, silence when there is none.
+# --- media glue: the app leg's AudioPort -----------------------------------------------------
+class PhoneLink:
+    """The app leg's ``AudioPort`` in a bridged call: once per 20 ms slot (on the media engine's
+    clock, the same one the SIP leg ticks on) the app's decoded 8 kHz audio goes to the SIP leg
+    (`SipLeg.send_audio`) and the SIP leg's next frame (`SipLeg.read_audio`) comes back.
 
-    A small playout buffer sits between the SIP leg's clock and ours: every slot drains what
-    `SipLeg.read_audio()` has due, starts (and restarts after running dry) once `prefill`
-    frames wait, and trims back to `prefill` when more than `max_frames` pile up, so thread or
-    event-loop stalls cost neither gaps nor lasting latency. `last_audio` is when (on `clock`)
-    the leg last delivered a frame.
+    A small playout buffer sits between the two legs' slots: it drains what the SIP leg has,
+    starts (and restarts after running dry) once `prefill` frames wait, and trims back to
+    `prefill` above `max_frames`, so a stall costs neither a gap nor lasting latency. Both legs
+    tick in the same engine wake-up, so one frame is enough. `last_app` / `last_phone` are
+    when (on `clock`) audio last came from each side, for the core's media deadlines.
     """
 
-    def __init__(self, leg: SipLeg, rate: int, prefill: int = 2, max_frames: int = 6,
-                 clock: Clock = loop_clock) -> None:
-        super().__init__(rate)
+    def __init__(self, leg: SipLeg, clock: Clock = loop_clock, prefill: int = 1, max_frames: int = 4) -> None:
         self.leg = leg
-        self.conv = PhoneToApp(rate)
+        self.clock = clock
         self.prefill = prefill
         self.max_frames = max_frames
-        self.clock = clock
         self._buf: collections.deque[bytes] = collections.deque()
         self._playing = False
+        self.sent = 0                     # frames given to the SIP leg
         self.received = 0                 # frames the SIP leg delivered
         self.underruns = 0
         self.trimmed = 0
-        self.last_audio: float | None = None
+        self.last_app: float | None = None
+        self.last_phone: float | None = None
 
-    def _drain(self) -> None:
+    def exchange(self, rx: Pcm, live: bool) -> Pcm | None:
+        if live:
+            self.last_app = self.clock()
+            self.leg.send_audio(rx.tobytes())
+            self.sent += 1
+        buf = self._buf
         for _ in range(50):  # at most a second's worth per slot
             try:
                 pcm = self.leg.read_audio()
             except Exception:  # a leg that has ended may raise; it has nothing more anyway
-                return
+                break
             if pcm is None:
-                return
+                break
             self.received += 1
-            self.last_audio = self.clock()
-            self._buf.append(pcm)
-
-    def _samples(self, n: int) -> Any:
-        self._drain()
-        if len(self._buf) > self.max_frames:
-            while len(self._buf) > self.prefill:
-                self._buf.popleft()
+            self.last_phone = self.clock()
+            buf.append(pcm)
+        if len(buf) > self.max_frames:
+            while len(buf) > self.prefill:
+                buf.popleft()
                 self.trimmed += 1
-        if not self._playing and len(self._buf) >= self.prefill:
+        if not self._playing:
+            if len(buf) < self.prefill or not buf:
+                return None
             self._playing = True
-        pcm = None
-        if self._playing:
-            if self._buf:
-                pcm = self._buf.popleft()
-            else:
-                self._playing = False
-                self.underruns += 1
-        return self.conv.samples(pcm)
-
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await super().recv()
+        if not buf:
+            self._playing = False
+            self.underruns += 1
+            return None
+        return np.frombuffer(buf.popleft(), dtype="<i2")
 
 
-class AppToPhoneSink:
-    """The app leg's incoming audio (a MediaEndpoint sink): `AppToPhone`, then `SipLeg.send_audio`.
+AppLegFactory = Callable[[PhoneLink, Callable[[str], None]], AppLeg]
 
-    The first `prefill` frames are held and sent together, so the leg's send queue starts with a
-    cushion against event-loop stalls (the leg plays it out on its own 20 ms clock).
-    `last_audio` is when (on `clock`) the app last sent a frame.
-    """
 
-    def __init__(self, leg: SipLeg, prefill: int = 3, clock: Clock = loop_clock) -> None:
-        self.leg = leg
-        self.conv = AppToPhone()
-        self.prefill = prefill
-        self.clock = clock
-        self._held: list[bytes] = []
-        self.sent = 0
-        self.last_audio: float | None = None
+def lean_app_leg(settings: CallSettings, ice_servers: list[dict[str, Any]], name: str) -> AppLegFactory:
+    """The default app leg: bridge/net/webrtc.py `WebRtcLeg` (aiortc for SDP, ICE, DTLS keys;
+    SRTP, RTP and Opus at 8 kHz on the shared media engine)."""
 
-    def handle(self, frame: Any) -> None:
-        if not isinstance(frame, AudioFrame):
-            return
-        self.last_audio = self.clock()
-        out = self.conv.push(frame)
-        if self.prefill:
-            self._held += out
-            if len(self._held) < self.prefill:
-                return
-            out, self._held, self.prefill = self._held, [], 0
-        for pcm in out:
-            self.leg.send_audio(pcm)
-            self.sent += 1
+    def make(port: PhoneLink, on_state: Callable[[str], None]) -> AppLeg:
+        codecs = ("opus", "PCMU", "PCMA") if settings.app_codec == "opus" else (settings.app_codec,)
+        return WebRtcLeg(port, codecs=codecs, ice=ice_servers, opus_bitrate=settings.opus_bitrate,
+                         opus_complexity=settings.opus_complexity, on_state=on_state, name=name)
 
-    def close(self) -> None:
-        pass
+    return make
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +175,8 @@ class BridgeCall:
 
     def __init__(self, call_id: str, direction: str, leg: SipLeg, send: Send, settings: CallSettings,
                  ice_servers: list[dict[str, Any]] | None = None,
-                 on_done: Callable[[BridgeCall], None] | None = None, clock: Clock = loop_clock) -> None:
+                 on_done: Callable[[BridgeCall], None] | None = None, clock: Clock = loop_clock,
+                 app_leg: AppLegFactory | None = None) -> None:
         self.core = BridgeCallCore(call_id, direction, settings)  # raises ValueError for a bad direction
         self.call_id = call_id
         self.direction = direction
@@ -209,12 +185,9 @@ class BridgeCall:
         self.settings = settings
         self.on_done = on_done
         self.clock = clock
-        self.track = PhoneToAppTrack(leg, settings.app_rate, clock=clock)
-        self.sink = AppToPhoneSink(leg, clock=clock)
-        self.ep = MediaEndpoint(source=self.track, sinks=[self.sink], ice_servers=ice_servers or [],
-                                codecs=settings.app_codecs, opus_bitrate=settings.opus_bitrate,
-                                name=f"bridge {call_id}")
-        self.ep.pc.on("connectionstatechange", self._on_webrtc_state)
+        self.link = PhoneLink(leg, clock=clock)
+        make = app_leg or lean_app_leg(settings, ice_servers or [], f"bridge {call_id}")
+        self.app: AppLeg = make(self.link, self._on_webrtc_state)
         self.leg_stats: dict[str, Any] = {}
         self.done = asyncio.Event()
         self._inbox: asyncio.Queue[Event | _Tick] = asyncio.Queue()
@@ -281,8 +254,8 @@ class BridgeCall:
             if isinstance(ev, LegEnded):
                 return
 
-    def _on_webrtc_state(self) -> None:
-        self._inbox.put_nowait(WebRtcStateChanged(self.ep.state))
+    def _on_webrtc_state(self, state: str) -> None:
+        self._inbox.put_nowait(WebRtcStateChanged(state))
 
     async def _drive(self) -> None:
         while not self.core.finished:
@@ -315,7 +288,7 @@ class BridgeCall:
         The media deadlines are only due when these stamps are old, so the stamps travel with
         each timer tick rather than with every 20 ms frame."""
         out: list[AppAudio | PhoneAudio] = []
-        app, phone = self.sink.last_audio, self.track.last_audio
+        app, phone = self.link.last_app, self.link.last_phone
         if app is not None and app != self._fed_app:
             self._fed_app = app
             out.append(AppAudio(app))
@@ -350,20 +323,20 @@ class BridgeCall:
             log.log(cmd.level, "%s", cmd.text)  # the call id comes from the task's log context
         elif isinstance(cmd, MediaAddIce):
             with contextlib.suppress(Exception):  # a bad candidate from the app is not fatal
-                await self.ep.add_ice_candidate(cmd.candidate)
+                await self.app.add_ice_candidate(cmd.candidate)
         elif isinstance(cmd, MediaAcceptOffer):
             try:
-                return OfferAnswered(await self.ep.accept_offer(cmd.sdp))
+                return OfferAnswered(await self.app.accept_offer(cmd.sdp))
             except Exception as exc:
                 return MediaFailed("accept_offer", str(exc))
         elif isinstance(cmd, MediaCreateOffer):
             try:
-                return OfferCreated(await self.ep.create_offer(audio=True))
+                return OfferCreated(await self.app.create_offer())
             except Exception as exc:
                 return MediaFailed("create_offer", str(exc))
         elif isinstance(cmd, MediaSetAnswer):
             try:
-                await self.ep.set_answer(cmd.sdp)
+                await self.app.set_answer(cmd.sdp)
             except Exception as exc:
                 return MediaFailed("set_answer", str(exc))
             return AnswerApplied()
@@ -404,20 +377,22 @@ class BridgeCall:
             self._timer = None
         app: dict[str, int] = {"packets_sent": 0, "packets_received": 0, "packets_lost": 0}
         codec = self.core.phone_codec or self.leg.codec
+        st: dict[str, Any] = {}
         try:
-            st = await self.ep.stats()
+            st = self.app.stats()
             app = {k: int(st.get(k) or 0) for k in ("packets_sent", "packets_received", "packets_lost")}
             app_codec = st.get("codec")
         except Exception:
             app_codec = None
-        await self.ep.close()
-        phone = {"packets_sent": self.sink.sent, "packets_received": self.track.received, "packets_lost": 0}
+        with contextlib.suppress(Exception):
+            await self.app.close()
+        link = self.link
+        phone = {"packets_sent": link.sent, "packets_received": link.received, "packets_lost": 0}
         self._snapshot_leg_stats()
         got = self.leg_stats
         if got:  # the leg's RTP counters, when it keeps them (pyvoip_leg: tx/rx_packets)
-            log.info("leg stats %s; app->phone frames %d; phone->app frames %d of %d, "
-                     "%d underruns, %d trimmed", got, self.sink.sent, self.track.received,
-                     self.track.conv.frames, self.track.underruns, self.track.trimmed)
+            log.info("leg stats %s; app->phone frames %d; phone->app frames %d, %d underruns, %d trimmed",
+                     got, link.sent, link.received, link.underruns, link.trimmed)
             for ours, theirs in (("packets_sent", "tx_packets"), ("packets_received", "rx_packets")):
                 if theirs in got or ours in got:
                     phone[ours] = int(got.get(theirs, got.get(ours, 0)))
@@ -432,9 +407,10 @@ class BridgeCall:
         with contextlib.suppress(Exception):
             await self.send({"type": "call_report", "call_id": self.call_id, "codec": report_codec,
                              "app": app, "phone": phone})
-        log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms)",
-                 self.end_info.get("reason"), app, phone, self.track.pacing.on_time_ratio,
-                 self.track.pacing.max_late_ms)
+        log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms); app leg %s",
+                 self.end_info.get("reason"), app, phone, float(st.get("frames_on_time", 1.0)),
+                 float(st.get("max_late_ms", 0.0)),
+                 {k: st[k] for k in ("jitter_ms", "rtt_ms", "concealed_ms", "srtp") if k in st})
         current = asyncio.current_task()
         for t in self._tasks:
             if t is not current and not t.done():

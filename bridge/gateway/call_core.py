@@ -38,7 +38,7 @@ from jego_call.call.machine import TableMachine
 from jego_call.call.reasons import EndReason
 from jego_call.errors import InvalidTransition
 
-from .legs import SAMPLE_RATE, LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
+from .legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
 
 INFO, WARNING = 20, 30  # Log levels (the logging module's numbers)
 MAX_CALL_CAUSE = 102    # Q.850 102: recovery on timer expiry
@@ -128,19 +128,12 @@ class CallSettings:
 
     app_codec: str = "opus"          # opus (transcoded) or pcmu/pcma straight through
     opus_bitrate: int = 32000
+    opus_complexity: int = 1         # our encoder toward the app (docs/benchmarks.md "Opus at 8 kHz")
     media_timeout_s: float = 30.0
     max_call_s: float = 7200.0
     answer_timeout_s: float = 20.0   # (reserved) an inbound call whose WebRTC leg never connects
     leg_end_wait_s: float = 35.0     # after our BYE/CANCEL/final response: wait this long for LegEnded
     #                                  (a CANCEL may wait for its 487 up to Timer B, RFC 3261 §17.1.1.2)
-
-    @property
-    def app_codecs(self) -> list[str] | None:
-        return None if self.app_codec == "opus" else [self.app_codec.upper()]
-
-    @property
-    def app_rate(self) -> int:
-        return 48000 if self.app_codec == "opus" else SAMPLE_RATE
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""[pure] The seam between a bridged call and its SIP side: the `SipLeg` and `SipTrunk` protocols
-and the leg's events (LegRinging, LegAnswered, LegDtmf, LegEnded), which the pure call core
-(call_core.py) takes as input. Definitions only: nothing here runs I/O.
+"""[pure] The seams of a bridged call: its SIP side (the `SipLeg` and `SipTrunk` protocols and the
+leg's events LegRinging, LegAnswered, LegDtmf, LegEnded, which the pure call core call_core.py
+takes as input) and its app side (`AppLeg`: the WebRTC leg, bridge/net/webrtc.py, which trades
+8 kHz PCM frames with the `AudioPort` it was made with). Definitions only: nothing here runs I/O.
 
 `BridgeCall` (bridge/gateway/call.py) talks only to these. The implementation is
 `bridge/gateway/pyvoip/`, the one module that imports pyVoIP; a replacement leg would plug in
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jego_call.call.reasons import EndReason
 
@@ -116,3 +117,28 @@ class SipTrunk(Protocol):
     @property
     def registered(self) -> bool:
         """True once the trunk accepted our REGISTER (always True in trunk mode)."""
+
+
+class AppLeg(Protocol):
+    """The app's media leg (WebRTC). It was made with an `AudioPort` (bridge/rtp/media.py) that it
+    asks once per 20 ms slot: the app's audio in, the phone's out, both 8 kHz PCM16 frames. It
+    reports aiortc's connectionState (new, connecting, connected, failed, closed) to the callback
+    it was made with."""
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Apply the app's offer; returns the answer SDP."""
+
+    async def create_offer(self) -> str:
+        """Our offer SDP (phone -> app calls); then `set_answer`."""
+
+    async def set_answer(self, sdp: str) -> None:
+        """Apply the app's answer."""
+
+    async def add_ice_candidate(self, candidate: dict[str, Any] | None) -> None:
+        """A trickled candidate from the app (None or "": end of candidates)."""
+
+    def stats(self) -> dict[str, Any]:
+        """codec, packets_sent/received/lost, frames_on_time, max_late_ms, jitter_ms, rtt_ms ..."""
+
+    async def close(self) -> None:
+        """End the leg (RTCP BYE, DTLS and ICE closed); idempotent."""

@@ -31,7 +31,6 @@ from jego_call.numbering import e164_of
 
 from .call import BridgeCall, CallSettings
 from .legs import SipLeg, SipTrunk
-from .transcode import single_threaded_ffmpeg
 
 log = logging.getLogger("jego.bridge")
 
@@ -79,7 +78,7 @@ class BridgeWorker:
                     max_calls: int | None = None, trunk_factory: TrunkFactory = pyvoip_trunk) -> BridgeWorker:
         """A worker configured from [bridge] (config/jego.toml); then `start()`."""
         b = cfg.bridge
-        settings = CallSettings(app_codec=b.app_codec, opus_bitrate=b.opus_bitrate,
+        settings = CallSettings(app_codec=b.app_codec, opus_bitrate=b.opus_bitrate, opus_complexity=b.opus_complexity,
                                 media_timeout_s=b.media_timeout_s, max_call_s=b.max_call_s)
         return cls(server_url, secret, trunk_factory(b), name=name or b.name,
                    max_calls=max_calls or b.max_calls, settings=settings, did=dict(b.did))
@@ -87,7 +86,6 @@ class BridgeWorker:
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the connection loop (trunk first, then the server); returns at once."""
-        single_threaded_ffmpeg()  # no FFmpeg thread pool per resampler (transcode.py)
         self.trunk.set_inbound_handler(self._inbound)
         self._task = asyncio.ensure_future(self._run())
         self._task.set_name(f"bridge-worker-{self.name}")
