@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
@@ -45,6 +46,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     s.stop()
 
 
+# Chromium's own view of the call: its getStats() and the bridge's answer SDP.
+STATS_JS = """async () => {
+  const pc = window.jego.call.pc;
+  const out = [];
+  (await pc.getStats()).forEach((s) => out.push(s));
+  return { stats: out, answer: pc.remoteDescription.sdp };
+}"""
+
+
+def check_browser_rtcp(seen: dict[str, Any]) -> None:
+    """The bridge's lean leg keeps Chromium's statistics right: its RTCP RRs about the browser's
+    stream give Chromium a round-trip time and loss (remote-inbound-rtp), its SRs a
+    remote-outbound-rtp; what it sends arrives whole. Nothing asks for bandwidth feedback on
+    audio (no transport-cc, no REMB in the answer), so none is owed."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for st in seen["stats"]:
+        if st.get("kind", "audio") == "audio":
+            by_type.setdefault(st["type"], []).append(st)
+    [inbound] = by_type["inbound-rtp"]
+    assert inbound["packetsReceived"] > 150 and inbound["packetsLost"] == 0, inbound
+    [remote_in] = by_type["remote-inbound-rtp"]
+    assert remote_in.get("roundTripTime") is not None and 0 <= remote_in["roundTripTime"] < 0.5, remote_in
+    assert remote_in["packetsLost"] == 0, remote_in
+    [remote_out] = by_type["remote-outbound-rtp"]
+    assert remote_out["packetsSent"] > 100, remote_out
+    audio = seen["answer"].split("m=audio", 1)[1].split("\nm=", 1)[0]
+    assert "transport-cc" not in audio and "goog-remb" not in audio and "transport-wide-cc" not in audio, audio
+
+
 def test_dial_pad_call_reaches_the_phone_with_the_tone_and_dtmf(tone_browser: Browser, server: LiveServer) -> None:
     contexts: list[BrowserContext] = []
     try:
@@ -58,6 +88,7 @@ def test_dial_pad_call_reaches_the_phone_with_the_tone_and_dtmf(tone_browser: Br
             alice.get_by_test_id(f"dtmf-{key}").click()
             time.sleep(0.3)
         time.sleep(1.0)
+        seen = alice.evaluate(STATS_JS)
         alice.get_by_test_id("hangup").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("ended", timeout=10_000)
         expect(alice.get_by_test_id("call-history").get_by_test_id("call-history-item").first).to_contain_text(
@@ -65,6 +96,7 @@ def test_dial_pad_call_reaches_the_phone_with_the_tone_and_dtmf(tone_browser: Br
     finally:
         for c in contexts:
             c.close()
+    check_browser_rtcp(seen)
     cdr = carrier_record(server, ECHO_NUMBER)
     assert cdr["dtmf"] == "1*#"
     samples, rate = read_wav(cdr["recording"])
