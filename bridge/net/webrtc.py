@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 Addr = tuple[str, int]
 StateHandler = Callable[[str], None]
 
-__all__ = ["WebRtcError", "WebRtcLeg", "ice_servers"]
+__all__ = ["WebRtcError", "WebRtcLeg", "ice_servers", "narrowband_opus"]
 
 CODEC_NAMES = {"opus": "opus", "pcmu": "PCMU", "pcma": "PCMA"}
 
@@ -64,6 +64,26 @@ class WebRtcError(Exception):
 def ice_servers(servers: Iterable[dict[str, Any]]) -> list[RTCIceServer]:
     """`[{"urls": [...], "username"?, "credential"?}]` (config or auth_ok) -> RTCIceServer."""
     return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers]
+
+
+def narrowband_opus(sdp: str) -> str:
+    """Our SDP with RFC 7587 §6.1 ``maxplaybackrate=8000;sprop-maxcapturerate=8000`` on Opus:
+    we play out at 8 kHz (the phone network's band) and send from 8 kHz, so the far end's
+    encoder may spend its whole bitrate below 4 kHz (browsers do: narrowband Opus)."""
+    lines = sdp.split("\r\n")
+    pts = [ln.split(":", 1)[1].split(" ", 1)[0] for ln in lines if ln.lower().startswith("a=rtpmap:")
+           and " opus/48000" in ln.lower()]
+    extra = "maxplaybackrate=8000;sprop-maxcapturerate=8000"
+    for pt in pts:
+        fmtp = f"a=fmtp:{pt} "
+        at = next((i for i, ln in enumerate(lines) if ln.startswith(fmtp)), None)
+        if at is not None:
+            if "maxplaybackrate" not in lines[at]:
+                lines[at] += ";" + extra
+        else:
+            rtpmap = next(i for i, ln in enumerate(lines) if ln.startswith(f"a=rtpmap:{pt} "))
+            lines.insert(rtpmap + 1, fmtp + extra)
+    return "\r\n".join(lines)
 
 
 async def _idle(*_args: Any, **_kwargs: Any) -> None:
@@ -182,7 +202,8 @@ class WebRtcLeg:
     async def create_offer(self) -> str:
         """Gather candidates and return our offer SDP; then `set_answer`."""
         self._transceiver()
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(offer.sdp), type="offer"))
         self._install_taps()
         return str(self.pc.localDescription.sdp)
 
@@ -194,7 +215,8 @@ class WebRtcLeg:
         except Exception as exc:  # aiortc raises ValueError, AssertionError, OperationError ...
             raise WebRtcError(f"bad offer SDP: {exc}") from exc
         self._silence_aiortc()
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(answer.sdp), type="answer"))
         self._install_taps()
         return str(self.pc.localDescription.sdp)
 

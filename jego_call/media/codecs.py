@@ -53,10 +53,21 @@ def frame_to_mono(frame: AudioFrame) -> np.ndarray:
     return mixed.astype(np.int16)
 
 
-class MonoOpusEncoder(Encoder):
-    """Opus encoder: mono, `SETTINGS.bitrate` (constrained VBR), application=voip, 20 ms at 48 kHz."""
+def cutoff_for(max_playback_rate: int | None) -> int | None:
+    """libopus's band limit (Hz) for the far end's RFC 7587 `maxplaybackrate` (None: full band)."""
+    if not max_playback_rate:
+        return None
+    for rate, cutoff in ((8000, 4000), (12000, 6000), (16000, 8000), (24000, 12000)):
+        if max_playback_rate <= rate:
+            return cutoff
+    return None
 
-    def __init__(self, bitrate: int | None = None, complexity: int | None = None) -> None:
+
+class MonoOpusEncoder(Encoder):
+    """Opus encoder: mono, `SETTINGS.bitrate` (constrained VBR), application=voip, 20 ms at 48 kHz;
+    band-limited to `cutoff` Hz (4000: narrowband) when the far end plays out no higher."""
+
+    def __init__(self, bitrate: int | None = None, complexity: int | None = None, cutoff: int | None = None) -> None:
         self.bitrate = bitrate or SETTINGS.bitrate
         self.codec: Any = CodecContext.create("libopus", "w")
         self.codec.bit_rate = self.bitrate
@@ -68,6 +79,8 @@ class MonoOpusEncoder(Encoder):
         complexity = complexity if complexity is not None else SETTINGS.complexity
         if complexity is not None:
             options["compression_level"] = str(complexity)
+        if cutoff is not None:
+            options["cutoff"] = str(cutoff)
         self.codec.options = options
         self.resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE,
                                         frame_size=SAMPLES_PER_FRAME)
@@ -108,9 +121,10 @@ class MonoOpusEncoder(Encoder):
 
 
 def get_encoder(codec: RTCRtpCodecParameters) -> Encoder:
-    """aiortc's encoder factory, with Opus replaced by `MonoOpusEncoder`."""
+    """aiortc's encoder factory, with Opus replaced by `MonoOpusEncoder` (band-limited to what the
+    far end plays out: `MediaEndpoint` notes its `maxplaybackrate` on the codec)."""
     if codec.mimeType.lower() == "audio/opus":
-        return MonoOpusEncoder()
+        return MonoOpusEncoder(cutoff=cutoff_for(getattr(codec, "remote_max_playback_rate", None)))
     return aiortc_get_encoder(codec)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -171,6 +172,18 @@ class MediaEndpoint:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except (ValueError, AssertionError) as exc:
             raise MediaError(f"bad answer SDP: {exc}") from exc
+        self._note_max_playback(sdp)
+
+    def _note_max_playback(self, sdp: str) -> None:
+        """RFC 7587 §6.1: a far end that plays Opus out at most at `maxplaybackrate` (the phone
+        bridge: 8000) gets our encoder band-limited to it (`codecs.get_encoder` reads it)."""
+        rates: dict[int, int] = {}
+        for m in re.finditer(r"a=fmtp:(\d+) [^\r\n]*maxplaybackrate=(\d+)", sdp):
+            rates[int(m.group(1))] = int(m.group(2))
+        for t in self.pc.getTransceivers():
+            for codec in getattr(t, "_codecs", None) or []:
+                if codec.mimeType.lower() == "audio/opus" and codec.payloadType in rates:
+                    setattr(codec, "remote_max_playback_rate", rates[codec.payloadType])  # noqa: B010 (aiortc's codec has no such field)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply a remote offer and return our answer SDP (send it as `accept.sdp`)."""
@@ -181,6 +194,7 @@ class MediaEndpoint:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, AssertionError) as exc:
             raise MediaError(f"bad offer SDP: {exc}") from exc
+        self._note_max_playback(sdp)
         if self.video_source is not None and any(t.kind == "video" for t in self.pc.getTransceivers()):
             self.pc.addTrack(self.video_source)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
