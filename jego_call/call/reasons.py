@@ -63,6 +63,9 @@ class EndReason(StrEnum):
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
     CONGESTION = "congestion"
+    # group calls: one member's part ends, the call goes on
+    LEFT = "left"
+    REMOVED = "removed"
     # ended in the client before signalling (web: getUserMedia)
     MEDIA_DENIED = "media_denied"
     MEDIA_FAILED = "media_failed"
@@ -145,6 +148,8 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
     R.UNREACHABLE: ReasonInfo(503, 41, "unreachable", "Phone calls are not available right now, try again later",
                               "暂时无法拨打电话，请稍后再试"),
     R.CONGESTION: ReasonInfo(503, 34, "unreachable", "The phone network is busy, try again later", "网络忙，请稍后再拨"),
+    R.LEFT: ReasonInfo(0, 16, "answered", "You left the group call", "您已退出群通话"),
+    R.REMOVED: ReasonInfo(0, 16, "failed", "You are no longer a member of this group", "您已不是该群的成员"),
     R.MEDIA_DENIED: ReasonInfo(None, None, "failed", "Camera or microphone permission denied", "未获得摄像头或麦克风权限"),
     R.MEDIA_FAILED: ReasonInfo(None, None, "failed", "Could not start audio or video", "无法启动音频或视频"),
 }
@@ -153,7 +158,7 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
 USER_DECLINE_REASONS: Final = frozenset({R.DECLINED, R.BUSY})
 GATEWAY_DECLINE_REASONS: Final = frozenset(REASONS) - {
     R.HANGUP, R.ANSWERED_ELSEWHERE, R.CONNECTION_LOST, R.MAX_DURATION, R.MEDIA_TIMEOUT, R.ACK_TIMEOUT,
-    R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER}
+    R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER, R.LEFT, R.REMOVED}
 
 # A SIP final response (with its Q.850 cause) -> the reason (RFC 3398 §8.2.6.1, carrier.md §4.3).
 _BY_CODE_AND_CAUSE: Final[dict[tuple[int, int], EndReason]] = {

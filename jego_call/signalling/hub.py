@@ -187,6 +187,14 @@ class Hub:
             s.send(msg)
         return len(targets)
 
+    def set_groups(self, directory: Any) -> None:
+        """Install group membership for group calls (a `groups.calls.GroupDirectory`)."""
+        self.core.set_group_directory(directory)
+
+    def group_member_left(self, group_id: str, username: str) -> None:
+        """`username` is no longer in the group: their part in its group call ends."""
+        self._run(self.core.group_member_left(group_id, username, now=self.loop.time(), wall=self._wall_clock()))
+
     def contact_added(self, owner: str, contact: str) -> None:
         """Tell `owner`'s sessions the presence of a contact they just added."""
         self._run(self.core.contact_added(owner, contact))

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..calllog import CallLog
     from ..config import Config
     from ..db import Database
+    from ..groups.service import Groups
     from ..messaging.service import Messaging
     from .hub import Hub
 
@@ -27,6 +28,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
 GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
+GROUPS: web.AppKey[Groups] = web.AppKey("groups")
 # Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
 BOUND_URL: web.AppKey[asyncio.Future[str]] = web.AppKey("bound_url")
 # The billing hook for the dial pad: E.164 -> {"per_minute": "0.10", "currency": "CNY"} or None.
