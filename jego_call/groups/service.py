@@ -61,6 +61,7 @@ class Groups:
             "created_at": round(group.created_at, 3), "last_seq": group.last_seq,
             "members": [{**m.to_wire(), "display_name": self.accounts.display_name(m.username),
                          "presence": self.hub.presence(m.username)} for m in group.members],
+            "call": self.hub.group_call(group.id),
         }
         if viewer is not None:
             last = self.store.get(group.conversation_id, group.last_seq) if group.last_seq else None
