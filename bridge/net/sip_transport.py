@@ -7,8 +7,9 @@
     await transport.close()
 
 After any command on the endpoint call `flush()` so queued datagrams go out and the timer is
-re-armed. All protocol decisions are the endpoint's; this module only moves bytes, frames TCP
-streams (RFC 3261 §18.3: framing error -> close) and keeps one `loop.call_at` for get_timer().
+re-armed. All protocol decisions are the endpoint's; this module only moves bytes and frames TCP
+streams (RFC 3261 §18.3: framing error -> close); the EndpointDriver (driver.py) delivers events
+and keeps one `loop.call_at` for get_timer().
 TCP messages for a peer go on the connection with that peer (responses: the one the request
 came on), a new connection is opened when there is none.
 """
@@ -23,6 +24,8 @@ from bridge.sip.endpoint import SipEndpoint, SipEvent
 from bridge.sip.errors import SipError
 from bridge.sip.message import StreamFramer
 from bridge.sip.transaction import Addr
+
+from .driver import EndpointDriver
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +93,14 @@ class SipTransport:
         self._server: asyncio.Server | None = None
         self._conns: dict[Addr, _TcpProtocol] = {}
         self._pending: dict[Addr, list[bytes]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._driver = EndpointDriver(endpoint, send_datagram=self._send_udp, send_stream=self._write_stream,
+                                      on_event=self._deliver)
 
     async def start(self) -> None:
         """Bind UDP, then TCP on the same port number when possible; sets the endpoint's address."""
         loop = self._loop = asyncio.get_running_loop()
+        self._driver.start(loop)
         if self.listen_udp:
             udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self),
                                                          local_addr=(self.host, self.port))
@@ -114,12 +118,10 @@ class SipTransport:
         self.endpoint.set_local_address(self.host, self.udp_port or self.tcp_port)
 
     def now(self) -> float:
-        assert self._loop is not None, "start() first"
-        return self._loop.time()
+        return self._driver.now()
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._driver.close()
         for task in list(self._tasks):
             task.cancel()
         if self._udp is not None:
@@ -134,8 +136,7 @@ class SipTransport:
     # --- input from the network ----------------------------------------------------------------
 
     def _on_datagram(self, data: bytes, addr: Addr) -> None:
-        self.endpoint.receive_datagram(data, addr, self.now())
-        self.flush()
+        self._driver.receive_datagram(data, addr)
 
     def _on_connection(self, conn: _TcpProtocol) -> None:
         assert conn.peer is not None
@@ -146,40 +147,27 @@ class SipTransport:
 
     def _on_stream_message(self, conn: _TcpProtocol, data: bytes) -> None:
         assert conn.peer is not None
-        self.endpoint.receive_stream_message(data, conn.peer, self.now())
-        self.flush()
+        self._driver.receive_stream_message(data, conn.peer)
 
     def _on_connection_lost(self, conn: _TcpProtocol) -> None:
         if conn.peer is not None and self._conns.get(conn.peer) is conn:
             del self._conns[conn.peer]
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.endpoint.handle_timer(self.now())
-        self.flush()
-
     # --- output --------------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Send what the endpoint queued, deliver its events and re-arm the timer."""
-        now = self.now()
-        for data, addr in self.endpoint.datagrams_to_send(now):
-            if self._udp is not None:
-                self._udp.sendto(data, addr)
-        for data, addr in self.endpoint.stream_messages_to_send(now):
-            self._write_stream(data, addr)
-        while (event := self.endpoint.next_event()) is not None:
-            if self.on_event is not None:
-                self.on_event(event)
-            else:
-                self.events.put_nowait(event)
-        at = self.endpoint.get_timer()
-        if at != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(at, self._on_timer) if at is not None and self._loop else None
-            self._timer_at = at
+        self._driver.flush()
+
+    def _send_udp(self, data: bytes, addr: Addr) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, addr)
+
+    def _deliver(self, event: SipEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        else:
+            self.events.put_nowait(event)
 
     def _write_stream(self, data: bytes, addr: Addr) -> None:
         conn = self._conns.get(addr)

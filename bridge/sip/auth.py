@@ -7,9 +7,10 @@ Server (e.g. the carrier as registrar/UAS):
     result = challenger.verify(creds, method=..., password=..., now=now) if creds else AuthResult.MISSING
     OK -> go on; STALE -> 401 with challenger.challenge(now, stale=True); else limiter.record_failure(...)
           and 401 with challenger.challenge(now) (one WWW-Authenticate per value).
-Client (e.g. the bridge registering to the trunk):
-    value = build_authorization(parse_challenge(resp.headers.get("WWW-Authenticate")), method=...,
-                                uri=..., username=..., password=...)
+Client (e.g. the bridge registering to the trunk or calling through it):
+    retry = authorize_retry(sent_request, resp_401_or_407, username=..., password=..., realm=None)
+    if retry is not None: endpoint.send_request(retry, dest, now)   # CSeq + 1, (Proxy-)Authorization
+    (lower level: pick_challenge(resp) -> (header name, challenge); build_authorization(challenge, ...))
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import SipParseError
+from .errors import SipError, SipParseError
+from .message import SipRequest, SipResponse
 from .uri import TOKEN_CHARS, quote, read_quoted, skip_ws
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -172,6 +174,44 @@ def build_authorization(challenge: DigestChallenge, *, method: str, uri: str, us
     return str(DigestCredentials(username, challenge.realm, challenge.nonce, uri, response,
                                  challenge.algorithm, qop, nc_text if qop else None,
                                  cnonce if qop else None, challenge.opaque))
+
+
+def pick_challenge(response: SipResponse, *, realm: str | None = None) -> tuple[str, DigestChallenge] | None:
+    """For a 401/407: (credentials header name, challenge) for the first Digest challenge whose
+    algorithm we support (RFC 8760 §2.4: the server lists its preference first) and, if `realm` is
+    given, from that realm. None when there is none we can answer."""
+    if response.status == 407:
+        name, creds = "Proxy-Authenticate", "Proxy-Authorization"
+    else:
+        name, creds = "WWW-Authenticate", "Authorization"
+    for value in response.headers.get_all(name):
+        try:
+            ch = parse_challenge(value)
+        except SipError:
+            continue
+        if ch.algorithm.upper() in ALGORITHMS and (realm is None or ch.realm == realm):
+            return creds, ch
+    return None
+
+
+def authorize_retry(request: SipRequest, response: SipResponse, *, username: str, password: str,
+                    realm: str | None = None) -> SipRequest | None:
+    """The request to send after `response` (401/407) challenged `request` (RFC 3261 §22.2, §8.1.3.5):
+    a copy without Via (the endpoint adds one with a fresh branch), CSeq + 1, same Call-ID and From
+    tag, earlier credentials replaced by the answer to the challenge. None if it cannot be answered.
+    Pass it to `SipEndpoint.send_request`."""
+    picked = pick_challenge(response, realm=realm)
+    if picked is None:
+        return None
+    name, challenge = picked
+    headers = request.headers.copy()
+    for stale in ("Via", "Authorization", "Proxy-Authorization"):
+        headers.remove(stale)
+    seq = request.cseq.seq + 1
+    headers.set("CSeq", f"{seq} {request.method}")
+    headers.add(name, build_authorization(challenge, method=request.method, uri=str(request.uri),
+                                          username=username, password=password))
+    return SipRequest(request.method, request.uri, headers, request.body)
 
 
 class AuthResult(StrEnum):

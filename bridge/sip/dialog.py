@@ -58,6 +58,7 @@ class Dialog:
         self.reliable = reliable
         self.state = state
         self.last_ack: bytes | None = None  # UAC: our ACK for the 2xx, re-sent on 2xx retransmission
+        self.last_ack_addr: Addr | None = None  # where that ACK went (None: `peer`)
 
     @classmethod
     def as_uas(cls, request: SipRequest, response: SipResponse, peer: Addr, reliable: bool) -> Dialog:
@@ -84,6 +85,19 @@ class Dialog:
                    local_seq=request.cseq.seq, remote_seq=None, invite_seq=request.cseq.seq,
                    peer=peer, reliable=reliable,
                    state=DialogState.CONFIRMED if response.status >= 200 else DialogState.EARLY)
+
+    @classmethod
+    def from_2xx(cls, response: SipResponse, peer: Addr, reliable: bool) -> Dialog:
+        """§12.1.2 from a 2xx alone, when its INVITE is no longer known (a 2xx that crossed our
+        CANCEL after the transaction was given up): From is ours, To/Contact/Record-Route theirs."""
+        contacts = response.contacts
+        target = contacts[0].uri if contacts else response.to.uri
+        seq = response.cseq.seq
+        return cls(DialogId(response.call_id, response.from_tag or "", response.to_tag or ""), uac=True,
+                   local_uri=response.from_, remote_uri=response.to, remote_target=target,
+                   route_set=list(reversed(response.headers.get_all("Record-Route"))),
+                   local_seq=seq, remote_seq=None, invite_seq=seq, peer=peer, reliable=reliable,
+                   state=DialogState.CONFIRMED)
 
     def update_from_response(self, response: SipResponse) -> None:
         """A later response in the dialog: 2xx confirms it; Contact refreshes the target (§12.2.1.2)."""

@@ -5,7 +5,7 @@ Feed it:   receive_datagram(data, addr, now) / receive_stream_message(data, addr
 Drain it:  datagrams_to_send(now), stream_messages_to_send(now), next_event()
 Command:   send_request(req, dest, now) -> key;  respond(key, status, now) / send_response(key, resp, now)
            reject(key, SipError, now);  send_cancel(key, now);  send_ack(dialog, now)
-           send_in_dialog(dialog, "BYE", now)
+           send_in_dialog(dialog, "BYE", now);  accept_stray_2xx(response, addr, now) -> dialog
 
 Incoming requests are validated statelessly first (RFC 3261 §8.2: 400 with a reason saying what
 is wrong, 505, 501/405 + Allow, 416, 420 + Unsupported, 415 + Accept, 513); the endpoint answers
@@ -444,7 +444,8 @@ class SipEndpoint:
             dialog = self._dialogs.get(did)
             if (dialog is not None and 200 <= resp.status < 300 and resp.cseq.method == "INVITE"
                     and self._acked_seq.get(did) == resp.cseq.seq and dialog.last_ack is not None):
-                self._queue(dialog.last_ack, dialog.peer, TCP if dialog.reliable else UDP)
+                self._queue(dialog.last_ack, dialog.last_ack_addr or dialog.peer,
+                            TCP if dialog.reliable else UDP)
                 return  # 2xx retransmission after the transaction ended: ACK again (§13.2.2.4)
             self._events.append(UnmatchedResponse(resp, addr))
             return
@@ -461,6 +462,8 @@ class SipEndpoint:
             if kind == "timeout":
                 self._pending_cancel.pop(tx.key, None)
                 self._end_dialog_for(tx.request)
+                if isinstance(tx, InviteClientTransaction):
+                    self._drop_early_dialogs(tx.request)
                 self._events.append(TransactionTimeout(tx.key))
                 continue
             assert resp is not None
@@ -476,7 +479,7 @@ class SipEndpoint:
                 if self._acked_seq.get(did) == resp.cseq.seq:
                     dialog = self._dialogs[did]
                     if dialog.last_ack is not None:
-                        self._queue(dialog.last_ack, dialog.peer, transport)
+                        self._queue(dialog.last_ack, dialog.last_ack_addr or dialog.peer, transport)
                     continue  # retransmitted 2xx: ACK re-sent, not reported again
                 if self.config.auto_ack:
                     self.send_ack(did, now)
@@ -490,10 +493,7 @@ class SipEndpoint:
             return None
         req = tx.request
         if resp.status >= 300:
-            prefix = (req.call_id, req.from_tag or "")
-            for did in [d for d, dlg in self._dialogs.items()
-                        if (d.call_id, d.local_tag) == prefix and dlg.state == DialogState.EARLY]:
-                del self._dialogs[did]
+            self._drop_early_dialogs(req)
             return None
         if resp.status == 100 or not resp.to_tag:
             return None
@@ -504,6 +504,13 @@ class SipEndpoint:
         else:
             dialog.update_from_response(resp)
         return did
+
+    def _drop_early_dialogs(self, invite: SipRequest) -> None:
+        """The INVITE failed or was given up: its early dialogs end with it (§12.3)."""
+        prefix = (invite.call_id, invite.from_tag or "")
+        for did in [d for d, dlg in self._dialogs.items()
+                    if (d.call_id, d.local_tag) == prefix and dlg.state == DialogState.EARLY]:
+            del self._dialogs[did]
 
     def _flush_server(self, tx: ServerTransaction) -> None:
         transport = TCP if tx.reliable else UDP
@@ -588,9 +595,7 @@ class SipEndpoint:
                         and dlg.state == DialogState.EARLY]:
                 del self._dialogs[did]
         elif req.method == "BYE" and response.status >= 200 and req.to_tag:
-            did = DialogId(req.call_id, req.to_tag, req.from_tag or "")
-            self._dialogs.pop(did, None)
-            self._ack_waits.pop(did, None)
+            self.terminate_dialog(DialogId(req.call_id, req.to_tag, req.from_tag or ""))
 
     def respond(self, key: TransactionKey, status: int, now: float, reason: str | None = None, *,
                 headers: Iterable[tuple[str, str]] = (), body: bytes = b"",
@@ -627,9 +632,14 @@ class SipEndpoint:
         self.send_response(key, resp, now)
         return resp
 
-    def send_cancel(self, invite_key: TransactionKey, now: float) -> TransactionKey | None:
+    def send_cancel(self, invite_key: TransactionKey, now: float, *,
+                    headers: Iterable[tuple[str, str]] = (),
+                    give_up_after: float | None = None) -> TransactionKey | None:
         """CANCEL our pending INVITE (§9.1). Sent now if a provisional response arrived, else when
-        one does. Returns the CANCEL's key, or None if the INVITE already has a final response."""
+        one does. `headers` are added (e.g. Reason, RFC 3326). Without a final response to the
+        INVITE within 64*T1 (or `give_up_after` s) its transaction is given up: TransactionTimeout
+        for the INVITE's key. Returns the CANCEL's key, or None if the INVITE already has a final
+        response."""
         tx = self._client.get(invite_key)
         if not isinstance(tx, InviteClientTransaction) or tx.state not in (TxState.CALLING, TxState.PROCEEDING):
             return None
@@ -642,6 +652,11 @@ class SipEndpoint:
         for name in ("From", "To", "Call-ID"):
             cancel.headers.add(name, inv.headers.get(name) or "")
         cancel.headers.add("CSeq", f"{inv.cseq.seq} CANCEL")
+        for name, value in headers:
+            cancel.headers.add(name, value)
+        if self.config.user_agent and "User-Agent" not in cancel.headers:
+            cancel.headers.add("User-Agent", self.config.user_agent)
+        tx.cancel_requested(now, give_up_after)
         key = client_key(invite_key.branch, "CANCEL")
         if tx.state == TxState.PROCEEDING:
             self._start_client(cancel, tx.addr, tx.reliable, now)
@@ -650,17 +665,43 @@ class SipEndpoint:
         return key
 
     def send_ack(self, dialog_id: DialogId, now: float, *, body: bytes = b"",
-                 content_type: str | None = None) -> None:
-        """ACK the 2xx of our INVITE in `dialog_id` (only needed with auto_ack=False)."""
+                 content_type: str | None = None, dest: Addr | None = None) -> None:
+        """ACK the 2xx of our INVITE in `dialog_id` (only needed with auto_ack=False), to `dest` or
+        the dialog's peer address. Retransmissions of that 2xx are then ACKed again, to the same
+        address, by the endpoint (§13.2.2.4)."""
         dialog = self._dialogs[dialog_id]
         ack = dialog.create_ack(body=body, content_type=content_type)
         transport = TCP if dialog.reliable else UDP
         via = Via(transport.upper(), self.host, self.port, (("branch", MAGIC_COOKIE + random_token(8)),
                                                              ("rport", None)))
         ack.headers.add("Via", str(via), first=True)
+        if self.config.user_agent and "User-Agent" not in ack.headers:
+            ack.headers.add("User-Agent", self.config.user_agent)
         dialog.last_ack = ack.serialise()
+        dialog.last_ack_addr = dest or dialog.peer
         self._acked_seq[dialog_id] = dialog.invite_seq
-        self._queue(dialog.last_ack, dialog.peer, transport)
+        self._queue(dialog.last_ack, dialog.last_ack_addr, transport)
+
+    def accept_stray_2xx(self, response: SipResponse, addr: Addr, now: float, *,
+                         dest: Addr | None = None, transport: str = UDP) -> DialogId | None:
+        """A 2xx to one of our INVITEs that matched no transaction (an UnmatchedResponse, e.g. it
+        crossed our CANCEL after the INVITE was given up): build its dialog from the response,
+        ACK it (§13.2.2.4) to `dest` or `addr`, and return the dialog so the TU can end it with
+        `send_in_dialog(dialog, "BYE", now)` (§15). None if `response` is no such 2xx."""
+        if not (200 <= response.status < 300 and response.cseq.method == "INVITE"
+                and response.to_tag and response.from_tag):
+            return None
+        did = DialogId(response.call_id, response.from_tag, response.to_tag)
+        dialog = self._dialogs.get(did)
+        if dialog is None:
+            dialog = self._dialogs[did] = Dialog.from_2xx(response, addr, transport == TCP)
+        if dialog.last_ack is None or self._acked_seq.get(did) != response.cseq.seq:
+            dialog.state = DialogState.CONFIRMED
+            dialog.invite_seq = response.cseq.seq
+            self.send_ack(did, now, dest=dest)
+        else:
+            self._queue(dialog.last_ack, dialog.last_ack_addr or dialog.peer, TCP if dialog.reliable else UDP)
+        return did
 
     def send_in_dialog(self, dialog_id: DialogId, method: str, now: float, *,
                        headers: tuple[tuple[str, str], ...] = (), body: bytes = b"",

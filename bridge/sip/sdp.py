@@ -225,7 +225,7 @@ class SdpMedia:
         """The media-level direction attribute (RFC 4566 §6), or None if absent."""
         for key, _ in reversed(self.attributes):
             if key in DIRECTIONS:
-                return key  # type: ignore[return-value]
+                return key
         return None
 
     @property
@@ -346,7 +346,7 @@ class SdpSession:
         """The session-level direction attribute, or None."""
         for key, _ in reversed(self.attributes):
             if key in DIRECTIONS:
-                return key  # type: ignore[return-value]
+                return key
         return None
 
     def audio(self) -> SdpMedia | None:

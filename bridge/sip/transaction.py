@@ -3,7 +3,8 @@
 Each transaction is driven by the endpoint: it calls `receive_*`/`send_response`/`handle_timer`
 with `now`, then drains `tx.outgoing` (bytes for the transaction's peer) and `tx.results`
 (("response", SipResponse) | ("timeout", None)). `tx.deadline` is the next timer, or None.
-Timers (RFC 3261 §17 and table 4): A/B/D (INVITE client), E/F/K (non-INVITE client),
+Timers (RFC 3261 §17 and table 4): A/B/D (INVITE client, plus M from RFC 6026 and the §9.1
+give-up after our CANCEL), E/F/K (non-INVITE client),
 G/H/I (INVITE server, plus L from RFC 6026), J (non-INVITE server). No retransmissions over
 reliable transports; D/I/J/K are zero there.
 """
@@ -145,8 +146,18 @@ class InviteClientTransaction(Transaction):
         elif name == "B" and self.state == TxState.CALLING:
             self.results.append(("timeout", None))
             self._terminate()
+        elif name == "cancel" and self.state in (TxState.CALLING, TxState.PROCEEDING):
+            self.results.append(("timeout", None))  # §9.1: no final response after our CANCEL
+            self._terminate()
         elif name in ("D", "M"):
             self._terminate()
+
+    def cancel_requested(self, now: float, give_up_after: float | None = None) -> None:
+        """Our TU CANCELs this INVITE: without a final response within 64*T1 (or `give_up_after`
+        seconds) the transaction is given up and the TU told ("timeout"), RFC 3261 §9.1."""
+        if self.state in (TxState.CALLING, TxState.PROCEEDING):
+            wait = 64 * self.timers.t1 if give_up_after is None else give_up_after
+            self._set("cancel", now + wait)
 
     def receive_response(self, response: SipResponse, now: float) -> None:
         code = response.status

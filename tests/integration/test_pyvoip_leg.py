@@ -279,6 +279,8 @@ class MiniUas(asyncio.DatagramProtocol):
         msg = parse_message(data)  # strict: a malformed message from the leg fails the test
         if isinstance(msg, SipResponse):
             self.responses.append(msg)
+            if msg.cseq.method == "INVITE" and 200 <= msg.status < 300:
+                self._ack_reinvite(msg, addr)
             return
         self.requests.append(msg)
         if msg.method == "INVITE":
@@ -304,6 +306,14 @@ class MiniUas(asyncio.DatagramProtocol):
                           call_id=inv.call_id, cseq=1, headers=[("Reason", f"Q.850;cause={cause}")])
         req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
         self.transport.sendto(req.serialise(), self.leg_addr)
+
+    def _ack_reinvite(self, ok: SipResponse, addr: tuple[str, int]) -> None:
+        """ACK the 2xx of our re-INVITE (RFC 3261 §13.2.2.4), each retransmission too."""
+        assert self.transport is not None and self.invite is not None
+        ack = new_request("ACK", ok.contacts[0].uri, from_=str(ok.from_), to=str(ok.to), call_id=ok.call_id,
+                          cseq=ok.cseq.seq)
+        ack.headers.add("Via", f"SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK{random_token(6)}", first=True)
+        self.transport.sendto(ack.serialise(), addr)
 
     def reinvite(self, direction: str, cseq: int) -> None:
         """A re-INVITE from our side of the dialog with a new offer (hold: "sendonly")."""
@@ -744,9 +754,29 @@ def _recv_until(uac: socket.socket, pred: Callable[[SipResponse], bool]) -> list
     return out
 
 
+def _ack_final(uac: socket.socket, trunk_port: int, inv: SipRequest, final: SipResponse) -> None:
+    """ACK for a 3xx-6xx (RFC 3261 §17.1.1.3): the INVITE's Via (branch), the response's To."""
+    ack = new_request("ACK", inv.uri, from_=str(inv.from_), to=str(final.to), call_id=inv.call_id, cseq=1)
+    ack.headers.add("Via", inv.headers.get("Via") or "", first=True)
+    uac.sendto(ack.serialise(), (HOST, trunk_port))
+
+
+async def _quiet(uac: socket.socket, seconds: float = 0.8) -> None:
+    """Drain what was in flight, then assert nothing more arrives for `seconds`."""
+    await asyncio.sleep(0.2)
+    uac.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            uac.recv(65535)
+    uac.settimeout(seconds)
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(uac.recv, 65535)
+    uac.settimeout(2.0)
+
+
 async def test_inbound_reject_and_no_handler() -> None:
-    """Without a handler an INVITE gets 480; reject(486, 17) answers 486 + Reason and retransmits
-    it (Timer G) until the ACK arrives (RFC 3261 §17.2.1)."""
+    """Without a handler an INVITE gets 480; reject(486, 17) answers 486 + Reason. Both final
+    responses are retransmitted (Timer G) until the ACK arrives (RFC 3261 §17.2.1)."""
     uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     uac.bind((HOST, 0))
     uac.settimeout(2.0)
@@ -759,9 +789,14 @@ async def test_inbound_reject_and_no_handler() -> None:
     try:
         async with running_trunk(free_udp_port(), t1=0.1) as trunk:
             port = trunk.local_port
-            _uac_invite(uac, port, 40000)
+            first = _uac_invite(uac, port, 40000)
             got = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
-            assert got[-1].status == 480
+            unavailable = got[-1]
+            assert unavailable.status == 480 and "cause=20" in (unavailable.headers.get("Reason") or "")
+            again = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
+            assert again[-1].status == 480 and again[-1].to_tag == unavailable.to_tag  # retransmitted
+            _ack_final(uac, port, first, unavailable)
+            await _quiet(uac)  # the ACK stopped the retransmissions
 
             trunk.set_inbound_handler(on_call)
             inv = _uac_invite(uac, port, 40000)
@@ -770,17 +805,8 @@ async def test_inbound_reject_and_no_handler() -> None:
             assert final.status == 486 and "cause=17" in (final.headers.get("Reason") or "")
             again = await asyncio.to_thread(_recv_until, uac, lambda r: r.status >= 200)
             assert again[-1].status == 486 and again[-1].to_tag == final.to_tag  # retransmitted
-            ack = new_request("ACK", inv.uri, from_=str(inv.from_), to=str(final.to), call_id=inv.call_id, cseq=1)
-            ack.headers.add("Via", inv.headers.get("Via") or "", first=True)
-            uac.sendto(ack.serialise(), (HOST, port))
-            await asyncio.sleep(0.2)
-            uac.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while True:  # drain what was in flight before the ACK
-                    uac.recv(65535)
-            uac.settimeout(0.8)
-            with pytest.raises(TimeoutError):
-                uac.recv(65535)  # the ACK stopped the retransmissions
+            _ack_final(uac, port, inv, final)
+            await _quiet(uac)  # the ACK stopped the retransmissions
             ended = await next_event(legs[0], LegEnded)
             assert (ended.reason, ended.sip_code, ended.q850_cause, ended.remote) == ("busy", 486, 17, False)
     finally:
@@ -998,11 +1024,13 @@ async def test_reinvite_hold_and_resume() -> None:
         threads = pyvoip_threads()
         call.uas.reinvite("sendonly", 2)
         await asyncio.sleep(0.3)
-        ok = [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE"]
+        ok = [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE" and r.status >= 200]
         assert ok and ok[0].status == 200 and "a=recvonly" in ok[0].body.decode()
         n = len(call.rtp.arrivals)
         await asyncio.sleep(0.5)
         assert len(call.rtp.arrivals) - n <= 1  # held: nothing sent
+        oks = [r for r in call.uas.responses if r.cseq.seq == 2 and r.status == 200]
+        assert len(oks) == 1  # our ACK stopped its retransmission (T1 = 0.5 s passed)
         call.uas.reinvite("sendrecv", 3)
         await asyncio.sleep(0.2)
         n = len(call.rtp.arrivals)
@@ -1043,3 +1071,212 @@ async def test_inbound_200_without_ack_times_out() -> None:
             assert (ended.reason, ended.q850_cause) == ("failed", 41)
     finally:
         uac.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# one SIP stack: the leg is a transaction user of bridge/sip's SipEndpoint
+
+class RawPeer(asyncio.DatagramProtocol):
+    """A bare UDP SIP peer for the tests below: every parsed message goes into a queue."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[tuple[SipRequest | SipResponse, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls) -> RawPeer:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(cls, local_addr=(HOST, 0))
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.inbox.put_nowait((parse_message(data), addr))  # strict: a malformed message fails
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def send(self, msg: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(msg.serialise(), addr)
+
+    async def next(self, pred: Callable[[SipRequest | SipResponse], bool],
+                   timeout: float = 3.0) -> tuple[SipRequest | SipResponse, tuple[str, int]]:
+        """The next message matching `pred` (others are skipped, e.g. retransmissions)."""
+        async def wait() -> tuple[SipRequest | SipResponse, tuple[str, int]]:
+            while True:
+                msg, addr = await self.inbox.get()
+                if pred(msg):
+                    return msg, addr
+        return await asyncio.wait_for(wait(), timeout)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def is_request(method: str) -> Callable[[SipRequest | SipResponse], bool]:
+    return lambda m: isinstance(m, SipRequest) and m.method == method
+
+
+async def _ringing_call(trunk: PyVoipTrunk, uas: RawPeer, tag: str) -> tuple[PyVoipLeg, SipRequest, tuple[str, int]]:
+    """Dial through `uas` and ring (180 with `tag`); returns the leg, the INVITE and where it came from."""
+    leg = trunk.new_leg(f"raw-{tag}")
+    await leg.dial("+8613800138000")
+    inv, src = await uas.next(is_request("INVITE"))
+    assert isinstance(inv, SipRequest)
+    uas.send(make_response(inv, 180, to_tag=tag), src)
+    assert (await next_event(leg, LegRinging)).sip_code == 180
+    return leg, inv, src
+
+
+def _ok(inv: SipRequest, tag: str, contact_port: int) -> SipResponse:
+    ans = answer_offer(inv.body, address=HOST, port=40002, supported=("PCMU",))
+    return make_response(inv, 200, to_tag=tag, headers=[("Contact", f"<sip:uas@{HOST}:{contact_port}>")],
+                         body=ans.sdp.serialize().encode(), content_type="application/sdp")
+
+
+async def test_200_crossing_cancel_is_acked_then_byed() -> None:
+    """RFC 3261 §9.1: a 200 OK that crosses our CANCEL is ACKed (the 200's To-tag, the INVITE's
+    CSeq) and then BYEd at its Contact; the leg ends as cancelled; a retransmitted 200 is ACKed
+    again with the same ACK."""
+    uas, contact = await RawPeer.open(), await RawPeer.open()
+    try:
+        async with running_trunk(uas.port, t1=0.1) as trunk:
+            leg, inv, src = await _ringing_call(trunk, uas, "cross1")
+            await leg.hangup()
+            cancel, _ = await uas.next(is_request("CANCEL"))
+            assert isinstance(cancel, SipRequest) and cancel.top_via.branch == inv.top_via.branch
+            ok = _ok(inv, "cross1", contact.port)
+            uas.send(ok, src)  # the callee answered before the CANCEL reached it
+            uas.send(make_response(cancel, 200, to_tag="cross1"), src)
+            ack, _ = await contact.next(is_request("ACK"))
+            bye, bye_src = await contact.next(is_request("BYE"))
+            assert isinstance(ack, SipRequest) and isinstance(bye, SipRequest)
+            assert ack.to_tag == "cross1" and ack.cseq.seq == inv.cseq.seq and ack.from_tag == inv.from_tag
+            assert str(ack.uri) == f"sip:uas@{HOST}:{contact.port}"
+            assert bye.to_tag == "cross1" and bye.cseq.seq == inv.cseq.seq + 1
+            ended = await next_event(leg, LegEnded)
+            assert (ended.reason, ended.remote) == ("cancelled", False) and "crossed" in ended.detail
+            uas.send(ok, src)  # the 200 again (our ACK "lost"): the endpoint ACKs it again
+            again, _ = await contact.next(is_request("ACK"))
+            assert again.serialise() == ack.serialise()
+            contact.send(make_response(bye, 200), bye_src)
+    finally:
+        uas.close()
+        contact.close()
+
+
+async def test_late_200_after_cancel_gave_up_is_acked_and_byed() -> None:
+    """No 487 after our CANCEL: the INVITE is given up after `cancel_timeout` (RFC 3261 §9.1,
+    by the endpoint's transaction, not a sleep). A 200 arriving later matches no transaction:
+    the trunk still ACKs it and BYEs it, so the far end keeps no half-open call."""
+    uas, contact = await RawPeer.open(), await RawPeer.open()
+    try:
+        async with running_trunk(uas.port, t1=0.1, cancel_timeout=0.4) as trunk:
+            leg, inv, src = await _ringing_call(trunk, uas, "late1")
+            await leg.hangup()
+            await uas.next(is_request("CANCEL"))  # never answered: no 200, no 487
+            ended = await next_event(leg, LegEnded, timeout=3)
+            assert (ended.reason, ended.sip_code, ended.remote) == ("cancelled", None, False)
+            assert "no 487" in ended.detail and trunk.active_calls() == 0
+            uas.send(_ok(inv, "late1", contact.port), src)
+            ack, _ = await contact.next(is_request("ACK"))
+            bye, bye_src = await contact.next(is_request("BYE"))
+            assert isinstance(ack, SipRequest) and isinstance(bye, SipRequest)
+            assert ack.to_tag == "late1" and ack.cseq.seq == inv.cseq.seq and ack.call_id == inv.call_id
+            assert bye.to_tag == "late1" and bye.from_tag == inv.from_tag and bye.cseq.seq == inv.cseq.seq + 1
+            contact.send(make_response(bye, 200), bye_src)
+    finally:
+        uas.close()
+        contact.close()
+
+
+async def test_requests_outside_our_dialogs_get_481_405_501() -> None:
+    """The endpoint's stateless checks and the trunk: BYE / re-INVITE for an unknown dialog 481,
+    CANCEL matching nothing 481, a known method we do not serve 405 + Allow, an unknown one 501,
+    OPTIONS 200 (RFC 3261 §8.2.1, §12.2.2, §9.2, §11.2)."""
+    peer = await RawPeer.open()
+    try:
+        async with running_trunk(peer.port) as trunk:
+            dest = (HOST, trunk.local_port)
+            cases = [("BYE", "stale", 481), ("INVITE", "stale", 481), ("CANCEL", "", 481),
+                     ("SUBSCRIBE", "", 405), ("INFO", "", 405), ("FOO", "", 501), ("OPTIONS", "", 200)]
+            for method, to_tag, want in cases:
+                req = new_request(method, f"sip:jego@{HOST}:{trunk.local_port}", from_=f"<sip:peer@{HOST}>",
+                                  to=f"<sip:jego@{HOST}>" + (f";tag={to_tag}" if to_tag else ""))
+                req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{peer.port};branch=z9hG4bK{random_token(6)};rport",
+                                first=True)
+                peer.send(req, dest)
+                resp, _ = await peer.next(lambda m, r=req: isinstance(m, SipResponse) and m.call_id == r.call_id
+                                          and m.status >= 200)
+                assert isinstance(resp, SipResponse) and resp.status == want, (method, resp.status)
+                if want in (405, 200):
+                    assert "INVITE" in (resp.headers.get("Allow") or ""), method
+    finally:
+        peer.close()
+
+
+async def test_idle_receive_thread_sleeps() -> None:
+    """pyVoIP's SIP receive loop polls every 10 ms (SIP.py:850-857: ~100 wake-ups a second, ~20 ms
+    CPU/s idle); ours blocks in epoll (a selector) on the socket and a self-pipe: not one wake-up while idle,
+    one per datagram (docs/benchmarks.md has the CPU figure, scripts/bench_trunk_idle.py)."""
+    peer = await RawPeer.open()
+    try:
+        async with running_trunk(peer.port) as trunk:
+            sip = trunk.phone.sip
+            await asyncio.sleep(0.1)
+            before = sip.wakeups
+            await asyncio.sleep(1.0)
+            assert sip.wakeups == before
+            opts = new_request("OPTIONS", f"sip:jego@{HOST}:{trunk.local_port}", from_=f"<sip:peer@{HOST}>",
+                               to=f"<sip:jego@{HOST}>")
+            opts.headers.add("Via", f"SIP/2.0/UDP {HOST}:{peer.port};branch=z9hG4bKidle1;rport", first=True)
+            peer.send(opts, (HOST, trunk.local_port))
+            resp, _ = await peer.next(lambda m: isinstance(m, SipResponse))
+            assert isinstance(resp, SipResponse) and resp.status == 200
+            assert sip.wakeups == before + 1
+    finally:
+        peer.close()
+
+
+async def test_register_refresh_is_a_loop_timer() -> None:
+    """The binding is refreshed before it expires (RFC 3261 §10.2.4): a new REGISTER with the same
+    Call-ID and From tag and CSeq + 1, armed as an event-loop timer (pyVoIP starts a threading.Timer
+    "SIP Register" per refresh); stop() un-REGISTERs (Expires: 0) through the same endpoint."""
+    registrar = await RawPeer.open()
+    seen: list[tuple[float, SipRequest]] = []
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            req, src = await registrar.next(is_request("REGISTER"), timeout=30)
+            assert isinstance(req, SipRequest)
+            seen.append((loop.time(), req))
+            expires = req.headers.get("Expires") or "2"
+            registrar.send(make_response(req, 200, to_tag="reg", headers=[
+                ("Contact", f"{req.headers.get('Contact')};expires={min(int(expires), 2)}")]), src)
+
+    server = asyncio.ensure_future(serve())
+    try:
+        async with running_trunk(registrar.port, register=True, register_expires=2) as trunk:
+            assert trunk.registered
+            for _ in range(60):
+                if len(seen) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(seen) >= 2 and trunk.registered
+            assert not [t for t in threading.enumerate() if t.name.startswith("SIP Register")]
+            (t0, first), (t1, second) = seen[0], seen[1]
+            assert second.call_id == first.call_id and second.from_tag == first.from_tag
+            assert second.cseq.seq == first.cseq.seq + 1 and second.top_via.branch != first.top_via.branch
+            assert t1 - t0 < 2.0  # before the 2 s binding expired
+        last = seen[-1][1]
+        assert last.headers.get("Expires") == "0" and last.cseq.seq > second.cseq.seq
+    finally:
+        server.cancel()
+        registrar.close()

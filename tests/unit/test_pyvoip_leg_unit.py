@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
-from bridge.gateway.pyvoip.common import _pick_challenge
+from bridge.gateway.pyvoip.leg import LEG_TRANSITIONS, LegInput, LegMachine, LegState
 from bridge.gateway.pyvoip.media import _FrameBuffer
 from bridge.gateway.pyvoip.phone import _Call
+from bridge.sip.auth import pick_challenge
 from bridge.sip.message import parse_message
+from jego_call.errors import InvalidTransition
 from jego_call.numbering import e164_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +77,7 @@ def test_challenge_choice_prefers_the_servers_first_supported_algorithm() -> Non
            b'Proxy-Authenticate: Digest realm="r", nonce="n3", algorithm=MD5\r\n'
            b"Content-Length: 0\r\n\r\n")
     resp = parse_message(raw)
-    picked = _pick_challenge(resp)  # type: ignore[arg-type]
+    picked = pick_challenge(resp)  # type: ignore[arg-type]
     assert picked is not None
     name, ch = picked
     assert name == "Proxy-Authorization" and ch.nonce == "n2" and ch.algorithm == "SHA-256"
@@ -93,3 +95,28 @@ def test_trunk_not_started() -> None:
     assert not trunk.registered
     with pytest.raises(RuntimeError):
         trunk.new_leg("x")
+
+
+def test_leg_state_table_paths_and_illegal_moves() -> None:
+    S, E = LegState, LegInput
+    walks = [
+        [E.DIAL, E.PROVISIONAL, E.ANSWER, E.END],             # answered, then BYE
+        [E.DIAL, E.CHALLENGE, E.PROVISIONAL, E.CANCEL, E.END],  # 407, ringing, CANCEL, 487
+        [E.DIAL, E.PROVISIONAL, E.CHALLENGE, E.ANSWER, E.END],  # 401 after a 100
+        [E.OFFER, E.ANSWER, E.END],                           # inbound answered
+        [E.OFFER, E.END],                                     # inbound rejected or CANCELled
+        [E.DIAL, E.END],                                      # Timer B, 4xx-6xx
+    ]
+    for walk in walks:
+        sm = LegMachine()
+        for ev in walk:
+            sm.apply(ev)
+        assert sm.ended and sm.end_event is E.END
+    assert all((s, E.END) in LEG_TRANSITIONS for s in S if s is not S.ENDED)
+    for state, ev in [(S.ANSWERED, E.DIAL), (S.CANCELLING, E.ANSWER), (S.OFFERED, E.CANCEL),
+                      (S.ENDED, E.END), (S.CANCELLING, E.CHALLENGE), (S.IDLE, E.ANSWER)]:
+        sm = LegMachine()
+        sm.state = state
+        with pytest.raises(InvalidTransition):
+            sm.apply(ev)
+        assert sm.state is state

@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
 
 import pyVoIP.VoIP  # noqa: F401  # must come before pyVoIP.SIP (circular import, media-stack.md §1.1)
 
-from bridge.sip.auth import ALGORITHMS, parse_challenge
 from bridge.sip.errors import SipError
-from bridge.sip.message import (
-    SipMessage,
-    SipResponse,
-)
+from bridge.sip.message import SipMessage
+from bridge.sip.transaction import Addr
+from bridge.sip.uri import SipUri, Uri, parse_name_addr
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+ALLOW_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")  # others: 405 / 501 by the endpoint
+ALLOW = ", ".join(ALLOW_METHODS)
 FRAME_S = 0.020
-T2 = 4.0  # RFC 3261 §17.1.2.2: cap of the non-INVITE retransmit interval
 
 
 class TrunkError(RuntimeError):
@@ -30,7 +28,10 @@ class TrunkConfig:
     """How the bridge reaches the carrier trunk. Defaults match config/carrier.toml's account.
 
     `register=False` is trunk mode (IP-authenticated, no REGISTER). `local_port=0` picks a free
-    port. `t1` is RFC 3261's T1: Timer B (no answer to the INVITE) is 64·T1.
+    port. `t1` is RFC 3261's T1 for every transaction timer of the endpoint (Timer B, no answer to
+    the INVITE, is 64·T1). `register_timeout`/`deregister_timeout` bound how long start()/stop()
+    wait for a (un-)REGISTER; `cancel_timeout` is how long after our CANCEL the INVITE is given up
+    without a final response (RFC 3261 §9.1 says 64·T1).
     """
 
     server_host: str = "127.0.0.1"
@@ -51,7 +52,7 @@ class TrunkConfig:
     t1: float = 0.5
     register_timeout: float = 8.0
     deregister_timeout: float = 2.0
-    cancel_timeout: float = 8.0       # how long hangup() waits for the 487 after CANCEL
+    cancel_timeout: float = 8.0       # INVITE given up this long after our CANCEL without a 487
     jitter_prefetch: int = 3
     jitter_capacity: int = 16
     tx_queue_frames: int = 5          # send_audio backlog bound (oldest dropped)
@@ -94,18 +95,13 @@ def _has_sdp(msg: SipMessage) -> bool:
     return bool(msg.body) and ctype.split(";")[0].strip().lower() == "application/sdp"
 
 
-def _pick_challenge(resp: SipResponse) -> tuple[str, Any] | None:
-    """(credentials header name, challenge) for a 401/407: the first Digest challenge whose
-    algorithm we support (RFC 8760 §2.4: the server lists its preference first)."""
-    name, creds = ("Proxy-Authenticate", "Proxy-Authorization") if resp.status == 407 else (
-        "WWW-Authenticate", "Authorization")
-    for value in resp.headers.get_all(name):
-        try:
-            ch = parse_challenge(value)
-        except SipError:
-            continue
-        if ch.algorithm.upper() in ALGORITHMS:
-            return creds, ch
+def _target_addr(target: Uri, route_set: list[str]) -> Addr | None:
+    """The address of the first Route, else of the target (RFC 3261 §8.1.2, §12.2.1.1), when it
+    is an IP literal; None otherwise (no DNS: the caller falls back to the packet's peer)."""
+    uri: Uri = target
+    if route_set:
+        with contextlib.suppress(SipError):
+            uri = parse_name_addr(route_set[0], "Route").uri
+    if isinstance(uri, SipUri) and _is_ip(uri.host):
+        return (uri.host, uri.port or uri.default_port)
     return None
-
-

@@ -1,14 +1,14 @@
-"""PyVoipLeg: one SIP call on the trunk (the SipLeg protocol)."""
+"""PyVoipLeg: one SIP call on the trunk (the SipLeg protocol), a transaction user of the trunk's
+SipEndpoint: every retransmission, timer, ACK of a non-2xx and CANCEL/487 matching is the
+endpoint's (bridge/sip); the leg decides what the call does with each event."""
 
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import socket
-from collections.abc import Coroutine
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import pyVoIP.VoIP  # noqa: F401  # must come before pyVoIP.SIP (circular import, media-stack.md §1.1)
@@ -23,17 +23,19 @@ from bridge.gateway.legs import (
     LegRinging,
 )
 from bridge.rtp.dtmf import DTMF_DIGITS
-from bridge.sip.auth import build_authorization
+from bridge.sip.auth import authorize_retry
 from bridge.sip.causes import cause_for_sip, q850_of, reason_header, sip_for_cause
-from bridge.sip.errors import SipError
-from bridge.sip.message import (
-    KNOWN_METHODS,
-    SipRequest,
-    SipResponse,
-    make_response,
-    new_request,
-    random_token,
+from bridge.sip.dialog import DialogId
+from bridge.sip.endpoint import (
+    AckReceived,
+    AckTimeout,
+    CancelReceived,
+    RequestReceived,
+    ResponseReceived,
+    TransactionTimeout,
 )
+from bridge.sip.errors import MethodNotAllowed
+from bridge.sip.message import SipRequest, SipResponse, new_request, random_token
 from bridge.sip.sdp import (
     NegotiatedAudio,
     SdpError,
@@ -42,10 +44,12 @@ from bridge.sip.sdp import (
     build_offer,
     negotiated_from_answer,
 )
-from bridge.sip.uri import NameAddr, SipUri, Uri, parse_name_addr
+from bridge.sip.transaction import TransactionKey
+from bridge.sip.uri import NameAddr, SipUri
+from jego_call.call.machine import TableMachine
 from jego_call.call.reasons import EndReason, from_sip
 
-from .common import ALLOW, T2, _has_sdp, _is_ip, _pick_challenge
+from .common import ALLOW, ALLOW_METHODS, _has_sdp
 from .media import _MediaClient
 from .phone import _Call
 
@@ -53,6 +57,54 @@ if TYPE_CHECKING:
     from .trunk import PyVoipTrunk
 
 log = logging.getLogger(__name__)
+
+# -------------------------------------------------------------------------------------------------
+# the leg's state: an Enum, an Enum of events and one transition table (an illegal move raises)
+
+class LegState(StrEnum):
+    IDLE = "idle"                # created, nothing sent
+    CALLING = "calling"          # out: INVITE sent, no provisional yet (Timer A/B running)
+    PROCEEDING = "proceeding"    # out: a provisional arrived (ringing, maybe early media)
+    CANCELLING = "cancelling"    # out: we CANCELled; waiting for the 487 (or a crossing 2xx)
+    OFFERED = "offered"          # in: INVITE received, 100/180 sent, the app decides
+    ANSWERED = "answered"        # a 2xx: ACKed by us (out) or sent by us (in)
+    ENDED = "ended"              # LegEnded emitted
+
+
+class LegInput(StrEnum):
+    DIAL = "dial"                # we sent the INVITE
+    OFFER = "offer"              # an INVITE for us arrived
+    PROVISIONAL = "provisional"  # 1xx to our INVITE
+    CHALLENGE = "challenge"      # 401/407: a new INVITE with credentials went out
+    CANCEL = "cancel"            # hangup() while ringing
+    ANSWER = "answer"            # 2xx received (out) / sent (in)
+    END = "end"                  # final non-2xx, BYE either way, CANCEL/487, timeouts, stop
+
+
+_S, _E = LegState, LegInput
+LEG_TRANSITIONS: dict[tuple[LegState, LegInput], LegState] = {
+    (_S.IDLE, _E.DIAL): _S.CALLING,
+    (_S.IDLE, _E.OFFER): _S.OFFERED,
+    (_S.CALLING, _E.PROVISIONAL): _S.PROCEEDING,
+    (_S.CALLING, _E.CHALLENGE): _S.CALLING,
+    (_S.PROCEEDING, _E.CHALLENGE): _S.CALLING,
+    (_S.CALLING, _E.CANCEL): _S.CANCELLING,
+    (_S.PROCEEDING, _E.CANCEL): _S.CANCELLING,
+    (_S.CALLING, _E.ANSWER): _S.ANSWERED,
+    (_S.PROCEEDING, _E.ANSWER): _S.ANSWERED,
+    (_S.OFFERED, _E.ANSWER): _S.ANSWERED,
+    **{(s, _E.END): _S.ENDED for s in LegState if s is not _S.ENDED},
+}
+
+
+class LegMachine(TableMachine[LegState, LegInput]):
+    """One SIP leg's state; `apply(event)` is the only way to change it."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("sip leg", LEG_TRANSITIONS, LegState.IDLE, LegState.ENDED)
+
 
 # -------------------------------------------------------------------------------------------------
 # the leg
@@ -65,10 +117,11 @@ class PyVoipLeg:
         self.call_id = call_id
         self.events: asyncio.Queue[LegEvent] = asyncio.Queue()
         self.inbound = inbound
-        self.state = "idle"  # idle calling proceeding cancelling answered ended | offered (inbound)
+        self.sm = LegMachine()
         self.sip_call_id = call_id if inbound else f"{random_token(12)}@{trunk.config.local_host}"
         self.local_tag = random_token(6)
         self.remote_tag: str | None = None
+        self.dialog: DialogId | None = None  # the endpoint's dialog of this call (early or confirmed)
         self.media: _MediaClient | None = None
         self._stopped_media: _MediaClient | None = None  # kept after the end so stats() still answers
         self.audio: NegotiatedAudio | None = None
@@ -81,47 +134,38 @@ class PyVoipLeg:
         self._call: _Call | None = None
         self._offer: SdpSession | None = None
         self._answer_sdp: SdpSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._last_ringing: tuple[int, bool] | None = None
-        # outbound INVITE client transaction (RFC 3261 §17.1.1)
+        # outbound: the INVITE client transaction(s) (RFC 3261 §17.1.1), one more per digest retry
         self._invite: SipRequest | None = None
-        self._invite_wire = b""
-        self._invite_sent: SipRequest | None = None
-        self._branch = ""
-        self._cseq = 1
+        self._invite_key: TransactionKey | None = None
+        self._invite_keys: list[TransactionKey] = []
         self._auth_tries = 0
-        self._got_provisional = False
-        self._cancel_pending = False
-        self._cancel_sent = False
-        self._ack_wire: bytes | None = None
-        self._final_branches: set[str] = set()
-        # dialog (RFC 3261 §12)
-        self._remote_target: Uri | None = None
-        self._route_set: list[str] = []
-        self._local_cseq = random.randint(1, 10_000)
-        # inbound INVITE server transaction (RFC 3261 §17.2.1)
+        # inbound: the INVITE server transaction (RFC 3261 §17.2.1)
         self._inv_req: SipRequest | None = None
-        self._inv_src: tuple[str, int] | None = None
-        self._last_response: bytes | None = None
-        self._acked = asyncio.Event()
+        self._server_key: TransactionKey | None = None
+        self.acked = False
         self._bye_done = asyncio.Event()
-        self._cancel_done = asyncio.Event()
 
     # -- SipLeg API ---------------------------------------------------------------------------
+    @property
+    def state(self) -> LegState:
+        """idle calling proceeding cancelling answered ended | offered (inbound): see LegState."""
+        return self.sm.state
+
     @property
     def codec(self) -> str | None:
         """The negotiated G.711 codec once known ("PCMU"/"PCMA")."""
         return self.audio.codec if self.audio else None
 
     async def dial(self, number: str, caller_id: str | None = None) -> None:
-        """Send the INVITE to `number` (Timer A/B, digest and the 18x/2xx/4xx dialogue run on the
-        event loop); returns once sent. Then read `events`."""
+        """Send the INVITE to `number` (the endpoint retransmits it, Timer A/B; digest and the
+        18x/2xx/4xx dialogue follow as events on the loop); returns once sent. Then read `events`."""
         if self.state != "idle" or self.inbound:
             raise RuntimeError(f"dial() on a leg in state {self.state}")
         trunk = self._trunk
         cfg = self._cfg
         if trunk.active_calls() >= cfg.max_calls:
-            self.state = "ended"
+            self.sm.apply(_E.END)
             self._emit(LegEnded(EndReason.CONGESTION, 503, 34, remote=False, detail="max_calls reached"))
             return
         phone = trunk.phone
@@ -137,31 +181,31 @@ class PyVoipLeg:
         from_user = caller_id or cfg.caller_id or cfg.username
         from_ = NameAddr(SipUri("sip", from_user, cfg.server_host)).with_tag(self.local_tag)
         to = NameAddr(SipUri("sip", number, cfg.server_host, params=params))
-        self._invite = new_request(
-            "INVITE", ruri, from_=from_, to=to, call_id=self.sip_call_id, cseq=self._cseq,
-            contact=trunk.contact(), headers=[("Allow", ALLOW), ("User-Agent", cfg.user_agent)],
+        invite = new_request(
+            "INVITE", ruri, from_=from_, to=to, call_id=self.sip_call_id, cseq=1,
+            contact=trunk.contact(), headers=[("Allow", ALLOW)],
             body=self._offer.serialize().encode(), content_type="application/sdp")
-        self.state = "calling"
-        self._send_invite()
+        self.sm.apply(_E.DIAL)
+        self._send_invite(invite)
 
     async def answer(self) -> None:
-        """Answer an inbound call: 200 OK with our SDP answer, media starts; LegAnswered follows.
-        A call the caller has CANCELled is never answered (it is already over)."""
-        if not self.inbound or self.state != "offered" or self._inv_req is None or self.audio is None:
+        """Answer an inbound call: 200 OK with our SDP answer (the endpoint retransmits it until
+        the ACK), media starts; LegAnswered follows. A call the caller CANCELled is never answered."""
+        if not self.inbound or self.state != "offered" or self._server_key is None or self.audio is None:
             log.info("answer() ignored on %s in state %s", self.call_id, self.state)
             return
         assert self._answer_sdp is not None
-        self.state = "answered"
+        self.sm.apply(_E.ANSWER)
         self.final_status = 200
         self._start_media(self.audio)
         self._respond_invite(200, body=self._answer_sdp.serialize().encode(), content_type="application/sdp")
         if self._call is not None:
             self._call.state = pv_voip.CallState.ANSWERED
         self._emit(LegAnswered(self.audio.codec))
-        self._spawn(self._retransmit_final())
 
     async def reject(self, sip_code: int, q850_cause: int | None = None) -> None:
-        """Refuse an inbound call with a final response (+ Reason); LegEnded follows."""
+        """Refuse an inbound call with a final response (+ Reason), retransmitted by the endpoint
+        until the ACK (Timer G/H); LegEnded follows."""
         if not self.inbound or self.state != "offered":
             return
         if not 300 <= sip_code <= 699:
@@ -169,7 +213,6 @@ class PyVoipLeg:
         self.final_status = sip_code
         headers = [("Reason", reason_header(q850_cause))] if q850_cause else []
         self._respond_invite(sip_code, headers=headers)
-        self._spawn(self._retransmit_final())
         self._end(LegEnded(from_sip(sip_code, q850_cause), sip_code, q850_cause, remote=False))
 
     async def hangup(self, q850_cause: int = 16) -> None:
@@ -186,11 +229,8 @@ class PyVoipLeg:
             self._send_bye(q850_cause)
             self._end(LegEnded(EndReason.HANGUP, None, q850_cause, remote=False))
         elif self.state in ("calling", "proceeding"):
-            self.state = "cancelling"
-            self._cancel_pending = True
-            if self._got_provisional:
-                self._send_cancel(q850_cause)  # RFC 3261 §9.1: only after a provisional response
-            self._spawn(self._cancel_watchdog())
+            self.sm.apply(_E.CANCEL)
+            self._send_cancel(q850_cause)
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue one 20 ms PCM16 frame (320 bytes); never blocks; the oldest is dropped when full."""
@@ -234,22 +274,18 @@ class PyVoipLeg:
         self._trunk._call_soon(self._emit, LegDtmf(digit))
 
     def _end(self, ev: LegEnded) -> None:
-        """Emit the one LegEnded, stop media, free the port; the leg lingers 64·T1 for stray
-        retransmissions (ACK of our final response, 2xx retransmits) before it is forgotten."""
-        if self.state == "ended" and self._ended:
+        """Emit the one LegEnded, stop media, free the port, forget the leg. Late retransmissions
+        for the call are answered by the endpoint's transactions and dialogs, not by the leg."""
+        if self.sm.ended and self._ended:
             return
-        self.state = "ended"
+        if not self.sm.ended:
+            self.sm.apply(_E.END)
         self._emit(ev)
         if self._call is not None:
             self._call.state = pv_voip.CallState.ENDED
         self._trunk._release_leg(self)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = self._trunk._spawn(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- internals: media -----------------------------------------------------------------------
+    # -- internals: media (the only places media starts; it stops in PyVoipTrunk._release_leg) ---
     def _start_media(self, audio: NegotiatedAudio) -> None:
         self.audio = audio
         if self.media is None:
@@ -262,75 +298,41 @@ class PyVoipLeg:
         else:
             self.media.update(audio)
 
-    # -- internals: outbound ----------------------------------------------------------------------
-    @property
-    def _sent(self) -> SipRequest:
-        """The INVITE as last sent (with its Via)."""
-        if self._invite_sent is None:
-            raise RuntimeError("no INVITE sent")
-        return self._invite_sent
+    # -- internals: outbound (UAC) ----------------------------------------------------------------
+    def _send_invite(self, invite: SipRequest) -> None:
+        """A new INVITE client transaction on the endpoint (it adds Via, retransmits: Timer A/B)."""
+        self._invite = invite
+        self._invite_key = self._trunk.request(invite, self._trunk.server_addr, self._on_invite_result)
+        self._invite_keys.append(self._invite_key)
 
-    def _send_invite(self) -> None:
-        assert self._invite is not None
-        self._branch = "z9hG4bK" + random_token(10)
-        req = SipRequest(self._invite.method, self._invite.uri, self._invite.headers.copy(), self._invite.body)
-        req.headers.set("CSeq", f"{self._cseq} INVITE")
-        req.headers.add("Via", self._trunk.via(self._branch), first=True)
-        self._invite_wire = req.serialise()
-        self._invite_sent = req
-        self._got_provisional = False
-        self._trunk.send(self._invite_wire, self._trunk.server_addr)
-        self._spawn(self._invite_timers(self._branch))
-
-    async def _invite_timers(self, branch: str) -> None:
-        """Timer A retransmits the INVITE (T1, 2·T1, ...); Timer B = 64·T1 without any response
-        ends the call as 408 (RFC 3261 §17.1.1.2)."""
-        t1 = self._cfg.t1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 64 * t1
-        interval = t1
-        while True:
-            await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
-            if branch != self._branch or self._got_provisional or self.final_status is not None or self._ended:
+    def _on_invite_result(self, ev: ResponseReceived | TransactionTimeout) -> None:
+        if isinstance(ev, TransactionTimeout):
+            if ev.key != self._invite_key or self._ended:
                 return
-            if loop.time() >= deadline:
+            if self.state == "cancelling":  # §9.1: no final response after our CANCEL
+                self._end(LegEnded(EndReason.CANCELLED, None, 16, remote=False, detail="no 487 after CANCEL"))
+            else:
                 self._end(LegEnded(EndReason.TIMEOUT, 408, cause_for_sip(408), remote=True,
                                    detail="no response to INVITE (Timer B)"))
-                return
-            self._trunk.send(self._invite_wire, self._trunk.server_addr)
-            interval *= 2
+            return
+        resp = ev.response
+        if 200 <= resp.status < 300:
+            self._on_2xx(resp, ev.dialog)
+        elif ev.key != self._invite_key:
+            return  # the challenged INVITE's transaction: its ACK is the endpoint's business
+        elif resp.status >= 300:
+            self._on_final_error(resp)
+        else:
+            self._on_provisional(resp, ev.dialog)
 
-    def _on_response(self, resp: SipResponse) -> None:
-        method = resp.cseq.method
-        if method == "CANCEL":
-            if resp.status >= 200:
-                self._cancel_done.set()
-            return
-        if method == "BYE":
-            if resp.status >= 200:
-                self._bye_done.set()
-            return
-        if method != "INVITE" or self.inbound:
-            return
-        branch = resp.top_via.branch or ""
-        if resp.status >= 300:
-            self._on_final_error(resp, branch)
-        elif resp.status >= 200:
-            self._on_2xx(resp)
-        elif branch == self._branch:
-            self._on_provisional(resp)
-
-    def _on_provisional(self, resp: SipResponse) -> None:
-        self._got_provisional = True
+    def _on_provisional(self, resp: SipResponse, dialog: DialogId | None) -> None:
         if self.state == "calling":
-            self.state = "proceeding"
-        if self._cancel_pending and not self._cancel_sent:
-            self._send_cancel(16)
-            return
-        if resp.status == 100 or self._ended:
-            return
+            self.sm.apply(_E.PROVISIONAL)
+        if resp.status == 100 or self._ended or self.state == "cancelling":
+            return  # a CANCEL waiting for this provisional went out with it (the endpoint's)
         if resp.to_tag:
             self.remote_tag = resp.to_tag
+            self.dialog = dialog
         early = False
         if resp.status == 183 and _has_sdp(resp) and self._offer is not None:
             try:
@@ -349,22 +351,25 @@ class PyVoipLeg:
             self._last_ringing = key
             self._emit(LegRinging(resp.status, early))
 
-    def _on_2xx(self, resp: SipResponse) -> None:
-        if self._ack_wire is not None:
-            # A retransmitted 2xx: the TU re-sends the same ACK (RFC 3261 §13.2.2.4).
-            self._trunk.send(self._ack_wire, self._dialog_dest())
+    def _on_2xx(self, resp: SipResponse, dialog: DialogId | None) -> None:
+        """A 2xx: the TU ACKs it itself (RFC 3261 §13.2.2.4: the 2xx's To-tag, a new branch, the
+        INVITE's CSeq, to the remote target); the endpoint re-ACKs its retransmissions."""
+        if dialog is None:
+            log.warning("2xx without To-tag on %s: cannot ACK it", self.call_id)
             return
+        trunk = self._trunk
+        if self.state == "answered" or self._ended or self.state == "cancelling":
+            # A second 2xx (another fork) or a 2xx that crossed our CANCEL (§9.1): ACK, then BYE.
+            trunk.end_dialog(dialog, 16, ack=True)
+            if self.state == "cancelling" and not self._ended:
+                self.final_status = resp.status
+                self._end(LegEnded(EndReason.CANCELLED, None, 16, remote=False, detail="200 OK crossed the CANCEL"))
+            return
+        trunk.endpoint.send_ack(dialog, trunk.now(), dest=trunk.dialog_dest(dialog))
+        trunk.flush()
         self.final_status = resp.status
         self.remote_tag = resp.to_tag
-        contacts = resp.contacts
-        self._remote_target = contacts[0].uri if contacts else self._sent.uri
-        self._route_set = list(reversed([str(r) for r in resp.record_routes]))  # §12.1.2
-        self._ack_2xx(resp)
-        if self.state == "cancelling" or self._ended:
-            # The 200 crossed our CANCEL (RFC 3261 §9.1): ACK it, then BYE.
-            self._send_bye(16)
-            self._end(LegEnded(EndReason.CANCELLED, None, 16, remote=False, detail="200 OK crossed the CANCEL"))
-            return
+        self.dialog = dialog
         audio = self.audio
         if _has_sdp(resp) and self._offer is not None:
             try:
@@ -376,59 +381,25 @@ class PyVoipLeg:
             self._send_bye(65)
             self._end(LegEnded(EndReason.FAILED, None, 65, remote=False, detail="no usable SDP answer"))
             return
-        self.state = "answered"
+        self.sm.apply(_E.ANSWER)
         self._start_media(audio)
         if self._call is not None:
             self._call.state = pv_voip.CallState.ANSWERED
         self._emit(LegAnswered(audio.codec))
 
-    def _ack_2xx(self, resp: SipResponse) -> None:
-        """ACK for a 2xx: a new transaction inside the dialog: the To-tag of the 2xx (pyVoIP sends
-        a fresh random one, SIP.py:1565), a new branch, the INVITE's CSeq number (§13.2.2.4)."""
-        assert self._invite_sent is not None and self._remote_target is not None
-        h = self._sent.headers
-        ack = new_request("ACK", self._remote_target, from_=h.get("From") or "", to=h.get("To") or "",
-                          call_id=self.sip_call_id, cseq=self._cseq, headers=self._route_headers())
-        ack.headers.set("To", str(resp.to))
-        ack.headers.add("Via", self._trunk.via("z9hG4bK" + random_token(10)), first=True)
-        self._ack_wire = ack.serialise()
-        self._trunk.send(self._ack_wire, self._dialog_dest())
-
-    def _ack_error(self, resp: SipResponse) -> None:
-        """ACK for a 3xx-6xx: part of the INVITE transaction: same Request-URI, the INVITE's Via
-        (same branch), the response's To (with its tag), CSeq number + ACK (RFC 3261 §17.1.1.3)."""
-        inv = self._sent
-        h = inv.headers
-        ack = new_request("ACK", inv.uri, from_=h.get("From") or "", to=str(resp.to), call_id=self.sip_call_id,
-                          cseq=resp.cseq.seq)
-        ack.headers.add("Via", h.get("Via") or "", first=True)
-        self._trunk.send(ack.serialise(), self._trunk.server_addr)
-
-    def _on_final_error(self, resp: SipResponse, branch: str) -> None:
-        if self._invite_sent is None:
-            return
-        if branch in self._final_branches or branch != self._branch:
-            if branch in self._final_branches:
-                self._ack_error(resp)  # retransmitted final: ACK again (Completed state, Timer D)
-            return
-        self._final_branches.add(branch)
-        self._ack_error(resp)
+    def _on_final_error(self, resp: SipResponse) -> None:
+        """3xx-6xx (already ACKed by the transaction, §17.1.1.3): a digest challenge gets a new
+        INVITE with CSeq+1 and (Proxy-)Authorization (§22.2); anything else ends the leg."""
         if self._ended:
             return
-        if resp.status in (401, 407) and self.state != "cancelling" and self._auth_tries < 2:
-            picked = _pick_challenge(resp)
-            if picked is not None and (self._cfg.realm is None or picked[1].realm == self._cfg.realm):
-                name, ch = picked
+        if resp.status in (401, 407) and self.sm.can(_E.CHALLENGE) and self._auth_tries < 2 \
+                and self._invite is not None:
+            retry = authorize_retry(self._invite, resp, username=self._cfg.username,
+                                    password=self._cfg.password, realm=self._cfg.realm)
+            if retry is not None:
                 self._auth_tries += 1
-                assert self._invite is not None
-                value = build_authorization(ch, method="INVITE", uri=str(self._invite.uri),
-                                            username=self._cfg.username, password=self._cfg.password)
-                self._invite.headers.remove("Authorization")
-                self._invite.headers.remove("Proxy-Authorization")
-                self._invite.headers.add(name, value)
-                self._cseq += 1  # RFC 3261 §22.2: a new request with an incremented CSeq
-                self.state = "calling"
-                self._send_invite()
+                self.sm.apply(_E.CHALLENGE)
+                self._send_invite(retry)
                 return
         self.final_status = resp.status
         cause = q850_of(resp)
@@ -440,177 +411,117 @@ class PyVoipLeg:
                            detail=f"{resp.status} {resp.reason}" + ("" if cause is not None else " (cause derived)")))
 
     def _send_cancel(self, q850_cause: int) -> None:
-        """CANCEL: the INVITE's Request-URI, Call-ID, From, To, CSeq number and top Via (RFC 3261 §9.1)."""
-        inv = self._sent
-        h = inv.headers
-        cancel = new_request("CANCEL", inv.uri, from_=h.get("From") or "", to=h.get("To") or "",
-                             call_id=self.sip_call_id, cseq=self._cseq,
-                             headers=[("Reason", reason_header(q850_cause))] if q850_cause != 16 else [])
-        cancel.headers.add("Via", h.get("Via") or "", first=True)
-        self._cancel_sent = True
-        wire = cancel.serialise()
-        self._trunk.send(wire, self._trunk.server_addr)
-        self._spawn(self._retransmit_request(wire, self._trunk.server_addr, self._cancel_done))
-
-    async def _cancel_watchdog(self) -> None:
-        """After CANCEL the 487 should follow; don't make the app wait for ever if it doesn't."""
-        await asyncio.sleep(self._cfg.cancel_timeout)
-        if not self._ended:
-            self._end(LegEnded(EndReason.CANCELLED, None, 16, remote=False, detail="no 487 after CANCEL"))
+        """CANCEL (§9.1) through the endpoint: sent once a provisional arrived; the INVITE is given
+        up `cancel_timeout` later if no final response comes (TransactionTimeout)."""
+        trunk = self._trunk
+        key = None
+        if self._invite_key is not None:
+            headers = [("Reason", reason_header(q850_cause))] if q850_cause != 16 else []
+            key = trunk.endpoint.send_cancel(self._invite_key, trunk.now(), headers=headers,
+                                             give_up_after=self._cfg.cancel_timeout)
+            trunk.flush()
+        if key is None and not self._ended:  # the INVITE is already over
+            self._end(LegEnded(EndReason.CANCELLED, None, q850_cause, remote=False, detail="INVITE already over"))
 
     # -- internals: dialog requests ---------------------------------------------------------------
-    def _route_headers(self) -> list[tuple[str, str]]:
-        return [("Route", r) for r in self._route_set]
-
-    def _dialog_dest(self) -> tuple[str, int]:
-        """Where in-dialog requests go (RFC 3261 §12.2.1.1, §8.1.2): the first Route if there is a
-        route set, else the remote target; a non-IP host falls back to the trunk's server."""
-        target: Uri | None = self._remote_target
-        if self._route_set:
-            with contextlib.suppress(SipError):
-                target = parse_name_addr(self._route_set[0], "Route").uri
-        if isinstance(target, SipUri) and _is_ip(target.host):
-            return (target.host, target.port or target.default_port)
-        return self._trunk.server_addr
-
     def _send_bye(self, q850_cause: int) -> None:
-        """BYE to the remote target (not pyVoIP's `server` + copied Via, SIP.py:1517/1653)."""
-        if self._remote_target is None:
+        """BYE in the dialog to its remote target (not pyVoIP's `server` + copied Via, SIP.py:1517/1653);
+        the endpoint retransmits it (Timer E/F)."""
+        if self.dialog is None:
             return
-        if self.inbound:
-            self._local_cseq += 1
-            assert self._inv_req is not None
-            from_ = str(self._inv_req.to.with_tag(self.local_tag))
-            to = str(self._inv_req.from_)
-            cseq = self._local_cseq
-        else:
-            h = self._sent.headers
-            from_ = h.get("From") or ""
-            to = str(parse_name_addr(h.get("To") or "", "To").with_tag(self.remote_tag or ""))
-            self._cseq += 1  # §12.2.1.1: the INVITE's CSeq + 1
-            cseq = self._cseq
-        headers = self._route_headers() + [("Reason", reason_header(q850_cause)), ("User-Agent", self._cfg.user_agent)]
-        bye = new_request("BYE", self._remote_target, from_=from_, to=to, call_id=self.sip_call_id, cseq=cseq,
-                          headers=headers)
-        bye.headers.add("Via", self._trunk.via("z9hG4bK" + random_token(10)), first=True)
-        wire = bye.serialise()
-        dest = self._dialog_dest()
-        self._trunk.send(wire, dest)
-        self._spawn(self._retransmit_request(wire, dest, self._bye_done))
+        key = self._trunk.end_dialog(self.dialog, q850_cause)
+        if key is None:
+            self._bye_done.set()
+            return
+        self._trunk.own(key, self._on_bye_result)
 
-    async def _retransmit_request(self, wire: bytes, dest: tuple[str, int], done: asyncio.Event) -> None:
-        """Timer E/F for a non-INVITE request we sent (BYE, CANCEL), RFC 3261 §17.1.2.2."""
-        interval = self._cfg.t1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 64 * self._cfg.t1
-        while loop.time() < deadline:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done.wait(), min(interval, deadline - loop.time()))
-            if done.is_set():
-                return
-            self._trunk.send(wire, dest)
-            interval = min(interval * 2, T2)
+    def _on_bye_result(self, ev: ResponseReceived | TransactionTimeout) -> None:
+        if isinstance(ev, TransactionTimeout) or ev.response.status >= 200:
+            self._bye_done.set()
 
-    # -- internals: inbound -----------------------------------------------------------------------
-    def _offer_inbound(self, req: SipRequest, src: tuple[str, int]) -> None:
-        """Set up the server side of a new INVITE: 100, SDP answer ready, 180 (trunk decides)."""
-        self._inv_req = req
-        self._inv_src = src
-        contacts = req.contacts
-        self._remote_target = contacts[0].uri if contacts else req.from_.uri
-        self._route_set = [str(r) for r in req.record_routes]  # §12.1.1: UAS keeps the order
-        self.remote_tag = req.from_tag
-        self.state = "offered"
+    # -- internals: inbound (UAS) -----------------------------------------------------------------
+    def _offer_inbound(self, ev: RequestReceived) -> None:
+        """The server side of a new INVITE (the endpoint sent 100 Trying): the SDP answer is ready."""
+        self._inv_req = ev.request
+        self._server_key = ev.key
+        self.remote_tag = ev.request.from_tag
+        self.sm.apply(_E.OFFER)
 
     def _respond_invite(self, status: int, *, headers: list[tuple[str, str]] | None = None,
                         body: bytes = b"", content_type: str | None = None) -> None:
-        assert self._inv_req is not None and self._inv_src is not None
-        extra = list(headers or [])
-        if 100 < status < 300:
-            extra.append(("Contact", self._trunk.contact()))
-        extra += [("Allow", ALLOW), ("User-Agent", self._cfg.user_agent)]
-        resp = make_response(self._inv_req, status, to_tag=self.local_tag, headers=extra, body=body,
-                             content_type=content_type)
-        self._last_response = resp.serialise()
-        self._trunk.respond_wire(self._inv_req, self._last_response, self._inv_src)
-
-    async def _retransmit_final(self) -> None:
-        """Timer G resends our final response until the ACK; Timer H (64·T1) gives up: an
-        answered call without ACK is torn down with BYE (RFC 3261 §13.3.1.4, §17.2.1)."""
-        t1 = self._cfg.t1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 64 * t1
-        interval = t1
-        while loop.time() < deadline:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._acked.wait(), min(interval, deadline - loop.time()))
-            if self._acked.is_set():
-                return
-            if self._last_response is not None and self._inv_req is not None and self._inv_src is not None:
-                self._trunk.respond_wire(self._inv_req, self._last_response, self._inv_src)
-            interval = min(interval * 2, T2)
-        if self.final_status == 200 and not self._ended:
-            self._send_bye(41)
-            self._end(LegEnded(EndReason.FAILED, None, 41, remote=True, detail="no ACK for our 200 OK (Timer H)"))
-
-    def _on_request(self, req: SipRequest, src: tuple[str, int]) -> None:
+        """Answer our INVITE server transaction; 1xx/2xx with our tag make the endpoint's dialog."""
+        assert self._server_key is not None and self._inv_req is not None
         trunk = self._trunk
-        method = req.method
-        if method == "ACK":
-            self._acked.set()
-            return
-        if method == "INVITE":
-            if self._inv_req is not None and req.top_via.branch == self._inv_req.top_via.branch:
-                if self._last_response is not None:  # retransmitted INVITE: repeat our last response
-                    trunk.respond_wire(req, self._last_response, src)
-                return
-            self._on_reinvite(req, src)
-            return
-        if method == "CANCEL":
-            self._on_cancel(req, src)
-            return
-        if method == "BYE":
-            trunk.respond(req, 200, src)
-            if self.state == "answered" and not self._ended:
-                cause = q850_of(req)
-                self._end(LegEnded(from_sip(0, cause), None, cause if cause is not None else 16, remote=True))
-            return
-        trunk.respond(req, 405 if method in KNOWN_METHODS else 501, src, headers=[("Allow", ALLOW)])
+        resp = trunk.respond(self._server_key, status, headers=list(headers or []) + [("Allow", ALLOW)],
+                             body=body, content_type=content_type,
+                             contact=trunk.contact() if 100 < status < 300 else None)
+        if resp is not None and resp.to_tag and status > 100:
+            self.local_tag = resp.to_tag
+            if status < 300:
+                self.dialog = DialogId(self._inv_req.call_id, resp.to_tag, self._inv_req.from_tag or "")
 
-    def _on_cancel(self, req: SipRequest, src: tuple[str, int]) -> None:
-        """CANCEL of the inbound INVITE: 200 for the CANCEL, 487 for the INVITE (RFC 3261 §9.2);
-        once the INVITE has a final response the CANCEL changes nothing."""
-        trunk = self._trunk
-        if self._inv_req is None or req.top_via.branch != self._inv_req.top_via.branch:
-            trunk.respond(req, 481, src)
+    def _on_ack(self, ev: AckReceived) -> None:
+        if ev.dialog == self.dialog:
+            self.acked = True  # 2xx retransmission has stopped (the endpoint's)
+
+    def _on_ack_timeout(self, ev: AckTimeout) -> None:
+        """No ACK for our 2xx within 64·T1 (§13.3.1.4): BYE, the call has failed (cause 41)."""
+        if ev.dialog != self.dialog or self._ended:
             return
-        trunk.respond(req, 200, src, to_tag=self.local_tag)
-        if self.state != "offered":
+        self._send_bye(41)
+        self._end(LegEnded(EndReason.FAILED, None, 41, remote=True, detail="no ACK for our 200 OK (Timer H)"))
+
+    def _on_cancel(self, ev: CancelReceived) -> None:
+        """CANCEL of the inbound INVITE: the endpoint answered it 200; the INVITE gets 487 (§9.2).
+        Once the INVITE has a final response the CANCEL changes nothing."""
+        if ev.invite_key != self._server_key or ev.final_sent or self.state != "offered":
             return
         self.final_status = 487
         self._respond_invite(487)
-        self._spawn(self._retransmit_final())
-        self._end(LegEnded(EndReason.CANCELLED, 487, q850_of(req), remote=True))
+        self._end(LegEnded(EndReason.CANCELLED, 487, q850_of(ev.cancel), remote=True))
 
-    def _on_reinvite(self, req: SipRequest, src: tuple[str, int]) -> None:
-        """A re-INVITE in the dialog: answer its offer on the same port (RFC 3264 §8); pyVoIP
-        would start a second pair of RTP threads (VoIP.py:267-296)."""
+    def _on_request(self, ev: RequestReceived) -> None:
+        """A request in this call's dialog (OPTIONS is answered by the trunk)."""
         trunk = self._trunk
+        req = ev.request
+        if req.method == "INVITE":
+            self._on_reinvite(ev)
+        elif req.method == "BYE":
+            trunk.respond(ev.key, 200)
+            cause = q850_of(req)
+            if self.state == "answered" and not self._ended:
+                self._end(LegEnded(from_sip(0, cause), None, cause if cause is not None else 16, remote=True))
+            elif self.state == "offered" and self._server_key is not None:
+                # The caller may BYE an early dialog (§15): the INVITE ends with 487.
+                self.final_status = 487
+                self._respond_invite(487)
+                self._end(LegEnded(EndReason.CANCELLED, 487, cause, remote=True))
+        else:
+            trunk.reject(ev.key, MethodNotAllowed(req.method, ALLOW_METHODS))
+
+    def _on_reinvite(self, ev: RequestReceived) -> None:
+        """A re-INVITE in the dialog: answer its offer on the same port (RFC 3264 §8); the endpoint
+        retransmits our 200 until its ACK. pyVoIP would start a second pair of RTP threads
+        (VoIP.py:267-296)."""
+        trunk = self._trunk
+        req = ev.request
+        if self.state == "offered":
+            # §14.2: an INVITE in a dialog whose first INVITE has no final response yet
+            trunk.respond(ev.key, 500, headers=[("Retry-After", "1")])
+            return
         if self.state != "answered" or self.media is None:
-            trunk.respond(req, 491 if self.state == "offered" else 481, src)
+            trunk.respond(ev.key, 491)  # §14.1: our own INVITE is still pending
             return
         if not _has_sdp(req):
-            trunk.respond(req, 488, src, to_tag=self.local_tag)
+            trunk.respond(ev.key, 488)
             return
         try:
             ans = answer_offer(req.body, address=self._cfg.local_host, port=self.media.inPort,
                                supported=[self.media.codec] + [c.upper() for c in self._cfg.codecs])
         except SdpError as exc:
-            trunk.respond(req, 488, src, to_tag=self.local_tag, reason=str(exc)[:80])
+            trunk.respond(ev.key, 488, str(exc)[:80])
             return
         self.media.update(ans.audio)
         self.audio = ans.audio
-        trunk.respond(req, 200, src, to_tag=self.local_tag, body=ans.sdp.serialize().encode(),
-                      content_type="application/sdp", headers=[("Contact", trunk.contact())])
-
-
+        trunk.respond(ev.key, 200, body=ans.sdp.serialize().encode(), content_type="application/sdp",
+                      contact=trunk.contact())

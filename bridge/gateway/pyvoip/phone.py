@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import queue
+import os
 import random
+import selectors
 import socket
 import threading
-import time
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -19,18 +20,12 @@ from pyVoIP import SIP as pv_sip
 from pyVoIP.VoIP import VoIP as pv_voip
 from pyVoIP.VoIP.status import PhoneStatus
 
-from bridge.sip.auth import build_authorization
+from bridge.sip.auth import authorize_retry
 from bridge.sip.errors import SipError
-from bridge.sip.headers import Via
-from bridge.sip.message import (
-    SipRequest,
-    SipResponse,
-    new_request,
-    random_token,
-)
+from bridge.sip.message import SipRequest, new_request, random_token
 from bridge.sip.uri import NameAddr, SipUri, parse_name_addr
 
-from .common import ALLOW, T2, TrunkError, _pick_challenge
+from .common import ALLOW
 
 if TYPE_CHECKING:
     from .trunk import PyVoipTrunk
@@ -43,9 +38,11 @@ log = logging.getLogger(__name__)
 class _SipClient(pv_sip.SIPClient):
     """pyVoIP's SIPClient: owns the UDP socket, the "SIP Recieve" thread and the registration.
 
-    Mended: binds port 0 and learns the real port; `recv` reads whole datagrams, parses them with
-    bridge.sip and hands them to the trunk; `register` does digest with bridge.sip.auth (or
-    nothing in trunk mode); `deregister` is bounded; `stop` joins its threads.
+    Mended: binds port 0 and learns the real port; the receive thread blocks in a selector on the
+    socket and a self-pipe (pyVoIP polls every 10 ms, SIP.py:850-857) and hands each datagram to
+    the trunk's EndpointDriver on the event loop; REGISTER and its digest are a non-INVITE client
+    transaction of the trunk's SipEndpoint (Timer E/F there), awaited on the loop; the refresh is a
+    loop timer, not a threading.Timer; `stop` wakes the thread and joins it.
     """
 
     def __init__(self, trunk: PyVoipTrunk, phone: _Phone) -> None:
@@ -57,64 +54,104 @@ class _SipClient(pv_sip.SIPClient):
         self.default_expires = cfg.register_expires
         self.register_timeout = int(cfg.register_timeout)
         self._recv_thread: threading.Thread | None = None
-        self._reg_responses: queue.Queue[SipResponse] = queue.Queue()
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
+        self.wakeups = 0  # times the receive thread woke up (tests: none while the trunk is idle)
         self._reg_call_id = f"{random_token(12)}@{cfg.local_host}"
         self._reg_tag = random_token(6)
         self._reg_cseq = 0
-        self._reg_mutex = threading.Lock()
+        self._reg_lock = asyncio.Lock()
+        self._refresh: asyncio.TimerHandle | None = None
+        self._reg_task: asyncio.Task[bool] | None = None
         self.registered = False
         self.last_register_error: str | None = None
-        self._closing = False  # set by stop(): a refresh REGISTER in flight gives up
+        self._closing = False  # set by deregister/stop: no more refreshes
 
+    # -- socket and receive thread --------------------------------------------------------------
     # pyVoIP's start() registers before the receive thread exists, under recvLock (SIP.py:955-966).
     def start(self) -> None:
+        """Bind the socket and start the receive thread (registration: `await register_async()`)."""
         if self.NSD:
             raise RuntimeError("Attempted to start already started SIPClient")
         self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.s.bind((self.myIP, self.myPort))
+        self.s.setblocking(False)  # the selector says when; a send never blocks the event loop
         self.myPort = self.s.getsockname()[1]
         self.out = self.s
+        self._wake_r, self._wake_w = os.pipe()
         self.NSD = True
         self._recv_thread = threading.Thread(target=self.recv_loop, name="SIP Recieve", daemon=True)
         self._recv_thread.start()
-        if not self.register():
-            raise TrunkError(f"registration failed: {self.last_register_error}")
 
     def stop(self) -> None:
+        """Wake and join the receive thread, close the socket (blocking: call via to_thread).
+        Un-REGISTER first with `await deregister_async()` on the loop."""
+        self._closing = True
         if not self.NSD:
             return
-        self._closing = True
-        if self.registerThread is not None:
-            self.registerThread.cancel()
-            if self.registerThread is not threading.current_thread():
-                self.registerThread.join(self._trunk.config.register_timeout + 1)
-        if self.registered and self._trunk.config.register:
-            self.deregister()
         self.NSD = False
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
         if self._recv_thread is not None and self._recv_thread is not threading.current_thread():
             self._recv_thread.join(2.0)
         self._close_sockets()
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = None
+
+    def recv_loop(self) -> None:
+        """The "SIP Recieve" thread: sleeps in epoll (a selector, no timeout, no FD_SETSIZE limit)
+        until a datagram or the stop signal on the self-pipe."""
+        assert self._wake_r is not None, "start() first"
+        with selectors.DefaultSelector() as sel:
+            try:
+                sel.register(self.s, selectors.EVENT_READ)
+                wake = sel.register(self._wake_r, selectors.EVENT_READ)
+            except (OSError, ValueError):  # stopped before we ran
+                return
+            while self.NSD:
+                try:
+                    ready = sel.select()  # no timeout: an idle trunk costs nothing
+                except (OSError, ValueError):  # closed under us
+                    break
+                self.wakeups += 1
+                if not self.NSD or any(key.fd == wake.fd for key, _ in ready):
+                    break
+                try:
+                    self.recv()
+                except Exception:  # noqa: BLE001 - one datagram must never end the receive thread
+                    log.exception("SIP receive failed")
 
     def recv(self) -> None:
-        # Called by pyVoIP's recv_loop with recvLock held and the socket non-blocking.
+        """One datagram, whole (pyVoIP: recv(8192) truncates, SIP.py:861), to the trunk."""
         try:
-            raw, addr = self.s.recvfrom(65535)  # pyVoIP: recv(8192) truncates (SIP.py:861)
-        except BlockingIOError:
-            raise
-        except OSError:
-            if self.NSD:
-                time.sleep(0.01)
+            raw, addr = self.s.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+            log.debug("SIP receive: %s", exc)
             return
         self._trunk._datagram(raw, addr)
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self.out.sendto(data, addr)
-        except OSError as exc:
+        except OSError as exc:  # the transaction retransmits (UDP may lose it anyway)
             log.warning("SIP send to %s failed: %s", addr, exc)
 
-    # -- registration (RFC 3261 §10.2) ----------------------------------------------------------
+    # -- registration (RFC 3261 §10.2), on the event loop ---------------------------------------
     def register(self) -> bool:
+        raise NotImplementedError("registration runs on the event loop: await register_async()")
+
+    def deregister(self) -> bool:
+        raise NotImplementedError("un-registration runs on the event loop: await deregister_async()")
+
+    async def register_async(self) -> bool:
+        """REGISTER (digest on 401/407, Min-Expires on 423) and arm the refresh; False on failure
+        (a retry is armed). Trunk mode (`register=False`) is registered at once."""
         cfg = self._trunk.config
         if not cfg.register:
             self.registered = True
@@ -122,121 +159,116 @@ class _SipClient(pv_sip.SIPClient):
             return True
         if self._closing:
             return False
-        self.phone._status = PhoneStatus.REGISTERING
-        try:
-            expires = self._register_once(cfg.register_expires)
-        except (TimeoutError, pv_sip.InvalidAccountInfoError, SipError) as exc:
-            self.last_register_error = str(exc)
-            self.registered = False
-            self.phone._status = PhoneStatus.FAILED
-            log.warning("REGISTER failed: %s", exc)
-            if self.NSD and self.registerFailures < 1_000_000:
+        async with self._reg_lock:
+            self.phone._status = PhoneStatus.REGISTERING
+            try:
+                # register_timeout: how long we wait for this attempt (the transaction's own
+                # Timer F is 64*T1); the TU's patience, not a protocol timer.
+                expires = await asyncio.wait_for(self._register_once(cfg.register_expires), cfg.register_timeout)
+            except (TimeoutError, pv_sip.InvalidAccountInfoError, SipError) as exc:
+                self.last_register_error = str(exc) or "no final response to REGISTER"
+                self.registered = False
+                self.phone._status = PhoneStatus.FAILED
+                log.warning("REGISTER failed: %s", self.last_register_error)
                 self.registerFailures += 1
-                self._start_refresh(min(60, max(5, cfg.register_expires // 2)))
-            return False
-        self.registered = True
-        self.registerFailures = 0
-        self.phone._status = PhoneStatus.REGISTERED
-        self.default_expires = expires
-        self._start_refresh(max(1, int(expires * 0.9) if expires < 60 else expires - 30))
-        return True
+                self._arm_refresh(min(60, max(5, cfg.register_expires // 2)))
+                return False
+            self.registered = True
+            self.registerFailures = 0
+            self.phone._status = PhoneStatus.REGISTERED
+            self.default_expires = expires
+            self._arm_refresh(max(1, int(expires * 0.9) if expires < 60 else expires - 30))
+            return True
 
-    def _start_refresh(self, delay: int) -> None:
-        if self.NSD:
-            self.registerThread = threading.Timer(delay, self.register)
-            self.registerThread.name = f"SIP Register CSeq: {self._reg_cseq + 1}"
-            self.registerThread.daemon = True
-            self.registerThread.start()
+    def _arm_refresh(self, delay: float) -> None:
+        """The refresh is a loop timer (pyVoIP: a threading.Timer per refresh, never joined)."""
+        self.cancel_refresh()
+        if self.NSD and not self._closing:
+            self._refresh = asyncio.get_running_loop().call_later(delay, self._refresh_due)
 
-    def deregister(self) -> bool:
+    def _refresh_due(self) -> None:
+        self._refresh = None
+        if self.NSD and not self._closing:
+            self._reg_task = asyncio.ensure_future(self.register_async())
+
+    def cancel_refresh(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+
+    async def deregister_async(self) -> bool:
+        """No more refreshes; REGISTER with Expires: 0, waiting at most `deregister_timeout`."""
+        self._closing = True
+        self.cancel_refresh()
+        task, self._reg_task = self._reg_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        cfg = self._trunk.config
+        if not (self.registered and cfg.register):
+            self.registered = False
+            return True
+        self.phone._status = PhoneStatus.DEREGISTERING
         try:
-            self._register_once(0, timeout=self._trunk.config.deregister_timeout)
+            await asyncio.wait_for(self._register_once(0), cfg.deregister_timeout)
         except (TimeoutError, pv_sip.InvalidAccountInfoError, SipError) as exc:
-            log.info("un-REGISTER: %s", exc)
+            log.info("un-REGISTER: %s", exc or "no final response")
             return False
         finally:
             self.registered = False
             self.phone._status = PhoneStatus.INACTIVE
         return True
 
-    def _register_request(self, expires: int, auth: tuple[str, str] | None) -> tuple[SipRequest, bytes]:
+    def _register_request(self, expires: int) -> SipRequest:
         cfg = self._trunk.config
         self._reg_cseq += 1
         aor = SipUri("sip", cfg.username, cfg.server_host)
         uri = SipUri("sip", None, cfg.server_host, cfg.server_port)
-        req = new_request(
+        return new_request(
             "REGISTER", uri, from_=NameAddr(aor).with_tag(self._reg_tag), to=NameAddr(aor),
             call_id=self._reg_call_id, cseq=self._reg_cseq,
             contact=f"<sip:{cfg.username}@{cfg.local_host}:{self.myPort};transport=udp>",
-            headers=[("Expires", str(expires)), ("Allow", ALLOW), ("User-Agent", cfg.user_agent)],
+            headers=[("Expires", str(expires)), ("Allow", ALLOW)],
         )
-        if auth is not None:
-            req.headers.add(auth[0], auth[1])
-        via = Via("UDP", cfg.local_host, self.myPort, (("branch", "z9hG4bK" + random_token(10)), ("rport", None)))
-        req.headers.add("Via", str(via), first=True)
-        return req, req.serialise()
 
-    def _register_once(self, expires: int, timeout: float | None = None) -> int:
-        """One REGISTER transaction with digest; returns the granted expiry (raises on failure)."""
+    async def _register_once(self, expires: int) -> int:
+        """One registration with digest: REGISTER transactions on the trunk's endpoint until a
+        final answer; returns the granted expiry (raises on failure)."""
         cfg = self._trunk.config
-        deadline = time.monotonic() + (timeout if timeout is not None else cfg.register_timeout)
-        auth: tuple[str, str] | None = None
+        req = self._register_request(expires)
         challenges = 0
-        with self._reg_mutex:
-            while True:
-                req, data = self._register_request(expires, auth)
-                resp = self._transaction(req, data, deadline)
-                if resp.status in (401, 407):
-                    picked = _pick_challenge(resp)
-                    challenges += 1
-                    if picked is None or challenges > 2:
-                        raise pv_sip.InvalidAccountInfoError(f"REGISTER rejected: {resp.status} {resp.reason}")
-                    name, ch = picked
-                    if cfg.realm is not None and ch.realm != cfg.realm:
-                        raise pv_sip.InvalidAccountInfoError(f"unexpected realm {ch.realm!r}")
-                    auth = (name, build_authorization(ch, method="REGISTER", uri=str(req.uri),
-                                                      username=cfg.username, password=cfg.password))
-                    continue
-                if resp.status == 423 and expires:  # Interval Too Brief: RFC 3261 §10.3 step 7
-                    expires = int(resp.headers.get("Min-Expires") or expires)
-                    continue
-                if 200 <= resp.status < 300:
-                    granted = expires
-                    for c in resp.headers.get_all("Contact"):
-                        with contextlib.suppress(SipError, ValueError):
-                            na = parse_name_addr(c.split(",")[0], "Contact")
-                            if na.param("expires"):
-                                granted = int(na.param("expires") or expires)
-                    if resp.headers.get("Expires"):
-                        with contextlib.suppress(ValueError):
-                            granted = int(resp.headers.get("Expires") or granted)
-                    return granted
-                raise pv_sip.InvalidAccountInfoError(f"REGISTER rejected: {resp.status} {resp.reason}")
-
-    def _transaction(self, req: SipRequest, data: bytes, deadline: float) -> SipResponse:
-        """Non-INVITE client transaction over UDP: Timer E retransmits, final response returned."""
-        cfg = self._trunk.config
-        dest = (cfg.server_host, cfg.server_port)
-        interval = cfg.t1
-        self.send(data, dest)
-        next_tx = time.monotonic() + interval
         while True:
-            now = time.monotonic()
-            if now >= deadline or not self.NSD or (self._closing and req.headers.get("Expires") != "0"):
-                raise TimeoutError("no final response to REGISTER")
-            try:
-                resp = self._reg_responses.get(timeout=max(0.0, min(next_tx, deadline) - now))
-            except queue.Empty:
-                if time.monotonic() >= next_tx:
-                    interval = min(interval * 2, T2)
-                    next_tx = time.monotonic() + interval
-                    self.send(data, dest)
+            resp = await self._trunk.transact(req, self._trunk.server_addr)
+            if resp.status in (401, 407):
+                challenges += 1
+                retry = authorize_retry(req, resp, username=cfg.username, password=cfg.password,
+                                        realm=cfg.realm) if challenges <= 2 else None
+                if retry is None:
+                    raise pv_sip.InvalidAccountInfoError(f"REGISTER rejected: {resp.status} {resp.reason}")
+                req = retry
+                self._reg_cseq = req.cseq.seq
                 continue
-            if resp.cseq.seq != req.cseq.seq or resp.status < 200:
-                if resp.status < 200:
-                    interval = T2
+            if resp.status == 423 and expires:  # Interval Too Brief: RFC 3261 §10.3 step 7
+                expires = int(resp.headers.get("Min-Expires") or expires)
+                again = self._register_request(expires)
+                for name in ("Authorization", "Proxy-Authorization"):
+                    for value in req.headers.get_all(name):
+                        again.headers.add(name, value)
+                req = again
                 continue
-            return resp
+            if 200 <= resp.status < 300:
+                granted = expires
+                for c in resp.headers.get_all("Contact"):
+                    with contextlib.suppress(SipError, ValueError):
+                        na = parse_name_addr(c.split(",")[0], "Contact")
+                        if na.param("expires"):
+                            granted = int(na.param("expires") or expires)
+                if resp.headers.get("Expires"):
+                    with contextlib.suppress(ValueError):
+                        granted = int(resp.headers.get("Expires") or granted)
+                return granted
+            raise pv_sip.InvalidAccountInfoError(f"REGISTER rejected: {resp.status} {resp.reason}")
 
 
 class _Phone(pv_voip.VoIPPhone):
@@ -250,6 +282,16 @@ class _Phone(pv_voip.VoIPPhone):
                          rtpPortHigh=cfg.rtp_port_high)
         self.sip: _SipClient = _SipClient(trunk, self)
         self._sockets: dict[int, socket.socket] = {}
+
+    def start(self) -> None:
+        """Bind SIP and start its receive thread (pyVoIP also registers here, blocking)."""
+        try:
+            self.sip.start()
+            self.NSD = True
+        except Exception:
+            self._status = PhoneStatus.FAILED
+            self.sip.stop()
+            raise
 
     def call(self, number: str) -> pv_voip.VoIPCall:
         raise NotImplementedError("pyVoIP's call() blocks on recvLock and ignores 4xx; use PyVoipLeg.dial")
@@ -296,7 +338,8 @@ class _Phone(pv_voip.VoIPPhone):
             self.release_port(port)
 
     def stop(self, failed: bool = False) -> None:
-        self._status = PhoneStatus.DEREGISTERING
+        """Join the receive thread, close every socket (blocking). Un-REGISTER before, on the loop."""
+        self.NSD = False
         self.sip.stop()
         with self.portsLock:
             socks = list(self._sockets.values())

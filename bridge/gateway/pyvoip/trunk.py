@@ -7,42 +7,47 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import pyVoIP.VoIP  # noqa: F401  # must come before pyVoIP.SIP (circular import, media-stack.md §1.1)
 from pyVoIP.VoIP import VoIP as pv_voip
 
-from bridge.gateway.legs import (
-    InboundHandler,
-    LegEnded,
-)
+from bridge.gateway.legs import InboundHandler, LegEnded
+from bridge.net.driver import EndpointDriver
 from bridge.sip.causes import reason_header
-from bridge.sip.errors import SipError
-from bridge.sip.headers import Via
-from bridge.sip.message import (
-    KNOWN_METHODS,
-    SipMessage,
-    SipRequest,
-    SipResponse,
-    make_response,
-    new_request,
-    parse_message,
-    random_token,
+from bridge.sip.dialog import DialogId
+from bridge.sip.endpoint import (
+    AckReceived,
+    AckTimeout,
+    BadAck,
+    CancelReceived,
+    EndpointConfig,
+    MessageDropped,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+    SipEndpoint,
+    SipEvent,
+    TransactionTimeout,
+    UnmatchedResponse,
 )
-from bridge.sip.sdp import (
-    SdpError,
-    answer_offer,
-)
-from bridge.sip.uri import SipUri
+from bridge.sip.errors import CallDoesNotExist, SipError
+from bridge.sip.message import SipRequest, SipResponse
+from bridge.sip.sdp import SdpError, answer_offer
+from bridge.sip.transaction import Addr, TimerConfig, TransactionKey
+from bridge.sip.uri import NameAddr, SipUri, parse_name_addr
 from jego_call.call.reasons import EndReason
 from jego_call.numbering import e164_of
 
-from .common import ALLOW, TrunkConfig, TrunkError, _has_sdp, _is_ip
+from .common import ALLOW_METHODS, TrunkConfig, TrunkError, _has_sdp, _target_addr
 from .leg import PyVoipLeg
 from .phone import _Call, _Phone
 
 log = logging.getLogger(__name__)
+
+ClientResult = ResponseReceived | TransactionTimeout
+ResultHandler = Callable[[ClientResult], None]
 
 # -------------------------------------------------------------------------------------------------
 # the trunk
@@ -52,13 +57,22 @@ class PyVoipTrunk:
 
     `await start()` (bind + REGISTER unless trunk mode), `new_leg(id)` then `leg.dial(number)`,
     `set_inbound_handler(h)` for calls from the carrier, `await stop()` at the end.
+
+    SIP runs on one sans-I/O `SipEndpoint` (bridge/sip) driven on the event loop by an
+    `EndpointDriver` (bridge/net): pyVoIP's receive thread hands it each datagram, its output
+    leaves through pyVoIP's socket, its timers are one `loop.call_at`. Every protocol decision
+    comes from the endpoint's events, routed here to the leg (by Call-ID / transaction key) or
+    to the registration.
     """
 
     def __init__(self, config: TrunkConfig | None = None) -> None:
         self.config = config or TrunkConfig()
         self._phone: _Phone | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._legs: dict[str, PyVoipLeg] = {}
+        self._endpoint: SipEndpoint | None = None
+        self._driver: EndpointDriver | None = None
+        self._legs: dict[str, PyVoipLeg] = {}           # live legs by SIP Call-ID
+        self._owners: dict[TransactionKey, ResultHandler] = {}  # our client transactions
         self._handler: InboundHandler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stops: list[asyncio.Future[Any]] = []
@@ -70,20 +84,32 @@ class PyVoipTrunk:
         Raises TrunkError when registration fails. Then create legs with `new_leg`."""
         if self._phone is not None:
             raise RuntimeError("trunk already started")
+        cfg = self.config
         self._loop = asyncio.get_running_loop()
+        self._endpoint = SipEndpoint(EndpointConfig(timers=TimerConfig(t1=cfg.t1), allow=ALLOW_METHODS,
+                                                    auto_ack=False, user_agent=cfg.user_agent),
+                                     host=cfg.local_host, port=cfg.local_port)
+        self._driver = EndpointDriver(self._endpoint, send_datagram=self._send, on_event=self._on_event)
+        self._driver.start(self._loop)
         self._phone = _Phone(self)
         try:
-            await asyncio.to_thread(self._phone.start)
-        except Exception as exc:
-            await asyncio.to_thread(self._phone.stop, True)
-            self._phone = None
-            if isinstance(exc, TrunkError):
+            self._phone.start()  # bind + receive thread: quick, no network wait
+            self._endpoint.set_local_address(cfg.local_host, self.local_port)
+            if not await self._phone.sip.register_async():
+                raise TrunkError(f"registration failed: {self._phone.sip.last_register_error}")
+        except BaseException as exc:
+            phone, self._phone = self._phone, None
+            phone.sip.cancel_refresh()
+            self._driver.close()
+            await asyncio.to_thread(phone.stop, True)
+            if isinstance(exc, TrunkError) or not isinstance(exc, Exception):
                 raise
             raise TrunkError(str(exc)) from exc
 
     async def stop(self) -> None:
         """Hang up every leg, un-REGISTER, stop and join every thread, release sockets."""
-        if self._phone is None:
+        phone = self._phone
+        if phone is None:
             return
         self._handler = None  # new INVITEs get 480 while we stop
         byes = []
@@ -93,22 +119,23 @@ class PyVoipTrunk:
                 await leg.hangup()
             if answered:
                 byes.append(leg._bye_done.wait())
-        if byes:  # give the BYEs a moment to be answered (and retransmitted) before we go
+        if byes:  # give the BYEs a moment to be answered (the endpoint retransmits them meanwhile)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*byes), min(1.0, 4 * self.config.t1))
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        medias = [leg.media for leg in self._legs.values() if leg.media is not None]
-        for leg in list(self._legs.values()):
+        for leg in list(self._legs.values()):  # e.g. CANCEL sent, no 487 yet
             leg._end(LegEnded(EndReason.HANGUP, None, 16, remote=False, detail="trunk stopped"))
-        await asyncio.gather(*(asyncio.to_thread(m.stop) for m in medias))
         await asyncio.gather(*self._pending_stops(), return_exceptions=True)
-        # un-REGISTER needs the receive path (REGISTER responses are routed through the trunk)
-        await asyncio.to_thread(self._phone.stop)
+        await phone.sip.deregister_async()  # needs the endpoint and the receive thread
+        if self._driver is not None:
+            self._driver.close()
+        await asyncio.to_thread(phone.stop)
         self._phone = None
         self._legs.clear()
+        self._owners.clear()
 
     def new_leg(self, call_id: str) -> PyVoipLeg:
         """A fresh outbound leg; call `dial` on it."""
@@ -133,6 +160,13 @@ class PyVoipTrunk:
         return self._phone
 
     @property
+    def endpoint(self) -> SipEndpoint:
+        """The SIP core every leg and the registration run on (commands: then call `flush()`)."""
+        if self._endpoint is None:
+            raise RuntimeError("trunk not started")
+        return self._endpoint
+
+    @property
     def local_port(self) -> int:
         """The SIP port we bound (useful with local_port=0)."""
         return int(self.phone.sip.myPort)
@@ -144,57 +178,106 @@ class PyVoipTrunk:
     def active_calls(self) -> int:
         return sum(1 for leg in self._legs.values() if not leg._ended)
 
-    def contact(self) -> str:
-        return f"<sip:{self.config.username}@{self.config.local_host}:{self.local_port};transport=udp>"
+    def contact(self) -> NameAddr:
+        return parse_name_addr(f"<sip:{self.config.username}@{self.config.local_host}:{self.local_port}"
+                               ";transport=udp>", "Contact")
 
-    def via(self, branch: str) -> str:
-        return str(Via("UDP", self.config.local_host, self.local_port, (("branch", branch), ("rport", None))))
+    def now(self) -> float:
+        """The endpoint's clock: the event loop's."""
+        assert self._driver is not None
+        return self._driver.now()
 
-    def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._phone is not None:
-            self._phone.sip.send(data, addr)
+    def flush(self) -> None:
+        """After any command on `endpoint`: send its output, deliver its events, re-arm its timer."""
+        if self._driver is not None:
+            self._driver.flush()
 
-    def respond(self, req: SipRequest, status: int, src: tuple[str, int], *, to_tag: str | None = None,
-                reason: str | None = None, headers: list[tuple[str, str]] | None = None, body: bytes = b"",
-                content_type: str | None = None) -> None:
-        """Send a response to `req` (our tag added to To unless it has one, RFC 3261 §8.2.6.2)."""
-        extra = list(headers or []) + [("User-Agent", self.config.user_agent)]
-        resp = make_response(req, status, reason, to_tag=to_tag or random_token(6), headers=extra, body=body,
-                             content_type=content_type)
-        self.respond_wire(req, resp.serialise(), src)
+    def dialog_dest(self, dialog: DialogId) -> Addr:
+        """Where in-dialog requests go (RFC 3261 §12.2.1.1, §8.1.2): the first Route, else the
+        remote target, when it is an IP address; else the dialog's peer (never a DNS lookup)."""
+        d = self.endpoint.dialog(dialog)
+        if d is None:
+            return self.server_addr
+        return _target_addr(d.remote_target, d.route_set) or d.peer
 
-    def respond_wire(self, req: SipRequest, wire: bytes, src: tuple[str, int]) -> None:
-        """Responses go back per RFC 3261 §18.2.2 / RFC 3581: to the source with rport (or when
-        the Via host is not an IP literal), else to Via received/host and port."""
+    # -- commands the legs and the registration use ----------------------------------------------
+    def request(self, req: SipRequest, dest: Addr, on_result: ResultHandler | None = None) -> TransactionKey:
+        """Start a client transaction for `req` (the endpoint adds Via); responses and the
+        timeout go to `on_result`."""
+        key = self.endpoint.send_request(req, dest, self.now())
+        if on_result is not None:
+            self._owners[key] = on_result
+        self.flush()
+        return key
+
+    def own(self, key: TransactionKey, on_result: ResultHandler) -> None:
+        """Send the results of client transaction `key` (e.g. a BYE from send_in_dialog) to `on_result`."""
+        self._owners[key] = on_result
+
+    def forget(self, keys: Iterable[TransactionKey]) -> None:
+        for key in keys:
+            self._owners.pop(key, None)
+
+    async def transact(self, req: SipRequest, dest: Addr) -> SipResponse:
+        """One non-INVITE transaction (e.g. REGISTER): its final response; TimeoutError on Timer F."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[SipResponse] = loop.create_future()
+
+        def done(ev: ClientResult) -> None:
+            if fut.done():
+                return
+            if isinstance(ev, TransactionTimeout):
+                fut.set_exception(TimeoutError(f"no final response to {req.method} (Timer F)"))
+            elif ev.response.status >= 200:
+                fut.set_result(ev.response)
+
+        key = self.request(req, dest, done)
         try:
-            via = req.top_via
-        except SipError:
-            self.send(wire, src)
-            return
-        if via.has_rport or not _is_ip(via.host):
-            self.send(wire, src)
-        else:
-            self.send(wire, (via.received or via.host, via.port or 5060))
+            return await fut
+        finally:
+            self._owners.pop(key, None)
+
+    def respond(self, key: TransactionKey, status: int, reason: str | None = None, *,
+                headers: Iterable[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None,
+                contact: NameAddr | None = None) -> SipResponse | None:
+        """Answer server transaction `key` through the endpoint (None if it is gone)."""
+        try:
+            resp = self.endpoint.respond(key, status, self.now(), reason, headers=headers, body=body,
+                                         content_type=content_type, contact=contact)
+        except (KeyError, ValueError) as exc:
+            log.debug("cannot send %s: %s", status, exc)
+            return None
+        finally:
+            self.flush()
+        return resp
+
+    def reject(self, key: TransactionKey, error: SipError) -> None:
+        try:
+            self.endpoint.reject(key, error, self.now())
+        except (KeyError, ValueError) as exc:
+            log.debug("cannot send %s: %s", error.status, exc)
+        self.flush()
+
+    def end_dialog(self, dialog: DialogId, q850_cause: int, *, ack: bool = False) -> TransactionKey | None:
+        """ACK (if asked) and BYE a dialog (RFC 3261 §13.2.2.4, §15.1.1); returns the BYE's key."""
+        ep = self.endpoint
+        if ep.dialog(dialog) is None:
+            return None
+        dest = self.dialog_dest(dialog)
+        if ack:
+            ep.send_ack(dialog, self.now(), dest=dest)
+        key = ep.send_in_dialog(dialog, "BYE", self.now(), dest=dest,
+                                headers=(("Reason", reason_header(q850_cause)),))
+        self.flush()
+        return key
 
     # -- from pyVoIP's receive thread ------------------------------------------------------------
     def _datagram(self, raw: bytes, addr: tuple[str, int]) -> None:
-        """On the "SIP Recieve" thread: parse, route REGISTER responses, hand the rest to the loop."""
+        """On the "SIP Recieve" thread: hand the datagram to the endpoint on the event loop."""
         if not raw.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF, pyVoIP's 4 zero bytes)
-        try:
-            msg = parse_message(raw)
-        except SipError as exc:
-            self.counters["sip_malformed"] += 1
-            log.info("dropped malformed SIP datagram from %s: %s", addr, exc)
-            return
-        if isinstance(msg, SipResponse):
-            try:
-                if msg.cseq.method == "REGISTER" and self._phone is not None:
-                    self._phone.sip._reg_responses.put(msg)
-                    return
-            except SipError:
-                return
-        self._call_soon(self._on_message, msg, (addr[0], addr[1]))
+        if self._driver is not None:
+            self._driver.receive_datagram_threadsafe(raw, (str(addr[0]), int(addr[1])))
 
     def _call_soon(self, fn: Any, *args: Any) -> None:
         loop = self._loop
@@ -203,69 +286,127 @@ class PyVoipTrunk:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(fn, *args)
 
-    # -- on the event loop ------------------------------------------------------------------------
-    def _on_message(self, msg: SipMessage, src: tuple[str, int]) -> None:
-        if self._phone is None:
-            return
-        try:
-            call_id = msg.call_id
-            if isinstance(msg, SipResponse):
-                leg = self._legs.get(call_id)
-                if leg is not None:
-                    leg._on_response(msg)
-                elif 200 <= msg.status < 300 and msg.cseq.method == "INVITE":
-                    self._stray_2xx(msg)
-                return
-            self._on_request(msg, src)
-        except SipError as exc:
-            self.counters["sip_bad"] += 1
-            log.info("bad SIP message from %s: %s", src, exc)
-        except Exception:
-            log.exception("error handling SIP message from %s", src)
+    def _send(self, data: bytes, addr: Addr) -> None:
+        if self._phone is not None:
+            self._phone.sip.send(data, addr)
 
-    def _on_request(self, req: SipRequest, src: tuple[str, int]) -> None:
-        method = req.method
-        leg = self._legs.get(req.call_id)
-        if method == "OPTIONS" and leg is None:
-            # Keep-alive / capability query (RFC 3261 §11.2); pyVoIP drops it (SIP.py:867).
-            self.respond(req, 200, src, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
-                                                 ("Accept-Language", "en")])
-            return
-        if leg is not None:
-            leg._on_request(req, src)
-            return
-        if method == "INVITE" and req.to_tag is None:
-            self._new_inbound(req, src)
-        elif method == "ACK":
-            return
-        elif method in ("BYE", "CANCEL", "INVITE"):
-            self.respond(req, 481, src)  # RFC 3261 §15.1.2, §9.2
-        else:
-            self.respond(req, 405 if method in KNOWN_METHODS else 501, src, headers=[("Allow", ALLOW)])
+    # -- the endpoint's events, on the event loop -------------------------------------------------
+    def _on_event(self, ev: SipEvent) -> None:
+        if isinstance(ev, ResponseReceived):
+            self._on_result(ev)
+        elif isinstance(ev, TransactionTimeout):
+            if ev.key.server:
+                log.info("no ACK for our final response (Timer H): %s", ev.key.branch)
+            else:
+                self._on_result(ev)
+        elif isinstance(ev, RequestReceived):
+            self._on_request(ev)
+        elif isinstance(ev, CancelReceived):
+            leg = self._legs.get(ev.cancel.call_id)
+            if leg is not None:
+                leg._on_cancel(ev)
+        elif isinstance(ev, AckReceived):
+            leg = self._legs.get(ev.dialog.call_id)
+            if leg is not None:
+                leg._on_ack(ev)
+        elif isinstance(ev, AckTimeout):
+            leg = self._legs.get(ev.dialog.call_id)
+            if leg is not None:
+                leg._on_ack_timeout(ev)
+            else:
+                self.end_dialog(ev.dialog, 41)
+        elif isinstance(ev, UnmatchedResponse):
+            self._stray_response(ev)
+        elif isinstance(ev, BadAck):
+            self.counters["sip_bad_ack"] += 1
+            log.info("ACK from %s not for us: %s", ev.addr, ev.reason)
+        elif isinstance(ev, RequestRejected):
+            self.counters["sip_rejected"] += 1
+            log.info("answered %s %s to %s", ev.status, ev.reason, ev.addr)
+        elif isinstance(ev, MessageDropped):
+            self.counters["sip_malformed"] += 1
+            log.info("dropped SIP datagram from %s: %s", ev.addr, ev.reason)
 
-    def _new_inbound(self, req: SipRequest, src: tuple[str, int]) -> None:
+    def _on_result(self, ev: ClientResult) -> None:
+        owner = self._owners.get(ev.key)
+        if isinstance(ev, TransactionTimeout):
+            self._owners.pop(ev.key, None)
+        elif ev.response.status >= 200 and (ev.key.method != "INVITE" or ev.response.status >= 300):
+            self._owners.pop(ev.key, None)  # an INVITE stays owned after a 2xx: forks may follow
+        if owner is not None:
+            owner(ev)
+        elif (isinstance(ev, ResponseReceived) and 200 <= ev.response.status < 300
+              and ev.key.method == "INVITE" and ev.dialog is not None):
+            # A 2xx for an INVITE whose leg is gone: ACK it and BYE it, no half-open call (§15).
+            self.end_dialog(ev.dialog, 16, ack=True)
+
+    def _stray_response(self, ev: UnmatchedResponse) -> None:
+        """A 2xx for a call we no longer have (e.g. it crossed a CANCEL after the INVITE was given
+        up): ACK it and BYE it so the far end does not keep a half-open call (RFC 3261
+        §13.2.2.4, §15) — through a dialog the endpoint builds from the 2xx."""
+        resp = ev.response
+        if not (200 <= resp.status < 300 and resp.cseq.method == "INVITE"):
+            self.counters["sip_unmatched"] += 1
+            return
+        contacts = resp.contacts
+        dest = _target_addr(contacts[0].uri, list(reversed(resp.headers.get_all("Record-Route")))) \
+            if contacts else None
+        did = self.endpoint.accept_stray_2xx(resp, ev.addr, self.now(), dest=dest or ev.addr)
+        if did is not None:
+            self.counters["sip_stray_2xx"] += 1
+            d = self.endpoint.dialog(did)
+            if d is not None and d.state != "terminated":
+                self.end_dialog(did, 16)
+        self.flush()
+
+    def _on_request(self, ev: RequestReceived) -> None:
+        req = ev.request
+        if req.method == "OPTIONS":
+            # Keep-alive / capability query (RFC 3261 §11.2), in or out of a dialog; pyVoIP drops
+            # it (SIP.py:867). The endpoint adds Allow and Accept.
+            self.respond(ev.key, 200, headers=[("Accept-Language", "en")])
+            return
+        if ev.dialog is not None:
+            leg = self._legs.get(ev.dialog.call_id)
+            if leg is not None and leg.dialog == ev.dialog:
+                leg._on_request(ev)
+            elif req.method == "BYE":
+                self.respond(ev.key, 200)  # the call already ended here (BYEs crossed)
+            else:
+                self.reject(ev.key, CallDoesNotExist())
+            return
+        if ev.in_dialog or req.method != "INVITE":
+            self.reject(ev.key, CallDoesNotExist())  # RFC 3261 §12.2.2, §15.1.2
+            return
+        self._new_inbound(ev)
+
+    def _new_inbound(self, ev: RequestReceived) -> None:
         cfg = self.config
+        req, key = ev.request, ev.key
+        if req.call_id in self._legs:
+            self.respond(key, 482)  # a second INVITE of a call we have: merged request (§8.2.2.2)
+            return
         if self._handler is None:
-            self.respond(req, 480, src, headers=[("Reason", reason_header(20))])
+            self.respond(key, 480, headers=[("Reason", reason_header(20))])
             return
         if self.active_calls() >= cfg.max_calls:
-            self.respond(req, 486, src, headers=[("Reason", reason_header(17))])
+            self.respond(key, 486, headers=[("Reason", reason_header(17))])
             return
         if not _has_sdp(req):
-            self.respond(req, 488, src, reason="Offer Required", headers=[("Warning", '304 - "no SDP offer"')])
+            self.respond(key, 488, "Offer Required", headers=[("Warning", '304 - "no SDP offer"')])
             return
         phone = self.phone
         try:
             port = phone.request_port()
         except pv_voip.NoPortsAvailableError:
-            self.respond(req, 503, src, headers=[("Reason", reason_header(34))])
+            self.respond(key, 503, headers=[("Reason", reason_header(34))])
             return
         try:
             ans = answer_offer(req.body, address=cfg.local_host, port=port,
                                supported=[c.upper() for c in cfg.codecs], session_name="Jego Call")
         except SdpError as exc:
             phone.release_port(port)
-            self.respond(req, exc.status if exc.status in (400, 488) else 488, src, reason=exc.reason[:80],
+            self.respond(key, exc.status if exc.status in (400, 488) else 488, exc.reason[:80],
                          headers=[("Warning", f'305 - "{exc.reason[:60]}"')] if exc.status == 488 else [])
             return
         leg = PyVoipLeg(self, req.call_id, inbound=True)
@@ -276,8 +417,7 @@ class PyVoipTrunk:
         leg.audio = ans.audio
         leg._answer_sdp = ans.sdp
         self._legs[req.call_id] = leg
-        leg._offer_inbound(req, src)
-        self.respond(req, 100, src)
+        leg._offer_inbound(ev)
         leg._respond_invite(180)
         handler = self._handler
         from_number = e164_of(req.from_.uri.user if isinstance(req.from_.uri, SipUri) else None)
@@ -287,19 +427,6 @@ class PyVoipTrunk:
             await handler(leg, from_number, to_number)
 
         self._spawn(run())
-
-    def _stray_2xx(self, resp: SipResponse) -> None:
-        """A 2xx for a call we no longer have (e.g. it crossed a CANCEL after we gave up): ACK it
-        and BYE it so the far end does not keep a half-open call (RFC 3261 §13.2.2.4, §15)."""
-        contacts = resp.contacts
-        if not contacts:
-            return
-        target = contacts[0].uri
-        dest = (target.host, target.port or 5060) if isinstance(target, SipUri) and _is_ip(target.host) else self.server_addr
-        for method, seq in (("ACK", resp.cseq.seq), ("BYE", resp.cseq.seq + 1)):
-            req = new_request(method, target, from_=str(resp.from_), to=str(resp.to), call_id=resp.call_id, cseq=seq)
-            req.headers.add("Via", self.via("z9hG4bK" + random_token(10)), first=True)
-            self.send(req.serialise(), dest)
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -318,8 +445,9 @@ class PyVoipTrunk:
         return stops
 
     def _release_leg(self, leg: PyVoipLeg) -> None:
-        """Stop the leg's media (threads joined off the loop), free its port, and forget the leg
-        after 64·T1 so late retransmissions are still recognised."""
+        """Stop the leg's media (threads joined off the loop), free its port and forget it. What
+        may still arrive for the call (retransmissions, ACKs, late 2xx) is the endpoint's:
+        its transactions and dialogs outlive the leg for as long as RFC 3261 says."""
         phone = self._phone
         media, leg.media = leg.media, None
         if media is not None:
@@ -337,11 +465,6 @@ class PyVoipTrunk:
                     phone.assignedPorts.remove(port)
                 phone._sockets.pop(port, None)
         leg._port = None
-
-        async def forget() -> None:
-            await asyncio.sleep(64 * self.config.t1)
-            if self._legs.get(leg.sip_call_id) is leg:
-                del self._legs[leg.sip_call_id]
-
-        self._spawn(forget())
-
+        self.forget(leg._invite_keys)
+        if self._legs.get(leg.sip_call_id) is leg:
+            del self._legs[leg.sip_call_id]
