@@ -14,7 +14,7 @@ participant's session has one WebRTC audio leg to it (`conference_join` with the
 `conference_answer` back), and a phone number added to the call is a phone_out `Call` of the
 core routed exactly like an app-to-phone call (numbering, refusals, and billing once it hooks in
 there) to the same gateway, with `conference` naming the call. Video is a mesh between the
-browsers (at most MAX_VIDEO), relayed here as mesh_offer/mesh_answer/mesh_ice. The call ends
+browsers (at most `calls.group_max_video`, 4), relayed here as mesh_offer/mesh_answer/mesh_ice. The call ends
 when its last app participant leaves. Commands go out through the core's `_send` and `_log`.
 """
 
@@ -36,10 +36,13 @@ from . import protocol as gp
 if TYPE_CHECKING:
     from ..signalling.hub_core import Call, Gateway, HubCore, SessionInfo
 
-MAX_PARTICIPANTS = 8   # app participants and phones together
-MAX_VIDEO = 4          # members in the browsers' video mesh
+MAX_PARTICIPANTS = 8   # defaults of calls.group_max_participants / group_max_video (config/jego.toml)
+MAX_VIDEO = 4
 INFO, WARNING = 20, 30
-VIDEO_FULL_TEXT = f"video in a group call is for up to {MAX_VIDEO} people: you are in the call with audio"
+
+
+def video_full_text(n: int) -> str:
+    return f"video in a group call is for up to {n} people: you are in the call with audio"
 
 
 # --- the call's state machine ------------------------------------------------------------------
@@ -335,8 +338,16 @@ class GroupCallDesk:
         other = self.user_call.get(user)
         return user in self.core.user_call or (other is not None and other is not call)
 
+    @property
+    def max_participants(self) -> int:
+        return self.core.cfg.group_max_participants
+
+    @property
+    def max_video(self) -> int:
+        return self.core.cfg.group_max_video
+
     def _capacity_left(self, call: GroupCall) -> int:
-        return MAX_PARTICIPANTS - len(call.in_call()) - len(call.live_phones())
+        return self.max_participants - len(call.in_call()) - len(call.live_phones())
 
     def _ring(self, call: GroupCall, p: Participant) -> None:
         """Ring every session of `p` (or mark them missed: offline or busy)."""
@@ -378,7 +389,7 @@ class GroupCallDesk:
             "phones": [{"leg": ph.leg, "number": ph.number, "state": ph.state, "muted": ph.muted,
                         "added_by": ph.added_by, "reason": ph.reason.value if ph.reason is not None else None}
                        for ph in call.phones.values()],
-            "max_participants": MAX_PARTICIPANTS, "max_video": MAX_VIDEO,
+            "max_participants": self.max_participants, "max_video": self.max_video,
         }
 
     def _audience(self, call: GroupCall) -> set[str]:
@@ -469,7 +480,7 @@ class GroupCallDesk:
             return
         gw.calls.add(call.id)
         me = call.participants[user]
-        me.video = "video" in call.media
+        me.video = "video" in call.media and self.max_video > 0
         self._join_leg(call, me, info, msg.sdp)
         for p in call.participants.values():
             if p is not me:
@@ -486,14 +497,14 @@ class GroupCallDesk:
         if self._busy_elsewhere(p.username, call):
             raise SignallingError(ErrorCode.ALREADY_IN_CALL, "hang up your current call first", call_id=call.id)
         if self._capacity_left(call) <= 0:
-            raise SignallingError(ErrorCode.CALL_FULL, f"a group call has at most {MAX_PARTICIPANTS} participants",
-                                  call_id=call.id)
+            raise SignallingError(ErrorCode.CALL_FULL, f"a group call has at most {self.max_participants} "
+                                  "participants", call_id=call.id)
         want_video = msg.video and "video" in call.media
-        p.video = want_video and len(call.video_members()) < MAX_VIDEO
+        p.video = want_video and len(call.video_members()) < self.max_video
         self._join_leg(call, p, info, msg.sdp)
         if want_video and not p.video:
             self.core._send(info.id, {"type": "group_call_notice", "call_id": call.id, "code": "video_full",
-                                      "max_video": MAX_VIDEO, "detail": VIDEO_FULL_TEXT})
+                                      "max_video": self.max_video, "detail": video_full_text(self.max_video)})
         self._changed(call)
 
     def _on_decline(self, info: SessionInfo, msg: gp.GroupCallDecline) -> None:
@@ -542,8 +553,8 @@ class GroupCallDesk:
         call = self._call(msg.call_id)
         self._participant(info, call)
         if self._capacity_left(call) <= 0:
-            raise SignallingError(ErrorCode.CALL_FULL, f"a group call has at most {MAX_PARTICIPANTS} participants",
-                                  call_id=call.id)
+            raise SignallingError(ErrorCode.CALL_FULL, f"a group call has at most {self.max_participants} "
+                                  "participants", call_id=call.id)
         gw = self._gateway(call)
         call.phone_count += 1
         leg_id = f"{call.id[:48]}-p{call.phone_count}"
