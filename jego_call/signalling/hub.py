@@ -23,6 +23,7 @@ from ..accounts import Accounts
 from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
+from ..groups.calls import GroupDirectory
 from .hub_core import (
     EMERGENCY_TEXT,
     GATEWAY_EVENTS,
@@ -187,7 +188,7 @@ class Hub:
             s.send(msg)
         return len(targets)
 
-    def set_groups(self, directory: Any) -> None:
+    def set_groups(self, directory: GroupDirectory) -> None:
         """Install group membership for group calls (a `groups.calls.GroupDirectory`)."""
         self.core.set_group_directory(directory)
 
