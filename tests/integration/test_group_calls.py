@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,18 +72,13 @@ class Dialer:
 
 
 def start_all(server: LiveServer, group: str, tmp: Path, args: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-    """mum starts the call; lili and wei join it once it runs."""
-    dialers = [Dialer(server, "mum", group, tmp, *args.get("mum", []))]
-    deadline = time.monotonic() + 20
-    token = make_login(server, "mum")
-    while True:
-        status, body = http_json("GET", f"{server.url}/api/groups/{group}", token=token)
-        if body.get("call") and "mum" in body["call"]["in_call"]:
-            break
-        assert time.monotonic() < deadline, dialers[0].err.read_text()
-        time.sleep(0.1)
-    dialers += [Dialer(server, u, group, tmp, *args.get(u, [])) for u in ("lili", "wei")]
-    return {d.user: d.result() for d in dialers}
+    """The three start at once: the first to reach the server starts the group's call, the
+    others find it running (call_exists) and join it."""
+    dialers = [Dialer(server, u, group, tmp, *args.get(u, [])) for u in TONES]
+    res = {d.user: d.result() for d in dialers}
+    assert sum(1 for r in res.values() if r["started"]) == 1, res
+    assert len({r["call_id"] for r in res.values()}) == 1
+    return res
 
 
 def make_login(server: LiveServer, user: str) -> str:
@@ -137,8 +131,8 @@ def assert_hears(levels: dict[float, float], present: list[float], absent: list[
 
 
 def test_three_dialers_each_hear_the_two_others(server: LiveServer, group: str, tmp_path: Path) -> None:
-    res = start_all(server, group, tmp_path, {"mum": ["--duration", "12"], "lili": ["--duration", "6"],
-                                              "wei": ["--duration", "6"]})
+    res = start_all(server, group, tmp_path, {"mum": ["--duration", "14"], "lili": ["--duration", "9"],
+                                              "wei": ["--duration", "9"]})
     start = max(r["joined_at"] for r in res.values()) + 1.0
     end = min(r["left_at"] for r in res.values()) - 0.5
     for user, r in res.items():
@@ -152,8 +146,8 @@ def test_three_dialers_each_hear_the_two_others(server: LiveServer, group: str, 
 
 
 def test_phone_added_hears_all_three_and_is_heard_by_all(server: LiveServer, group: str, tmp_path: Path) -> None:
-    res = start_all(server, group, tmp_path, {"mum": ["--duration", "14", "--add-phone", ECHO, "--add-phone-at", "4"],
-                                              "lili": ["--duration", "9"], "wei": ["--duration", "9"]})
+    res = start_all(server, group, tmp_path, {"mum": ["--duration", "16", "--add-phone", ECHO, "--add-phone-at", "4"],
+                                              "lili": ["--duration", "11"], "wei": ["--duration", "11"]})
     phone = [p for p in res["mum"]["phones"] if p["number"] == ECHO]
     assert phone, res["mum"]["phones"]
     cdr = carrier_record(server, ECHO)
@@ -171,8 +165,8 @@ def test_phone_added_hears_all_three_and_is_heard_by_all(server: LiveServer, gro
 
 def test_mute_stops_that_tone_and_a_leave_ends_only_that_member(server: LiveServer, group: str,
                                                                tmp_path: Path) -> None:
-    res = start_all(server, group, tmp_path, {"mum": ["--duration", "14"], "lili": ["--duration", "10",
-                                              "--mute-at", "3"], "wei": ["--duration", "6"]})
+    res = start_all(server, group, tmp_path, {"mum": ["--duration", "16"], "lili": ["--duration", "13",
+                                              "--mute-at", "5"], "wei": ["--duration", "9"]})
     joined = max(r["joined_at"] for r in res.values())
     muted = event_time(res["lili"], "mute")
     wei_left = res["wei"]["left_at"]
@@ -190,7 +184,7 @@ def test_mute_stops_that_tone_and_a_leave_ends_only_that_member(server: LiveServ
     x, rate = window(res["lili"], wei_left + 0.8, res["lili"]["left_at"] - 0.5)
     lv = tone_levels(x, rate, list(TONES.values()))
     assert abs(lv[500.0] - LEVEL) <= 3.0 and lv[1100.0] < lv[500.0] - 30, lv
-    assert res["mum"]["connected_s"] > 13 and res["lili"]["connected_s"] > 9
+    assert res["mum"]["connected_s"] > 15 and res["lili"]["connected_s"] > 12
     assert res["wei"]["reason"] == "left" and res["mum"]["reason"] == "left"
 
 
