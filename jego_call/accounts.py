@@ -10,17 +10,23 @@ messaging check. Everything raises SignallingError with its wire code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import threading
 import time
 import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -28,6 +34,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from .config import AuthConfig
 from .db import Database
 from .errors import ErrorCode, SignallingError
+from .limits import BoundedPriorityQueue, LoginLimits, LoginPolicy, LogThrottle, WorkBudget
+
+_R = TypeVar("_R")
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MAX_PASSWORD = 1024
@@ -315,3 +324,154 @@ class Accounts:
         return self.db.query_one(
             "SELECT 1 FROM contacts WHERE owner = ? AND contact = ?", (owner, other)
         ) is not None
+
+
+# -- login doors (issue 13): rate limits, lockout and the bounded password hasher ---------------
+# Kept apart from Accounts: the handlers in signalling/server.py ask LoginDoors first, then
+# Accounts. The decisions are the pure jego_call.limits; this is their asyncio shell.
+
+
+class GateBusy(Exception):
+    """The hasher's queue is full (or the client left while waiting: `gone`): answer 429 with
+    Retry-After `retry_after`; nothing was hashed."""
+
+    def __init__(self, retry_after: float, gone: bool = False) -> None:
+        super().__init__("the client went away" if gone else "the password hasher is busy")
+        self.retry_after = retry_after
+        self.gone = gone
+
+
+def _lower_priority(nice: int) -> None:
+    """Set up a hashing thread: name it "argon2" (top -H, /proc), pin it to one CPU and lower
+    its priority. argon2 computes its lanes in threads it starts per hash, which inherit all
+    three; pinned, they never use more than one core, so the wall time HashGate charges is an
+    upper bound of their CPU time; at nice `nice` the media and event-loop threads of every call
+    come first when CPU is short."""
+    tid = threading.get_native_id()
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "w") as fh:
+            fh.write("argon2")
+    except OSError:  # not Linux: the name is only cosmetic
+        pass
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(tid, {max(os.sched_getaffinity(0))})
+        except OSError:  # pragma: no cover - not allowed here: the budget is then a little loose
+            pass
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:  # pragma: no cover - not allowed here: keep the normal priority
+            pass
+
+
+class HashGate:
+    """Runs argon2 in its own thread pool (`workers` threads, never the loop's default
+    executor that messaging uses; pinned to one CPU at a lower priority, see _lower_priority),
+    at most `cpu_share` hashing seconds per second with `burst_s` in hand. Callers wait in a queue of at most `queue`, the least suspect first
+    (`priority`: recent failures of the account and the source); when it is full the most
+    suspect gets GateBusy. `await run(fn, *args, priority=…)`."""
+
+    def __init__(self, workers: int = 1, cpu_share: float = 0.5, burst_s: float = 1.0, queue: int = 64,
+                 nice: int = 10) -> None:
+        self.workers = workers
+        self.budget = WorkBudget(cpu_share, burst_s, time.monotonic())
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="argon2", initializer=_lower_priority,
+                                            initargs=(nice,))
+        self._waiters: BoundedPriorityQueue[asyncio.Future[None]] = BoundedPriorityQueue(queue)
+        self._active = 0
+        self.stats = {"hashes": 0, "hash_s": 0.0, "busy": 0, "gone": 0}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @staticmethod
+    def _timed(fn: Callable[..., _R], *args: object) -> tuple[_R, float]:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - t0
+
+    def _release(self) -> None:
+        self._active -= 1
+        while (fut := self._waiters.pop()) is not None:
+            if not fut.done():
+                self._active += 1   # counted for the waiter we wake
+                fut.set_result(None)
+                return
+
+    async def _acquire(self, priority: float) -> None:
+        if self._active < self.workers and not len(self._waiters):
+            self._active += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        evicted = self._waiters.push(priority, fut)
+        if evicted is not None:
+            self.stats["busy"] += 1
+            if evicted is fut:
+                raise GateBusy(1.0)
+            evicted.set_exception(GateBusy(1.0))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release()   # woken and cancelled at once: pass the slot on
+            self._waiters.discard(fut)
+            raise
+
+    async def run(self, fn: Callable[..., _R], *args: object, priority: float = 0.0,
+                  alive: Callable[[], bool] | None = None) -> _R:
+        """`fn(*args)` on a hashing thread. `alive()` is asked just before hashing: a client
+        that has gone away (a flood that fires and disconnects) costs no hash (GateBusy gone)."""
+        await self._acquire(priority)
+        try:
+            # With several workers another may charge meanwhile: the budget then runs a
+            # little into debt, which the next start waits out.
+            wait = self.budget.wait_to_start(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if alive is not None and not alive():
+                self.stats["gone"] += 1
+                raise GateBusy(1.0, gone=True)
+            loop = asyncio.get_running_loop()
+            out, took = await loop.run_in_executor(self._executor, functools.partial(self._timed, fn, *args))
+            self.budget.charge(time.monotonic(), took)
+            self.stats["hashes"] += 1
+            self.stats["hash_s"] += took
+            return out
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LoginDoors:
+    """What stands before POST /api/login and /api/register: `policy` (limits.LoginPolicy) and
+    `gate` (HashGate). Build it from [auth]; `close()` at shutdown."""
+
+    def __init__(self, cfg: AuthConfig) -> None:
+        self.policy = LoginPolicy(LoginLimits(
+            source_burst=cfg.login_source_burst, source_per_s=cfg.login_source_per_s,
+            source_failures=cfg.login_source_failures, source_failures_per_s=cfg.login_source_failures_per_s,
+            lockout_after=cfg.lockout_after, lockout_window_s=cfg.lockout_window_s,
+            lockout_base_s=cfg.lockout_base_s, lockout_max_s=cfg.lockout_max_s,
+            register_burst=cfg.register_source_burst, register_per_s=cfg.register_source_per_s))
+        self.gate = HashGate(cfg.hash_workers, cfg.hash_cpu_share, cfg.hash_burst_s, cfg.hash_queue, cfg.hash_nice)
+        self.log_throttle = LogThrottle(60.0)
+
+    def should_log(self, key: str, now: float) -> str | None:
+        """None to stay quiet about this refusal; else a suffix for the log line (how many
+        like it were held back)."""
+        held = self.log_throttle.allow(key, now)
+        if held is None:
+            return None
+        return f" ({held} more like it in the last minute)" if held else ""
+
+    @staticmethod
+    def account_key(username: object) -> str:
+        """The lockout key for a tried name: normalised as a username would be (any text)."""
+        return username.strip().lower()[:64] if isinstance(username, str) else "?"
+
+    def close(self) -> None:
+        self.gate.close()

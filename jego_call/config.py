@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
+from .billing.fraud_config import FraudConfig
 from .errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "jego.toml"
@@ -37,6 +38,22 @@ class DataConfig:
 class AuthConfig:
     token_ttl_s: int = 604800
     min_password_length: int = 8
+    # login and register doors (jego_call/limits.py; see config/jego.toml)
+    login_source_burst: int = 30
+    login_source_per_s: float = 1.0
+    login_source_failures: int = 20
+    login_source_failures_per_s: float = 0.1
+    lockout_after: int = 5
+    lockout_window_s: float = 900.0
+    lockout_base_s: float = 60.0
+    lockout_max_s: float = 3600.0
+    register_source_burst: int = 50
+    register_source_per_s: float = 0.03
+    hash_workers: int = 1
+    hash_cpu_share: float = 0.5
+    hash_burst_s: float = 1.0
+    hash_queue: int = 64
+    hash_nice: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,16 @@ class BridgeSection:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingSection:
+    enabled: bool = True
+    rates: str = "config/rates.toml"
+    warning_s: float = 60.0
+    max_call_s: int = 7200
+    heartbeat_s: float = 2.0
+    history: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "text"
@@ -122,6 +149,8 @@ class Config:
     messaging: MessagingConfig = field(default_factory=MessagingConfig)
     carrier: CarrierSection = field(default_factory=CarrierSection)
     bridge: BridgeSection = field(default_factory=BridgeSection)
+    billing: BillingSection = field(default_factory=BillingSection)
+    fraud: FraudConfig = field(default_factory=FraudConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -136,6 +165,11 @@ _POSITIVE = {
     "messaging.max_photo_bytes", "messaging.max_voice_s", "messaging.page_size", "auth.token_ttl_s",
     "bridge.max_calls", "bridge.trunk_port", "bridge.rtp_port_min", "bridge.rtp_port_max", "bridge.opus_bitrate",
     "bridge.media_timeout_s", "bridge.max_call_s",
+    "auth.login_source_burst", "auth.login_source_per_s", "auth.login_source_failures",
+    "auth.login_source_failures_per_s", "auth.lockout_after", "auth.lockout_window_s", "auth.lockout_base_s",
+    "auth.lockout_max_s", "auth.register_source_burst", "auth.register_source_per_s", "auth.hash_workers",
+    "auth.hash_cpu_share", "auth.hash_burst_s", "auth.hash_queue",
+    "billing.warning_s", "billing.max_call_s", "billing.heartbeat_s", "billing.history",
 }
 
 _CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma"), "log.format": ("text", "json")}
@@ -214,4 +248,5 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             if not isinstance(current, dict):
                 raise ConfigError(section, "expected a table")
             current.update(values)
-    return build(Config, data)
+    cfg: Config = build(Config, data)
+    return cfg

@@ -110,13 +110,83 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX blocks_by_blocked ON blocks(blocked);
     """),
-    # 5: groups (jego_call/messaging/store.py, jego_call/groups/). A conversation is a pair of
+    # 5: prepaid credit (jego_call/billing/store.py). Money is INTEGER minor units of `currency`.
+    # credit_accounts.balance is the sum of the user's ledger amounts (kept in the same
+    # transaction). call_charges is the billing record of one phone call, written when it is
+    # authorised (before any SIP), with the money it holds while open; answered_at/last_seen let
+    # recovery bill a call left open by a crash for the time it was really up. The UNIQUE call_id
+    # in the ledger makes a second charge for one call impossible.
+    (5, """
+        CREATE TABLE credit_accounts (
+            username   TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            balance    INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
+            currency   TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE credit_ledger (
+            id            INTEGER PRIMARY KEY,
+            username      TEXT NOT NULL,
+            at            REAL NOT NULL,
+            kind          TEXT NOT NULL CHECK (kind IN ('topup', 'adjustment', 'call')),
+            amount        INTEGER NOT NULL,
+            balance_after INTEGER NOT NULL CHECK (balance_after >= 0),
+            currency      TEXT NOT NULL,
+            call_id       TEXT UNIQUE,
+            note          TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX credit_ledger_by_user ON credit_ledger(username, id);
+        CREATE TABLE call_charges (
+            call_id        TEXT PRIMARY KEY,
+            username       TEXT NOT NULL,
+            destination    TEXT NOT NULL,
+            description    TEXT NOT NULL DEFAULT '',
+            rate_prefix    TEXT NOT NULL,
+            per_minute     INTEGER NOT NULL,
+            first_s        INTEGER NOT NULL,
+            next_s         INTEGER NOT NULL,
+            connection_fee INTEGER NOT NULL,
+            currency       TEXT NOT NULL,
+            hold           INTEGER NOT NULL CHECK (hold >= 0),
+            allowed_s      INTEGER NOT NULL,
+            cut_reason     TEXT NOT NULL,
+            authorised_at  REAL NOT NULL,
+            answered_at    REAL,
+            last_seen      REAL,
+            state          TEXT NOT NULL CHECK (state IN ('open', 'settled')),
+            ended_at       REAL,
+            billed_s       INTEGER,
+            cost           INTEGER,
+            balance_after  INTEGER,
+            settled_at     REAL,
+            settled_by     TEXT
+        );
+        CREATE INDEX call_charges_open ON call_charges(username) WHERE state = 'open';
+        CREATE INDEX call_charges_by_user ON call_charges(username, authorised_at);
+        CREATE TABLE phone_suspensions (
+            username TEXT PRIMARY KEY,
+            at       REAL NOT NULL,
+            rule     TEXT NOT NULL,
+            en       TEXT NOT NULL,
+            zh       TEXT NOT NULL
+        );
+        CREATE TABLE fraud_events (
+            id       INTEGER PRIMARY KEY,
+            username TEXT NOT NULL,
+            at       REAL NOT NULL,
+            level    TEXT NOT NULL CHECK (level IN ('warning', 'critical', 'lifted')),
+            rule     TEXT NOT NULL,
+            detail   TEXT NOT NULL,
+            call_id  TEXT
+        );
+        CREATE INDEX fraud_events_by_user ON fraud_events(username, at);
+    """),
+    # 6: groups (jego_call/messaging/store.py, jego_call/groups/). A conversation is a pair of
     # users or a group (group_id; user_a/user_b NULL); group messages have recipient NULL and
     # may be 'system' lines (membership changes, body JSON). Members have one row per period of
     # membership, seen messages joined_seq..left_seq, with cumulative receipt watermarks.
     # conversations and messages are rebuilt (SQLite cannot drop NOT NULL/CHECK constraints):
     # Database.migrate runs migrations with foreign keys off and checks them after each one.
-    (5, """
+    (6, """
         CREATE TABLE conversations_v5 (
             id         INTEGER PRIMARY KEY,
             user_a     TEXT REFERENCES users(username) ON DELETE CASCADE,

@@ -33,6 +33,7 @@ from . import conference_core as cc
 from .call import BridgeCall, CallSettings
 from .conference import Conference
 from .legs import SipLeg, SipTrunk
+from .transcode import single_threaded_ffmpeg
 
 log = logging.getLogger("jego.bridge")
 
@@ -90,6 +91,7 @@ class BridgeWorker:
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the connection loop (trunk first, then the server); returns at once."""
+        single_threaded_ffmpeg()  # no FFmpeg thread pool per resampler (transcode.py)
         self.trunk.set_inbound_handler(self._inbound)
         self._task = asyncio.ensure_future(self._run())
         self._task.set_name(f"bridge-worker-{self.name}")

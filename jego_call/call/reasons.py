@@ -66,6 +66,14 @@ class EndReason(StrEnum):
     # group calls: one member's part ends, the call goes on
     LEFT = "left"
     REMOVED = "removed"
+    # prepaid credit and toll-fraud controls (jego_call/billing): refused before any SIP is
+    # sent, or (credit_exhausted, limit_reached) cut by a BYE with cause 16
+    INSUFFICIENT_CREDIT = "insufficient_credit"
+    CREDIT_EXHAUSTED = "credit_exhausted"
+    NO_RATE = "no_rate"
+    DESTINATION_BARRED = "destination_barred"
+    SUSPENDED = "suspended"
+    LIMIT_REACHED = "limit_reached"
     # ended in the client before signalling (web: getUserMedia)
     MEDIA_DENIED = "media_denied"
     MEDIA_FAILED = "media_failed"
@@ -150,13 +158,29 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
     R.CONGESTION: ReasonInfo(503, 34, "unreachable", "The phone network is busy, try again later", "网络忙，请稍后再拨"),
     R.LEFT: ReasonInfo(0, 16, "answered", "You left the group call", "您已退出群通话"),
     R.REMOVED: ReasonInfo(0, 16, "failed", "You are no longer a member of this group", "您已不是该群的成员"),
+    R.INSUFFICIENT_CREDIT: ReasonInfo(None, None, "failed", "Not enough credit for this call: top up to call",
+                                      "余额不足，请充值后再拨打"),
+    R.CREDIT_EXHAUSTED: ReasonInfo(0, 16, "answered", "Your credit ran out, so the call ended",
+                                   "您的余额已用完，通话已结束"),
+    R.NO_RATE: ReasonInfo(None, None, "failed", "There is no rate for this destination, so it cannot be called",
+                          "此目的地没有资费，无法拨打"),
+    R.DESTINATION_BARRED: ReasonInfo(None, None, "failed", "Calls to this destination are not allowed",
+                                     "不允许拨打此目的地"),
+    R.SUSPENDED: ReasonInfo(None, None, "failed", "Phone calls from your account are suspended: contact support",
+                            "您账户的电话呼叫功能已被暂停，请联系客服"),
+    R.LIMIT_REACHED: ReasonInfo(0, 16, "failed", "You have reached a limit on phone calls: try again later",
+                                "您已达到电话呼叫上限，请稍后再试"),
     R.MEDIA_DENIED: ReasonInfo(None, None, "failed", "Camera or microphone permission denied", "未获得摄像头或麦克风权限"),
     R.MEDIA_FAILED: ReasonInfo(None, None, "failed", "Could not start audio or video", "无法启动音频或视频"),
 }
 
+# Decided by the server's billing and fraud controls, never by a callee or a gateway.
+BILLING_REASONS: Final = frozenset({R.INSUFFICIENT_CREDIT, R.CREDIT_EXHAUSTED, R.NO_RATE, R.DESTINATION_BARRED,
+                                    R.SUSPENDED, R.LIMIT_REACHED})
+
 # What a callee may give in `decline`: users "declined"/"busy", gateways any set-up failure.
 USER_DECLINE_REASONS: Final = frozenset({R.DECLINED, R.BUSY})
-GATEWAY_DECLINE_REASONS: Final = frozenset(REASONS) - {
+GATEWAY_DECLINE_REASONS: Final = frozenset(REASONS) - BILLING_REASONS - {
     R.HANGUP, R.ANSWERED_ELSEWHERE, R.CONNECTION_LOST, R.MAX_DURATION, R.MEDIA_TIMEOUT, R.ACK_TIMEOUT,
     R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER, R.LEFT, R.REMOVED}
 

@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "bridge.gateway.cli",
     "jego_call.cli.cdr",
     "jego_call.cli.contact",
+    "jego_call.cli.credit",
     "jego_call.cli.dial",
     "jego_call.cli.group",
     "jego_call.cli.message",

@@ -1,6 +1,7 @@
 """`jego user add NAME [--password PW] [--display-name NAME]`: create accounts from the terminal
 (same database as `jego serve` with the same config). Without `--password` (or JEGO_PASSWORD)
-it asks for the password twice on the terminal, without echo."""
+it asks for the password twice on the terminal, without echo. `jego user unsuspend NAME` lifts
+a toll-fraud suspension of that user's phone calls (jego_call/billing/fraud.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def add_parser(sub: Any) -> None:
     ls.add_argument("--config", metavar="PATH")
     ls.add_argument("--data-dir", help="override data.dir")
     ls.set_defaults(func=list_users)
+    un = usub.add_parser("unsuspend", help="allow a user's phone calls again after a fraud suspension")
+    un.add_argument("name")
+    un.add_argument("--note", default="", help="why (kept with the fraud events)")
+    un.add_argument("--config", metavar="PATH")
+    un.add_argument("--data-dir", help="override data.dir")
+    un.set_defaults(func=unsuspend)
 
 
 def _open(args: argparse.Namespace) -> Accounts:
@@ -75,4 +82,20 @@ def list_users(args: argparse.Namespace) -> int:
     accounts = _open(args)
     for row in accounts.db.query("SELECT username FROM users ORDER BY username"):
         print(row["username"])
+    return 0
+
+
+def unsuspend(args: argparse.Namespace) -> int:
+    """Exit 0 when lifted, 1 for an unknown user or one who was not suspended."""
+    from .credit import open_billing
+
+    billing = open_billing(args)
+    name = args.name.strip().lower()
+    if billing.db.query_one("SELECT 1 FROM users WHERE username = ?", (name,)) is None:
+        print(f"jego user unsuspend: no user {name!r}", file=sys.stderr)
+        return 1
+    if not billing.unsuspend(name, args.note):
+        print(f"jego user unsuspend: the phone calls of {name} are not suspended", file=sys.stderr)
+        return 1
+    print(f"phone calls of {name} are allowed again")
     return 0

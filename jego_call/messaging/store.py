@@ -5,7 +5,7 @@ returns it with `duplicate=True` for a retried `client_id`; `mark()` moves messa
 delivered/read; `after()`, `undelivered()` and `page()` read them back. All methods run on the
 event-loop thread (the Database's one connection) and are synchronous.
 
-Groups use the same tables (migration 5): a group's conversation has `group_id` set, its
+Groups use the same tables (migration 6): a group's conversation has `group_id` set, its
 messages have no recipient, and `group_members` holds one row per period of membership with
 the member's cumulative receipt watermarks. `create_group`, `add_members`, `remove_member`,
 `make_admin` change membership and write the system line in the same transaction;
@@ -131,7 +131,7 @@ def pair(a: str, b: str) -> tuple[str, str]:
 
 
 class MessageStore:
-    """Messages and media rows on top of `Database` (schema: migration 2)."""
+    """Messages and media rows on top of `Database` (schema: migrations 2 and 6)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -297,7 +297,7 @@ class MessageStore:
             raise SignallingError(ErrorCode.FORBIDDEN, "only members of the conversation may read this media")
         return media
 
-    # -- groups (migration 5) --------------------------------------------------------------
+    # -- groups (migration 6) --------------------------------------------------------------
     def _insert_message(self, conn: sqlite3.Connection, conv_id: int, sender: str, recipient: str | None,
                         client_id: str, kind: str, body: str | None, media_id: str | None, now: float) -> int:
         """Take the conversation's next seq and insert one message (inside the caller's transaction)."""

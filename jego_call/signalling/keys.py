@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from ..accounts import Accounts
+    from ..accounts import Accounts, LoginDoors
+    from ..billing.service import Billing
     from ..calllog import CallLog
     from ..config import Config
     from ..db import Database
@@ -29,6 +30,8 @@ CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
 GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
 GROUPS: web.AppKey[Groups] = web.AppKey("groups")
+BILLING: web.AppKey[Billing] = web.AppKey("billing")            # jego_call/billing/web.py
+LOGIN_DOORS: web.AppKey[LoginDoors] = web.AppKey("login_doors")  # rate limits, lockout, hash gate
 # Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
 BOUND_URL: web.AppKey[asyncio.Future[str]] = web.AppKey("bound_url")
 # The billing hook for the dial pad: E.164 -> {"per_minute": "0.10", "currency": "CNY"} or None.

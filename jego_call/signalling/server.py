@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import mimetypes
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
-from ..accounts import Accounts, load_secret, normalise_display_name
+from ..accounts import Accounts, GateBusy, LoginDoors, load_secret, normalise_display_name
+from ..billing.web import setup_billing
 from ..call import reasons
 from ..calllog import CallLog
 from ..config import Config
@@ -27,7 +30,7 @@ from ..groups.service import setup_groups
 from ..messaging.service import setup_messaging
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
-from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB
+from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB, LOGIN_DOORS
 from .people import setup_people
 from .ws import websocket_handler
 
@@ -42,25 +45,71 @@ def _token_json(token: Any, accounts: Accounts) -> dict[str, Any]:
             "expires_at": token.expires_at}
 
 
+def _connected(request: web.Request) -> Callable[[], bool]:
+    """Whether the client is still there (checked just before its password is hashed)."""
+    return lambda: request.transport is not None and not request.transport.is_closing()
+
+
+def too_many(retry_after: float, message: str) -> web.Response:
+    """429 with Retry-After (whole seconds, at least 1) in the API's error shape."""
+    secs = max(1, math.ceil(retry_after))
+    return web.json_response({"error": {"code": str(ErrorCode.RATE_LIMITED), "message": message,
+                                        "retry_after": secs}}, status=429, headers={"Retry-After": str(secs)})
+
+
 async def register(request: web.Request) -> web.Response:
+    doors = request.app[LOGIN_DOORS]
+    source = request.remote or "?"
+    denied = doors.policy.before_register(source, time.monotonic())
+    if denied is not None:
+        if (more := doors.should_log(f"register {source}", time.monotonic())) is not None:
+            log.warning("register from %s refused: %s%s", source, denied.rule, more)
+        return too_many(denied.retry_after, denied.message)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
     name, pw = accounts.validate_new(body.get("username"), body.get("password"))
     raw_name = body.get("display_name")
     shown = normalise_display_name(raw_name) if raw_name not in (None, "") else None
-    pw_hash = await asyncio.to_thread(accounts.hash_password, pw)
+    try:
+        pw_hash = await doors.gate.run(accounts.hash_password, pw, alive=_connected(request),
+                                       priority=doors.policy.register_suspicion(source, time.monotonic()))
+    except GateBusy as busy:
+        return too_many(busy.retry_after, "The server is busy: try again in a moment")
     accounts.create(name, pw_hash, shown)
     log.info("registered user %s", name)
     return web.json_response(_token_json(accounts.issue_token(name), accounts), status=201)
 
 
 async def login(request: web.Request) -> web.Response:
+    doors = request.app[LOGIN_DOORS]
+    source = request.remote or "?"
     body = await json_body(request)
+    key = doors.account_key(body.get("username"))
+    denied = doors.policy.before_login(key, source, time.monotonic())
+    if denied is not None:
+        if (more := doors.should_log(f"{denied.rule} {key if denied.rule.startswith('account') else source}",
+                                     time.monotonic())) is not None:
+            log.warning("login for %r from %s refused: %s%s", key, source, denied.rule, more)
+        return too_many(denied.retry_after, denied.message)
     accounts = request.app[ACCOUNTS]
     name, stored = accounts.stored_hash(body.get("username"))
-    ok = await asyncio.to_thread(accounts.verify_password, stored, body.get("password"))
+    try:
+        ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"), alive=_connected(request),
+                                  priority=doors.policy.suspicion(key, source, time.monotonic()))
+    except GateBusy as busy:
+        doors.policy.login_abandoned(key)
+        if not busy.gone and (more := doors.should_log("busy", time.monotonic())) is not None:
+            log.warning("login for %r from %s refused: the password hasher is busy%s", key, source, more)
+        return too_many(busy.retry_after, "The server is busy: try again in a moment")
+    except BaseException:  # cancelled (the client went away) or failed: the password was not judged
+        doors.policy.login_abandoned(key)
+        raise
     if not ok or name is None:
+        locked = doors.policy.login_failed(key, source, time.monotonic())
+        if locked:
+            log.warning("account %r locked for %.0f s after failed logins (last from %s)", key, locked, source)
         raise SignallingError(ErrorCode.AUTH_FAILED, "wrong username or password")
+    doors.policy.login_ok(key, source, time.monotonic())
     return web.json_response(_token_json(accounts.issue_token(name), accounts))
 
 
@@ -162,6 +211,12 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     app[HUB].shutdown()
 
 
+async def _doors(app: web.Application) -> AsyncIterator[None]:
+    app[LOGIN_DOORS] = LoginDoors(app[CONFIG].auth)
+    yield
+    app[LOGIN_DOORS].close()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     # Before cleanup: end calls with a reason and close sockets, so WebSocket handlers return.
     if HUB in app:
@@ -173,6 +228,7 @@ def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BODY)
     app[CONFIG] = cfg
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_doors)
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", index)
@@ -191,4 +247,5 @@ def create_app(cfg: Config) -> web.Application:
     setup_people(app)
     setup_messaging(app)
     setup_groups(app)
+    setup_billing(app)
     return app

@@ -1,6 +1,6 @@
 """Group chats over real sockets (issue 16): three members with one offline, in order with
 receipts per member; a removed member gets nothing after removal and 403 for later media; the
-admin rules; 200 concurrent sends from 4 members keep gap-free sequence numbers; migration 5
+admin rules; 200 concurrent sends from 4 members keep gap-free sequence numbers; migration 6
 keeps two-person conversations."""
 
 from __future__ import annotations
@@ -242,14 +242,14 @@ async def test_200_concurrent_sends_from_4_members_are_gap_free(client: TestClie
         await w.close()
 
 
-def test_migration_5_keeps_two_person_conversations(tmp_path: Path) -> None:
-    """A database at schema 4 with messages: after migration 5 they are all there, keys intact."""
+def test_migration_6_keeps_two_person_conversations(tmp_path: Path) -> None:
+    """A database at schema 5 with messages: after migration 6 (groups) they are all there, keys intact."""
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     for version, script in MIGRATIONS:
-        if version > 4:
+        if version > 5:
             break
         conn.executescript(script)
         conn.execute("INSERT INTO schema_version VALUES (?)", (version,))

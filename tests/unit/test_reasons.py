@@ -7,6 +7,7 @@ import re
 import pytest
 
 from jego_call.call.reasons import (
+    BILLING_REASONS,
     GATEWAY_DECLINE_REASONS,
     REASONS,
     USER_DECLINE_REASONS,
@@ -71,6 +72,23 @@ def test_parse_and_catalogue() -> None:
                                   "missed": False}
     assert table["busy"]["phone_en"] == "The number is busy" != table["busy"]["en"]
     assert EndReason.BUSY.words("zh", phone=True) == "您拨打的号码正忙"
+
+
+def test_billing_reasons() -> None:
+    """Refusals are decided before any SIP is sent; the cuts of a connected call are a BYE with
+    Q.850 cause 16 (normal clearing), like max_duration's BYE."""
+    E = EndReason
+    assert BILLING_REASONS == {E.INSUFFICIENT_CREDIT, E.CREDIT_EXHAUSTED, E.NO_RATE, E.DESTINATION_BARRED,
+                               E.SUSPENDED, E.LIMIT_REACHED}
+    for r in (E.INSUFFICIENT_CREDIT, E.NO_RATE, E.DESTINATION_BARRED, E.SUSPENDED):
+        assert (r.sip_code, r.q850, r.outcome) == (None, None, "failed"), r
+    assert (E.CREDIT_EXHAUSTED.sip_code, E.CREDIT_EXHAUSTED.q850, E.CREDIT_EXHAUSTED.outcome) == (0, 16, "answered")
+    assert (E.LIMIT_REACHED.sip_code, E.LIMIT_REACHED.q850) == (0, 16)
+    assert not BILLING_REASONS & GATEWAY_DECLINE_REASONS        # only the server decides these
+    assert E.NO_RATE.words() == "There is no rate for this destination, so it cannot be called"
+    assert E.INSUFFICIENT_CREDIT.words("zh") == "余额不足，请充值后再拨打"
+    assert E.CREDIT_EXHAUSTED.words("en") == "Your credit ran out, so the call ended"
+    assert catalogue()["credit_exhausted"]["q850_cause"] == 16
 
 
 def test_missed_calls_are_told_from_the_callee_side() -> None:
