@@ -38,7 +38,7 @@ from jego_call.call.machine import TableMachine
 from jego_call.call.reasons import EndReason
 from jego_call.errors import InvalidTransition
 
-from .legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
+from .legs import SAMPLE_RATE, LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
 
 INFO, WARNING = 20, 30  # Log levels (the logging module's numbers)
 MAX_CALL_CAUSE = 102    # Q.850 102: recovery on timer expiry
@@ -134,6 +134,16 @@ class CallSettings:
     answer_timeout_s: float = 20.0   # (reserved) an inbound call whose WebRTC leg never connects
     leg_end_wait_s: float = 35.0     # after our BYE/CANCEL/final response: wait this long for LegEnded
     #                                  (a CANCEL may wait for its 487 up to Timer B, RFC 3261 §17.1.1.2)
+
+    @property
+    def app_codecs(self) -> list[str] | None:
+        """The conference's aiortc leg: codecs to offer (None: aiortc's, Opus first)."""
+        return None if self.app_codec == "opus" else [self.app_codec.upper()]
+
+    @property
+    def app_rate(self) -> int:
+        """The conference's aiortc leg: the sample rate of the frames it sends."""
+        return 48000 if self.app_codec == "opus" else SAMPLE_RATE
 
 
 # --- inputs -------------------------------------------------------------------------------
