@@ -133,13 +133,16 @@ class WebRtcLeg:
     - ``on_state``: called with aiortc's connectionState (new, connecting, connected, failed,
       closed) on every change; media runs from "connected" on.
     - ``sequence_number``/``ssrc``: our first RTP sequence number / SSRC (random by default).
+    - ``codec_factory``: makes the codec for the negotiated encoding name ("opus", "PCMU",
+      "PCMA") instead of ours (scripts/bench_bridge.py's caller: pre-encoded speech).
     """
 
     def __init__(self, port: AudioPort, *, codecs: Sequence[str] = ("opus", "PCMU", "PCMA"),
                  ice: Iterable[dict[str, Any]] = (), opus_bitrate: int = 32000, opus_complexity: int = 1,
                  on_state: StateHandler | None = None, engine: MediaEngine | None = None, name: str = "",
                  sequence_number: int | None = None, rtcp_interval: float = 1.0, jitter_prefetch: int = 3,
-                 on_time_tolerance: float = 0.010, max_burst: int = 3) -> None:
+                 on_time_tolerance: float = 0.010, max_burst: int = 3,
+                 codec_factory: Callable[[str], AudioCodec] | None = None) -> None:
         wanted = [CODEC_NAMES.get(c.lower()) for c in codecs]
         if not wanted or None in wanted:
             raise ValueError(f"codecs must be among opus, PCMU, PCMA: {list(codecs)}")
@@ -154,6 +157,7 @@ class WebRtcLeg:
         self.jitter_prefetch = jitter_prefetch
         self.on_time_tolerance = on_time_tolerance
         self.max_burst = max_burst
+        self.codec_factory = codec_factory
         self._engine = engine
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice)))
         self.pc.on("connectionstatechange", self._on_pc_state)
@@ -307,7 +311,9 @@ class WebRtcLeg:
         negotiated = t._codecs[0]
         name = negotiated.mimeType.split("/", 1)[1]
         codec: AudioCodec
-        if name.lower() == "opus":
+        if self.codec_factory is not None:
+            codec = self.codec_factory(name)
+        elif name.lower() == "opus":
             codec = OpusCodec(self.opus_bitrate, self.opus_complexity)
         else:
             codec = G711Codec(name)
