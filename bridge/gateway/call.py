@@ -380,7 +380,8 @@ class BridgeCall:
         st: dict[str, Any] = {}
         try:
             st = self.app.stats()
-            app = {k: int(st.get(k) or 0) for k in ("packets_sent", "packets_received", "packets_lost")}
+            app = {k: int(st.get(k) or 0) for k in ("packets_sent", "packets_received", "packets_lost",
+                                                     "fec_recovered", "concealed_frames")}
             app_codec = st.get("codec")
         except Exception:
             app_codec = None
@@ -410,7 +411,7 @@ class BridgeCall:
         log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms); app leg %s",
                  self.end_info.get("reason"), app, phone, float(st.get("frames_on_time", 1.0)),
                  float(st.get("max_late_ms", 0.0)),
-                 {k: st[k] for k in ("jitter_ms", "rtt_ms", "concealed_ms", "srtp") if k in st})
+                 {k: st[k] for k in ("jitter_ms", "rtt_ms", "concealed_ms", "fec_sent_for_loss", "srtp") if k in st})
         current = asyncio.current_task()
         for t in self._tasks:
             if t is not current and not t.done():

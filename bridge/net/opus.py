@@ -5,6 +5,7 @@
     dec = OpusDecoder()                              # decodes straight to 8 kHz mono
     pcm = dec.decode(payload)                        # np.int16[n], n = the packet's duration
     pcm = dec.conceal(160)                           # packet-loss concealment (RFC 6716 §4.4)
+    pcm = dec.recover(next_payload, 160)             # the lost frame from the next packet's FEC, or None
     codec = OpusCodec(bitrate=24000, complexity=5)   # both, as a bridge.rtp.codec.AudioCodec
 
 libopus band-limits itself: decoding to 8 kHz and encoding from 8 kHz input need no
@@ -99,6 +100,9 @@ def _lib() -> ctypes.CDLL:
         lib.opus_encoder_ctl.restype = ctypes.c_int
         lib.opus_strerror.restype = cp
         lib.opus_strerror.argtypes = [ctypes.c_int]
+        if hasattr(lib, "opus_packet_has_lbrr"):  # libopus >= 1.5
+            lib.opus_packet_has_lbrr.restype = ctypes.c_int
+            lib.opus_packet_has_lbrr.argtypes = [cp, i32]
         _LIB = lib
     return _LIB
 
@@ -196,6 +200,8 @@ class OpusDecoder:
         self._pcm = np.zeros(MAX_FRAME, dtype=np.int16)
         self._pcm_ptr = self._pcm.ctypes.data
         self.errors = 0  # packets libopus could not decode (counted, concealed)
+        lib_ = _lib()
+        self._has_lbrr = getattr(lib_, "opus_packet_has_lbrr", None)
 
     def decode(self, payload: bytes) -> Pcm:
         """One packet -> its samples at 8 kHz (160 for 20 ms). A corrupt packet is counted and
@@ -204,6 +210,21 @@ class OpusDecoder:
         if n < 0:
             self.errors += 1
             return self.conceal(FRAME)
+        return self._pcm[:n].copy()
+
+    def recover(self, payload: bytes, samples: int) -> Pcm | None:
+        """The ``samples`` just before ``payload`` (a lost frame) from the in-band FEC (LBRR,
+        RFC 6716 §2.1.7) that ``payload`` carries; None when it carries none (then conceal).
+        Call it instead of :meth:`conceal` for the stretch right before the packet, then decode
+        the packet itself as usual."""
+        if not payload or samples <= 0 or samples % 20 or samples > MAX_FRAME:
+            return None
+        has = self._has_lbrr
+        if has is None or has(payload, len(payload)) != 1:
+            return None
+        n = self._decode(self._st, payload, len(payload), self._pcm_ptr, samples, 1)
+        if n != samples:
+            return None
         return self._pcm[:n].copy()
 
     def conceal(self, samples: int) -> Pcm:
@@ -239,6 +260,7 @@ class OpusCodec:
         self.encode = self.encoder.encode
         self.decode = self.decoder.decode
         self.conceal = self.decoder.conceal
+        self.recover = self.decoder.recover
 
     def close(self) -> None:
         self.encoder.close()
@@ -246,3 +268,8 @@ class OpusCodec:
 
     def stats(self) -> dict[str, Any]:
         return {"decode_errors": self.decoder.errors}
+
+    def enable_fec(self, loss_percent: int = 10) -> None:
+        """Our encoder adds in-band FEC for a far end that asked (``useinbandfec=1``, RFC 7587 §6.1),
+        sized for ``loss_percent`` expected loss."""
+        self.encoder.configure(loss_percent=loss_percent)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -41,8 +42,11 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
+from jego_call.media.impair import ImpairmentSpec
+from jego_call.media.netimpair import ImpairedReceiver
+
 from ..rtp.codec import AudioCodec, G711Codec
-from ..rtp.media import AudioPort, MediaEvent, MediaFormat, RemoteBye, RtpSession
+from ..rtp.media import AudioPort, MediaEvent, MediaFormat, RemoteBye, ReportReceived, RtpSession
 from .media import MediaEngine, RtpEndpoint
 from .opus import OpusCodec
 from .srtp import SrtpGuard
@@ -66,24 +70,41 @@ def ice_servers(servers: Iterable[dict[str, Any]]) -> list[RTCIceServer]:
     return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers]
 
 
-def narrowband_opus(sdp: str) -> str:
-    """Our SDP with RFC 7587 §6.1 ``maxplaybackrate=8000;sprop-maxcapturerate=8000`` on Opus:
-    we play out at 8 kHz (the phone network's band) and send from 8 kHz, so the far end's
-    encoder may spend its whole bitrate below 4 kHz (browsers do: narrowband Opus)."""
+def narrowband_opus(sdp: str, max_average_bitrate: int = 32000, fec: bool = True) -> str:
+    """Our SDP with RFC 7587 §6.1 Opus parameters: ``maxplaybackrate=8000;sprop-maxcapturerate=8000``
+    (we play out at 8 kHz, the phone network's band, and send from 8 kHz, so the far end's
+    encoder may spend its whole bitrate below 4 kHz: browsers do, narrowband Opus),
+    ``useinbandfec=1`` (we decode in-band FEC: the far end should send it when it sees loss)
+    and ``maxaveragebitrate`` (what narrowband speech needs to score as G.711 alone:
+    docs/benchmarks.md "Opus at 8 kHz")."""
     lines = sdp.split("\r\n")
     pts = [ln.split(":", 1)[1].split(" ", 1)[0] for ln in lines if ln.lower().startswith("a=rtpmap:")
            and " opus/48000" in ln.lower()]
-    extra = "maxplaybackrate=8000;sprop-maxcapturerate=8000"
+    extra = (f"maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec={1 if fec else 0};"
+             f"maxaveragebitrate={max_average_bitrate}")
     for pt in pts:
         fmtp = f"a=fmtp:{pt} "
         at = next((i for i, ln in enumerate(lines) if ln.startswith(fmtp)), None)
         if at is not None:
-            if "maxplaybackrate" not in lines[at]:
-                lines[at] += ";" + extra
+            have = {kv.split("=", 1)[0].strip().lower() for kv in lines[at][len(fmtp):].split(";")}
+            add = [kv for kv in extra.split(";") if kv.split("=", 1)[0] not in have]
+            if add:
+                lines[at] += ";" + ";".join(add)
         else:
             rtpmap = next(i for i, ln in enumerate(lines) if ln.startswith(f"a=rtpmap:{pt} "))
             lines.insert(rtpmap + 1, fmtp + extra)
     return "\r\n".join(lines)
+
+
+def remote_wants_fec(sdp: str, payload_type: int) -> bool:
+    """RFC 7587 §6.1: the far end's ``useinbandfec=1`` on the Opus payload type we send."""
+    m = re.search(rf"(?m)^a=fmtp:{payload_type} ([^\r\n]*)", sdp)
+    return bool(m and re.search(r"(?:^|;)\s*useinbandfec=1\b", m.group(1)))
+
+
+def fec_loss_percent(fraction_lost: float) -> int:
+    """The loss our encoder plans FEC for, from the far end's RR (0: FEC off; capped at 25 %)."""
+    return 0 if fraction_lost <= 0 else max(1, min(25, round(fraction_lost * 100)))
 
 
 async def _idle(*_args: Any, **_kwargs: Any) -> None:
@@ -133,6 +154,14 @@ class WebRtcLeg:
     - ``on_state``: called with aiortc's connectionState (new, connecting, connected, failed,
       closed) on every change; media runs from "connected" on.
     - ``sequence_number``/``ssrc``: our first RTP sequence number / SSRC (random by default).
+    - ``jitter_adaptive``/``jitter_capacity``: the receive path's playout delay follows the
+      measured jitter and comes back down after a burst; ``capacity`` frames is its ceiling
+      (bridge.rtp.session.JitterBuffer).
+    - ``impair``: a seeded network (loss, bursts, delay, jitter; jego_call/media/impair.py) on
+      the SRTP/SRTCP this leg receives, below SRTP as a real network would; test and lab use
+      only (`[bridge] impair`), logged as a warning when on.
+    - ``fec``: ask the far end for Opus in-band FEC (``useinbandfec=1``) and send it when the
+      far end asks and reports loss (False: neither; lost frames are only concealed).
     - ``codec_factory``: makes the codec for the negotiated encoding name ("opus", "PCMU",
       "PCMA") instead of ours (scripts/bench_bridge.py's caller: pre-encoded speech).
     """
@@ -141,8 +170,10 @@ class WebRtcLeg:
                  ice: Iterable[dict[str, Any]] = (), opus_bitrate: int = 32000, opus_complexity: int = 1,
                  on_state: StateHandler | None = None, engine: MediaEngine | None = None, name: str = "",
                  sequence_number: int | None = None, rtcp_interval: float = 1.0, jitter_prefetch: int = 3,
+                 jitter_adaptive: bool = True, jitter_capacity: int = 16,
                  on_time_tolerance: float = 0.010, max_burst: int = 3,
-                 codec_factory: Callable[[str], AudioCodec] | None = None) -> None:
+                 codec_factory: Callable[[str], AudioCodec] | None = None,
+                 impair: ImpairmentSpec | None = None, fec: bool = True) -> None:
         wanted = [CODEC_NAMES.get(c.lower()) for c in codecs]
         if not wanted or None in wanted:
             raise ValueError(f"codecs must be among opus, PCMU, PCMA: {list(codecs)}")
@@ -155,9 +186,14 @@ class WebRtcLeg:
         self.sequence_number = sequence_number
         self.rtcp_interval = rtcp_interval
         self.jitter_prefetch = jitter_prefetch
+        self.jitter_adaptive = jitter_adaptive
+        self.jitter_capacity = jitter_capacity
         self.on_time_tolerance = on_time_tolerance
         self.max_burst = max_burst
         self.codec_factory = codec_factory
+        self.fec = fec
+        self.impair = impair if impair is not None and impair.active else None
+        self._impaired: ImpairedReceiver | None = None
         self._engine = engine
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice)))
         self.pc.on("connectionstatechange", self._on_pc_state)
@@ -167,6 +203,9 @@ class WebRtcLeg:
         self.session: RtpSession | None = None
         self.srtp: SrtpGuard | None = None
         self.remote_bye = False
+        self.remote_fec = False  # the far end asked for in-band FEC (useinbandfec=1)
+        self.fec_loss_percent = 0  # what our encoder plans FEC for now (from the far end's RR)
+        self._loss_estimate = 0.0
         self.n = {"tx_packets": 0, "tx_bytes": 0, "tx_dropped": 0, "rx_datagrams": 0, "rx_bytes": 0,
                   "rx_before_keys": 0}
         self._t: RTCRtpTransceiver | None = None
@@ -207,7 +246,7 @@ class WebRtcLeg:
         """Gather candidates and return our offer SDP; then `set_answer`."""
         self._transceiver()
         offer = await self.pc.createOffer()
-        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(offer.sdp), type="offer"))
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(offer.sdp, self.opus_bitrate, self.fec), type="offer"))
         self._install_taps()
         return str(self.pc.localDescription.sdp)
 
@@ -220,7 +259,7 @@ class WebRtcLeg:
             raise WebRtcError(f"bad offer SDP: {exc}") from exc
         self._silence_aiortc()
         answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(answer.sdp), type="answer"))
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(answer.sdp, self.opus_bitrate, self.fec), type="answer"))
         self._install_taps()
         return str(self.pc.localDescription.sdp)
 
@@ -320,12 +359,15 @@ class WebRtcLeg:
         self.codec = codec
         self._pick_pair()
         pt = int(negotiated.payloadType or 0)
+        remote = self.pc.remoteDescription
+        self.remote_fec = isinstance(codec, OpusCodec) and remote is not None and remote_wants_fec(str(remote.sdp), pt)
         fmt = MediaFormat(codec=codec.name, payload_type=pt, telephone_event_pt=None,
                           remote=self._remote, rtcp_mux=True)
         cname = getattr(self.pc, "_RTCPeerConnection__cname", None)
         self.session = RtpSession(
             fmt, self.port, codec=codec, ssrc=t.sender._ssrc, sequence_number=self.sequence_number,
             rtcp_interval=self.rtcp_interval, cname=cname, jitter_prefetch=self.jitter_prefetch,
+            jitter_adaptive=self.jitter_adaptive, jitter_capacity=self.jitter_capacity,
             on_time_tolerance=self.on_time_tolerance, max_burst=self.max_burst,
         )  # fmt: skip
         engine = self._engine or MediaEngine.get()
@@ -357,6 +399,17 @@ class WebRtcLeg:
 
     # --- the per-packet path ------------------------------------------------------------------
     def _on_srtp(self, data: bytes) -> None:
+        if self.impair is not None:
+            if self._impaired is None:
+                self._impaired = ImpairedReceiver(self.impair, self._on_network, asyncio.get_running_loop())
+                log.warning("%s: media impairment ON (%s): test and lab use only", self.name or "webrtc leg",
+                            self.impair)
+            self._impaired.data_received(data, 1)
+            return
+        self._on_network(data, 1)
+
+    def _on_network(self, data: bytes, _component: int) -> None:
+        """An SRTP/SRTCP datagram as the network delivered it: unprotect, then the session."""
         ep, srtp = self._ep, self.srtp
         n = self.n
         if ep is None or srtp is None:
@@ -389,9 +442,24 @@ class WebRtcLeg:
 
     def _on_events(self, events: list[MediaEvent]) -> None:
         for ev in events:
-            if isinstance(ev, RemoteBye):
+            if isinstance(ev, ReportReceived):
+                self._adapt_fec(ev.stats.fraction_lost)
+            elif isinstance(ev, RemoteBye):
                 self.remote_bye = True
                 log.debug("%s: RTCP BYE from the far end", self.name)
+
+    def _adapt_fec(self, fraction_lost: float) -> None:
+        """RFC 7587 §3.3 / RFC 6716 §2.1.7: with a far end that decodes FEC, our encoder adds
+        it sized to the loss the far end reports (off again some seconds after it reports none)."""
+        codec = self.codec
+        if not self.fec or not self.remote_fec or not isinstance(codec, OpusCodec):
+            return
+        # a report without loss lowers the estimate gently (one calm second must not switch FEC off)
+        self._loss_estimate = max(fraction_lost, self._loss_estimate * 0.7)
+        want = fec_loss_percent(self._loss_estimate if self._loss_estimate >= 0.005 else 0.0)
+        if want != self.fec_loss_percent:
+            codec.encoder.configure(loss_percent=want)
+            self.fec_loss_percent = want
 
     # --- results ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -407,17 +475,25 @@ class WebRtcLeg:
                        jitter_ms=round(jb.jitter * 1000, 2), frames_on_time=round(s.n["on_time"] / ticks, 4) if ticks else 1.0,
                        max_late_ms=round(s.max_lateness * 1000, 1), rtcp_sent=s.n["rtcp_sent"],
                        rtcp_received=s.n["rtcp_received"], concealed_ms=s.playout.concealed_samples // 8,
-                       tx_underruns=s.n["tx_underruns"], malformed=s.n["malformed"], unknown_pt=s.n["unknown_pt"])
+                       tx_underruns=s.n["tx_underruns"], malformed=s.n["malformed"], unknown_pt=s.n["unknown_pt"],
+                       fec_recovered=s.playout.recovered_frames, concealed_frames=s.playout.concealed_frames,
+                       fec_sent_for_loss=self.fec_loss_percent, latency_dropped=jb.latency_dropped,
+                       late_dropped=jb.late + jb.overflow_dropped, playout_target_ms=s.playout.jitter.target * 20)
             if s.rtt is not None:
                 out["rtt_ms"] = round(s.rtt * 1000, 1)
             if s.remote_stats is not None:
                 out["remote_packets_lost"] = s.remote_stats.cumulative_lost
         if self.srtp is not None:
             out["srtp"] = dict(self.srtp.n)
+        if self._impaired is not None:
+            c = self._impaired.counters
+            out["impaired"] = {k: getattr(c, k) for k in ("received", "dropped", "delivered", "reordered", "loss_runs")}
         return out
 
     # --- teardown -----------------------------------------------------------------------------
     def _stop_media(self) -> None:
+        if self._impaired is not None:
+            self._impaired.close()
         ep, self._ep = self._ep, None
         if ep is not None and self._engine is not None:
             self._engine.close(ep)  # the last RTCP (BYE) goes out while the pair is still up

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,7 +112,10 @@ class Playout:
     whether anything was playing. The FIFO holds at most ``fifo_ms`` (oldest dropped).
     ``codec`` is an encoding name ("PCMU", "PCMA") or an :class:`~bridge.rtp.codec.AudioCodec`
     (its ``clock_rate`` is the RTP clock: timestamps count ``clock_rate / 8000`` per sample);
-    a lost packet inside a playing stream is filled by ``codec.conceal`` (Opus: its PLC).
+    a lost packet inside a playing stream is filled by ``codec.conceal`` (Opus: its PLC), or,
+    when the codec has ``recover(next_payload, samples)`` (Opus in-band FEC) and the packet after
+    the loss is already here and carries FEC, from that. ``recovered_frames`` /
+    ``concealed_frames`` count the 20 ms frames filled each way.
     """
 
     def __init__(
@@ -122,32 +126,62 @@ class Playout:
         fifo_ms: int = 300,
         clock_rate: int | None = None,
         codec: str | AudioCodec = "PCMU",
+        adaptive: bool = False,
     ) -> None:
         self.codec: AudioCodec = G711Codec(codec) if isinstance(codec, str) else codec
         self.clock_rate = clock_rate or self.codec.clock_rate
         self.ratio = max(1, self.clock_rate // RATE)  # RTP timestamp units per 8 kHz sample
         self.jitter = JitterBuffer(capacity=capacity, prefetch=prefetch, clock_rate=self.clock_rate,
-                                   frame_samples=FRAME * self.ratio)
+                                   frame_samples=FRAME * self.ratio, adaptive=adaptive)
         self.decode = self.codec.decode
         self.conceal = self.codec.conceal
+        self.recover: Callable[[bytes, int], Pcm | None] | None = getattr(self.codec, "recover", None)
         self.fifo_cap = max(FRAME, RATE * fifo_ms // 1000)  # samples at 8 kHz
         self._pcm: Pcm = np.zeros(0, dtype=np.int16)
         self._end_ts: int | None = None  # RTP timestamp just after the FIFO's last sample
         self._ssrc: int | None = None
         self._resync = True  # the next packet starts playout afresh (no gap fill)
         self.concealed_samples = 0
+        self.recovered_frames = 0  # lost frames rebuilt from the next packet's FEC
+        self.concealed_frames = 0  # lost frames (or parts) filled by PLC / silence
 
     def set_codec(self, codec: AudioCodec) -> None:
         """A new codec on the same clock (re-INVITE from PCMU to PCMA)."""
         self.codec = codec
         self.decode = codec.decode
         self.conceal = codec.conceal
+        self.recover = getattr(codec, "recover", None)
+
+    def _fill(self, samples: int, following: RtpPacket | None) -> Pcm:
+        """``samples`` for a lost stretch: its last 20 ms from ``following``'s FEC when it
+        carries some (the rest, if longer, concealed first, as libopus wants), else concealed."""
+        recover = self.recover
+        if recover is not None and following is not None and samples >= FRAME:
+            before = samples - FRAME
+            head = self.conceal(before) if before else None
+            fec = recover(following.payload, FRAME)
+            if fec is not None:
+                self.recovered_frames += 1
+                if head is not None:
+                    self.concealed_samples += before
+                    self.concealed_frames += 1
+                    return np.concatenate((head, fec))
+                return fec
+            tail = self.conceal(FRAME)
+            self.concealed_samples += samples
+            self.concealed_frames += 1
+            return np.concatenate((head, tail)) if head is not None else tail
+        self.concealed_samples += samples
+        self.concealed_frames += 1
+        return self.conceal(samples)
 
     def frame(self, now: float) -> tuple[Pcm, bool]:
         """The next 160 samples: pull packets until the FIFO holds a frame; a short FIFO is
         padded (concealment inside a playing stream, else silence)."""
         gap = False
         jb = self.jitter
+        if jb.adaptive:
+            self._skip(jb.take_skipped())
         if not len(self._pcm) and jb.depth:
             # Fast path: an empty FIFO and a next packet of exactly one slot, in sequence.
             item = jb.pop_packet(now)
@@ -179,8 +213,11 @@ class Playout:
             self._pcm = self._pcm[FRAME:]
             return out, live
         if gap and jb.playing:
-            fill = self.conceal(FRAME - have)  # a lost packet: concealed (G.711: silence)
-            self.concealed_samples += FRAME - have
+            # a lost packet: from the next one's FEC when it is here and follows on, else concealed
+            nxt = jb.peek_packet()
+            follows = nxt is not None and self._end_ts is not None and not have and \
+                nxt.timestamp == (self._end_ts + FRAME * self.ratio) & 0xFFFFFFFF
+            fill = self._fill(FRAME - have, nxt if follows else None)
             out = np.concatenate((self._pcm, fill)) if have else fill
         else:
             out = np.pad(self._pcm, (0, FRAME - have)) if have else SILENCE
@@ -188,6 +225,11 @@ class Playout:
         if gap and self._end_ts is not None:
             self._end_ts = (self._end_ts + (FRAME - have) * self.ratio) & 0xFFFFFFFF
         return out, live
+
+    def _skip(self, frames: int) -> None:
+        """The jitter buffer dropped ``frames`` to cut the delay: their time is gone, not lost."""
+        if frames and self._end_ts is not None:
+            self._end_ts = (self._end_ts + frames * FRAME * self.ratio) & 0xFFFFFFFF
 
     def _feed(self, item: RtpPacket, pcm: Pcm | None = None) -> None:
         ssrc, ts = item.ssrc, item.timestamp
@@ -198,8 +240,7 @@ class Playout:
             delta = 0  # a new start, a new source or a timestamp jump: no gap fill
         fill = None
         if delta > 0 and pcm is None:
-            fill = self.conceal(delta)  # before decoding what follows the gap (the PLC's order)
-            self.concealed_samples += delta
+            fill = self._fill(delta, item)  # before decoding what follows the gap (the PLC's order)
         if pcm is None:
             pcm = self.decode(item.payload)
         self._resync = False
@@ -335,6 +376,7 @@ class RtpSession:
         on_time_tolerance: float = 0.005,
         jitter_capacity: int = 16,
         jitter_prefetch: int = 3,
+        jitter_adaptive: bool = False,
         fifo_ms: int = 300,
         rtcp: bool = True,
         rtcp_interval: float = 5.0,
@@ -362,7 +404,8 @@ class RtpSession:
             fmt.payload_type, ssrc=ssrc, sequence_number=sequence_number, timestamp=timestamp,
             clock_rate=self.clock_rate, rng=rng or random.SystemRandom(),
         )  # fmt: skip
-        self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=self.codec)
+        self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=self.codec,
+                               adaptive=jitter_adaptive)
         self._encode = self.codec.encode
         self.dtmf = DtmfReceiver()
         self.dtmf_gap_slots = max(1, dtmf_gap_ms // 20)

@@ -11,6 +11,7 @@ Times (``now``) are seconds from any monotonic clock supplied by the caller.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from enum import Enum
@@ -178,6 +179,7 @@ class JitterStats:
     resets: int
     ssrc_changes: int
     depth: int
+    latency_dropped: int = 0  # frames dropped to bring an adaptive buffer's delay back down
 
 
 class JitterBuffer:
@@ -188,7 +190,17 @@ class JitterBuffer:
     buffered and restarts the same way after an underrun. The buffer flushes itself when the
     SSRC changes, when the source resyncs (A.1) and when the timestamp jumps by more than
     ``max_ts_jump`` seconds from where the sequence number says it should be.
+
+    ``adaptive=True`` (the bridge's app -> phone path): the playout delay follows the measured
+    interarrival jitter (RFC 3550 §6.4.1) instead of keeping whatever a burst left behind.
+    ``target`` = ``prefetch`` (the floor) or 3 x jitter + 1 frame, at most ``capacity - 2``; while
+    more than ``target`` frames wait for ``DRAIN_EVERY`` slots in a row, one is dropped
+    (``latency_dropped``), so after a stall and its burst the delay is back at the floor within
+    about a second. ``capacity`` is the ceiling: packets beyond it are dropped and counted
+    (``overflow_dropped``), as are those that arrive after their slot (``late``).
     """
+
+    DRAIN_EVERY = 3
 
     def __init__(
         self,
@@ -197,6 +209,7 @@ class JitterBuffer:
         clock_rate: int = 8000,
         frame_samples: int = 160,
         max_ts_jump: float = 5.0,
+        adaptive: bool = False,
     ) -> None:
         if capacity < 1 or not 0 < prefetch <= capacity:
             raise ValueError("need capacity >= 1 and 0 < prefetch <= capacity")
@@ -205,6 +218,10 @@ class JitterBuffer:
         self.clock_rate = clock_rate
         self.frame_samples = frame_samples
         self.max_ts_jump = int(max_ts_jump * clock_rate)
+        self.adaptive = adaptive
+        self.target = prefetch  # frames of playout delay aimed at (adaptive)
+        self._over = 0  # consecutive slots above target
+        self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
         self.source: RtpSource | None = None
         self._slots: dict[int, RtpPacket | None] = {}
         self._next: int | None = None  # next extended seq to play, or floor while re-buffering
@@ -214,6 +231,7 @@ class JitterBuffer:
         self._n = {
             "accepted": 0, "duplicates": 0, "late": 0, "invalid": 0, "overflow_dropped": 0,
             "played": 0, "non_audio": 0, "concealed": 0, "underruns": 0, "resets": 0, "ssrc_changes": 0,
+            "latency_dropped": 0,
         }  # fmt: skip
 
     # -- receive ---------------------------------------------------------------------------
@@ -309,7 +327,42 @@ class JitterBuffer:
             self._slots.pop(self._next, None)
             self._next += 1
             self._n["overflow_dropped"] += 1
+            if self.adaptive:
+                self._skipped += 1
+        elif self.adaptive:
+            self._adapt()
         return packet
+
+    def _adapt(self) -> None:
+        """Adaptive playout delay: aim at 3 x jitter + 1 frame (floor ``prefetch``), drain above it."""
+        src = self.source
+        frame_s = self.frame_samples / self.clock_rate
+        jitter = src.jitter_seconds if src is not None else 0.0
+        self.target = max(self.prefetch, min(self.capacity - 2, math.ceil(3 * jitter / frame_s) + 1))
+        assert self._next is not None
+        waiting = max(self._slots) - self._next + 1 if self._slots else 0
+        if waiting > self.target:
+            self._over += 1
+            if self._over >= self.DRAIN_EVERY:
+                self._over = 0
+                self._slots.pop(self._next, None)
+                self._next += 1
+                self._n["latency_dropped"] += 1
+                self._skipped += 1
+        else:
+            self._over = 0
+
+    def take_skipped(self) -> int:
+        """Frames dropped to cut the delay (adaptive) since the last call: playout must move its
+        clock on by that much rather than fill them in (that would keep the delay)."""
+        n, self._skipped = self._skipped, 0
+        return n
+
+    def peek_packet(self) -> RtpPacket | None:
+        """The packet the next `pop_packet` would give, if it is here (Opus FEC looks at it)."""
+        if self._next is None:
+            return None
+        return self._slots.get(self._next)
 
     def reset(self) -> None:
         """Forget buffered packets and playout position (keeps counters and the RtpSource)."""

@@ -110,3 +110,30 @@ async def test_speech_through_the_lean_leg_scores_like_g711(legs: list[WebRtcLeg
     base = analysis.pesq_score(ref, g711_alone, 8000, mode="nb")
     print(f"PESQ nb: lean leg (Opus 8 kHz) {lean:.2f}, G.711 alone {base:.2f}")
     assert lean >= base - 0.1, (lean, base)
+
+
+@pytest.mark.parametrize("fec", [True, False])
+async def test_fec_through_lossy_lean_legs(legs: list[WebRtcLeg], fec: bool) -> None:
+    """b's receive path loses 8 % of the SRTP datagrams (seeded, below SRTP); with FEC asked for,
+    a's encoder adds it once b's RTCP reports the loss and b rebuilds lost frames from it;
+    without, b only conceals."""
+    from jego_call.media.impair import ImpairmentSpec
+
+    speech = as_int16(speech_8k())
+    pa, pb = Player(speech), Player(np.zeros(0, dtype=np.int16))
+    a = WebRtcLeg(pa, codecs=("opus",), name="a", fec=fec)
+    b = WebRtcLeg(pb, codecs=("opus",), name="b", fec=fec, impair=ImpairmentSpec.parse("loss=8,seed=11"))
+    legs += [a, b]
+    await connect(a, b)
+    await asyncio.sleep(8.0)
+    sb = b.stats()
+    print(f"fec={fec}: b {sb['impaired']}, recovered {sb['fec_recovered']}, concealed {sb['concealed_frames']}, "
+          f"a plans FEC for {a.fec_loss_percent} % loss")
+    assert sb["impaired"]["dropped"] > 0 and sb["packets_lost"] > 0
+    assert sb["srtp"]["auth_failed"] == 0
+    if fec:
+        assert a.remote_fec and a.fec_loss_percent > 0
+        assert sb["fec_recovered"] > 0
+    else:
+        assert not a.remote_fec and a.fec_loss_percent == 0
+        assert sb["fec_recovered"] == 0 and sb["concealed_frames"] > 0
