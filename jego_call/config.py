@@ -119,6 +119,7 @@ class BridgeSection:
     app_codec: str = "opus"
     opus_bitrate: int = 32000
     opus_complexity: int = 1
+    impair: str = ""                # test and lab use: a seeded network on the app leg's receive path
     media_timeout_s: float = 30.0
     max_call_s: float = 7200.0
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
@@ -273,5 +274,9 @@ def _check(cfg: Config) -> None:
     workers = cfg.bridge.workers
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError("bridge.workers", f'expected "auto" or a whole number of processes >= 1, got {workers!r}')
+    if cfg.bridge.impair:
+        from .media.impair import ImpairmentSpec  # pure; ConfigError names the key
+
+        ImpairmentSpec.parse(cfg.bridge.impair)
     if not 0 <= cfg.bridge.opus_complexity <= 10:
         raise ConfigError("bridge.opus_complexity", f"must be 0 to 10, got {cfg.bridge.opus_complexity}")

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from bridge.net.webrtc import WebRtcLeg
 from jego_call.log import call_context
+from jego_call.media.impair import ImpairmentSpec
 
 from .call_core import (
     TRANSITIONS,
@@ -153,10 +154,12 @@ def lean_app_leg(settings: CallSettings, ice_servers: list[dict[str, Any]], name
     """The default app leg: bridge/net/webrtc.py `WebRtcLeg` (aiortc for SDP, ICE, DTLS keys;
     SRTP, RTP and Opus at 8 kHz on the shared media engine)."""
 
+    impair = ImpairmentSpec.parse(settings.impair) if settings.impair else None
+
     def make(port: PhoneLink, on_state: Callable[[str], None]) -> AppLeg:
         codecs = ("opus", "PCMU", "PCMA") if settings.app_codec == "opus" else (settings.app_codec,)
         return WebRtcLeg(port, codecs=codecs, ice=ice_servers, opus_bitrate=settings.opus_bitrate,
-                         opus_complexity=settings.opus_complexity, on_state=on_state, name=name)
+                         opus_complexity=settings.opus_complexity, on_state=on_state, name=name, impair=impair)
 
     return make
 

@@ -129,6 +129,7 @@ class CallSettings:
     app_codec: str = "opus"          # opus (transcoded) or pcmu/pcma straight through
     opus_bitrate: int = 32000
     opus_complexity: int = 1         # our encoder toward the app (docs/benchmarks.md "Opus at 8 kHz")
+    impair: str = ""                 # test and lab use: the app leg's receive path (jego_call/media/impair.py)
     media_timeout_s: float = 30.0
     max_call_s: float = 7200.0
     answer_timeout_s: float = 20.0   # (reserved) an inbound call whose WebRTC leg never connects

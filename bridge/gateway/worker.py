@@ -84,6 +84,7 @@ class BridgeWorker:
         """A worker configured from [bridge] (config/jego.toml); then `start()`."""
         b = cfg.bridge
         settings = CallSettings(app_codec=b.app_codec, opus_bitrate=b.opus_bitrate, opus_complexity=b.opus_complexity,
+                                impair=b.impair,
                                 media_timeout_s=b.media_timeout_s, max_call_s=b.max_call_s)
         return cls(server_url, secret, trunk_factory(b), name=name or b.name,
                    max_calls=max_calls or b.max_calls, settings=settings, did=dict(b.did))

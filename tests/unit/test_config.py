@@ -72,3 +72,13 @@ def test_cli_reports_bad_config_in_one_line_with_status_2(tmp_path: Path) -> Non
     res = subprocess.run([sys.executable, "-m", "jego_call.cli.main", "serve", "--config", str(tmp_path / "none")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def test_bridge_impair_is_off_by_default_and_checked() -> None:
+    assert load_config(None, environ={}).bridge.impair == ""
+    cfg = load_config(None, environ={"JEGO_BRIDGE_IMPAIR": "loss=5,burst=2,jitter=30,delay=100,seed=1"})
+    assert cfg.bridge.impair == "loss=5,burst=2,jitter=30,delay=100,seed=1"
+    with pytest.raises(ConfigError, match="impair"):
+        load_config(None, environ={"JEGO_BRIDGE_IMPAIR": "loss=bogus"})
+    with pytest.raises(ConfigError, match="impair"):
+        load_config(None, environ={"JEGO_BRIDGE_IMPAIR": "drop=5"})
