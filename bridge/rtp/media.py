@@ -162,18 +162,18 @@ class Playout:
             fec = recover(following.payload, FRAME)
             if fec is not None:
                 self.recovered_frames += 1
-                if head is not None:
-                    self.concealed_samples += before
-                    self.concealed_frames += 1
-                    return np.concatenate((head, fec))
-                return fec
+                self._concealed(before)
+                return np.concatenate((head, fec)) if head is not None else fec
             tail = self.conceal(FRAME)
-            self.concealed_samples += samples
-            self.concealed_frames += 1
+            self._concealed(samples)
             return np.concatenate((head, tail)) if head is not None else tail
-        self.concealed_samples += samples
-        self.concealed_frames += 1
+        self._concealed(samples)
         return self.conceal(samples)
+
+    def _concealed(self, samples: int) -> None:
+        if samples > 0:
+            self.concealed_samples += samples
+            self.concealed_frames += -(-samples // FRAME)
 
     def frame(self, now: float) -> tuple[Pcm, bool]:
         """The next 160 samples: pull packets until the FIFO holds a frame; a short FIFO is
@@ -200,7 +200,7 @@ class Playout:
             empty = jb.depth == 0
             item = jb.pop_packet(now)
             if item is None:
-                if empty:
+                if empty and not jb.playing:
                     self._resync = True  # underrun: restart at the next packet, as the buffer does
                 else:
                     gap = True  # a lost packet or a telephone-event slot: its time passes

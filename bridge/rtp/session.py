@@ -196,11 +196,14 @@ class JitterBuffer:
     ``target`` = ``prefetch`` (the floor) or 3 x jitter + 1 frame, at most ``capacity - 2``; while
     more than ``target`` frames wait for ``DRAIN_EVERY`` slots in a row, one is dropped
     (``latency_dropped``), so after a stall and its burst the delay is back at the floor within
-    about a second. ``capacity`` is the ceiling: packets beyond it are dropped and counted
+    about a second. A loss burst that empties the buffer is played through as lost slots
+    (concealed) for up to ``MAX_DRY`` slots before playout stops and re-buffers. ``capacity`` is
+    the ceiling: packets beyond it are dropped and counted
     (``overflow_dropped``), as are those that arrive after their slot (``late``).
     """
 
     DRAIN_EVERY = 3
+    MAX_DRY = 5  # adaptive: slots an empty buffer keeps playing (lost, concealed) before re-buffering
 
     def __init__(
         self,
@@ -222,6 +225,7 @@ class JitterBuffer:
         self.target = prefetch  # frames of playout delay aimed at (adaptive)
         self._over = 0  # consecutive slots above target
         self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
+        self._dry = 0  # consecutive slots played from an empty buffer (adaptive)
         self.source: RtpSource | None = None
         self._slots: dict[int, RtpPacket | None] = {}
         self._next: int | None = None  # next extended seq to play, or floor while re-buffering
@@ -307,12 +311,21 @@ class JitterBuffer:
             first = min(self._slots)
             self._next = first if self._next is None else max(first, self._next)
             self._playing = True
+        if not self._slots and self.adaptive and self._dry < self.MAX_DRY and self._next is not None:
+            # a loss burst longer than the buffer: its slots pass as lost (concealed), playout
+            # keeps its place instead of re-buffering (which would add silence and delay)
+            self._dry += 1
+            self._next += 1
+            self._n["concealed"] += 1
+            return None
         if not self._slots:
+            self._dry = 0
             self._playing = False  # underrun: re-buffer ``prefetch`` packets before resuming
             self._n["underruns"] += 1
             self._n["concealed"] += 1
             return None
         assert self._next is not None
+        self._dry = 0
         present = self._next in self._slots
         packet = self._slots.pop(self._next, None)
         self._next += 1

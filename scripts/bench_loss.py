@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Benchmark: the lean leg's receive path under loss and delay, in virtual time (issue 15).
+
+1. App -> phone speech (tests/data/speech_en_48k.wav at 8 kHz) through Opus at 8 kHz
+   (bridge/net/opus.py, 32 kb/s complexity 1) from one RtpSession to another, a seeded
+   jego_call/media/impair.py network between them, then through G.711 as the carrier hears it;
+   narrowband PESQ against the source, with the sender's in-band FEC on (planned for 10 % loss)
+   and off (PLC only: the path before issue 15), on the SAME loss pattern, plus the
+   recovered / concealed frame counters. G.711 alone on the same speech is the clean reference.
+2. The adaptive playout delay (bridge.rtp.session.JitterBuffer adaptive=True) after a stall of
+   S ms whose packets then arrive together: the delay before, at its peak, and how long until it
+   is back within 60 ms of its floor; the fixed buffer for comparison.
+
+Deterministic (seeded), no sockets: run it anywhere.
+
+    .venv/bin/python scripts/bench_loss.py --seeds 1 2 3 --stall-ms 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bridge.net.opus import OpusCodec  # noqa: E402
+from bridge.rtp import g711  # noqa: E402
+from bridge.rtp.media import MediaFormat, RtpSession  # noqa: E402
+from jego_call.media import analysis  # noqa: E402
+from jego_call.media.impair import Impairment, ImpairmentSpec  # noqa: E402
+from tests.unit.test_adaptive_jitter import run as jitter_run  # noqa: E402
+from tests.unit.test_adaptive_jitter import stall  # noqa: E402
+
+SPEECH = ROOT / "tests" / "data" / "speech_en_48k.wav"
+ADDR = ("127.0.0.1", 9)
+
+
+class Player:
+    def __init__(self, pcm: np.ndarray) -> None:
+        self.pcm = pcm
+        self.at = 0
+        self.heard: list[np.ndarray] = []
+
+    def exchange(self, rx: np.ndarray, live: bool) -> np.ndarray:
+        self.heard.append(rx.copy())
+        chunk = self.pcm[self.at:self.at + 160]
+        self.at += 160
+        return np.pad(chunk, (0, 160 - len(chunk))) if len(chunk) < 160 else chunk
+
+
+def through(speech: np.ndarray, spec: str, fec: bool) -> tuple[float, int, int, int]:
+    fmt = MediaFormat(codec="opus", payload_type=111, telephone_event_pt=None, remote=ADDR)
+    tx_codec, rx_codec = OpusCodec(32000, 1), OpusCodec(32000, 1)
+    if fec:
+        tx_codec.enable_fec(10)
+    src, dst = Player(speech), Player(np.zeros(0, dtype=np.int16))
+    tx = RtpSession(fmt, src, codec=tx_codec, rtcp=False)
+    rx = RtpSession(fmt, dst, codec=rx_codec, rtcp=False, jitter_adaptive=True)
+    net: Impairment[bytes] = Impairment(ImpairmentSpec.parse(spec))
+    now = 10.0
+    tx.start(now)
+    rx.start(now)
+    for _ in range(len(speech) // 160 + 50):
+        tx.tick(now)
+        for data, _a, _v in tx.out:
+            net.push(data, now)
+        tx.out.clear()
+        for data in net.pop_due(now + 0.001):
+            rx.receive(data, ADDR, now + 0.001)
+        rx.tick(now + 0.002)
+        rx.out.clear()
+        now += 0.02
+    heard = np.concatenate(dst.heard)
+    phone = g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(heard))  # what the carrier records
+    score = analysis.pesq_score(analysis.to_float(speech), analysis.to_float(phone), 8000, mode="nb")
+    p = rx.playout
+    return score, p.recovered_frames, p.concealed_frames, net.counters.dropped
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--stall-ms", type=float, default=300.0)
+    args = ap.parse_args()
+    x, rate = analysis.read_wav(SPEECH)
+    speech = np.asarray(np.clip(analysis.resample(x, rate, 8000) * 32768, -32768, 32767), dtype=np.int16)
+    base = analysis.pesq_score(analysis.to_float(speech),
+                               analysis.to_float(g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(speech))), 8000,
+                               mode="nb")
+    print(f"G.711 alone: PESQ nb {base:.2f}")
+    print("| network | FEC | PESQ nb median (min..max over seeds) | recovered / concealed frames | datagrams lost |")
+    print("|---|---|---|---|---|")
+    for spec in ("", "loss=5", "loss=10,burst=2.5"):
+        for fec in (True, False):
+            rows = [through(speech, f"{spec},seed={s}" if spec else "", fec) for s in (args.seeds if spec else [0])]
+            scores = [r[0] for r in rows]
+            print(f"| {spec or 'clean'} | {'on' if fec else 'off (PLC only)'} | {statistics.median(scores):.2f} "
+                  f"({min(scores):.2f}..{max(scores):.2f}) | {sum(r[1] for r in rows)} / {sum(r[2] for r in rows)} "
+                  f"| {sum(r[3] for r in rows)} |")
+    print()
+    print(f"Playout delay after a {args.stall_ms:.0f} ms stall (packets held, then delivered together):")
+    print("| buffer | floor ms | peak ms | back within 60 ms of the floor after (s) | at +2 s ms |")
+    print("|---|---|---|---|---|")
+    s = args.stall_ms / 1000
+    for adaptive in (True, False):
+        delays, _ = jitter_run(adaptive, stall(s))
+        floor = statistics.median(d for t, d in delays if 2.0 <= t < 2.8)
+        after = [(t, d) for t, d in delays if t >= 3.0 + s]
+        peak = max(d for _, d in after)
+        back = next((t - (3.0 + s) for t, d in after if d <= floor + 0.060
+                     and all(d2 <= floor + 0.060 for t2, d2 in after if t2 >= t)), None)
+        at2 = statistics.median(d for t, d in after if 3.0 + s + 2.0 <= t < 3.0 + s + 2.2)
+        print(f"| {'adaptive' if adaptive else 'fixed'} | {floor * 1000:.0f} | {peak * 1000:.0f} | "
+              f"{'never' if back is None else f'{back:.2f}'} | {at2 * 1000:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
