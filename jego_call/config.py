@@ -122,6 +122,7 @@ class BridgeSection:
     impair: str = ""                # test and lab use: a seeded network on the app leg's receive path
     media_timeout_s: float = 30.0
     max_call_s: float = 7200.0
+    session_expires_s: int = 1800
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
 
     @property
