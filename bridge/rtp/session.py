@@ -196,14 +196,16 @@ class JitterBuffer:
     ``target`` = ``prefetch`` (the floor) or 3 x jitter + 1 frame, at most ``capacity - 2``; while
     more than ``target`` frames wait for ``DRAIN_EVERY`` slots in a row, one is dropped
     (``latency_dropped``), so after a stall and its burst the delay is back at the floor within
-    about a second. A loss burst that empties the buffer is played through as lost slots
-    (concealed) for up to ``MAX_DRY`` slots before playout stops and re-buffers. ``capacity`` is
+    about a second. ``capacity`` is
     the ceiling: packets beyond it are dropped and counted
     (``overflow_dropped``), as are those that arrive after their slot (``late``).
     """
 
     DRAIN_EVERY = 3
-    MAX_DRY = 5  # adaptive: slots an empty buffer keeps playing (lost, concealed) before re-buffering
+    # adaptive: slots an empty buffer may keep playing as lost (concealed) before re-buffering. 0:
+    # off. 5 helped seeded loss bursts (scripts/bench_loss.py) but turned a late sender's packets
+    # (aiortc's, under load) into losses: through the bridge PESQ fell, so it stays off.
+    MAX_DRY = 0
 
     def __init__(
         self,
