@@ -15,10 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -85,8 +85,14 @@ def start_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> 
     raise RuntimeError(f"jego serve did not start:\n{log_path.read_text()}")
 
 
+class ServerFactory(Protocol):
+    """`server_factory(extra_args, **env)`: one more `jego serve`, stopped at the test's end."""
+
+    def __call__(self, extra_args: list[str] | None = None, **env: str) -> LiveServer: ...
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[LiveServer] = []
 
     def factory(extra_args: list[str] | None = None, **env: str) -> LiveServer:
@@ -102,7 +108,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
 
 @pytest.fixture
-def live_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+def live_server(server_factory: ServerFactory) -> LiveServer:
     return server_factory()
 
 

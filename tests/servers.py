@@ -272,7 +272,7 @@ def prometheus_server(tmp: Path, targets: Sequence[str], *, interval_s: float = 
 
     def ready() -> bool:
         with urllib.request.urlopen(f"http://{HOST}:{port}/-/ready", timeout=1) as r:  # noqa: S310
-            return r.status == 200
+            return bool(r.status == 200)
 
     server = PrometheusServer(Managed("prometheus", argv, ready, d / "prometheus.log"), port)
     holder.append(server)

@@ -132,9 +132,14 @@ def test_group_chat_and_a_three_way_group_call(browsers: dict[str, Browser], ser
 
     # audio both ways for each: every page receives the conference's mix, and it holds the two others
     for user, page in pages.items():
-        wait_for(lambda p=page: (group_stats(p) or {}).get("audio", {}).get("packetsReceived", 0) > 100,
-                 what=f"{user} receives audio")
-        spectrum = wait_for(lambda p=page: p.evaluate(SPECTRUM, list(TONES.values())), what=f"{user} spectrum")
+        def receiving(p: Page = page) -> bool:
+            return bool((group_stats(p) or {}).get("audio", {}).get("packetsReceived", 0) > 100)
+
+        def spectrum_of(p: Page = page) -> Any:
+            return p.evaluate(SPECTRUM, list(TONES.values()))
+
+        wait_for(receiving, what=f"{user} receives audio")
+        spectrum = wait_for(spectrum_of, what=f"{user} spectrum")
         others = [v for u, v in TONES.items() if u != user]
         own = TONES[user]
         levels = {float(k): v for k, v in spectrum.items()}

@@ -200,7 +200,8 @@ def frame_levels(x: np.ndarray, rate: int) -> np.ndarray:
     """RMS level of each 20 ms frame in dBFS (full-scale square = 0, as analysis.level_dbfs)."""
     n = rate // 50
     fr = x[: len(x) // n * n].reshape(-1, n).astype(np.float64)
-    return 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) + 1e-9)
+    levels: np.ndarray = 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) + 1e-9)
+    return levels
 
 
 async def test_30ms_ptime_peer_is_heard_whole_through_the_bridge(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from bridge.carrier.trunk import Carrier
 from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
@@ -36,7 +35,7 @@ from tests.conftest import ROOT, LiveServer, make_user, start_server
 from .bridge_util import carrier_config, free_port
 from .carrier_util import running_carrier
 from .conftest import Factory
-from .sigclient import Ws, new_call_id, register
+from .sigclient import AppClient, Ws, new_call_id, register
 from .test_dial import _env, dial
 
 ECHO = "+8613800138000"  # config/carrier.toml: answers and echoes
@@ -120,7 +119,7 @@ def test_worker_reconnects_after_server_restart(tmp_path: Path, restart_setup: d
 
 # --- 2. a worker never squeezes in a call above its limit --------------------------------------
 async def test_worker_refuses_a_call_above_its_limit(make_client: Factory, tmp_path: Path) -> None:
-    client: TestClient = await make_client(calls={"ring_timeout_s": 20.0})
+    client: AppClient = await make_client(calls={"ring_timeout_s": 20.0})
     assert client.app is not None
     offers: list[MediaEndpoint] = []
     sockets: list[Ws] = []
@@ -131,7 +130,7 @@ async def test_worker_refuses_a_call_above_its_limit(make_client: Factory, tmp_p
         await refuse_above_limit(client, carrier, worker, offers, sockets)
 
 
-async def refuse_above_limit(client: TestClient, carrier: Carrier, worker: BridgeWorker,
+async def refuse_above_limit(client: AppClient, carrier: Carrier, worker: BridgeWorker,
                              offers: list[MediaEndpoint], sockets: list[Ws]) -> None:
     try:
         await worker.start()

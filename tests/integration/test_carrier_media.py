@@ -54,7 +54,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
 def frame_levels(x: np.ndarray) -> np.ndarray:
     """Per-20 ms RMS level in dBFS (sine-referenced)."""
     fr = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME).astype(np.float64)
-    return 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) * np.sqrt(2) / 32767 + 1e-9)
+    levels: np.ndarray = 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) * np.sqrt(2) / 32767 + 1e-9)
+    return levels
 
 
 def loud_segment(x: np.ndarray, threshold: float = -30.0, trim: int = 3) -> np.ndarray:

@@ -8,12 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
-
 from jego_call.signalling.keys import LOGIN_DOORS
 
 from .conftest import Factory
-from .sigclient import PASSWORD, register
+from .sigclient import PASSWORD, AppClient, register
 
 
 async def eventually(pred: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -25,7 +23,7 @@ async def eventually(pred: Callable[[], bool], timeout: float = 20.0) -> None:
     raise AssertionError("the condition did not come about")
 
 
-async def login(client: TestClient, user: str, password: str) -> tuple[int, Any, dict[str, str]]:
+async def login(client: AppClient, user: str, password: str) -> tuple[int, Any, dict[str, str]]:
     res = await client.post("/api/login", json={"username": user, "password": password})
     return res.status, await res.json(), dict(res.headers)
 
@@ -33,7 +31,7 @@ async def login(client: TestClient, user: str, password: str) -> tuple[int, Any,
 async def test_200_wrong_passwords_for_one_account_are_locked_out(make_client: Factory) -> None:
     client = await make_client(auth={"lockout_base_s": 2.0})
     await register(client, "victim")
-    doors = client.server.app[LOGIN_DOORS]
+    doors = client.app[LOGIN_DOORS]
     hashed_before = doors.gate.stats["hashes"]
     sem = asyncio.Semaphore(20)
 
@@ -90,7 +88,7 @@ async def test_the_hasher_is_bounded_and_serves_clean_logins_first(make_client: 
                                      "login_source_burst": 1000, "login_source_failures": 1000,
                                      "lockout_after": 1000})
     await register(client, "alice")
-    doors = client.server.app[LOGIN_DOORS]
+    doors = client.app[LOGIN_DOORS]
     for i in range(3):                                   # make the flood's account suspect
         assert (await login(client, "target", f"wrong-{i}-pw"))[0] == 401
     finished: list[tuple[str, int]] = []
@@ -114,7 +112,7 @@ async def test_the_hasher_is_bounded_and_serves_clean_logins_first(make_client: 
     assert doors.gate.stats["busy"] >= 20
 
 
-async def test_the_hasher_runs_at_a_lower_priority(client: TestClient) -> None:
+async def test_the_hasher_runs_at_a_lower_priority(client: AppClient) -> None:
     import os
     from pathlib import Path
     await register(client, "alice")                       # one hash: the pool's thread exists now

@@ -42,6 +42,7 @@ from bridge.sip.message import (
     random_token,
 )
 from bridge.sip.sdp import NegotiatedAudio, answer_offer, build_offer
+from jego_call.call.reasons import EndReason
 
 ROOT = Path(__file__).resolve().parents[2]
 SIPP_DIR = ROOT / "tests" / "sipp"
@@ -60,7 +61,7 @@ def free_udp_port(pair: bool = False) -> int:
     for _ in range(200):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
-        port = s.getsockname()[1]
+        port = int(s.getsockname()[1])
         s.close()
         if not pair:
             return port
@@ -442,7 +443,7 @@ async def test_ack_to_tag_matches_200(tmp_path: Path) -> None:
             await asyncio.sleep(0.3)
             await leg.hangup()
             ended = await next_event(leg, LegEnded)
-            assert ended == LegEnded("hangup", None, 16, remote=False)
+            assert ended == LegEnded(EndReason.HANGUP, None, 16, remote=False)
             assert leg.stats()["tx_packets"] >= 10  # counters survive the end of the call
             rc = await sipp.wait()
         assert rc == 0, sipp.errors()
@@ -1246,9 +1247,12 @@ async def test_requests_outside_our_dialogs_get_481_405_501() -> None:
                 req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{peer.port};branch=z9hG4bK{random_token(6)};rport",
                                 first=True)
                 peer.send(req, dest)
-                resp, _ = await peer.next(lambda m, r=req: isinstance(m, SipResponse) and m.call_id == r.call_id
-                                          and m.status >= 200)
-                assert isinstance(resp, SipResponse) and resp.status == want, (method, resp.status)
+
+                def final_to(m: SipRequest | SipResponse, r: SipRequest = req) -> bool:
+                    return isinstance(m, SipResponse) and m.call_id == r.call_id and m.status >= 200
+                resp, _ = await peer.next(final_to)
+                assert isinstance(resp, SipResponse), method
+                assert resp.status == want, (method, resp.status)
                 if want in (405, 200):
                     assert "INVITE" in (resp.headers.get("Allow") or ""), method
     finally:
