@@ -9,15 +9,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.helpers import wait_for
 
-from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
+from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server, wait_for_log
 from .test_dial import DIAL, _env, dial
 
 
@@ -33,10 +33,11 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",
          str(server.data_dir), "--max-calls", "1", "--name", "extra"],
         cwd=ROOT, env={**_env(), **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
-    deadline = time.monotonic() + 20
-    while "connected to http" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    def connected() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return "connected to http" in log.read_text()
+
+    wait_for(connected, 20, "the extra worker to connect")
     yield server, proc, log
     if proc.poll() is None:
         proc.kill()
@@ -48,7 +49,7 @@ def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, su
     first = subprocess.Popen([*DIAL, "call", PLAIN, "--server", server.url, "--user", "alice", "--password",
                               PASSWORD, "--duration", "4", "--json", "--quiet"],
                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)  # the first call is up by now
+    wait_for_log(server, "carrier: INVITE", 20)   # the first call has reached the phone network: its slot is taken
     rc, res, err = dial(server, PLAIN, "--json", user="bob")
     assert res is not None and res["reason"] == "unreachable" and rc == 1, (res, err)
     out, err1 = first.communicate(timeout=30)
