@@ -209,7 +209,7 @@ CHILD = textwrap.dedent("""
     b.answered("killed", time.time())
     print("answered", flush=True)
     while True:
-        time.sleep(0.2)
+        time.sleep(0.2)   # pacing: the gateway's heartbeat
         b.heartbeat(["killed"], time.time())
 """)
 
@@ -222,7 +222,7 @@ def test_kill_9_mid_call_settles_once_on_recovery(tmp_path: Path) -> None:
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "answered"
-        time.sleep(3.5)
+        time.sleep(3.5)   # the call runs 3.5 s of real time, heartbeating, before kill -9
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
     finally:

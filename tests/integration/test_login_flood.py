@@ -82,7 +82,7 @@ async def test_login_flood_leaves_a_call_on_time(server_factory: ServerFactory, 
             sem = asyncio.Semaphore(5)
 
             async def one(i: int) -> None:
-                await asyncio.sleep(i / 8)
+                await asyncio.sleep(i / 8)   # pacing: the attack's 8 attempts a second
                 async with sem:
                     victim.append(await attempt(http, server.url, "victim", f"guess-{i:04d}"))
                     victim_at.append(loop.time())
@@ -101,7 +101,7 @@ async def test_login_flood_leaves_a_call_on_time(server_factory: ServerFactory, 
                 if len(spread) >= 5 and any(s == 429 for s, _, _ in victim):
                     ready.set()
                 i += 1
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)   # pacing: each flooding address tries twice a second
 
     target = asyncio.ensure_future(one_address())
     many = [asyncio.ensure_future(from_many(k)) for k in range(50)]

@@ -4,6 +4,7 @@ retries, bad uploads, permissions; durability across kill -9 of a live `jego ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -22,6 +23,7 @@ from PIL import Image
 
 from jego_call.db import Database
 from jego_call.signalling.keys import DB
+from tests.helpers import until
 
 from ..conftest import LiveServer, ServerFactory, http_json, make_user
 from ..conftest import add_contact as live_add_contact
@@ -458,6 +460,8 @@ async def _cut_off_upload(client: AppClient, token: str, total: int, send_bytes:
     head = (f"POST /api/media?filename=big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n")
     head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {total}\r\n\r\n"
+    tmp = media_dir(client) / "tmp"
+    earlier = set(tmp.iterdir()) if tmp.exists() else set()
     writer.write(head.encode())
     sent = 0
     while sent < send_bytes:
@@ -466,7 +470,10 @@ async def _cut_off_upload(client: AppClient, token: str, total: int, send_bytes:
         writer.write(f"{n:x}\r\n".encode() + body + b"\r\n" if chunked else body)
         await writer.drain()
         sent += n
-    await asyncio.sleep(0.2)  # the server has the partial body in its temp file by now
+
+    def partial_body() -> bool:   # the server has started this upload's temp file
+        return tmp.exists() and any(p not in earlier and p.stat().st_size > 0 for p in tmp.iterdir())
+    await until(partial_body, 10, "the partial body in the server's temp file")
     writer.transport.abort()  # RST: the connection dies mid-body
     writer.close()
 
@@ -475,10 +482,8 @@ async def test_upload_cut_off_midway_leaves_nothing(client: AppClient) -> None:
     ta, _ = await users(client, "alice", "bob")
     for chunked in (False, True):
         await _cut_off_upload(client, ta, total=4_000_000, send_bytes=2_500_000, chunked=chunked)
-    for _ in range(50):  # the handler notices the dead socket and cleans up
-        if not stored_files(client):
-            break
-        await asyncio.sleep(0.1)
+    with contextlib.suppress(AssertionError):   # the handler notices the dead socket and cleans up
+        await until(lambda: not stored_files(client), 5, "the cut-off uploads cleaned up")
     assert stored_files(client) == [] and media_rows(client) == 0
     tmp = media_dir(client) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []

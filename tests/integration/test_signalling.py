@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -312,4 +311,3 @@ async def test_concurrent_calls_do_not_disturb_each_other(client: AppClient) -> 
     await socks[caller].send({"type": "hangup", "call_id": cid})
     await socks[callee].expect("call_ended", call_id=cid)
     assert len(client.app[HUB].calls) == 2
-    await asyncio.sleep(0)
