@@ -5,13 +5,15 @@ and video flows in the mesh between the two members who joined with video."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests import helpers
+from tests.helpers import T
 
 from ..conftest import LiveServer
 from ..integration.bridge_util import phone_server
@@ -79,14 +81,9 @@ def contexts() -> Iterator[list[BrowserContext]]:
         c.close()
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what} not met in time"
-        time.sleep(0.25)
+def wait_for(cond: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """tests.helpers.wait_for with this file's 20 s default and a browser-friendly 0.25 s poll."""
+    return helpers.wait_for(cond, timeout, what, interval=0.25)
 
 
 def group_stats(page: Page) -> dict[str, Any] | None:
