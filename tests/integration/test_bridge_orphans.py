@@ -58,7 +58,7 @@ def stored_dialogs(data_dir: Path, proc: subprocess.Popen[str], timeout: float =
         assert proc.poll() is None, f"no stored dialog (dialer exit {proc.poll()})"
         return dialog_records(data_dir)
 
-    return wait_for(stored, timeout, "a stored dialog")
+    return wait_for(stored, timeout, "a stored dialog", interval=0.05)   # each look opens the worker's store
 
 
 def dialog_records(data_dir: Path) -> list[DialogRecord]:
@@ -155,7 +155,7 @@ def test_kill_9_of_a_worker_mid_call_the_carrier_gets_a_bye_within_5_s(
             assert epoch(cdr.end) - bye < 1.0
 
         # The record is gone once the BYE was answered: nothing is BYE'd twice.
-        wait_for(lambda: not dialog_records(data), 5, "the answered record dropped")
+        wait_for(lambda: not dialog_records(data), 5, "the answered record dropped", interval=0.05)
         out, _ = dialer.communicate(timeout=30)
         assert dialer.returncode != 0 or '"reason"' in out  # the app was told (connection_lost)
     finally:
