@@ -47,12 +47,12 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
 def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, subprocess.Popen[str], Path]) -> None:
     server, proc, log = setup
     first = subprocess.Popen([*DIAL, "call", PLAIN, "--server", server.url, "--user", "alice", "--password",
-                              PASSWORD, "--duration", "4", "--json", "--quiet"],
+                              PASSWORD, "--duration", "15", "--json", "--quiet"],   # up while bob's dialer starts
                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_log(server, "carrier: INVITE", 20)   # the first call has reached the phone network: its slot is taken
     rc, res, err = dial(server, PLAIN, "--json", user="bob")
     assert res is not None and res["reason"] == "unreachable" and rc == 1, (res, err)
-    out, err1 = first.communicate(timeout=30)
+    out, err1 = first.communicate(timeout=45)
     assert first.returncode == 0, err1
     assert json.loads(out.strip().splitlines()[-1])["outcome"] == "answered"
     assert carrier_record(server, PLAIN)["outcome"] == "hangup"
