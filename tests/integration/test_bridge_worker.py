@@ -37,7 +37,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
         assert proc.poll() is None, log.read_text()
         return "connected to http" in log.read_text()
 
-    wait_for(connected, 20, "the extra worker to connect")
+    wait_for(connected, 60, "the extra worker to connect")   # a readiness wait: generous under load
     yield server, proc, log
     if proc.poll() is None:
         proc.kill()
