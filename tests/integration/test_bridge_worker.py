@@ -33,15 +33,19 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",
          str(server.data_dir), "--max-calls", "1", "--name", "extra"],
         cwd=ROOT, env={**_env(), **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
+
     def connected() -> bool:
         assert proc.poll() is None, log.read_text()
         return "connected to http" in log.read_text()
 
-    wait_for(connected, 60, "the extra worker to connect")   # a readiness wait: generous under load
-    yield server, proc, log
-    if proc.poll() is None:
-        proc.kill()
-    server.stop()
+    try:   # stopped by PID even when the worker never connects
+        wait_for(connected, 60, "the extra worker to connect")   # a readiness wait: generous under load
+        yield server, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        server.stop()
 
 
 def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, subprocess.Popen[str], Path]) -> None:
