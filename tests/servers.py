@@ -52,7 +52,7 @@ def _wait(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, t
         return False
 
     try:
-        wait_for(ready, timeout, f"{what} to become ready")
+        wait_for(ready, timeout, f"{what} to become ready", interval=0.05)
     except AssertionError:
         raise RuntimeError(f"{what} did not become ready within {timeout} s") from None
 

@@ -81,7 +81,7 @@ def wait_for_log(server: LiveServer, text: str, timeout: float = 10) -> None:
         return False
 
     try:
-        wait_for(logged, timeout, f"{text!r} in the server log")
+        wait_for(logged, timeout, f"{text!r} in the server log", interval=0.05)
     except AssertionError as exc:
         raise AssertionError(f"{text!r} not in the server log:\n{server.log()}") from exc
 
@@ -99,7 +99,7 @@ def carrier_record(server: LiveServer, to: str, timeout: float = 10) -> dict[str
         return [r for r in carrier_records(server) if r.get("to") == to]
 
     try:
-        return wait_for(records_to, timeout, f"a carrier record for {to}")[-1]
+        return wait_for(records_to, timeout, f"a carrier record for {to}", interval=0.1)[-1]
     except AssertionError as exc:
         raise AssertionError(f"no carrier record for {to}: {carrier_records(server)}") from exc
 

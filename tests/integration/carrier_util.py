@@ -99,7 +99,7 @@ async def wait_records(carrier: Carrier, n: int, timeout: float = 15.0) -> list[
         return records if len(records) >= n else None
 
     try:
-        return await until(enough, timeout, f"{n} call records")
+        return await until(enough, timeout, f"{n} call records", interval=0.05)
     except AssertionError as exc:
         got = len(read_records(carrier.cdr.path))
         raise AssertionError(f"{got} call records after {timeout} s, expected {n}") from exc

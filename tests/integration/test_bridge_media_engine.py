@@ -269,7 +269,7 @@ async def _phone_stats(server: LiveServer) -> dict[str, int]:
         return None
 
     try:
-        return await until(phone_counters, 20, "the phone's RTCP counters in the call record")
+        return await until(phone_counters, 20, "the phone's RTCP counters in the call record", interval=0.1)
     except AssertionError as exc:
         raise AssertionError(f"no phone RTCP counters in the call record: {last}") from exc
 
@@ -312,7 +312,8 @@ async def census_with_calls(server: LiveServer, n: int) -> tuple[collections.Cou
         "--duration", "5", "--json", "--quiet", "--play", "tone:700", cwd=ROOT, env=_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for i in range(n)]
     with contextlib.suppress(AssertionError):   # judged below, once the dialers have told how they ended
-        await until(lambda: rtp_sockets(RTP_LOW, RTP_HIGH + 1) >= 2 * n, 30, f"{n} calls' RTP sockets")
+        await until(lambda: rtp_sockets(RTP_LOW, RTP_HIGH + 1) >= 2 * n, 30, f"{n} calls' RTP sockets",
+                    interval=0.1)   # each look reads /proc on the loop the worker runs on
     up = rtp_sockets(RTP_LOW, RTP_HIGH + 1)
     # Real time is the subject: a second of media on every call gives a per-call thread (pyVoIP's
     # way) the time to exist before the census is taken.

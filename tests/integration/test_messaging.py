@@ -483,7 +483,7 @@ async def test_upload_cut_off_midway_leaves_nothing(client: AppClient) -> None:
     for chunked in (False, True):
         await _cut_off_upload(client, ta, total=4_000_000, send_bytes=2_500_000, chunked=chunked)
     with contextlib.suppress(AssertionError):   # the handler notices the dead socket and cleans up
-        await until(lambda: not stored_files(client), 5, "the cut-off uploads cleaned up")
+        await until(lambda: not stored_files(client), 5, "the cut-off uploads cleaned up", interval=0.1)
     assert stored_files(client) == [] and media_rows(client) == 0
     tmp = media_dir(client) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
