@@ -84,7 +84,7 @@ def start_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> 
         return None
 
     try:
-        url = wait_for(printed_url, 30, "jego serve to print its URL", interval=0.05)
+        url = wait_for(printed_url, 60, "jego serve to print its URL", interval=0.05)   # generous under load
     except AssertionError:
         proc.kill()
         raise RuntimeError(f"jego serve did not start:\n{log_path.read_text()}") from None
