@@ -180,6 +180,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX fraud_events_by_user ON fraud_events(username, at);
     """),
+    # 6: call quality (jego_call/quality.py, the G.107 E-model): the call's MOS and R-factor, from
+    # the endpoints' reports (app calls) or the bridge's call_report (phone calls); NULL: unknown.
+    (6, """
+        ALTER TABLE calls ADD COLUMN mos REAL;
+        ALTER TABLE calls ADD COLUMN r_factor REAL;
+    """),
 ]
 
 

@@ -9,6 +9,7 @@ after its transaction is committed. Protocol: docs/signalling.md, ## Messaging.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import logging
@@ -49,6 +50,8 @@ class Messaging:
         self.accounts = accounts
         self.hub = hub
         self.cfg = cfg
+        # "stored:<kind>", "delivered:live", "delivered:sync": read by jego_call/metrics.py
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def register(self) -> None:
         """Route the messaging WebSocket types to this object."""
@@ -93,8 +96,10 @@ class Messaging:
                       "message": wire})
         if duplicate:
             return
+        self.counts[f"stored:{stored.kind}"] += 1
         push = {"type": "message", "message": wire}
-        self.hub.send_to_user(stored.recipient, push)
+        if self.hub.send_to_user(stored.recipient, push):
+            self.counts["delivered:live"] += 1
         for s in list(self.hub.sessions.get(stored.sender, ())):
             if s is not session:  # the sender's other tabs and devices
                 s.send(push)
@@ -131,6 +136,7 @@ class Messaging:
             for m in self.store.undelivered(user, SYNC_LIMIT - sent, seen):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
+                self.counts["delivered:sync"] += 1
         for peer in self.store.peers(user):
             delivered, read = self.store.watermarks(user, peer)
             for state, mark in (("delivered", delivered), ("read", read)):
