@@ -387,7 +387,7 @@ def _q850(d: Mapping[str, Any], key: str, default: int | None) -> int | None:
     v = _get(d, "q850", f"{key}.q850", int, default)
     if v is not None and not 1 <= v <= 127:
         raise ConfigError(f"{key}.q850", f"a Q.850 cause is 1..127, got {v}")
-    return v
+    return None if v is None else int(v)
 
 
 _STEP_KEYS: Final[dict[str, set[str]]] = {

@@ -66,7 +66,7 @@ def mono_s16(frame: AudioFrame) -> np.ndarray:
         inter = data.reshape(-1, channels).astype(np.int32)
     else:             # planar: one row per channel
         inter = data.reshape(channels, -1).T.astype(np.int32)
-    return (inter.sum(axis=1) // channels).astype(np.int16)
+    return np.asarray(inter.sum(axis=1) // channels, dtype=np.int16)
 
 
 def _frame(samples: np.ndarray, rate: int, pts: int | None = None) -> AudioFrame:

@@ -27,6 +27,7 @@ from ..calllog import CallLog
 from ..config import Config
 from ..db import Database
 from ..errors import ErrorCode, SignallingError
+from ..groups.service import setup_groups
 from ..messaging.service import setup_messaging
 from .call_quality import setup_call_quality
 from .health import setup_health
@@ -248,6 +249,7 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get("/api/calls", call_history)
     setup_people(app)
     setup_messaging(app)
+    setup_groups(app)
     setup_billing(app)
     setup_health(app)          # /readyz, /metrics (after the hub and messaging exist)
     setup_call_quality(app)    # call_stats -> call_quality, call summaries, MOS in the record

@@ -40,7 +40,7 @@ def test_defaults_match_the_carrier_trunk_account() -> None:
     {"t1": 0},
 ])
 def test_bad_config_is_refused(kw: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="local_host|codecs|rtp_port|dtmf_payload_type|t1"):
         TrunkConfig(**kw)  # type: ignore[arg-type]
 
 

@@ -58,7 +58,7 @@ def test_invalid_compounds_are_refused(data: bytes) -> None:
 
 
 def test_build_refuses_a_compound_without_a_report_first() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="starts with an SR or RR"):
         build_compound([Sdes.cname(1, "x")])
 
 

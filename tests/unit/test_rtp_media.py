@@ -210,10 +210,10 @@ def test_dtmf_events_on_the_media_clock() -> None:
     for _, p in events:
         rx.receive(p.payload, p.timestamp, ssrc=p.ssrc)
     assert rx.digits == ["5", "#"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="DTMF|digit"):
         s.send_dtmf("5x")  # nothing queued for a bad digit
     assert s.dtmf_pending == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="telephone-event was not negotiated"):
         session(MediaFormat("PCMU", 0, None, remote=B)).send_dtmf("1")
 
 
