@@ -17,6 +17,7 @@ appends a `CallRecord` to cdr.jsonl when the call ends.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -169,6 +170,9 @@ class Carrier:
         self.media_totals: dict[str, float] = dict.fromkeys((
             "streams", "packets_sent", "packets_received", "packets_lost", "send_ticks", "on_time",
             "skipped_ticks", "max_lateness"), 0)
+        # calls ended, by direction ("in": to the carrier's numbers, "out": originated) and
+        # outcome (EndReason value): bridge/carrier/metrics.py exports them
+        self.ended: collections.Counter[tuple[str, str]] = collections.Counter()
         self._calls: dict[TransactionKey, Call] = {}
         self._by_dialog: dict[DialogId, Call] = {}
         self._out: dict[TransactionKey, OutCall] = {}
@@ -720,6 +724,7 @@ class Carrier:
             operator=info.operator if info is not None else None, area=area, codec=codec, dtmf=dtmf,
             recording=call.recording if call.stream is not None else None, outcome=str(call.outcome or ""),
             behaviour=call.behaviour.matched or call.behaviour.name)
+        self.ended["in", EndReason.parse(str(call.outcome or "")).value] += 1
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, record)
             self.stats["cdr_written"] += 1
@@ -892,6 +897,7 @@ class Carrier:
             number_type=info.kind if info else "invalid", operator=info.operator if info else None,
             area=f"{info.area_code} {info.city}" if info and info.area_code else None, codec=codec,
             dtmf=result["dtmf"], recording=result["recording"], outcome=result["outcome"], behaviour="inbound")
+        self.ended["out", EndReason.parse(str(result["outcome"] or "")).value] += 1
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, rec)
         return result
