@@ -40,7 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("jego.bridge")
 
 Key = tuple[str, str, str]  # (series, leg, direction)
-SERIES = {"packets": "rtp_packets", "lost": "rtp_lost_packets", "late": "late_frames", "concealed": "concealed_frames"}
+# what leg_counters() gives: (series, leg, direction)
+SERIES_KEYS: tuple[Key, ...] = (
+    ("packets", "app", "sent"), ("packets", "app", "received"), ("lost", "app", "received"),
+    ("lost", "app", "sent"), ("late", "app", "sent"), ("packets", "phone", "sent"),
+    ("packets", "phone", "received"), ("lost", "phone", "sent"), ("late", "phone", "sent"),
+    ("lost", "phone", "received"), ("late", "phone", "received"), ("concealed", "phone", "received"))
 
 
 def _int(v: Any) -> int | None:
@@ -141,10 +146,12 @@ class BridgeMetrics:
         }
         self._live: dict[str, dict[Key, int]] = {}  # call id -> its counters as last counted
         self.refreshes = 0
-        if enabled:
+        if enabled:  # every series exists from the start, at 0 (rate() and absent() need it)
             self.mos.labels(worker)
             for kind in ("phone_out", "phone_in"):
                 self.answer.labels(worker, kind)
+            for series, leg, direction in SERIES_KEYS:
+                self.series[series].labels(worker, leg, direction)
 
     # --- hooks ------------------------------------------------------------------------------------
     def call_started(self, call_id: str) -> None:
