@@ -15,6 +15,10 @@ answers and echoes. Reports per N:
 - threads: the bridge process's threads (/proc/PID/task) in the middle of the window.
 
 `--idle S` first measures the worker with no call for S seconds (CPU ms per second, threads).
+`--metrics off` starts the worker with `[metrics] enabled = false` (every metrics hook a no-op,
+no /metrics); `--scrape S` (with metrics on) GETs the worker's /metrics every S seconds
+throughout, as a Prometheus would. The cost of metrics is the difference between the two
+(docs/benchmarks.md "## Metrics").
 
 `max_ok_calls` is the largest N with on_time >= 99 % and pesq_min >= 3.6 for every call. The
 load process shares the machine, so figures are a floor. Not a test: run it (as root inside
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -173,6 +178,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, nargs="+", default=[1, 4, 8, 12])
     ap.add_argument("--app-codec", choices=["opus", "pcmu", "pcma"], default="opus")
     ap.add_argument("--idle", type=float, default=0.0, metavar="S", help="first measure the idle worker for S s")
+    ap.add_argument("--metrics", choices=["on", "off"], default="on", help="the worker's [metrics] enabled")
+    ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
+                    help="scrape the worker's /metrics every S seconds (metrics on)")
     args = ap.parse_args()
     enable_loopback_candidates()
     with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_s:
@@ -182,6 +190,9 @@ def main() -> int:
         port = free_port()
         common = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
                   "JEGO_BRIDGE_APP_CODEC": args.app_codec, "JEGO_LOG_LEVEL": "INFO"}
+        metrics_port = free_port()
+        worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
+                      "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}
         data = tmp / "data"
         slog, blog = tmp / "serve.log", tmp / "bridge.log"
         serve = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0", "--data-dir",
@@ -190,10 +201,18 @@ def main() -> int:
         url = wait_for(slog, r"open (http://[0-9.:]+)/", serve).group(1)
         bridge = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", url,
                                    "--data-dir", str(data), "--max-calls", "64", "--name", "bench"],
-                                  cwd=ROOT, env=env(common), text=True, stdout=open(blog, "w"),  # noqa: SIM115
+                                  cwd=ROOT, env=env(worker_env), text=True, stdout=open(blog, "w"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT)
         try:
             wait_for(blog, r"connected to http", bridge)
+            scraping = threading.Event()
+            scrapes: list[int] = []
+            if args.scrape and args.metrics == "on":
+                def scrape() -> None:
+                    while not scraping.wait(args.scrape):
+                        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                            scrapes.append(len(r.read()))
+                threading.Thread(target=scrape, daemon=True).start()
             if args.idle:
                 print(json.dumps(idle(bridge, args.idle)), flush=True)
             rows = []
@@ -203,7 +222,9 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
             ok = [r["calls"] for r in rows if (r["on_time_min"] or 0) >= 0.99 and (r["pesq_min"] or 0) >= 3.6
                   and r["recorded"] == r["calls"]]
-            print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs)")
+            scraping.set()
+            print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs; "
+                  f"metrics {args.metrics}, {len(scrapes)} scrapes of {max(scrapes, default=0)} bytes at most)")
             print("| calls | CPU s per call-s | frames on time (worst call) | PESQ nb min / p50 | setup ms p50 / p99 "
                   "| threads |")
             print("|---|---|---|---|---|---|")

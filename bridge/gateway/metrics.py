@@ -191,8 +191,8 @@ class BridgeMetrics:
 
     def call_closed(self, call_id: str, kind: str, outcome: str, counters: Mapping[Key, int],
                     mos: float | None) -> None:
-        """A call is over: its last counts, its end reason, its score."""
-        if not self.enabled:
+        """A call is over: its last counts, its end reason, its score (once per started call)."""
+        if not self.enabled or call_id not in self._live:
             return
         self._count(call_id, counters)
         self._live.pop(call_id, None)
