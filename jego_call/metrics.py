@@ -25,6 +25,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -32,6 +33,10 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+# No `_created` series: optional in the text format, and they double every scrape's size and CPU
+# (docs/benchmarks.md "## Metrics"). Process-wide, like the library's own switch.
+disable_created_metrics()
 
 if TYPE_CHECKING:
     from .accounts import LoginDoors
