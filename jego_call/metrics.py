@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 # No `_created` series: optional in the text format, and they double every scrape's size and CPU
 # (docs/benchmarks.md "## Metrics"). Process-wide, like the library's own switch.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 if TYPE_CHECKING:
     from .accounts import LoginDoors
