@@ -97,6 +97,7 @@ function resetOverlay(call) {
   delete $("call-stats").dataset.dtmf;
   $("call-quality").textContent = "";
   $("call-quality").dataset.quality = "";
+  $("call-quality").dataset.source = "";
   setDetails(false);
   $("early-media").hidden = true;
   for (const [id, key] of [["mute", "mute"], ["camera", "camera_off"], ["speaker", "speaker"]]) {
