@@ -8,8 +8,9 @@
 
 Hooks (called by worker.py and call.py; none in the pure call core): `call_started(call_id)`,
 `call_closed(...)` with the call's final counters, and `refresh(calls)` before every scrape, which
-adds what each live call counted since the last scrape (so the RTP counters move during long
-calls and cost nothing between scrapes). Capacity, calls in use, refusals, trunk registration
+adds what each live call counted since the last refresh, at most every REFRESH_MIN_S (so the RTP
+counters move during long calls, cost nothing between scrapes, and a 1 s scrape interval does
+not read every call's stats every second). Capacity, calls in use, refusals, trunk registration
 and the server connection are read from the worker at scrape time. `enabled=False` turns every
 hook into a no-op (the benchmark's "without"). Series carry a `worker` label (the configured
 name); legs are `app` (WebRTC) and `phone` (SIP/RTP), directions `sent`/`received`.
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("jego.bridge")
 
 Key = tuple[str, str, str]  # (series, leg, direction)
+REFRESH_MIN_S = 5.0         # live calls' RTP counters are read at most this often (however often scraped)
 # what leg_counters() gives: (series, leg, direction)
 SERIES_KEYS: tuple[Key, ...] = (
     ("packets", "app", "sent"), ("packets", "app", "received"), ("lost", "app", "received"),
@@ -147,6 +149,7 @@ class BridgeMetrics:
         }
         self._live: dict[str, dict[Key, int]] = {}  # call id -> its counters as last counted
         self.refreshes = 0
+        self._refreshed_at: float | None = None
         self.cpu_s = 0.0   # thread CPU spent in these hooks and in rendering /metrics (the benchmark's figure)
         if enabled:  # every series exists from the start, at 0 (rate() and absent() need it)
             self.mos.labels(worker)
@@ -175,6 +178,10 @@ class BridgeMetrics:
         """Count what each live call counted since the last scrape (before rendering /metrics)."""
         if not self.enabled:
             return
+        now = time.monotonic()
+        if self._refreshed_at is not None and now - self._refreshed_at < REFRESH_MIN_S:
+            return  # scraped again within REFRESH_MIN_S: the counters of the last refresh stand
+        self._refreshed_at = now
         self.refreshes += 1
         t0 = time.thread_time()
         try:

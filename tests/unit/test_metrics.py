@@ -144,6 +144,9 @@ async def test_scrapes_add_what_live_calls_counted_since_the_last(bridge_metrics
     assert rtp(m, "packets", "app", "received") == 90 and rtp(m, "late", "app", "sent") == 3
     call.app = {"packets_sent": 150, "packets_received": 140}
     await m.refresh([call])  # type: ignore[list-item]
+    assert rtp(m, "packets", "app", "received") == 90  # scraped again at once: not read again
+    m._refreshed_at = -1e9  # REFRESH_MIN_S later
+    await m.refresh([call])  # type: ignore[list-item]
     assert rtp(m, "packets", "app", "received") == 140  # the delta, not the total twice
     # the end: the final counters top up; a counter that went backwards never decreases ours
     m.call_closed("c1", "phone_out", "hangup", {("packets", "app", "received"): 200,
@@ -162,6 +165,7 @@ async def test_scrapes_add_what_live_calls_counted_since_the_last(bridge_metrics
     # a call that is done is not read any more
     call.done.set()
     call.app = {"packets_received": 10_000}
+    m._refreshed_at = -1e9
     await m.refresh([call])  # type: ignore[list-item]
     assert rtp(m, "packets", "app", "received") == 200
 
