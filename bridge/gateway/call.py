@@ -228,7 +228,6 @@ class BridgeCall:
         self._fed_app: float | None = None
         self._fed_phone: float | None = None
         self.metrics = metrics           # bridge/gateway/metrics.py: counted at the end and at scrapes
-        self.started_at: float | None = None
         if metrics is not None:
             metrics.call_started(call_id)
 
@@ -274,7 +273,6 @@ class BridgeCall:
     # --- the driver: events in order through the core ------------------------------------------
     def _ensure_running(self) -> None:
         if self._driver is None:
-            self.started_at = self.clock()
             self._driver = self._spawn(self._drive(), "driver")
             self._spawn(self._pump_leg(), "leg-events")
 
@@ -449,8 +447,6 @@ class BridgeCall:
                  self.track.pacing.max_late_ms)
         kind, outcome = summarise(self, st, got, report_codec, quality, self.clock())
         if self.metrics is not None:
-            if self.connected_at is not None and self.started_at is not None:
-                self.metrics.call_answered(kind, self.connected_at - self.started_at)
             self.metrics.call_closed(self.call_id, kind, outcome, leg_counters(st, got, late_frames(self)),
                                      quality.mos if quality is not None else None)
         current = asyncio.current_task()

@@ -6,6 +6,9 @@
     server = MetricsServer(metrics, worker, host, port)      # /metrics, /healthz, /readyz
     await server.start()                                     # server.url: where it listens
 
+Set-up time is the server's histogram (jego_call_setup_seconds by kind): a second one here would
+double the cost of a scrape (histograms are most of a page) for the same figure.
+
 Hooks (called by worker.py and call.py; none in the pure call core): `call_started(call_id)`,
 `call_closed(...)` with the call's final counters, and `refresh(calls)` before every scrape, which
 adds what each live call counted since the last refresh, at most every REFRESH_MIN_S (so the RTP
@@ -31,7 +34,7 @@ from prometheus_client.core import Metric
 
 from jego_call.call.reasons import EndReason
 from jego_call.log import call_summary
-from jego_call.metrics import MOS_BUCKETS, SETUP_BUCKETS, Live, counter, exposition, gauge, new_registry
+from jego_call.metrics import MOS_BUCKETS, Live, counter, exposition, gauge, new_registry
 from jego_call.quality import Quality, bridged, rtp_receive, rtp_send, webrtc_receive, webrtc_send, worst
 from jego_call.signalling.health import readiness_response, run_checks
 
@@ -129,9 +132,6 @@ class BridgeMetrics:
         w = ["worker"]
         self.ended = Counter("jego_bridge_calls_ended", "Bridged calls ended, by kind and end reason",
                              [*w, "kind", "outcome"], registry=reg)
-        self.answer = Histogram("jego_bridge_answer_seconds",
-                                "Start of the call at the bridge to the phone leg's answer", [*w, "kind"],
-                                buckets=SETUP_BUCKETS, registry=reg)
         self.mos = Histogram("jego_bridge_call_mos", "Bridged calls' E-model MOS (the worse direction)", w,
                              buckets=MOS_BUCKETS, registry=reg)
         self.series = {
@@ -153,8 +153,6 @@ class BridgeMetrics:
         self.cpu_s = 0.0   # thread CPU spent in these hooks and in rendering /metrics (the benchmark's figure)
         if enabled:  # every series exists from the start, at 0 (rate() and absent() need it)
             self.mos.labels(worker)
-            for kind in ("phone_out", "phone_in"):
-                self.answer.labels(worker, kind)
             for series, leg, direction in SERIES_KEYS:
                 self.series[series].labels(worker, leg, direction)
 
@@ -200,10 +198,6 @@ class BridgeMetrics:
             except Exception:  # a call closing under us: its final counts come from call_closed
                 continue
             self._count(call.call_id, leg_counters(app, phone, late_frames(call)))
-
-    def call_answered(self, kind: str, after_s: float) -> None:
-        if self.enabled:
-            self.answer.labels(self.worker, kind).observe(max(0.0, after_s))
 
     def call_closed(self, call_id: str, kind: str, outcome: str, counters: Mapping[Key, int],
                     mos: float | None) -> None:
