@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Carrier.stats keys exported as jego_carrier_sip_events_total{event=...}
 SIP_EVENTS = ("requests", "options", "registers", "invites", "challenges", "auth_failures", "auth_blocked",
-              "bad_acks", "ack_timeouts", "rejected_by_endpoint", "dropped")
+              "bad_acks", "ack_timeouts", "session_expired", "rejected_by_endpoint", "dropped")
 
 
 def carrier_registry(carrier: Carrier) -> CollectorRegistry:
@@ -58,6 +58,9 @@ def carrier_registry(carrier: Carrier) -> CollectorRegistry:
                       [(["sent"], float(t["packets_sent"])), (["received"], float(t["packets_received"]))])
         yield counter("jego_carrier_rtp_lost_packets", "RTP packets lost on the way to the carrier (ended calls)",
                       values=[([], float(t["packets_lost"]))])
+        yield counter("jego_carrier_rtp_impaired_dropped_packets", "RTP packets the lab impairment ([media] "
+                      "impair) dropped on the carrier's receive path (ended calls)",
+                      values=[([], float(t.get("impaired_dropped", 0)))])
         yield counter("jego_carrier_rtp_send_ticks", "20 ms send slots of ended calls: on time, late, skipped",
                       ["timing"], [(["on_time"], float(t["on_time"])),
                                    (["late"], float(max(0.0, t["send_ticks"] - t["on_time"]))),

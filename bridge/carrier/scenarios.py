@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from jego_call.call.reasons import EndReason, from_sip
 from jego_call.errors import ConfigError
+from jego_call.media.impair import ImpairmentSpec
 from jego_call.numbering import NumberError, NumberInfo, classify, normalise
 from jego_call.schema import build
 
@@ -250,6 +251,8 @@ class SipConfig:
     auth_window_s: float = 60.0
     min_expires_s: int = 60
     max_expires_s: int = 3600
+    min_se_s: int = 90            # RFC 4028 Min-SE: a smaller Session-Expires gets 422
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +306,19 @@ class CdrConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """[media]: `impair` is a seeded network on the carrier's RTP receive path ("" = off),
+    e.g. "loss=5,burst=2,jitter=30,delay=100,seed=1" (jego_call.media.impair). Lab use only."""
+
+    impair: str = ""
+
+    @property
+    def impairment(self) -> ImpairmentSpec | None:
+        spec = ImpairmentSpec.parse(self.impair)
+        return spec if spec.active else None
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     port: int = 0           # the control channel and /metrics on 127.0.0.1 (0: a free port)
 
@@ -317,6 +333,7 @@ class CarrierConfig:
     unreachable: UnreachableConfig = UnreachableConfig()
     cdr: CdrConfig = CdrConfig()
     control: ControlConfig = ControlConfig()
+    media: MediaConfig = MediaConfig()
     default: Behaviour | None = None          # None: preset "answer" with [sip] durations
     numbers: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
     prefixes: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -525,6 +542,8 @@ def _validate_sip(s: SipConfig) -> None:
                  "rtcp_interval_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"sip.{name}", f"must be greater than 0, got {getattr(s, name)}")
+    if s.min_se_s < 1:
+        raise ConfigError("sip.min_se_s", f"must be at least 1 s (RFC 4028 says 90), got {s.min_se_s}")
     if s.early_media_s < 0:
         raise ConfigError("sip.early_media_s", f"must be >= 0, got {s.early_media_s}")
     for name in ("rtp_port_min", "rtp_port_max"):
@@ -600,11 +619,11 @@ def _parse_unreachable(raw: Any) -> UnreachableConfig:
 
 def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     """Build and validate a CarrierConfig from parsed TOML; ConfigError names the wrong key."""
-    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "control", "default", "numbers", "prefixes"}
+    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "media", "control", "default", "numbers", "prefixes"}
     for k in data:
         if k not in known:
             raise ConfigError(k, f"unknown section (known: {', '.join(sorted(known))})")
-    for sec in ("sip", "inbound", "cdr", "control"):
+    for sec in ("sip", "inbound", "cdr", "media", "control"):
         if sec in data and not isinstance(data[sec], dict):
             raise ConfigError(sec, f"expected a table [{sec}]")
     sip: SipConfig = build(SipConfig, data.get("sip", {}), "sip.")
@@ -624,11 +643,16 @@ def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     control: ControlConfig = build(ControlConfig, data.get("control", {}), "control.")
     if not 0 <= control.port <= 65535:
         raise ConfigError("control.port", f"must be 0..65535 (0 = any free port), got {control.port}")
+    media: MediaConfig = build(MediaConfig, data.get("media", {}), "media.")
+    try:
+        media.impairment  # noqa: B018 - validates the spec; the error names the key
+    except ConfigError as exc:
+        raise ConfigError("media.impair", f"{exc.key}: {exc.message}") from None
     default = parse_behaviour(data["default"], "default", sip, "default") if "default" in data else None
     numbers = _number_table(data.get("numbers", {}), "numbers", sip, True)
     prefixes = _number_table(data.get("prefixes", {}), "prefixes", sip, False)
     return CarrierConfig(sip=sip, trunks=trunks, inbound=inbound, unreachable=unreachable, cdr=cdr,
-                         control=control, default=default, numbers=numbers, prefixes=prefixes)
+                         media=media, control=control, default=default, numbers=numbers, prefixes=prefixes)
 
 
 # --------------------------------------------------------------------------------------------
