@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jego_call.call.reasons import EndReason, from_sip
+from jego_call.log import call_context
 from jego_call.numbering import NumberInfo, classify
 
 from ..net.sip_transport import SipTransport
@@ -416,9 +417,10 @@ class Carrier:
         self._active_per_account[account.username] = active + 1
         self._idle.clear()
         self.stats["calls"] += 1
-        log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
-                 info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
-        call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
+        with call_context(call_id=req.call_id):  # the carrier's lines about a call carry its SIP Call-ID
+            log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
+                     info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
+            call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
 
     def _session_of(self, req: SipRequest) -> SessionExpires | None:
         """RFC 4028 §9: the session interval we agree to, when the caller supports timers (we then
@@ -764,7 +766,8 @@ class Carrier:
         for task in (call.task, call.watchdog):
             if task is not None and task is not current and not task.done():
                 task.cancel()
-        self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
+        with call_context(call_id=call.call_id):
+            self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
 
     async def _finish(self, call: Call) -> None:
         """Close media, write the call record; forget the dialog a little later (late ACK/BYE
