@@ -579,7 +579,7 @@ function startStats(call) {
 // E-model's word for the last interval (docs/signalling.md, Call quality).
 function sendCallStats(call, s) {
   const msg = {
-    type: "call_stats", call_id: call.id,
+    type: "call_stats", call_id: call.id, id: "call_stats",
     packets_received: s.audio.packetsReceived, packets_lost: Math.max(0, s.audio.packetsLost),
     jitter_ms: Math.min(60000, (s.audio.jitter || 0) * 1000),
   };
@@ -635,6 +635,7 @@ socket.on("call_quality", (msg) => {
 socket.on("call_ended", (msg) => { if (current && msg.call_id === current.id) endCall(current, msg.reason, msg); });
 socket.on("error", (msg) => {
   const call = current;
+  if (msg.ref === "call_stats") return;  // a quality report refused: never a reason to end the call
   if (!call || msg.call_id !== call.id || !call.live) return;
   endCall(call, msg.code === "unknown_user" ? "unavailable" : "failed", { detail: msg.message });
 });
