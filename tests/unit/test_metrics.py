@@ -81,9 +81,9 @@ def test_disabled_metrics_are_no_ops() -> None:
 
 
 # --- the bridge ----------------------------------------------------------------------------------
-APP = {"packets_sent": 500, "packets_received": 490, "packets_lost": 10, "remote_packets_lost": 3,
+APP: dict[str, Any] = {"packets_sent": 500, "packets_received": 490, "packets_lost": 10, "remote_packets_lost": 3,
        "jitter_ms": 2.0, "rtt_ms": 4.0, "codec": "opus"}
-PHONE = {"tx_packets": 495, "rx_packets": 480, "remote_loss": 5, "tx_skipped_ticks": 1, "rtt_ms": 2.0,
+PHONE: dict[str, Any] = {"tx_packets": 495, "rx_packets": 480, "remote_loss": 5, "tx_skipped_ticks": 1, "rtt_ms": 2.0,
          "jitter": {"expected": 500, "lost": 20, "late": 2, "concealed": 22, "jitter": 0.001}}
 
 
