@@ -6,9 +6,11 @@ registers on the carrier, takes calls up to --max-calls, and the server refuses 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +19,13 @@ import pytest
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
 from tests.helpers import wait_for
 
-from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server, wait_for_log
+from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
 from .test_dial import DIAL, _env, dial
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+        return str(r.read().decode())
 
 
 @pytest.fixture
@@ -51,9 +58,18 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
 def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, subprocess.Popen[str], Path]) -> None:
     server, proc, log = setup
     first = subprocess.Popen([*DIAL, "call", PLAIN, "--server", server.url, "--user", "alice", "--password",
-                              PASSWORD, "--duration", "15", "--json", "--quiet"],   # up while bob's dialer starts
+                              PASSWORD, "--duration", "15", "--json", "--quiet"],
                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_log(server, "carrier: INVITE", 20)   # the first call has reached the phone network: its slot is taken
+    # the first call holds the worker's one slot: its /metrics says so (port in the start line)
+    metrics = re.search(r"metrics (http://\S+/metrics)", log.read_text())
+    assert metrics, log.read_text()
+    url = metrics.group(1)
+
+    def slot_taken() -> bool:
+        assert first.poll() is None, "the first call never reached the worker"
+        return 'jego_bridge_calls_in_use{worker="extra"} 1.0' in get_text(url)
+
+    wait_for(slot_taken, 30, "the first call in the worker's calls_in_use", interval=0.1)
     rc, res, err = dial(server, PLAIN, "--json", user="bob")
     assert res is not None and res["reason"] == "unreachable" and rc == 1, (res, err)
     out, err1 = first.communicate(timeout=45)
