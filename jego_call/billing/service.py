@@ -155,6 +155,13 @@ class Billing:
             out["suspended"] = {"since": at, "rule": refusal.rule, "en": refusal.en, "zh": refusal.zh}
         return out
 
+    def credit(self, username: str) -> dict[str, Any]:
+        """Balance, held and available credit in minor units, and the currency (credit_low)."""
+        with self.db.transaction() as conn:
+            bal, _ = store.balance(conn, username)
+            hold, _, _ = store.held(conn, username)
+        return {"balance": bal, "held": hold, "available": bal - hold, "currency": self.currency.code}
+
     def unsuspend(self, username: str, note: str = "", now: float | None = None) -> bool:
         """Lift a suspension of the user's phone calls; False if there was none."""
         now = time.time() if now is None else now
@@ -253,9 +260,11 @@ class Billing:
         self._log_settlement(result)
         return result
 
-    def recover(self, now: float, live: Iterable[str] = ()) -> list[Settlement]:
+    def recover(self, now: float, live: Iterable[str] = (),
+                also: Callable[[store.Charge, float], None] | None = None) -> list[Settlement]:
         """Settle every open call not in `live` (at start-up: all of them) for the time it was
-        last seen up (answered calls) or for nothing (never answered)."""
+        last seen up (answered calls) or for nothing (never answered). `also(charge, ended_at)`
+        runs for each in the same transaction (e.g. writing the call's record)."""
         keep = set(live)
         out: list[Settlement] = []
         with self.db.transaction() as conn:
@@ -267,6 +276,8 @@ class Billing:
                 else:
                     ended = charge.authorised_at
                 out.append(self._settle_in(conn, charge, charge.answered_at, ended, now, "recovery"))
+                if also is not None:
+                    also(charge, ended)
         for s in out:
             self._log_settlement(s)
         return out
