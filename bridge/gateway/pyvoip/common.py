@@ -59,6 +59,7 @@ class TrunkConfig:
     rx_queue_frames: int = 25         # read_audio backlog bound (oldest dropped)
     rtp_initial_sequence: int | None = None  # tests: first RTP sequence number (None: random)
     user_agent: str = "JegoCall-Bridge (pyVoIP 1.6.8)"
+    trunk_sources: tuple[str, ...] = ()  # who may send us SIP: addresses or networks ((): server_host)
 
     def __post_init__(self) -> None:
         try:
@@ -77,6 +78,11 @@ class TrunkConfig:
             raise ValueError("dtmf_payload_type must be dynamic (96..127)")
         if self.t1 <= 0 or self.max_calls < 1 or self.register_expires < 1:
             raise ValueError("t1, max_calls and register_expires must be positive")
+        for src in self.trunk_sources:
+            try:
+                ipaddress.ip_network(src, strict=False)
+            except ValueError:
+                raise ValueError(f"trunk_sources: not an IP address or network: {src!r}") from None
 
 
 # -------------------------------------------------------------------------------------------------
