@@ -126,7 +126,8 @@ async def _billing_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("settled %d call(s) left open by a crash: %s", len(recovered),
                     ", ".join(f"{s.call_id} {s.billed_s} s" for s in recovered))
     app[BILLING] = billing
-    app[PRICE_LOOKUP] = price_lookup(billing)
+    if PRICE_LOOKUP not in app:  # (a test may have installed its own)
+        app[PRICE_LOOKUP] = price_lookup(billing)
     if HUB in app:
         app[HUB].set_ledger(billing)
     task = asyncio.get_running_loop().create_task(_heartbeats(app, billing, cfg.billing.heartbeat_s))

@@ -3,7 +3,8 @@ bridge on free 127.0.0.1 ports, the carrier's call records, and audio judges.
 
 `phone_server(tmp)` writes a copy of config/carrier.toml with a free SIP port, short timers and a
 few extra test numbers (below), and starts `jego serve` with JEGO_CARRIER_CONFIG pointing at it
-and JEGO_BRIDGE_TRUNK_PORT at that port.
+and JEGO_BRIDGE_TRUNK_PORT at that port. Calls to phones are paid: alice and bob get 50 CNY of
+credit (`credit=0` for none).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jego_call.media import analysis
-from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
 
 from .carrier_util import free_port
 from .test_dial import _env
@@ -58,8 +59,9 @@ def carrier_config(tmp: Path, port: int, ring_timeout_s: float = 3.0) -> Path:
     return path
 
 
-def phone_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> LiveServer:
-    """`jego serve` with the carrier and the bridge on free ports; users alice and bob exist."""
+def phone_server(tmp: Path, extra_args: list[str] | None = None, credit: int = 5000, **env: str) -> LiveServer:
+    """`jego serve` with the carrier and the bridge on free ports; users alice and bob exist,
+    each with `credit` minor units (fen) of prepaid credit."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     full = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
@@ -68,6 +70,8 @@ def phone_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> 
     server = start_server(tmp, [] if extra_args is None else extra_args, **full)
     for name in ("alice", "bob"):
         make_user(server, name)
+        if credit:
+            top_up(server, name, credit)
     wait_for_log(server, "connected to http", 20)
     return server
 
