@@ -23,9 +23,9 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
