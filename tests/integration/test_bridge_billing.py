@@ -109,7 +109,7 @@ def test_too_little_credit_is_refused_before_any_sip(paid: LiveServer) -> None:
     assert res["reason"] == "insufficient_credit" and res["outcome"] == "failed"
     assert res["detail"].startswith("Not enough credit: a call to China mobile (test) costs at least 0.01 CNY")
     assert "you have 0.00 CNY available" in res["detail"] and "Top up to call" in res["detail"]
-    assert res["detail_zh"].startswith("余额不足：拨打中国手机（测试）至少需要0.01 CNY")
+    assert res["detail_zh"] == "余额不足：拨打中国手机（测试）至少需要0.01元（前1秒），您的可用余额为0.00元。请充值后再拨打。"
     assert res["sip_code"] is None and res["q850_cause"] is None
     assert "refused before SIP: insufficient_credit" in paid.log()
     # with credit the same number does reach the carrier: its records are what prove "no SIP"

@@ -61,7 +61,7 @@ def test_too_little_credit_is_refused_before_any_sip() -> None:
     assert ended["reason"] == EndReason.INSUFFICIENT_CREDIT
     assert ended["detail"].startswith("Not enough credit: a call to China Mobile mobile costs at least 0.15 CNY")
     assert "0.05 CNY available" in ended["detail"] and "Top up" in ended["detail"]
-    assert ended["detail_zh"].startswith("余额不足") and "0.15 CNY" in ended["detail_zh"]
+    assert ended["detail_zh"].startswith("余额不足") and "0.15元" in ended["detail_zh"]
     assert ended["sip_code"] is None and ended["q850_cause"] is None
     assert w.inbox("gw1") == [] and w.core.gateways["gw1"].calls == set()  # no invite: no SIP
     [rec] = w.stored
