@@ -139,6 +139,7 @@ class BillingSection:
     max_call_s: int = 7200
     heartbeat_s: float = 2.0
     history: int = 20
+    low_balance: str = "5"   # an amount as a person writes it, in the rates' currency
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,11 +20,11 @@ from aiohttp import web
 from .. import numbering
 from ..call.reasons import EndReason
 from ..calllog import CallLog, CallRecord
-from ..errors import ErrorCode, SignallingError
+from ..errors import ConfigError, ErrorCode, SignallingError
 from ..signalling.http import authenticated_user
 from ..signalling.keys import BILLING, CALL_LOG, CONFIG, DB, HUB, PRICE_LOOKUP
 from . import store
-from .money import format_amount
+from .money import MoneyError, format_amount, parse_amount
 from .policy import Terms
 from .rates import RateTable
 from .refusal import Refusal
@@ -120,7 +120,7 @@ async def _heartbeats(app: web.Application, billing: Billing, every: float) -> N
 async def _billing_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     billing = Billing(app[DB], app[_RATES], cfg.fraud, Terms(cfg.billing.warning_s, cfg.billing.max_call_s),
-                      history=cfg.billing.history)
+                      history=cfg.billing.history, low_balance=cfg.billing.low_balance)
     recovered = billing.recover(time.time(), also=_recovered_record(app.get(CALL_LOG)))
     if recovered:
         log.warning("settled %d call(s) left open by a crash: %s", len(recovered),
@@ -148,4 +148,8 @@ def setup_billing(app: web.Application) -> None:
     if not cfg.billing.enabled:
         return
     app[_RATES] = load_rate_table(cfg.billing.rates)
+    try:  # checked now, in the rates' currency: a bad amount stops start-up too
+        parse_amount(cfg.billing.low_balance, app[_RATES].currency)
+    except MoneyError as exc:
+        raise ConfigError("billing.low_balance", str(exc)) from None
     app.cleanup_ctx.append(_billing_ctx)
