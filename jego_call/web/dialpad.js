@@ -59,7 +59,7 @@ function priceWords(p) {
     parts.push(inc[0] === 60 ? t("billed_per_minute") : inc[0] === 1 ? t("billed_per_second") : t("billed_per_s", { s: inc[0] }));
   }
   if (p.connection_fee) parts.push(t("connection_fee", { fee: fmt.amount(p.connection_fee, code) }));
-  return parts.join(" · ");
+  return parts.map((text) => el("span", { text }));
 }
 
 function show(check) {
@@ -67,7 +67,8 @@ function show(check) {
   hintKey = null;
   const price = $("dialpad-price");
   if (check.price && check.price.per_minute) {
-    price.textContent = priceWords(check.price);
+    price.replaceChildren();
+    priceWords(check.price).forEach((part, i) => { if (i) price.append(" · "); price.append(part); });
     price.hidden = false;
   } else {
     price.hidden = true;

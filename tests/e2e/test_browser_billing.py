@@ -87,6 +87,7 @@ def test_credit_price_warning_cut_cost_and_refusals_in_both_languages(
     expect(page.get_by_test_id("dialpad-price")).to_have_text("0.60 CNY a minute · billed per second",
                                                               timeout=TIMEOUT)
     assert axe_violations(page) == []
+    assert untranslated(page) == [], untranslated(page)
 
     # the call: connected, credit_low in the overlay with its countdown, then cut at zero
     page.get_by_test_id("call-phone").click()
