@@ -466,6 +466,7 @@ function connected(call, event) {
   move(call, event);
   startTimer(call);
   startStats(call);
+  renderCreditLow(call);
 }
 
 function endCall(call, reason, msg = {}) {
@@ -630,7 +631,7 @@ socket.on("ice", (msg) => {
 socket.on("call_ended", (msg) => { if (current && msg.call_id === current.id) endCall(current, msg.reason, msg); });
 socket.on("credit_low", (msg) => {
   const call = current;
-  if (!call || msg.call_id !== call.id || call.state !== "connected") return;
+  if (!call || msg.call_id !== call.id || !call.live) return;  // shown once the call is connected
   call.creditEndsAt = Date.now() + Math.max(0, Number(msg.remaining_s) || 0) * 1000;
   renderCreditLow(call);
   announce(t("call_credit_low", { s: Math.round(msg.remaining_s) }));
