@@ -11,6 +11,8 @@ their words in English and Chinese; the carrier's records prove nothing was dial
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,8 +20,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from ..conftest import LiveServer, http_json, top_up
+from ..conftest import ROOT, LiveServer, http_json, top_up
 from ..integration.bridge_util import carrier_record, carrier_records, phone_server
+from ..integration.test_dial import _env
 from .conftest import open_as
 from .pagecheck import axe_violations, untranslated
 
@@ -47,7 +50,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     rates = tmp / "rates.toml"
     rates.write_text(RATES)
     s = phone_server(tmp, credit=0, JEGO_BILLING_RATES=str(rates), JEGO_BILLING_WARNING_S=str(WARNING_S),
-                     JEGO_BILLING_LOW_BALANCE="1")
+                     JEGO_BILLING_LOW_BALANCE="1", JEGO_FRAUD_DISTINCT_DESTINATIONS_WARNING="2",
+                     JEGO_FRAUD_DISTINCT_DESTINATIONS_CRITICAL="3")
     yield s
     s.stop()
 
@@ -167,4 +171,44 @@ def test_credit_low_at_the_answer_when_the_credit_is_shorter_than_the_warning(
     expect(reason).to_have_text(reasons(server)["credit_exhausted"]["phone_zh"])
     cdr = carrier_record(server, to)
     assert cdr["q850_cause"] == 16 and abs(cdr["duration_s"] - 3) <= 1.0, cdr
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_velocity_suspension_is_shown_in_plain_words_until_an_operator_lifts_it(
+        browser: Browser, contexts: list[BrowserContext], server: LiveServer) -> None:
+    """Three different numbers within 10 minutes (the critical threshold here is 3): the third is
+    refused before any SIP and the user's phone calls are suspended; the Phone tab says why,
+    until `jego user unsuspend`."""
+    name = f"pay{uuid.uuid4().hex[:8]}"
+    numbers = [f"+86138{uuid.uuid4().int % 10**6:06d}{i:02d}" for i in (3, 4, 5)]
+    page = open_as(browser, contexts, server, name)
+    top_up(server, name, 500)
+    reason = page.get_by_test_id("call-end-reason")
+    for to in numbers[:2]:
+        dial(page, to)
+        expect(page.get_by_test_id("call-state")).to_have_text("connected", timeout=TIMEOUT)
+        page.get_by_test_id("hangup").click()
+        expect(reason).to_have_attribute("data-reason", "hangup", timeout=TIMEOUT)
+    dial(page, numbers[2])
+    expect(reason).to_have_attribute("data-reason", "suspended", timeout=TIMEOUT)
+    words = ("Phone calls from your account are suspended because you called 3 different numbers within "
+             "10 minutes, which looks like toll fraud. Contact support to have them restored.")
+    expect(page.get_by_test_id("call-end-words")).to_have_text(words)
+    assert cdrs_for(server, numbers[2]) == []
+    page.get_by_test_id("tab-calls").click()
+    page.get_by_test_id("tab-phone").click()
+    expect(page.get_by_test_id("credit-suspended")).to_have_text(words, timeout=TIMEOUT)
+    expect(page.get_by_test_id("credit-low")).to_be_hidden()
+    page.get_by_test_id("tab-me").click()
+    page.get_by_test_id("lang-select").select_option("zh-CN")
+    page.get_by_test_id("tab-phone").click()
+    expect(page.get_by_test_id("credit-suspended")).to_contain_text("疑似盗打电话，您账户的电话呼叫功能已被暂停")
+    lifted = subprocess.run([sys.executable, "-m", "jego_call.cli.main", "user", "unsuspend", name, "--note",
+                             "checked with the customer", "--data-dir", str(server.data_dir)],
+                            cwd=ROOT, env={**_env(), **server.env}, capture_output=True, text=True, timeout=60)
+    assert lifted.returncode == 0, lifted.stderr
+    page.get_by_test_id("tab-calls").click()
+    page.get_by_test_id("tab-phone").click()
+    expect(page.get_by_test_id("credit-suspended")).to_be_hidden(timeout=TIMEOUT)
+    expect(page.get_by_test_id("credit-balance")).to_contain_text("余额：")
     assert page.errors == []  # type: ignore[attr-defined]

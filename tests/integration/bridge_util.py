@@ -59,13 +59,23 @@ def carrier_config(tmp: Path, port: int, ring_timeout_s: float = 3.0) -> Path:
     return path
 
 
+# The carrier's test numbers sit in one block (+86 139 0000 0xxx) and a suite dials many of them
+# as alice within minutes: to the velocity rules and the hourly cap that is a toll fraudster, so
+# the phone servers of tests that are not about fraud raise those thresholds (a test about fraud
+# passes its own, which win; tests/integration/test_bridge_billing.py).
+TEST_CALLER_FRAUD = {"JEGO_FRAUD_MAX_CALLS_PER_HOUR": "1000", "JEGO_FRAUD_DISTINCT_DESTINATIONS_WARNING": "500",
+                     "JEGO_FRAUD_DISTINCT_DESTINATIONS_CRITICAL": "1000", "JEGO_FRAUD_SEQUENTIAL_WARNING": "500",
+                     "JEGO_FRAUD_SEQUENTIAL_CRITICAL": "1000"}
+
+
 def phone_server(tmp: Path, extra_args: list[str] | None = None, credit: int = 5000, **env: str) -> LiveServer:
     """`jego serve` with the carrier and the bridge on free ports; users alice and bob exist,
-    each with `credit` minor units (fen) of prepaid credit."""
+    each with `credit` minor units (fen) of prepaid credit; the velocity rules and the hourly cap
+    loosened (TEST_CALLER_FRAUD) unless `env` sets them."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     full = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
-            "JEGO_BRIDGE_MEDIA_TIMEOUT_S": "10"}
+            "JEGO_BRIDGE_MEDIA_TIMEOUT_S": "10", **TEST_CALLER_FRAUD}
     full.update(env)
     server = start_server(tmp, [] if extra_args is None else extra_args, **full)
     for name in ("alice", "bob"):
