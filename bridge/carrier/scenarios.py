@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from jego_call.call.reasons import EndReason, from_sip
 from jego_call.errors import ConfigError
+from jego_call.media.impair import ImpairmentSpec
 from jego_call.numbering import NumberError, NumberInfo, classify, normalise
 from jego_call.schema import build
 
@@ -250,6 +251,8 @@ class SipConfig:
     auth_window_s: float = 60.0
     min_expires_s: int = 60
     max_expires_s: int = 3600
+    min_se_s: int = 90            # RFC 4028 Min-SE: a smaller Session-Expires gets 422
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +306,19 @@ class CdrConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """[media]: `impair` is a seeded network on the carrier's RTP receive path ("" = off),
+    e.g. "loss=5,burst=2,jitter=30,delay=100,seed=1" (jego_call.media.impair). Lab use only."""
+
+    impair: str = ""
+
+    @property
+    def impairment(self) -> ImpairmentSpec | None:
+        spec = ImpairmentSpec.parse(self.impair)
+        return spec if spec.active else None
+
+
+@dataclass(frozen=True, slots=True)
 class CarrierConfig:
     """Everything in config/carrier.toml. Build with `load_carrier_config` / `parse_carrier_config`."""
 
@@ -311,6 +327,7 @@ class CarrierConfig:
     inbound: InboundConfig = InboundConfig(account="jego")
     unreachable: UnreachableConfig = UnreachableConfig()
     cdr: CdrConfig = CdrConfig()
+    media: MediaConfig = MediaConfig()
     default: Behaviour | None = None          # None: preset "answer" with [sip] durations
     numbers: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
     prefixes: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -519,6 +536,8 @@ def _validate_sip(s: SipConfig) -> None:
                  "rtcp_interval_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"sip.{name}", f"must be greater than 0, got {getattr(s, name)}")
+    if s.min_se_s < 1:
+        raise ConfigError("sip.min_se_s", f"must be at least 1 s (RFC 4028 says 90), got {s.min_se_s}")
     if s.early_media_s < 0:
         raise ConfigError("sip.early_media_s", f"must be >= 0, got {s.early_media_s}")
     for name in ("rtp_port_min", "rtp_port_max"):
@@ -594,11 +613,11 @@ def _parse_unreachable(raw: Any) -> UnreachableConfig:
 
 def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     """Build and validate a CarrierConfig from parsed TOML; ConfigError names the wrong key."""
-    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "default", "numbers", "prefixes"}
+    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "media", "default", "numbers", "prefixes"}
     for k in data:
         if k not in known:
             raise ConfigError(k, f"unknown section (known: {', '.join(sorted(known))})")
-    for sec in ("sip", "inbound", "cdr"):
+    for sec in ("sip", "inbound", "cdr", "media"):
         if sec in data and not isinstance(data[sec], dict):
             raise ConfigError(sec, f"expected a table [{sec}]")
     sip: SipConfig = build(SipConfig, data.get("sip", {}), "sip.")
@@ -615,11 +634,16 @@ def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
         raise ConfigError("inbound.caller_id", f"expected an E.164 number, got {inbound.caller_id!r}")
     unreachable = _parse_unreachable(data.get("unreachable", {}))
     cdr: CdrConfig = build(CdrConfig, data.get("cdr", {}), "cdr.")
+    media: MediaConfig = build(MediaConfig, data.get("media", {}), "media.")
+    try:
+        media.impairment  # noqa: B018 - validates the spec; the error names the key
+    except ConfigError as exc:
+        raise ConfigError("media.impair", f"{exc.key}: {exc.message}") from None
     default = parse_behaviour(data["default"], "default", sip, "default") if "default" in data else None
     numbers = _number_table(data.get("numbers", {}), "numbers", sip, True)
     prefixes = _number_table(data.get("prefixes", {}), "prefixes", sip, False)
     return CarrierConfig(sip=sip, trunks=trunks, inbound=inbound, unreachable=unreachable, cdr=cdr,
-                         default=default, numbers=numbers, prefixes=prefixes)
+                         media=media, default=default, numbers=numbers, prefixes=prefixes)
 
 
 # --------------------------------------------------------------------------------------------
