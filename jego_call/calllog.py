@@ -2,7 +2,8 @@
 
 The hub calls `CallLog.record(...)` from its end-of-call path (for a paid phone call inside
 the ledger's settlement transaction); a gateway's `call_report` (codec, packet counters)
-updates the row with `report(...)`, even after the end. `history(user)` serves GET
+updates the row with `report(...)`, even after the end, and `set_quality(...)` stores the
+call's E-model score (MOS, R-factor; jego_call/quality.py). `history(user)` serves GET
 /api/calls; `all()` serves `jego cdr`. Both join the call's charge (`call_charges`, billing):
 `cost` (minor units), `cost_text`, `billed_s` and `currency`, null for calls that were free.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from .billing.money import currency, format_amount
 from .db import Database
+from .quality import word_for
 
 # the call's charge, when it was a paid phone call that has been settled
 _SELECT = ("SELECT c.*, ch.cost AS charge_cost, ch.billed_s AS charge_billed_s, ch.currency AS charge_currency"
@@ -61,6 +63,12 @@ class CallLog:
         )
         return cur.rowcount == 1
 
+    def set_quality(self, call_id: str, mos: float, r_factor: float) -> bool:
+        """Store the call's quality score (MOS 1..4.5, R 0..100); False if it has no record."""
+        cur = self.db.execute("UPDATE calls SET mos = ?, r_factor = ? WHERE call_id = ?",
+                              (round(mos, 2), round(r_factor, 1), call_id))
+        return cur.rowcount == 1
+
     @staticmethod
     def _row(row: Any, user: str | None) -> dict[str, Any]:
         out = {
@@ -72,6 +80,8 @@ class CallLog:
             "app": json.loads(row["app_stats"]) if row["app_stats"] else None,
             "phone": json.loads(row["phone_stats"]) if row["phone_stats"] else None,
             "cost": None, "cost_text": None, "billed_s": None, "currency": None,
+            "mos": row["mos"], "r_factor": row["r_factor"],
+            "quality": word_for(row["r_factor"]) if row["r_factor"] is not None else None,
         }
         if row["charge_cost"] is not None:
             cur = currency(row["charge_currency"])
