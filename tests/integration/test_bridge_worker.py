@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
 from tests.helpers import wait_for
 
 from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
@@ -35,6 +35,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
     server = start_server(tmp_path, ["--no-bridge"], **env)
     for name in ("alice", "bob"):
         make_user(server, name)
+        top_up(server, name)
     log = tmp_path / "bridge.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",

@@ -16,7 +16,7 @@ import pytest
 
 from bridge.carrier.cdr import read_records
 from bridge.gateway.legs import LegAnswered, LegEnded
-from tests.conftest import PASSWORD, ROOT, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, make_user, start_server, top_up
 from tests.helpers import until, wait_for
 
 from .bridge_util import carrier_config, free_port
@@ -83,6 +83,7 @@ def test_a_session_nobody_refreshes_is_ended_by_the_carrier(tmp_path: Path) -> N
     procs: list[subprocess.Popen[str]] = []
     try:
         make_user(server, "alice")
+        top_up(server, "alice")   # calls to phones are paid
         log = tmp_path / "w.log"
         worker = subprocess.Popen(
             [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",
