@@ -7,6 +7,7 @@ environment or the file after that.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -109,6 +110,7 @@ class BridgeSection:
     name: str = "bridge-1"
     trunk_host: str = "127.0.0.1"
     trunk_port: int = 5060
+    trunk_sources: tuple[str, ...] = ()  # addresses/networks that may send SIP (empty: trunk_host)
     username: str = "jego"
     password: str = "jego-trunk-secret"
     register: bool = True
@@ -124,6 +126,15 @@ class BridgeSection:
     max_call_s: float = 7200.0
     session_expires_s: int = 1800
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
+    metrics_port: int = 0      # `jego bridge`: /metrics, /healthz, /readyz here (0: a free port)
+
+    def __post_init__(self) -> None:
+        for i, src in enumerate(self.trunk_sources):
+            try:
+                ipaddress.ip_network(src, strict=False)
+            except ValueError:
+                raise ConfigError(f"bridge.trunk_sources[{i}]",
+                                  f"expected an IP address or network such as 10.1.2.0/24, got {src!r}") from None
 
     @property
     def worker_count(self) -> int:
@@ -141,6 +152,12 @@ class BillingSection:
     max_call_s: int = 7200
     heartbeat_s: float = 2.0
     history: int = 20
+    low_balance: str = "5"   # an amount as a person writes it, in the rates' currency
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True       # Prometheus /metrics and the instrumentation behind it (jego_call/metrics.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +181,7 @@ class Config:
     billing: BillingSection = field(default_factory=BillingSection)
     fraud: FraudConfig = field(default_factory=FraudConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -23,6 +23,13 @@ Reports per N:
 `--idle S` first measures the worker with no call for S seconds (CPU ms per second, threads);
 `--anchor S` first runs a stock aiortc pair (two RTCPeerConnections in one process on CPU 0,
 Opus speech both ways, aiortc's own encoder/decoder) and reports its CPU ms per leg-second.
+`--idle S` first measures the worker with no call for S seconds (CPU ms per second, threads).
+`--metrics off` starts the worker with `[metrics] enabled = false` (every metrics hook a no-op,
+no /metrics); `--scrape S` (with metrics on) GETs the worker's /metrics every S seconds
+throughout, as a Prometheus would. With metrics on, `metrics_cpu_share` is the worker's own
+jego_bridge_metrics_cpu_seconds_total over its whole CPU in the window (thread CPU of the
+counting at scrapes and call ends and of rendering /metrics). The cost of metrics is that
+share, and the difference between on and off (docs/benchmarks.md "## Metrics").
 
 The worker, the server and this process run at `--nice` (-10 by default, as root) so that other
 jobs on a shared machine take less from them; the worker and the server each run in a session
@@ -52,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -229,8 +237,18 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             await leg.close()
 
 
+def metrics_cpu_s(metrics_url: str | None) -> float | None:
+    """The worker's jego_bridge_metrics_cpu_seconds_total (its metrics' own CPU), or None."""
+    if metrics_url is None:
+        return None
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    m = re.search(r"(?m)^jego_bridge_metrics_cpu_seconds_total\{[^}]*\} ([0-9.e+-]+)$", text)
+    return float(m.group(1)) if m else None
+
+
 def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data: Path, app_codec: str,
-        pre: dict[str, tuple[list[bytes], bytes]], ref: np.ndarray) -> dict[str, Any]:
+        pre: dict[str, tuple[list[bytes], bytes]], ref: np.ndarray, metrics_url: str | None = None) -> dict[str, Any]:
     users = [f"bench{i}" for i in range(n)]
     for u in users:
         register(url, u)
@@ -252,12 +270,17 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
             await asyncio.sleep(0.1)
         up = sum("connected" in r for r in results)
         await asyncio.sleep(1.0)
+        m0 = await asyncio.to_thread(metrics_cpu_s, metrics_url)
         c0, t0, x0 = proc_cpu_s(bridge.pid), time.monotonic(), proc_ctxsw(bridge.pid)
         await asyncio.sleep(WINDOW_S / 2)
         probe["threads"] = proc_threads(bridge.pid)
         await asyncio.sleep(WINDOW_S / 2)
         dt = time.monotonic() - t0
-        probe.update(up=up, cpu_s=proc_cpu_s(bridge.pid) - c0, window=dt, ctxsw=proc_ctxsw(bridge.pid) - x0)
+        c1 = proc_cpu_s(bridge.pid)
+        probe.update(up=up, cpu_s=c1 - c0, window=dt, ctxsw=proc_ctxsw(bridge.pid) - x0)
+        m1 = await asyncio.to_thread(metrics_cpu_s, metrics_url)
+        if m0 is not None and m1 is not None and c1 > c0:
+            probe["metrics_share"] = (m1 - m0) / (c1 - c0)
         release.set()
         await asyncio.gather(*tasks)
 
@@ -286,7 +309,8 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
             "connect_ms_p50": round(pct(conn, 50)), "connect_ms_p99": round(pct(conn, 99)),
             "threads": probe.get("threads"), "ctxsw_per_call_s": round(probe["ctxsw"] / call_s, 1),
             "frames_back_min": min((r.get("live_back", 0) for r in results), default=0),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+            "metrics_cpu_share": round(probe["metrics_share"], 5) if "metrics_share" in probe else None}
 
 
 def idle(bridge: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
@@ -385,6 +409,9 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=-10,
                     help="priority of this process, the worker and the server (root only; 0: leave it)")
     ap.add_argument("--complexity", type=int, default=None, help="the worker's Opus complexity ([bridge])")
+    ap.add_argument("--metrics", choices=["on", "off"], default="on", help="the worker's [metrics] enabled")
+    ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
+                    help="scrape the worker's /metrics every S seconds (metrics on)")
     args = ap.parse_args()
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     if pin:
@@ -418,6 +445,9 @@ def main() -> int:
                   "JEGO_AUTH_REGISTER_SOURCE_BURST": "1000", "JEGO_AUTH_HASH_CPU_SHARE": "1.0"}
         if args.complexity is not None:
             common["JEGO_BRIDGE_OPUS_COMPLEXITY"] = str(args.complexity)
+        metrics_port = free_port()
+        worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
+                      "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}
         data = tmp / "data"
         slog, blog = tmp / "serve.log", tmp / "bridge.log"
         serve = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0", "--data-dir",
@@ -430,22 +460,33 @@ def main() -> int:
                   "--max-calls", "200", "--name", "bench"]
         if pin:
             worker = ["taskset", "-c", str(WORKER_CPU), *worker]
-        bridge = subprocess.Popen(worker, cwd=ROOT, env=env(common), text=True, stdout=open(blog, "w"),  # noqa: SIM115
+        bridge = subprocess.Popen(worker, cwd=ROOT, env=env(worker_env), text=True, stdout=open(blog, "w"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT, start_new_session=True)
         own_autogroup(bridge.pid, args.nice)
         try:
             wait_for(blog, r"connected to http", bridge)
+            scraping = threading.Event()
+            scrapes: list[int] = []
+            if args.scrape and args.metrics == "on":
+                def scrape() -> None:
+                    while not scraping.wait(args.scrape):
+                        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                            scrapes.append(len(r.read()))
+                threading.Thread(target=scrape, daemon=True).start()
             if args.idle:
                 print(json.dumps(idle(bridge, args.idle)), flush=True)
             rows = []
             for n in args.calls:
-                row = run(n, url, bridge, blog, data, args.app_codec, pre, ref)
+                row = run(n, url, bridge, blog, data, args.app_codec, pre, ref,
+                          f"http://127.0.0.1:{metrics_port}/metrics" if args.metrics == "on" else None)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             ok = [r["calls"] for r in rows if (r["on_time_min"] or 0) >= 0.99 and r["connected"] == r["calls"]
                   and (r["pesq_min"] or 0) >= g711_alone - 0.1 and r["recorded"] == r["calls"]]
+            scraping.set()
             print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs, "
-                  f"G.711 alone PESQ {g711_alone:.2f})")
+                  f"G.711 alone PESQ {g711_alone:.2f}; metrics {args.metrics}, {len(scrapes)} scrapes of "
+                  f"{max(scrapes, default=0)} bytes at most)")
             print("| calls | worker CPU ms per call-s | frames on time (worst call) | PESQ nb min / p50 "
                   "| setup ms p50 / p99 | threads | ctx switches per call-s | load avg |")
             print("|---|---|---|---|---|---|---|---|")

@@ -17,6 +17,7 @@ appends a `CallRecord` to cdr.jsonl when the call ends.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from jego_call.call.reasons import EndReason, from_sip
+from jego_call.log import call_context
 from jego_call.numbering import NumberInfo, classify
 
 from ..net.sip_transport import SipTransport
-from ..sip.causes import CAUSE_TEXT, q850_of, reason_header
+from ..sip.causes import CAUSE_TEXT, parse_reason_header, q850_of, reason_header
 from ..sip.dialog import DialogId, DialogState
 from ..sip.endpoint import (
     AckReceived,
@@ -49,7 +51,7 @@ from ..sip.endpoint import (
     UnmatchedResponse,
 )
 from ..sip.errors import CallDoesNotExist, Forbidden, SipError
-from ..sip.message import SipRequest, new_request
+from ..sip.message import SipMessage, SipRequest, new_request
 from ..sip.sdp import SdpError, SdpSession, answer_offer, build_offer, negotiated_from_answer
 from ..sip.session_timer import (
     TOKEN as TIMER,
@@ -120,6 +122,7 @@ class Call:
     sip_code: int = 0
     q850: int | None = None
     outcome: EndReason | None = None
+    reason_text: str = ""            # the Q.850 Reason text of the peer's BYE/CANCEL (RFC 3326)
     bad_acks: int = 0
     recording: Path | None = None
     task: asyncio.Task[None] | None = None
@@ -181,6 +184,9 @@ class Carrier:
         self.media_totals: dict[str, float] = dict.fromkeys((
             "streams", "packets_sent", "packets_received", "packets_lost", "send_ticks", "on_time",
             "skipped_ticks", "max_lateness", "impaired_dropped"), 0)
+        # calls ended, by direction ("in": to the carrier's numbers, "out": originated) and
+        # outcome (EndReason value): bridge/carrier/metrics.py exports them
+        self.ended: collections.Counter[tuple[str, str]] = collections.Counter()
         self._calls: dict[TransactionKey, Call] = {}
         self._by_dialog: dict[DialogId, Call] = {}
         self._out: dict[TransactionKey, OutCall] = {}
@@ -412,9 +418,10 @@ class Carrier:
         self._active_per_account[account.username] = active + 1
         self._idle.clear()
         self.stats["calls"] += 1
-        log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
-                 info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
-        call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
+        with call_context(call_id=req.call_id):  # the carrier's lines about a call carry its SIP Call-ID
+            log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
+                     info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
+            call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
 
     def _session_of(self, req: SipRequest) -> SessionExpires | None:
         """RFC 4028 §9: the session interval we agree to, when the caller supports timers (we then
@@ -463,6 +470,7 @@ class Carrier:
         if req.method == "BYE":
             self._respond(ev.key, 200)
             cause = q850_of(req) or 16
+            call.reason_text = _reason_text(req)
             if call.fsm.state in (CallState.SETUP, CallState.EARLY):
                 # BYE in an early dialog (§15.1.2 permits it from the caller): end the INVITE too.
                 self._respond(call.key, 487, headers=(("Reason", reason_header(cause)),))
@@ -760,7 +768,8 @@ class Carrier:
         for task in (call.task, call.watchdog):
             if task is not None and task is not current and not task.done():
                 task.cancel()
-        self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
+        with call_context(call_id=call.call_id):
+            self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
 
     async def _finish(self, call: Call) -> None:
         """Close media, write the call record; forget the dialog a little later (late ACK/BYE
@@ -785,7 +794,8 @@ class Carrier:
             number_type=info.kind if info is not None else call.behaviour.name,
             operator=info.operator if info is not None else None, area=area, codec=codec, dtmf=dtmf,
             recording=call.recording if call.stream is not None else None, outcome=str(call.outcome or ""),
-            behaviour=call.behaviour.matched or call.behaviour.name)
+            behaviour=call.behaviour.matched or call.behaviour.name, reason_text=call.reason_text)
+        self.ended["in", EndReason.parse(str(call.outcome or "")).value] += 1
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, record)
             self.stats["cdr_written"] += 1
@@ -960,6 +970,7 @@ class Carrier:
             number_type=info.kind if info else "invalid", operator=info.operator if info else None,
             area=f"{info.area_code} {info.city}" if info and info.area_code else None, codec=codec,
             dtmf=result["dtmf"], recording=result["recording"], outcome=result["outcome"], behaviour="inbound")
+        self.ended["out", EndReason.parse(str(result["outcome"] or "")).value] += 1
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, rec)
         return result
@@ -992,8 +1003,7 @@ class Carrier:
 
 
 def _source(media: Media) -> AudioSource:
-    # scenarios.Media is frozen; media.MediaSpec's protocol members are plain attributes.
-    return source_for(media)  # type: ignore[arg-type]
+    return source_for(media)   # scenarios.Media is frozen: MediaSpec's members are read-only
 
 
 def _user(na: NameAddr) -> str:
@@ -1001,3 +1011,12 @@ def _user(na: NameAddr) -> str:
     if isinstance(uri, SipUri) and uri.user:
         return uri.user
     return str(uri)
+
+
+def _reason_text(msg: SipMessage) -> str:
+    """The text of a message's first Q.850 Reason (RFC 3326), e.g. "credit_exhausted"."""
+    for value in msg.headers.get_all("Reason"):
+        for proto, _cause, text in parse_reason_header(value):
+            if proto.upper() == "Q.850" and text:
+                return text[:100]
+    return ""

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.net.webrtc import WebRtcLeg
+from jego_call.call.reasons import EndReason
 from jego_call.log import call_context
 from jego_call.media.impair import ImpairmentSpec
 
@@ -73,6 +74,7 @@ from .call_core import (
     sip_refusal,
 )
 from .legs import AppLeg, LegEnded, SipLeg
+from .metrics import BridgeMetrics, call_quality, leg_counters, summarise
 
 __all__ = ["TRANSITIONS", "AppLegFactory", "BridgeCall", "BridgeEvent", "BridgeState", "BridgeStateMachine",
            "CallSettings", "PhoneLink", "Send", "decline_for", "lean_app_leg", "sip_refusal"]
@@ -179,7 +181,7 @@ class BridgeCall:
     def __init__(self, call_id: str, direction: str, leg: SipLeg, send: Send, settings: CallSettings,
                  ice_servers: list[dict[str, Any]] | None = None,
                  on_done: Callable[[BridgeCall], None] | None = None, clock: Clock = loop_clock,
-                 app_leg: AppLegFactory | None = None) -> None:
+                 app_leg: AppLegFactory | None = None, metrics: BridgeMetrics | None = None) -> None:
         self.core = BridgeCallCore(call_id, direction, settings)  # raises ValueError for a bad direction
         self.call_id = call_id
         self.direction = direction
@@ -201,6 +203,9 @@ class BridgeCall:
         self._tick_pending = False
         self._fed_app: float | None = None
         self._fed_phone: float | None = None
+        self.metrics = metrics           # bridge/gateway/metrics.py: counted at the end and at scrapes
+        if metrics is not None:
+            metrics.call_started(call_id)
 
     # --- public -------------------------------------------------------------------------
     @property
@@ -219,9 +224,11 @@ class BridgeCall:
     def end_info(self) -> dict[str, Any]:
         return self.core.end_info
 
-    def begin_outbound(self, to: str, offer_sdp: str) -> None:
-        """App -> phone: answer the app's offer (kept until 183/200), then INVITE `to` (E.164)."""
-        self._inbox.put_nowait(StartOutbound(to, offer_sdp))
+    def begin_outbound(self, to: str, offer_sdp: str, max_s: float | None = None,
+                       max_reason: EndReason = EndReason.CREDIT_EXHAUSTED) -> None:
+        """App -> phone: answer the app's offer (kept until 183/200), then INVITE `to` (E.164);
+        a paid call (`max_s`) is ended by the bridge too if the server has not cut it in time."""
+        self._inbox.put_nowait(StartOutbound(to, offer_sdp, max_s, max_reason))
         self._ensure_running()
 
     def begin_inbound(self, from_number: str, username: str) -> None:
@@ -365,7 +372,10 @@ class BridgeCall:
                 await self.leg.reject(cmd.sip_code, cmd.q850_cause)
             else:
                 op = "hangup"
-                await self.leg.hangup(cmd.q850_cause)
+                if cmd.reason is None:
+                    await self.leg.hangup(cmd.q850_cause)
+                else:
+                    await self.leg.hangup(cmd.q850_cause, cmd.reason)
         except Exception as exc:
             return LegOpFailed(op, str(exc) or type(exc).__name__)
         return None
@@ -408,13 +418,21 @@ class BridgeCall:
                     phone[key] = got[key]
         # "PCMU" when G.711 went straight through to the app, "opus/PCMU" when transcoded
         report_codec = f"{app_codec}/{codec}" if app_codec and codec and app_codec != codec else codec
+        quality = call_quality(st, got, app_codec, codec) if self.connected_at is not None else None
+        report: dict[str, Any] = {"type": "call_report", "call_id": self.call_id, "codec": report_codec,
+                                  "app": app, "phone": phone}
+        if quality is not None:  # the E-model, both legs and both directions (jego_call/quality.py)
+            report.update(mos=round(quality.mos, 2), r_factor=round(quality.r_factor, 1))
         with contextlib.suppress(Exception):
-            await self.send({"type": "call_report", "call_id": self.call_id, "codec": report_codec,
-                             "app": app, "phone": phone})
+            await self.send(report)
         log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms); app leg %s",
                  self.end_info.get("reason"), app, phone, float(st.get("frames_on_time", 1.0)),
                  float(st.get("max_late_ms", 0.0)),
                  {k: st[k] for k in ("jitter_ms", "rtt_ms", "concealed_ms", "fec_sent_for_loss", "srtp") if k in st})
+        kind, outcome = summarise(self, st, got, report_codec, quality, self.clock())
+        if self.metrics is not None:
+            self.metrics.call_closed(self.call_id, kind, outcome, leg_counters(st, got, st.get("late_frames")),
+                                     quality.mos if quality is not None else None)
         current = asyncio.current_task()
         for t in self._tasks:
             if t is not current and not t.done():

@@ -476,7 +476,7 @@ class WebRtcLeg:
                        max_late_ms=round(s.max_lateness * 1000, 1), rtcp_sent=s.n["rtcp_sent"],
                        rtcp_received=s.n["rtcp_received"], concealed_ms=s.playout.concealed_samples // 8,
                        tx_underruns=s.n["tx_underruns"], malformed=s.n["malformed"], unknown_pt=s.n["unknown_pt"],
-                       fec_recovered=s.playout.recovered_frames, concealed_frames=s.playout.concealed_frames,
+                       late_frames=max(0, ticks - s.n["on_time"]), fec_recovered=s.playout.recovered_frames, concealed_frames=s.playout.concealed_frames,
                        fec_sent_for_loss=self.fec_loss_percent, latency_dropped=jb.latency_dropped,
                        late_dropped=jb.late + jb.overflow_dropped, playout_target_ms=s.playout.jitter.target * 20)
             if s.rtt is not None:

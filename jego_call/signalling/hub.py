@@ -8,11 +8,16 @@ timeout, maximum duration) is made by the pure `HubCore` (hub_core.py); this she
 (`Session.send`, `Session.close`, call records, on_call_ended hooks, log lines) and keeps one
 `loop.call_at` for the core's next deadline. `handle` is synchronous; `Session.send` never
 blocks. Errors a client caused come out as SignallingError.
+
+Paid phone calls: billing installs its `Ledger` with `set_ledger(billing)`; the core then
+authorises and times them, and this shell settles each one with its call record, in one
+transaction (`Ledger.settle(..., also=write the record)`), exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import time
@@ -24,6 +29,7 @@ from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
 from ..groups.calls import GroupDirectory
+from ..log import call_context
 from .hub_core import (
     EMERGENCY_TEXT,
     GATEWAY_EVENTS,
@@ -35,6 +41,7 @@ from .hub_core import (
     Command,
     Gateway,
     HubCore,
+    Ledger,
     Log,
     Send,
     StoreReport,
@@ -87,9 +94,11 @@ class Hub:
         self._user_of: dict[str, str] = {}            # session id -> username it attached as
         self._ids = itertools.count(1)
         self.on_call_ended: list[CallEndedHook] = []
+        self.on_call_report: list[Callable[[StoreReport], None]] = []   # a gateway's call_report, once stored
         self.handlers: dict[type, Handler] = {}       # message types of other features (messaging)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.unsettled: dict[str, WriteCallRecord] = {}  # records whose settlement failed: retried
 
     # --- what the rest of the server reads --------------------------------------------------------
     @property
@@ -126,6 +135,14 @@ class Hub:
     def pick_gateway(self) -> Gateway | None:
         """The gateway with the fewest calls among those with free capacity."""
         return self.core.pick_gateway()
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self.core.ledger
+
+    def set_ledger(self, ledger: Ledger | None) -> None:
+        """Charge calls to phones from now on (billing's cleanup_ctx; None: they are free)."""
+        self.core.ledger = ledger
 
     def online(self, username: str) -> bool:
         return self.core.online(username)
@@ -172,14 +189,16 @@ class Hub:
                 del self.sessions[username]
 
     def handle(self, session: Session, msg: Any) -> None:
-        """Act on one parsed message from an authenticated session."""
-        handler = self.handlers.get(type(msg))
-        if handler is not None:
-            handler(session, msg)
-            return
-        if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
-            raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
-        self._run(self.core.handle(session.id, msg, now=self.loop.time(), wall=self._wall_clock()))
+        """Act on one parsed message from an authenticated session (logged with its call id and user)."""
+        call_id = getattr(msg, "call_id", None)
+        with call_context(call_id=call_id if isinstance(call_id, str) else None, user=session.username or None):
+            handler = self.handlers.get(type(msg))
+            if handler is not None:
+                handler(session, msg)
+                return
+            if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
+                raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
+            self._run(self.core.handle(session.id, msg, now=self.loop.time(), wall=self._wall_clock()))
 
     def send_to_user(self, username: str, msg: dict[str, Any]) -> int:
         """Send `msg` to every session of `username`; returns how many got it."""
@@ -233,6 +252,11 @@ class Hub:
             elif isinstance(cmd, StoreReport):
                 if self.call_log is not None:
                     self.call_log.report(cmd.call_id, cmd.codec, cmd.app, cmd.phone)
+                for report_hook in self.on_call_report:
+                    try:
+                        report_hook(cmd)
+                    except Exception:  # quality bookkeeping must never break the report
+                        log.exception("on_call_report hook failed", extra={"call_id": cmd.call_id})
             elif isinstance(cmd, CallEnded):
                 for hook in self.on_call_ended:
                     try:
@@ -242,14 +266,35 @@ class Hub:
         self._arm()
 
     def _record(self, rec: WriteCallRecord) -> None:
-        if self.call_log is None:
-            return
+        """Store the call record; a call to a phone is settled in the same transaction (a call
+        the ledger never authorised just gets its record). A failure is kept for `retry_records`."""
+        call_log = self.call_log
+
+        def write() -> None:
+            if call_log is not None:
+                call_log.record(CallRecord(
+                    rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
+                    rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
+
+        ledger = self.core.ledger
         try:
-            self.call_log.record(CallRecord(
-                rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
-                rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
+            if ledger is not None and rec.callee_kind == "phone":
+                ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at, also=write)
+            else:
+                write()
         except Exception:  # a full disk must not break call teardown
             log.exception("could not store the call record", extra={"call_id": rec.call_id})
+            if ledger is not None and rec.callee_kind == "phone":
+                self.unsettled[rec.call_id] = rec
+            return
+        self.unsettled.pop(rec.call_id, None)
+
+    def retry_records(self) -> int:
+        """Try again to settle and store the records that failed (billing's heartbeat calls this);
+        returns how many are still waiting."""
+        for rec in list(self.unsettled.values()):
+            self._record(rec)
+        return len(self.unsettled)
 
     def _arm(self) -> None:
         """One loop timer, at the core's next deadline (re-armed only when that changes)."""
@@ -258,7 +303,8 @@ class Hub:
             self._timer.cancel()
             self._timer = None
         if self._timer is None and at is not None:
-            self._timer = self.loop.call_at(at, self._on_timer)
+            # a fresh context: the timer serves every call, not the one whose message armed it
+            self._timer = contextvars.Context().run(self.loop.call_at, at, self._on_timer)
         self._timer_at = at
 
     def _on_timer(self) -> None:

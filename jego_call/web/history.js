@@ -1,5 +1,5 @@
 // The "Calls" tab: call history (GET /api/calls) with missed calls marked from the callee's
-// side, the outcome in plain words, and a call-back button on every entry.
+// side, the outcome in plain words, what a paid phone call cost, and a call-back button on every entry.
 import { api, checkNumber, isMissed, loadReasons, reasonWords, session } from "./api.js";
 import { placeCall } from "./calls.js";
 import { noteCaller } from "./chat.js";
@@ -19,6 +19,13 @@ function outcome(c) {
   if (ANSWERED.has(c.outcome) && c.answered_at) {
     span.append(el("span", { text: t(incoming ? "history_incoming" : "history_outgoing") }), " · ",
       el("span", { translate: "no", className: "timer", text: clock(c.duration_s) }));
+    if (c.quality && c.mos != null) {
+      // the call's E-model score (ITU-T G.107), stored when it ended: "Good connection · MOS 4.4"
+      span.append(" · ", el("span", {
+        className: "h-quality", testid: "call-history-quality", "data-quality": c.quality,
+        "data-mos": String(c.mos), text: t("history_quality", { quality: t(`quality_${c.quality}`), mos: c.mos.toFixed(1) }),
+      }));
+    }
   } else {
     span.textContent = reasonWords(c.outcome, { phone, callee: incoming }) || c.outcome;
   }
@@ -41,6 +48,10 @@ function itemFor(c) {
   const sub = el("span", { className: "h-sub" }, arrow,
     outcome(c),
     el("time", { datetime: new Date(c.started_at * 1000).toISOString(), text: fmt.when(c.started_at) }));
+  if (c.cost !== null && c.cost !== undefined && c.cost_text) {  // a paid phone call: what it cost
+    sub.append(el("span", { className: "h-cost", testid: "call-cost", "data-cost": String(c.cost),
+      text: t("history_cost", { amount: fmt.amount(c.cost_text.split(" ")[0], c.currency) }) }));
+  }
   const back = el("button", {
     type: "button", className: "icon-btn call-back", testid: "call-back",
     "aria-label": t("call_back", { name: phone ? c.peer : name }),

@@ -7,9 +7,9 @@ locale table, no serious axe-core violations, screenshots kept as artefacts)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect
 
 from jego_call.client import JegoClient
+from tests.helpers import wait_for
 
 from ..conftest import PASSWORD, LiveServer, http_json, start_server
 from ..integration.carrier_util import free_port
@@ -193,11 +194,13 @@ def test_incoming_call_is_visible_and_focused_over_an_open_scrolled_chat(
     assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], box
     assert b.evaluate("document.elementFromPoint(innerWidth / 2, innerHeight / 2).closest('[data-testid=incoming]') !== null")
     assert b.evaluate("document.getElementById('main-view').inert")  # the chat cannot be clicked meanwhile
-    deadline = time.monotonic() + 5
     titles: set[str] = set()
-    while time.monotonic() < deadline and len(titles) < 2:
+
+    def both_titles() -> bool:   # the tab title flashes between two texts
         titles.add(b.title())
-        time.sleep(0.2)
+        return len(titles) >= 2
+    with contextlib.suppress(AssertionError):   # judged below, with the titles seen
+        wait_for(both_titles, 5, "the title to flash", interval=0.2)
     assert "王芳 is calling…" in titles and len(titles) == 2, titles  # the tab title flashes
     assert b.evaluate("window.__shown") == [{"title": "Incoming call", "body": "王芳 is calling…"}]
     b.keyboard.press("Escape")  # declines
@@ -224,6 +227,9 @@ def test_second_call_has_a_fresh_timer_and_stats(browser: Browser, contexts: lis
     # the figures are behind "details"; one quality word is in front
     expect(a.get_by_test_id("call-stats")).to_be_hidden()
     expect(a.get_by_test_id("call-quality")).to_have_text("Good connection", timeout=TIMEOUT)
+    # ... and it is the server's E-model word (call_stats every 2 s -> call_quality)
+    expect(a.get_by_test_id("call-quality")).to_have_attribute("data-source", "e-model", timeout=TIMEOUT)
+    expect(a.get_by_test_id("call-quality")).to_have_attribute("data-quality", "good")
     a.get_by_test_id("call-details-toggle").click()
     expect(a.get_by_test_id("call-stats")).to_be_visible()
     a.get_by_test_id("mute").click()
@@ -237,6 +243,7 @@ def test_second_call_has_a_fresh_timer_and_stats(browser: Browser, contexts: lis
     expect(a.get_by_test_id("call-stats")).to_have_text("")
     expect(a.get_by_test_id("call-stats")).to_be_hidden()
     expect(a.get_by_test_id("call-quality")).to_have_text("")
+    expect(a.get_by_test_id("call-quality")).to_have_attribute("data-source", "")
     expect(a.get_by_test_id("mute")).to_have_attribute("aria-pressed", "false")
     for gone in ("remote-video", "local-video", "camera"):
         expect(a.get_by_test_id(gone)).to_be_hidden()
@@ -247,6 +254,14 @@ def test_second_call_has_a_fresh_timer_and_stats(browser: Browser, contexts: lis
     a.get_by_test_id("hangup").click()
     state(b).to_have_text("ended", timeout=TIMEOUT)
     expect(a.get_by_test_id("call-end-reason")).to_have_text("Call ended")
+    # the history has the first call's score (the E-model's word and MOS, stored when it ended)
+    a.locator("#call-outcome-close").click()
+    a.get_by_test_id("tab-calls").click()
+    first_call = a.get_by_test_id("call-history").get_by_test_id("call-history-item").nth(1)
+    quality = first_call.get_by_test_id("call-history-quality")
+    expect(quality).to_have_attribute("data-quality", "good", timeout=TIMEOUT)
+    expect(quality).to_contain_text("Good connection · MOS 4.")
+    assert float(quality.get_attribute("data-mos") or 0) >= 4.1
 
 
 # -- 4. a missed call is missed -------------------------------------------------------------------

@@ -4,9 +4,9 @@ with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -14,14 +14,20 @@ from aiohttp.test_utils import TestClient, TestServer
 from jego_call.config import load_config
 from jego_call.signalling.server import create_app
 
-Factory = Callable[..., Any]
+from .sigclient import AppClient
+
+
+class Factory(Protocol):
+    """`make_client(**sections)`: config sections to override, as `{"calls": {"ring_timeout_s": 1}}`."""
+
+    async def __call__(self, **sections: dict[str, Any]) -> AppClient: ...
 
 
 @pytest.fixture
 async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
-    clients: list[TestClient] = []
+    clients: list[AppClient] = []
 
-    async def factory(**sections: dict[str, Any]) -> TestClient:
+    async def factory(**sections: dict[str, Any]) -> AppClient:
         overrides: dict[str, dict[str, Any]] = {
             "data": {"dir": str(tmp_path / f"d{len(clients)}")},
             "calls": {"ring_timeout_s": 2.0},
@@ -41,6 +47,6 @@ async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
 
 
 @pytest.fixture
-async def client(make_client: Factory) -> TestClient:
-    c: TestClient = await make_client()
+async def client(make_client: Factory) -> AppClient:
+    c: AppClient = await make_client()
     return c

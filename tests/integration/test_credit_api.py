@@ -21,25 +21,26 @@ from jego_call.signalling.keys import BILLING
 from jego_call.signalling.server import create_app
 
 from .conftest import Factory
-from .sigclient import PASSWORD, register
+from .sigclient import PASSWORD, AppClient, register
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def get(client: TestClient, path: str, token: str | None) -> tuple[int, Any]:
+async def get(client: AppClient, path: str, token: str | None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     res = await client.get(path, headers=headers)
     return res.status, await res.json()
 
 
-async def test_credit_endpoint(client: TestClient) -> None:
+async def test_credit_endpoint(client: AppClient) -> None:
     assert (await get(client, "/api/credit", None))[0] == 401
     token = await register(client, "alice")
     status, body = await get(client, "/api/credit", token)
     assert status == 200 and body["enabled"] is True
     assert (body["balance"], body["currency"], body["minor_units"], body["entries"], body["suspended"]) == (
         0, "CNY", 2, [], None)
-    billing = client.server.app[BILLING]
+    assert (body["low"], body["low_balance"], body["low_balance_text"]) == (True, 500, "5.00 CNY")
+    billing = client.app[BILLING]
     billing.top_up("alice", 1250, "card 4711")
     now = time.time()
     a = billing.authorise("api-call-1", "alice", "+8613800138000", now)
@@ -47,17 +48,18 @@ async def test_credit_endpoint(client: TestClient) -> None:
     billing.answered("api-call-1", now)
     _, held = await get(client, "/api/credit", token)
     assert (held["balance"], held["held"], held["available"], held["open_calls"]) == (1250, 1245, 5, 1)
+    assert held["low"] is True   # what is held by the call in progress is not available
     assert held["calls_in_progress"][0]["destination"] == "+8613800138000"
     billing.settle("api-call-1", now, now + 75)
     _, body = await get(client, "/api/credit?limit=1", token)
-    assert (body["balance"], body["balance_text"], body["held"]) == (1220, "12.20 CNY", 0)
+    assert (body["balance"], body["balance_text"], body["held"], body["low"]) == (1220, "12.20 CNY", 0, False)
     (entry,) = body["entries"]
     assert (entry["kind"], entry["amount"], entry["amount_text"], entry["billed_s"], entry["destination"]) == (
         "call", -30, "-0.30 CNY", 120, "+8613800138000")
     assert (await get(client, "/api/credit?limit=x", token))[0] == 400
 
 
-async def test_rate_endpoint(client: TestClient) -> None:
+async def test_rate_endpoint(client: AppClient) -> None:
     token = await register(client, "alice")
     status, body = await get(client, "/api/rate?number=138%200013%208000", token)
     assert status == 200 and body["callable"] and body["e164"] == "+8613800138000"
@@ -99,6 +101,14 @@ def test_a_bad_rates_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
     assert err.value.key == "rates.rate[0].per_minute"
 
 
+def test_a_bad_low_balance_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"JEGO_BILLING_LOW_BALANCE": "lots"},
+                      overrides={"data": {"dir": str(tmp_path / "d")}})
+    with pytest.raises(ConfigError, match="amount") as err:
+        create_app(cfg)
+    assert err.value.key == "billing.low_balance"
+
+
 async def test_start_up_settles_calls_a_crash_left_open(tmp_path: Path) -> None:
     from jego_call.billing.fraud import FraudConfig
     from jego_call.billing.service import Billing, load_rate_table
@@ -116,7 +126,7 @@ async def test_start_up_settles_calls_a_crash_left_open(tmp_path: Path) -> None:
     client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
     await client.start_server()
     try:
-        view = client.server.app[BILLING].view("alice")
+        view = client.app[BILLING].view("alice")
         assert (view["balance"], view["held"]) == (470, 0)          # 2 started minutes at 0.15
         assert view["entries"][0]["call_id"] == "crashed" and view["entries"][0]["billed_s"] == 120
     finally:

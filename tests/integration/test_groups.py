@@ -12,13 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
-
 from jego_call.accounts import Accounts
 from jego_call.db import MIGRATIONS, Database
 from jego_call.signalling.keys import ACCOUNTS
+from tests.helpers import one_row
 
-from .sigclient import Ws, add_contact, register
+from .sigclient import AppClient, Ws, add_contact, register
 from .test_messaging import png, upload
 
 
@@ -26,7 +25,7 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def people(client: TestClient, *names: str) -> dict[str, str]:
+async def people(client: AppClient, *names: str) -> dict[str, str]:
     """Register `names`; the first has all the others as contacts (it creates the groups)."""
     tokens = {n: await register(client, n) for n in names}
     for n in names[1:]:
@@ -34,13 +33,13 @@ async def people(client: TestClient, *names: str) -> dict[str, str]:
     return tokens
 
 
-async def api(client: TestClient, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+async def api(client: AppClient, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
     res = await client.request(method, path, json=body, headers=auth(token))
     text = await res.text()
     return res.status, (json.loads(text) if text else None)
 
 
-async def create(client: TestClient, token: str, name: str, members: list[str]) -> dict[str, Any]:
+async def create(client: AppClient, token: str, name: str, members: list[str]) -> dict[str, Any]:
     status, body = await api(client, "POST", "/api/groups", token, {"name": name, "members": members})
     assert status == 201, body
     return dict(body)
@@ -62,7 +61,7 @@ async def gsend(ws: Ws, group: str, text: str | None = None, media_id: str | Non
             return got
 
 
-async def test_three_members_one_offline_in_order_with_receipts_per_member(client: TestClient) -> None:
+async def test_three_members_one_offline_in_order_with_receipts_per_member(client: AppClient) -> None:
     t = await people(client, "mum", "lili", "wei")
     g = await create(client, t["mum"], "家人 👨‍👩‍👧", ["lili", "wei"])
     gid = g["id"]
@@ -99,7 +98,8 @@ async def test_three_members_one_offline_in_order_with_receipts_per_member(clien
     assert (r["state"], r["up_to_seq"]) == ("delivered", 4)
     # the second sync sends nothing again (delivered), and tells the members' watermarks
     await wei.send({"type": "sync", "conversations": [{"group": gid, "after_seq": 4}]})
-    receipts, messages = [], []
+    receipts: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     while (m := await wei.recv())["type"] != "sync_done":
         (receipts if m["type"] == "receipt" else messages).append(m)
     assert messages == []
@@ -118,7 +118,7 @@ async def test_three_members_one_offline_in_order_with_receipts_per_member(clien
         await w.close()
 
 
-async def test_removed_member_gets_nothing_after_removal_and_403_for_later_media(client: TestClient) -> None:
+async def test_removed_member_gets_nothing_after_removal_and_403_for_later_media(client: AppClient) -> None:
     t = await people(client, "mum", "lili", "wei")
     gid = (await create(client, t["mum"], "family", ["lili", "wei"]))["id"]
     mum, li, wei = [await Ws.open(client, t[n]) for n in ("mum", "lili", "wei")]
@@ -157,7 +157,7 @@ async def test_removed_member_gets_nothing_after_removal_and_403_for_later_media
         await w.close()
 
 
-async def test_admin_rules(client: TestClient) -> None:
+async def test_admin_rules(client: AppClient) -> None:
     t = await people(client, "mum", "lili", "wei", "gran")
     await add_contact(client, t["lili"], "gran")
     status, body = await api(client, "POST", "/api/groups", t["mum"], {"name": "  ", "members": ["lili"]})
@@ -197,8 +197,8 @@ async def test_admin_rules(client: TestClient) -> None:
     assert status == 404
 
 
-async def test_at_most_200_members(client: TestClient) -> None:
-    accounts: Accounts = client.server.app[ACCOUNTS]
+async def test_at_most_200_members(client: AppClient) -> None:
+    accounts: Accounts = client.app[ACCOUNTS]
     t = await people(client, "host")
     pw_hash = accounts.hash_password("correct-horse-9")
     names = [f"member{i:03d}" for i in range(200)]
@@ -213,7 +213,7 @@ async def test_at_most_200_members(client: TestClient) -> None:
     assert status == 409 and body["error"]["code"] == "group_full"
 
 
-async def test_200_concurrent_sends_from_4_members_are_gap_free(client: TestClient) -> None:
+async def test_200_concurrent_sends_from_4_members_are_gap_free(client: AppClient) -> None:
     names = ("ann1", "bob2", "cat3", "dan4")
     t = await people(client, *names)
     gid = (await create(client, t["ann1"], "busy", list(names[1:])))["id"]
@@ -261,12 +261,12 @@ def test_migration_6_keeps_two_person_conversations(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     db = Database.open(path)
-    assert db.query_one("SELECT MAX(version) FROM schema_version")[0] == max(v for v, _ in MIGRATIONS)
+    assert one_row(db, "SELECT MAX(version) FROM schema_version")[0] == max(v for v, _ in MIGRATIONS)
     rows = db.query("SELECT c.user_a, c.user_b, c.group_id, m.seq, m.body FROM messages m "
                     "JOIN conversations c ON c.id = m.conversation_id ORDER BY m.seq")
     assert [tuple(r) for r in rows] == [("ann", "bob", None, 1, "hi"), ("ann", "bob", None, 2, "yo")]
     assert db.query("PRAGMA foreign_key_check") == []
-    assert db.query_one("PRAGMA foreign_keys")[0] == 1
+    assert one_row(db, "PRAGMA foreign_keys")[0] == 1
     db.execute("DELETE FROM users WHERE username = 'ann'")   # cascades still work after the rebuild
-    assert db.query_one("SELECT COUNT(*) FROM messages")[0] == 0
+    assert one_row(db, "SELECT COUNT(*) FROM messages")[0] == 0
     db.close()

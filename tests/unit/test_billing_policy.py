@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from jego_call.billing.fraud import Activity, FraudConfig
 from jego_call.billing.money import currency
-from jego_call.billing.policy import Account, Terms, decide, quote, settle_amounts, timers
+from jego_call.billing.policy import Account, Decision, Terms, decide, quote, settle_amounts, timers
 from jego_call.billing.rates import Increment, Rate, RateTable, build_rate_table
 from jego_call.billing.refusal import Refusal
 from jego_call.call.reasons import EndReason
-from jego_call.numbering import classify
+from jego_call.numbering import NumberInfo, classify
 
 T0 = 1_800_000_000.0
 CNY = currency("CNY")
@@ -27,9 +29,9 @@ MOBILE = classify("+8613800138000")
 LANDLINE = classify("+861065529988")
 
 
-def go(balance: int, info: object = MOBILE, held: int = 0, activity: Activity | None = None,
-       cfg: FraudConfig = CFG, terms: Terms = TERMS, suspended: Refusal | None = None) -> object:
-    return decide(info, Account(balance, held, suspended), activity or Activity(), RATES, cfg, terms, T0)  # type: ignore[arg-type]
+def go(balance: int, info: NumberInfo = MOBILE, held: int = 0, activity: Activity | None = None,
+       cfg: FraudConfig = CFG, terms: Terms = TERMS, suspended: Refusal | None = None) -> Decision:
+    return decide(info, Account(balance, held, suspended), activity or Activity(), RATES, cfg, terms, T0)
 
 
 def test_allowed_duration_is_balance_over_rate_and_warns_60_s_before() -> None:
@@ -52,7 +54,8 @@ def test_insufficient_credit_is_refused_with_words() -> None:
         assert d.grant is None and d.refusal is not None
         assert d.refusal.reason is EndReason.INSUFFICIENT_CREDIT
         assert "costs at least 0.15 CNY (the first 60 s)" in d.refusal.en and "Top up" in d.refusal.en
-        assert "余额不足" in d.refusal.zh and "0.15 CNY" in d.refusal.zh
+        assert "余额不足" in d.refusal.zh and "0.15元" in d.refusal.zh  # amounts in Chinese words: 元
+        assert not re.search(r"[A-Za-z]", d.refusal.zh), d.refusal.zh
     assert go(15).grant is not None
     held = go(100, held=90)                        # another call holds 0.90 CNY
     assert held.refusal is not None and "0.90 CNY of your balance is held by your other call" in held.refusal.en
