@@ -442,7 +442,8 @@ def main() -> int:
         carrier_toml.write_text(re.sub(r"(?m)^max_calls = \d+", "max_calls = 500", carrier_toml.read_text()))
         common = {"JEGO_CARRIER_CONFIG": str(carrier_toml), "JEGO_BRIDGE_TRUNK_PORT": str(port),
                   "JEGO_BRIDGE_APP_CODEC": args.app_codec, "JEGO_LOG_LEVEL": "INFO",
-                  "JEGO_AUTH_REGISTER_SOURCE_BURST": "1000", "JEGO_AUTH_HASH_CPU_SHARE": "1.0"}
+                  "JEGO_AUTH_REGISTER_SOURCE_BURST": "1000", "JEGO_AUTH_HASH_CPU_SHARE": "1.0",
+                  "JEGO_BILLING_ENABLED": "false"}  # prepaid credit is not what this measures
         if args.complexity is not None:
             common["JEGO_BRIDGE_OPUS_COMPLEXITY"] = str(args.complexity)
         metrics_port = free_port()
