@@ -52,6 +52,8 @@ WRONG: dict[Any, tuple[Any, str]] = {bool: ("yes", "true or false"), int: ("ten"
 def wrong_for(tp: Any) -> tuple[Any, str]:
     if tp in WRONG:
         return WRONG[tp]
+    if tp == (int | str):  # bridge.workers: "auto" or a number of processes
+        return 1.5, '"auto" or a whole number'
     origin = typing.get_origin(tp)
     if origin is tuple:
         return "not-a-list", "a list"
