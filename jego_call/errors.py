@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA = "unsupported_media"
+    SERVICE_UNAVAILABLE = "service_unavailable"   # the cluster's shared state (Redis) is unreachable
     INTERNAL = "internal"
 
 
@@ -83,6 +84,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MESSAGE_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA: 415,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 

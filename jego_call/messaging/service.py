@@ -95,9 +95,7 @@ class Messaging:
             return
         push = {"type": "message", "message": wire}
         self.hub.send_to_user(stored.recipient, push)
-        for s in list(self.hub.sessions.get(stored.sender, ())):
-            if s is not session:  # the sender's other tabs and devices
-                s.send(push)
+        self.hub.send_to_user(stored.sender, push, skip=session)  # the sender's other tabs and devices
 
     # -- receipts -------------------------------------------------------------------------
     def on_receipt(self, session: Session, msg: p.Receipt) -> None:
@@ -110,9 +108,7 @@ class Messaging:
         self.hub.send_to_user(peer, {"type": "receipt", "with": user, "by": user, "state": msg.state,
                                      "up_to_seq": mark})
         mine = {"type": "receipt", "with": peer, "by": user, "state": msg.state, "up_to_seq": msg.up_to_seq}
-        for s in list(self.hub.sessions.get(user, ())):
-            if s is not session:
-                s.send(mine)
+        self.hub.send_to_user(user, mine, skip=session)
 
     # -- sync -----------------------------------------------------------------------------
     def on_sync(self, session: Session, msg: p.Sync) -> None:
