@@ -112,7 +112,8 @@ class ClusterNode:
         self._ended: _Lru = _Lru()                           # "sid call" -> "" : call_ended delivered
         self._gates: dict[str, deque[tuple[Any, dict[str, Any] | None, object]]] = {}
         self._gateway_of: dict[str, tuple[str, int]] = {}  # my gateway sessions: name, capacity
-        self._stopping = False
+        self._stopping = False       # stop() began: no more heartbeats, bus, reloads
+        self._closed = False         # stop() flushed the outbox: the writer ends too
         self._spawned: set[asyncio.Task[None]] = set()
         self.dropped = 0                                     # bus messages lost to a full outbox
         self.stats = {"relayed": 0, "forwarded": 0, "received": 0}
@@ -158,11 +159,15 @@ class ClusterNode:
         self._publish(None, {"t": "bye", "n": self.id})
         with contextlib.suppress(Exception):
             await self.run(self.state.leave, self.id, timeout=flush_s)
-        for t in [*self._tasks, *([self._sub_task] if self._sub_task else [])]:
+        self._closed = True
+        self._wake.set()
+        tasks = [*self._tasks, *([self._sub_task] if self._sub_task else []), *self._spawned]
+        for t in tasks:
             t.cancel()
-        for t in [*self._tasks, *([self._sub_task] if self._sub_task else [])]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # The loops also stop on `_stopping`: a cancellation that redis-py's own timeout turns
+        # into a TimeoutError (StateUnavailable) must not keep them, and so the shutdown, going.
+        if tasks:
+            await asyncio.wait(tasks, timeout=flush_s)
         with contextlib.suppress(Exception):
             await self.state.close()
 
@@ -223,7 +228,7 @@ class ClusterNode:
         return await asyncio.wait_for(fut, timeout or self.cfg.op_timeout_s * 2 + 1)
 
     async def _writer(self) -> None:
-        while True:
+        while not self._closed:  # (runs on while stop() flushes, after _stopping)
             if not self._outbox or not self.healthy:
                 self._wake.clear()
                 await self._wake.wait()
@@ -278,7 +283,7 @@ class ClusterNode:
     async def _heartbeats(self) -> None:
         loop = asyncio.get_running_loop()
         first = True
-        while True:
+        while not self._stopping:
             t0 = loop.time()
             try:
                 fresh = await self.state.heartbeat(self.id, {**self.info, "at": self.wall()}, self.cfg.node_ttl_s)
