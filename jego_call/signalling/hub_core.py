@@ -40,6 +40,8 @@ from .. import numbering
 from ..call.reasons import USER_DECLINE_REASONS, EndReason
 from ..call.state import CallEvent, CallState, CallStateMachine
 from ..errors import ErrorCode, SignallingError
+from ..groups import protocol as gp
+from ..groups.calls import GroupCallDesk, GroupDirectory
 from . import messages as m
 
 if TYPE_CHECKING:
@@ -157,6 +159,7 @@ class Call:
     sip_code: int | None = None
     q850_cause: int | None = None
     end_reason: EndReason | None = None
+    conference: str | None = None   # phone_out legs of a group call: that call's id (groups/calls.py)
     timer: CallTimer | None = None
     deadline: float | None = None   # monotonic seconds
     timer_seq: int = 0
@@ -290,6 +293,9 @@ class HubCore:
             m.Decline: self._on_decline, m.Cancel: self._on_cancel, m.Hangup: self._on_hangup,
             m.Ice: self._on_ice, m.Dtmf: self._on_dtmf, m.CallReport: self._on_call_report,
         }
+        self.group_calls = GroupCallDesk(self)   # group calls (jego_call/groups/calls.py)
+        for t in gp.GROUP_CALL_TYPES:
+            self._handlers[t] = self.group_calls.handle
 
     # --- inputs ---------------------------------------------------------------------------------
     def handles(self, msg_type: type) -> bool:
@@ -354,10 +360,12 @@ class HubCore:
         if info is None:
             return self._take()
         if session in self.gateways:
-            gw = self.gateways.pop(session)
+            gw = self.gateways[session]
             if not gw.node or gw.calls:
                 where = f" on node {gw.node}" if gw.node else ""
                 self._log(WARNING, f"gateway {gw.name}{where} disconnected with {len(gw.calls)} calls")
+            self.group_calls.detach(session, gateway=True)
+            del self.gateways[session]
             self._end_session_calls(session, gw.name, reason)
             return self._take()
         have = self.user_sessions.get(info.username)
@@ -365,6 +373,7 @@ class HubCore:
             have.discard(session)
             if not have:
                 del self.user_sessions[info.username]
+        self.group_calls.detach(session, gateway=False)
         self._end_session_calls(session, info.username, reason)
         self._presence_changed(info.username)
         return self._take()
@@ -457,17 +466,30 @@ class HubCore:
                 self._end(call, CallEvent.TIMEOUT)
             else:
                 self._end(call, CallEvent.MAX_DURATION)
+        self.group_calls.handle_timer(now)
         return self._take()
 
     def next_deadline(self) -> float | None:
         """When `handle_timer` next has something to do (monotonic seconds), or None."""
+        group = self.group_calls.next_deadline()
         while self._timers:
             _at, seq, call_id = self._timers[0]
             call = self.calls.get(call_id)
             if call is not None and call.timer_seq == seq and call.timer is not None:
-                return self._timers[0][0]
+                at = self._timers[0][0]
+                return at if group is None else min(at, group)
             heapq.heappop(self._timers)
-        return None
+        return group
+
+    def set_group_directory(self, directory: GroupDirectory) -> None:
+        """Where group calls read group membership (groups/service.py installs it at start-up)."""
+        self.group_calls.directory = directory
+
+    def group_member_left(self, group_id: str, username: str, *, now: float, wall: float) -> list[Command]:
+        """`username` was removed from (or left) the group: their part in its call ends."""
+        self._begin(now, wall)
+        self.group_calls.member_left_group(group_id, username)
+        return self._take()
 
     def contact_added(self, owner: str, contact: str) -> list[Command]:
         """Tell `owner`'s sessions the presence of a contact they just added."""
@@ -479,6 +501,7 @@ class HubCore:
         """End every call with server_shutdown and close every session (code 1001)."""
         self._begin(now, wall)
         self.closing = True
+        self.group_calls.shutdown()
         for call in list(self.calls.values()):
             self._end(call, CallEvent.SHUTDOWN)
         for username in sorted(self.user_sessions):
@@ -496,14 +519,15 @@ class HubCore:
         if not self.online(username):
             return "offline"
         call = self.user_call.get(username)
-        if call is not None:
-            return "in_call" if call.state is CallState.CONNECTED else "online"
-        rc = self.remote_calls.get(username)
-        return "in_call" if rc is not None and rc.connected else "online"
+        if call is not None and call.state is CallState.CONNECTED:
+            return "in_call"
+        if call is None and (rc := self.remote_calls.get(username)) is not None and rc.connected:
+            return "in_call"
+        return "in_call" if self.group_calls.in_call(username) else "online"
 
     def busy(self, username: str) -> bool:
-        """In a call, here or on another node."""
-        return username in self.user_call or username in self.remote_calls
+        """In a call: here, in a group call, or (a cluster) in a call another node owns."""
+        return username in self.user_call or username in self.remote_calls or self.group_calls.busy(username)
 
     def local_sessions(self, username: str) -> list[str]:
         """The ids of `username`'s sessions on this node."""
@@ -538,6 +562,9 @@ class HubCore:
 
     def _log(self, level: int, text: str, call: Call | None = None) -> None:
         self._out.append(Log(level, text, call.id if call is not None else None))
+
+    def _log_id(self, level: int, text: str, call_id: str | None) -> None:
+        self._out.append(Log(level, text, call_id))
 
     def _presence_msg(self, username: str, presence: str | None = None) -> dict[str, Any]:
         return {"type": "presence", "username": username, "presence": presence or self.presence(username),
@@ -661,18 +688,33 @@ class HubCore:
     def _outbound_phone_call(self, session: SessionInfo, msg: m.Invite) -> None:
         """Route a user's call to a phone number: decide what needs no SIP, then pick a gateway."""
         caller = session.username
-        region = self.cfg.default_region
         call = Call(msg.call_id, caller, msg.to, ("audio",), session.id, created_at=self._wall,
                     kind="phone_out", offer=msg.sdp)
         self.calls[call.id] = call
         self.user_call[caller] = call
         self._send(session.id, {"type": "call_state", "call_id": call.id, "state": "calling"})
-        if numbering.is_emergency(msg.to, region):
-            self._log(WARNING, f"{caller} dialled emergency number {msg.to!r}: refused", call)
+        self._route_phone(call, None)
+
+    def _conference_phone(self, session: SessionInfo, conference: str, leg_id: str, number: str,
+                          gateway: Gateway | None) -> Call:
+        """A phone number added to group call `conference`: a phone_out call from `session`'s user,
+        routed as every app-to-phone call is (`_route_phone`), to the conference's `gateway`."""
+        call = Call(leg_id, session.username, number, ("audio",), f"conference:{conference}",
+                    created_at=self._wall, kind="phone_out", conference=conference)
+        self.calls[call.id] = call
+        self._route_phone(call, gateway)
+        return call
+
+    def _route_phone(self, call: Call, gateway: Gateway | None) -> None:
+        """The one path of app-to-phone calls: emergency, numbering, international refusals, then
+        the gateway (`gateway`, or the least loaded) gets the invite; else the call ends here."""
+        caller, region = call.caller, self.cfg.default_region
+        if numbering.is_emergency(call.callee, region):
+            self._log(WARNING, f"{caller} dialled emergency number {call.callee!r}: refused", call)
             self._end(call, CallEvent.FAIL, reason=EndReason.EMERGENCY, detail=EMERGENCY_TEXT)
             return
         try:
-            e164 = numbering.normalise(msg.to, region)
+            e164 = numbering.normalise(call.callee, region)
         except numbering.NumberError as exc:
             self._end(call, CallEvent.FAIL, reason=EndReason.INVALID_NUMBER, detail=str(exc))
             return
@@ -684,16 +726,25 @@ class HubCore:
         if not e164.startswith("+86") and not self.allow_international:
             self._end(call, CallEvent.FAIL, reason=EndReason.REJECTED, detail="calls outside China are not allowed")
             return
-        gw = self._gateway_for(call)
+        if call.conference is None:
+            gw = self._gateway_for(call)
+        else:
+            gw = gateway if gateway is not None and len(gateway.calls) < gateway.capacity else None
         if gw is None:
-            self._end(call, CallEvent.FAIL, reason=EndReason.UNREACHABLE, detail="no phone gateway is available")
+            reason = EndReason.UNREACHABLE if call.conference is None else EndReason.CONGESTION
+            self._end(call, CallEvent.FAIL, reason=reason, detail="no phone gateway is available")
             return
         gw.calls.add(call.id)
         call.ringing_sessions = {gw.session}
         self._log(INFO, f"{caller} -> {e164} via gateway {gw.name}", call)
-        self._send(gw.session, {"type": "invite", "call_id": call.id, "from": caller, "to": e164, "media": ["audio"],
-                                "sdp": msg.sdp})
-        self._out.append(CallChanged(call))
+        invite: dict[str, Any] = {"type": "invite", "call_id": call.id, "from": caller, "to": e164,
+                                  "media": ["audio"], "sdp": call.offer}
+        if call.conference is not None:
+            del invite["sdp"]
+            invite["conference"] = call.conference
+        self._send(gw.session, invite)
+        if call.conference is None:
+            self._out.append(CallChanged(call))
 
     def _on_ringing(self, session: SessionInfo, msg: m.Ringing) -> None:
         call = self._call_for(session, msg.call_id)
@@ -715,12 +766,14 @@ class HubCore:
             call.rang = True
             self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "ringing"})
             self._out.append(CallChanged(call))
+        if call.conference is not None:
+            self.group_calls.phone_changed(call)
 
     def _on_accept(self, session: SessionInfo, msg: m.Accept) -> None:
         """First answer wins: the other ringing sessions get answered_elsewhere."""
         call = self._call_for(session, msg.call_id)
         self._require_callee(call, session, CallEvent.ACCEPT, "accept")
-        if msg.sdp is None and not call.early_sdp_sent:
+        if msg.sdp is None and not call.early_sdp_sent and call.conference is None:
             raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'sdp' is required", call_id=call.id)
         call.sm.apply(CallEvent.ACCEPT)
         call.answered_session = session.id
@@ -740,6 +793,8 @@ class HubCore:
         for user in (call.caller, call.callee):
             if user in self.user_call:
                 self._presence_changed(user)
+        if call.conference is not None:
+            self.group_calls.phone_changed(call)
 
     def _on_decline(self, session: SessionInfo, msg: m.Decline) -> None:
         call = self._call_for(session, msg.call_id)
@@ -833,6 +888,8 @@ class HubCore:
         if _record:
             self._out.append(self._record(call, end_reason))
         self._out.append(CallEnded(call))
+        if call.conference is not None:
+            self.group_calls.phone_changed(call)
         for user in (call.caller, call.callee):
             if call.kind == "user" or self.directory.exists(user):
                 self._presence_changed(user)

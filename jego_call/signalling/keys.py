@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..config import Config
     from ..db import Database
+    from ..groups.service import Groups
     from ..messaging.service import Messaging
     from .hub import Hub
 
@@ -30,6 +31,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
 GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
+GROUPS: web.AppKey[Groups] = web.AppKey("groups")
 BILLING: web.AppKey[Billing] = web.AppKey("billing")            # jego_call/billing/web.py
 LOGIN_DOORS: web.AppKey[LoginDoors] = web.AppKey("login_doors")  # rate limits, lockout, hash gate
 # Only in a cluster ([cluster] redis_url): this node's link to the others, and the lockouts and
