@@ -414,7 +414,7 @@ class HubCore:
         end it with `reason`: every party still connected anywhere is told, and the call record
         is written here."""
         self._begin(now, wall)
-        if snap["id"] in self.calls:
+        if snap["id"] in self.calls or snap["id"] in self.recent:  # live or ended here already
             return self._take()
         call = from_snapshot(snap)
         self.calls[call.id] = call
