@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ SECRET = "s3cret-for-tests"
 
 @pytest.fixture(scope="module")
 def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnServer]:
-    with coturn_server(tmp_path_factory.mktemp("coturn"), secret=SECRET) as t:
+    with coturn_server(tmp_path_factory.mktemp("coturn"), secret=SECRET, verbose=True) as t:
         yield t
 
 
@@ -97,9 +98,23 @@ async def test_a_relay_only_call_through_coturn_carries_the_tone(turn: TurnServe
     finally:
         await a.close()
         await b.close()
-    log = (Path(turn.server.log.parent) / "turnserver.log")
-    text = log.read_text(errors="replace") if log.exists() else ""
-    assert "alice" in text, "coturn logged no allocation for alice"
+    text = (Path(turn.server.log.parent) / "turnserver.log").read_text(errors="replace")
+    for user in ("alice", "gw.bridge-1"):  # both ends allocated a relay with their own credentials
+        assert re.search(rf"user <\d+:{re.escape(user)}>: incoming packet ALLOCATE processed, success", text), text
+    assert relayed_bytes(turn, "alice", 10_000) >= 10_000, text[-3000:]  # the tone really went through the relay
+
+
+def relayed_bytes(turn: TurnServer, user: str, at_least: int, timeout: float = 15.0) -> int:
+    """Bytes coturn received from `user`'s allocations (its `usage:` lines, rb=, written
+    periodically and when an allocation ends), waiting until there are `at_least`."""
+    path = Path(turn.server.log.parent) / "turnserver.log"
+    pattern = re.compile(rf"\busage: realm=<[^>]*>, username=<\d+:{re.escape(user)}>, rp=\d+, rb=(\d+)")
+    deadline = time.monotonic() + timeout
+    while True:
+        got = sum(int(rb) for rb in pattern.findall(path.read_text(errors="replace")))
+        if got >= at_least or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 @pytest.fixture
