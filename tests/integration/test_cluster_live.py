@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,12 +23,13 @@ import aiohttp
 import pytest
 
 from jego_call.media import analysis
-from tests.conftest import LiveServer, add_contact, http_json, make_user, start_server
+from tests.conftest import ROOT, LiveServer, add_contact, http_json, make_user, start_server
 from tests.servers import RedisServer, redis_server
 
-from .test_dial import Answerer, dial
+from .bridge_util import PLAIN, carrier_config, carrier_record, free_port
+from .test_dial import Answerer, _env, dial
 
-NodeFactory = Callable[[str], LiveServer]
+NodeFactory = Callable[..., LiveServer]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +44,10 @@ def node(redis: RedisServer, tmp_path: Path) -> Iterator[NodeFactory]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     started: list[LiveServer] = []
 
-    def start(node_id: str) -> LiveServer:
-        s = start_server(tmp_path, None, JEGO_CLUSTER_REDIS_URL=redis.url, JEGO_CLUSTER_NODE_ID=node_id,
+    def start(node_id: str, extra_args: list[str] | None = None, **env: str) -> LiveServer:
+        s = start_server(tmp_path, extra_args, JEGO_CLUSTER_REDIS_URL=redis.url, JEGO_CLUSTER_NODE_ID=node_id,
                          JEGO_CLUSTER_KEY_PREFIX=prefix, JEGO_CLUSTER_HEARTBEAT_S="0.5",
-                         JEGO_CLUSTER_NODE_TTL_S="3", JEGO_SIGNALLING_HEARTBEAT_S="2")
+                         JEGO_CLUSTER_NODE_TTL_S="3", JEGO_SIGNALLING_HEARTBEAT_S="2", **env)
         started.append(s)
         return s
 
@@ -193,3 +196,41 @@ async def test_kill_9_of_node_a_mid_call(node: NodeFactory) -> None:
     await alice.close()
     await bob.close()
     assert "node a is gone" in b.log()
+
+
+def test_app_to_phone_on_node_a_through_a_bridge_worker_on_node_b(node: NodeFactory, tmp_path: Path) -> None:
+    port = free_port()
+    trunk = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp_path, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port)}
+    a = node("a", ["--no-bridge"], **trunk)       # the simulated carrier runs in node a's process
+    b = node("b", ["--no-carrier", "--no-bridge"])
+    make_user(a, "alice")
+    log = tmp_path / "bridge.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", b.url, "--data-dir", str(b.data_dir),
+         "--max-calls", "2", "--name", "on-b"],
+        cwd=ROOT, env={**_env(), **trunk}, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 30
+        while "connected to http" not in log.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        rec = tmp_path / "phone.wav"
+        code, res, err = dial(a, PLAIN, "--play", "tone:1000:-10:3", "--duration", "4", "--record", str(rec),
+                              "--json")
+        assert code == 0, err + a.log()[-3000:] + b.log()[-3000:] + log.read_text()[-3000:]
+        assert res is not None and res["outcome"] == "answered" and res["reason"] == "hangup"
+        # the carrier echoes: the tone went app -> node a's caller -> worker on b -> SIP trunk and back
+        x, rate = analysis.read_wav(rec)
+        body = x[int(1.0 * rate): int(2.8 * rate)]
+        assert analysis.dominant_frequency(body, rate) == pytest.approx(1000, abs=20)
+        assert analysis.level_dbfs(body) > -25.0
+        assert carrier_record(a, PLAIN)["outcome"] == "hangup"
+        assert "gateway on-b connected (capacity 2)" in b.log()
+        assert "on-b" in a.log()  # node a routed the call to the worker of node b
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
