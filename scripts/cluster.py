@@ -67,6 +67,7 @@ def main() -> int:
     base: Path = args.dir
     base.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
+    names: list[str] = []
     turn_secret = secrets.token_hex(16)
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server(base))
@@ -91,10 +92,12 @@ def main() -> int:
                                     str(data), "--no-bridge", *extra], node_env, base / f"node{i + 1}.log",
                                    r"is running: open (http://\S+)/"))
                 urls.append(f"http://127.0.0.1:{port}/")
+                names.append(f"node{i + 1}")
             if not args.no_bridge:
                 procs.append(start([*jego, "bridge", "--server", urls[-1].rstrip("/"), "--data-dir", str(data),
                                     "--name", "bridge-1"], {**env, "JEGO_BRIDGE_SIP_PORT": "0"},
                                    base / "bridge-1.log", r"connected to .* as a gateway"))
+                names.append("bridge-1")
             print("Jego Call cluster is running:")
             for i, url in enumerate(urls):
                 print(f"  node{i + 1}: {url}   (log {base / f'node{i + 1}.log'})")
@@ -114,10 +117,9 @@ def main() -> int:
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
             while not done:
-                for p in procs:
+                for p, name in zip(procs, names, strict=True):
                     if p.poll() is not None:
-                        print(f"a process exited ({p.args[3] if len(p.args) > 3 else p.args}): stopping",
-                              file=sys.stderr)
+                        print(f"{name} exited with {p.returncode}: stopping everything", file=sys.stderr)
                         done = True
                 time.sleep(0.5)
         finally:
