@@ -62,6 +62,8 @@ class Client:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.latencies: list[float] = []
+        self.last_seq = -1        # the sender's numbering: a gap or a step back is counted
+        self.out_of_order = 0
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.task = asyncio.get_running_loop().create_task(self._read())
 
@@ -71,7 +73,11 @@ class Client:
                 continue
             data = json.loads(msg.data)
             if data.get("type") == "ice":
-                self.latencies.append(time.perf_counter() - float(data["candidate"]["candidate"]))
+                seq, sent = data["candidate"]["candidate"].split("@")
+                self.latencies.append(time.perf_counter() - float(sent))
+                if int(seq) != self.last_seq + 1:
+                    self.out_of_order += 1
+                self.last_seq = int(seq)
             else:
                 await self.inbox.put(data)
 
@@ -118,21 +124,27 @@ async def run(a_url: str, b_url: str, pairs: int, rate: float, seconds: float, t
         interval = 2 * pairs / rate  # each of the 2*pairs senders sends every `interval` seconds
         loop = asyncio.get_running_loop()
 
+        sent_counts: list[int] = []
+
         async def sender(c: Client, cid: str, offset: float) -> None:
             t0 = loop.time() + offset
             n = 0
             while loop.time() < t0 + seconds:
-                await c.ws.send_json({"type": "ice", "call_id": cid, "candidate": {"candidate": repr(time.perf_counter())}})
+                stamp = f"{n}@{time.perf_counter()!r}"
+                await c.ws.send_json({"type": "ice", "call_id": cid, "candidate": {"candidate": stamp}})
                 n += 1
                 await asyncio.sleep(max(0.0, t0 + n * interval - loop.time()))
+            sent_counts.append(n)
 
         k = 2 * pairs
         await asyncio.gather(*(sender(c, cid, interval * j / k) for j, (c, cid) in
                                enumerate([(x, cid) for caller, callee, cid in calls for x in (caller, callee)])))
-        seen = -1
-        for _ in range(20):  # until nothing more arrives for 0.5 s (at most 10 s)
+        expected = sum(sent_counts)
+        seen, quiet = -1, 0
+        for _ in range(60):  # until all arrived, or nothing more for 3 s (at most 30 s)
             now = sum(len(c.latencies) for caller, callee, _ in calls for c in (caller, callee))
-            if now == seen:
+            quiet = quiet + 1 if now == seen else 0
+            if now >= expected or quiet >= 6:
                 break
             seen = now
             await asyncio.sleep(0.5)
@@ -149,6 +161,9 @@ async def run(a_url: str, b_url: str, pairs: int, rate: float, seconds: float, t
                     errors[key] = errors.get(key, 0) + 1
         if errors:
             print(f"  other messages: {errors}", flush=True)
+        bad = sum(c.out_of_order for caller, callee, _ in calls for c in (caller, callee))
+        got = sum(len(c.latencies) for caller, callee, _ in calls for c in (caller, callee))
+        print(f"  sent {expected}, received {got}; out of order or a gap in a sender's numbering: {bad}", flush=True)
         for caller, callee, _ in calls:
             for c in (caller, callee):
                 c.task.cancel()
@@ -182,7 +197,7 @@ def main() -> int:
                     wall = time.monotonic() - t0
                     cpu = {p.pid: proc_cpu_s(p.pid) - cpu0[p.pid] for p in (a, b)}
                     sent = args.rate * args.seconds
-                    print(f"{label:10s}: {len(lat)}/{sent:.0f} delivered at {args.rate:.0f}/s, "
+                    print(f"{label:10s}: {len(lat)}/~{sent:.0f} delivered at {args.rate:.0f}/s, "
                           f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, max {max(lat) * 1000:.1f} ms, "
                           f"mean {statistics.fmean(lat) * 1000:.2f} ms; CPU a {cpu[a.pid] / wall:.2f}, "
                           f"b {cpu[b.pid] / wall:.2f} cores", flush=True)
@@ -190,6 +205,11 @@ def main() -> int:
                 for p in (a, b):
                     p.terminate()
                     p.wait(15)
+                for n in ("a", "b"):
+                    text = (tmp / f"{n}.log").read_text(errors="replace")
+                    for line in text.splitlines():
+                        if "WARNING" in line or "ERROR" in line:
+                            print(f"  node {n}: {line}")
     return 0
 
 
