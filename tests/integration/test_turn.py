@@ -30,7 +30,9 @@ from jego_call.signalling.server import create_app
 from jego_call.signalling.turn import ice_servers_for, turn_credentials
 from tests.servers import TurnServer, coturn_server
 
+from .bridge_util import PLAIN, phone_server
 from .sigclient import Ws, register
+from .test_dial import dial
 
 SECRET = "s3cret-for-tests"
 
@@ -153,3 +155,31 @@ async def test_the_server_hands_out_own_short_lived_credentials_and_refreshes_th
     for m in [*ws.seen, body, anon]:
         assert SECRET not in json.dumps(m)
     await ws.close()
+
+
+def test_an_app_to_phone_call_through_the_relay_carries_the_echo(tmp_path: Path) -> None:
+    """`jego dial` -> server -> the in-process bridge worker -> the simulated carrier (echo): both
+    WebRTC ends (the dialer and the bridge's aiortc leg) relay-only through coturn (its own, so
+    the bytes it counts are this call's)."""
+    with coturn_server(tmp_path / "coturn", secret=SECRET, verbose=True) as turn:
+        phone_call_through(turn, tmp_path)
+
+
+def phone_call_through(turn: TurnServer, tmp_path: Path) -> None:
+    server = phone_server(tmp_path, JEGO_ICE_TURN_URLS=f'["{turn.url}"]', JEGO_ICE_TURN_SECRET=SECRET,
+                          JEGO_ICE_TRANSPORT_POLICY="relay")
+    try:
+        rec = tmp_path / "phone.wav"
+        code, res, err = dial(server, PLAIN, "--play", "tone:1000:-10:3", "--duration", "4", "--record", str(rec),
+                              "--json")
+        assert code == 0, err + server.log()[-3000:]
+        assert res is not None and res["outcome"] == "answered"
+        x, rate = analysis.read_wav(rec)
+        body = x[int(1.0 * rate): int(2.8 * rate)]
+        assert analysis.dominant_frequency(body, rate) == pytest.approx(1000, abs=20)
+        assert analysis.level_dbfs(body) > -25.0
+    finally:
+        server.stop()
+    text = (Path(turn.server.log.parent) / "turnserver.log").read_text(errors="replace")
+    assert re.search(r"user <\d+:gw\.[A-Za-z0-9._-]+>: incoming packet ALLOCATE processed, success", text), text[-3000:]
+    assert relayed_bytes(turn, "alice", 10_000) >= 10_000
