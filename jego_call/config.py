@@ -137,6 +137,7 @@ class BridgeSection:
     max_call_s: float = 7200.0
     session_expires_s: int = 1800
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
+    metrics_port: int = 0      # `jego bridge`: /metrics, /healthz, /readyz here (0: a free port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,11 @@ class BillingSection:
     max_call_s: int = 7200
     heartbeat_s: float = 2.0
     history: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True       # Prometheus /metrics and the instrumentation behind it (jego_call/metrics.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,7 @@ class Config:
     billing: BillingSection = field(default_factory=BillingSection)
     fraud: FraudConfig = field(default_factory=FraudConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property

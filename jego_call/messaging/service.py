@@ -9,6 +9,7 @@ after its transaction is committed. Protocol: docs/signalling.md, ## Messaging.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import logging
@@ -50,6 +51,8 @@ class Messaging:
         self.accounts = accounts
         self.hub = hub
         self.cfg = cfg
+        # "stored:<kind>", "delivered:live", "delivered:sync": read by jego_call/metrics.py
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def register(self) -> None:
         """Route the messaging WebSocket types to this object."""
@@ -112,21 +115,28 @@ class Messaging:
                       "message": wire})
         if duplicate:
             return
+        self.counts[f"stored:{stored.kind}"] += 1
         push = {"type": "message", "message": wire}
         if stored.group is not None:
-            self.push_group(stored.group, push, skip=session)
+            reached = self.push_group(stored.group, push, skip=session)
+            self.counts["delivered:live"] += len(reached - {stored.sender})
             return
         assert stored.recipient is not None
-        self.hub.send_to_user(stored.recipient, push)
+        if self.hub.send_to_user(stored.recipient, push):
+            self.counts["delivered:live"] += 1
         self.hub.send_to_user(stored.sender, push, skip=session)  # the sender's other tabs and devices
 
     def push_group(self, group_id: str, msg: dict[str, Any], skip: Session | None = None,
-                   also: tuple[str, ...] = ()) -> None:
-        """Send `msg` to every session of the group's current members (and of `also`), but `skip`."""
+                   also: tuple[str, ...] = ()) -> set[str]:
+        """Send `msg` to every session of the group's current members (and of `also`), but `skip`;
+        returns the users it reached."""
         group = self.store.group(group_id)
         users = dict.fromkeys([*(group.usernames if group else []), *also])
+        reached: set[str] = set()
         for user in users:  # on every node of a cluster
-            self.hub.send_to_user(user, msg, skip=skip)
+            if self.hub.send_to_user(user, msg, skip=skip):
+                reached.add(user)
+        return reached
 
     # -- receipts -------------------------------------------------------------------------
     def on_receipt(self, session: Session, msg: p.Receipt) -> None:
@@ -174,10 +184,12 @@ class Messaging:
             for m in self.store.undelivered(user, SYNC_LIMIT - sent, seen):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
+                self.counts["delivered:sync"] += 1
         if sent < SYNC_LIMIT:
             for m in self.store.group_undelivered(user, SYNC_LIMIT - sent, seen_groups):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
+                self.counts["delivered:sync"] += 1
         for peer in self.store.peers(user):
             delivered, read = self.store.watermarks(user, peer)
             for state, mark in (("delivered", delivered), ("read", read)):

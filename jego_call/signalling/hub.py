@@ -19,6 +19,7 @@ it. Without a cluster (the default) none of that runs and everything stays in th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import time
@@ -30,6 +31,7 @@ from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
 from ..groups.calls import GroupDirectory
+from ..log import call_context
 from .hub_core import (
     EMERGENCY_TEXT,
     GATEWAY_EVENTS,
@@ -118,6 +120,7 @@ class Hub:
         self._user_of: dict[str, str] = {}            # session id -> username it attached as
         self._ids = itertools.count(1)
         self.on_call_ended: list[CallEndedHook] = []
+        self.on_call_report: list[Callable[[StoreReport], None]] = []   # a gateway's call_report, once stored
         self.handlers: dict[type, Handler] = {}       # message types of other features (messaging)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -211,17 +214,19 @@ class Hub:
                 del self.sessions[username]
 
     def handle(self, session: Session, msg: Any, raw: dict[str, Any] | None = None, ref: object = None) -> None:
-        """Act on one parsed message from an authenticated session (`raw`: the frame's JSON
-        object and `ref` its id, for a cluster that forwards it to another node)."""
-        handler = self.handlers.get(type(msg))
-        if handler is not None:
-            handler(session, msg)
-            return
-        if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
-            raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
-        if self.cluster is not None and self.cluster.intercept(session, msg, raw, ref):
-            return
-        self.handle_call(session.id, msg)
+        """Act on one parsed message from an authenticated session (logged with its call id and user;
+        `raw`: the frame's JSON object and `ref` its id, for a cluster that forwards it to another node)."""
+        call_id = getattr(msg, "call_id", None)
+        with call_context(call_id=call_id if isinstance(call_id, str) else None, user=session.username or None):
+            handler = self.handlers.get(type(msg))
+            if handler is not None:
+                handler(session, msg)
+                return
+            if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
+                raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
+            if self.cluster is not None and self.cluster.intercept(session, msg, raw, ref):
+                return
+            self.handle_call(session.id, msg)
 
     def handle_call(self, session_id: str, msg: Any) -> None:
         """Give a call message of session `session_id` (here or, in a cluster, on another
@@ -311,6 +316,11 @@ class Hub:
             elif isinstance(cmd, StoreReport):
                 if self.call_log is not None:
                     self.call_log.report(cmd.call_id, cmd.codec, cmd.app, cmd.phone)
+                for report_hook in self.on_call_report:
+                    try:
+                        report_hook(cmd)
+                    except Exception:  # quality bookkeeping must never break the report
+                        log.exception("on_call_report hook failed", extra={"call_id": cmd.call_id})
             elif isinstance(cmd, CallEnded):
                 for hook in self.on_call_ended:
                     try:
@@ -336,7 +346,8 @@ class Hub:
             self._timer.cancel()
             self._timer = None
         if self._timer is None and at is not None:
-            self._timer = self.loop.call_at(at, self._on_timer)
+            # a fresh context: the timer serves every call, not the one whose message armed it
+            self._timer = contextvars.Context().run(self.loop.call_at, at, self._on_timer)
         self._timer_at = at
 
     def _on_timer(self) -> None:

@@ -1,7 +1,8 @@
 """The aiohttp app factory: `create_app(cfg)` returns the whole signalling server.
 
 Routes: the web client at `/`, WebSocket signalling at `/ws`, the JSON API under `/api`,
-`/healthz`. Every long-lived resource (database, hub) is owned by a `cleanup_ctx` entry.
+`/healthz`, `/readyz` and `/metrics` (health.py). Every long-lived resource (database, hub) is
+owned by a `cleanup_ctx` entry.
 Run it with `jego serve`, or `web.run_app(create_app(cfg))`.
 """
 
@@ -29,6 +30,8 @@ from ..db import Database
 from ..errors import ErrorCode, SignallingError
 from ..groups.service import setup_groups
 from ..messaging.service import setup_messaging
+from .call_quality import setup_call_quality
+from .health import setup_health
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
 from .keys import (
@@ -41,6 +44,7 @@ from .keys import (
     GATEWAY_SECRET,
     HUB,
     LOGIN_DOORS,
+    READY_CHECKS,
     SHARED_DOORS,
 )
 from .people import setup_people
@@ -251,6 +255,12 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     if not cfg.bridge.secret:
         app[GATEWAY_SECRET] = (await node.shared_secret("gateway", app[GATEWAY_SECRET].encode())).decode()
     app[SHARED_DOORS] = SharedDoors(node.state, app[LOGIN_DOORS].policy.limits)
+
+    async def redis_ready() -> str | None:  # GET /readyz: "redis" fails while Redis is unreachable
+        return None if node.healthy else f"unreachable: {node.last_error or 'no answer'}"
+
+    if READY_CHECKS in app:
+        app[READY_CHECKS].append(("redis", redis_ready))
     log.info("cluster node %s on %s", node.id, _safe_url(cfg.cluster.redis_url))
     yield
     await node.stop()
@@ -311,4 +321,6 @@ def create_app(cfg: Config) -> web.Application:
     setup_messaging(app)
     setup_groups(app)
     setup_billing(app)
+    setup_health(app)          # /readyz, /metrics (after the hub and messaging exist)
+    setup_call_quality(app)    # call_stats -> call_quality, call summaries, MOS in the record
     return app

@@ -301,6 +301,8 @@ async def test_redis_away_and_back(nodes: Nodes, redis: RedisServer) -> None:
             await asyncio.sleep(0.1)
         body = await res.json()
         assert body["status"] == "degraded" and body["shared_state"] == "unreachable" and body["node"] == "a"
+        ready = await a.get("/readyz")
+        assert ready.status == 503 and "redis" in (await ready.json())["failing"]
         t0 = loop.time()
         cid2 = await invite(carol, "alice")
         err = await carol.expect_error("service_unavailable")
@@ -316,6 +318,7 @@ async def test_redis_away_and_back(nodes: Nodes, redis: RedisServer) -> None:
         assert loop.time() < deadline, "did not recover"
         await asyncio.sleep(0.1)
     assert (await a.get("/healthz")).status == 200
+    assert (await a.get("/readyz")).status == 200
     await asyncio.sleep(0.5)
     # the call still works end to end: bob's hangup on b reaches its owner a
     await bob.send({"type": "hangup", "call_id": cid})
