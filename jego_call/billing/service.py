@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..numbering import classify
 from . import policy, store
 from .fraud import FraudConfig, Signal
-from .money import Currency, format_amount
+from .money import Currency, MoneyError, format_amount, parse_amount
 from .policy import Grant, Terms, Timers
 from .rates import Rate, RateTable, build_rate_table
 from .refusal import Refusal
@@ -95,7 +95,7 @@ class Billing:
     passes time.time(). Synchronous and quick (one small transaction): call it on the event loop."""
 
     def __init__(self, db: Database, rates: RateTable, fraud: FraudConfig, terms: Terms | None = None,
-                 history: int = 20) -> None:
+                 history: int = 20, low_balance: str = "5") -> None:
         self.db = db
         self.rates = rates
         self.fraud = fraud
@@ -106,6 +106,10 @@ class Billing:
         if kept:
             raise ConfigError("rates.currency", f"balances are kept in {', '.join(sorted(kept))}, but the rates are "
                               f"in {rates.currency.code}: convert the balances before changing the currency")
+        try:
+            self.low_balance = parse_amount(low_balance, rates.currency)
+        except MoneyError as exc:
+            raise ConfigError("billing.low_balance", str(exc)) from None
 
     @property
     def currency(self) -> Currency:
@@ -148,12 +152,20 @@ class Billing:
             "calls_in_progress": [{"call_id": c.call_id, "destination": c.destination, "hold": c.hold,
                                    "answered_at": c.answered_at} for c in opened],
             "entries": [{**e, "amount_text": format_amount(e["amount"], cur)} for e in entries],
-            "suspended": None,
+            "suspended": None, "low_balance": self.low_balance,
+            "low_balance_text": format_amount(self.low_balance, cur), "low": bal - hold < self.low_balance,
         }
         if susp is not None:
             refusal, at = susp
             out["suspended"] = {"since": at, "rule": refusal.rule, "en": refusal.en, "zh": refusal.zh}
         return out
+
+    def credit(self, username: str) -> dict[str, Any]:
+        """Balance, held and available credit in minor units, and the currency (credit_low)."""
+        with self.db.transaction() as conn:
+            bal, _ = store.balance(conn, username)
+            hold, _, _ = store.held(conn, username)
+        return {"balance": bal, "held": hold, "available": bal - hold, "currency": self.currency.code}
 
     def unsuspend(self, username: str, note: str = "", now: float | None = None) -> bool:
         """Lift a suspension of the user's phone calls; False if there was none."""
@@ -253,9 +265,11 @@ class Billing:
         self._log_settlement(result)
         return result
 
-    def recover(self, now: float, live: Iterable[str] = ()) -> list[Settlement]:
+    def recover(self, now: float, live: Iterable[str] = (),
+                also: Callable[[store.Charge, float], None] | None = None) -> list[Settlement]:
         """Settle every open call not in `live` (at start-up: all of them) for the time it was
-        last seen up (answered calls) or for nothing (never answered)."""
+        last seen up (answered calls) or for nothing (never answered). `also(charge, ended_at)`
+        runs for each in the same transaction (e.g. writing the call's record)."""
         keep = set(live)
         out: list[Settlement] = []
         with self.db.transaction() as conn:
@@ -267,6 +281,8 @@ class Billing:
                 else:
                     ended = charge.authorised_at
                 out.append(self._settle_in(conn, charge, charge.answered_at, ended, now, "recovery"))
+                if also is not None:
+                    also(charge, ended)
         for s in out:
             self._log_settlement(s)
         return out

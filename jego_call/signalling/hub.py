@@ -14,6 +14,10 @@ In a cluster (`[cluster] redis_url`), `hub.cluster` is the node's link to the ot
 shared state, relays `Send`s for sessions of other nodes, forwards messages for calls another
 node owns, and claims a new call (its id, who is busy, gateway capacity) before the core sees
 it. Without a cluster (the default) none of that runs and everything stays in the core.
+
+Paid phone calls: billing installs its `Ledger` with `set_ledger(billing)`; the core then
+authorises and times them, and this shell settles each one with its call record, in one
+transaction (`Ledger.settle(..., also=write the record)`), exactly once.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from .hub_core import (
     Command,
     Gateway,
     HubCore,
+    Ledger,
     Log,
     Send,
     StoreReport,
@@ -125,6 +130,7 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.cluster: ClusterLink | None = None       # set by ClusterNode.bind in a cluster
+        self.unsettled: dict[str, WriteCallRecord] = {}  # records whose settlement failed: retried
 
     # --- what the rest of the server reads --------------------------------------------------------
     @property
@@ -161,6 +167,14 @@ class Hub:
     def pick_gateway(self) -> Gateway | None:
         """The gateway with the fewest calls among those with free capacity."""
         return self.core.pick_gateway()
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self.core.ledger
+
+    def set_ledger(self, ledger: Ledger | None) -> None:
+        """Charge calls to phones from now on (billing's cleanup_ctx; None: they are free)."""
+        self.core.ledger = ledger
 
     def online(self, username: str) -> bool:
         return self.core.online(username)
@@ -330,14 +344,35 @@ class Hub:
         self._arm()
 
     def _record(self, rec: WriteCallRecord) -> None:
-        if self.call_log is None:
-            return
+        """Store the call record; a call to a phone is settled in the same transaction (a call
+        the ledger never authorised just gets its record). A failure is kept for `retry_records`."""
+        call_log = self.call_log
+
+        def write() -> None:
+            if call_log is not None:
+                call_log.record(CallRecord(
+                    rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
+                    rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
+
+        ledger = self.core.ledger
         try:
-            self.call_log.record(CallRecord(
-                rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
-                rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
+            if ledger is not None and rec.callee_kind == "phone":
+                ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at, also=write)
+            else:
+                write()
         except Exception:  # a full disk must not break call teardown
             log.exception("could not store the call record", extra={"call_id": rec.call_id})
+            if ledger is not None and rec.callee_kind == "phone":
+                self.unsettled[rec.call_id] = rec
+            return
+        self.unsettled.pop(rec.call_id, None)
+
+    def retry_records(self) -> int:
+        """Try again to settle and store the records that failed (billing's heartbeat calls this);
+        returns how many are still waiting."""
+        for rec in list(self.unsettled.values()):
+            self._record(rec)
+        return len(self.unsettled)
 
     def _arm(self) -> None:
         """One loop timer, at the core's next deadline (re-armed only when that changes)."""

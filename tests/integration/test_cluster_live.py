@@ -23,10 +23,10 @@ import aiohttp
 import pytest
 
 from jego_call.media import analysis
-from tests.conftest import ROOT, LiveServer, add_contact, http_json, make_user, start_server
+from tests.conftest import ROOT, LiveServer, add_contact, http_json, make_user, start_server, top_up
 from tests.servers import RedisServer, redis_server
 
-from .bridge_util import PLAIN, carrier_config, carrier_record, free_port
+from .bridge_util import PLAIN, TEST_CALLER_FRAUD, carrier_config, carrier_record, free_port
 from .test_dial import Answerer, _env, dial
 
 NodeFactory = Callable[..., LiveServer]
@@ -201,9 +201,10 @@ async def test_kill_9_of_node_a_mid_call(node: NodeFactory) -> None:
 def test_app_to_phone_on_node_a_through_a_bridge_worker_on_node_b(node: NodeFactory, tmp_path: Path) -> None:
     port = free_port()
     trunk = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp_path, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port)}
-    a = node("a", ["--no-bridge"], **trunk)       # the simulated carrier runs in node a's process
-    b = node("b", ["--no-carrier", "--no-bridge"])
+    a = node("a", ["--no-bridge"], **trunk, **TEST_CALLER_FRAUD)  # the simulated carrier runs in node a's process
+    b = node("b", ["--no-carrier", "--no-bridge"], **TEST_CALLER_FRAUD)
     make_user(a, "alice")
+    top_up(a, "alice")  # the phone call is paid (issue 13); the nodes share the ledger's database
     log = tmp_path / "bridge.log"
     worker = subprocess.Popen(
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", b.url, "--data-dir", str(b.data_dir),

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient
 from jego_call.signalling.keys import GATEWAY_SECRET
 
 from .conftest import Factory
-from .sigclient import FAKE_SDP, Ws, new_call_id, register
+from .sigclient import FAKE_SDP, Ws, give_credit, new_call_id
+from .sigclient import register as register_user
 
 ANSWER = FAKE_SDP + "a=answer\r\n"
 
@@ -23,6 +24,13 @@ ANSWER = FAKE_SDP + "a=answer\r\n"
 async def client(make_client: Factory) -> TestClient:
     c: TestClient = await make_client(calls={"ring_timeout_s": 3.0})
     return c
+
+
+async def register(client: TestClient, name: str) -> str:
+    """A user with 50 CNY of prepaid credit (calls to phones are paid)."""
+    token = await register_user(client, name)
+    give_credit(client, name)
+    return token
 
 
 async def gateway(client: TestClient, capacity: int = 4, name: str = "gw1") -> Ws:
