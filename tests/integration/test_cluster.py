@@ -24,7 +24,7 @@ from jego_call.signalling.keys import CALL_LOG, CLUSTER, GATEWAY_SECRET, HUB
 from jego_call.signalling.server import create_app
 from tests.servers import RedisServer, redis_server
 
-from .sigclient import FAKE_SDP, Ws, add_contact, new_call_id, register
+from .sigclient import FAKE_SDP, Ws, add_contact, give_credit, new_call_id, register
 
 ANSWER = FAKE_SDP + "a=answer\r\n"
 Nodes = Callable[..., Any]
@@ -232,6 +232,8 @@ async def test_phone_call_on_b_through_a_gateway_on_a_and_capacity_cluster_wide(
     a, b = await nodes("a", "b")
     assert a.server.app[GATEWAY_SECRET] == b.server.app[GATEWAY_SECRET]  # shared through Redis
     t = await users(a, "alice", "bob")
+    for name in ("alice", "bob"):  # calls to phones are paid (issue 13); the nodes share the ledger
+        give_credit(a, name)
     gw = await gateway(a, 1, "gw-a")
     alice = await Ws.open(b, t["alice"])
     bob = await Ws.open(a, t["bob"])
