@@ -216,7 +216,7 @@ class BridgeCall:
         self.sink = AppToPhoneSink(leg, clock=clock)
         self.ep = MediaEndpoint(source=self.track, sinks=[self.sink], ice_servers=ice_servers or [],
                                 codecs=settings.app_codecs, opus_bitrate=settings.opus_bitrate,
-                                name=f"bridge {call_id}")
+                                name=f"bridge {call_id}", ice_transport_policy=settings.ice_transport_policy)
         self.ep.pc.on("connectionstatechange", self._on_webrtc_state)
         self.leg_stats: dict[str, Any] = {}
         self.done = asyncio.Event()
