@@ -72,6 +72,7 @@ class JegoClient:
         self.username: str | None = None
         self.session_id: str | None = None
         self.ice_servers: list[dict[str, Any]] = []
+        self.ice_transport_policy = "all"   # auth_ok's: "relay" = TURN relay candidates only
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -285,6 +286,7 @@ class JegoClient:
         self.session_id = data.get("session")
         self.username = data.get("username", self.username)
         self.ice_servers = list(data.get("ice_servers") or [])
+        self.ice_transport_policy = "relay" if data.get("ice_transport_policy") == "relay" else "all"
         self._reader = asyncio.ensure_future(self._read())
         return dict(data)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -62,6 +63,22 @@ class AuthConfig:
 class IceConfig:
     servers: tuple[dict[str, Any], ...] = ()
     loopback_candidates: bool = True
+    # TURN with ephemeral credentials (the TURN REST API scheme of coturn's use-auth-secret)
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = ""
+    turn_ttl_s: int = 86400
+    transport_policy: str = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    redis_url: str = ""
+    node_id: str = ""
+    key_prefix: str = "jego"
+    heartbeat_s: float = 1.0
+    node_ttl_s: float = 5.0
+    op_timeout_s: float = 2.0
+    outbox_limit: int = 20000
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +199,7 @@ class Config:
     fraud: FraudConfig = field(default_factory=FraudConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -200,9 +218,35 @@ _POSITIVE = {
     "auth.lockout_max_s", "auth.register_source_burst", "auth.register_source_per_s", "auth.hash_workers",
     "auth.hash_cpu_share", "auth.hash_burst_s", "auth.hash_queue",
     "billing.warning_s", "billing.max_call_s", "billing.heartbeat_s", "billing.history",
+    "ice.turn_ttl_s", "cluster.heartbeat_s", "cluster.node_ttl_s", "cluster.op_timeout_s", "cluster.outbox_limit",
 }
 
-_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma"), "log.format": ("text", "json")}
+_CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma"), "log.format": ("text", "json"),
+            "ice.transport_policy": ("all", "relay")}
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
+
+
+def _check(cfg: Config) -> None:
+    """Rules across keys, each naming its key (the types were checked by schema.build)."""
+    _check_bridge(cfg)
+    c = cfg.cluster
+    if c.redis_url and not c.redis_url.startswith(REDIS_SCHEMES):
+        raise ConfigError("cluster.redis_url", f"must start with {', '.join(REDIS_SCHEMES)}, got {c.redis_url!r}")
+    if c.node_id and not NODE_ID_RE.match(c.node_id):
+        raise ConfigError("cluster.node_id", "1 to 32 of A-Z a-z 0-9 _ -")
+    if not NODE_ID_RE.match(c.key_prefix):
+        raise ConfigError("cluster.key_prefix", "1 to 32 of A-Z a-z 0-9 _ -")
+    if c.node_ttl_s < 2 * c.heartbeat_s:
+        raise ConfigError("cluster.node_ttl_s", "must be at least twice cluster.heartbeat_s")
+    ice = cfg.ice
+    for i, url in enumerate(ice.turn_urls):
+        if not url.startswith(("turn:", "turns:", "stun:")):
+            raise ConfigError(f"ice.turn_urls[{i}]", f"must start with turn:, turns: or stun:, got {url!r}")
+    if ice.turn_urls and not ice.turn_secret:
+        raise ConfigError("ice.turn_secret", "is required with ice.turn_urls (coturn's static-auth-secret)")
+    if ice.turn_ttl_s < 60:
+        raise ConfigError("ice.turn_ttl_s", "must be at least 60 seconds")
 
 
 def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
@@ -288,8 +332,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     return cfg
 
 
-def _check(cfg: Config) -> None:
-    """Rules one key's type cannot say."""
+def _check_bridge(cfg: Config) -> None:
+    """[bridge] rules one key's type cannot say."""
     workers = cfg.bridge.workers
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError("bridge.workers", f'expected "auto" or a whole number of processes >= 1, got {workers!r}')

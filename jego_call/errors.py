@@ -62,6 +62,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA = "unsupported_media"
     GROUP_FULL = "group_full"
     CALL_FULL = "call_full"
+    SERVICE_UNAVAILABLE = "service_unavailable"   # the cluster's shared state (Redis) is unreachable
     INTERNAL = "internal"
 
 
@@ -87,6 +88,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.GROUP_FULL: 409,
     ErrorCode.CALL_FULL: 409,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -168,7 +168,8 @@ SERIAL_MODULES = frozenset({
     "test_bridge", "test_dial", "test_pyvoip_leg", "test_bridge_media_engine", "test_carrier_baresip",
     "test_bridge_long_call", "test_carrier_sipp", "test_bridge_worker", "test_carrier_media",
     "test_carrier_ptime", "test_analysis", "test_group_calls", "test_bridge_baresip", "test_browser_groups",
-    "test_media_endpoint", "test_call_quality", "test_lean_leg",
+    "test_media_endpoint", "test_call_quality", "test_cluster_live", "test_turn", "test_browser_turn",
+    "test_lean_leg",
     # billing: a cut within 1 s of its moment, a login flood judged against frames on time
     "test_bridge_billing", "test_billing_crash", "test_login_flood", "test_browser_billing",
 })

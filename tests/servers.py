@@ -326,8 +326,9 @@ class TurnServer:
 
 
 @contextlib.contextmanager
-def coturn_server(tmp: Path, *, secret: str, realm: str = "jego.test") -> Iterator[TurnServer]:
-    """coturn on loopback with `use-auth-secret` (TURN REST API credentials), relaying on loopback."""
+def coturn_server(tmp: Path, *, secret: str, realm: str = "jego.test", verbose: bool = False) -> Iterator[TurnServer]:
+    """coturn on loopback with `use-auth-secret` (TURN REST API credentials), relaying on loopback;
+    `verbose`: its log names every allocation and its user (how a test proves a call was relayed)."""
     port = free_port(socket.SOCK_DGRAM)
     d = tmp / f"coturn-{port}"
     d.mkdir(parents=True)
@@ -337,6 +338,8 @@ def coturn_server(tmp: Path, *, secret: str, realm: str = "jego.test") -> Iterat
             f"--static-auth-secret={secret}", f"--realm={realm}", "--no-tls", "--no-dtls", "--no-cli",
             "--allow-loopback-peers", "--fingerprint", f"--pidfile={d / 'turnserver.pid'}",
             f"--log-file={d / 'turnserver.log'}", "--simple-log", f"--userdb={d / 'turndb'}"]
+    if verbose:
+        argv.append("--verbose")
 
     def ready() -> bool:
         return stun_binding(port) is not None

@@ -138,6 +138,7 @@ class CallSettings:
     answer_timeout_s: float = 20.0   # (reserved) an inbound call whose WebRTC leg never connects
     leg_end_wait_s: float = 35.0     # after our BYE/CANCEL/final response: wait this long for LegEnded
     #                                  (a CANCEL may wait for its 487 up to Timer B, RFC 3261 §17.1.1.2)
+    ice_transport_policy: str = "all"  # "relay": TURN relay candidates only (auth_ok.ice_transport_policy)
 
     @property
     def app_codecs(self) -> list[str] | None:

@@ -152,7 +152,7 @@ class AppLeg:
         self.sink = _MixSink()
         self.ep = MediaEndpoint(source=self.track, sinks=[self.sink], ice_servers=ice_servers,
                                 codecs=settings.app_codecs, opus_bitrate=settings.opus_bitrate,
-                                name=f"conference {leg}")
+                                name=f"conference {leg}", ice_transport_policy=settings.ice_transport_policy)
 
     def read_frame(self) -> Pcm | None:
         return self.sink.inbound.pop()

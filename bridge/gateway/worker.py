@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -230,12 +231,17 @@ class BridgeWorker:
 
     async def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        if kind == "auth_ok":
+        if kind == "auth_ok":  # the ICE servers, with this worker's own TURN credentials (if any)
             self.ice_servers = list(msg.get("ice_servers") or [])
+            policy = "relay" if msg.get("ice_transport_policy") == "relay" else "all"
+            self.settings = dataclasses.replace(self.settings, ice_transport_policy=policy)
             self.connects += 1
             self.ready.set()
             log.info("bridge %s: connected to %s as a gateway (capacity %d)", self.name, self.server_url,
                      self.max_calls)
+            return
+        if kind == "ice_servers":  # fresh TURN credentials before the old ones expire (new calls use them)
+            self.ice_servers = list(msg.get("ice_servers") or [])
             return
         if kind == "error" and not self.ready.is_set():
             log.error("bridge %s: gateway_auth refused: %s", self.name, msg.get("message") or msg.get("code"))

@@ -38,7 +38,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aioice.ice import StunProtocol
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.sdp import candidate_from_sdp
 
@@ -160,6 +167,7 @@ class WebRtcLeg:
     - ``impair``: a seeded network (loss, bursts, delay, jitter; jego_call/media/impair.py) on
       the SRTP/SRTCP this leg receives, below SRTP as a real network would; test and lab use
       only (`[bridge] impair`), logged as a warning when on.
+    - ``ice_transport_policy``: "all", or "relay" (TURN relay candidates only; auth_ok says which).
     - ``fec``: ask the far end for Opus in-band FEC (``useinbandfec=1``) and send it when the
       far end asks and reports loss (False: neither; lost frames are only concealed).
     - ``codec_factory``: makes the codec for the negotiated encoding name ("opus", "PCMU",
@@ -173,7 +181,7 @@ class WebRtcLeg:
                  jitter_adaptive: bool = True, jitter_capacity: int = 16,
                  on_time_tolerance: float = 0.010, max_burst: int = 3,
                  codec_factory: Callable[[str], AudioCodec] | None = None,
-                 impair: ImpairmentSpec | None = None, fec: bool = True) -> None:
+                 impair: ImpairmentSpec | None = None, fec: bool = True, ice_transport_policy: str = "all") -> None:
         wanted = [CODEC_NAMES.get(c.lower()) for c in codecs]
         if not wanted or None in wanted:
             raise ValueError(f"codecs must be among opus, PCMU, PCMA: {list(codecs)}")
@@ -195,7 +203,8 @@ class WebRtcLeg:
         self.impair = impair if impair is not None and impair.active else None
         self._impaired: ImpairedReceiver | None = None
         self._engine = engine
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice)))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(ice),
+                                                     iceTransportPolicy=RTCIceTransportPolicy(ice_transport_policy)))
         self.pc.on("connectionstatechange", self._on_pc_state)
         self.connected = asyncio.Event()
         self.connected_at: float | None = None

@@ -47,6 +47,7 @@ class EndReason(StrEnum):
     CANCELLED = "cancelled"
     ANSWERED_ELSEWHERE = "answered_elsewhere"
     CONNECTION_LOST = "connection_lost"
+    PEER_LOST = "peer_lost"          # the other side's server node died (cluster)
     MAX_DURATION = "max_duration"
     MEDIA_TIMEOUT = "media_timeout"
     ACK_TIMEOUT = "ack_timeout"
@@ -135,6 +136,7 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
                             callee_en="Missed call", callee_zh="未接来电", missed=True),
     R.ANSWERED_ELSEWHERE: ReasonInfo(None, 26, "answered", "Answered on another device", "已在其他设备上接听"),
     R.CONNECTION_LOST: ReasonInfo(480, 41, "failed", "Connection lost", "连接已断开"),
+    R.PEER_LOST: ReasonInfo(480, 41, "failed", "The connection to the other side was lost", "与对方的连接已中断"),
     R.MAX_DURATION: ReasonInfo(0, 102, "answered", "The call reached its maximum length", "通话已达到最长时限"),
     R.MEDIA_TIMEOUT: ReasonInfo(0, 41, "answered", "The call was cut off: no sound was coming through",
                                 "通话中断：长时间没有声音"),
@@ -181,7 +183,7 @@ BILLING_REASONS: Final = frozenset({R.INSUFFICIENT_CREDIT, R.CREDIT_EXHAUSTED, R
 # What a callee may give in `decline`: users "declined"/"busy", gateways any set-up failure.
 USER_DECLINE_REASONS: Final = frozenset({R.DECLINED, R.BUSY})
 GATEWAY_DECLINE_REASONS: Final = frozenset(REASONS) - BILLING_REASONS - {
-    R.HANGUP, R.ANSWERED_ELSEWHERE, R.CONNECTION_LOST, R.MAX_DURATION, R.MEDIA_TIMEOUT, R.ACK_TIMEOUT,
+    R.HANGUP, R.ANSWERED_ELSEWHERE, R.CONNECTION_LOST, R.PEER_LOST, R.MAX_DURATION, R.MEDIA_TIMEOUT, R.ACK_TIMEOUT,
     R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER, R.LEFT, R.REMOVED}
 
 # A SIP final response (with its Q.850 cause) -> the reason (RFC 3398 §8.2.6.1, carrier.md §4.3).

@@ -497,7 +497,8 @@ def _source(args: argparse.Namespace) -> PacedAudioTrack:
 
 
 def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | None,
-              ice_servers: list[dict[str, Any]]) -> tuple[MediaEndpoint, Analyser, VideoFrameCounter | None]:
+              ice_servers: list[dict[str, Any]], ice_transport_policy: str = "all",
+              ) -> tuple[MediaEndpoint, Analyser, VideoFrameCounter | None]:
     analyser = Analyser()
     sinks: list[Sink] = [analyser]
     if isinstance(source, EchoTrack):
@@ -508,7 +509,7 @@ def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | N
     ep = MediaEndpoint(source=source, video_source=TestPatternVideo() if args.video else None,
                        sinks=sinks, video_sinks=[counter] if counter else [], ice_servers=ice_servers,
                        codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate,
-                       impair=args.impair_spec)
+                       impair=args.impair_spec, ice_transport_policy=ice_transport_policy)
     return ep, analyser, counter
 
 
@@ -546,7 +547,7 @@ async def dial_call(args: argparse.Namespace, out: Output) -> Report:
     _install_stop(stop)
     async with JegoClient(args.server, auto_ringing=False) as client:
         await _login(args, client, user, password)
-        ep, analyser, counter = _endpoint(args, source, args.record, client.ice_servers)
+        ep, analyser, counter = _endpoint(args, source, args.record, client.ice_servers, client.ice_transport_policy)
         report = Report(call_id=new_call_id(), role="caller", peer=to, target_kind=kind, record=args.record)
         t_dial = time.monotonic()
         try:
@@ -606,7 +607,8 @@ async def dial_answer(args: argparse.Namespace, out: Output) -> list[Report]:
                 continue
             n = len(reports) + 1
             report.record = _record_path(args.record, n)
-            ep, analyser, counter = _endpoint(args, _source(args), report.record, client.ice_servers)
+            ep, analyser, counter = _endpoint(args, _source(args), report.record, client.ice_servers,
+                                                 client.ice_transport_policy)
             try:
                 leg = Leg(args, client, ep, report, analyser, counter, out, stop, t0)
                 await leg.run(offer_sdp=str(msg.get("sdp", "")), accept_at=t0 + args.answer_after)
@@ -841,7 +843,8 @@ async def dial_group(args: argparse.Namespace, out: Output) -> GroupReport:
         recorder = StampedRecorder(args.record) if args.record else None
         sinks: list[Sink] = [analyser] + ([recorder] if recorder is not None else [])
         ep = MediaEndpoint(source=source, sinks=sinks, ice_servers=client.ice_servers,
-                           codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate)
+                           codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate,
+                           ice_transport_policy=client.ice_transport_policy)
         try:
             return await GroupDialer(args, client, ep, analyser, recorder, out, stop).run()
         finally:

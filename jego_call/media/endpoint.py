@@ -30,6 +30,7 @@ import aioice.ice
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -101,6 +102,7 @@ class MediaEndpoint:
       (Opus first). `opus_bitrate`: bits/s of our mono Opus encoder (process-wide).
     - `ice_servers`: list of dicts as in `auth_ok.ice_servers`; empty means host candidates only
       (never aiortc's default Google STUN).
+    - `ice_transport_policy`: "all", or "relay" (TURN relay candidates only; auth_ok says which).
     - `impair`: a seeded network on the receive path (loss, delay, jitter; media/impair.py), for
       reproducing what a user on a bad network hears; `stats()["impairment"]` says what it did.
     """
@@ -110,7 +112,8 @@ class MediaEndpoint:
                  sinks: Sequence[Sink] = (), video_sinks: Sequence[Sink] = (),
                  recorder: Mp4Recorder | None = None,
                  ice_servers: Iterable[dict[str, Any]] = (), codecs: Sequence[str] | None = None,
-                 opus_bitrate: int = 32000, name: str = "", impair: ImpairmentSpec | None = None) -> None:
+                 opus_bitrate: int = 32000, name: str = "", impair: ImpairmentSpec | None = None,
+                 ice_transport_policy: str = "all") -> None:
         install_codecs(opus_bitrate=opus_bitrate)
         self.impair = impair
         self.impairment: PeerImpairment | None = None
@@ -121,7 +124,8 @@ class MediaEndpoint:
         self.video_sinks = list(video_sinks)
         self.recorder = recorder
         self.codecs = [c.upper() for c in codecs] if codecs else None
-        self.configuration = RTCConfiguration(iceServers=ice_servers_from_config(ice_servers))
+        self.configuration = RTCConfiguration(iceServers=ice_servers_from_config(ice_servers),
+                                              iceTransportPolicy=RTCIceTransportPolicy(ice_transport_policy))
         self.pc = RTCPeerConnection(self.configuration)
         self._pumps: list[asyncio.Task[None]] = []
         self._state_changed = asyncio.Event()

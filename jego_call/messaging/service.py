@@ -124,9 +124,7 @@ class Messaging:
         assert stored.recipient is not None
         if self.hub.send_to_user(stored.recipient, push):
             self.counts["delivered:live"] += 1
-        for s in list(self.hub.sessions.get(stored.sender, ())):
-            if s is not session:  # the sender's other tabs and devices
-                s.send(push)
+        self.hub.send_to_user(stored.sender, push, skip=session)  # the sender's other tabs and devices
 
     def push_group(self, group_id: str, msg: dict[str, Any], skip: Session | None = None,
                    also: tuple[str, ...] = ()) -> set[str]:
@@ -135,11 +133,9 @@ class Messaging:
         group = self.store.group(group_id)
         users = dict.fromkeys([*(group.usernames if group else []), *also])
         reached: set[str] = set()
-        for user in users:
-            for s in list(self.hub.sessions.get(user, ())):
-                if s is not skip:
-                    s.send(msg)
-                    reached.add(user)
+        for user in users:  # on every node of a cluster
+            if self.hub.send_to_user(user, msg, skip=skip):
+                reached.add(user)
         return reached
 
     # -- receipts -------------------------------------------------------------------------
@@ -161,9 +157,7 @@ class Messaging:
         self.hub.send_to_user(peer, {"type": "receipt", "with": user, "by": user, "state": msg.state,
                                      "up_to_seq": mark})
         mine = {"type": "receipt", "with": peer, "by": user, "state": msg.state, "up_to_seq": msg.up_to_seq}
-        for s in list(self.hub.sessions.get(user, ())):
-            if s is not session:
-                s.send(mine)
+        self.hub.send_to_user(user, mine, skip=session)
 
     # -- sync -----------------------------------------------------------------------------
     def on_sync(self, session: Session, msg: p.Sync) -> None:

@@ -9,6 +9,12 @@ timeout, maximum duration) is made by the pure `HubCore` (hub_core.py); this she
 `loop.call_at` for the core's next deadline. `handle` is synchronous; `Session.send` never
 blocks. Errors a client caused come out as SignallingError.
 
+In a cluster (`[cluster] redis_url`), `hub.cluster` is the node's link to the others
+(jego_call/cluster/node.py, a `ClusterLink`): it mirrors this node's sessions and calls into the
+shared state, relays `Send`s for sessions of other nodes, forwards messages for calls another
+node owns, and claims a new call (its id, who is busy, gateway capacity) before the core sees
+it. Without a cluster (the default) none of that runs and everything stays in the core.
+
 Paid phone calls: billing installs its `Ledger` with `set_ledger(billing)`; the core then
 authorises and times them, and this shell settles each one with its call record, in one
 transaction (`Ledger.settle(..., also=write the record)`), exactly once.
@@ -36,6 +42,7 @@ from .hub_core import (
     PHONE_RE,
     RECENT_CALLS,
     Call,
+    CallChanged,
     CallEnded,
     Close,
     Command,
@@ -73,6 +80,30 @@ CallEndedHook = Callable[[Call], None]
 Handler = Callable[[Session, Any], None]
 
 
+class ClusterLink(Protocol):
+    """What the hub asks of its cluster node (jego_call/cluster/node.py `ClusterNode`)."""
+
+    def new_session_id(self, n: int) -> str: ...
+
+    def attached(self, session: Session, name: str = "", capacity: int = 0) -> None: ...
+
+    def detached(self, session: Session) -> None: ...
+
+    def relay(self, session_id: str, msg: dict[str, Any]) -> bool:
+        """Deliver to a session of another node; False when nobody knows it."""
+
+    def send_to_user(self, username: str, msg: dict[str, Any], skip: str | None) -> int:
+        """Deliver to `username`'s sessions on other nodes; how many there are."""
+
+    def intercept(self, session: Session, msg: Any, raw: dict[str, Any] | None, ref: object) -> bool:
+        """Take a call message this node must not give its core yet (a new call to claim, a
+        call another node owns); True when taken."""
+
+    def call_changed(self, call: Call) -> None: ...
+
+    def call_ended(self, call: Call) -> None: ...
+
+
 class Hub:
     """Sessions, presence and calls. One per server; all methods run on the event loop.
 
@@ -98,6 +129,7 @@ class Hub:
         self.handlers: dict[type, Handler] = {}       # message types of other features (messaging)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.cluster: ClusterLink | None = None       # set by ClusterNode.bind in a cluster
         self.unsettled: dict[str, WriteCallRecord] = {}  # records whose settlement failed: retried
 
     # --- what the rest of the server reads --------------------------------------------------------
@@ -151,7 +183,8 @@ class Hub:
         return self.core.presence(username)
 
     def new_session_id(self) -> str:
-        return f"s{next(self._ids)}"
+        n = next(self._ids)
+        return self.cluster.new_session_id(n) if self.cluster is not None else f"s{n}"
 
     def register_handler(self, msg_type: type, handler: Handler) -> None:
         """Route messages of `msg_type` (a parser registered in messages.py) to `handler(session, msg)`."""
@@ -167,12 +200,16 @@ class Hub:
         self._by_id[session.id] = session
         self._user_of[session.id] = username
         self.sessions.setdefault(username, set()).add(session)
+        if self.cluster is not None:
+            self.cluster.attached(session)
         self._run(cmds)
 
     def attach_gateway(self, session: Session, name: str, capacity: int, hello: dict[str, Any] | None = None) -> None:
         """Register a bridge worker that takes phone calls (docs/signalling.md, gateways)."""
         cmds = self.core.attach_gateway(session.id, name, capacity, hello)
         self._by_id[session.id] = session
+        if self.cluster is not None:
+            self.cluster.attached(session, name, capacity)
         self._run(cmds)
 
     def detach(self, session: Session) -> None:
@@ -181,6 +218,8 @@ class Hub:
             return
         self._run(self.core.detach(session.id, now=self.loop.time(), wall=self._wall_clock()))
         del self._by_id[session.id]
+        if self.cluster is not None:
+            self.cluster.detached(session)
         username = self._user_of.pop(session.id, "")
         have = self.sessions.get(username)
         if have is not None:
@@ -188,8 +227,9 @@ class Hub:
             if not have:
                 del self.sessions[username]
 
-    def handle(self, session: Session, msg: Any) -> None:
-        """Act on one parsed message from an authenticated session (logged with its call id and user)."""
+    def handle(self, session: Session, msg: Any, raw: dict[str, Any] | None = None, ref: object = None) -> None:
+        """Act on one parsed message from an authenticated session (logged with its call id and user;
+        `raw`: the frame's JSON object and `ref` its id, for a cluster that forwards it to another node)."""
         call_id = getattr(msg, "call_id", None)
         with call_context(call_id=call_id if isinstance(call_id, str) else None, user=session.username or None):
             handler = self.handlers.get(type(msg))
@@ -198,11 +238,39 @@ class Hub:
                 return
             if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
                 raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
-            self._run(self.core.handle(session.id, msg, now=self.loop.time(), wall=self._wall_clock()))
+            if self.cluster is not None and self.cluster.intercept(session, msg, raw, ref):
+                return
+            self.handle_call(session.id, msg)
 
-    def send_to_user(self, username: str, msg: dict[str, Any]) -> int:
-        """Send `msg` to every session of `username`; returns how many got it."""
-        targets = list(self.sessions.get(username, ()))
+    def handle_call(self, session_id: str, msg: Any) -> None:
+        """Give a call message of session `session_id` (here or, in a cluster, on another
+        node) to the core and carry out its commands. SignallingError if it is wrong."""
+        self._run(self.core.handle(session_id, msg, now=self.loop.time(), wall=self._wall_clock()))
+
+    def feed(self, step: Callable[[float, float], list[Command]]) -> None:
+        """Run one core input `step(now, wall)` and carry out its commands (the cluster's
+        inputs: sessions of other nodes, calls taken over)."""
+        self._run(step(self.loop.time(), self._wall_clock()))
+
+    def send_local(self, session_id: str, msg: dict[str, Any]) -> bool:
+        """Queue `msg` to this node's session `session_id`; False when it is not here."""
+        target = self._by_id.get(session_id)
+        if target is None:
+            return False
+        target.send(msg)
+        return True
+
+    def send_to_user(self, username: str, msg: dict[str, Any], skip: Session | None = None) -> int:
+        """Send `msg` to every session of `username` (on every node of a cluster), except
+        `skip`; returns how many got it."""
+        n = self.send_to_local_user(username, msg, skip.id if skip is not None else None)
+        if self.cluster is not None:
+            n += self.cluster.send_to_user(username, msg, skip.id if skip is not None else None)
+        return n
+
+    def send_to_local_user(self, username: str, msg: dict[str, Any], skip: str | None = None) -> int:
+        """`send_to_user` on this node only."""
+        targets = [s for s in self.sessions.get(username, ()) if s.id != skip]
         for s in targets:
             s.send(msg)
         return len(targets)
@@ -236,11 +304,21 @@ class Hub:
 
     # --- carrying out the core's commands -----------------------------------------------------------
     def _run(self, cmds: list[Command]) -> None:
+        cluster = self.cluster
+        if cluster is not None:  # free the shared state before anyone hears the call ended
+            for cmd in cmds:
+                if isinstance(cmd, CallEnded):
+                    cluster.call_ended(cmd.call)
         for cmd in cmds:
             if isinstance(cmd, Send):
                 target = self._by_id.get(cmd.session)
                 if target is not None:
                     target.send(cmd.msg)
+                elif cluster is not None:
+                    cluster.relay(cmd.session, cmd.msg)
+            elif isinstance(cmd, CallChanged):
+                if cluster is not None:
+                    cluster.call_changed(cmd.call)
             elif isinstance(cmd, Close):
                 target = self._by_id.get(cmd.session)
                 if target is not None:

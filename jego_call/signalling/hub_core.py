@@ -7,10 +7,18 @@
     cmds = core.detach("s1", now=mono, wall=unix)            # the socket ended
     cmds = core.handle_timer(now=mono, wall=unix)            # at or after core.next_deadline()
 
-Sessions are named by their id (a string), so the same events could come from any node of a
+Sessions are named by their id (a string), so the same events can come from any node of a
 cluster. Every input returns the commands to carry out, in order: `Send`, `Close`,
-`WriteCallRecord`, `StoreReport`, `CallEnded`, `Log`; a client's mistake raises SignallingError
-before anything changes. `now` is monotonic seconds (deadlines are on that clock), `wall` Unix
+`WriteCallRecord`, `StoreReport`, `CallChanged`, `CallEnded`, `Log`; a client's mistake raises
+SignallingError before anything changes.
+
+In a cluster (jego_call/cluster/) each node runs one core. A core *owns* the calls in
+`self.calls` (it decides them; their parties may be sessions of other nodes) and holds a view of
+the rest of the cluster, fed by the shell: sessions of other nodes (`attach_remote`,
+`attach_remote_gateway`, `detach`), who is in a call another node owns (`note_call`,
+`clear_call`), the gateway the cluster reserved for the next phone call (`reserve_gateway`) and
+calls taken over from a node that died (`adopt`). Presence is pushed by every node to its own
+sessions only; call messages go to any session (the shell relays those of other nodes). `now` is monotonic seconds (deadlines are on that clock), `wall` Unix
 seconds (only for call records). Nothing here touches a socket, a clock or the database:
 accounts lookups go through `Directory` (exists, contacts, watchers), prepaid credit for calls
 to phones through `Ledger` (authorise, answered, credit), both backed by SQLite in the shell
@@ -57,6 +65,30 @@ GATEWAY_EVENTS = {
 def is_phone_target(to: str) -> bool:
     """A call target that is a phone number rather than a username (usernames need a letter)."""
     return bool(PHONE_RE.match(to))
+
+
+def snapshot(call: Call) -> dict[str, Any]:
+    """A call as plain JSON-able data (what the cluster keeps, so another node can `adopt` it)."""
+    return {"id": call.id, "caller": call.caller, "callee": call.callee, "media": list(call.media),
+            "caller_session": call.caller_session, "created_at": call.created_at, "state": call.state.value,
+            "ringing": sorted(call.ringing_sessions), "answered": call.answered_session,
+            "answered_at": call.answered_at, "rang": call.rang, "kind": call.kind,
+            "early_sdp_sent": call.early_sdp_sent}
+
+
+def from_snapshot(d: dict[str, Any]) -> Call:
+    """The Call a `snapshot` describes, its state machine replayed through the table."""
+    call = Call(str(d["id"]), str(d["caller"]), str(d["callee"]), tuple(d.get("media") or ("audio",)),
+                str(d["caller_session"]), created_at=float(d.get("created_at") or 0.0), kind=str(d.get("kind", "user")))
+    call.ringing_sessions = set(d.get("ringing") or ())
+    call.answered_session = d.get("answered")
+    call.answered_at = d.get("answered_at")
+    call.rang = bool(d.get("rang"))
+    call.early_sdp_sent = bool(d.get("early_sdp_sent"))
+    state = CallState(d.get("state", "calling"))
+    if state is not CallState.CALLING:
+        call.sm.apply(CallEvent.RING if state is CallState.RINGING else CallEvent.ACCEPT)
+    return call
 
 
 class Directory(Protocol):
@@ -109,16 +141,27 @@ class SessionInfo:
     id: str
     username: str
     role: str = "user"  # "user" or "gateway"
+    node: str = ""      # "" = this node; else the cluster node whose socket it is
 
 
 @dataclass(slots=True)
 class Gateway:
-    """A connected bridge worker and the calls it carries."""
+    """A connected bridge worker and the calls it carries (the calls of this node's core)."""
 
     session: str
     name: str
     capacity: int
     calls: set[str] = field(default_factory=set)
+    node: str = ""      # "" = connected to this node
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCall:
+    """A user is in a call another node owns (the cluster's view: busy, and in_call presence)."""
+
+    call_id: str
+    owner: str
+    connected: bool = False
 
 
 class CallTimer(Enum):
@@ -248,6 +291,13 @@ class CallEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class CallChanged:
+    """`call` was created, rang or was answered here: a cluster shell stores its `snapshot`."""
+
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """A log line for people: `text` about call `call_id` (None: not about one call)."""
 
@@ -259,7 +309,7 @@ class Log:
         return f"[call {self.call_id}] {self.text}" if self.call_id else self.text
 
 
-Command = Send | Close | WriteCallRecord | StoreReport | CallEnded | Log
+Command = Send | Close | WriteCallRecord | StoreReport | CallEnded | CallChanged | Log
 
 
 # --- the core ----------------------------------------------------------------------------------
@@ -282,6 +332,8 @@ class HubCore:
         self.user_call: dict[str, Call] = {}                 # username -> the live call they are in
         self.recent: OrderedDict[str, None] = OrderedDict()
         self.presence_sent: dict[str, str] = {}              # last presence pushed per user
+        self.remote_calls: dict[str, RemoteCall] = {}        # username -> a call another node owns
+        self.reserved: dict[str, str] = {}                   # call id -> gateway session picked for it
         self.closing = False
         self._timers: list[tuple[float, int, str]] = []      # (deadline, seq, call id), lazily pruned
         self._seq = itertools.count(1)
@@ -333,18 +385,40 @@ class HubCore:
         self._log(INFO, f"gateway {name} connected (capacity {capacity})")
         return self._take()
 
-    def detach(self, session: str, *, now: float, wall: float) -> list[Command]:
-        """The session's socket ended: end its calls (connection_lost), update presence."""
+    def attach_remote(self, session: str, username: str, node: str) -> list[Command]:
+        """A user's socket on another node (the cluster's directory): it counts for presence,
+        busy and the session limit, and rings for calls this node owns. No hello is sent."""
+        self._out = []
+        if session in self.sessions:
+            return self._take()
+        self.sessions[session] = SessionInfo(session, username, "user", node)
+        self.user_sessions.setdefault(username, set()).add(session)
+        self._presence_changed(username)
+        return self._take()
+
+    def attach_remote_gateway(self, session: str, name: str, capacity: int, node: str) -> list[Command]:
+        """A bridge worker connected to another node; calls this node owns may be routed to it."""
+        self._out = []
+        if session not in self.sessions:
+            self.sessions[session] = SessionInfo(session, f"gateway:{name}", "gateway", node)
+            self.gateways[session] = Gateway(session, name, capacity, node=node)
+        return self._take()
+
+    def detach(self, session: str, *, now: float, wall: float, reason: EndReason | None = None) -> list[Command]:
+        """The session's socket ended: end its calls (connection_lost, or `reason`: peer_lost
+        when its node died), update presence. Works for this node's and other nodes' sessions."""
         self._begin(now, wall)
         info = self.sessions.pop(session, None)
         if info is None:
             return self._take()
         if session in self.gateways:
             gw = self.gateways[session]
-            self._log(WARNING, f"gateway {gw.name} disconnected with {len(gw.calls)} calls")
+            if not gw.node or gw.calls:
+                where = f" on node {gw.node}" if gw.node else ""
+                self._log(WARNING, f"gateway {gw.name}{where} disconnected with {len(gw.calls)} calls")
             self.group_calls.detach(session, gateway=True)
             del self.gateways[session]
-            self._end_session_calls(session, gw.name)
+            self._end_session_calls(session, gw.name, reason)
             return self._take()
         have = self.user_sessions.get(info.username)
         if have is not None:
@@ -352,8 +426,70 @@ class HubCore:
             if not have:
                 del self.user_sessions[info.username]
         self.group_calls.detach(session, gateway=False)
-        self._end_session_calls(session, info.username)
+        self._end_session_calls(session, info.username, reason)
         self._presence_changed(info.username)
+        return self._take()
+
+    def note_call(self, users: Iterable[str], call_id: str, owner: str, connected: bool) -> list[Command]:
+        """Users are in call `call_id`, which node `owner` owns (busy here too; in_call once
+        connected). Presence goes to this node's watchers."""
+        self._out = []
+        for user in users:
+            if call_id in self.calls:
+                continue
+            self.remote_calls[user] = RemoteCall(call_id, owner, connected)
+            self._presence_changed(user)
+        return self._take()
+
+    def clear_call(self, users: Iterable[str], call_id: str) -> list[Command]:
+        """Another node's call `call_id` has ended: its users are free again."""
+        self._out = []
+        for user in users:
+            rc = self.remote_calls.get(user)
+            if rc is not None and rc.call_id == call_id:
+                del self.remote_calls[user]
+                self._presence_changed(user)
+        return self._take()
+
+    def remote_calls_of(self, owner: str) -> dict[str, RemoteCall]:
+        """User -> call for the calls node `owner` owns (as this node sees them)."""
+        return {u: rc for u, rc in self.remote_calls.items() if rc.owner == owner}
+
+    def reserve_gateway(self, call_id: str, gateway_session: str) -> None:
+        """The cluster reserved capacity on this gateway for the phone call `call_id` (the next
+        invite with that id goes there instead of to `pick_gateway()`)."""
+        self.reserved[call_id] = gateway_session
+
+    def adopt(self, snap: dict[str, Any], *, now: float, wall: float,
+              reason: EndReason = EndReason.PEER_LOST) -> list[Command]:
+        """Take over a call whose owner node died (the cluster wrote this node as its owner) and
+        end it with `reason`: every party still connected anywhere is told, and the call record
+        is written here."""
+        self._begin(now, wall)
+        if snap["id"] in self.calls or snap["id"] in self.recent:  # live or ended here already
+            return self._take()
+        call = from_snapshot(snap)
+        self.calls[call.id] = call
+        users = {"phone_out": (call.caller,), "phone_in": (call.callee,)}.get(call.kind, (call.caller, call.callee))
+        for user in users:
+            rc = self.remote_calls.get(user)
+            if rc is not None and rc.call_id == call.id:
+                del self.remote_calls[user]
+            self.user_call.setdefault(user, call)
+        self._log(WARNING, "its node died: taken over here", call)
+        self._end(call, CallEvent.CONNECTION_LOST, reason=reason)
+        return self._take()
+
+    def drop_call(self, call_id: str, *, now: float, wall: float,
+                  reason: EndReason = EndReason.PEER_LOST) -> list[Command]:
+        """Another node took this call over while this one was cut off (it has told the parties
+        and written the record): end it here for this node's sessions only, without a record."""
+        self._begin(now, wall)
+        call = self.calls.get(call_id)
+        if call is None:
+            return self._take()
+        local = {s for s in call.parties() if s in self.sessions and not self.sessions[s].node}
+        self._end(call, CallEvent.CONNECTION_LOST, reason=reason, _to=local, _record=False)
         return self._take()
 
     def handle(self, session: str, msg: Any, *, now: float, wall: float) -> list[Command]:
@@ -439,7 +575,17 @@ class HubCore:
         call = self.user_call.get(username)
         if call is not None and call.state is CallState.CONNECTED:
             return "in_call"
+        if call is None and (rc := self.remote_calls.get(username)) is not None and rc.connected:
+            return "in_call"
         return "in_call" if self.group_calls.in_call(username) else "online"
+
+    def busy(self, username: str) -> bool:
+        """In a call: here, in a group call, or (a cluster) in a call another node owns."""
+        return username in self.user_call or username in self.remote_calls or self.group_calls.busy(username)
+
+    def local_sessions(self, username: str) -> list[str]:
+        """The ids of `username`'s sessions on this node."""
+        return sorted(s for s in self.user_sessions.get(username, ()) if not self.sessions[s].node)
 
     def pick_gateway(self) -> Gateway | None:
         """The gateway with the fewest calls among those with free capacity."""
@@ -465,6 +611,9 @@ class HubCore:
     def _send_to_user(self, username: str, msg: dict[str, Any]) -> None:
         self._send_all(self.user_sessions.get(username, ()), msg)
 
+    def _send_to_local_user(self, username: str, msg: dict[str, Any]) -> None:
+        self._send_all(self.local_sessions(username), msg)
+
     def _log(self, level: int, text: str, call: Call | None = None) -> None:
         self._out.append(Log(level, text, call.id if call is not None else None))
 
@@ -485,7 +634,7 @@ class HubCore:
             self.presence_sent[username] = now
         msg = self._presence_msg(username, now)
         for watcher in self.directory.watchers(username):
-            self._send_to_user(watcher, msg)
+            self._send_to_local_user(watcher, msg)  # every node pushes to its own sessions
 
     def _arm(self, call: Call, kind: CallTimer, after_s: float) -> None:
         seq = next(self._seq)
@@ -497,14 +646,14 @@ class HubCore:
         call.timer = call.deadline = None
 
     # --- sessions going away --------------------------------------------------------------------
-    def _end_session_calls(self, session: str, username: str) -> None:
+    def _end_session_calls(self, session: str, username: str, reason: EndReason | None = None) -> None:
         for call in list(self.calls.values()):
             if session == call.caller_session or session == call.answered_session:
-                self._end(call, CallEvent.CONNECTION_LOST, by=username)
+                self._end(call, CallEvent.CONNECTION_LOST, by=username, reason=reason)
             elif session in call.ringing_sessions:
                 call.ringing_sessions.discard(session)
                 if not call.ringing_sessions and call.answered_session is None:
-                    self._end(call, CallEvent.CONNECTION_LOST, by=username)
+                    self._end(call, CallEvent.CONNECTION_LOST, by=username, reason=reason)
 
     # --- authorisation --------------------------------------------------------------------------
     def _call_for(self, session: SessionInfo, call_id: str) -> Call:
@@ -537,7 +686,7 @@ class HubCore:
             self._inbound_phone_call(session, msg)
             return
         caller = session.username
-        if caller in self.user_call or self.group_calls.busy(caller):
+        if self.busy(caller):
             raise SignallingError(ErrorCode.ALREADY_IN_CALL, "hang up your current call first", call_id=msg.call_id)
         if is_phone_target(msg.to):
             self._outbound_phone_call(session, msg)
@@ -561,7 +710,7 @@ class HubCore:
         if not call.phone and self.directory.is_blocked(callee, caller):  # told only "not available"
             self._end(call, CallEvent.UNAVAILABLE)
             return
-        if callee in self.user_call or self.group_calls.busy(callee):
+        if self.busy(callee):
             self._end(call, CallEvent.BUSY)
             return
         targets = self.user_sessions.get(callee)
@@ -575,6 +724,7 @@ class HubCore:
             offer["display_name"] = self.directory.display_name(caller)
         self._send_all(call.ringing_sessions, offer)
         self._arm(call, CallTimer.RING, self.cfg.ring_timeout_s)
+        self._out.append(CallChanged(call))
 
     def _inbound_phone_call(self, session: SessionInfo, msg: m.Invite) -> None:
         """A gateway rings a user for a call from a phone number."""
@@ -633,7 +783,7 @@ class HubCore:
         if not self._authorise(call, e164):
             return
         if call.conference is None:
-            gw = self.pick_gateway()
+            gw = self._gateway_for(call)
         else:
             gw = gateway if gateway is not None and len(gateway.calls) < gateway.capacity else None
         if gw is None:  # the call record's settlement releases the hold (nothing was answered)
@@ -651,6 +801,8 @@ class HubCore:
             del invite["sdp"]
             invite["conference"] = call.conference
         self._send(gw.session, invite)
+        if call.conference is None:
+            self._out.append(CallChanged(call))
 
     def _on_ringing(self, session: SessionInfo, msg: m.Ringing) -> None:
         call = self._call_for(session, msg.call_id)
@@ -671,6 +823,7 @@ class HubCore:
         if not call.rang:
             call.rang = True
             self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "ringing"})
+            self._out.append(CallChanged(call))
         if call.conference is not None:
             self.group_calls.phone_changed(call)
 
@@ -696,6 +849,7 @@ class HubCore:
         for s in (call.caller_session, session.id):
             self._send(s, {"type": "call_state", "call_id": call.id, "state": "connected"})
         self._log(INFO, "connected", call)
+        self._out.append(CallChanged(call))
         for user in (call.caller, call.callee):
             if user in self.user_call:
                 self._presence_changed(user)
@@ -707,7 +861,7 @@ class HubCore:
         if session.role == "gateway":
             event = GATEWAY_EVENTS.get(msg.reason, CallEvent.FAIL)
             self._require_callee(call, session, event, "decline")
-            extra = {"detail": msg.detail} if msg.detail else {}
+            extra: dict[str, Any] = {"detail": msg.detail} if msg.detail else {}
             self._end(call, event, reason=msg.reason, sip_code=msg.sip_code, q850_cause=msg.q850_cause, **extra)
             return
         if msg.reason not in USER_DECLINE_REASONS:
@@ -830,8 +984,16 @@ class HubCore:
         self._arm_credit(call)
 
     # --- ending ---------------------------------------------------------------------------------
+    def _gateway_for(self, call: Call) -> Gateway | None:
+        """The gateway the cluster reserved for this call, else the least loaded one here."""
+        reserved = self.reserved.pop(call.id, None)
+        if reserved is not None:
+            return self.gateways.get(reserved)
+        return self.pick_gateway()
+
     def _end(self, call: Call, event: CallEvent, by: str | None = None, reason: EndReason | None = None,
-             sip_code: int | None = None, q850_cause: int | None = None, **extra: Any) -> None:
+             sip_code: int | None = None, q850_cause: int | None = None, _to: set[str] | None = None,
+             _record: bool = True, **extra: Any) -> None:
         """End `call` once: tell every session involved, free both users, record it, push presence."""
         if call.sm.ended:
             return
@@ -847,7 +1009,7 @@ class HubCore:
             call.sip_code, call.q850_cause = sip_code, q850_cause
             msg.update(sip_code=sip_code, q850_cause=q850_cause)
         msg.update(extra)
-        self._send_all(call.parties(), msg)
+        self._send_all(call.parties() if _to is None else _to, msg)
         self.calls.pop(call.id, None)
         self.recent[call.id] = None
         while len(self.recent) > self.recent_limit:
@@ -857,15 +1019,20 @@ class HubCore:
                 del self.user_call[user]
         for gw in self.gateways.values():
             gw.calls.discard(call.id)
+        self.reserved.pop(call.id, None)
         self._log(INFO, f"ended: {end_reason}", call)
-        self._out.append(WriteCallRecord(
-            call.id, call.caller, call.callee,
-            "phone" if call.kind == "phone_in" else "user", "phone" if call.kind == "phone_out" else "user",
-            "+".join(call.media), call.created_at, call.answered_at, self._wall, end_reason.value,
-            call.sip_code, call.q850_cause))
+        if _record:
+            self._out.append(self._record(call, end_reason))
         self._out.append(CallEnded(call))
         if call.conference is not None:
             self.group_calls.phone_changed(call)
         for user in (call.caller, call.callee):
             if call.kind == "user" or self.directory.exists(user):
                 self._presence_changed(user)
+
+    def _record(self, call: Call, end_reason: EndReason) -> WriteCallRecord:
+        return (WriteCallRecord(
+            call.id, call.caller, call.callee,
+            "phone" if call.kind == "phone_in" else "user", "phone" if call.kind == "phone_out" else "user",
+            "+".join(call.media), call.created_at, call.answered_at, self._wall, end_reason.value,
+            call.sip_code, call.q850_cause))

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from ..accounts import Accounts, LoginDoors
     from ..billing.service import Billing
     from ..calllog import CallLog
+    from ..cluster.doors import SharedDoors
+    from ..cluster.node import ClusterNode
     from ..config import Config
     from ..db import Database
     from ..groups.service import Groups
@@ -33,6 +35,10 @@ MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
 GROUPS: web.AppKey[Groups] = web.AppKey("groups")
 BILLING: web.AppKey[Billing] = web.AppKey("billing")            # jego_call/billing/web.py
 LOGIN_DOORS: web.AppKey[LoginDoors] = web.AppKey("login_doors")  # rate limits, lockout, hash gate
+# Only in a cluster ([cluster] redis_url): this node's link to the others, and the lockouts and
+# per-source buckets of the login doors kept in the shared state.
+CLUSTER: web.AppKey[ClusterNode] = web.AppKey("cluster")
+SHARED_DOORS: web.AppKey[SharedDoors] = web.AppKey("shared_doors")
 # Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).
 BOUND_URL: web.AppKey[asyncio.Future[str]] = web.AppKey("bound_url")
 # The billing hook for the dial pad: E.164 -> {"per_minute": "0.10", "currency": "CNY"} or None.

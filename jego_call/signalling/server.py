@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import mimetypes
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -33,8 +34,21 @@ from .call_quality import setup_call_quality
 from .health import setup_health
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
-from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, GATEWAY_SECRET, HUB, LOGIN_DOORS
+from .keys import (
+    ACCOUNTS,
+    BOUND_URL,
+    CALL_LOG,
+    CLUSTER,
+    CONFIG,
+    DB,
+    GATEWAY_SECRET,
+    HUB,
+    LOGIN_DOORS,
+    READY_CHECKS,
+    SHARED_DOORS,
+)
 from .people import setup_people
+from .turn import ice_servers_for
 from .ws import websocket_handler
 
 log = logging.getLogger("jego.server")
@@ -64,6 +78,8 @@ async def register(request: web.Request) -> web.Response:
     doors = request.app[LOGIN_DOORS]
     source = request.remote or "?"
     denied = doors.policy.before_register(source, time.monotonic())
+    if denied is None and SHARED_DOORS in request.app:
+        denied = await request.app[SHARED_DOORS].before_register(source, time.time())
     if denied is not None:
         if (more := doors.should_log(f"register {source}", time.monotonic())) is not None:
             log.warning("register from %s refused: %s%s", source, denied.rule, more)
@@ -88,7 +104,10 @@ async def login(request: web.Request) -> web.Response:
     source = request.remote or "?"
     body = await json_body(request)
     key = doors.account_key(body.get("username"))
-    denied = doors.policy.before_login(key, source, time.monotonic())
+    shared = request.app.get(SHARED_DOORS)
+    denied = await shared.before_login(key, source, time.time()) if shared is not None else None
+    if denied is None:
+        denied = doors.policy.before_login(key, source, time.monotonic())
     if denied is not None:
         if (more := doors.should_log(f"{denied.rule} {key if denied.rule.startswith('account') else source}",
                                      time.monotonic())) is not None:
@@ -109,10 +128,14 @@ async def login(request: web.Request) -> web.Response:
         raise
     if not ok or name is None:
         locked = doors.policy.login_failed(key, source, time.monotonic())
+        if shared is not None:
+            locked = max(locked, await shared.login_failed(key, source, time.time()))
         if locked:
             log.warning("account %r locked for %.0f s after failed logins (last from %s)", key, locked, source)
         raise SignallingError(ErrorCode.AUTH_FAILED, "wrong username or password")
     doors.policy.login_ok(key, source, time.monotonic())
+    if shared is not None:
+        await shared.login_ok(key)
     return web.json_response(_token_json(accounts.issue_token(name), accounts))
 
 
@@ -177,8 +200,13 @@ def load_gateway_secret(cfg: Config) -> str:
 
 
 async def client_config(request: web.Request) -> web.Response:
+    """GET /api/config: the ICE servers (with TURN credentials only for a signed-in user)."""
     cfg = request.app[CONFIG]
-    return web.json_response({"ice_servers": list(cfg.ice.servers), "protocol": 1})
+    servers: list[dict[str, Any]] = [dict(s) for s in cfg.ice.servers]
+    if cfg.ice.turn_urls and request.headers.get("Authorization"):
+        servers, _ = ice_servers_for(cfg.ice, authenticated_user(request), time.time())
+    return web.json_response({"ice_servers": servers, "ice_transport_policy": cfg.ice.transport_policy,
+                              "protocol": 1})
 
 
 async def end_reasons(request: web.Request) -> web.Response:
@@ -187,7 +215,12 @@ async def end_reasons(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    """200 {"status": "ok"}; in a cluster 503 {"status": "degraded"} while Redis is unreachable."""
+    node = request.app.get(CLUSTER)
+    if node is None:
+        return web.json_response({"status": "ok", "version": __version__})
+    body = {"status": "ok" if node.healthy else "degraded", "version": __version__, **node.status()}
+    return web.json_response(body, status=200 if node.healthy else 503)
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -205,11 +238,47 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     db.close()
 
 
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """In a cluster: reach the shared state (waiting for it), share the signing keys, and the
+    login doors' limits. Nothing at all without `[cluster] redis_url`."""
+    cfg = app[CONFIG]
+    if not cfg.cluster.redis_url:
+        yield
+        return
+    from ..cluster import open_node
+    from ..cluster.doors import SharedDoors
+
+    node = await open_node(cfg, info={"version": __version__, "pid": os.getpid()})
+    app[CLUSTER] = node
+    accounts = app[ACCOUNTS]
+    accounts.secret = await node.shared_secret("token", accounts.secret)  # a token from any node works on all
+    if not cfg.bridge.secret:
+        app[GATEWAY_SECRET] = (await node.shared_secret("gateway", app[GATEWAY_SECRET].encode())).decode()
+    app[SHARED_DOORS] = SharedDoors(node.state, app[LOGIN_DOORS].policy.limits)
+
+    async def redis_ready() -> str | None:  # GET /readyz: "redis" fails while Redis is unreachable
+        return None if node.healthy else f"unreachable: {node.last_error or 'no answer'}"
+
+    if READY_CHECKS in app:
+        app[READY_CHECKS].append(("redis", redis_ready))
+    log.info("cluster node %s on %s", node.id, _safe_url(cfg.cluster.redis_url))
+    yield
+    await node.stop()
+
+
+def _safe_url(url: str) -> str:
+    from ..cluster.redis_state import safe_url
+
+    return url if url.startswith("memory://") else safe_url(url)
+
+
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     app[BOUND_URL] = asyncio.get_running_loop().create_future()
     app[HUB] = Hub(app[ACCOUNTS], cfg.calls, cfg.signalling.max_sessions_per_user, call_log=app[CALL_LOG],
                    allow_international=cfg.bridge.allow_international)
+    if CLUSTER in app:
+        app[CLUSTER].bind(app[HUB])
     yield
     app[HUB].shutdown()
 
@@ -232,6 +301,7 @@ def create_app(cfg: Config) -> web.Application:
     app[CONFIG] = cfg
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_doors)
+    app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_hub)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", index)

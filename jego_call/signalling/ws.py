@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -19,6 +20,7 @@ from ..errors import ErrorCode, SignallingError
 from . import messages as m
 from .hub import Hub
 from .keys import ACCOUNTS, CONFIG, GATEWAY_SECRET, HUB
+from .turn import ice_servers_for, refresh_after_s
 
 log = logging.getLogger("jego.ws")
 
@@ -54,6 +56,7 @@ class WsSession:
         self.role = "user"
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.writer = asyncio.get_running_loop().create_task(self._drain())
+        self.ice_timer: asyncio.TimerHandle | None = None
 
     def send(self, msg: dict[str, Any]) -> None:
         try:
@@ -86,6 +89,27 @@ class WsSession:
             await asyncio.wait_for(self.writer, 2.0)
         except (TimeoutError, asyncio.CancelledError):
             self.writer.cancel()
+
+
+def _ice(cfg: Config, who: str, session: WsSession) -> dict[str, Any]:
+    """auth_ok's ICE fields for `who` (its own TURN credentials), arming their refresh."""
+    servers, expires = ice_servers_for(cfg.ice, who, time.time())
+    out: dict[str, Any] = {"ice_servers": servers}
+    if cfg.ice.transport_policy != "all":
+        out["ice_transport_policy"] = cfg.ice.transport_policy
+    if expires is not None:
+        out["ice_expires_at"] = expires
+        loop = asyncio.get_running_loop()
+
+        def refresh() -> None:  # fresh credentials at half-life, for as long as the socket lives
+            if session.ws.closed:
+                return
+            fresh, exp = ice_servers_for(cfg.ice, who, time.time())
+            session.send({"type": "ice_servers", "ice_servers": fresh, "ice_expires_at": exp})
+            session.ice_timer = loop.call_later(refresh_after_s(cfg.ice), refresh)
+
+        session.ice_timer = loop.call_later(refresh_after_s(cfg.ice), refresh)
+    return out
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -130,7 +154,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     session.username = username
                     hub.attach(session, username, hello={
                         "type": "auth_ok", "protocol": m.PROTOCOL_VERSION, "username": username,
-                        "session": session.id, "ice_servers": list(cfg.ice.servers),
+                        "session": session.id, **_ice(cfg, username, session),
                     })
                     authed = True
                     timer.cancel()
@@ -143,14 +167,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                     session.username = f"gateway:{msg.name}"
                     hub.attach_gateway(session, msg.name, msg.capacity, hello={
                         "type": "auth_ok", "protocol": m.PROTOCOL_VERSION, "role": "gateway",
-                        "session": session.id, "ice_servers": list(cfg.ice.servers),
+                        "session": session.id, **_ice(cfg, f"gw.{msg.name}", session),
                     })
                     authed = True
                     timer.cancel()
                 elif not authed:
                     raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
                 else:
-                    hub.handle(session, msg)
+                    hub.handle(session, msg, obj, ref)
             except SignallingError as exc:
                 if not authed:
                     session.username = ""
@@ -161,6 +185,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 session.send(SignallingError(ErrorCode.INTERNAL, "internal error").to_wire(ref))
     finally:
         timer.cancel()
+        if session.ice_timer is not None:
+            session.ice_timer.cancel()
         if authed:
             hub.detach(session)
         await session.finish()

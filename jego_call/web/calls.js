@@ -306,7 +306,7 @@ async function getMedia(media) {
 }
 
 function makePeer(call) {
-  const pc = new RTCPeerConnection({ iceServers: iceServers });
+  const pc = new RTCPeerConnection({ iceServers: iceServers, iceTransportPolicy: icePolicy });
   pc.onicecandidate = (ev) => {
     if (call.sent) socket.send({ type: "ice", call_id: call.id, candidate: ev.candidate ? ev.candidate.toJSON() : null });
   };
@@ -341,7 +341,14 @@ function gathered(pc, ms = 1500) {
 }
 
 let iceServers = [];
-socket.on("auth_ok", (msg) => { iceServers = msg.ice_servers || []; updateButtons(); });
+let icePolicy = "all";  // "relay": TURN relay candidates only (auth_ok.ice_transport_policy)
+socket.on("auth_ok", (msg) => {
+  iceServers = msg.ice_servers || [];
+  icePolicy = msg.ice_transport_policy === "relay" ? "relay" : "all";
+  updateButtons();
+});
+// fresh TURN credentials before the old ones expire (docs/signalling.md, TURN credentials)
+socket.on("ice_servers", (msg) => { iceServers = msg.ice_servers || iceServers; });
 
 // ---- placing, answering, ending -------------------------------------------------------------------------
 // Call `target` (a username, or an E.164 number with phone=true). Nothing happens unless signed

@@ -13,6 +13,7 @@ import { socket } from "./socket.js";
 import { $, avatar, closeModal, el, openModal } from "./ui.js";
 
 let iceServers = [];
+let icePolicy = "all";
 let current = null;     // {id, group, media, pc, stream, mesh: Map, muted, videoOn, state, participants, phones}
 let ringing = null;     // the group_call_ring shown in the modal
 
@@ -53,7 +54,7 @@ async function begin(groupId, wantVideo, callId) {
     finish(call, "media_denied");
     return;
   }
-  const pc = new RTCPeerConnection({ iceServers });
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: icePolicy });
   call.pc = pc;
   for (const track of call.stream.getAudioTracks()) pc.addTrack(track, call.stream);
   pc.ontrack = (ev) => { $("group-audio").srcObject = ev.streams[0] || new MediaStream([ev.track]); };
@@ -106,7 +107,7 @@ function finish(call, reason) {
 function meshPeer(call, other) {
   let pc = call.mesh.get(other);
   if (pc) return pc;
-  pc = new RTCPeerConnection({ iceServers });
+  pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: icePolicy });
   call.mesh.set(other, pc);
   const video = call.stream && call.stream.getVideoTracks()[0];
   if (video) pc.addTrack(video, call.stream);
@@ -191,7 +192,11 @@ function render() {
 }
 
 // ---- messages -----------------------------------------------------------------------------------------
-socket.on("auth_ok", (msg) => { iceServers = msg.ice_servers || []; });
+socket.on("auth_ok", (msg) => {
+  iceServers = msg.ice_servers || [];
+  icePolicy = msg.ice_transport_policy === "relay" ? "relay" : "all";
+});
+socket.on("ice_servers", (msg) => { iceServers = msg.ice_servers || iceServers; });
 socket.on("group_call_state", (msg) => {
   const g = groupStore.get(msg.group);
   if (g) {

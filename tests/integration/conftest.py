@@ -4,7 +4,8 @@ with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
 from jego_call.signalling.server import create_app
+from tests.servers import RedisServer, redis_server
 
 from .sigclient import AppClient
 
@@ -23,9 +25,30 @@ class Factory(Protocol):
     async def __call__(self, **sections: dict[str, Any]) -> AppClient: ...
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with `BACKENDS = ["embedded", "redis"]` runs each of its tests that builds
+    servers with `make_client` once per backend: "redis" makes every server a cluster node on a
+    real redis-server (tests/servers.py; one per session, a key prefix per server)."""
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends and "make_client" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
 @pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "embedded"))
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as r:
+        yield r
+
+
+@pytest.fixture
+async def make_client(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     clients: list[AppClient] = []
+    redis: RedisServer | None = request.getfixturevalue("session_redis") if backend == "redis" else None
 
     async def factory(**sections: dict[str, Any]) -> AppClient:
         overrides: dict[str, dict[str, Any]] = {
@@ -33,6 +56,9 @@ async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
             "calls": {"ring_timeout_s": 2.0},
             "signalling": {"heartbeat_s": 1.0, "auth_timeout_s": 2.0},
         }
+        if redis is not None:
+            overrides["cluster"] = {"redis_url": redis.url, "node_id": f"n{len(clients)}",
+                                    "key_prefix": f"t{uuid.uuid4().hex[:12]}"}
         for k, v in sections.items():
             overrides.setdefault(k, {}).update(v)
         cfg = load_config(None, environ={}, overrides=overrides)

@@ -30,6 +30,10 @@ from ..conftest import add_contact as live_add_contact
 from .conftest import Factory
 from .sigclient import AppClient, Ws, add_contact, register
 
+# Every test that builds its server with make_client runs on one process and on a cluster node
+# over a real redis-server (tests/integration/conftest.py).
+BACKENDS = ["embedded", "redis"]
+
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

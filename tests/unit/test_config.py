@@ -82,3 +82,30 @@ def test_bridge_impair_is_off_by_default_and_checked() -> None:
         load_config(None, environ={"JEGO_BRIDGE_IMPAIR": "loss=bogus"})
     with pytest.raises(ConfigError, match="impair"):
         load_config(None, environ={"JEGO_BRIDGE_IMPAIR": "drop=5"})
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"cluster": {"redis_url": "http://127.0.0.1:6379"}}, "cluster.redis_url"),
+    ({"cluster": {"node_id": "no spaces"}}, "cluster.node_id"),
+    ({"cluster": {"key_prefix": ""}}, "cluster.key_prefix"),
+    ({"cluster": {"heartbeat_s": 2.0, "node_ttl_s": 3.0}}, "cluster.node_ttl_s"),
+    ({"cluster": {"op_timeout_s": 0}}, "cluster.op_timeout_s"),
+    ({"ice": {"turn_urls": ["http://turn.example.org"], "turn_secret": "s"}}, "ice.turn_urls[0]"),
+    ({"ice": {"turn_urls": ["turn:turn.example.org:3478"]}}, "ice.turn_secret"),
+    ({"ice": {"turn_ttl_s": 30}}, "ice.turn_ttl_s"),
+    ({"ice": {"transport_policy": "none"}}, "ice.transport_policy"),
+])
+def test_cluster_and_turn_settings_are_checked(overrides: dict[str, dict[str, object]], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={}, overrides=overrides)
+    assert key in str(info.value)
+
+
+def test_cluster_and_turn_settings_from_the_environment() -> None:
+    cfg = load_config(None, environ={"JEGO_CLUSTER_REDIS_URL": "redis://127.0.0.1:6379/0",
+                                     "JEGO_CLUSTER_NODE_ID": "node-2",
+                                     "JEGO_ICE_TURN_URLS": '["turn:127.0.0.1:3478?transport=udp"]',
+                                     "JEGO_ICE_TURN_SECRET": "s3cret", "JEGO_ICE_TRANSPORT_POLICY": "relay"})
+    assert cfg.cluster.redis_url == "redis://127.0.0.1:6379/0" and cfg.cluster.node_id == "node-2"
+    assert cfg.ice.turn_urls == ("turn:127.0.0.1:3478?transport=udp",) and cfg.ice.transport_policy == "relay"
+    assert load_config(None, environ={}).cluster.redis_url == ""  # the embedded default: no cluster

@@ -653,3 +653,126 @@ def test_blocked_caller_is_told_only_not_available_and_names_travel() -> None:
     assert w.inbox("b1", "invite") == w.inbox("b2", "invite") == []       # bob's devices never ring
     invite(w, "a1", to="bob", call_id="call-named")
     assert w.last("b1", "invite")["display_name"] == "王芳" == w.last("b2", "invite")["display_name"]
+
+
+# --- a cluster's view: sessions and calls of other nodes (jego_call/cluster/node.py feeds these) -----
+def cluster_world() -> HubWorld:
+    """This node: alice (a1). Node B: bob's devices rb1, rb2; carol's rc1."""
+    w = HubWorld(contacts={"alice": ["bob"], "bob": ["alice"]})
+    w.attach("a1", "alice")
+    for sid, user in (("rb1", "bob"), ("rb2", "bob"), ("rc1", "carol")):
+        w._take(w.core.attach_remote(sid, user, "B"))
+    w.drain()
+    return w
+
+
+def test_remote_sessions_ring_and_count_for_presence_but_get_no_presence_pushes() -> None:
+    w = HubWorld(contacts={"alice": ["bob"], "bob": ["alice"]})
+    w.attach("a1", "alice")
+    w.drain()
+    w._take(w.core.attach_remote("rb1", "bob", "B"))
+    assert w.core.presence("bob") == "online"
+    assert w.last("a1", "presence") == {"type": "presence", "username": "bob", "presence": "online",
+                                        "display_name": "bob"}
+    w.drain()
+    w._take(w.core.attach_remote("rb1", "bob", "B"))  # the same entry twice (bus + reload): nothing new
+    assert w.commands == []
+    w.attach("a2", "alice")  # node B pushes presence to its own sessions: none is sent to rb1 here
+    assert w.inbox("rb1", "presence") == []
+    invite(w, to="bob")
+    assert {c.session for c in w.commands if isinstance(c, Send) and c.msg["type"] == "invite"} == {"rb1"}
+
+
+def test_first_answer_wins_with_remote_devices() -> None:
+    w = cluster_world()
+    invite(w)
+    assert w.call(CID).ringing_sessions == {"rb1", "rb2"}
+    w.drain()
+    w.msg("rb2", type="accept", call_id=CID, sdp=ANSWER)
+    assert w.last("a1", "accept")["sdp"] == ANSWER
+    assert w.last("rb1", "call_ended")["reason"] == "answered_elsewhere"
+    assert err(lambda: w.msg("rb1", type="accept", call_id=CID, sdp=ANSWER)).code is ErrorCode.NOT_PARTY
+    assert w.call(CID).answered_session == "rb2"
+
+
+def test_a_call_another_node_owns_makes_its_users_busy_here() -> None:
+    w = cluster_world()
+    w._take(w.core.note_call(["bob", "carol"], "remote-1", "B", False))
+    assert w.core.busy("bob") and w.core.presence("bob") == "online"  # ringing there: not yet in_call
+    w._take(w.core.note_call(["bob", "carol"], "remote-1", "B", True))
+    assert w.core.presence("bob") == "in_call"
+    assert w.last("a1", "presence")["presence"] == "in_call"
+    invite(w)
+    assert w.last("a1", "call_ended")["reason"] == "busy"
+    assert w.inbox("rb1", "invite") == []
+    w.drain()
+    w._take(w.core.clear_call(["bob"], "another-call"))  # not the call bob is in: nothing changes
+    assert w.core.busy("bob")
+    w._take(w.core.clear_call(["bob", "carol"], "remote-1"))
+    assert not w.core.busy("bob") and w.core.presence("bob") == "online"
+    assert w.core.remote_calls_of("B") == {}
+    invite(w, call_id=CID2)
+    assert w.inbox("rb1", "invite")
+
+
+def test_a_caller_busy_on_another_node_cannot_start_a_call() -> None:
+    w = cluster_world()
+    w._take(w.core.note_call(["alice"], "remote-1", "B", True))
+    assert err(lambda: invite(w, to="bob")).code is ErrorCode.ALREADY_IN_CALL
+    assert w.core.calls == {}
+
+
+def test_a_dead_nodes_sessions_end_their_calls_with_peer_lost() -> None:
+    w = cluster_world()
+    connected(w, by="rb1")
+    w.drain()
+    for sid in ("rb1", "rb2", "rc1"):
+        w._take(w.core.detach(sid, now=w.now, wall=w.wall, reason=EndReason.PEER_LOST))
+    end = w.last("a1", "call_ended")
+    assert end["reason"] == "peer_lost" and end["call_id"] == CID
+    assert [r.outcome for r in w.records()] == ["peer_lost"]
+    assert w.core.presence("bob") == "offline" and not w.core.busy("alice")
+
+
+def test_adopt_ends_a_call_of_a_dead_owner_once_with_one_record() -> None:
+    w = cluster_world()
+    snap = {"id": "remote-1", "caller": "carol", "callee": "alice", "media": ["audio"], "caller_session": "rc1",
+            "created_at": WALL0, "state": "connected", "ringing": [], "answered": "a1",
+            "answered_at": WALL0 + 1, "rang": True, "kind": "user", "early_sdp_sent": False}
+    w._take(w.core.note_call(["carol", "alice"], "remote-1", "B", True))
+    w.drain()
+    w._take(w.core.adopt(snap, now=w.now, wall=w.wall))
+    assert w.last("a1", "call_ended") == {"type": "call_ended", "call_id": "remote-1", "reason": "peer_lost"}
+    assert w.inbox("rc1", "call_ended")  # still attached here: told as well (the shell relays it)
+    (rec,) = w.records()
+    assert rec.call_id == "remote-1" and rec.outcome == "peer_lost" and rec.answered_at == WALL0 + 1
+    assert not w.core.busy("alice") and not w.core.busy("carol") and w.core.calls == {}
+    w.drain()
+    w._take(w.core.adopt(snap, now=w.now, wall=w.wall))  # ended here already: nothing twice
+    assert w.records() == [] and w.inbox("a1") == []
+
+
+def test_drop_call_tells_only_this_nodes_sessions_and_writes_no_record() -> None:
+    w = cluster_world()
+    connected(w, by="rb1")
+    w.drain()
+    w._take(w.core.drop_call(CID, now=w.now, wall=w.wall))
+    assert w.last("a1", "call_ended")["reason"] == "peer_lost"
+    assert w.inbox("rb1", "call_ended") == [] and w.records() == []
+    assert w.core.calls == {} and not w.core.busy("alice")
+
+
+def test_reserved_gateway_on_another_node_takes_the_phone_call() -> None:
+    w = cluster_world()
+    w.gateway("gw-here", "here", 4)
+    w._take(w.core.attach_remote_gateway("gw-b", "there", 1, "B"))
+    w.drain()
+    w.core.reserve_gateway(CID, "gw-b")  # the cluster's claim picked B's worker (most free capacity)
+    invite(w, to=MOBILE)
+    assert w.inbox("gw-b", "invite") and w.inbox("gw-here", "invite") == []
+    assert w.core.reserved == {}
+    w.core.reserve_gateway(CID2, "")     # the claim found no free capacity anywhere
+    w.msg("a1", type="hangup", call_id=CID)
+    w.drain()
+    invite(w, to=MOBILE, call_id=CID2)
+    assert w.last("a1", "call_ended")["reason"] == "unreachable"
