@@ -1,8 +1,9 @@
-"""Call records: one row per call in SQLite, written when the call ends.
+"""Call records: one row per call in the database (SQLite or PostgreSQL), written when the call ends.
 
-The hub calls `CallLog.record(...)` from its end-of-call path; a gateway's `call_report`
-(codec, packet counters) updates the row with `report(...)`, even after the end.
-`history(user)` serves GET /api/calls; `all()` serves `jego cdr`.
+The hub awaits `CallLog.record(...)` after its end-of-call path (its writer task, in order); a
+gateway's `call_report` (codec, packet counters) updates the row with `report(...)`, even after
+the end. `record(rec, tx)` writes inside a caller's transaction (billing settles a call and
+writes its record in one). `history(user)` serves GET /api/calls; `all()` serves `jego cdr`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .db import Database
+from .db import Database, Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,22 +38,28 @@ class CallLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def record(self, rec: CallRecord) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO calls(call_id, caller, callee, caller_kind, callee_kind, media, started_at,"
-            " answered_at, ended_at, outcome, sip_code, q850_cause, codec)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    async def record(self, rec: CallRecord, tx: Executor | None = None) -> None:
+        """Store (or replace) the record of `rec.call_id`, in `tx` when given."""
+        await (tx or self.db).execute(
+            "INSERT INTO calls(call_id, caller, callee, caller_kind, callee_kind, media, started_at,"
+            " answered_at, ended_at, outcome, sip_code, q850_cause, codec, app_stats, phone_stats)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT(call_id) DO UPDATE SET"
+            " caller = excluded.caller, callee = excluded.callee, caller_kind = excluded.caller_kind,"
+            " callee_kind = excluded.callee_kind, media = excluded.media, started_at = excluded.started_at,"
+            " answered_at = excluded.answered_at, ended_at = excluded.ended_at, outcome = excluded.outcome,"
+            " sip_code = excluded.sip_code, q850_cause = excluded.q850_cause, codec = excluded.codec,"
+            " app_stats = NULL, phone_stats = NULL",
             (rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
              rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause, rec.codec),
         )
 
-    def report(self, call_id: str, codec: str | None, app: dict[str, int], phone: dict[str, int]) -> bool:
+    async def report(self, call_id: str, codec: str | None, app: dict[str, int], phone: dict[str, int]) -> bool:
         """Attach a gateway's report; False if the call has no record (yet)."""
-        cur = self.db.execute(
+        changed = await self.db.execute(
             "UPDATE calls SET codec = COALESCE(?, codec), app_stats = ?, phone_stats = ? WHERE call_id = ?",
             (codec, json.dumps(app), json.dumps(phone), call_id),
         )
-        return cur.rowcount == 1
+        return changed == 1
 
     @staticmethod
     def _row(row: Any, user: str | None) -> dict[str, Any]:
@@ -72,8 +79,8 @@ class CallLog:
             out["peer_kind"] = row["callee_kind"] if outgoing else row["caller_kind"]
         return out
 
-    def history(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.db.query(
+    async def history(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.db.query(
             "SELECT * FROM calls WHERE caller = ? AND caller_kind = 'user'"
             " UNION ALL SELECT * FROM calls WHERE callee = ? AND callee_kind = 'user' AND caller != callee"
             " ORDER BY started_at DESC LIMIT ?",
@@ -81,7 +88,7 @@ class CallLog:
         )
         return [self._row(r, user) for r in rows]
 
-    def all(self, limit: int = 100, phone_only: bool = False) -> list[dict[str, Any]]:
+    async def all(self, limit: int = 100, phone_only: bool = False) -> list[dict[str, Any]]:
         where = "WHERE caller_kind = 'phone' OR callee_kind = 'phone'" if phone_only else ""
-        rows = self.db.query(f"SELECT * FROM calls {where} ORDER BY started_at DESC LIMIT ?", (limit,))
+        rows = await self.db.query(f"SELECT * FROM calls {where} ORDER BY started_at DESC LIMIT ?", (limit,))
         return [self._row(r, None) for r in rows]

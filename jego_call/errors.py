@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA = "unsupported_media"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL = "internal"
 
 
@@ -84,6 +85,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA: 415,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 
 

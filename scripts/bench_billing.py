@@ -33,7 +33,7 @@ import aiohttp  # noqa: E402
 from jego_call.billing.fraud import FraudConfig  # noqa: E402
 from jego_call.billing.policy import Terms  # noqa: E402
 from jego_call.billing.service import Billing, load_rate_table  # noqa: E402
-from jego_call.db import Database  # noqa: E402
+from jego_call.db import Database, run_sync  # noqa: E402
 from scripts.benchlib import proc_cpu_s, start_server  # noqa: E402
 
 PASSWORD = "correct-horse-9"
@@ -49,22 +49,23 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-billing-"))
     db = Database.open(tmp / "jego.sqlite3")
     names = [f"u{i}" for i in range(users)]
-    with db.transaction() as conn:
-        conn.executemany("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)",
-                         [(n,) for n in names])
+    with db.conn:  # one SQLite transaction
+        db.conn.executemany("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)",
+                            [(n,) for n in names])
     fraud = FraudConfig(max_calls_per_hour=10**6, distinct_destinations_warning=10**6,
                         distinct_destinations_critical=10**6, sequential_warning=10**6, sequential_critical=10**6)
-    b = Billing(db, load_rate_table(), fraud, Terms())
+    # SQLite: Billing's coroutines never wait, run_sync runs each to its end (as the server's loop would)
+    b = run_sync(Billing.open(db, load_rate_table(), fraud, Terms()))
     now = time.time() - 86400 * 2
     for n in names:
-        b.top_up(n, 10**7, "bench", now)
+        run_sync(b.top_up(n, 10**7, "bench", now))
     # history: settled calls in the ledger, older than a day (so the caps see few of them)
     for i in range(history):
         n = names[i % users]
         cid = f"h{i}"
-        b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], now)
-        b.answered(cid, now)
-        b.settle(cid, now, now + 61, now + 61)
+        run_sync(b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], now))
+        run_sync(b.answered(cid, now))
+        run_sync(b.settle(cid, now, now + 61, now + 61))
         now += 0.001
     times: dict[str, list[float]] = {"authorise": [], "answered": [], "heartbeat": [], "settle": []}
     t = time.time()
@@ -73,14 +74,14 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
         n = names[i % users]
         cid = f"c{i}"
         t0 = time.perf_counter()
-        a = b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], t)
+        a = run_sync(b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], t))
         t1 = time.perf_counter()
         assert a.ok, a.refusal
-        b.answered(cid, t)
+        run_sync(b.answered(cid, t))
         t2 = time.perf_counter()
-        b.heartbeat([cid], t + 2)
+        run_sync(b.heartbeat([cid], t + 2))
         t3 = time.perf_counter()
-        s = b.settle(cid, t, t + 95, t + 95)
+        s = run_sync(b.settle(cid, t, t + 95, t + 95))
         t4 = time.perf_counter()
         assert s is not None and s.cost > 0
         for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
@@ -91,7 +92,7 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
                            for k, v in times.items()}
     out["cpu_us_per_call"] = round(cpu / calls * 1e6, 1)
     out["users"], out["calls"], out["history"] = users, calls, history
-    db.close()
+    run_sync(db.close())
     return out
 
 

@@ -30,19 +30,19 @@ _RATES: web.AppKey[RateTable] = web.AppKey("billing_rates")
 
 async def credit(request: web.Request) -> web.Response:
     """GET /api/credit: the caller's balance, held and available credit and recent entries."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     if BILLING not in request.app:
         return web.json_response({"enabled": False})
     try:
         limit = min(200, max(1, int(request.query.get("limit", str(request.app[BILLING].history)))))
     except ValueError:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "limit must be an integer") from None
-    return web.json_response({"enabled": True, **request.app[BILLING].view(user, limit)})
+    return web.json_response({"enabled": True, **await request.app[BILLING].view(user, limit)})
 
 
 async def rate(request: web.Request) -> web.Response:
     """GET /api/rate?number=…: the price of a number before it is dialled, or why it cannot be."""
-    authenticated_user(request)
+    await authenticated_user(request)
     raw = request.query.get("number", "")
     cfg = request.app[CONFIG]
     if BILLING not in request.app:
@@ -72,16 +72,16 @@ async def _heartbeats(app: web.Application, billing: Billing, every: float) -> N
         await asyncio.sleep(every)
         try:
             live = list(app[HUB].calls) if HUB in app else []
-            billing.heartbeat(live, time.time())
+            await billing.heartbeat(live, time.time())
         except Exception:  # a locked or full database must not stop the loop
             log.exception("billing heartbeat failed")
 
 
 async def _billing_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    billing = Billing(app[DB], app[_RATES], cfg.fraud, Terms(cfg.billing.warning_s, cfg.billing.max_call_s),
-                      history=cfg.billing.history)
-    recovered = billing.recover(time.time())
+    billing = await Billing.open(app[DB], app[_RATES], cfg.fraud, Terms(cfg.billing.warning_s, cfg.billing.max_call_s),
+                                 history=cfg.billing.history)
+    recovered = await billing.recover(time.time())
     if recovered:
         log.warning("settled %d call(s) left open by a crash: %s", len(recovered),
                     ", ".join(f"{s.call_id} {s.billed_s} s" for s in recovered))

@@ -2,18 +2,18 @@
 
 Call `MessageStore(db)`; `send()` stores a message durably (one committed transaction) and
 returns it with `duplicate=True` for a retried `client_id`; `mark()` moves messages to
-delivered/read; `after()`, `undelivered()` and `page()` read them back. All methods run on the
-event-loop thread (the Database's one connection) and are synchronous.
+delivered/read; `after()`, `undelivered()` and `page()` read them back. Every method is a
+coroutine on `Database` (SQLite or PostgreSQL, the same SQL); several nodes may write to one
+conversation at once (see `send`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..db import Database
+from ..db import Database, Row, UniqueViolation
 from ..errors import ErrorCode, SignallingError
 
 KINDS = ("text", "photo", "voice", "file")
@@ -91,7 +91,7 @@ class Message:
         return out
 
 
-def _message(row: sqlite3.Row) -> Message:
+def _message(row: Row) -> Message:
     media = None
     if row["media_id"] is not None:
         media = {
@@ -103,7 +103,7 @@ def _message(row: sqlite3.Row) -> Message:
                    row["kind"], row["body"], media, row["created_at"], row["delivered_at"], row["read_at"])
 
 
-def _media(row: sqlite3.Row) -> Media:
+def _media(row: Row) -> Media:
     return Media(row["id"], row["owner"], row["kind"], row["mime"], row["size"], row["sha256"], row["filename"],
                  row["width"], row["height"], row["duration_s"], row["thumb_sha256"], row["created_at"])
 
@@ -119,54 +119,64 @@ class MessageStore:
         self.db = db
 
     # -- conversations --------------------------------------------------------------------
-    def conversation_id(self, a: str, b: str) -> int | None:
-        row = self.db.query_one("SELECT id FROM conversations WHERE user_a = ? AND user_b = ?", pair(a, b))
+    async def conversation_id(self, a: str, b: str) -> int | None:
+        row = await self.db.query_one("SELECT id FROM conversations WHERE user_a = ? AND user_b = ?", pair(a, b))
         return None if row is None else int(row["id"])
 
     # -- sending --------------------------------------------------------------------------
-    def by_client_id(self, sender: str, client_id: str) -> Message | None:
-        row = self.db.query_one(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.sender = ? AND m.client_id = ?",
-                                (sender, client_id))
+    async def by_client_id(self, sender: str, client_id: str) -> Message | None:
+        row = await self.db.query_one(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.sender = ? AND m.client_id = ?",
+                                      (sender, client_id))
         return None if row is None else _message(row)
 
-    def send(self, sender: str, recipient: str, client_id: str, kind: str, text: str | None,
-             media_id: str | None, now: float | None = None) -> tuple[Message, bool]:
+    async def send(self, sender: str, recipient: str, client_id: str, kind: str, text: str | None,
+                   media_id: str | None, now: float | None = None) -> tuple[Message, bool]:
         """Store one message and commit; returns (message, duplicate).
 
         A `client_id` the sender already used returns the stored message and True, whatever
-        else this call carries. The caller has checked contacts, text and media ownership.
+        else this call carries, also when the first try is committed by another node while this
+        one runs (UNIQUE(sender, client_id) decides). The caller has checked contacts, text and
+        media ownership. The conversation's row is updated first: its row lock orders concurrent
+        senders (on every node), so seq numbers are gap-free in commit order.
         """
-        old = self.by_client_id(sender, client_id)
+        old = await self.by_client_id(sender, client_id)
         if old is not None:
             return old, True
         now = time.time() if now is None else now
         a, b = pair(sender, recipient)
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "INSERT INTO conversations(user_a, user_b, last_seq, created_at, updated_at) VALUES (?, ?, 1, ?, ?) "
-                "ON CONFLICT(user_a, user_b) DO UPDATE SET last_seq = last_seq + 1, updated_at = excluded.updated_at "
-                "RETURNING id, last_seq", (a, b, now, now)).fetchone()
-            conv_id, seq = int(row[0]), int(row[1])
-            conn.execute(
-                "INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, media_id, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conv_id, seq, sender, recipient, client_id, kind, text, media_id, now))
-        media = self.media(media_id) if media_id is not None else None
+        try:
+            async with self.db.transaction() as tx:
+                row = await tx.query_one(
+                    "INSERT INTO conversations(user_a, user_b, last_seq, created_at, updated_at) VALUES (?, ?, 1, ?, ?) "
+                    "ON CONFLICT(user_a, user_b) DO UPDATE SET last_seq = conversations.last_seq + 1, "
+                    "updated_at = excluded.updated_at RETURNING id, last_seq", (a, b, now, now))
+                assert row is not None
+                conv_id, seq = int(row[0]), int(row[1])
+                await tx.execute(
+                    "INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, media_id, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (conv_id, seq, sender, recipient, client_id, kind, text, media_id, now))
+        except UniqueViolation:  # the same client_id, committed meanwhile (a retry on another node)
+            old = await self.by_client_id(sender, client_id)
+            if old is None:
+                raise
+            return old, True
+        media = await self.media(media_id) if media_id is not None else None
         return Message(conv_id, seq, sender, recipient, client_id, kind, text,
                        media.to_wire() if media is not None else None, now, None, None), False
 
-    def get(self, conversation_id: int, seq: int) -> Message | None:
-        row = self.db.query_one(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq = ?",
-                                (conversation_id, seq))
+    async def get(self, conversation_id: int, seq: int) -> Message | None:
+        row = await self.db.query_one(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq = ?",
+                                      (conversation_id, seq))
         return None if row is None else _message(row)
 
     # -- receipts -------------------------------------------------------------------------
-    def mark(self, user: str, peer: str, up_to_seq: int, state: str, now: float | None = None) -> int | None:
+    async def mark(self, user: str, peer: str, up_to_seq: int, state: str, now: float | None = None) -> int | None:
         """`user` has received (state "delivered") or read ("read") `peer`'s messages up to `up_to_seq`.
 
         Returns the new cumulative watermark to tell `peer` about, or None if nothing changed.
         """
-        conv = self.conversation_id(user, peer)
+        conv = await self.conversation_id(user, peer)
         if conv is None:
             return None
         now = time.time() if now is None else now
@@ -178,56 +188,56 @@ class MessageStore:
             sql = ("UPDATE messages SET delivered_at = ? "
                    "WHERE conversation_id = ? AND recipient = ? AND seq <= ? AND delivered_at IS NULL")
             params = (now, conv, user, up_to_seq)
-        with self.db.transaction() as conn:
-            changed = conn.execute(sql, params).rowcount
+        async with self.db.transaction() as tx:
+            changed = await tx.execute(sql, params)
         if not changed:
             return None
-        return self.watermarks(peer, user)[1 if state == "read" else 0]
+        return (await self.watermarks(peer, user))[1 if state == "read" else 0]
 
-    def watermarks(self, sender: str, peer: str) -> tuple[int, int]:
+    async def watermarks(self, sender: str, peer: str) -> tuple[int, int]:
         """(delivered_seq, read_seq): the highest seq of `sender`'s messages to `peer` in each state."""
-        conv = self.conversation_id(sender, peer)
+        conv = await self.conversation_id(sender, peer)
         if conv is None:
             return 0, 0
-        row = self.db.query_one(
+        row = await self.db.query_one(
             "SELECT MAX(CASE WHEN delivered_at IS NOT NULL THEN seq END), MAX(CASE WHEN read_at IS NOT NULL THEN seq END) "
             "FROM messages WHERE conversation_id = ? AND sender = ?", (conv, sender))
         assert row is not None
         return int(row[0] or 0), int(row[1] or 0)
 
     # -- reading --------------------------------------------------------------------------
-    def undelivered(self, user: str, limit: int, exclude: set[int] | None = None) -> list[Message]:
+    async def undelivered(self, user: str, limit: int, exclude: set[int] | None = None) -> list[Message]:
         """Messages to `user` not yet marked delivered, by conversation then seq (skipping `exclude`d ones)."""
         skip = sorted(exclude or ())
         not_in = f"AND m.conversation_id NOT IN ({','.join('?' * len(skip))})" if skip else ""
-        rows = self.db.query(
+        rows = await self.db.query(
             f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.recipient = ? AND m.delivered_at IS NULL {not_in} "
             "ORDER BY m.conversation_id, m.seq LIMIT ?", (user, *skip, limit))
         return [_message(r) for r in rows]
 
-    def after(self, user: str, peer: str, after_seq: int, limit: int) -> list[Message]:
+    async def after(self, user: str, peer: str, after_seq: int, limit: int) -> list[Message]:
         """Messages of the conversation `user`-`peer` (both directions) with seq > after_seq, oldest first."""
-        conv = self.conversation_id(user, peer)
+        conv = await self.conversation_id(user, peer)
         if conv is None:
             return []
-        rows = self.db.query(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq > ? "
-                             "ORDER BY m.seq LIMIT ?", (conv, after_seq, limit))
+        rows = await self.db.query(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq > ? "
+                                   "ORDER BY m.seq LIMIT ?", (conv, after_seq, limit))
         return [_message(r) for r in rows]
 
-    def page(self, user: str, peer: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
+    async def page(self, user: str, peer: str, before_seq: int | None, limit: int) -> tuple[list[Message], bool]:
         """One page of history, oldest first, ending just before `before_seq` (None: the newest)."""
-        conv = self.conversation_id(user, peer)
+        conv = await self.conversation_id(user, peer)
         if conv is None:
             return [], False
         bound = before_seq if before_seq is not None else 1 << 62
-        rows = self.db.query(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq < ? "
-                             "ORDER BY m.seq DESC LIMIT ?", (conv, bound, limit + 1))
+        rows = await self.db.query(f"SELECT {_MSG_COLUMNS} {_MSG_FROM} WHERE m.conversation_id = ? AND m.seq < ? "
+                                   "ORDER BY m.seq DESC LIMIT ?", (conv, bound, limit + 1))
         more = len(rows) > limit
         return [_message(r) for r in reversed(rows[:limit])], more
 
-    def conversations(self, user: str) -> list[dict[str, Any]]:
+    async def conversations(self, user: str) -> list[dict[str, Any]]:
         """Every conversation of `user`, most recent first, with unread counts and the last message."""
-        rows = self.db.query(
+        rows = await self.db.query(
             "SELECT c.id, c.user_a, c.user_b, c.last_seq, c.updated_at, "
             "(SELECT COUNT(*) FROM messages u WHERE u.conversation_id = c.id AND u.recipient = ? "
             " AND u.read_at IS NULL) AS unread "
@@ -236,42 +246,43 @@ class MessageStore:
         out = []
         for r in rows:
             peer = r["user_b"] if r["user_a"] == user else r["user_a"]
-            last = self.get(int(r["id"]), int(r["last_seq"]))
-            delivered, read = self.watermarks(user, peer)
-            out.append({"with": peer, "last_seq": r["last_seq"], "unread": r["unread"],
+            last = await self.get(int(r["id"]), int(r["last_seq"]))
+            delivered, read = await self.watermarks(user, peer)
+            out.append({"with": peer, "last_seq": int(r["last_seq"]), "unread": int(r["unread"]),
                         "delivered_seq": delivered, "read_seq": read,
                         "last_message": last.to_wire() if last else None})
         return out
 
-    def peers(self, user: str) -> list[str]:
-        rows = self.db.query("SELECT user_a, user_b FROM conversations WHERE user_a = ? OR user_b = ?", (user, user))
+    async def peers(self, user: str) -> list[str]:
+        rows = await self.db.query("SELECT user_a, user_b FROM conversations WHERE user_a = ? OR user_b = ?",
+                                   (user, user))
         return [r["user_b"] if r["user_a"] == user else r["user_a"] for r in rows]
 
     # -- media ----------------------------------------------------------------------------
-    def add_media(self, media: Media) -> None:
-        self.db.execute(
+    async def add_media(self, media: Media) -> None:
+        await self.db.execute(
             "INSERT INTO media(id, owner, kind, mime, size, sha256, filename, width, height, duration_s, "
             "thumb_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (media.id, media.owner, media.kind, media.mime, media.size, media.sha256, media.filename,
              media.width, media.height, media.duration_s, media.thumb_sha256, media.created_at))
 
-    def media(self, media_id: str) -> Media | None:
-        row = self.db.query_one("SELECT * FROM media WHERE id = ?", (media_id,))
+    async def media(self, media_id: str) -> Media | None:
+        row = await self.db.query_one("SELECT * FROM media WHERE id = ?", (media_id,))
         return None if row is None else _media(row)
 
-    def can_read_media(self, user: str, media: Media) -> bool:
+    async def can_read_media(self, user: str, media: Media) -> bool:
         """The uploader, and both members of any conversation the media was sent in."""
         if media.owner == user:
             return True
-        return self.db.query_one(
+        return await self.db.query_one(
             "SELECT 1 FROM messages WHERE media_id = ? AND (sender = ? OR recipient = ?) LIMIT 1",
             (media.id, user, user)) is not None
 
-    def require_media(self, user: str, media_id: str) -> Media:
+    async def require_media(self, user: str, media_id: str) -> Media:
         """The media `user` may read; SignallingError not_found / forbidden otherwise."""
-        media = self.media(media_id)
+        media = await self.media(media_id)
         if media is None:
             raise SignallingError(ErrorCode.NOT_FOUND, "no such media")
-        if not self.can_read_media(user, media):
+        if not await self.can_read_media(user, media):
             raise SignallingError(ErrorCode.FORBIDDEN, "only members of the conversation may read this media")
         return media

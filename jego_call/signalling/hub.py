@@ -6,20 +6,25 @@ socket ends. Every decision (who may do what, call states, presence, routing to 
 timeout, maximum duration) is made by the pure `HubCore` (hub_core.py); this shell gives it
 `now` (the loop's monotonic clock) and `wall` (Unix time), carries out the commands it returns
 (`Session.send`, `Session.close`, call records, on_call_ended hooks, log lines) and keeps one
-`loop.call_at` for the core's next deadline. `handle` is synchronous; `Session.send` never
+`loop.call_at` for the core's next deadline. The core's accounts lookups go to a synchronous
+`Directory` (jego_call/directory.py: SQLite reads, or an in-memory cache on PostgreSQL). `handle`
+is synchronous for the call types; a handler another feature registered (messaging) may be a
+coroutine, which `handle` returns for the socket's reader to await. Call records are written
+by one task, in order, after the core said so (`drain()` waits for them). `Session.send` never
 blocks. Errors a client caused come out as SignallingError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..accounts import Accounts
 from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
@@ -32,6 +37,7 @@ from .hub_core import (
     CallEnded,
     Close,
     Command,
+    Directory,
     Gateway,
     HubCore,
     Log,
@@ -62,7 +68,7 @@ class Session(Protocol):
 
 
 CallEndedHook = Callable[[Call], None]
-Handler = Callable[[Session, Any], None]
+Handler = Callable[[Session, Any], Awaitable[None] | None]
 
 
 class Hub:
@@ -72,13 +78,13 @@ class Hub:
     `wall` = `wall_clock()` (Unix seconds, default time.time) for call records.
     """
 
-    def __init__(self, accounts: Accounts, calls_cfg: CallsConfig, max_sessions_per_user: int = 8,
+    def __init__(self, directory: Directory, calls_cfg: CallsConfig, max_sessions_per_user: int = 8,
                  loop: asyncio.AbstractEventLoop | None = None, call_log: CallLog | None = None,
                  allow_international: bool = False, wall_clock: Callable[[], float] = time.time) -> None:
-        self.accounts = accounts
+        self.directory = directory
         self.call_log = call_log
         self.cfg = calls_cfg
-        self.core = HubCore(accounts, calls_cfg, max_sessions_per_user, allow_international)
+        self.core = HubCore(directory, calls_cfg, max_sessions_per_user, allow_international)
         self._loop = loop
         self._wall_clock = wall_clock
         self.sessions: dict[str, set[Session]] = {}   # username -> its live Session objects
@@ -89,6 +95,8 @@ class Hub:
         self.handlers: dict[type, Handler] = {}       # message types of other features (messaging)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._writes: list[tuple[Awaitable[Any], str, str]] = []  # (write, call id, what) in order
+        self._writer: asyncio.Task[None] | None = None
 
     # --- what the rest of the server reads --------------------------------------------------------
     @property
@@ -170,15 +178,16 @@ class Hub:
             if not have:
                 del self.sessions[username]
 
-    def handle(self, session: Session, msg: Any) -> None:
-        """Act on one parsed message from an authenticated session."""
+    def handle(self, session: Session, msg: Any) -> Awaitable[None] | None:
+        """Act on one parsed message from an authenticated session. A registered handler may
+        return a coroutine: await it (the caller's next message waits for it)."""
         handler = self.handlers.get(type(msg))
         if handler is not None:
-            handler(session, msg)
-            return
+            return handler(session, msg)
         if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
             raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
         self._run(self.core.handle(session.id, msg, now=self.loop.time(), wall=self._wall_clock()))
+        return None
 
     def send_to_user(self, username: str, msg: dict[str, Any]) -> int:
         """Send `msg` to every session of `username`; returns how many got it."""
@@ -215,7 +224,8 @@ class Hub:
                 self._record(cmd)
             elif isinstance(cmd, StoreReport):
                 if self.call_log is not None:
-                    self.call_log.report(cmd.call_id, cmd.codec, cmd.app, cmd.phone)
+                    self._write(functools.partial(self.call_log.report, cmd.call_id, cmd.codec, cmd.app, cmd.phone),
+                                cmd.call_id, "could not store the call report")
             elif isinstance(cmd, CallEnded):
                 for hook in self.on_call_ended:
                     try:
@@ -227,12 +237,37 @@ class Hub:
     def _record(self, rec: WriteCallRecord) -> None:
         if self.call_log is None:
             return
+        record = CallRecord(rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
+                            rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause)
+        self._write(functools.partial(self.call_log.record, record), rec.call_id, "could not store the call record")
+
+    def _write(self, start: Callable[[], Any], call_id: str, what: str) -> None:
+        """Start a store write; a coroutine goes to the writer task, behind earlier ones (a
+        report after its record). A failing write (a full disk, the database away) is logged:
+        it never breaks call teardown."""
         try:
-            self.call_log.record(CallRecord(
-                rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
-                rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
-        except Exception:  # a full disk must not break call teardown
-            log.exception("could not store the call record", extra={"call_id": rec.call_id})
+            pending = start()
+        except Exception:
+            log.exception(what, extra={"call_id": call_id})
+            return
+        if not inspect.isawaitable(pending):
+            return
+        self._writes.append((pending, call_id, what))
+        if self._writer is None or self._writer.done():
+            self._writer = self.loop.create_task(self._write_all())
+
+    async def _write_all(self) -> None:
+        while self._writes:
+            pending, call_id, what = self._writes.pop(0)
+            try:
+                await pending
+            except Exception:
+                log.exception(what, extra={"call_id": call_id})
+
+    async def drain(self) -> None:
+        """Wait until every call record and report the core asked for is written (shutdown)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     def _arm(self) -> None:
         """One loop timer, at the core's next deadline (re-armed only when that changes)."""

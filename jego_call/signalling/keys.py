@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..calllog import CallLog
     from ..config import Config
     from ..db import Database
+    from ..directory import LiveDirectory
     from ..messaging.service import Messaging
     from .hub import Hub
 
@@ -25,6 +26,8 @@ CONFIG: web.AppKey[Config] = web.AppKey("config")
 DB: web.AppKey[Database] = web.AppKey("db")
 ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+# The hub core's accounts lookups (jego_call/directory.py); the shells call load/release/ensure.
+DIRECTORY: web.AppKey[LiveDirectory] = web.AppKey("directory")
 CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
 GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")

@@ -18,7 +18,7 @@ from ..config import Config
 from ..errors import ErrorCode, SignallingError
 from . import messages as m
 from .hub import Hub
-from .keys import ACCOUNTS, CONFIG, GATEWAY_SECRET, HUB
+from .keys import ACCOUNTS, CONFIG, DIRECTORY, GATEWAY_SECRET, HUB
 
 log = logging.getLogger("jego.ws")
 
@@ -94,6 +94,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     cfg: Config = request.app[CONFIG]
     hub: Hub = request.app[HUB]
     accounts: Accounts = request.app[ACCOUNTS]
+    directory = request.app[DIRECTORY]
     sc = cfg.signalling
     ws = web.WebSocketResponse(heartbeat=sc.heartbeat_s, max_msg_size=sc.max_frame_bytes)
     await ws.prepare(request)
@@ -101,6 +102,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     session = WsSession(ws, hub.new_session_id())
     bucket = TokenBucket(sc.rate_per_s, sc.rate_burst, loop.time())
     authed = False
+    pinned: str | None = None  # the user whose directory entry this socket keeps loaded
 
     def auth_deadline() -> None:
         if not authed:
@@ -126,7 +128,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif isinstance(msg, m.Auth):
                     if authed:
                         raise SignallingError(ErrorCode.ALREADY_AUTHENTICATED, "this socket is authenticated")
-                    username = accounts.verify_token(msg.token)
+                    username = await accounts.verify_token(msg.token)
+                    await directory.load(username)
+                    pinned = username
                     session.username = username
                     hub.attach(session, username, hello={
                         "type": "auth_ok", "protocol": m.PROTOCOL_VERSION, "username": username,
@@ -150,11 +154,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif not authed:
                     raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
                 else:
-                    hub.handle(session, msg)
+                    if isinstance(msg, m.Invite):  # what the core will ask about the callee
+                        await directory.ensure(msg.to.strip().lower())
+                    pending = hub.handle(session, msg)
+                    if pending is not None:
+                        await pending
             except SignallingError as exc:
                 if not authed:
                     session.username = ""
                     session.role = "user"
+                    if pinned is not None:
+                        directory.release(pinned)
+                        pinned = None
                 session.send(exc.to_wire(ref))
             except Exception:  # a bug must not kill the connection or the server
                 log.exception("session %s: internal error", session.id)
@@ -163,6 +174,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         timer.cancel()
         if authed:
             hub.detach(session)
+        if pinned is not None:
+            directory.release(pinned)
         await session.finish()
     return ws
 

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from jego_call.db import Database
-from jego_call.signalling.keys import DB
+from jego_call.signalling.keys import CONFIG, DB
 
 from ..conftest import LiveServer, http_json, make_user
 from ..conftest import add_contact as live_add_contact
@@ -39,8 +39,7 @@ def cid() -> str:
 
 
 def media_dir(client: TestClient) -> Path:
-    db: Database = client.server.app[DB]
-    return db.path.parent / "media"
+    return client.server.app[CONFIG].media_dir
 
 
 def stored_files(client: TestClient) -> list[Path]:
@@ -48,9 +47,9 @@ def stored_files(client: TestClient) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def media_rows(client: TestClient) -> int:
+async def media_rows(client: TestClient) -> int:
     db: Database = client.server.app[DB]
-    row = db.query_one("SELECT COUNT(*) FROM media")
+    row = await db.query_one("SELECT COUNT(*) FROM media")
     assert row is not None
     return int(row[0])
 
@@ -426,7 +425,7 @@ async def test_lying_png_is_rejected_and_nothing_is_kept(client: TestClient) -> 
     assert status == 400 and err["error"]["code"] == "invalid_message"
     status, err = await upload(client, ta, b"")
     assert status == 400
-    assert stored_files(client) == [] and media_rows(client) == 0
+    assert stored_files(client) == [] and await media_rows(client) == 0
     # the same bytes as a plain file are fine (a .png name means nothing)
     status, ok = await upload(client, ta, truncated, filename="cat.png")
     assert status == 201 and ok["kind"] == "file"
@@ -451,7 +450,7 @@ async def test_upload_size_limits(make_client: Factory) -> None:
             yield os.urandom(10_000)
     res = await client.post("/api/media", data=chunks(), headers=auth(ta))
     assert res.status == 413
-    assert len(stored_files(client)) == 2 and media_rows(client) == 2
+    assert len(stored_files(client)) == 2 and await media_rows(client) == 2
 
 
 async def _cut_off_upload(client: TestClient, token: str, total: int, send_bytes: int, chunked: bool) -> None:
@@ -480,7 +479,7 @@ async def test_upload_cut_off_midway_leaves_nothing(client: TestClient) -> None:
         if not stored_files(client):
             break
         await asyncio.sleep(0.1)
-    assert stored_files(client) == [] and media_rows(client) == 0
+    assert stored_files(client) == [] and await media_rows(client) == 0
     tmp = media_dir(client) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
     status, ok = await upload(client, ta, b"fine afterwards")
