@@ -1,24 +1,71 @@
 """In-process servers for protocol tests: `make_client(**sections)` builds `create_app` with config
 overrides on a temp data dir and returns an aiohttp TestClient on 127.0.0.1; `client` is one
-with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout)."""
+with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout).
+
+The storage engine is the `backend` fixture: SQLite (the default) unless a module says
+`pytestmark = pytest.mark.backends("sqlite", "postgres")`, which runs each of its tests that
+use `make_client`/`client` once per engine: one real PostgreSQL server per module (tests/servers.py),
+a fresh database per client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
 from jego_call.signalling.server import create_app
+from tests.servers import PostgresServer, postgres_server
 
 Factory = Callable[..., Any]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args, indirect=True, scope="module")
+
+
+@dataclass
+class Backend:
+    """The storage engine of a module's tests: "sqlite", or "postgres" on `pg` (one server)."""
+
+    name: str
+    pg: PostgresServer | None = None
+    _n: Iterator[int] = field(default_factory=itertools.count)
+
+    async def new_database(self) -> str:
+        """The URL of a new, empty database on the server ("" on SQLite: DATA/jego.sqlite3)."""
+        if self.pg is None:
+            return ""
+        name = f"t{next(self._n)}"
+        conn = await asyncpg.connect(self.pg.url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    name = getattr(request, "param", "sqlite")
+    if name == "sqlite":
+        yield Backend("sqlite")
+        return
+    assert name == "postgres", name
+    with postgres_server(tmp_path_factory.mktemp("pg")) as pg:
+        yield Backend("postgres", pg)
+
+
 @pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
+async def make_client(tmp_path: Path, backend: Backend) -> AsyncIterator[Factory]:
     clients: list[TestClient] = []
 
     async def factory(**sections: dict[str, Any]) -> TestClient:
@@ -26,6 +73,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[Factory]:
             "data": {"dir": str(tmp_path / f"d{len(clients)}")},
             "calls": {"ring_timeout_s": 2.0},
             "signalling": {"heartbeat_s": 1.0, "auth_timeout_s": 2.0},
+            "db": {"url": await backend.new_database()},
         }
         for k, v in sections.items():
             overrides.setdefault(k, {}).update(v)

@@ -40,15 +40,15 @@ async def test_credit_endpoint(client: TestClient) -> None:
     assert (body["balance"], body["currency"], body["minor_units"], body["entries"], body["suspended"]) == (
         0, "CNY", 2, [], None)
     billing = client.server.app[BILLING]
-    billing.top_up("alice", 1250, "card 4711")
+    await billing.top_up("alice", 1250, "card 4711")
     now = time.time()
-    a = billing.authorise("api-call-1", "alice", "+8613800138000", now)
+    a = await billing.authorise("api-call-1", "alice", "+8613800138000", now)
     assert a.ok
-    billing.answered("api-call-1", now)
+    await billing.answered("api-call-1", now)
     _, held = await get(client, "/api/credit", token)
     assert (held["balance"], held["held"], held["available"], held["open_calls"]) == (1250, 1245, 5, 1)
     assert held["calls_in_progress"][0]["destination"] == "+8613800138000"
-    billing.settle("api-call-1", now, now + 75)
+    await billing.settle("api-call-1", now, now + 75)
     _, body = await get(client, "/api/credit?limit=1", token)
     assert (body["balance"], body["balance_text"], body["held"]) == (1220, "12.20 CNY", 0)
     (entry,) = body["entries"]

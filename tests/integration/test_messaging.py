@@ -29,6 +29,9 @@ from ..conftest import add_contact as live_add_contact
 from .conftest import Factory
 from .sigclient import Ws, add_contact, register
 
+# Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

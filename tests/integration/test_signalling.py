@@ -15,6 +15,9 @@ from jego_call.signalling.keys import HUB
 from .conftest import Factory
 from .sigclient import FAKE_SDP, PASSWORD, Ws, add_contact, new_call_id, register
 
+# Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 
 async def pair(client: TestClient) -> tuple[Ws, Ws, str, str]:
     ta = await register(client, "alice")
