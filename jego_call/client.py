@@ -195,15 +195,49 @@ class JegoClient:
         path = f"/api/conversations/{quote(with_user, safe='')}/messages" + (f"?{query}" if query else "")
         return dict(await self.request("GET", path))
 
+    # --- groups (docs/signalling.md, ## Groups) -----------------------------------------
+    async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
+        """POST /api/groups: the new group (`id`, `name`, `members`...); you are its admin."""
+        return dict(await self.request("POST", "/api/groups", {"name": name, "members": members}))
+
+    async def groups(self) -> list[dict[str, Any]]:
+        return list((await self.request("GET", "/api/groups"))["groups"])
+
+    async def group(self, group_id: str) -> dict[str, Any]:
+        return dict(await self.request("GET", f"/api/groups/{quote(group_id, safe='')}"))
+
+    async def add_members(self, group_id: str, members: list[str]) -> dict[str, Any]:
+        return dict(await self.request("POST", f"/api/groups/{quote(group_id, safe='')}/members",
+                                       {"members": members}))
+
+    async def remove_member(self, group_id: str, username: str) -> None:
+        await self.request("DELETE", f"/api/groups/{quote(group_id, safe='')}/members/{quote(username, safe='')}")
+
+    async def leave_group(self, group_id: str) -> None:
+        await self.request("POST", f"/api/groups/{quote(group_id, safe='')}/leave")
+
+    async def group_messages(self, group_id: str, before_seq: int | None = None,
+                             limit: int | None = None) -> dict[str, Any]:
+        """One page of a group's history, oldest first: {"group", "messages", "has_more"}."""
+        query = "&".join(f"{k}={v}" for k, v in (("before_seq", before_seq), ("limit", limit)) if v is not None)
+        path = f"/api/groups/{quote(group_id, safe='')}/messages" + (f"?{query}" if query else "")
+        return dict(await self.request("GET", path))
+
     async def send_message(self, to: str, text: str | None = None, media_id: str | None = None,
-                           client_id: str | None = None, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+                           client_id: str | None = None, timeout: float | None = None,  # noqa: ASYNC109
+                           group: str | None = None) -> dict[str, Any]:
         """Send one message over the WebSocket and wait for its `message_ack` (the stored message).
 
         Needs `connect()`. Other messages that arrive meanwhile are kept for `recv()`. Raises
-        ApiError with the server's code (not_contact, unknown_user, too_large...).
+        ApiError with the server's code (not_contact, unknown_user, too_large...). With `group`,
+        the message goes to that group (`to` is ignored).
         """
         client_id = client_id or uuid.uuid4().hex
-        msg: dict[str, Any] = {"type": "send_message", "id": client_id, "client_id": client_id, "to": to}
+        msg: dict[str, Any] = {"type": "send_message", "id": client_id, "client_id": client_id}
+        if group is not None:
+            msg["group"] = group
+        else:
+            msg["to"] = to
         if text is not None:
             msg["text"] = text
         if media_id is not None:

@@ -77,6 +77,8 @@ class CallsConfig:
     ring_timeout_s: float = 45.0
     max_call_s: float = 14400.0
     default_region: str = "CN"
+    group_max_participants: int = 8   # a group call's app participants and phones together
+    group_max_video: int = 4          # members in a group call's browser video mesh
 
 
 @dataclass(frozen=True, slots=True)

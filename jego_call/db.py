@@ -221,9 +221,78 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX fraud_events_by_user ON fraud_events(username, at);
     """),
-    # 6: shared secrets (jego_call/accounts.py load_shared_secret). On PostgreSQL every node signs
-    # and checks tokens with the same key, so it is kept here; SQLite keeps DATA/secret.key.
+    # 6: groups (jego_call/messaging/store.py, jego_call/groups/). A conversation is a pair of
+    # users or a group (group_id; user_a/user_b NULL); group messages have recipient NULL and
+    # may be 'system' lines (membership changes, body JSON). Members have one row per period of
+    # membership, seen messages joined_seq..left_seq, with cumulative receipt watermarks.
+    # conversations and messages are rebuilt (SQLite cannot drop NOT NULL/CHECK constraints):
+    # Database.migrate runs migrations with foreign keys off and checks them after each one.
     (6, """
+        CREATE TABLE conversations_v5 (
+            id         INTEGER PRIMARY KEY,
+            user_a     TEXT REFERENCES users(username) ON DELETE CASCADE,
+            user_b     TEXT REFERENCES users(username) ON DELETE CASCADE,
+            group_id   TEXT UNIQUE,
+            last_seq   INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            UNIQUE (user_a, user_b),
+            CHECK ((group_id IS NULL AND user_a IS NOT NULL AND user_b IS NOT NULL AND user_a < user_b)
+                   OR (group_id IS NOT NULL AND user_a IS NULL AND user_b IS NULL))
+        );
+        INSERT INTO conversations_v5(id, user_a, user_b, last_seq, created_at, updated_at)
+            SELECT id, user_a, user_b, last_seq, created_at, updated_at FROM conversations;
+        DROP TABLE conversations;
+        ALTER TABLE conversations_v5 RENAME TO conversations;
+        CREATE INDEX conversations_by_b ON conversations(user_b);
+        CREATE TABLE messages_v5 (
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            seq             INTEGER NOT NULL,
+            sender          TEXT NOT NULL,
+            recipient       TEXT,
+            client_id       TEXT NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN ('text', 'photo', 'voice', 'file', 'system')),
+            body            TEXT,
+            media_id        TEXT REFERENCES media(id),
+            created_at      REAL NOT NULL,
+            delivered_at    REAL,
+            read_at         REAL,
+            PRIMARY KEY (conversation_id, seq),
+            UNIQUE (sender, client_id)
+        );
+        INSERT INTO messages_v5(conversation_id, seq, sender, recipient, client_id, kind, body, media_id,
+                                created_at, delivered_at, read_at)
+            SELECT conversation_id, seq, sender, recipient, client_id, kind, body, media_id, created_at,
+                   delivered_at, read_at FROM messages;
+        DROP TABLE messages;
+        ALTER TABLE messages_v5 RENAME TO messages;
+        CREATE INDEX messages_undelivered ON messages(recipient, conversation_id, seq) WHERE delivered_at IS NULL;
+        CREATE INDEX messages_unread ON messages(recipient, conversation_id) WHERE read_at IS NULL;
+        CREATE INDEX messages_by_media ON messages(media_id) WHERE media_id IS NOT NULL;
+        CREATE TABLE groups (
+            id              TEXT PRIMARY KEY,
+            name            TEXT NOT NULL,
+            created_by      TEXT NOT NULL,
+            created_at      REAL NOT NULL,
+            conversation_id INTEGER NOT NULL UNIQUE REFERENCES conversations(id)
+        );
+        CREATE TABLE group_members (
+            group_id      TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            username      TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            role          TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+            joined_seq    INTEGER NOT NULL,
+            joined_at     REAL NOT NULL,
+            left_seq      INTEGER,
+            delivered_seq INTEGER NOT NULL DEFAULT 0,
+            read_seq      INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (group_id, username, joined_seq)
+        );
+        CREATE UNIQUE INDEX group_members_current ON group_members(group_id, username) WHERE left_seq IS NULL;
+        CREATE INDEX group_members_by_user ON group_members(username, group_id);
+    """),
+    # 7: shared secrets (jego_call/accounts.py load_shared_secret). On PostgreSQL every node signs
+    # and checks tokens with the same key, so it is kept here; SQLite keeps DATA/secret.key.
+    (7, """
         CREATE TABLE secrets (
             name       TEXT PRIMARY KEY,
             value      TEXT NOT NULL,
@@ -234,7 +303,43 @@ MIGRATIONS: list[tuple[int, str]] = [
 
 # PostgreSQL forms of migrations whose SQLite script `_postgres_ddl` cannot translate (e.g. a
 # table rebuild: SQLite cannot drop a constraint, PostgreSQL says ALTER TABLE ... DROP CONSTRAINT).
-POSTGRES_MIGRATIONS: dict[int, str] = {}
+POSTGRES_MIGRATIONS: dict[int, str] = {
+    # 6 (groups): the same end state as SQLite's rebuild, in place. The constraint names are the
+    # ones PostgreSQL gave migration 2's unnamed CHECKs (table_column_check, table_check).
+    6: """
+        ALTER TABLE conversations ALTER COLUMN user_a DROP NOT NULL;
+        ALTER TABLE conversations ALTER COLUMN user_b DROP NOT NULL;
+        ALTER TABLE conversations ADD COLUMN group_id TEXT UNIQUE;
+        ALTER TABLE conversations DROP CONSTRAINT conversations_check;
+        ALTER TABLE conversations ADD CONSTRAINT conversations_check
+            CHECK ((group_id IS NULL AND user_a IS NOT NULL AND user_b IS NOT NULL AND user_a < user_b)
+                   OR (group_id IS NOT NULL AND user_a IS NULL AND user_b IS NULL));
+        ALTER TABLE messages ALTER COLUMN recipient DROP NOT NULL;
+        ALTER TABLE messages DROP CONSTRAINT messages_kind_check;
+        ALTER TABLE messages ADD CONSTRAINT messages_kind_check
+            CHECK (kind IN ('text', 'photo', 'voice', 'file', 'system'));
+        CREATE TABLE groups (
+            id              TEXT PRIMARY KEY,
+            name            TEXT NOT NULL,
+            created_by      TEXT NOT NULL,
+            created_at      REAL NOT NULL,
+            conversation_id INTEGER NOT NULL UNIQUE REFERENCES conversations(id)
+        );
+        CREATE TABLE group_members (
+            group_id      TEXT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            username      TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            role          TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+            joined_seq    INTEGER NOT NULL,
+            joined_at     REAL NOT NULL,
+            left_seq      INTEGER,
+            delivered_seq INTEGER NOT NULL DEFAULT 0,
+            read_seq      INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (group_id, username, joined_seq)
+        );
+        CREATE UNIQUE INDEX group_members_current ON group_members(group_id, username) WHERE left_seq IS NULL;
+        CREATE INDEX group_members_by_user ON group_members(username, group_id);
+    """,
+}
 
 MIGRATION_LOCK = "jego schema migrations"
 
@@ -397,8 +502,12 @@ class Database(ABC):
                     continue
                 for statement in migration_statements(version, script, self.engine):
                     await tx.execute(statement)
+                await self._check_migration(tx, version)
                 await tx.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
                 log.info("database schema migrated to version %d (%s)", version, self.engine)
+
+    async def _check_migration(self, tx: Transaction, version: int) -> None:  # noqa: B027 - PostgreSQL checks at once
+        """Raise if migration `version` left the data inconsistent (before it commits)."""
 
 
 # --- SQLite -------------------------------------------------------------------------------------
@@ -454,6 +563,20 @@ class SqliteDatabase(Database):
 
     async def lock(self, key: str) -> None:
         """BEGIN IMMEDIATE has every write transaction to itself already."""
+
+    async def migrate(self) -> None:
+        """Foreign keys off while migrating, so a table can be rebuilt (sqlite.org/lang_altertable.html
+        "Making Other Kinds Of Table Schema Changes"); each migration is checked before it commits."""
+        self.conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: outside
+        try:
+            await super().migrate()
+        finally:
+            self.conn.execute("PRAGMA foreign_keys=ON")
+
+    async def _check_migration(self, tx: Transaction, version: int) -> None:
+        bad = self.conn.execute("PRAGMA foreign_key_check").fetchall()
+        if bad:
+            raise sqlite3.IntegrityError(f"migration {version} breaks foreign keys: {[tuple(r) for r in bad[:5]]}")
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

@@ -61,6 +61,8 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA = "unsupported_media"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    GROUP_FULL = "group_full"
+    CALL_FULL = "call_full"
     INTERNAL = "internal"
 
 
@@ -83,6 +85,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.MESSAGE_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA: 415,
+    ErrorCode.GROUP_FULL: 409,
+    ErrorCode.CALL_FULL: 409,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.SERVICE_UNAVAILABLE: 503,

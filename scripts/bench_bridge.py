@@ -11,7 +11,10 @@ answers and echoes. Reports per N:
   (the bridge logs it per call);
 - pesq_min / pesq_p50: narrowband PESQ of the carrier's recording of each call against the
   source resampled to 8 kHz;
-- setup_ms p50 / p99: invite -> accept as the caller sees it.
+- setup_ms p50 / p99: invite -> accept as the caller sees it;
+- threads: the bridge process's threads (/proc/PID/task) in the middle of the window.
+
+`--idle S` first measures the worker with no call for S seconds (CPU ms per second, threads).
 
 `max_ok_calls` is the largest N with on_time >= 99 % and pesq_min >= 3.6 for every call. The
 load process shares the machine, so figures are a floor. Not a test: run it (as root inside
@@ -124,11 +127,14 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
         # CPU of the bridge over the window when every call is up
         await asyncio.sleep(6.0)
         c0, t0 = proc_cpu_s(bridge.pid), time.monotonic()
-        await asyncio.sleep(8.0)
+        await asyncio.sleep(4.0)
+        threads.append(proc_threads(bridge.pid))
+        await asyncio.sleep(4.0)
         cpu = (proc_cpu_s(bridge.pid) - c0) / (time.monotonic() - t0)
         await task
         return cpu
 
+    threads: list[int] = []
     cpu_per_s = asyncio.run(all_calls())
     time.sleep(1.5)
     log = bridge_log.read_text(errors="replace")
@@ -146,13 +152,27 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
             "pesq_min": round(min(scores), 2) if scores else None,
             "pesq_p50": round(statistics.median(scores), 2) if scores else None,
             "setup_ms_p50": round(pct(setup, 50)), "setup_ms_p99": round(pct(setup, 99)),
-            "recorded": len(scores)}
+            "recorded": len(scores), "threads": threads[0] if threads else None}
+
+
+def proc_threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def idle(bridge: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
+    """The worker's CPU with no call: ms of CPU per second over `seconds`, and its threads."""
+    time.sleep(2.0)
+    c0, t0 = proc_cpu_s(bridge.pid), time.monotonic()
+    time.sleep(seconds)
+    ms = (proc_cpu_s(bridge.pid) - c0) / (time.monotonic() - t0) * 1000
+    return {"idle_cpu_ms_per_s": round(ms, 2), "idle_threads": proc_threads(bridge.pid), "seconds": seconds}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, nargs="+", default=[1, 4, 8, 12])
     ap.add_argument("--app-codec", choices=["opus", "pcmu", "pcma"], default="opus")
+    ap.add_argument("--idle", type=float, default=0.0, metavar="S", help="first measure the idle worker for S s")
     args = ap.parse_args()
     enable_loopback_candidates()
     with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_s:
@@ -174,6 +194,8 @@ def main() -> int:
                                   stderr=subprocess.STDOUT)
         try:
             wait_for(blog, r"connected to http", bridge)
+            if args.idle:
+                print(json.dumps(idle(bridge, args.idle)), flush=True)
             rows = []
             for n in args.calls:
                 row = run(n, url, bridge, blog, data)
@@ -182,11 +204,13 @@ def main() -> int:
             ok = [r["calls"] for r in rows if (r["on_time_min"] or 0) >= 0.99 and (r["pesq_min"] or 0) >= 3.6
                   and r["recorded"] == r["calls"]]
             print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs)")
-            print("| calls | CPU s per call-s | frames on time (worst call) | PESQ nb min / p50 | setup ms p50 / p99 |")
-            print("|---|---|---|---|---|")
+            print("| calls | CPU s per call-s | frames on time (worst call) | PESQ nb min / p50 | setup ms p50 / p99 "
+                  "| threads |")
+            print("|---|---|---|---|---|---|")
             for r in rows:
                 print(f"| {r['calls']} | {r['cpu_per_call_s']:.3f} | {100 * (r['on_time_min'] or 0):.1f} % | "
-                      f"{r['pesq_min']} / {r['pesq_p50']} | {r['setup_ms_p50']} / {r['setup_ms_p99']} |")
+                      f"{r['pesq_min']} / {r['pesq_p50']} | {r['setup_ms_p50']} / {r['setup_ms_p99']} "
+                      f"| {r['threads']} |")
         finally:
             for p in (bridge, serve):
                 p.terminate()

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from jego_call.aio import run as run_loop
 from jego_call.config import load_config
 from jego_call.log import setup_logging
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print("Jego carrier stopped.", flush=True)
 
     try:
-        asyncio.run(main())
+        run_loop(main())  # uvloop when installed
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

@@ -83,7 +83,8 @@ class ControlServer:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return web.json_response({"error": "unauthorised"}, status=401)
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self.carrier.status())

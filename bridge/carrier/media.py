@@ -16,25 +16,25 @@ For a re-INVITE (hold, codec change) answer it from the same port and apply it::
     new = answer_offer(reoffer, address=host, port=stream.local_port,
                        session_id=answer.sdp.origin.session_id,
                        session_version=answer.sdp.origin.session_version + 1)
-    stream.configure(new.audio)      # sendonly/inactive/c=0.0.0.0 stop our sending
+    stream.apply_answer(reoffer, new)  # or configure(new.audio); sendonly/inactive/c=0.0.0.0 stop our sending
 
-Sending is paced on an absolute clock (``t0 + n * 20 ms`` on ``loop.time()``): it never
-drifts, and when the loop falls more than ``max_burst`` frames behind it skips ahead (the
-skipped frames advance the RTP timestamp but are not sent). Every tick also plays out exactly
-160 samples, so the recording is exactly as long as the stream ran, with silence for gaps.
+The RTP work is the shared engine's: ``bridge.rtp.media.RtpSession`` (sans I/O) on
+``bridge.net.media.MediaEngine`` (one per process, one 20 ms timer for every call, no task or
+thread per call). Sending is paced on an absolute clock (``t0 + n * 20 ms``): it never drifts,
+and when the loop falls more than ``max_burst`` frames behind it skips ahead (the skipped
+frames advance the RTP timestamp but are not sent). Every tick also plays out exactly 160
+samples, so the recording is exactly as long as the stream ran, with silence for gaps.
 
-Receiving is sample-based, so any packet length (a=ptime 10/20/30/40/60 ms) arrives whole: the
-jitter buffer orders packets by sequence number; each tick pulls packets from it, decodes them
-and places their samples in a bounded FIFO by RTP timestamp (a gap in timestamps becomes that
-much silence), until the FIFO holds the tick's 160 samples. The FIFO keeps at most
-``fifo_ms`` (300 ms) of audio, dropping the oldest samples. After an underrun (or an SSRC change,
-or a timestamp jump larger than the FIFO) playout restarts at the next packet, as before.
+Receiving is sample-based, so any packet length (a=ptime 10/20/30/40/60 ms) arrives whole:
+packets are ordered by sequence number, decoded and placed in a bounded FIFO by RTP timestamp
+(``fifo_ms``, 300 ms; a gap in timestamps becomes that much silence). RTCP (RFC 3550 §6): an
+SR/RR every ``rtcp_interval`` seconds on the RTP port + 1 (or muxed, RFC 5761, when the offer
+asks), and what the far end reports about us is in :meth:`RtpStream.stats` (loss, jitter, RTT).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import wave
@@ -42,16 +42,25 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from ..rtp import g711
-from ..rtp.dtmf import DtmfPacket, DtmfReceiver, dtmf_packets
-from ..rtp.packet import PacketKind, RtpPacket, RtpParseError, classify, ts_delta
+from ..net.media import MediaEngine, RtpEndpoint, format_of
+from ..rtp.dtmf import DtmfReceiver
+from ..rtp.media import (
+    SILENCE,
+    DtmfCancelled,
+    DtmfSent,
+    Latched,
+    MediaEvent,
+    MediaFormat,
+    ReportReceived,
+    RtpSession,
+)
 from ..rtp.session import JitterBuffer, RtpSender
-from ..sip.sdp import NegotiatedAudio, SdpAnswer, SdpSession, answer_offer
+from ..sip.sdp import NegotiatedAudio, SdpAnswer, SdpMedia, SdpSession, answer_offer, parse_sdp
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +303,8 @@ def _resample(x: npt.NDArray[np.float64], src: int, dst: int) -> npt.NDArray[np.
         h = 2 * cutoff * np.sinc(2 * cutoff * taps) * np.blackman(len(taps))
         x = np.convolve(x, h / h.sum(), mode="same")
     t_out = np.arange(int(len(x) * dst / src)) * (src / dst)
-    return np.interp(t_out, np.arange(len(x)), x)
+    out: npt.NDArray[np.float64] = np.interp(t_out, np.arange(len(x)), x)
+    return out
 
 
 class WavRecorder:
@@ -351,7 +361,11 @@ class PortPool:
 
 @dataclass(slots=True, frozen=True)
 class MediaStats:
-    """Snapshot from :meth:`RtpStream.stats`. Times are seconds; ``jitter`` is RFC 3550 A.8."""
+    """Snapshot from :meth:`RtpStream.stats`. Times are seconds; ``jitter`` is RFC 3550 A.8.
+
+    The ``remote_*`` fields and ``rtt`` come from the far end's RTCP reports about our stream
+    (RFC 3550 §6.4.1): None until one arrived (``rtt`` also needs one that names our SR).
+    """
 
     packets_sent: int
     packets_received: int  # accepted RTP (audio + telephone-event) from the expected source
@@ -361,7 +375,7 @@ class MediaStats:
     late: int
     duplicates: int
     dropped_malformed: int  # < 12 bytes, wrong version, truncated, bad padding
-    dropped_rtcp: int
+    dropped_rtcp: int  # RTCP on the RTP port without rtcp-mux
     dropped_unknown_pt: int
     dropped_wrong_source: int
     dropped_other: int  # STUN/DTLS/unknown first byte
@@ -375,45 +389,62 @@ class MediaStats:
     ssrc_changes: int
     last_rx: float | None
     recorded_seconds: float
+    rtcp_sent: int = 0
+    rtcp_received: int = 0
+    rtt: float | None = None
+    remote_fraction_lost: float | None = None
+    remote_packets_lost: int | None = None
+    remote_jitter: float | None = None
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def rtcp_of(media: SdpMedia, remote: Addr | None) -> tuple[bool, Addr | None]:
+    """(rtcp-mux offered, the RTCP address ``a=rtcp`` names) for one m-line (RFC 5761 §5.1.1,
+    RFC 3605 §2.1: ``a=rtcp:PORT [IN IP4 ADDRESS]``); None means "RTP port + 1"."""
+    mux = media.attribute("rtcp-mux") is not None
+    value = media.attribute("rtcp")
+    target: Addr | None = None
+    if value:
+        parts = value.split()
+        if parts and parts[0].isdigit() and 0 < int(parts[0]) < 65536:
+            host = parts[3] if len(parts) >= 4 else (remote[0] if remote else None)
+            if host is not None:
+                target = (host, int(parts[0]))
+    return mux, target
 
 
-class _Protocol(asyncio.DatagramProtocol):
+class _Programme:
+    """The carrier's side of a leg (``bridge.rtp.media.AudioPort``): records what arrives and
+    plays the current source (an echo source reads the frame just received)."""
+
     def __init__(self, stream: RtpStream) -> None:
         self.stream = stream
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.source: AudioSource = Silence()
+        self.done: asyncio.Future[None] | None = None
+        self.recorder: WavRecorder | None = None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        _wake(self.lost)
+    def exchange(self, rx: Pcm, live: bool) -> Pcm | None:
+        if self.recorder is not None:
+            self.recorder.write(rx)
+        tx = self.source.read(FRAME, rx)
+        if tx is None:
+            self.finish()
+            self.source = Silence()
+            return SILENCE
+        return tx
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            self.stream._on_datagram(data, (str(addr[0]), int(addr[1])))
-        except Exception:  # a bad packet must never stop reception
-            log.exception("RTP receive error on port %s", self.stream.local_port)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("RTP socket error (ICMP?) on port %s: %s", self.stream.local_port, exc)
-
-
-@dataclass(slots=True)
-class _DtmfJob:
-    packets: deque[DtmfPacket]
-    gap_ticks: int
-    done: asyncio.Future[None] | None
-    event_ts: int | None = None
+    def finish(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+        self.done = None
 
 
 class RtpStream:
-    """One call's RTP: UDP socket, 20 ms absolute-clock sender, jitter buffer, recorder, DTMF.
+    """One call's RTP on the shared media engine: port, jitter buffer, recorder, DTMF, RTCP.
 
     Construct (no I/O), ``await open()`` to bind, ``configure(NegotiatedAudio)``, ``start()``;
     or use :meth:`answer` / :meth:`create`. ``latch=True`` switches the send address to the
     source of the first valid RTP packet (symmetric RTP) and then only accepts that source.
+    The RTP work is ``bridge.rtp.media.RtpSession``; ``bridge.net.media.MediaEngine`` runs it.
     """
 
     def __init__(
@@ -434,58 +465,89 @@ class RtpStream:
         max_burst: int = 3,
         on_time_tolerance: float = 0.005,
         ssrc: int | None = None,
+        rtcp: bool = True,
+        rtcp_interval: float = 5.0,
     ) -> None:
         self.host = host
         self._want_port = port
         self._pool = port_pool
         self.ptime = FRAME_MS / 1000
-        self.latch = latch
-        self.latched = False
-        self.remote = remote
-        self.send_enabled = True
-        self.max_burst = max(1, max_burst)
-        self.on_time_tolerance = on_time_tolerance
         self.record_path = Path(record_path) if record_path is not None else None
-        self._set_codec(codec, payload_type, telephone_event_pt)
-        self.sender = RtpSender(self.payload_type, ssrc=ssrc)
-        self.jitter = JitterBuffer(capacity=jitter_capacity, prefetch=jitter_prefetch, frame_samples=FRAME)
-        # Received samples not played out yet: ``_rx_pcm`` ends at RTP timestamp ``_rx_end_ts``.
-        self._fifo_cap = max(FRAME, RATE * fifo_ms // 1000)
-        self._rx_pcm: Pcm = np.zeros(0, dtype=np.int16)
-        self._rx_end_ts: int | None = None
-        self._rx_ssrc: int | None = None
-        self._rx_resync = True  # the next packet starts playout afresh (no gap fill)
-        self.dtmf = DtmfReceiver()
-        self.last_rx: float | None = None
-        self.local_port = 0
-        self._transport: asyncio.DatagramTransport | None = None
-        self._protocol: _Protocol | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._recorder: WavRecorder | None = None
-        self._source: AudioSource = Silence()
-        self._source_done: asyncio.Future[None] | None = None
-        self._dtmf_jobs: deque[_DtmfJob] = deque()
-        self._closed = False
-        self._silence = np.zeros(FRAME, dtype=np.int16)
-        self.t0: float | None = None
-        self._n = dict.fromkeys(
-            (
-                "received", "malformed", "rtcp", "unknown_pt", "wrong_source", "other", "dtmf_sent",
-                "ticks", "on_time", "send_ticks", "skipped",
-            ),
-            0,
+        self.rtcp = rtcp
+        codec = codec.upper()
+        fmt = MediaFormat(codec, payload_type if payload_type is not None else (0 if codec == "PCMU" else 8),
+                          telephone_event_pt, remote)
+        self._programme = _Programme(self)
+        self.session = RtpSession(
+            fmt, self._programme, ssrc=ssrc, latch=latch, max_burst=max_burst,
+            on_time_tolerance=on_time_tolerance, jitter_capacity=jitter_capacity,
+            jitter_prefetch=jitter_prefetch, fifo_ms=fifo_ms, rtcp=rtcp, rtcp_interval=rtcp_interval,
         )  # fmt: skip
-        self._max_late = 0.0
+        self.local_port = 0
+        self._engine: MediaEngine | None = None
+        self._ep: RtpEndpoint | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dtmf_done: dict[int, asyncio.Future[None]] = {}
+        self._closed = False
+
+    # -- the session's state, as attributes ------------------------------------------------------
+    @property
+    def codec(self) -> str:
+        return self.session.fmt.codec
+
+    @property
+    def payload_type(self) -> int:
+        return self.session.fmt.payload_type
+
+    @property
+    def telephone_event_pt(self) -> int | None:
+        return self.session.fmt.telephone_event_pt
+
+    @property
+    def send_enabled(self) -> bool:
+        return self.session.fmt.send
+
+    @property
+    def remote(self) -> Addr | None:
+        return self.session.remote
+
+    @property
+    def latch(self) -> bool:
+        return self.session.latch
+
+    @property
+    def latched(self) -> bool:
+        return self.session.latched
+
+    @property
+    def rtcp_mux(self) -> bool:
+        return self.session.fmt.rtcp_mux
+
+    @property
+    def sender(self) -> RtpSender:
+        return self.session.sender
+
+    @property
+    def jitter(self) -> JitterBuffer:
+        return self.session.playout.jitter
+
+    @property
+    def dtmf(self) -> DtmfReceiver:
+        return self.session.dtmf
+
+    @property
+    def last_rx(self) -> float | None:
+        return self.session.last_rx
+
+    @property
+    def t0(self) -> float | None:
+        return self.session.t0
+
+    @property
+    def max_burst(self) -> int:
+        return self.session.max_burst
 
     # -- set-up ------------------------------------------------------------------------------
-    def _set_codec(self, codec: str, payload_type: int | None, te_pt: int | None) -> None:
-        self.codec = codec.upper()
-        self._decode = g711.decoder_for(self.codec)
-        self._encode = g711.encoder_for(self.codec)
-        self.payload_type = payload_type if payload_type is not None else (0 if self.codec == "PCMU" else 8)
-        self.telephone_event_pt = te_pt
-
     @classmethod
     async def create(cls, **kwargs: object) -> RtpStream:
         """Construct and bind (``await``); then ``configure`` and ``start``."""
@@ -504,60 +566,58 @@ class RtpStream:
         **kwargs: object,
     ) -> tuple[RtpStream, SdpAnswer]:
         """Bind a port, answer ``offer`` from it, configure and start. Raises ``SdpNotAcceptable``
-        (488) or ``SdpParseError`` (400) with nothing left open."""
+        (488) or ``SdpParseError`` (400) with nothing left open. rtcp-mux is accepted when
+        offered (RFC 5761 §5.1.1: the answer carries ``a=rtcp-mux`` too)."""
         stream = await cls.create(host=host, **kwargs)
         try:
-            ans = answer_offer(offer, address=host, port=stream.local_port, supported=supported)
+            offer_sdp = parse_sdp(offer)
+            ans = answer_offer(offer_sdp, address=host, port=stream.local_port, supported=supported)
         except BaseException:
             await stream.close()
             raise
-        stream.configure(ans.audio)
+        stream.apply_answer(offer_sdp, ans)
         if start:
             stream.start()
         return stream, ans
 
+    def apply_answer(self, offer: SdpSession | str | bytes, ans: SdpAnswer) -> None:
+        """Configure from our answer to ``offer`` (also for re-INVITEs): codec, address,
+        direction, and RTCP: rtcp-mux if offered (added to ``ans.sdp``), else ``a=rtcp`` or
+        the RTP port + 1."""
+        media = parse_sdp(offer).media[ans.media_index]
+        mux, target = rtcp_of(media, ans.audio.remote)
+        if mux:
+            ans.sdp.media[ans.media_index].attributes.append(("rtcp-mux", None))
+        self.configure(ans.audio, rtcp_mux=mux, remote_rtcp=target)
+
     async def open(self) -> None:
-        """Bind the UDP socket (from the pool, else ``port``, 0 = any) and open the recording."""
+        """Bind the UDP sockets (RTP from the pool, else ``port``, 0 = any; RTCP next to it) and
+        open the recording."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._engine = MediaEngine.get(loop)
         ports = self._pool.candidates() if self._pool else [self._want_port]
-        last_error: OSError | None = None
-        for port in ports:
-            try:
-                transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(self), local_addr=(self.host, port)
-                )
-            except OSError as exc:
-                last_error = exc
-                continue
-            self._transport = transport
-            self._protocol = protocol
-            self.local_port = int(transport.get_extra_info("sockname")[1])
-            if self._pool:
-                self._pool.take(self.local_port)
-            break
-        else:
-            raise OSError(f"no free RTP port on {self.host}") from last_error
+        self._ep = self._engine.bind(self.session, host=self.host, ports=ports, rtcp=self.rtcp,
+                                     on_events=self._on_events)
+        self.local_port = self._ep.local_port
+        if self._pool:
+            self._pool.take(self.local_port)
         if self.record_path is not None:
-            self._recorder = WavRecorder(self.record_path)
+            self._programme.recorder = WavRecorder(self.record_path)
 
-    def configure(self, audio: NegotiatedAudio) -> None:
-        """Apply an offer/answer result (also for re-INVITEs: hold, codec change)."""
-        self._set_codec(audio.codec, audio.payload_type, audio.telephone_event_pt)
-        self.sender.payload_type = self.payload_type
-        self.send_enabled = audio.send
-        if audio.remote is not None:
-            self.remote = audio.remote
-            self.latched = False
+    def configure(self, audio: NegotiatedAudio, *, rtcp_mux: bool | None = None,
+                  remote_rtcp: Addr | None = None) -> None:
+        """Apply an offer/answer result (also for re-INVITEs: hold, codec change). Our SSRC and
+        sequence numbers run on; rtcp-mux stays as negotiated unless given."""
+        mux = self.session.fmt.rtcp_mux if rtcp_mux is None else rtcp_mux
+        self.session.configure(format_of(audio, rtcp_mux=mux, remote_rtcp=remote_rtcp))
 
     def start(self) -> None:
-        """Start the 20 ms clock (sending, playout and recording). Call once, after ``open``."""
-        if self._transport is None:
+        """Join the engine's 20 ms clock (sending, playout, recording, RTCP). Call once, after
+        ``open``."""
+        if self._ep is None or self._engine is None:
             raise RuntimeError("open() the stream before start()")
-        if self._task is None:
-            assert self._loop is not None
-            self.t0 = self._loop.time()
-            self._task = self._loop.create_task(self._run(), name=f"rtp-{self.local_port}")
+        self._engine.start(self._ep)
 
     @property
     def local_address(self) -> Addr:
@@ -568,288 +628,121 @@ class RtpStream:
         """Switch the outgoing audio to ``source`` now. The returned future completes when the
         source finishes (or is replaced, or the stream closes); then silence is sent."""
         loop = self._loop or asyncio.get_running_loop()
-        self._finish_source()
-        self._source = source
-        self._source_done = loop.create_future()
-        self.sender.start_talkspurt()
-        return self._source_done
-
-    def _finish_source(self) -> None:
-        if self._source_done is not None and not self._source_done.done():
-            self._source_done.set_result(None)
-        self._source_done = None
+        prog = self._programme
+        prog.finish()
+        prog.source = source
+        prog.done = done = loop.create_future()
+        self.session.sender.start_talkspurt()
+        return done
 
     def send_dtmf(
         self, digits: str, *, duration_ms: int = 100, gap_ms: int = 60, volume: int = 10
     ) -> asyncio.Future[None]:
         """Queue RFC 4733 events for ``digits``; the future completes after the last end packet
         and gap. Raises ValueError if no telephone-event PT was negotiated or a digit is bad."""
-        if self.telephone_event_pt is None:
-            raise ValueError("telephone-event was not negotiated")
         loop = self._loop or asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        jobs = [
-            _DtmfJob(
-                deque(dtmf_packets(d, duration_ms=duration_ms, volume=volume)),
-                max(1, gap_ms // FRAME_MS),
-                None,
-            )
-            for d in digits
-        ]
+        jobs = self.session.send_dtmf(digits, duration_ms=duration_ms, volume=volume, gap_ms=gap_ms)
         if not jobs:
             done.set_result(None)
             return done
-        jobs[-1].done = done
-        self._dtmf_jobs.extend(jobs)
+        self._dtmf_done[jobs[-1]] = done
         return done
 
     @property
     def dtmf_digits(self) -> list[str]:
         """DTMF digits received so far (RFC 4733 events 0-15), in order."""
-        return self.dtmf.digits
+        return self.session.dtmf.digits
 
-    # -- receive -----------------------------------------------------------------------------
-    def _on_datagram(self, data: bytes, addr: Addr) -> None:
-        kind = classify(data)
-        if kind is PacketKind.RTCP:
-            self._n["rtcp"] += 1
-            return
-        if kind is not PacketKind.RTP:
-            self._n["malformed" if kind is PacketKind.UNKNOWN else "other"] += 1
-            return
-        try:
-            pkt = RtpPacket.parse(data)
-        except RtpParseError:
-            self._n["malformed"] += 1
-            return
-        is_audio = pkt.payload_type == self.payload_type
-        is_event = self.telephone_event_pt is not None and pkt.payload_type == self.telephone_event_pt
-        if not (is_audio or is_event):
-            self._n["unknown_pt"] += 1
-            return
-        if addr != self.remote:
-            if self.latch and not self.latched:
-                log.info("RTP port %s latched to %s:%s", self.local_port, *addr)
-                self.remote = addr
-            elif self.remote is not None:
-                self._n["wrong_source"] += 1
-                return
-        if self.latch:
-            self.latched = True
-        assert self._loop is not None
-        now = self._loop.time()
-        self.last_rx = now
-        self._n["received"] += 1
-        self.jitter.push(pkt, now, audio=is_audio)
-        if is_event:
-            self.dtmf.receive(pkt.payload, pkt.timestamp, ssrc=pkt.ssrc, marker=pkt.marker)
-
-    # -- clock -------------------------------------------------------------------------------
-    async def _sleep_until(self, deadline: float) -> None:
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-        handle = self._loop.call_at(deadline, _wake, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-
-    async def _run(self) -> None:
-        assert self._loop is not None and self.t0 is not None
-        loop, period, n = self._loop, self.ptime, 0
-        try:
-            while not self._closed:
-                deadline = self.t0 + n * period
-                now = loop.time()
-                if now < deadline:
-                    await self._sleep_until(deadline)
-                    now = loop.time()
-                late = now - deadline
-                if late >= self.max_burst * period:
-                    # Fell behind: skip ahead so at most ``max_burst`` frames go out back to back.
-                    skip = int(late / period) - self.max_burst + 1
-                    for _ in range(skip):
-                        self._tick(now, transmit=False)
-                    n += skip
-                    self._n["skipped"] += skip
-                    continue
-                self._max_late = max(self._max_late, late)
-                self._n["send_ticks"] += 1
-                if late <= self.on_time_tolerance:
-                    self._n["on_time"] += 1
-                self._tick(now, transmit=True)
-                n += 1
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("RTP clock on port %s failed", self.local_port)
-
-    def _tick(self, now: float, *, transmit: bool) -> None:
-        """One 20 ms slot: play out a received frame, record it, send one frame."""
-        self._n["ticks"] += 1
-        rx = self._playout(now)
-        if self._recorder is not None:
-            self._recorder.write(rx)
-        tx = self._source.read(FRAME, rx)
-        if tx is None:
-            self._finish_source()
-            self._source = Silence()
-            tx = self._silence
-        elif len(tx) < FRAME:
-            tx = np.pad(tx, (0, FRAME - len(tx)))
-        dest = self.remote if self.send_enabled else None
-        if self._dtmf_jobs:
-            self._dtmf_tick(dest if transmit else None)
-            return
-        if not transmit or dest is None or self._transport is None:
-            self.sender.skip(FRAME)
-            return
-        pkt = self.sender.packet(self._encode(tx), FRAME)
-        self._transport.sendto(pkt.serialize(), dest)
-
-    def _playout(self, now: float) -> Pcm:
-        """The next 160 received samples: pull packets from the jitter buffer into the FIFO until
-        it holds a frame; a short FIFO is padded with silence (a gap, an underrun)."""
-        gap = False
-        while len(self._rx_pcm) < FRAME:
-            empty = self.jitter.depth == 0
-            item = self.jitter.pop_packet(now)
-            if item is None:
-                if empty:
-                    self._rx_resync = True  # underrun: restart at the next packet, as the buffer does
-                else:
-                    gap = True  # a lost packet or a telephone-event slot: its time passes in silence
-                break
-            self._feed(item)
-        out = self._rx_pcm[:FRAME]
-        self._rx_pcm = self._rx_pcm[FRAME:]
-        missing = FRAME - len(out)
-        if missing:
-            out = np.pad(out, (0, missing)) if len(out) else self._silence
-            if gap and self._rx_end_ts is not None:
-                self._rx_end_ts = (self._rx_end_ts + missing) & 0xFFFFFFFF
-        return out
-
-    def _feed(self, item: RtpPacket) -> None:
-        """Place one packet's samples in the FIFO by RTP timestamp."""
-        ssrc, ts = item.ssrc, item.timestamp
-        pcm = self._decode(item.payload)
-        n = len(pcm)
-        delta = 0 if self._rx_end_ts is None else ts_delta(ts, self._rx_end_ts)
-        if self._rx_resync or ssrc != self._rx_ssrc or abs(delta) > self._fifo_cap:
-            delta = 0  # a new start, a new source or a timestamp jump: no gap fill
-        self._rx_resync = False
-        self._rx_ssrc = ssrc
-        self._rx_end_ts = (ts + n) & 0xFFFFFFFF
-        if delta < 0:
-            pcm = pcm[-delta:]  # overlaps samples already queued or played
-        elif delta > 0:
-            pcm = np.concatenate((np.zeros(delta, dtype=np.int16), pcm))
-        if len(pcm):
-            fifo = np.concatenate((self._rx_pcm, pcm)) if len(self._rx_pcm) else pcm
-            self._rx_pcm = fifo[-self._fifo_cap :]  # bounded: drop the oldest samples
-
-    def _dtmf_tick(self, dest: Addr | None) -> None:
-        job = self._dtmf_jobs[0]
-        if job.packets:
-            item = job.packets.popleft()
-            if job.event_ts is None:
-                job.event_ts = self.sender.timestamp  # RFC 4733 §2.5.1.2: event start time
-            if item.end and not job.packets:
-                self._n["dtmf_sent"] += 1
-            if dest is not None and self._transport is not None and self.telephone_event_pt is not None:
-                pkt = self.sender.event_packet(
-                    item.payload, self.telephone_event_pt, job.event_ts, item.marker
-                )
-                self._transport.sendto(pkt.serialize(), dest)
-            self.sender.skip(FRAME)
-            return
-        # inter-digit gap: normal audio resumes, as silence
-        job.gap_ticks -= 1
-        if dest is not None and self._transport is not None:
-            pkt = self.sender.packet(self._encode(self._silence), FRAME)
-            self._transport.sendto(pkt.serialize(), dest)
-        else:
-            self.sender.skip(FRAME)
-        if job.gap_ticks <= 0:
-            self._dtmf_jobs.popleft()
-            if job.done is not None and not job.done.done():
-                job.done.set_result(None)
+    def _on_events(self, events: list[MediaEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, DtmfSent | DtmfCancelled):
+                fut = self._dtmf_done.pop(ev.job, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif isinstance(ev, Latched):
+                log.info("RTP port %s latched to %s:%s", self.local_port, *ev.addr)
+            elif isinstance(ev, ReportReceived):
+                st = ev.stats
+                log.debug("RTCP report on port %s: lost %.1f%% (%d), jitter %.1f ms, rtt %s", self.local_port,
+                          100 * st.fraction_lost, st.cumulative_lost, 1000 * st.jitter,
+                          f"{1000 * st.rtt:.1f} ms" if st.rtt is not None else "-")
 
     # -- results -----------------------------------------------------------------------------
     def stats(self) -> MediaStats:
-        js = self.jitter.stats()
-        n = self._n
+        s = self.session
+        js = s.playout.jitter.stats()
+        n = s.n
+        rs = s.remote_stats
+        rec = self._programme.recorder
         return MediaStats(
-            packets_sent=self.sender.packets_sent,
+            packets_sent=s.sender.packets_sent,
             packets_received=n["received"],
             packets_lost=js.lost,
             jitter=js.jitter,
             concealed_frames=js.concealed,
             late=js.late,
             duplicates=js.duplicates,
-            dropped_malformed=n["malformed"],
-            dropped_rtcp=n["rtcp"],
+            dropped_malformed=n["malformed"] + n["bad_payload"],
+            dropped_rtcp=n["rtcp_on_rtp_port"],
             dropped_unknown_pt=n["unknown_pt"],
             dropped_wrong_source=n["wrong_source"],
             dropped_other=n["other"],
             dtmf_sent=n["dtmf_sent"],
-            dtmf_received=len(self.dtmf.digits),
+            dtmf_received=len(s.dtmf.digits),
             ticks=n["ticks"],
             on_time=n["on_time"],
-            on_time_share=n["on_time"] / n["send_ticks"] if n["send_ticks"] else 1.0,
+            on_time_share=s.on_time_share,
             skipped_ticks=n["skipped"],
-            max_lateness=self._max_late,
+            max_lateness=s.max_lateness,
             ssrc_changes=js.ssrc_changes,
-            last_rx=self.last_rx,
-            recorded_seconds=(self._recorder.samples / RATE) if self._recorder else 0.0,
+            last_rx=s.last_rx,
+            recorded_seconds=(rec.samples / RATE) if rec else 0.0,
+            rtcp_sent=n["rtcp_sent"],
+            rtcp_received=n["rtcp_received"],
+            rtt=s.rtt,
+            remote_fraction_lost=rs.fraction_lost if rs else None,
+            remote_packets_lost=rs.cumulative_lost if rs else None,
+            remote_jitter=rs.jitter if rs else None,
         )
 
     def inactive_for(self, now: float | None = None) -> float:
         """Seconds since the last valid RTP packet (since start if none yet): the owner sends BYE
         when this exceeds its media timeout."""
         loop = self._loop or asyncio.get_running_loop()
-        now = loop.time() if now is None else now
-        ref = self.last_rx if self.last_rx is not None else (self.t0 if self.t0 is not None else now)
-        return max(0.0, now - ref)
+        return self.session.inactive_for(loop.time() if now is None else now)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     async def close(self) -> None:
-        """Stop the clock, release the socket (and pool port), finish the WAV. Idempotent."""
+        """Leave the clock (RTCP BYE), release the sockets (and pool port), finish the WAV.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-            if self._protocol is not None:
-                # the socket is really closed in connection_lost, one loop iteration later
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._protocol.lost), 1.0)
+        if self._ep is not None and self._engine is not None:
+            self._engine.close(self._ep)
         if self._pool and self.local_port:
             self._pool.release(self.local_port)
-        if self._recorder is not None:
-            self._recorder.close()
-        self._finish_source()
-        for job in self._dtmf_jobs:
-            if job.done is not None and not job.done.done():
-                job.done.set_result(None)
-        self._dtmf_jobs.clear()
+        prog = self._programme
+        if prog.recorder is not None:
+            prog.recorder.close()
+        prog.finish()
+        for fut in self._dtmf_done.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._dtmf_done.clear()
 
     async def __aenter__(self) -> RtpStream:
-        if self._transport is None:
+        if self._ep is None:
             await self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
 
 
 def measure_tone(samples: Pcm, rate: int = RATE) -> tuple[float, float]:

@@ -242,6 +242,7 @@ class SipConfig:
     early_media_s: float = 1.0
     rtp_port_min: int = 31000
     rtp_port_max: int = 31999
+    rtcp_interval_s: float = 5.0
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     dtmf_payload_type: int = 101
     nonce_ttl_s: float = 300.0
@@ -386,7 +387,7 @@ def _q850(d: Mapping[str, Any], key: str, default: int | None) -> int | None:
     v = _get(d, "q850", f"{key}.q850", int, default)
     if v is not None and not 1 <= v <= 127:
         raise ConfigError(f"{key}.q850", f"a Q.850 cause is 1..127, got {v}")
-    return v
+    return None if v is None else int(v)
 
 
 _STEP_KEYS: Final[dict[str, set[str]]] = {
@@ -514,7 +515,8 @@ def _validate_sip(s: SipConfig) -> None:
         raise ConfigError("sip.transports", f"expected a non-empty list of \"udp\"/\"tcp\", got {list(s.transports)}")
     if not s.realm or any(c in s.realm for c in '"\r\n'):
         raise ConfigError("sip.realm", "must be a non-empty string without quotes or line breaks")
-    for name in ("ring_timeout_s", "no_response_s", "media_timeout_s", "auth_window_s", "nonce_ttl_s"):
+    for name in ("ring_timeout_s", "no_response_s", "media_timeout_s", "auth_window_s", "nonce_ttl_s",
+                 "rtcp_interval_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"sip.{name}", f"must be greater than 0, got {getattr(s, name)}")
     if s.early_media_s < 0:

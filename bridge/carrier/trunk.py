@@ -249,7 +249,7 @@ class Carrier:
             self.transport.flush()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -452,7 +452,7 @@ class Carrier:
         except SdpError as err:
             self._reject(ev.key, err)
             return
-        stream.configure(ans.audio)
+        stream.apply_answer(ev.request.body, ans)  # rtcp-mux kept if offered again (RFC 5761 §5.1.3)
         call.recv_media = ans.audio.recv
         call.local_sdp = ans.sdp
         self._respond(ev.key, 200, body=ans.sdp.serialize().encode(), content_type=SDP)
@@ -584,13 +584,14 @@ class Carrier:
         try:
             if call.offerless:
                 stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
-                                                latch=True, telephone_event_pt=sip.dtmf_payload_type)
+                                                rtcp_interval=sip.rtcp_interval_s, latch=True,
+                                                telephone_event_pt=sip.dtmf_payload_type)
                 call.local_sdp = build_offer(self.host, stream.local_port, codecs=sip.codecs,
                                              telephone_event_pt=sip.dtmf_payload_type)
             else:
                 stream, ans = await RtpStream.answer(call.request.body, host=self.host, supported=sip.codecs,
                                                      start=False, port_pool=self.ports, record_path=record,
-                                                     latch=True)
+                                                     rtcp_interval=sip.rtcp_interval_s, latch=True)
                 call.local_sdp = ans.sdp
                 call.recv_media = ans.audio.recv
         except SdpError as err:
@@ -795,7 +796,8 @@ class Carrier:
         sip = self.cfg.sip
         call_id = secrets.token_hex(12)
         record = self.recordings_dir / f"{safe_name(call_id)}.wav" if self.cfg.cdr.recordings else None
-        stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record, latch=True,
+        stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
+                                        rtcp_interval=sip.rtcp_interval_s, latch=True,
                                         telephone_event_pt=sip.dtmf_payload_type)
         offer = build_offer(self.host, stream.local_port, codecs=sip.codecs,
                             telephone_event_pt=sip.dtmf_payload_type)

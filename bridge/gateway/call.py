@@ -415,8 +415,8 @@ class BridgeCall:
         self._snapshot_leg_stats()
         got = self.leg_stats
         if got:  # the leg's RTP counters, when it keeps them (pyvoip_leg: tx/rx_packets)
-            log.info("[call %s] leg stats %s; app->phone frames %d; phone->app frames %d of %d, "
-                     "%d underruns, %d trimmed", self.call_id, got, self.sink.sent, self.track.received,
+            log.info("leg stats %s; app->phone frames %d; phone->app frames %d of %d, "
+                     "%d underruns, %d trimmed", got, self.sink.sent, self.track.received,
                      self.track.conv.frames, self.track.underruns, self.track.trimmed)
             for ours, theirs in (("packets_sent", "tx_packets"), ("packets_received", "rx_packets")):
                 if theirs in got or ours in got:
@@ -424,12 +424,15 @@ class BridgeCall:
             lost = getattr(got.get("jitter"), "lost", None)
             if isinstance(lost, int):
                 phone["packets_lost"] = lost
+            for key in ("rtt_ms", "jitter_ms", "remote_loss"):  # the far end's RTCP reports (RFC 3550 §6.4)
+                if isinstance(got.get(key), int):
+                    phone[key] = got[key]
         # "PCMU" when G.711 went straight through to the app, "opus/PCMU" when transcoded
         report_codec = f"{app_codec}/{codec}" if app_codec and codec and app_codec != codec else codec
         with contextlib.suppress(Exception):
             await self.send({"type": "call_report", "call_id": self.call_id, "codec": report_codec,
                              "app": app, "phone": phone})
-        log.info("[call %s] ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms)", self.call_id,
+        log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms)",
                  self.end_info.get("reason"), app, phone, self.track.pacing.on_time_ratio,
                  self.track.pacing.max_late_ms)
         current = asyncio.current_task()

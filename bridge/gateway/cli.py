@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jego_call.aio import run as run_loop
 from jego_call.config import Config, load_config
 from jego_call.log import default_node, setup_logging
 from jego_call.media.endpoint import enable_loopback_candidates
@@ -96,4 +97,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"Jego bridge {worker.name} stopped.", flush=True)
         return 0
 
-    return asyncio.run(main())
+    return run_loop(main())  # uvloop when installed

@@ -17,8 +17,12 @@ channels (identical channels keep their level). Samples stay 16-bit all the way.
 
 from __future__ import annotations
 
+import ctypes
 import fractions
+import glob
+import os
 
+import av
 import numpy as np
 from av import AudioFrame, AudioResampler
 
@@ -27,7 +31,26 @@ PHONE_SAMPLES = 160                 # 20 ms at 8 kHz (RFC 3551 §4.5.14: G.711 d
 PHONE_BYTES = 2 * PHONE_SAMPLES
 PTIME = 0.020
 
-__all__ = ["PHONE_BYTES", "PHONE_RATE", "PHONE_SAMPLES", "AppToPhone", "PhoneToApp", "mono_s16"]
+__all__ = ["PHONE_BYTES", "PHONE_RATE", "PHONE_SAMPLES", "AppToPhone", "PhoneToApp", "mono_s16",
+           "single_threaded_ffmpeg"]
+
+
+def single_threaded_ffmpeg() -> bool:
+    """Make FFmpeg (the av wheel's own libavutil) count one CPU, process-wide.
+
+    Every `av.AudioResampler` is a libavfilter graph with a slice-thread pool sized by the CPU
+    count: two threads per resampler here, three resamplers per bridged call, for 20 ms frames
+    that take microseconds. With one CPU counted they run in the calling thread, so a bridge
+    worker's threads do not grow with its calls. Call once at start; False if not applied.
+    """
+    libs = os.path.join(os.path.dirname(av.__file__), "..", "av.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "libavutil*.so*"))):
+        try:
+            ctypes.CDLL(path).av_cpu_force_count(1)
+        except (OSError, AttributeError):
+            continue
+        return True
+    return False
 
 
 def mono_s16(frame: AudioFrame) -> np.ndarray:
@@ -43,7 +66,7 @@ def mono_s16(frame: AudioFrame) -> np.ndarray:
         inter = data.reshape(-1, channels).astype(np.int32)
     else:             # planar: one row per channel
         inter = data.reshape(channels, -1).T.astype(np.int32)
-    return (inter.sum(axis=1) // channels).astype(np.int16)
+    return np.asarray(inter.sum(axis=1) // channels, dtype=np.int16)
 
 
 def _frame(samples: np.ndarray, rate: int, pts: int | None = None) -> AudioFrame:

@@ -29,8 +29,11 @@ import aiohttp
 from jego_call.config import BridgeSection, Config
 from jego_call.numbering import e164_of
 
+from . import conference_core as cc
 from .call import BridgeCall, CallSettings
+from .conference import Conference
 from .legs import SipLeg, SipTrunk
+from .transcode import single_threaded_ffmpeg
 
 log = logging.getLogger("jego.bridge")
 
@@ -63,6 +66,8 @@ class BridgeWorker:
         self.did = {e164_of(k): v for k, v in (did or {}).items()}
         self.backoff_max_s = backoff_max_s
         self.calls: dict[str, BridgeCall] = {}
+        self.conferences: dict[str, Conference] = {}   # group calls hosted here (conference.py)
+        self._conference_legs: dict[str, Conference] = {}   # phone leg call id -> its conference
         self.ice_servers: list[dict[str, Any]] = []
         self.ready = asyncio.Event()
         self.connects = 0
@@ -86,6 +91,7 @@ class BridgeWorker:
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the connection loop (trunk first, then the server); returns at once."""
+        single_threaded_ffmpeg()  # no FFmpeg thread pool per resampler (transcode.py)
         self.trunk.set_inbound_handler(self._inbound)
         self._task = asyncio.ensure_future(self._run())
         self._task.set_name(f"bridge-worker-{self.name}")
@@ -97,7 +103,8 @@ class BridgeWorker:
     async def stop(self) -> None:
         """Hang up every call, close the socket and stop the trunk. Idempotent."""
         self._stopping = True
-        await asyncio.gather(*(c.shutdown() for c in list(self.calls.values())), return_exceptions=True)
+        await asyncio.gather(*(c.shutdown() for c in list(self.calls.values())),
+                             *(c.close("shutdown") for c in list(self.conferences.values())), return_exceptions=True)
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(Exception):
                 await self._ws.close()
@@ -162,7 +169,9 @@ class BridgeWorker:
         calls = list(self.calls.values())
         if calls:
             log.warning("bridge %s: ending %d calls after losing the server", self.name, len(calls))
-        await asyncio.gather(*(c.shutdown() for c in calls), return_exceptions=True)
+        await asyncio.gather(*(c.shutdown() for c in calls),
+                             *(c.close("connection_lost") for c in list(self.conferences.values())),
+                             return_exceptions=True)
 
     # --- messages --------------------------------------------------------------------------
     async def send(self, msg: dict[str, Any]) -> None:
@@ -191,14 +200,63 @@ class BridgeWorker:
                 await self._ws.close()
             return
         call_id = msg.get("call_id")
+        if isinstance(kind, str) and kind.startswith("conference_") and isinstance(call_id, str):
+            self._conference_message(kind, call_id, msg)
+            return
+        if kind == "invite" and isinstance(call_id, str) and isinstance(msg.get("conference"), str):
+            self._conference_phone(call_id, msg)
+            return
         if kind == "invite" and isinstance(call_id, str):
             await self._outbound(msg)
+            return
+        conf = self._conference_legs.get(call_id) if isinstance(call_id, str) else None
+        if conf is not None:
+            conf.post(cc.PhoneServer(str(call_id), msg))
             return
         call = self.calls.get(call_id) if isinstance(call_id, str) else None
         if call is not None:
             call.post(msg)
         elif kind == "error":
             log.warning("bridge %s: server error %s: %s", self.name, msg.get("code"), msg.get("message"))
+
+    # --- group calls: the conference (docs/signalling.md, ## Group calls) ------------------------
+    def _conference_message(self, kind: str, call_id: str, msg: dict[str, Any]) -> None:
+        conf = self.conferences.get(call_id)
+        leg = str(msg.get("leg") or "")
+        if kind == "conference_join":
+            if conf is None:
+                conf = Conference(call_id, self.trunk, self.send, self.settings, self.ice_servers,
+                                  on_done=self._conference_done)
+                self.conferences[call_id] = conf
+                log.info("conference for group call %s opens here", call_id, extra={"call_id": call_id})
+            conf.post(cc.Join(leg, str(msg.get("username") or ""), str(msg.get("sdp") or "")))
+        elif conf is None:
+            return
+        elif kind == "conference_ice":
+            cand = msg.get("candidate")
+            conf.post(cc.AppIce(leg, cand if isinstance(cand, dict) else None))
+        elif kind == "conference_leave":
+            conf.post(cc.Leave(leg))
+        elif kind == "conference_mute":
+            conf.post(cc.Mute(leg, bool(msg.get("muted"))))
+        elif kind == "conference_close":
+            conf.post(cc.Close(str(msg.get("reason") or "hangup")))
+
+    def _conference_phone(self, call_id: str, msg: dict[str, Any]) -> None:
+        """A phone number added to a group call: a phone leg of that call's conference."""
+        conf = self.conferences.get(str(msg["conference"]))
+        if conf is None:
+            asyncio.ensure_future(self.send({
+                "type": "decline", "call_id": call_id, "reason": "failed", "sip_code": None, "q850_cause": 41,
+                "detail": "that group call is not on this gateway"}))
+            return
+        self._conference_legs[call_id] = conf
+        conf.post(cc.PhoneInvite(call_id, str(msg.get("to") or ""), str(msg.get("from") or "")))
+
+    def _conference_done(self, conf: Conference) -> None:
+        self.conferences.pop(conf.call_id, None)
+        for leg in [k for k, v in self._conference_legs.items() if v is conf]:
+            del self._conference_legs[leg]
 
     async def _outbound(self, msg: dict[str, Any]) -> None:
         call_id, to = str(msg["call_id"]), str(msg.get("to") or "")

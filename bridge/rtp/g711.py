@@ -92,6 +92,8 @@ def as_pcm(samples: bytes | bytearray | memoryview | npt.ArrayLike) -> Pcm:
 
 
 def _codes(payload: bytes | bytearray | memoryview | npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    if type(payload) is bytes:  # the per-packet case: no copy
+        return np.frombuffer(payload, dtype=np.uint8)
     if isinstance(payload, bytes | bytearray | memoryview):
         return np.frombuffer(bytes(payload), dtype=np.uint8)
     return np.asarray(payload, dtype=np.uint8)
@@ -107,14 +109,20 @@ def alaw_decode(payload: bytes | bytearray | memoryview | npt.ArrayLike) -> Pcm:
     return ALAW_TO_PCM[_codes(payload)]
 
 
+def _as_u16(samples: bytes | bytearray | memoryview | npt.ArrayLike) -> npt.NDArray[np.uint16]:
+    if type(samples) is np.ndarray and samples.dtype == np.int16:  # the per-frame case
+        return samples.view(np.uint16)
+    return as_pcm(samples).view(np.uint16)
+
+
 def ulaw_encode(samples: bytes | bytearray | memoryview | npt.ArrayLike) -> bytes:
     """PCM16 (bytes or ``np.int16``) -> μ-law payload bytes."""
-    return PCM_TO_ULAW[as_pcm(samples).view(np.uint16)].tobytes()
+    return PCM_TO_ULAW[_as_u16(samples)].tobytes()
 
 
 def alaw_encode(samples: bytes | bytearray | memoryview | npt.ArrayLike) -> bytes:
     """PCM16 (bytes or ``np.int16``) -> A-law payload bytes."""
-    return PCM_TO_ALAW[as_pcm(samples).view(np.uint16)].tobytes()
+    return PCM_TO_ALAW[_as_u16(samples)].tobytes()
 
 
 def ulaw_to_pcm_bytes(payload: bytes) -> bytes:

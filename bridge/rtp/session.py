@@ -324,6 +324,11 @@ class JitterBuffer:
     def depth(self) -> int:
         return len(self._slots)
 
+    @property
+    def playing(self) -> bool:
+        """True once prefetch is done and until the next underrun (or reset)."""
+        return self._playing
+
     def stats(self) -> JitterStats:
         src = self.source
         return JitterStats(

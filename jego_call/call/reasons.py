@@ -63,6 +63,9 @@ class EndReason(StrEnum):
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
     CONGESTION = "congestion"
+    # group calls: one member's part ends, the call goes on
+    LEFT = "left"
+    REMOVED = "removed"
     # prepaid credit and toll-fraud controls (jego_call/billing): refused before any SIP is
     # sent, or (credit_exhausted, limit_reached) cut by a BYE with cause 16
     INSUFFICIENT_CREDIT = "insufficient_credit"
@@ -153,6 +156,8 @@ REASONS: Final[dict[EndReason, ReasonInfo]] = {
     R.UNREACHABLE: ReasonInfo(503, 41, "unreachable", "Phone calls are not available right now, try again later",
                               "暂时无法拨打电话，请稍后再试"),
     R.CONGESTION: ReasonInfo(503, 34, "unreachable", "The phone network is busy, try again later", "网络忙，请稍后再拨"),
+    R.LEFT: ReasonInfo(0, 16, "answered", "You left the group call", "您已退出群通话"),
+    R.REMOVED: ReasonInfo(0, 16, "failed", "You are no longer a member of this group", "您已不是该群的成员"),
     R.INSUFFICIENT_CREDIT: ReasonInfo(None, None, "failed", "Not enough credit for this call: top up to call",
                                       "余额不足，请充值后再拨打"),
     R.CREDIT_EXHAUSTED: ReasonInfo(0, 16, "answered", "Your credit ran out, so the call ended",
@@ -177,7 +182,7 @@ BILLING_REASONS: Final = frozenset({R.INSUFFICIENT_CREDIT, R.CREDIT_EXHAUSTED, R
 USER_DECLINE_REASONS: Final = frozenset({R.DECLINED, R.BUSY})
 GATEWAY_DECLINE_REASONS: Final = frozenset(REASONS) - BILLING_REASONS - {
     R.HANGUP, R.ANSWERED_ELSEWHERE, R.CONNECTION_LOST, R.MAX_DURATION, R.MEDIA_TIMEOUT, R.ACK_TIMEOUT,
-    R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER}
+    R.SERVER_SHUTDOWN, R.MEDIA_DENIED, R.MEDIA_FAILED, R.SERVICE_NUMBER, R.LEFT, R.REMOVED}
 
 # A SIP final response (with its Q.850 cause) -> the reason (RFC 3398 §8.2.6.1, carrier.md §4.3).
 _BY_CODE_AND_CAUSE: Final[dict[tuple[int, int], EndReason]] = {

@@ -15,6 +15,12 @@ Exit codes of `jego dial call`:
     2  usage error (bad option, missing --play file, no --user)
 `jego dial answer` exits 0 after --count calls or on SIGINT/SIGTERM, 1 on failure, 2 on usage.
 
+`jego dial group GROUP_ID` takes part in a group call (docs/signalling.md, ## Group calls): it
+starts the group's call, or joins the one that is running (with --answer: waits to be rung),
+sends --play, records the conference's mix with --record, and can --add-phone a number,
+--mute-at / --unmute-at seconds after joining, and leaves after --duration. Exit codes: 0 joined,
+4 not rung (--answer) or the call could not be joined in time, 1 other failures, 2 usage.
+
 JSON fields: outcome, reason, sip_code, q850_cause, setup_ms (dial -> media connected),
 ringing_ms (dial -> first ringing), connected_s, audio {packets_sent, packets_received,
 packets_lost, jitter_ms, rtt_ms, level_dbfs, dominant_hz, bitrate_send_kbps, bitrate_recv_kbps,
@@ -567,6 +573,253 @@ async def dial_answer(args: argparse.Namespace, out: Output) -> list[Report]:
     return reports
 
 
+# --- jego dial group --------------------------------------------------------------------------
+class StampedRecorder(WavRecorder):
+    """A WavRecorder that notes the Unix time of its first frame (to line recordings up)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self.started_at: float | None = None
+
+    def handle(self, frame: Any) -> None:
+        if self.started_at is None:
+            self.started_at = time.time()
+        super().handle(frame)
+
+
+@dataclass
+class GroupReport:
+    """What `jego dial group --json` prints."""
+
+    group: str
+    call_id: str | None = None
+    outcome: str = "failed"
+    reason: str | None = None
+    detail: str | None = None
+    started: bool = False            # this dialer started the call (else it joined a running one)
+    joined_at: float | None = None   # Unix seconds: media connected
+    left_at: float | None = None
+    connected_s: float = 0.0
+    setup_ms: float | None = None
+    record: str | None = None
+    record_started_at: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)   # {"t": unix, "what": ...}
+    participants: list[dict[str, Any]] = field(default_factory=list)  # the last group_call_state's
+    phones: list[dict[str, Any]] = field(default_factory=list)
+    audio: dict[str, Any] = field(default_factory=dict)
+    cpu_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class GroupDialer:
+    """One member's part in a group call, from start/join to leaving."""
+
+    def __init__(self, args: argparse.Namespace, client: JegoClient, ep: MediaEndpoint, analyser: Analyser,
+                 recorder: StampedRecorder | None, out: Output, stop: asyncio.Event) -> None:
+        self.args, self.client, self.ep, self.analyser = args, client, ep, analyser
+        self.recorder, self.out, self.stop = recorder, out, stop
+        self.report = GroupReport(group=args.group, record=args.record)
+        self.answered = False
+        self.left_sent = False
+        self.t0 = time.monotonic()
+
+    def _event(self, what: str, **extra: Any) -> None:
+        self.report.events.append({"t": round(time.time(), 3), "what": what, **extra})
+
+    async def _start_or_join(self, offer: str) -> None:
+        """Start the group's call; if one is running, join it instead."""
+        gid = self.args.group
+        if self.args.answer:
+            self.out.progress(f"waiting to be rung in {gid} ...")
+            deadline = time.monotonic() + (self.args.ring_timeout or 60.0)
+            while time.monotonic() < deadline and not self.stop.is_set():
+                msg = await self.client.recv(0.2)
+                if msg and msg.get("type") == "group_call_ring" and msg.get("group") == gid:
+                    self.report.call_id = str(msg["call_id"])
+                    break
+            if self.report.call_id is None:
+                self.report.reason, self.report.outcome = "no_answer", "no_answer"
+                return
+            await self.client.send({"type": "group_call_join", "call_id": self.report.call_id, "sdp": offer,
+                                    "video": False})
+            return
+        call_id = new_call_id()
+        await self.client.send({"type": "group_call_start", "call_id": call_id, "group": gid, "media": ["audio"],
+                                "sdp": offer})
+        while True:
+            msg = await self.client.recv(10.0)
+            if msg is None:
+                raise Failure("the server did not answer group_call_start")
+            if msg.get("call_id") != call_id:
+                continue
+            if msg.get("type") == "error" and msg.get("code") == "call_exists":
+                live = (await self.client.group(gid)).get("call")
+                if not live:
+                    raise Failure(f"cannot start or join the call: {msg.get('message')}")
+                self.report.call_id = str(live["call_id"])
+                self.out.progress(f"joining the running call {self.report.call_id}")
+                await self.client.send({"type": "group_call_join", "call_id": self.report.call_id, "sdp": offer,
+                                        "video": False})
+                return
+            if msg.get("type") == "error":
+                raise Failure(f"{msg.get('code')}: {msg.get('message')}")
+            if msg.get("type") in ("group_call_state", "group_call_answer", "group_call_ended"):
+                self.report.call_id, self.report.started = call_id, True
+                self.client._inbox.put_nowait(msg)  # handled by run()
+                return
+
+    async def run(self) -> GroupReport:
+        r = self.report
+        offer = await self.ep.create_offer(audio=True)
+        try:
+            await self._start_or_join(offer)
+        except ApiError as exc:
+            raise Failure(f"{exc.code}: {exc.message}") from None
+        if r.call_id is None:
+            return r
+        actions: list[tuple[float, str]] = []
+        if self.args.add_phone:
+            actions.append((self.args.add_phone_at, "add_phone"))
+        if self.args.mute_at is not None:
+            actions.append((self.args.mute_at, "mute"))
+        if self.args.unmute_at is not None:
+            actions.append((self.args.unmute_at, "unmute"))
+        if self.args.duration is not None:
+            actions.append((self.args.duration, "leave"))
+        actions.sort()
+        joined_mono: float | None = None
+        end_deadline: float | None = None
+        connect: asyncio.Task[None] | None = None
+        next_tick: float | None = None
+        cpu0 = 0.0
+        while True:
+            now = time.monotonic()
+            if end_deadline is not None and now >= end_deadline:
+                r.reason = r.reason or "left"
+                break
+            if joined_mono is None and now - self.t0 > 20.0:
+                r.reason, r.detail = "failed", "the conference did not connect within 20 s"
+                break
+            if connect is not None and connect.done():
+                err = connect.exception()
+                connect = None
+                if err is not None:
+                    r.reason, r.detail = "media_failed", str(err)
+                    break
+                joined_mono, cpu0 = time.monotonic(), time.process_time()
+                r.joined_at, r.setup_ms = time.time(), _ms(self.t0, joined_mono)
+                self.answered = True
+                self._event("joined")
+                self.out.progress(f"in the group call {r.call_id} (setup {r.setup_ms:.0f} ms)")
+                next_tick = joined_mono + 1.0
+            if joined_mono is not None:
+                while actions and now - joined_mono >= actions[0][0] and not self.left_sent:
+                    _t, what = actions.pop(0)
+                    await self._act(what)
+                    if what == "leave":
+                        end_deadline = time.monotonic() + 3.0
+            if self.stop.is_set() and not self.left_sent:
+                await self._act("leave")
+                end_deadline = time.monotonic() + 3.0
+            if next_tick is not None and now >= next_tick:
+                next_tick += 1.0
+                self.out.progress(f"  level {self.analyser.level_dbfs:6.1f} dBFS  {self.analyser.dominant_hz:6.0f} Hz  "
+                                  f"{sum(1 for p in r.participants if p['state'] == 'joined')} members, "
+                                  f"{sum(1 for p in r.phones if p['state'] == 'joined')} phones")
+            try:
+                msg = await self.client.recv(0.05)
+            except ConnectionLost:
+                r.reason = r.reason or "connection_lost"
+                break
+            if msg is None or msg.get("call_id") != r.call_id:
+                continue
+            kind = msg.get("type")
+            if kind == "group_call_answer":
+                try:
+                    await self.ep.set_answer(str(msg.get("sdp", "")))
+                except MediaError as exc:
+                    r.reason, r.detail = "media_failed", str(exc)
+                    break
+                connect = asyncio.ensure_future(self.ep.wait_connected(15.0))
+            elif kind == "group_call_state":
+                r.participants, r.phones = list(msg.get("participants") or []), list(msg.get("phones") or [])
+            elif kind == "group_call_left":
+                r.reason = str(msg.get("reason") or "left")
+                break
+            elif kind == "group_call_ended":
+                r.reason, r.detail = str(msg.get("reason") or "hangup"), msg.get("detail")
+                break
+            elif kind == "error":
+                self.out.progress(f"server error: {msg.get('code')}: {msg.get('message', '')}")
+                self._event("error", code=msg.get("code"))
+        if joined_mono is not None:
+            r.left_at = time.time()
+            r.connected_s = round(time.monotonic() - joined_mono, 3)
+            r.cpu_s = round(time.process_time() - cpu0, 3)
+        with contextlib.suppress(Exception):
+            st = await self.ep.stats()
+            r.audio = {k: st.get(k) for k in ("codec", "packets_sent", "packets_received", "packets_lost")}
+        r.audio["received_s"] = round(self.analyser.received_s, 3)
+        if self.recorder is not None:
+            r.record_started_at = self.recorder.started_at
+        r.outcome = "answered" if self.answered else outcome_for(r.reason, None, None, False)
+        self.out.progress(f"left the group call: {r.outcome} ({r.reason})")
+        return r
+
+    async def _act(self, what: str) -> None:
+        call_id = self.report.call_id
+        if what == "add_phone":
+            await self.client.send({"type": "group_call_add_phone", "call_id": call_id, "number": self.args.add_phone})
+            self.out.progress(f"adding {self.args.add_phone}")
+        elif what in ("mute", "unmute"):
+            await self.client.send({"type": "group_call_mute", "call_id": call_id, "muted": what == "mute"})
+            self.out.progress(what + "d")
+        elif what == "leave":
+            self.left_sent = True
+            await self.client.send({"type": "group_call_leave", "call_id": call_id})
+            self.out.progress("leaving")
+        self._event(what)
+
+
+async def dial_group(args: argparse.Namespace, out: Output) -> GroupReport:
+    user, password = _credentials(args)
+    _check_record(args.record)
+    source = _source(args)
+    stop = asyncio.Event()
+    _install_stop(stop)
+    async with JegoClient(args.server, auto_ringing=False) as client:
+        await _login(args, client, user, password)
+        analyser = Analyser()
+        recorder = StampedRecorder(args.record) if args.record else None
+        sinks: list[Sink] = [analyser] + ([recorder] if recorder is not None else [])
+        ep = MediaEndpoint(source=source, sinks=sinks, ice_servers=client.ice_servers,
+                           codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate)
+        try:
+            return await GroupDialer(args, client, ep, analyser, recorder, out, stop).run()
+        finally:
+            await ep.close()
+
+
+def run_group(args: argparse.Namespace) -> int:
+    """Entry point of `jego dial group`; returns the exit code."""
+    try:
+        out = _prepare(args)
+        report = asyncio.run(dial_group(args, out))
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except Failure as exc:
+        _error(str(exc))
+        if args.json:
+            print(json.dumps({"outcome": "failed", "reason": "setup", "detail": str(exc), "group": args.group}))
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(report.to_json(), separators=(", ", ": ")), flush=True)
+    return OUTCOME_EXIT.get(report.outcome, EXIT_FAILED)
+
+
 # --- argparse wiring --------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=os.environ.get("JEGO_SERVER", "http://127.0.0.1:8080"),
@@ -590,7 +843,7 @@ def add_parser(subparsers: Any) -> None:
     """Add `jego dial call|answer`."""
     dial = subparsers.add_parser("dial", help="place or answer test calls",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = dial.add_subparsers(dest="dial_command", metavar="{call,answer}")
+    sub = dial.add_subparsers(dest="dial_command", metavar="{call,answer,group}")
     sub.required = True
     call = sub.add_parser("call", help="call a user or a phone number")
     call.add_argument("target", help="username or phone number")
@@ -606,10 +859,21 @@ def add_parser(subparsers: Any) -> None:
     ans.add_argument("--duration", type=float, metavar="S", help="hang up after S s (default: wait for the caller)")
     ans.add_argument("--answer-after", type=float, default=0.0, metavar="S", help="ring for S s before answering")
     ans.set_defaults(func=run_answer)
+    grp = sub.add_parser("group", help="start or join a group's call")
+    grp.add_argument("group", metavar="GROUP_ID", help="the group's id (jego group list)")
+    _common(grp)
+    grp.add_argument("--answer", action="store_true", help="wait to be rung, then join")
+    grp.add_argument("--ring-timeout", type=float, metavar="S", help="with --answer: give up after S s (60)")
+    grp.add_argument("--duration", type=float, default=10.0, metavar="S", help="leave after S s in the call (10)")
+    grp.add_argument("--add-phone", metavar="NUMBER", help="add this phone number to the call")
+    grp.add_argument("--add-phone-at", type=float, default=0.5, metavar="S", help="... S s after joining (0.5)")
+    grp.add_argument("--mute-at", type=float, metavar="S", help="mute yourself S s after joining")
+    grp.add_argument("--unmute-at", type=float, metavar="S", help="unmute S s after joining")
+    grp.set_defaults(func=run_group)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for name in ("duration", "ring_timeout", "answer_after"):
+    for name in ("duration", "ring_timeout", "answer_after", "add_phone_at", "mute_at", "unmute_at"):
         v = getattr(args, name, None)
         if v is not None and v < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")

@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "jego_call.cli.contact",
     "jego_call.cli.credit",
     "jego_call.cli.dial",
+    "jego_call.cli.group",
     "jego_call.cli.message",
     "jego_call.cli.serve",
     "jego_call.cli.user",

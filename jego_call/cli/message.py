@@ -4,6 +4,8 @@
     jego message send TO --file PATH [--json]     photo, voice message or file: told apart by content
     jego message list WITH [--json] [--limit N] [--before-seq SEQ]
 
+TO and WITH are a username, or `group:ID` for a group (`jego group list` shows the ids).
+
 Log in with --user/--password (or env JEGO_USER/JEGO_PASSWORD); --server URL defaults to
 http://127.0.0.1:8080. Exit codes: 0 success; 1 failure the server reported (unknown user, not a
 contact, wrong password, rejected media) or an unreachable server; 2 usage error (missing
@@ -32,7 +34,21 @@ ERROR_TEXT = {
     "auth_failed": "wrong username or password",
     "unsupported_media": "the server refused this content",
     "too_large": "too large",
+    "forbidden": "not allowed (not a member of the group?)",
+    "not_found": "no such group",
 }
+GROUP_PREFIX = "group:"
+
+
+def split_target(raw: str) -> tuple[str, str | None]:
+    """(username, None) or ("", group id) for `group:ID`."""
+    raw = raw.strip()
+    if raw.lower().startswith(GROUP_PREFIX):
+        gid = raw[len(GROUP_PREFIX):].strip().lower()
+        if not gid:
+            raise UsageError("give the group's id after group: (see jego group list)")
+        return "", gid
+    return raw.lower(), None
 
 
 class UsageError(Exception):
@@ -53,13 +69,13 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server (default 30)")
 
     s = msub.add_parser("send", help="send a text, or a photo / voice message / file with --file")
-    s.add_argument("to", help="the contact's username")
+    s.add_argument("to", help="the contact's username, or group:ID")
     s.add_argument("text", nargs="?", help="the text to send")
     s.add_argument("--file", metavar="PATH", help="send this file (photo, voice message or any file)")
     common(s)
     s.set_defaults(func=send)
     ls = msub.add_parser("list", help="show the conversation with a contact, oldest first")
-    ls.add_argument("with_user", metavar="WITH", help="the other user's username")
+    ls.add_argument("with_user", metavar="WITH", help="the other user's username, or group:ID")
     ls.add_argument("--limit", type=int, help="messages per page (server default 50)")
     ls.add_argument("--before-seq", type=int, help="only messages before this sequence number")
     common(ls)
@@ -77,8 +93,14 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str]:
 def _describe(m: dict[str, Any]) -> str:
     """One line for a message: `#3 12:01:02 alice -> bob [read]: text` or the media summary."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["ts"])))
-    head = f"#{m['seq']} {stamp} {m['from']} -> {m['to']} [{m['state']}]"
+    if "group" in m:
+        head = f"#{m['seq']} {stamp} {m['from']} -> group:{m['group']}"
+    else:
+        head = f"#{m['seq']} {stamp} {m['from']} -> {m['to']} [{m['state']}]"
     media = m.get("media")
+    if m["kind"] == "system":
+        ev = m.get("event") or {}
+        return f"{head}: * {ev.get('by') or 'the group'} {ev.get('action')} {' '.join(ev.get('members') or [])}".rstrip()
     if m["kind"] == "text":
         return f"{head}: {m.get('text', '')}"
     assert media is not None
@@ -140,8 +162,9 @@ async def _send(args: argparse.Namespace) -> int:
             media = await client.upload_media(args.file)
             media_id = media["id"]
         await client.connect()
-        ack = await client.send_message(args.to.strip().lower(), text=args.text if media_id is None else None,
-                                        media_id=media_id)
+        to, group = split_target(args.to)
+        ack = await client.send_message(to, text=args.text if media_id is None else None,
+                                        media_id=media_id, group=group)
     message = ack["message"]
     if args.json:
         print(json.dumps(message, ensure_ascii=False))
@@ -162,12 +185,16 @@ async def _list(args: argparse.Namespace) -> int:
     user, password = _credentials(args)
     async with JegoClient(args.server, timeout=args.timeout) as client:
         await client.login(user, password)
-        page = await client.messages(args.with_user.strip().lower(), args.before_seq, args.limit)
+        peer, group = split_target(args.with_user)
+        if group is not None:
+            page = await client.group_messages(group, args.before_seq, args.limit)
+        else:
+            page = await client.messages(peer, args.before_seq, args.limit)
     if args.json:
         print(json.dumps(page, ensure_ascii=False))
         return EXIT_OK
     if not page["messages"]:
-        print(f"no messages with {page['with']}")
+        print(f"no messages with {page.get('with') or 'group:' + str(page.get('group'))}")
     for m in page["messages"]:
         print(_describe(m))
     if page.get("has_more"):

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..aio import run as run_loop
 from ..config import Config, load_config
 from ..log import default_node, setup_logging
 from ..signalling.keys import BOUND_URL
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, fmt=cfg.log.format, node=cfg.log.node or default_node())
     try:
-        asyncio.run(serve(cfg))
+        run_loop(serve(cfg))  # uvloop when installed
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

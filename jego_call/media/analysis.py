@@ -97,7 +97,7 @@ def _lowpass(numtaps: int, cutoff: float, beta: float = 8.6) -> FloatArray:
     """Kaiser-windowed sinc low-pass; `cutoff` is a fraction of the Nyquist frequency."""
     m = np.arange(numtaps) - (numtaps - 1) / 2
     h = cutoff * np.sinc(cutoff * m) * np.kaiser(numtaps, beta)
-    return h / h.sum()
+    return np.asarray(h / h.sum(), dtype=np.float64)
 
 
 def _fftconvolve(x: FloatArray, h: FloatArray) -> FloatArray:

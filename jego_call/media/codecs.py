@@ -50,7 +50,7 @@ def frame_to_mono(frame: AudioFrame) -> np.ndarray:
     if channels == 1:
         return data.astype(np.int16, copy=False)
     mixed = data.reshape(-1, channels).astype(np.int32).sum(axis=1) // channels
-    return mixed.astype(np.int16)
+    return np.asarray(mixed, dtype=np.int16)
 
 
 class MonoOpusEncoder(Encoder):
@@ -92,7 +92,7 @@ class MonoOpusEncoder(Encoder):
 
     def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         assert isinstance(frame, AudioFrame)
-        packets: list[Packet] = []
+        packets: list[Packet[Any]] = []
         for f in self._mono_frames(frame):
             packets += self.codec.encode(f)
         if not packets:
@@ -102,7 +102,7 @@ class MonoOpusEncoder(Encoder):
             self.first_packet_pts = pts
         return [bytes(p) for p in packets], pts - self.first_packet_pts
 
-    def pack(self, packet: Packet) -> tuple[list[bytes], int]:
+    def pack(self, packet: Packet[Any]) -> tuple[list[bytes], int]:
         assert packet.pts is not None and packet.time_base is not None
         return [bytes(packet)], int(packet.pts * packet.time_base / TIME_BASE)
 

@@ -302,7 +302,7 @@ class MediaEndpoint:
                 self._prev[f"{t.kind}.{src}"] = s[src]
             out[t.kind] = s
         self._prev["t"] = now
-        audio = out.pop("audio", {})
+        audio: dict[str, Any] = out.pop("audio", {})
         if "video" in out:
             audio["video"] = out["video"]
         if isinstance(self.source, PacedAudioTrack):

@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -30,7 +31,7 @@ from ..signalling.hub import Hub, Session
 from ..signalling.keys import ACCOUNTS, CONFIG, DB, HUB, MESSAGING
 from . import protocol as p
 from .media import FILE_MIME, MediaFiles, MediaRejected, Sniffed, TempUpload, analyse
-from .store import Media, Message, MessageStore
+from .store import Group, Media, Message, MessageStore
 
 log = logging.getLogger("jego.messaging")
 
@@ -69,13 +70,8 @@ class Messaging:
         if await self.accounts.is_blocked(peer, user):  # the sender is told no more than that
             raise SignallingError(ErrorCode.UNAVAILABLE, "not available")
 
-    async def send(self, sender: str, msg: p.SendMessage) -> tuple[Message, bool]:
-        """Validate and durably store one message; returns (message, duplicate). StorageUnavailable
-        (service_unavailable) when the database cannot be reached: nothing was stored."""
-        old = await self.store.by_client_id(sender, msg.client_id)
-        if old is not None:  # a retry: the same ack again, whatever else changed
-            return old, True
-        await self._check_peer(sender, msg.to)
+    async def _check_content(self, sender: str, msg: p.SendMessage) -> str:
+        """The message's kind, after the text limit and media ownership checks."""
         kind = "text"
         if msg.text is not None and len(msg.text) > self.cfg.max_text_chars:
             raise SignallingError(ErrorCode.TOO_LARGE,
@@ -87,6 +83,29 @@ class Messaging:
             if media.owner != sender:
                 raise SignallingError(ErrorCode.FORBIDDEN, "you can only send media you uploaded")
             kind = media.kind
+        return kind
+
+    async def require_member(self, user: str, group_id: str) -> Group:
+        """The group, if `user` is a member now; not_found (no such group) or forbidden otherwise."""
+        group = await self.store.group(group_id)
+        if group is None:
+            raise SignallingError(ErrorCode.NOT_FOUND, f"no group {group_id!r}")
+        if group.member(user) is None:
+            raise SignallingError(ErrorCode.FORBIDDEN, "you are not a member of this group")
+        return group
+
+    async def send(self, sender: str, msg: p.SendMessage) -> tuple[Message, bool]:
+        """Validate and durably store one message; returns (message, duplicate). StorageUnavailable
+        (service_unavailable) when the database cannot be reached: nothing was stored."""
+        old = await self.store.by_client_id(sender, msg.client_id)
+        if old is not None:  # a retry: the same ack again, whatever else changed
+            return old, True
+        if msg.group is not None:
+            await self.require_member(sender, msg.group)
+            kind = await self._check_content(sender, msg)
+            return await self.store.send_group(sender, msg.group, msg.client_id, kind, msg.text, msg.media_id)
+        await self._check_peer(sender, msg.to)
+        kind = await self._check_content(sender, msg)
         return await self.store.send(sender, msg.to, msg.client_id, kind, msg.text, msg.media_id)
 
     async def on_send(self, session: Session, msg: p.SendMessage) -> None:
@@ -97,14 +116,36 @@ class Messaging:
         if duplicate:
             return
         push = {"type": "message", "message": wire}
+        if stored.group is not None:
+            await self.push_group(stored.group, push, skip=session)
+            return
+        assert stored.recipient is not None
         self.hub.send_to_user(stored.recipient, push)
         for s in list(self.hub.sessions.get(stored.sender, ())):
             if s is not session:  # the sender's other tabs and devices
                 s.send(push)
 
+    async def push_group(self, group_id: str, msg: dict[str, Any], skip: Session | None = None,
+                         also: tuple[str, ...] = ()) -> None:
+        """Send `msg` to every session of the group's current members (and of `also`), but `skip`."""
+        group = await self.store.group(group_id)
+        users = dict.fromkeys([*(group.usernames if group else []), *also])
+        for user in users:
+            for s in list(self.hub.sessions.get(user, ())):
+                if s is not skip:
+                    s.send(msg)
+
     # -- receipts -------------------------------------------------------------------------
     async def on_receipt(self, session: Session, msg: p.Receipt) -> None:
         user, peer = session.username, msg.with_
+        if msg.group is not None:
+            if await self.store.membership(msg.group, user) is None:
+                raise SignallingError(ErrorCode.FORBIDDEN, "you are not a member of this group")
+            mark = await self.store.mark_group(user, msg.group, msg.up_to_seq, msg.state)
+            if mark is not None:  # every member's sessions keep the per-member watermarks
+                await self.push_group(msg.group, {"type": "receipt", "group": msg.group, "by": user,
+                                                  "state": msg.state, "up_to_seq": mark}, skip=session)
+            return
         if not await self.accounts.exists(peer):
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
         mark = await self.store.mark(user, peer, msg.up_to_seq, msg.state)
@@ -130,8 +171,20 @@ class Messaging:
             for m in await self.store.after(user, peer, after_seq, SYNC_LIMIT - sent):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
+        seen_groups: set[str] = set()
+        for gid, after_seq in msg.groups:
+            if gid in seen_groups or await self.store.membership(gid, user) is None:
+                continue
+            seen_groups.add(gid)
+            for m in await self.store.group_after(user, gid, after_seq, SYNC_LIMIT - sent):
+                session.send({"type": "message", "message": m.to_wire()})
+                sent += 1
         if sent < SYNC_LIMIT:
             for m in await self.store.undelivered(user, SYNC_LIMIT - sent, seen):
+                session.send({"type": "message", "message": m.to_wire()})
+                sent += 1
+        if sent < SYNC_LIMIT:
+            for m in await self.store.group_undelivered(user, SYNC_LIMIT - sent, seen_groups):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
         for peer in await self.store.peers(user):
@@ -139,6 +192,15 @@ class Messaging:
             for state, mark in (("delivered", delivered), ("read", read)):
                 if mark:
                     session.send({"type": "receipt", "with": peer, "by": peer, "state": state, "up_to_seq": mark})
+        for gid in await self.store.groups_of(user):
+            group = await self.store.group(gid)
+            for member in group.members if group else ():
+                if member.username == user:
+                    continue
+                for state, mark in (("delivered", member.delivered_seq), ("read", member.read_seq)):
+                    if mark:
+                        session.send({"type": "receipt", "group": gid, "by": member.username, "state": state,
+                                      "up_to_seq": mark})
         session.send({"type": "sync_done", "count": sent, "more": sent >= SYNC_LIMIT})
 
     # -- media ----------------------------------------------------------------------------

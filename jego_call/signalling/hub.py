@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
+from ..groups.calls import GroupDirectory
 from .hub_core import (
     EMERGENCY_TEXT,
     GATEWAY_EVENTS,
@@ -195,6 +196,22 @@ class Hub:
         for s in targets:
             s.send(msg)
         return len(targets)
+
+    def set_groups(self, directory: GroupDirectory) -> None:
+        """Install group membership for group calls (a `groups.calls.GroupDirectory`)."""
+        self.core.set_group_directory(directory)
+
+    def group_call(self, group_id: str) -> dict[str, Any] | None:
+        """The group's running call as `GET /api/groups/{id}` shows it, or None."""
+        call = self.core.group_calls.by_group.get(group_id)
+        if call is None:
+            return None
+        return {"call_id": call.id, "state": call.state.value, "media": list(call.media),
+                "in_call": sorted(p.username for p in call.in_call())}
+
+    def group_member_left(self, group_id: str, username: str) -> None:
+        """`username` is no longer in the group: their part in its group call ends."""
+        self._run(self.core.group_member_left(group_id, username, now=self.loop.time(), wall=self._wall_clock()))
 
     def contact_added(self, owner: str, contact: str) -> None:
         """Tell `owner`'s sessions the presence of a contact they just added."""

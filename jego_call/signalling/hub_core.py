@@ -32,6 +32,8 @@ from .. import numbering
 from ..call.reasons import USER_DECLINE_REASONS, EndReason
 from ..call.state import CallEvent, CallState, CallStateMachine
 from ..errors import ErrorCode, SignallingError
+from ..groups import protocol as gp
+from ..groups.calls import GroupCallDesk, GroupDirectory
 from . import messages as m
 
 if TYPE_CHECKING:
@@ -114,6 +116,7 @@ class Call:
     sip_code: int | None = None
     q850_cause: int | None = None
     end_reason: EndReason | None = None
+    conference: str | None = None   # phone_out legs of a group call: that call's id (groups/calls.py)
     timer: CallTimer | None = None
     deadline: float | None = None   # monotonic seconds
     timer_seq: int = 0
@@ -238,6 +241,9 @@ class HubCore:
             m.Decline: self._on_decline, m.Cancel: self._on_cancel, m.Hangup: self._on_hangup,
             m.Ice: self._on_ice, m.Dtmf: self._on_dtmf, m.CallReport: self._on_call_report,
         }
+        self.group_calls = GroupCallDesk(self)   # group calls (jego_call/groups/calls.py)
+        for t in gp.GROUP_CALL_TYPES:
+            self._handlers[t] = self.group_calls.handle
 
     # --- inputs ---------------------------------------------------------------------------------
     def handles(self, msg_type: type) -> bool:
@@ -282,8 +288,10 @@ class HubCore:
         if info is None:
             return self._take()
         if session in self.gateways:
-            gw = self.gateways.pop(session)
+            gw = self.gateways[session]
             self._log(WARNING, f"gateway {gw.name} disconnected with {len(gw.calls)} calls")
+            self.group_calls.detach(session, gateway=True)
+            del self.gateways[session]
             self._end_session_calls(session, gw.name)
             return self._take()
         have = self.user_sessions.get(info.username)
@@ -291,6 +299,7 @@ class HubCore:
             have.discard(session)
             if not have:
                 del self.user_sessions[info.username]
+        self.group_calls.detach(session, gateway=False)
         self._end_session_calls(session, info.username)
         self._presence_changed(info.username)
         return self._take()
@@ -321,17 +330,30 @@ class HubCore:
                 self._end(call, CallEvent.TIMEOUT)
             else:
                 self._end(call, CallEvent.MAX_DURATION)
+        self.group_calls.handle_timer(now)
         return self._take()
 
     def next_deadline(self) -> float | None:
         """When `handle_timer` next has something to do (monotonic seconds), or None."""
+        group = self.group_calls.next_deadline()
         while self._timers:
             _at, seq, call_id = self._timers[0]
             call = self.calls.get(call_id)
             if call is not None and call.timer_seq == seq and call.timer is not None:
-                return self._timers[0][0]
+                at = self._timers[0][0]
+                return at if group is None else min(at, group)
             heapq.heappop(self._timers)
-        return None
+        return group
+
+    def set_group_directory(self, directory: GroupDirectory) -> None:
+        """Where group calls read group membership (groups/service.py installs it at start-up)."""
+        self.group_calls.directory = directory
+
+    def group_member_left(self, group_id: str, username: str, *, now: float, wall: float) -> list[Command]:
+        """`username` was removed from (or left) the group: their part in its call ends."""
+        self._begin(now, wall)
+        self.group_calls.member_left_group(group_id, username)
+        return self._take()
 
     def contact_added(self, owner: str, contact: str) -> list[Command]:
         """Tell `owner`'s sessions the presence of a contact they just added."""
@@ -343,6 +365,7 @@ class HubCore:
         """End every call with server_shutdown and close every session (code 1001)."""
         self._begin(now, wall)
         self.closing = True
+        self.group_calls.shutdown()
         for call in list(self.calls.values()):
             self._end(call, CallEvent.SHUTDOWN)
         for username in sorted(self.user_sessions):
@@ -360,7 +383,9 @@ class HubCore:
         if not self.online(username):
             return "offline"
         call = self.user_call.get(username)
-        return "in_call" if call is not None and call.state is CallState.CONNECTED else "online"
+        if call is not None and call.state is CallState.CONNECTED:
+            return "in_call"
+        return "in_call" if self.group_calls.in_call(username) else "online"
 
     def pick_gateway(self) -> Gateway | None:
         """The gateway with the fewest calls among those with free capacity."""
@@ -388,6 +413,9 @@ class HubCore:
 
     def _log(self, level: int, text: str, call: Call | None = None) -> None:
         self._out.append(Log(level, text, call.id if call is not None else None))
+
+    def _log_id(self, level: int, text: str, call_id: str | None) -> None:
+        self._out.append(Log(level, text, call_id))
 
     def _presence_msg(self, username: str, presence: str | None = None) -> dict[str, Any]:
         return {"type": "presence", "username": username, "presence": presence or self.presence(username),
@@ -455,7 +483,7 @@ class HubCore:
             self._inbound_phone_call(session, msg)
             return
         caller = session.username
-        if caller in self.user_call:
+        if caller in self.user_call or self.group_calls.busy(caller):
             raise SignallingError(ErrorCode.ALREADY_IN_CALL, "hang up your current call first", call_id=msg.call_id)
         if is_phone_target(msg.to):
             self._outbound_phone_call(session, msg)
@@ -479,7 +507,7 @@ class HubCore:
         if not call.phone and self.directory.is_blocked(callee, caller):  # told only "not available"
             self._end(call, CallEvent.UNAVAILABLE)
             return
-        if callee in self.user_call:
+        if callee in self.user_call or self.group_calls.busy(callee):
             self._end(call, CallEvent.BUSY)
             return
         targets = self.user_sessions.get(callee)
@@ -510,18 +538,33 @@ class HubCore:
     def _outbound_phone_call(self, session: SessionInfo, msg: m.Invite) -> None:
         """Route a user's call to a phone number: decide what needs no SIP, then pick a gateway."""
         caller = session.username
-        region = self.cfg.default_region
         call = Call(msg.call_id, caller, msg.to, ("audio",), session.id, created_at=self._wall,
                     kind="phone_out", offer=msg.sdp)
         self.calls[call.id] = call
         self.user_call[caller] = call
         self._send(session.id, {"type": "call_state", "call_id": call.id, "state": "calling"})
-        if numbering.is_emergency(msg.to, region):
-            self._log(WARNING, f"{caller} dialled emergency number {msg.to!r}: refused", call)
+        self._route_phone(call, None)
+
+    def _conference_phone(self, session: SessionInfo, conference: str, leg_id: str, number: str,
+                          gateway: Gateway | None) -> Call:
+        """A phone number added to group call `conference`: a phone_out call from `session`'s user,
+        routed as every app-to-phone call is (`_route_phone`), to the conference's `gateway`."""
+        call = Call(leg_id, session.username, number, ("audio",), f"conference:{conference}",
+                    created_at=self._wall, kind="phone_out", conference=conference)
+        self.calls[call.id] = call
+        self._route_phone(call, gateway)
+        return call
+
+    def _route_phone(self, call: Call, gateway: Gateway | None) -> None:
+        """The one path of app-to-phone calls: emergency, numbering, international refusals, then
+        the gateway (`gateway`, or the least loaded) gets the invite; else the call ends here."""
+        caller, region = call.caller, self.cfg.default_region
+        if numbering.is_emergency(call.callee, region):
+            self._log(WARNING, f"{caller} dialled emergency number {call.callee!r}: refused", call)
             self._end(call, CallEvent.FAIL, reason=EndReason.EMERGENCY, detail=EMERGENCY_TEXT)
             return
         try:
-            e164 = numbering.normalise(msg.to, region)
+            e164 = numbering.normalise(call.callee, region)
         except numbering.NumberError as exc:
             self._end(call, CallEvent.FAIL, reason=EndReason.INVALID_NUMBER, detail=str(exc))
             return
@@ -533,15 +576,23 @@ class HubCore:
         if not e164.startswith("+86") and not self.allow_international:
             self._end(call, CallEvent.FAIL, reason=EndReason.REJECTED, detail="calls outside China are not allowed")
             return
-        gw = self.pick_gateway()
+        if call.conference is None:
+            gw = self.pick_gateway()
+        else:
+            gw = gateway if gateway is not None and len(gateway.calls) < gateway.capacity else None
         if gw is None:
-            self._end(call, CallEvent.FAIL, reason=EndReason.UNREACHABLE, detail="no phone gateway is available")
+            reason = EndReason.UNREACHABLE if call.conference is None else EndReason.CONGESTION
+            self._end(call, CallEvent.FAIL, reason=reason, detail="no phone gateway is available")
             return
         gw.calls.add(call.id)
         call.ringing_sessions = {gw.session}
         self._log(INFO, f"{caller} -> {e164} via gateway {gw.name}", call)
-        self._send(gw.session, {"type": "invite", "call_id": call.id, "from": caller, "to": e164, "media": ["audio"],
-                                "sdp": msg.sdp})
+        invite: dict[str, Any] = {"type": "invite", "call_id": call.id, "from": caller, "to": e164,
+                                  "media": ["audio"], "sdp": call.offer}
+        if call.conference is not None:
+            del invite["sdp"]
+            invite["conference"] = call.conference
+        self._send(gw.session, invite)
 
     def _on_ringing(self, session: SessionInfo, msg: m.Ringing) -> None:
         call = self._call_for(session, msg.call_id)
@@ -562,12 +613,14 @@ class HubCore:
         if not call.rang:
             call.rang = True
             self._send(call.caller_session, {"type": "call_state", "call_id": call.id, "state": "ringing"})
+        if call.conference is not None:
+            self.group_calls.phone_changed(call)
 
     def _on_accept(self, session: SessionInfo, msg: m.Accept) -> None:
         """First answer wins: the other ringing sessions get answered_elsewhere."""
         call = self._call_for(session, msg.call_id)
         self._require_callee(call, session, CallEvent.ACCEPT, "accept")
-        if msg.sdp is None and not call.early_sdp_sent:
+        if msg.sdp is None and not call.early_sdp_sent and call.conference is None:
             raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'sdp' is required", call_id=call.id)
         call.sm.apply(CallEvent.ACCEPT)
         call.answered_session = session.id
@@ -586,6 +639,8 @@ class HubCore:
         for user in (call.caller, call.callee):
             if user in self.user_call:
                 self._presence_changed(user)
+        if call.conference is not None:
+            self.group_calls.phone_changed(call)
 
     def _on_decline(self, session: SessionInfo, msg: m.Decline) -> None:
         call = self._call_for(session, msg.call_id)
@@ -673,6 +728,8 @@ class HubCore:
             "+".join(call.media), call.created_at, call.answered_at, self._wall, end_reason.value,
             call.sip_code, call.q850_cause))
         self._out.append(CallEnded(call))
+        if call.conference is not None:
+            self.group_calls.phone_changed(call)
         for user in (call.caller, call.callee):
             if call.kind == "user" or self.directory.exists(user):
                 self._presence_changed(user)

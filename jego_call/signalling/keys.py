@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..db import Database
     from ..directory import LiveDirectory
+    from ..groups.service import GroupDirectory, Groups
     from ..messaging.service import Messaging
     from .hub import Hub
 
@@ -31,6 +32,8 @@ DIRECTORY: web.AppKey[LiveDirectory] = web.AppKey("directory")
 CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
 GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
+GROUPS: web.AppKey[Groups] = web.AppKey("groups")
+GROUP_DIRECTORY: web.AppKey[GroupDirectory] = web.AppKey("group_directory")  # the desk's groups
 BILLING: web.AppKey[Billing] = web.AppKey("billing")            # jego_call/billing/web.py
 LOGIN_DOORS: web.AppKey[LoginDoors] = web.AppKey("login_doors")  # rate limits, lockout, hash gate
 # Resolved by `jego serve` with the URL it listens on, for in-process clients (the bridge).

@@ -215,13 +215,18 @@ def _hangup(d: dict[str, Any]) -> Hangup:
     return Hangup(call_id(d), field_int(d, "sip_code", 100, 699), field_int(d, "q850_cause", 0, 127))
 
 
+# call_report counters: RTP packets, and (phone side) what the far end's RTCP reported: round
+# trip and interarrival jitter in ms, cumulative packets of ours it lost (RFC 3550 §6.4.1).
+COUNTERS = ("packets_sent", "packets_received", "packets_lost", "rtt_ms", "jitter_ms", "remote_loss")
+
+
 def _counters(d: dict[str, Any], name: str) -> dict[str, int]:
     v = d.get(name) or {}
     if not isinstance(v, dict) or len(v) > 16:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be an object of counters")
     out: dict[str, int] = {}
     for k, n in v.items():
-        if k not in ("packets_sent", "packets_received", "packets_lost") or not isinstance(n, int) or isinstance(n, bool):
+        if k not in COUNTERS or not isinstance(n, int) or isinstance(n, bool):
             raise SignallingError(ErrorCode.INVALID_MESSAGE, f"{name}.{str(k)[:32]} is not a known counter")
         out[k] = n
     return out

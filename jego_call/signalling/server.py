@@ -28,6 +28,7 @@ from ..config import Config
 from ..db import Database, open_database
 from ..directory import make_directory
 from ..errors import ErrorCode, SignallingError
+from ..groups.service import setup_groups
 from ..messaging.service import setup_messaging
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
@@ -265,5 +266,6 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get("/api/calls", call_history)
     setup_people(app)
     setup_messaging(app)
+    setup_groups(app)
     setup_billing(app)
     return app

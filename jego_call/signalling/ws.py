@@ -16,9 +16,10 @@ from aiohttp import WSMsgType, web
 from ..accounts import Accounts
 from ..config import Config
 from ..errors import ErrorCode, SignallingError
+from ..groups.protocol import GroupCallStart
 from . import messages as m
 from .hub import Hub
-from .keys import ACCOUNTS, CONFIG, DIRECTORY, GATEWAY_SECRET, HUB
+from .keys import ACCOUNTS, CONFIG, DIRECTORY, GATEWAY_SECRET, GROUP_DIRECTORY, HUB
 
 log = logging.getLogger("jego.ws")
 
@@ -156,6 +157,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 else:
                     if isinstance(msg, m.Invite):  # what the core will ask about the callee
                         await directory.ensure(msg.to.strip().lower())
+                    elif isinstance(msg, GroupCallStart) and GROUP_DIRECTORY in request.app:
+                        await request.app[GROUP_DIRECTORY].ensure(msg.group)  # the members it rings
                     pending = hub.handle(session, msg)
                     if pending is not None:
                         await pending

@@ -14,6 +14,7 @@ import { apply, getLang, onLangChange, setLang, t } from "./i18n.js";
 import { socket } from "./socket.js";
 import { $, announce, banner, clearBanner, el, fillAvatar } from "./ui.js";
 import "./dialpad.js";
+import "./groupcall.js";
 
 const TABS = ["chats", "calls", "phone", "me"];
 let signedIn = false;

@@ -3,9 +3,12 @@
 // conversation on the right (header with name, presence and call buttons; messages with
 // delivered/read ticks; a composer with text, voice, photo and file). Protocol:
 // docs/signalling.md "## Messaging". Messages not yet acknowledged are resent with the same
-// client_id after a reconnect; each message reaches the screen exactly once.
+// client_id after a reconnect; each message reaches the screen exactly once. Groups are
+// conversations too, keyed "group:ID" (docs/signalling.md "## Groups"): system lines for
+// membership changes, and receipts per member shown as "delivered to 5 · read by 3".
 import { api, ApiError, mediaLink, session, upload } from "./api.js";
 import { people } from "./contacts.js";
+import { groupStore, onGroupCreated, onGroupLeft, showMembers, showReceipts, systemText } from "./groups.js";
 import { fmt, onLangChange, t } from "./i18n.js";
 import { socket } from "./socket.js";
 import { $, announce, avatar, closeModal, el, fillAvatar, icon, openModal, presenceWord, sizeText } from "./ui.js";
@@ -21,6 +24,11 @@ let recording = null;                 // {chat, recorder, stream, started, timer
 
 const me = () => session.username;
 const visible = () => document.visibilityState === "visible";
+const GROUP = "group:";
+export const isGroupKey = (peer) => typeof peer === "string" && peer.startsWith(GROUP);
+const groupIdOf = (peer) => peer.slice(GROUP.length);
+// The conversation a wire message names: {to}/{with} for a person, {group} for a group.
+function target(peer, field) { return isGroupKey(peer) ? { group: groupIdOf(peer) } : { [field]: peer }; }
 
 function newId() {
   const a = new Uint8Array(16);
@@ -53,13 +61,17 @@ function chatFor(peer) {
       unread: 0,
       last: null,            // newest message (for the list's preview and time)
       pane: null,
+      marks: new Map(),      // groups: member -> {delivered, read} (their receipt watermarks)
     };
     chats.set(peer, chat);
   }
   return chat;
 }
 
-function peerOf(msg) { return msg.from === me() ? msg.to : msg.from; }
+function peerOf(msg) {
+  if (msg.group) return GROUP + msg.group;
+  return msg.from === me() ? msg.to : msg.from;
+}
 
 function noteLast(chat, msg) {
   if (!chat.last || (msg.seq || 0) >= (chat.last.seq || 0)) chat.last = msg;
@@ -68,6 +80,8 @@ function noteLast(chat, msg) {
 // ---- the conversation list -------------------------------------------------------------------
 function preview(msg) {
   if (!msg) return "";
+  if (msg.kind === "system") return systemText(msg.event || {});
+  if (msg.group && msg.kind === "text") return `${people.nameOf(msg.from)}: ${msg.text || ""}`;
   if (msg.kind === "text") return msg.text || "";
   if (msg.kind === "photo") return t("preview_photo");
   if (msg.kind === "voice") return t("preview_voice");
@@ -75,7 +89,7 @@ function preview(msg) {
 }
 
 function isRequest(peer) {
-  if (people.isContact(peer) || people.isBlocked(peer) || peer === me()) return false;
+  if (isGroupKey(peer) || people.isContact(peer) || people.isBlocked(peer) || peer === me()) return false;
   const c = chats.get(peer);
   return callers.has(peer) || !!(c && (c.items.size || c.unread || c.pending.size));
 }
@@ -113,9 +127,37 @@ function entryFor(peer, request) {
   return li;
 }
 
+function groupEntry(g) {
+  const peer = GROUP + g.id;
+  const chat = chats.get(peer);
+  const unread = chat ? chat.unread : 0;
+  const last = (chat && chat.last) || g.last_message;
+  const wrap = el("span", { className: "avatar-wrap" }, avatar(g.name, g.id));
+  const top = el("span", { className: "conv-top" }, el("span", { className: "conv-name", translate: "no", text: g.name }));
+  if (last && last.ts) top.append(el("time", { className: "conv-time", datetime: new Date(last.ts * 1000).toISOString(), text: fmt.when(last.ts) }));
+  const sub = el("span", { className: "conv-preview", translate: last && last.kind !== "system" ? "no" : null,
+    text: last ? preview(last) : t("group_members_n", { n: g.members.length }) });
+  const badge = el("span", { className: "unread", testid: `unread-group-${g.id}`, text: String(unread), hidden: unread === 0 });
+  const main = el("span", { className: "conv-main" }, top, el("span", { className: "conv-bottom" }, sub, badge));
+  if (g.call) main.append(el("span", { className: "tag call-tag", testid: `group-call-live-${g.id}`, text: t("group_call_live") }));
+  const btn = el("button", { type: "button", className: "conv", testid: `group-${g.id}`,
+    "aria-current": peer === openPeer ? "true" : null, onclick: () => openChat(peer) }, wrap, main);
+  return el("li", { className: "group-entry" }, btn);
+}
+
+function activityOf(peer) {
+  const c = chats.get(peer);
+  if (c && c.last && c.last.ts) return c.last.ts;
+  if (isGroupKey(peer)) {
+    const g = groupStore.get(groupIdOf(peer));
+    return (g && ((g.last_message && g.last_message.ts) || g.created_at)) || 0;
+  }
+  return 0;
+}
+
 function byActivity(a, b) {
-  const ta = (chats.get(a) && chats.get(a).last && chats.get(a).last.ts) || 0;
-  const tb = (chats.get(b) && chats.get(b).last && chats.get(b).last.ts) || 0;
+  const ta = activityOf(a);
+  const tb = activityOf(b);
   if (ta !== tb) return tb - ta;
   return people.nameOf(a).localeCompare(people.nameOf(b));
 }
@@ -123,14 +165,15 @@ function byActivity(a, b) {
 export function renderList() {
   const focused = document.activeElement && document.activeElement.getAttribute("data-testid");
   const list = $("contacts");
-  const names = [...people.contacts.keys()].sort(byActivity);
-  list.replaceChildren(...names.map((p) => entryFor(p, false)));
+  const names = [...people.contacts.keys(), ...[...groupStore.groups.keys()].map((id) => GROUP + id)].sort(byActivity);
+  list.replaceChildren(...names.map((p) => (isGroupKey(p) ? groupEntry(groupStore.get(groupIdOf(p))) : entryFor(p, false))));
   list.classList.toggle("stale", !socket.online);
   const requests = [...new Set([...chats.keys(), ...callers])].filter(isRequest).sort(byActivity);
   $("contacts-empty").hidden = names.length > 0 || requests.length > 0;
   $("chat-others").replaceChildren(...requests.map((p) => entryFor(p, true)));
   $("requests").hidden = requests.length === 0;
-  const total = [...chats.values()].filter((c) => !people.isBlocked(c.peer)).reduce((n, c) => n + c.unread, 0);
+  const total = [...chats.values()].filter((c) => !people.isBlocked(c.peer) && (!isGroupKey(c.peer)
+    || groupStore.get(groupIdOf(c.peer)))).reduce((n, c) => n + c.unread, 0);
   const badge = $("tab-chats-badge");
   badge.textContent = String(total);
   badge.hidden = total === 0;
@@ -150,7 +193,11 @@ function renderHeader() {
   const peer = openPeer;
   $("chat-header").hidden = !peer;
   $("chat-empty").hidden = !!peer;
-  if (!peer) { $("chat-request").hidden = true; return; }
+  if (!peer) { $("chat-request").hidden = true; $("group-call-bar").hidden = true; return; }
+  const group = isGroupKey(peer) ? groupStore.get(groupIdOf(peer)) : null;
+  document.body.classList.toggle("group-open", isGroupKey(peer));
+  if (isGroupKey(peer)) { renderGroupHeader(peer, group); return; }
+  $("group-call-bar").hidden = true;
   const name = people.nameOf(peer);
   $("selected").textContent = name;
   $("chat-username").textContent = peer;
@@ -165,6 +212,22 @@ function renderHeader() {
   const request = !contact && !people.isBlocked(peer);
   $("chat-request").hidden = !request;
   if (request) $("chat-request-text").textContent = t("request_text", { name });
+  for (const fn of headerListeners) fn(peer);
+}
+
+function renderGroupHeader(peer, g) {
+  const name = g ? g.name : t("group_gone");
+  $("selected").textContent = name;
+  $("chat-username").textContent = g ? t("group_members_n", { n: g.members.length }) : "";
+  fillAvatar($("chat-avatar"), name, groupIdOf(peer));
+  const names = g ? g.members.map((m) => (m.username === me() ? t("you") : people.nameOf(m.username))) : [];
+  $("chat-presence").textContent = names.slice(0, 6).join(t("list_sep")) + (names.length > 6 ? t("list_more") : "");
+  $("chat-presence").dataset.presence = "group";
+  $("chat-header").classList.toggle("stale", !socket.online);
+  $("chat-request").hidden = true;
+  const call = g && g.call;
+  $("group-call-bar").hidden = !call;
+  if (call) $("group-call-bar-text").textContent = t("group_call_running", { n: (call.in_call || []).length });
   for (const fn of headerListeners) fn(peer);
 }
 
@@ -191,7 +254,7 @@ function paneFor(chat) {
   const scroller = el("div", { className: "message-scroll", tabindex: "0", role: "log", "aria-live": "off",
     "aria-label": t("messages_label") }, older, list);
   const root = el("section", { className: "chat", testid: `chat-${chat.peer}`, "data-peer": chat.peer, hidden: true,
-    "aria-label": t("chat_with", { name: people.nameOf(chat.peer) }) }, scroller, error, form);
+    "aria-label": t("chat_with", { name: chatName(chat.peer) }) }, scroller, error, form);
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = input.value;
@@ -215,6 +278,12 @@ function paneFor(chat) {
   return chat.pane;
 }
 
+function chatName(peer) {
+  if (!isGroupKey(peer)) return people.nameOf(peer);
+  const g = groupStore.get(groupIdOf(peer));
+  return g ? g.name : t("group_gone");
+}
+
 function showError(chat, text) {
   paneFor(chat).error.textContent = text || "";
 }
@@ -227,7 +296,7 @@ export async function openChat(peer) {
   for (const c of chats.values()) if (c.pane) c.pane.root.hidden = c !== chat;
   document.body.classList.add("show-conversation");
   renderList();
-  if (!people.isContact(peer) && !people.isBlocked(peer)) people.lookup(peer);
+  if (!isGroupKey(peer) && !people.isContact(peer) && !people.isBlocked(peer)) people.lookup(peer);
   if (!chat.loaded) await loadHistory(chat, false);
   markRead(chat);
   pane.scroller.scrollTop = pane.scroller.scrollHeight;
@@ -246,8 +315,10 @@ export function closeChat() {
 async function loadHistory(chat, older) {
   const first = Math.min(...[...chat.items.keys()], Infinity);
   const q = older && first !== Infinity ? `?before_seq=${first}` : "";
+  const path = isGroupKey(chat.peer) ? `/api/groups/${groupIdOf(chat.peer)}/messages`
+    : `/api/conversations/${encodeURIComponent(chat.peer)}/messages`;
   try {
-    const page = await api("GET", `/api/conversations/${encodeURIComponent(chat.peer)}/messages${q}`);
+    const page = await api("GET", `${path}${q}`);
     for (const m of page.messages) addMessage(m, { history: true });
     applyWatermarks(chat, page.delivered_seq, page.read_seq);
     chat.hasMore = page.has_more;
@@ -259,7 +330,29 @@ async function loadHistory(chat, older) {
 }
 
 // ---- rendering -------------------------------------------------------------------------------------
+// A group message of mine: how many of the members who could see it have it, and have read it.
+function groupCounts(chat, msg) {
+  const g = groupStore.get(groupIdOf(chat.peer));
+  let delivered = 0;
+  let read = 0;
+  let others = 0;
+  for (const m of (g && g.members) || []) {
+    if (m.username === me() || m.joined_seq > msg.seq) continue;
+    others += 1;
+    const mark = chat.marks.get(m.username) || { delivered: m.delivered_seq || 0, read: m.read_seq || 0 };
+    if (Math.max(mark.delivered, mark.read) >= msg.seq) delivered += 1;
+    if (mark.read >= msg.seq) read += 1;
+  }
+  return { delivered, read, others };
+}
+
 function receiptState(chat, msg) {
+  if (isGroupKey(chat.peer)) {
+    const c = groupCounts(chat, msg);
+    if (c.others && c.read === c.others) return "read";
+    if (c.others && c.delivered === c.others) return "delivered";
+    return "sent";
+  }
   if (msg.seq <= chat.readSeq || msg.state === "read") return "read";
   if (msg.seq <= chat.deliveredSeq || msg.state === "delivered") return "delivered";
   return "sent";
@@ -299,7 +392,16 @@ function refresh(node, id, field) {
   mediaLink(id, true).then((link) => { if (link[field]) node.src = link[field]; }).catch(() => {});
 }
 
+function groupReceiptText(chat, msg) {
+  const c = groupCounts(chat, msg);
+  return t("group_receipts", { delivered: c.delivered, read: c.read });
+}
+
 function itemFor(chat, msg, pendingKey) {
+  if (msg.kind === "system") {
+    return el("li", { testid: "system-line", className: "system", "data-kind": "system", "data-seq": msg.seq || null },
+      el("span", { text: systemText(msg.event || {}) }));
+  }
   const out = msg.from === me();
   const li = el("li", {
     testid: "message-item", className: out ? "out" : "in", "data-kind": msg.kind || "text",
@@ -312,11 +414,17 @@ function itemFor(chat, msg, pendingKey) {
     const state = receiptState(chat, msg);
     meta.append(el("span", { testid: "receipt", className: `receipt ${state}`, "data-state": state },
       el("span", { className: "sr-only", text: t(`receipt_${state}`) })));
+    if (msg.group) {
+      meta.append(el("button", { type: "button", className: "link group-receipts", testid: "group-receipts",
+        text: groupReceiptText(chat, msg), onclick: () => showReceipts(msg.group, msg.seq) }));
+    }
   } else if (out) {
     meta.append(el("span", { className: "pending", "data-key": pendingKey || "sending", text: t(pendingKey || "sending") }));
   }
   const content = msg.seq || msg.kind === "text" ? body(msg) : el("span", { className: "text muted", translate: "no", text: msg.label || "" });
-  li.append(el("div", { className: "bubble" }, content, meta));
+  const bubble = el("div", { className: "bubble" }, content, meta);
+  if (msg.group && !out) bubble.prepend(el("span", { className: "sender", translate: "no", text: people.nameOf(msg.from) }));
+  li.append(bubble);
   return li;
 }
 
@@ -344,6 +452,8 @@ function refreshReceipts(chat) {
       r.className = `receipt ${state}`;
       r.firstChild.textContent = t(`receipt_${state}`);
     }
+    const counts = item.li.querySelector("[data-testid=group-receipts]");
+    if (counts) counts.textContent = groupReceiptText(chat, item.msg);
   }
 }
 
@@ -377,7 +487,7 @@ $("photo-viewer").addEventListener("keydown", (ev) => { if (ev.key === "Escape")
 function markRead(chat) {
   if (openPeer !== chat.peer || !visible()) return;
   const before = chat.unread;
-  const maxIn = Math.max(0, ...[...chat.items.values()].filter((i) => i.msg.from === chat.peer).map((i) => i.msg.seq));
+  const maxIn = Math.max(0, ...[...chat.items.values()].filter((i) => i.msg.from !== me()).map((i) => i.msg.seq));
   if (maxIn > chat.myReadSeq) queueReceipt(chat.peer, "read", maxIn);
   chat.myReadSeq = Math.max(chat.myReadSeq, maxIn);
   chat.unreadSeqs.clear();
@@ -399,8 +509,8 @@ function flushReceipts() {
   clearTimeout(receiptTimer);
   receiptTimer = null;
   for (const [peer, r] of pendingReceipts) {
-    if (r.read) socket.send({ type: "receipt", with: peer, state: "read", up_to_seq: r.read });
-    if (r.delivered > r.read) socket.send({ type: "receipt", with: peer, state: "delivered", up_to_seq: r.delivered });
+    if (r.read) socket.send({ type: "receipt", ...target(peer, "with"), state: "read", up_to_seq: r.read });
+    if (r.delivered > r.read) socket.send({ type: "receipt", ...target(peer, "with"), state: "delivered", up_to_seq: r.delivered });
   }
   pendingReceipts.clear();
 }
@@ -419,16 +529,17 @@ function addMessage(msg, { history = false } = {}) {
   chat.items.set(msg.seq, item);
   chat.lastSeq = Math.max(chat.lastSeq, msg.seq);
   noteLast(chat, msg);
-  if (msg.from === chat.peer) {
+  if (msg.from !== me()) {
     if (!history) queueReceipt(chat.peer, "delivered", msg.seq);
-    if (msg.state !== "read" && msg.seq > chat.myReadSeq && !chat.unreadSeqs.has(msg.seq)) {
+    if (msg.kind !== "system" && msg.state !== "read" && msg.seq > chat.myReadSeq && !chat.unreadSeqs.has(msg.seq)) {
       chat.unreadSeqs.add(msg.seq);
       if (msg.seq <= chat.serverLastSeq && chat.extraUnread > 0) chat.extraUnread -= 1;
     }
     chat.unread = chat.unreadSeqs.size + chat.extraUnread;
-    if (!history && !people.isContact(chat.peer)) people.lookup(chat.peer).then(() => renderList());
-    if (!history && !people.isBlocked(chat.peer)) {
-      announce(t("new_message_from", { name: people.nameOf(chat.peer) }), "sr-messages");
+    const group = isGroupKey(chat.peer);
+    if (!history && !group && !people.isContact(chat.peer)) people.lookup(chat.peer).then(() => renderList());
+    if (!history && (group || !people.isBlocked(chat.peer))) {
+      announce(t("new_message_from", { name: group ? chatName(chat.peer) : people.nameOf(chat.peer) }), "sr-messages");
     }
   }
   if (chat.pane) place(chat, item);
@@ -451,12 +562,22 @@ async function loadConversations() {
       applyWatermarks(chat, c.delivered_seq, c.read_seq);
       if (openPeer === chat.peer) markRead(chat);
     }
+    await groupStore.load();
+    for (const g of groupStore.groups.values()) {
+      const chat = chatFor(GROUP + g.id);
+      const known = [...chat.unreadSeqs].filter((s) => s <= g.last_seq).length;
+      chat.extraUnread = Math.max(0, (g.unread || 0) - known);
+      chat.serverLastSeq = g.last_seq;
+      chat.unread = chat.unreadSeqs.size + chat.extraUnread;
+      if (g.last_message) noteLast(chat, g.last_message);
+      for (const m of g.members) chat.marks.set(m.username, { delivered: m.delivered_seq, read: m.read_seq });
+    }
     renderList();
   } catch (e) { /* the chat still works; counts come with the messages */ }
 }
 
 function sync() {
-  const conversations = [...chats.values()].filter((c) => c.loaded).map((c) => ({ with: c.peer, after_seq: c.lastSeq }));
+  const conversations = [...chats.values()].filter((c) => c.loaded).map((c) => ({ ...target(c.peer, "with"), after_seq: c.lastSeq }));
   socket.send({ type: "sync", conversations });
 }
 
@@ -477,6 +598,22 @@ socket.on("auth_ok", async () => {
 socket.on("message", (msg) => addMessage(msg.message));
 socket.on("message_ack", (msg) => addMessage(msg.message));
 socket.on("receipt", (msg) => {
+  if (msg.group) {
+    const chat = chatFor(GROUP + msg.group);
+    const mark = chat.marks.get(msg.by) || { delivered: 0, read: 0 };
+    mark[msg.state] = Math.max(mark[msg.state], msg.up_to_seq);
+    if (msg.state === "read") mark.delivered = Math.max(mark.delivered, msg.up_to_seq);
+    chat.marks.set(msg.by, mark);
+    if (msg.by === me() && msg.state === "read") {
+      chat.myReadSeq = Math.max(chat.myReadSeq, msg.up_to_seq);
+      for (const s of [...chat.unreadSeqs]) if (s <= msg.up_to_seq) chat.unreadSeqs.delete(s);
+      chat.extraUnread = 0;
+      chat.unread = chat.unreadSeqs.size;
+      renderList();
+    }
+    refreshReceipts(chat);
+    return;
+  }
   const chat = chatFor(msg.with);
   if (msg.by === me()) {  // another device of mine read or received them
     if (msg.state === "read") {
@@ -492,12 +629,20 @@ socket.on("receipt", (msg) => {
 socket.on("sync_done", (msg) => { if (msg.more) { flushReceipts(); sync(); } });
 socket.on("error", (msg) => failPending(msg));
 people.onChange(() => renderList());
+groupStore.onChange(() => renderList());
+onGroupCreated((id) => openChat(GROUP + id));
+onGroupLeft((id) => {
+  const peer = GROUP + id;
+  if (openPeer === peer) { openPeer = null; for (const c of chats.values()) if (c.pane) c.pane.root.hidden = true; closeChat(); }
+  chats.delete(peer);
+  renderList();
+});
 onLangChange(() => {
   for (const c of chats.values()) {
     if (!c.pane) continue;
     c.pane.input.placeholder = t("message_placeholder");
     c.pane.older.textContent = t("older");
-    c.pane.root.setAttribute("aria-label", t("chat_with", { name: people.nameOf(c.peer) }));
+    c.pane.root.setAttribute("aria-label", t("chat_with", { name: chatName(c.peer) }));
     for (const item of [...c.items.values(), ...c.pending.values()]) {
       const time = item.li.querySelector("time");
       if (time && item.msg.ts) time.textContent = fmt.stamp(item.msg.ts);
@@ -525,6 +670,7 @@ export function noteCaller(peer) {
 // ---- sending ------------------------------------------------------------------------------------------
 function addPending(chat, clientId, fields) {
   const msg = { client_id: clientId, from: me(), to: chat.peer, kind: fields.kind || "text", text: fields.text, label: fields.label };
+  if (isGroupKey(chat.peer)) { delete msg.to; msg.group = groupIdOf(chat.peer); }
   const li = itemFor(chat, msg, fields.label ? "uploading" : "sending");
   li.dataset.pending = "true";
   const p = { msg, li, text: fields.text, mediaId: null, failed: false };
@@ -537,7 +683,7 @@ function addPending(chat, clientId, fields) {
 }
 
 function transmit(peer, clientId, p) {
-  const msg = { type: "send_message", id: clientId, client_id: clientId, to: peer };
+  const msg = { type: "send_message", id: clientId, client_id: clientId, ...target(peer, "to") };
   if (p.mediaId) msg.media_id = p.mediaId; else msg.text = p.text;
   socket.send(msg);  // not open: resent on the next auth_ok with the same client_id
 }
@@ -559,6 +705,7 @@ function fail(chat, clientId, text) {
 }
 
 const SEND_ERRORS = { unavailable: "err_unavailable", not_contact: "err_not_contact", too_large: "err_too_large",
+  forbidden: "group_err_not_member",
   unsupported_media: "err_unsupported", network: "err_network", unknown_user: "err_unknown_user" };
 
 function failPending(err) {
@@ -672,7 +819,11 @@ function setMenu(open) {
   if (open) $("contact-menu-list").querySelector("button:not([hidden])").focus();
 }
 
-$("contact-menu").addEventListener("click", () => setMenu($("contact-menu-list").hidden));
+$("contact-menu").addEventListener("click", () => {
+  if (isGroupKey(openPeer)) { showMembers(groupIdOf(openPeer)); return; }
+  setMenu($("contact-menu-list").hidden);
+});
+
 $("contact-menu-list").addEventListener("keydown", (ev) => { if (ev.key === "Escape") { setMenu(false); $("contact-menu").focus(); } });
 document.addEventListener("click", (ev) => { if (!ev.target.closest(".menu")) setMenu(false); });
 $("contact-remove").addEventListener("click", () => { setMenu(false); removePeer(openPeer); });
@@ -683,6 +834,7 @@ $("chat-request-block").addEventListener("click", () => blockPeer(openPeer));
 $("chat-back").addEventListener("click", closeChat);
 
 export function resetChats() {
+  groupStore.clear();
   chats.clear();
   callers.clear();
   openPeer = null;

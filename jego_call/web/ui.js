@@ -132,7 +132,8 @@ export function closeModal(node) {
 
 function syncInert() {
   const top = openModals[openModals.length - 1];
-  for (const id of ["main-view", "login-view", "call-overlay", "incoming", "photo-viewer", "call-outcome"]) {
+  for (const id of ["main-view", "login-view", "call-overlay", "incoming", "photo-viewer", "call-outcome", "group-dialog",
+    "sheet", "group-call", "group-incoming", "group-outcome"]) {
     const n = $(id);
     if (n) n.inert = !!top && top.node !== n;
   }

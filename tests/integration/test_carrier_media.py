@@ -360,3 +360,55 @@ async def test_hold_reinvite_stops_our_sending(pair: Pair) -> None:
     pair.b.configure(resumed.audio)
     await asyncio.sleep(0.4)
     assert pair.a.stats().packets_received >= n1 + 15
+
+
+async def test_rtcp_reports_reach_the_stats_both_ways(tmp_path: Path) -> None:
+    """Each stream sends SR/RR on its port + 1 (RFC 3550 §6) and reads the other's: loss,
+    jitter and the round trip (from LSR/DLSR) of its own stream as the far end saw it."""
+    a = await RtpStream.create(rtcp_interval=0.4)
+    offer = build_offer("127.0.0.1", a.local_port)
+    b, ans = await RtpStream.answer(offer.serialize(), rtcp_interval=0.4)
+    a.configure(negotiated_from_answer(ans.sdp.serialize(), offer))
+    try:
+        a.play(Tone(800.0, -10.0))
+        b.play(Echo())
+        a.start()
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            sa, sb = a.stats(), b.stats()
+            if sa.rtt is not None and sb.rtt is not None and sa.rtcp_received >= 3 and sb.rtcp_received >= 3:
+                break
+        for st in (sa, sb):
+            assert st.rtcp_sent >= 3 and st.rtcp_received >= 3, st
+            assert st.rtt is not None and 0 <= st.rtt < 0.05, st.rtt  # loopback
+            assert st.remote_packets_lost == 0 and st.remote_fraction_lost == 0.0
+            assert st.remote_jitter is not None and st.remote_jitter < 0.02
+            assert st.dropped_rtcp == 0  # RTCP arrived on the RTCP port, not the RTP one
+        assert sb.packets_received > 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_rtcp_mux_is_answered_when_offered() -> None:
+    """RFC 5761: an offer with a=rtcp-mux gets it back, and RTCP then shares the RTP port."""
+    from bridge.sip.sdp import SdpSession
+
+    a = await RtpStream.create(rtcp_interval=0.3)
+    offer = build_offer("127.0.0.1", a.local_port)
+    offer.media[0].attributes.append(("rtcp-mux", None))
+    b, ans = await RtpStream.answer(offer.serialize(), rtcp_interval=0.3)
+    assert "a=rtcp-mux" in ans.sdp.serialize()
+    assert SdpSession.parse(ans.sdp.serialize()).media[0].attribute("rtcp-mux") == ""
+    a.configure(negotiated_from_answer(ans.sdp.serialize(), offer), rtcp_mux=True)
+    try:
+        a.start()
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if b.stats().rtcp_received >= 2 and a.stats().rtcp_received >= 2:
+                break
+        assert b.rtcp_mux and b.stats().rtcp_received >= 2 and a.stats().rtcp_received >= 2
+        assert b.stats().dropped_rtcp == 0 and a.stats().dropped_rtcp == 0
+    finally:
+        await a.close()
+        await b.close()

@@ -19,8 +19,7 @@ async def test_udp_only_answers_options_and_refuses_tcp(tmp_path: Path) -> None:
         key = ua.send(ua.build("OPTIONS", f"sip:{HOST}:{carrier.udp_port}", call_id="udp-only", cseq=1))
         assert (await ua.response(key)).status == 200
         with pytest.raises(ConnectionRefusedError):
-            _, writer = await asyncio.open_connection(HOST, carrier.udp_port)
-            writer.close()
+            await asyncio.open_connection(HOST, carrier.udp_port)
 
 
 async def test_tcp_only_answers_options_over_tcp_and_has_no_udp(tmp_path: Path) -> None:

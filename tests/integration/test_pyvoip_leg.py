@@ -963,16 +963,19 @@ async def test_bad_rtp_is_dropped_and_audio_continues() -> None:
         assert abs(freq - 1000) < 2 and abs(level + 12) < 0.3 and snr_db(tone, 1000.0) > 30, (freq, level)
         stats = call.leg.stats()
         assert stats["rx_malformed"] >= 5 and stats["rx_dropped"] >= 1 and stats.get("rx_errors", 0) == 0
-        assert any(t.name.startswith("RTP Receiver") and t.is_alive() for t in threading.enumerate())
+        # reception survived on the shared media engine: no per-call RTP thread at all
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("RTP ")]
 
 
 async def test_threads_do_not_leak() -> None:
-    """Two calls' worth of threads are joined by hangup + stop (pyVoIP's Timers are never joined)."""
+    """Two calls leave no thread behind (pyVoIP's Timers are never joined), and a call starts no
+    thread of its own: its RTP runs on the shared media engine (pyVoIP starts two per call)."""
     before = pyvoip_threads()
     for _ in range(2):
         async with media_call() as call:
             names = pyvoip_threads()
-            assert any(n.startswith("RTP Transmitter") for n in names) and "SIP Recieve" in names
+            assert "SIP Recieve" in names and not [n for n in names if n.startswith("RTP ")]
+            assert call.leg.stats()["tx_packets"] > 0  # media is running all the same
             await call.leg.hangup()
             await next_event(call.leg, LegEnded)
     assert pyvoip_threads() == before
@@ -1015,6 +1018,37 @@ async def test_against_the_simulated_carrier(tmp_path: Path) -> None:
             ended = await next_event(ringing, LegEnded)
             assert (ended.reason, ended.sip_code, ended.remote) == ("cancelled", 487, False)
             await carrier.wait_idle(5)
+
+
+async def test_rtcp_with_the_simulated_carrier(tmp_path: Path) -> None:
+    """The leg and the carrier exchange RTCP SR/RR (RFC 3550 §6, RTCP on port + 1): what each
+    far end reports (loss, jitter) and the round trip from LSR/DLSR are in both sides' stats."""
+    from .carrier_util import running_carrier
+
+    async with running_carrier(tmp_path / "carrier", sip={"rtcp_interval_s": 0.4}) as carrier:
+        async with running_trunk(carrier.udp_port, register=True, rtcp_interval_s=0.4) as trunk:
+            leg = trunk.new_leg("rtcp")
+            await leg.dial("+8613800138000")
+            await next_event(leg, LegAnswered, timeout=8)
+            pumping = asyncio.ensure_future(pump(leg, 6.0, source=lambda n: sine(600.0, -15.0, 160, n * 160)))
+            try:
+                stats: dict[str, Any] = {}
+                for _ in range(60):
+                    await asyncio.sleep(0.1)
+                    stats = leg.stats()
+                    streams = [c.stream for c in carrier._calls.values() if c.stream is not None]
+                    if "rtt_ms" in stats and streams and streams[0].stats().rtt is not None:
+                        break
+                assert stats["rtcp_sent"] >= 2 and stats["rtcp_received"] >= 2, stats
+                assert 0 <= stats["rtt_ms"] < 50 and stats["remote_loss"] == 0 and stats["jitter_ms"] < 20, stats
+                (stream,) = streams
+                cst = stream.stats()
+                assert cst.rtcp_received >= 2 and cst.rtt is not None and 0 <= cst.rtt < 0.05, cst
+                assert cst.remote_packets_lost == 0 and cst.dropped_rtcp == 0, cst
+            finally:
+                pumping.cancel()
+            await leg.hangup()
+            await next_event(leg, LegEnded)
 
 
 async def test_reinvite_hold_and_resume() -> None:

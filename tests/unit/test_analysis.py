@@ -151,13 +151,13 @@ def test_parse_tone_and_bad_specs(tmp_path: Path) -> None:
     assert parse_tone("tone:1000:-20") == (1000.0, -20.0, None)
     assert parse_tone("tone:1000:-20:5") == (1000.0, -20.0, 5.0)
     for bad in ("tone:", "tone:abc", "tone:1:2:3:4", "tone:1000:-10:0"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="tone"):
             parse_tone(bad)
     with pytest.raises(FileNotFoundError):
         source_from_spec(str(tmp_path / "missing.wav"))
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot read"):
         source_from_spec(str(junk))
 
 

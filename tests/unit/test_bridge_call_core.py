@@ -611,5 +611,5 @@ def test_nothing_is_due_before_the_answer() -> None:
 
 
 def test_direction_is_checked() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="direction"):
         BridgeCallCore(CID, "sideways")

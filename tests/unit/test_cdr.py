@@ -36,7 +36,7 @@ def test_iso_utc() -> None:
     east8 = datetime(2023, 11, 15, 6, 13, 20, tzinfo=timezone(timedelta(hours=8)))
     assert iso_utc(east8) == "2023-11-14T22:13:20.000Z"
     assert iso_utc(None) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="naive"):
         iso_utc(datetime(2023, 1, 1))  # naive
 
 
@@ -79,9 +79,9 @@ def test_round_trip_unicode_and_newlines_in_values(tmp_path: Path) -> None:
 
 
 def test_make_rejects_inconsistent_times() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is before start"):
         CallRecord.make(call_id="x", from_="a", to="b", start=T0, end=T0 - 1, sip_code=200)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not between"):
         CallRecord.make(call_id="x", from_="a", to="b", start=T0, answer=T0 + 5, end=T0 + 2, sip_code=200)
 
 

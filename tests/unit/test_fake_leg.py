@@ -62,7 +62,7 @@ async def test_audio_both_ways_and_errors() -> None:
     assert leg.read_audio() == frame and leg.read_audio() is None
     leg.send_audio(frame)
     assert list(leg.sent_audio) == [frame] and leg.stats() == {"tx_packets": 1, "rx_packets": 1}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="320 bytes"):
         leg.send_audio(b"\x00" * 100)
     leg.dial_error = ConnectionError("trunk down")
     with pytest.raises(ConnectionError):

@@ -67,7 +67,7 @@ def _measure(x: np.ndarray, rate: int = 8000) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
-@pytest.mark.parametrize("freq, dbfs", [(1000.0, -10.0), (440.0, -20.0), (2800.0, -30.0)])
+@pytest.mark.parametrize(("freq", "dbfs"), [(1000.0, -10.0), (440.0, -20.0), (2800.0, -30.0)])
 def test_tone_keeps_frequency_and_level(codec: str, freq: float, dbfs: float) -> None:
     x = _tone(freq, dbfs)
     y = g711.decoder_for(codec)(g711.encoder_for(codec)(x))
@@ -82,5 +82,5 @@ def test_tone_keeps_frequency_and_level(codec: str, freq: float, dbfs: float) ->
 def test_silence_and_lookup_helpers() -> None:
     assert g711.ulaw_decode(g711.silence_payload("PCMU")).tolist() == [0] * 160
     assert set(g711.alaw_decode(g711.silence_payload(8)).tolist()) == {8}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported G.711 codec"):
         g711.decoder_for("G729")

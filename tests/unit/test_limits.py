@@ -20,7 +20,7 @@ def test_token_bucket() -> None:
     assert b.take(T0 + 100) == 0.0 and b.tokens == pytest.approx(2.0)   # refills to the burst only
     b.charge(T0 + 100, 5.0)                           # debt
     assert b.wait(T0 + 100) == pytest.approx(2.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="greater than 0"):
         TokenBucket(0, 1, T0)
 
 

@@ -98,5 +98,5 @@ def test_text_format_prefixes_the_call() -> None:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     assert buf.getvalue().rstrip().endswith("jego.hub: [call c9] connected")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="log format"):
         setup_logging(fmt="xml")

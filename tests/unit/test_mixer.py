@@ -87,5 +87,5 @@ def test_alone_in_the_room_hears_silence_and_bad_frames_are_refused() -> None:
     mixer = Mixer(N)
     res = mixer.mix({"a": tone(500, -12, 1)})
     assert not res.for_participant("a").any()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frame of"):
         mixer.mix({"a": np.zeros(N + 1, dtype=np.int16)})

@@ -19,7 +19,7 @@ from jego_call.numbering import (
 # normalise
 
 
-@pytest.mark.parametrize("dial, expected", [
+@pytest.mark.parametrize(("dial", "expected"), [
     ("+8613800138000", "+8613800138000"),
     ("+86 138 0013 8000", "+8613800138000"),
     ("0086 138-0013-8000", "+8613800138000"),
@@ -46,7 +46,7 @@ def test_normalise_cn_forms(dial: str, expected: str) -> None:
     assert normalise(dial) == expected
 
 
-@pytest.mark.parametrize("dial, region, expected", [
+@pytest.mark.parametrize(("dial", "region", "expected"), [
     ("030 1234567", "DE", "+49301234567"),
     ("(650) 253-0000", "US", "+16502530000"),
     ("020 7946 0958", "GB", "+442079460958"),
@@ -57,7 +57,7 @@ def test_normalise_user_region(dial: str, region: str, expected: str) -> None:
     assert normalise(dial, region) == expected
 
 
-@pytest.mark.parametrize("dial, kind", [
+@pytest.mark.parametrize(("dial", "kind"), [
     ("", "incomplete"),
     ("   ", "incomplete"),
     ("abc", "invalid"),
@@ -94,7 +94,7 @@ def test_normalise_rejects_foreign_too_short() -> None:
 # classify: mobile operators from OUR MIIT table
 
 
-@pytest.mark.parametrize("prefix, operator", [
+@pytest.mark.parametrize(("prefix", "operator"), [
     ("133", "China Telecom"), ("149", "China Telecom"), ("153", "China Telecom"), ("173", "China Telecom"),
     ("177", "China Telecom"), ("180", "China Telecom"), ("181", "China Telecom"), ("189", "China Telecom"),
     ("190", "China Telecom"), ("191", "China Telecom"), ("193", "China Telecom"), ("199", "China Telecom"),
@@ -124,7 +124,7 @@ def test_mobile_operator(prefix: str, operator: str) -> None:
     assert info.valid and info.routable
 
 
-@pytest.mark.parametrize("prefix, operator", [
+@pytest.mark.parametrize(("prefix", "operator"), [
     ("13492", "China Telecom"), ("13493", "China Telecom"), ("13499", "China Telecom"),
     ("17400", "China Telecom"), ("17405", "China Telecom"),
     ("1619", "China SatNet"),
@@ -168,7 +168,7 @@ def test_mvno_flag_and_formatting() -> None:
     assert mob.national_number == "13800138000"
 
 
-@pytest.mark.parametrize("e164, kind", [
+@pytest.mark.parametrize(("e164", "kind"), [
     ("+861380013800", "incomplete"),          # 10-digit mobile
     ("+86138001380001", "invalid"),           # 12-digit mobile
     ("+861380", "incomplete"),
@@ -191,7 +191,7 @@ def test_malformed(e164: str, kind: str) -> None:
 # classify: fixed lines and the area-code length table
 
 
-@pytest.mark.parametrize("e164, area, city", [
+@pytest.mark.parametrize(("e164", "area", "city"), [
     ("+861065529988", "10", "Beijing"),
     ("+862065529988", "20", "Guangzhou"),
     ("+862165529988", "21", "Shanghai"),
@@ -223,7 +223,7 @@ def test_beijing_formatting() -> None:
     assert info.city_zh == "北京市"
 
 
-@pytest.mark.parametrize("area, good, bad, bad_kind", [
+@pytest.mark.parametrize(("area", "good", "bad", "bad_kind"), [
     ("571", 8, 7, "incomplete"),
     ("311", 8, 7, "incomplete"),
     ("755", 8, 7, "incomplete"),
@@ -283,7 +283,7 @@ def test_short_kind(e164: str) -> None:
     assert not info.internationally_diallable
 
 
-@pytest.mark.parametrize("e164, kind", [
+@pytest.mark.parametrize(("e164", "kind"), [
     ("+868008108888", "toll_free"),
     ("+86108001234567", "toll_free"),
     ("+864008108888", "shared_cost"),
@@ -317,7 +317,7 @@ def test_every_kind_is_declared() -> None:
 # emergency detection relative to CN and the user's region
 
 
-@pytest.mark.parametrize("dial, region, expected", [
+@pytest.mark.parametrize(("dial", "region", "expected"), [
     ("110", "CN", True),
     ("110", "DE", True),
     ("110", "US", False),
@@ -336,7 +336,7 @@ def test_is_emergency_in(dial: str, region: str, expected: bool) -> None:
     assert is_emergency_in(dial, region) is expected
 
 
-@pytest.mark.parametrize("dial, region, regions", [
+@pytest.mark.parametrize(("dial", "region", "regions"), [
     ("110", "CN", ("CN",)),
     ("110", "DE", ("CN", "DE")),
     ("110", "US", ("CN",)),                   # still Chinese police for a user in the US

@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
 from bridge.gateway.pyvoip.leg import LEG_TRANSITIONS, LegInput, LegMachine, LegState
-from bridge.gateway.pyvoip.media import _FrameBuffer
 from bridge.gateway.pyvoip.phone import _Call
+from bridge.rtp.media import FrameQueues
 from bridge.sip.auth import pick_challenge
 from bridge.sip.message import parse_message
 from jego_call.errors import InvalidTransition
@@ -39,7 +40,7 @@ def test_defaults_match_the_carrier_trunk_account() -> None:
     {"t1": 0},
 ])
 def test_bad_config_is_refused(kw: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="local_host|codecs|rtp_port|dtmf_payload_type|t1"):
         TrunkConfig(**kw)  # type: ignore[arg-type]
 
 
@@ -51,13 +52,14 @@ def test_only_the_pyvoip_package_imports_pyvoip() -> None:
     assert offenders == []
 
 
-def test_frame_buffer_is_bounded_and_drops_oldest() -> None:
-    buf = _FrameBuffer(3)
+def test_frame_queues_are_bounded_and_drop_oldest() -> None:
+    """The leg's send queue (bridge/rtp/media.py FrameQueues, which replaced _FrameBuffer)."""
+    buf = FrameQueues(tx_max=3)
     for i in range(5):
-        buf.write(0, bytes([i]) * 320)
-    assert len(buf) == 3 and buf.dropped == 2
-    assert [buf.read()[0] for _ in range(3)] == [2, 3, 4]
-    assert buf.read() == b""
+        buf.write(bytes([i]) * 320)
+    assert len(buf.tx) == 3 and buf.tx_dropped == 2
+    got = [buf.exchange(np.zeros(160, dtype=np.int16), False) for _ in range(4)]
+    assert [g.tobytes()[0] for g in got[:3] if g is not None] == [2, 3, 4] and got[3] is None
 
 
 def test_e164_from_uri_user() -> None:

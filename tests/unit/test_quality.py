@@ -61,5 +61,5 @@ def test_bridged_call_adds_both_legs() -> None:
 
 
 def test_no_leg_is_an_error() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one leg"):
         estimate([])

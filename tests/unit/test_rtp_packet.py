@@ -49,7 +49,7 @@ def test_csrc_extension_padding_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "wire, why",
+    ("wire", "why"),
     [
         (b"", "empty"),
         (b"\x80", "1 byte"),

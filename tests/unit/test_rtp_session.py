@@ -142,7 +142,7 @@ def test_non_audio_slot_is_silent_but_not_lost() -> None:
     assert st.lost == 0 and st.non_audio == 1 and st.concealed == 0
 
 
-@pytest.mark.parametrize("wobble, expected", [(0.0, 0.0), (0.005, 0.005), (0.002, 0.002)])
+@pytest.mark.parametrize(("wobble", "expected"), [(0.0, 0.0), (0.005, 0.005), (0.002, 0.002)])
 def test_interarrival_jitter_a8(wobble: float, expected: float) -> None:
     src = RtpSource(ssrc=1, seq=0)
     for i in range(400):

@@ -96,7 +96,7 @@ BUILT_IN = [
 ]
 
 
-@pytest.mark.parametrize("number, code, q850, ops", BUILT_IN)
+@pytest.mark.parametrize(("number", "code", "q850", "ops"), BUILT_IN)
 def test_built_in_numbers(cfg: CarrierConfig, number: str, code: int, q850: int | None, ops: list[str]) -> None:
     b = behaviour_for(number, cfg)
     assert b.matched == f"number:{number}"
@@ -132,7 +132,7 @@ def test_ring_timeout_is_configurable() -> None:
 # resolution order: number > longest prefix > classification > default
 
 
-@pytest.mark.parametrize("number, matched, code, q850", [
+@pytest.mark.parametrize(("number", "matched", "code", "q850"), [
     ("+8613912345678", "default", 200, None),          # allocated mobile
     ("+862165529988", "default", 200, None),           # Shanghai landline
     ("+8613492012345", "default", 200, None),          # satellite (allocated)
@@ -221,7 +221,7 @@ def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("path, value, key", [
+@pytest.mark.parametrize(("path", "value", "key"), [
     (("sip", "port"), 70000, "sip.port"),
     (("sip", "port"), "5060", "sip.port"),
     (("sip", "host"), "localhost:5060", "sip.host"),
@@ -314,7 +314,7 @@ def test_minimal_config(tmp_path: Path) -> None:
 # media specs
 
 
-@pytest.mark.parametrize("spec, media", [
+@pytest.mark.parametrize(("spec", "media"), [
     ("echo", Media("echo")),
     ("tone:440:2", Media("tone", 2.0, 440.0)),
     ("tone:450", Media("tone", None, 450.0)),
@@ -340,7 +340,7 @@ def test_parse_media_errors(spec: str) -> None:
 # Request-URI numbers
 
 
-@pytest.mark.parametrize("uri, number", [
+@pytest.mark.parametrize(("uri", "number"), [
     ("sip:+8613800138000@127.0.0.1", "+8613800138000"),
     ("sip:+8613800138000@127.0.0.1:5060;user=phone", "+8613800138000"),
     ("<sip:+8613800138000@127.0.0.1;user=phone>", "+8613800138000"),
@@ -389,7 +389,7 @@ def test_reason_header() -> None:
     assert reason_header(16, "") == "Q.850;cause=16"
     assert reason_header(21, 'say "no"\r\n') == 'Q.850;cause=21;text="say \\"no\\""'
     for bad in (0, 128, -1):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="Q.850 cause must be 1..127"):
             reason_header(bad)
 
 
@@ -402,14 +402,14 @@ def test_parse_reason_header_round_trip() -> None:
     assert parse_reason_header("Q.850;cause=abc") == [("Q.850", None, "")]
 
 
-@pytest.mark.parametrize("cause, code", [(1, 404), (17, 486), (18, 408), (19, 480), (20, 480), (21, 403),
+@pytest.mark.parametrize(("cause", "code"), [(1, 404), (17, 486), (18, 408), (19, 480), (20, 480), (21, 403),
                                          (22, 410), (27, 502), (28, 484), (34, 503), (41, 503), (16, 0)])
 def test_cause_to_sip(cause: int, code: int) -> None:
     assert sip_for_cause(cause) == code
     assert cause in CAUSE_TEXT
 
 
-@pytest.mark.parametrize("code, cause", [(486, 17), (404, 1), (484, 28), (408, 102), (480, 20), (503, 41),
+@pytest.mark.parametrize(("code", "cause"), [(486, 17), (404, 1), (484, 28), (408, 102), (480, 20), (503, 41),
                                          (603, 21), (410, 22), (600, 17), (499, 31), (599, 41)])
 def test_sip_to_cause(code: int, cause: int) -> None:
     assert cause_for_sip(code) == cause

@@ -118,7 +118,7 @@ def test_port_zero_audio_is_skipped_and_other_lines_rejected_in_answer() -> None
 
 
 @pytest.mark.parametrize(
-    "extra, ours, send",
+    ("extra", "ours", "send"),
     [
         (("a=sendonly",), "recvonly", False),
         (("a=recvonly",), "sendonly", True),
@@ -151,7 +151,7 @@ def test_hold_offer_we_build() -> None:
 
 
 @pytest.mark.parametrize(
-    "body, why",
+    ("body", "why"),
     [
         ("", "empty"),
         (sdp("o=- 1 1 IN IP4 1.2.3.4", "s=-", "t=0 0"), "no v="),

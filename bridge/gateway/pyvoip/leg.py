@@ -291,9 +291,7 @@ class PyVoipLeg:
         if self.media is None:
             assert self._sock is not None
             self.media = _MediaClient(self, self._sock, audio, self._cfg)
-            self._sock = None
-            if self._call is not None:
-                self._call.RTPClients.append(self.media)
+            self._sock = None  # the media engine owns it now (pyVoIP's RTPClients stay empty)
             self.media.start()
         else:
             self.media.update(audio)

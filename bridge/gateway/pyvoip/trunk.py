@@ -445,14 +445,14 @@ class PyVoipTrunk:
         return stops
 
     def _release_leg(self, leg: PyVoipLeg) -> None:
-        """Stop the leg's media (threads joined off the loop), free its port and forget it. What
-        may still arrive for the call (retransmissions, ACKs, late 2xx) is the endpoint's:
-        its transactions and dialogs outlive the leg for as long as RFC 3261 says."""
+        """Stop the leg's media (on the shared engine: plain, non-blocking), free its port and
+        forget it. What may still arrive for the call (retransmissions, ACKs, late 2xx) is the
+        endpoint's: its transactions and dialogs outlive the leg for as long as RFC 3261 says."""
         phone = self._phone
         media, leg.media = leg.media, None
         if media is not None:
             leg._stopped_media = media
-            self._stops.append(asyncio.ensure_future(asyncio.to_thread(media.stop)))
+            media.stop()  # on the shared media engine: plain and non-blocking
         if phone is not None and leg._port is not None:
             if leg._sock is not None:
                 leg._sock.close()

@@ -1,0 +1,710 @@
+"""One RTP leg, sans I/O: :class:`RtpSession` receives, plays out, sends and reports.
+
+The same object carries the carrier's calls (bridge/carrier/media.py) and the bridge's SIP leg
+(bridge/gateway/pyvoip/media.py); the asyncio engine (bridge/net/media.py) owns the sockets
+and one shared 20 ms timer. Use::
+
+    s = RtpSession(MediaFormat("PCMU", 0, 101, remote=("192.0.2.1", 4000)), FrameQueues())
+    s.start(now)                          # the first 20 ms slot is due at ``now``
+    s.receive(datagram, addr, now)        # every datagram of the RTP port (rtcp_port=True: RTCP's)
+    s.tick(now)                           # whenever ``now >= s.next_due``: every slot due is served
+    s.out, s.events                       # datagrams to send ((bytes, addr, via_rtcp)), events: drain
+    s.configure(new_format)               # re-INVITE: codec, remote, direction; SSRC/seq/ts go on
+    s.close(now)                          # a last RTCP packet with BYE (RFC 3550 §6.6)
+
+Receive (RFC 3550 App. A.1/A.3/A.8 in :class:`~bridge.rtp.session.JitterBuffer`): packets are
+validated, ordered by sequence number, decoded and placed in a bounded sample FIFO by RTP
+timestamp (:class:`Playout`), so any packet length (10-60 ms) arrives whole, a timestamp gap
+becomes that much silence, and an SSRC change, underrun or timestamp jump restarts playout.
+Send: one 20 ms slot at ``t0 + n * 20 ms`` (absolute, never drifting); a slot more than
+``max_burst`` slots late is skipped (played out and advanced, not sent) instead of bursting.
+RFC 4733 events replace the audio of their slots and keep their start timestamp. RTCP
+(RFC 3550 §6): SR or RR + SDES CNAME every ``rtcp_interval`` (App. A.7 randomisation), the far
+end's reports about us become :class:`RemoteStats` (loss, jitter, RTT from LSR/DLSR).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from . import g711
+from .dtmf import DtmfEvent, DtmfPacket, DtmfReceiver, digit_to_event, dtmf_packets
+from .packet import PacketKind, RtpPacket, RtpParseError, classify, ts_delta
+from .rtcp import (
+    Bye,
+    ReceiverReport,
+    ReportBlock,
+    RtcpError,
+    RtcpPacket,
+    Sdes,
+    SenderReport,
+    build_compound,
+    ntp_from_seconds,
+    ntp_middle,
+    parse_compound,
+    round_trip,
+    rtcp_interval,
+)
+from .session import JitterBuffer, RtpSender
+
+RATE = 8000
+FRAME = 160  # samples in one 20 ms slot
+PERIOD = 0.020
+MAX_PAYLOAD = 1600  # 200 ms of G.711: anything longer is not audio we play
+UDP_IP_OVERHEAD = 28
+
+Pcm = npt.NDArray[np.int16]
+Addr = tuple[str, int]
+SILENCE: Pcm = np.zeros(FRAME, dtype=np.int16)
+SILENCE.setflags(write=False)
+
+
+class AudioPort(Protocol):
+    """The application side of a leg: once per 20 ms slot it gets the received frame (``live``:
+    False while nothing is playing out) and returns the frame to send (None: nothing to send)."""
+
+    def exchange(self, rx: Pcm, live: bool) -> Pcm | None: ...
+
+
+class FrameQueues:
+    """Bounded frame queues for an application that reads and writes at its own pace.
+
+    ``write(pcm16_bytes)`` never blocks and drops the oldest frame when ``tx_max`` wait;
+    ``read()`` returns the oldest received frame (bytes) or None. Only live frames are queued,
+    so a leg whose far end went silent delivers nothing (the caller's media timeout sees it).
+    """
+
+    def __init__(self, tx_max: int = 5, rx_max: int = 25) -> None:
+        self.tx: deque[bytes] = deque(maxlen=max(1, tx_max))
+        self.rx: deque[bytes] = deque(maxlen=max(1, rx_max))
+        self.tx_dropped = 0
+        self.rx_dropped = 0
+
+    def write(self, pcm: bytes) -> None:
+        if len(self.tx) == self.tx.maxlen:
+            self.tx_dropped += 1
+        self.tx.append(pcm)
+
+    def read(self) -> bytes | None:
+        return self.rx.popleft() if self.rx else None
+
+    def exchange(self, rx: Pcm, live: bool) -> Pcm | None:
+        if live:
+            if len(self.rx) == self.rx.maxlen:
+                self.rx_dropped += 1
+            self.rx.append(rx.tobytes())
+        if not self.tx:
+            return None
+        return np.frombuffer(self.tx.popleft(), dtype=np.int16)
+
+
+class Playout:
+    """Jitter buffer + decoder + a FIFO of samples placed by RTP timestamp.
+
+    :meth:`push` each accepted packet; :meth:`frame` once per slot returns 160 samples and
+    whether anything was playing. The FIFO holds at most ``fifo_ms`` (oldest dropped).
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int = 16,
+        prefetch: int = 3,
+        fifo_ms: int = 300,
+        clock_rate: int = RATE,
+        codec: str = "PCMU",
+    ) -> None:
+        self.jitter = JitterBuffer(capacity=capacity, prefetch=prefetch, clock_rate=clock_rate, frame_samples=FRAME)
+        self.decode = g711.decoder_for(codec)
+        self.fifo_cap = max(FRAME, clock_rate * fifo_ms // 1000)
+        self._pcm: Pcm = np.zeros(0, dtype=np.int16)
+        self._end_ts: int | None = None  # RTP timestamp just after the FIFO's last sample
+        self._ssrc: int | None = None
+        self._resync = True  # the next packet starts playout afresh (no gap fill)
+
+    def frame(self, now: float) -> tuple[Pcm, bool]:
+        """The next 160 samples: pull packets until the FIFO holds a frame; a short FIFO is
+        padded with silence (a gap inside the stream, or an underrun)."""
+        gap = False
+        jb = self.jitter
+        if not len(self._pcm) and jb.depth:
+            # Fast path: an empty FIFO and a next packet of exactly one slot, in sequence.
+            item = jb.pop_packet(now)
+            if item is not None:
+                if (len(item.payload) == FRAME and not self._resync and item.ssrc == self._ssrc
+                        and item.timestamp == self._end_ts):
+                    self._end_ts = (item.timestamp + FRAME) & 0xFFFFFFFF
+                    return self.decode(item.payload), True
+                self._feed(item)
+            else:
+                gap = True  # the buffer was not empty: a lost packet, an event slot or prefetching
+        while len(self._pcm) < FRAME and not gap:
+            empty = jb.depth == 0
+            item = jb.pop_packet(now)
+            if item is None:
+                if empty:
+                    self._resync = True  # underrun: restart at the next packet, as the buffer does
+                else:
+                    gap = True  # a lost packet or a telephone-event slot: its time passes in silence
+                break
+            self._feed(item)
+        have = len(self._pcm)
+        live = have > 0 or (gap and jb.playing)
+        if have >= FRAME:
+            out = self._pcm[:FRAME]
+            self._pcm = self._pcm[FRAME:]
+            return out, live
+        out = np.pad(self._pcm, (0, FRAME - have)) if have else SILENCE
+        self._pcm = self._pcm[:0]
+        if gap and self._end_ts is not None:
+            self._end_ts = (self._end_ts + FRAME - have) & 0xFFFFFFFF
+        return out, live
+
+    def _feed(self, item: RtpPacket) -> None:
+        ssrc, ts = item.ssrc, item.timestamp
+        pcm = self.decode(item.payload)
+        delta = 0 if self._end_ts is None else ts_delta(ts, self._end_ts)
+        if self._resync or ssrc != self._ssrc or abs(delta) > self.fifo_cap:
+            delta = 0  # a new start, a new source or a timestamp jump: no gap fill
+        self._resync = False
+        self._ssrc = ssrc
+        self._end_ts = (ts + len(pcm)) & 0xFFFFFFFF
+        if delta < 0:
+            pcm = pcm[-delta:]  # overlaps samples already queued or played
+        elif delta > 0:
+            pcm = np.concatenate((np.zeros(delta, dtype=np.int16), pcm))
+        if len(pcm):
+            fifo = np.concatenate((self._pcm, pcm)) if len(self._pcm) else pcm
+            self._pcm = fifo[-self.fifo_cap :]  # bounded: drop the oldest samples
+
+    @property
+    def buffered(self) -> int:
+        """Samples waiting in the FIFO."""
+        return len(self._pcm)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    """What a leg sends and accepts, from our side of the offer/answer.
+
+    ``remote`` is where RTP goes (None: nowhere, e.g. c=0.0.0.0 hold); ``send`` False stops
+    sending (recvonly/inactive) but not RTCP. ``remote_rtcp`` None means the RTP port + 1
+    (RFC 3550 §11), or the RTP address itself with ``rtcp_mux`` (RFC 5761).
+    """
+
+    codec: str = "PCMU"
+    payload_type: int = 0
+    telephone_event_pt: int | None = 101
+    remote: Addr | None = None
+    send: bool = True
+    recv: bool = True
+    remote_rtcp: Addr | None = None
+    rtcp_mux: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStats:
+    """What the far end last reported about our stream (RFC 3550 §6.4.1), and the RTT."""
+
+    ssrc: int  # the reporter
+    fraction_lost: float
+    cumulative_lost: int
+    highest_seq: int
+    jitter: float  # seconds
+    rtt: float | None  # seconds, from this report's LSR/DLSR (None: it named no SR of ours)
+    at: float  # our clock
+
+
+# -- events ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    """A new RFC 4733 event from the far end (one per event, however many packets)."""
+
+    event: DtmfEvent
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfSent:
+    """A queued digit went out: its end packets and the gap after it."""
+
+    job: int
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfCancelled:
+    """A queued digit will not be sent (session closed, telephone-event no longer negotiated)."""
+
+    job: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportReceived:
+    """An SR/RR from the far end carried a report block about us."""
+
+    stats: RemoteStats
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteBye:
+    """The far end sent RTCP BYE (RFC 3550 §6.6)."""
+
+    ssrcs: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Latched:
+    """Symmetric RTP: we now send to the address the far end's media really comes from."""
+
+    addr: Addr
+
+
+MediaEvent = DtmfReceived | DtmfSent | DtmfCancelled | ReportReceived | RemoteBye | Latched
+
+
+@dataclass(slots=True)
+class _DtmfJob:
+    job: int
+    packets: deque[DtmfPacket]
+    gap_slots: int
+    event_ts: int | None = None
+
+
+COUNTERS = (
+    "received", "rx_audio", "rx_events", "malformed", "other", "rtcp_on_rtp_port", "unknown_pt",
+    "wrong_source", "bad_payload", "ticks", "send_ticks", "on_time", "skipped", "tx_underruns",
+    "tx_dtmf_packets", "dtmf_sent", "rtcp_sent", "rtcp_received", "rtcp_malformed", "remote_byes",
+)  # fmt: skip
+
+
+class RtpSession:
+    """One leg's RTP and RTCP in virtual time (see the module docstring for the call pattern).
+
+    ``latch=True``: symmetric RTP (RFC 4961), the first valid packet's source becomes the
+    send address and then the only accepted source. ``ntp_offset`` turns ``now`` into NTP
+    seconds for SR timestamps (the engine passes wall clock minus its monotonic clock).
+    """
+
+    def __init__(
+        self,
+        fmt: MediaFormat,
+        audio: AudioPort,
+        *,
+        ssrc: int | None = None,
+        sequence_number: int | None = None,
+        timestamp: int | None = None,
+        rng: random.Random | None = None,
+        latch: bool = False,
+        max_burst: int = 3,
+        on_time_tolerance: float = 0.005,
+        jitter_capacity: int = 16,
+        jitter_prefetch: int = 3,
+        fifo_ms: int = 300,
+        rtcp: bool = True,
+        rtcp_interval: float = 5.0,
+        rtcp_bandwidth: float = 500.0,
+        cname: str | None = None,
+        ntp_offset: float = 0.0,
+        dtmf_gap_ms: int = 60,
+    ) -> None:
+        self.rng = rng or random.Random()
+        self.audio = audio
+        self.fmt = fmt
+        self.latch = latch
+        self.latched = False
+        self.remote: Addr | None = fmt.remote
+        self.remote_rtcp: Addr | None = None
+        self._rtcp_latched = False
+        self.max_burst = max(1, max_burst)
+        self.on_time_tolerance = on_time_tolerance
+        self.sender = RtpSender(
+            fmt.payload_type, ssrc=ssrc, sequence_number=sequence_number, timestamp=timestamp,
+            rng=rng or random.SystemRandom(),
+        )  # fmt: skip
+        self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=fmt.codec)
+        self._encode = g711.encoder_for(fmt.codec)
+        self.dtmf = DtmfReceiver()
+        self.dtmf_gap_slots = max(1, dtmf_gap_ms // 20)
+        self._dtmf_jobs: deque[_DtmfJob] = deque()
+        self._job_ids = 0
+        self.rtcp_enabled = rtcp
+        self.rtcp_min_interval = rtcp_interval
+        self.rtcp_bandwidth = rtcp_bandwidth
+        self.cname = cname or f"jego-{self.sender.ssrc:08x}"
+        self.ntp_offset = ntp_offset
+        self.out: list[tuple[bytes, Addr, bool]] = []
+        self.events: list[MediaEvent] = []
+        self.n = dict.fromkeys(COUNTERS, 0)
+        self.max_lateness = 0.0
+        self.t0: float | None = None
+        self.last_rx: float | None = None
+        self.remote_stats: RemoteStats | None = None
+        self.rtt: float | None = None
+        self.closed = False
+        self._slot_n = 0
+        self._rtcp_next: float | None = None
+        self._avg_rtcp = 100.0
+        self._sent_at_reports = (0, 0)  # packets_sent at the last two reports (§6.4: SR or RR)
+        self._lsr: OrderedDict[int, tuple[int, float]] = OrderedDict()  # SSRC -> (LSR, arrival)
+        self._set_remote_rtcp()
+
+    # -- configuration -----------------------------------------------------------------------
+    def configure(self, fmt: MediaFormat) -> None:
+        """Apply a new offer/answer (re-INVITE: hold, resume, codec or address change). Our SSRC,
+        sequence number and timestamp run on; a new remote address is latched afresh."""
+        old = self.fmt
+        self.fmt = fmt
+        if fmt.codec != old.codec:
+            self._encode = g711.encoder_for(fmt.codec)
+            self.playout.decode = g711.decoder_for(fmt.codec)
+        self.sender.payload_type = fmt.payload_type
+        if fmt.remote is not None and fmt.remote != old.remote:
+            self.remote = fmt.remote
+            self.latched = False
+            self._rtcp_latched = False
+        elif fmt.remote is None:
+            self.remote = None
+        self._set_remote_rtcp()
+        if fmt.telephone_event_pt is None:
+            self._cancel_dtmf()
+
+    def _set_remote_rtcp(self) -> None:
+        if self._rtcp_latched:
+            return
+        fmt = self.fmt
+        if fmt.rtcp_mux:
+            self.remote_rtcp = self.remote
+        elif fmt.remote_rtcp is not None and not self.latched:
+            self.remote_rtcp = fmt.remote_rtcp
+        elif self.remote is not None:
+            self.remote_rtcp = (self.remote[0], self.remote[1] + 1)  # RFC 3550 §11
+        else:
+            self.remote_rtcp = None
+
+    @property
+    def ssrc(self) -> int:
+        return self.sender.ssrc
+
+    @property
+    def send_enabled(self) -> bool:
+        return self.fmt.send
+
+    # -- clock ---------------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """Start the 20 ms clock: slot 0 is due at ``now``. Idempotent."""
+        if self.t0 is not None or self.closed:
+            return
+        self.t0 = now
+        self._slot_n = 0
+        if self.rtcp_enabled:
+            self._rtcp_next = now + self._interval(initial=True)
+
+    @property
+    def running(self) -> bool:
+        return self.t0 is not None and not self.closed
+
+    @property
+    def next_due(self) -> float | None:
+        """When :meth:`tick` has work next (None: not started or closed)."""
+        if not self.running:
+            return None
+        assert self.t0 is not None
+        return self.t0 + self._slot_n * PERIOD
+
+    def tick(self, now: float, tolerance: float = 0.001) -> None:
+        """Serve every slot due at ``now`` (absolute schedule), then RTCP if due."""
+        if not self.running:
+            return
+        assert self.t0 is not None
+        period = PERIOD
+        while True:
+            deadline = self.t0 + self._slot_n * period
+            if deadline > now + tolerance:
+                break
+            late = now - deadline
+            if late >= self.max_burst * period:
+                # Fell behind: skip ahead so at most ``max_burst`` slots go out back to back.
+                skip = int(late / period) - self.max_burst + 1
+                for _ in range(skip):
+                    self._slot(now, transmit=False)
+                self._slot_n += skip
+                self.n["skipped"] += skip
+                continue
+            late = max(0.0, late)
+            self.max_lateness = max(self.max_lateness, late)
+            self.n["send_ticks"] += 1
+            if late <= self.on_time_tolerance:
+                self.n["on_time"] += 1
+            self._slot(now, transmit=True)
+            self._slot_n += 1
+        if self._rtcp_next is not None and now >= self._rtcp_next:
+            self._send_report(now)
+            self._rtcp_next = now + self._interval(initial=False)
+
+    def _slot(self, now: float, *, transmit: bool) -> None:
+        self.n["ticks"] += 1
+        rx, live = self.playout.frame(now)
+        tx = self.audio.exchange(rx, live)
+        if tx is None:
+            tx = SILENCE
+            self.n["tx_underruns"] += 1
+        elif len(tx) != FRAME:
+            tx = np.pad(tx[:FRAME], (0, max(0, FRAME - len(tx))))
+        dest = self.remote if self.fmt.send else None
+        if self._dtmf_jobs and self.fmt.telephone_event_pt is not None:
+            if self._dtmf_slot(dest if transmit else None):
+                return
+        if not transmit or dest is None:
+            self.sender.skip(FRAME)
+            return
+        pkt = self.sender.packet(self._encode(tx), FRAME)
+        self.out.append((pkt.serialize(), dest, False))
+
+    # -- DTMF send -----------------------------------------------------------------------------
+    def send_dtmf(
+        self, digits: str, *, duration_ms: int = 100, volume: int = 10, gap_ms: int | None = None
+    ) -> list[int]:
+        """Queue RFC 4733 events, one job per digit (``duration_ms`` each, then ``gap_ms``,
+        default ``dtmf_gap_ms``, of audio); :class:`DtmfSent` follows per job. Raises
+        ValueError without a telephone-event PT or for a bad digit (nothing is queued then)."""
+        if self.fmt.telephone_event_pt is None:
+            raise ValueError("telephone-event was not negotiated")
+        for d in digits:
+            digit_to_event(d)
+        gap = self.dtmf_gap_slots if gap_ms is None else max(1, gap_ms // 20)
+        jobs = []
+        for d in digits:
+            self._job_ids += 1
+            pkts = deque(dtmf_packets(d, duration_ms=duration_ms, volume=volume))
+            self._dtmf_jobs.append(_DtmfJob(self._job_ids, pkts, gap))
+            jobs.append(self._job_ids)
+        return jobs
+
+    def _dtmf_slot(self, dest: Addr | None) -> bool:
+        """One slot of the current event: True when it replaced the audio of this slot."""
+        job = self._dtmf_jobs[0]
+        te_pt = self.fmt.telephone_event_pt
+        assert te_pt is not None
+        if job.packets:
+            item = job.packets.popleft()
+            if job.event_ts is None:
+                job.event_ts = self.sender.timestamp  # RFC 4733 §2.5.1.2: the event's start time
+            if dest is not None:
+                pkt = self.sender.event_packet(item.payload, te_pt, job.event_ts, item.marker)
+                self.out.append((pkt.serialize(), dest, False))
+                self.n["tx_dtmf_packets"] += 1
+            self.sender.skip(FRAME)  # the media clock runs on underneath the event
+            if not job.packets:
+                self.n["dtmf_sent"] += 1
+            return True
+        job.gap_slots -= 1  # inter-digit gap: this slot carries audio again
+        if job.gap_slots <= 0:
+            self._dtmf_jobs.popleft()
+            self.events.append(DtmfSent(job.job))
+        return False
+
+    def _cancel_dtmf(self) -> None:
+        while self._dtmf_jobs:
+            self.events.append(DtmfCancelled(self._dtmf_jobs.popleft().job))
+
+    @property
+    def dtmf_pending(self) -> int:
+        return len(self._dtmf_jobs)
+
+    # -- receive -------------------------------------------------------------------------------
+    def receive(self, data: bytes, addr: Addr, now: float, *, rtcp_port: bool = False) -> None:
+        """One datagram from the RTP port (or, ``rtcp_port=True``, from the RTCP port)."""
+        if self.closed:
+            return
+        if rtcp_port:
+            self._on_rtcp(data, addr, now)
+            return
+        kind = classify(data)
+        if kind is PacketKind.RTCP:
+            if self.fmt.rtcp_mux:
+                self._on_rtcp(data, addr, now)
+            else:
+                self.n["rtcp_on_rtp_port"] += 1  # RFC 5761 not negotiated: not ours to read
+            return
+        if kind is not PacketKind.RTP:
+            self.n["malformed" if kind is PacketKind.UNKNOWN else "other"] += 1
+            return
+        try:
+            pkt = RtpPacket.parse(data)
+        except RtpParseError:
+            self.n["malformed"] += 1
+            return
+        fmt = self.fmt
+        pt = pkt.payload_type
+        is_audio = pt == fmt.payload_type
+        is_event = fmt.telephone_event_pt is not None and pt == fmt.telephone_event_pt
+        if not (is_audio or is_event):
+            self.n["unknown_pt"] += 1
+            return
+        if is_audio and not 0 < len(pkt.payload) <= MAX_PAYLOAD:
+            self.n["bad_payload"] += 1
+            return
+        if addr != self.remote:
+            if self.latch and not self.latched:
+                self.remote = addr
+                self.latched = True
+                self._set_remote_rtcp_latched(addr)
+                self.events.append(Latched(addr))
+            elif self.remote is not None:
+                self.n["wrong_source"] += 1
+                return
+        if self.latch:
+            self.latched = True
+        self.last_rx = now
+        self.n["received"] += 1
+        self.n["rx_audio" if is_audio else "rx_events"] += 1
+        self.playout.jitter.push(pkt, now, audio=is_audio)
+        if is_event:
+            ev = self.dtmf.receive(pkt.payload, pkt.timestamp, ssrc=pkt.ssrc, marker=pkt.marker)
+            if ev is not None:
+                self.events.append(DtmfReceived(ev))
+
+    def _set_remote_rtcp_latched(self, addr: Addr) -> None:
+        if self._rtcp_latched:
+            return
+        self.remote_rtcp = addr if self.fmt.rtcp_mux else (addr[0], addr[1] + 1)
+
+    # -- RTCP ----------------------------------------------------------------------------------
+    def _ntp(self, now: float) -> int:
+        return ntp_from_seconds(now + self.ntp_offset)
+
+    def _on_rtcp(self, data: bytes, addr: Addr, now: float) -> None:
+        try:
+            packets = parse_compound(data)
+        except RtcpError:
+            self.n["rtcp_malformed"] += 1
+            return
+        self.n["rtcp_received"] += 1
+        if self.latch and not self._rtcp_latched:
+            self.remote_rtcp = addr  # symmetric RTCP (RFC 4961)
+            self._rtcp_latched = True
+        arrival = self._ntp(now)
+        for p in packets:
+            if isinstance(p, SenderReport):
+                self._lsr[p.ssrc] = (ntp_middle(p.ntp), now)
+                self._lsr.move_to_end(p.ssrc)
+                while len(self._lsr) > 8:
+                    self._lsr.popitem(last=False)
+            if isinstance(p, SenderReport | ReceiverReport):
+                for block in p.reports:
+                    if block.ssrc == self.sender.ssrc:
+                        self._on_report(p.ssrc, block, arrival, now)
+            elif isinstance(p, Bye):
+                self.n["remote_byes"] += 1
+                self.events.append(RemoteBye(p.ssrcs, p.reason))
+
+    def _on_report(self, reporter: int, block: ReportBlock, arrival: int, now: float) -> None:
+        rtt = round_trip(arrival, block)
+        if rtt is not None:
+            self.rtt = rtt
+        stats = RemoteStats(
+            ssrc=reporter, fraction_lost=block.fraction, cumulative_lost=block.cumulative_lost,
+            highest_seq=block.highest_seq, jitter=block.jitter / RATE, rtt=rtt, at=now,
+        )  # fmt: skip
+        self.remote_stats = stats
+        self.events.append(ReportReceived(stats))
+
+    def _interval(self, *, initial: bool) -> float:
+        we_sent = self.sender.packets_sent != self._sent_at_reports[0]
+        remote_sends = self.last_rx is not None
+        return rtcp_interval(
+            members=2, senders=int(we_sent) + int(remote_sends), rtcp_bw=self.rtcp_bandwidth, we_sent=we_sent,
+            avg_rtcp_size=self._avg_rtcp, initial=initial, rand=self.rng.random(), tmin=self.rtcp_min_interval,
+        )  # fmt: skip
+
+    def report_packets(self, now: float) -> list[RtcpPacket]:
+        """The SR (if we sent RTP since the report before last, §6.4) or RR, then SDES CNAME."""
+        blocks: list[ReportBlock] = []
+        src = self.playout.jitter.source
+        if src is not None and src.expected > 0:
+            fraction = src.fraction_lost()
+            lsr, dlsr = 0, 0
+            seen = self._lsr.get(src.ssrc)
+            if seen is not None:
+                lsr, at = seen
+                dlsr = int(max(0.0, now - at) * 65536)  # §6.4.1: units of 1/65536 s
+            blocks.append(ReportBlock(
+                src.ssrc, min(255, int(fraction * 256)), src.cumulative_lost, src.extended_max & 0xFFFFFFFF,
+                int(src.jitter), lsr, dlsr,
+            ))  # fmt: skip
+        sent = self.sender.packets_sent
+        report: RtcpPacket
+        if sent != self._sent_at_reports[0]:
+            report = SenderReport(
+                self.sender.ssrc, self._ntp(now), self._rtp_timestamp_at(now), sent, self.sender.octets_sent,
+                tuple(blocks),
+            )  # fmt: skip
+        else:
+            report = ReceiverReport(self.sender.ssrc, tuple(blocks))
+        self._sent_at_reports = (self._sent_at_reports[1], sent)
+        return [report, Sdes.cname(self.sender.ssrc, self.cname)]
+
+    def _rtp_timestamp_at(self, now: float) -> int:
+        """Our media clock at ``now`` (§6.4.1: the SR's RTP timestamp matches its NTP time)."""
+        due = self.next_due
+        if due is None:
+            return self.sender.timestamp
+        return (self.sender.timestamp - round((due - now) * RATE)) & 0xFFFFFFFF
+
+    def _send_report(self, now: float, bye: str | None = None) -> None:
+        dest = self.remote_rtcp
+        if dest is None:
+            return
+        packets = self.report_packets(now)
+        if bye is not None:
+            packets.append(Bye((self.sender.ssrc,), bye))
+        data = build_compound(packets)
+        # §6.3.3: avg_rtcp_size = 1/16 * packet_size + 15/16 * avg_rtcp_size (with UDP/IP)
+        self._avg_rtcp += (len(data) + UDP_IP_OVERHEAD - self._avg_rtcp) / 16
+        self.out.append((data, dest, not self.fmt.rtcp_mux))
+        self.n["rtcp_sent"] += 1
+
+    # -- end -----------------------------------------------------------------------------------
+    def close(self, now: float, reason: str = "") -> None:
+        """Stop the clock; queue a last SR/RR with BYE (RFC 3550 §6.6) when RTCP is on; cancel
+        queued digits. Idempotent. Drain ``out`` and ``events`` afterwards."""
+        if self.closed:
+            return
+        if self.rtcp_enabled and self.t0 is not None:
+            self._send_report(now, bye=reason)
+        self.closed = True
+        self._cancel_dtmf()
+
+    # -- results -------------------------------------------------------------------------------
+    def inactive_for(self, now: float) -> float:
+        """Seconds since the last valid RTP packet (since start if none yet)."""
+        ref = self.last_rx if self.last_rx is not None else (self.t0 if self.t0 is not None else now)
+        return max(0.0, now - ref)
+
+    @property
+    def on_time_share(self) -> float:
+        st = self.n["send_ticks"]
+        return self.n["on_time"] / st if st else 1.0
+
+
+__all__ = [
+    "AudioPort",
+    "DtmfCancelled",
+    "DtmfReceived",
+    "DtmfSent",
+    "FrameQueues",
+    "Latched",
+    "MediaEvent",
+    "MediaFormat",
+    "Playout",
+    "RemoteBye",
+    "RemoteStats",
+    "ReportReceived",
+    "RtpSession",
+]
