@@ -12,10 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
-
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 
 from jego_call.accounts import Accounts
 from jego_call.db import MIGRATIONS, Database, PostgresDatabase, migration_statements, run_sync
