@@ -47,6 +47,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from jego_call.media.impair import ImpairmentSpec
+
 from ..net.media import MediaEngine, RtpEndpoint, format_of
 from ..rtp.dtmf import DtmfReceiver
 from ..rtp.media import (
@@ -395,6 +397,7 @@ class MediaStats:
     remote_fraction_lost: float | None = None
     remote_packets_lost: int | None = None
     remote_jitter: float | None = None
+    impaired_dropped: int = 0  # datagrams the [media] impair network dropped before the session
 
 
 def rtcp_of(media: SdpMedia, remote: Addr | None) -> tuple[bool, Addr | None]:
@@ -467,8 +470,10 @@ class RtpStream:
         ssrc: int | None = None,
         rtcp: bool = True,
         rtcp_interval: float = 5.0,
+        impair: ImpairmentSpec | None = None,
     ) -> None:
         self.host = host
+        self.impair = impair
         self._want_port = port
         self._pool = port_pool
         self.ptime = FRAME_MS / 1000
@@ -600,6 +605,8 @@ class RtpStream:
         self._ep = self._engine.bind(self.session, host=self.host, ports=ports, rtcp=self.rtcp,
                                      on_events=self._on_events)
         self.local_port = self._ep.local_port
+        if self.impair is not None:
+            self._engine.impair(self._ep, self.impair)
         if self._pool:
             self._pool.take(self.local_port)
         if self.record_path is not None:
@@ -704,6 +711,8 @@ class RtpStream:
             remote_fraction_lost=rs.fraction_lost if rs else None,
             remote_packets_lost=rs.cumulative_lost if rs else None,
             remote_jitter=rs.jitter if rs else None,
+            impaired_dropped=(self._ep.impairment.counters.dropped
+                              if self._ep is not None and self._ep.impairment is not None else 0),
         )
 
     def inactive_for(self, now: float | None = None) -> float:

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from jego_call.call.reasons import EndReason, from_sip
 from jego_call.errors import ConfigError
+from jego_call.media.impair import ImpairmentSpec
 from jego_call.numbering import NumberError, NumberInfo, classify, normalise
 from jego_call.schema import build
 
@@ -303,6 +304,19 @@ class CdrConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """[media]: `impair` is a seeded network on the carrier's RTP receive path ("" = off),
+    e.g. "loss=5,burst=2,jitter=30,delay=100,seed=1" (jego_call.media.impair). Lab use only."""
+
+    impair: str = ""
+
+    @property
+    def impairment(self) -> ImpairmentSpec | None:
+        spec = ImpairmentSpec.parse(self.impair)
+        return spec if spec.active else None
+
+
+@dataclass(frozen=True, slots=True)
 class CarrierConfig:
     """Everything in config/carrier.toml. Build with `load_carrier_config` / `parse_carrier_config`."""
 
@@ -311,6 +325,7 @@ class CarrierConfig:
     inbound: InboundConfig = InboundConfig(account="jego")
     unreachable: UnreachableConfig = UnreachableConfig()
     cdr: CdrConfig = CdrConfig()
+    media: MediaConfig = MediaConfig()
     default: Behaviour | None = None          # None: preset "answer" with [sip] durations
     numbers: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
     prefixes: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -594,11 +609,11 @@ def _parse_unreachable(raw: Any) -> UnreachableConfig:
 
 def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     """Build and validate a CarrierConfig from parsed TOML; ConfigError names the wrong key."""
-    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "default", "numbers", "prefixes"}
+    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "media", "default", "numbers", "prefixes"}
     for k in data:
         if k not in known:
             raise ConfigError(k, f"unknown section (known: {', '.join(sorted(known))})")
-    for sec in ("sip", "inbound", "cdr"):
+    for sec in ("sip", "inbound", "cdr", "media"):
         if sec in data and not isinstance(data[sec], dict):
             raise ConfigError(sec, f"expected a table [{sec}]")
     sip: SipConfig = build(SipConfig, data.get("sip", {}), "sip.")
@@ -615,11 +630,16 @@ def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
         raise ConfigError("inbound.caller_id", f"expected an E.164 number, got {inbound.caller_id!r}")
     unreachable = _parse_unreachable(data.get("unreachable", {}))
     cdr: CdrConfig = build(CdrConfig, data.get("cdr", {}), "cdr.")
+    media: MediaConfig = build(MediaConfig, data.get("media", {}), "media.")
+    try:
+        media.impairment  # noqa: B018 - validates the spec; the error names the key
+    except ConfigError as exc:
+        raise ConfigError("media.impair", f"{exc.key}: {exc.message}") from None
     default = parse_behaviour(data["default"], "default", sip, "default") if "default" in data else None
     numbers = _number_table(data.get("numbers", {}), "numbers", sip, True)
     prefixes = _number_table(data.get("prefixes", {}), "prefixes", sip, False)
     return CarrierConfig(sip=sip, trunks=trunks, inbound=inbound, unreachable=unreachable, cdr=cdr,
-                         default=default, numbers=numbers, prefixes=prefixes)
+                         media=media, default=default, numbers=numbers, prefixes=prefixes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ class Carrier:
         # RTP health summed over ended calls (bench_carrier.sh reads it from /status).
         self.media_totals: dict[str, float] = dict.fromkeys((
             "streams", "packets_sent", "packets_received", "packets_lost", "send_ticks", "on_time",
-            "skipped_ticks", "max_lateness"), 0)
+            "skipped_ticks", "max_lateness", "impaired_dropped"), 0)
         self._calls: dict[TransactionKey, Call] = {}
         self._by_dialog: dict[DialogId, Call] = {}
         self._out: dict[TransactionKey, OutCall] = {}
@@ -585,13 +585,15 @@ class Carrier:
             if call.offerless:
                 stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
                                                 rtcp_interval=sip.rtcp_interval_s, latch=True,
+                                                impair=self.cfg.media.impairment,
                                                 telephone_event_pt=sip.dtmf_payload_type)
                 call.local_sdp = build_offer(self.host, stream.local_port, codecs=sip.codecs,
                                              telephone_event_pt=sip.dtmf_payload_type)
             else:
                 stream, ans = await RtpStream.answer(call.request.body, host=self.host, supported=sip.codecs,
                                                      start=False, port_pool=self.ports, record_path=record,
-                                                     rtcp_interval=sip.rtcp_interval_s, latch=True)
+                                                     rtcp_interval=sip.rtcp_interval_s, latch=True,
+                                                     impair=self.cfg.media.impairment)
                 call.local_sdp = ans.sdp
                 call.recv_media = ans.audio.recv
         except SdpError as err:
@@ -744,6 +746,7 @@ class Carrier:
         t["on_time"] += st.on_time
         t["skipped_ticks"] += st.skipped_ticks
         t["max_lateness"] = max(t["max_lateness"], st.max_lateness)
+        t["impaired_dropped"] += st.impaired_dropped
 
     async def _forget(self, did: DialogId, call: Call) -> None:
         await asyncio.sleep(64 * self.timers.t1 if call.fsm.answered else 1.0)
@@ -798,6 +801,7 @@ class Carrier:
         record = self.recordings_dir / f"{safe_name(call_id)}.wav" if self.cfg.cdr.recordings else None
         stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
                                         rtcp_interval=sip.rtcp_interval_s, latch=True,
+                                        impair=self.cfg.media.impairment,
                                         telephone_event_pt=sip.dtmf_payload_type)
         offer = build_offer(self.host, stream.local_port, codecs=sip.codecs,
                             telephone_event_pt=sip.dtmf_payload_type)

@@ -32,10 +32,13 @@ from jego_call.numbering import e164_of
 from . import conference_core as cc
 from .call import BridgeCall, CallSettings
 from .conference import Conference
+from .dialogs import DialogStore, OrphanReaper
 from .legs import SipLeg, SipTrunk
 from .transcode import single_threaded_ffmpeg
 
 log = logging.getLogger("jego.bridge")
+
+DIALOG_STORE = "bridge-dialogs.sqlite3"  # in the data directory: every worker on this machine shares it
 
 TrunkFactory = Callable[[BridgeSection], SipTrunk]
 
@@ -56,7 +59,8 @@ class BridgeWorker:
 
     def __init__(self, server_url: str, secret: str, trunk: SipTrunk, *, name: str = "bridge-1",
                  max_calls: int = 16, settings: CallSettings | None = None,
-                 did: dict[str, str] | None = None, backoff_max_s: float = 10.0) -> None:
+                 did: dict[str, str] | None = None, backoff_max_s: float = 10.0,
+                 dialog_store: DialogStore | None = None) -> None:
         self.server_url = server_url.rstrip("/")
         self.secret = secret
         self.trunk = trunk
@@ -77,6 +81,10 @@ class BridgeWorker:
         self._task: asyncio.Task[None] | None = None
         self._trunk_started = False
         self._stopping = False
+        # Answered trunk dialogs outlive a crash here; the reaper BYEs other workers' orphans.
+        self.worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.dialog_store = dialog_store
+        self.reaper: OrphanReaper | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, server_url: str, secret: str, *, name: str | None = None,
@@ -86,7 +94,8 @@ class BridgeWorker:
         settings = CallSettings(app_codec=b.app_codec, opus_bitrate=b.opus_bitrate,
                                 media_timeout_s=b.media_timeout_s, max_call_s=b.max_call_s)
         return cls(server_url, secret, trunk_factory(b), name=name or b.name,
-                   max_calls=max_calls or b.max_calls, settings=settings, did=dict(b.did))
+                   max_calls=max_calls or b.max_calls, settings=settings, did=dict(b.did),
+                   dialog_store=DialogStore.open(cfg.data_dir / DIALOG_STORE))
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,6 +128,11 @@ class BridgeWorker:
             with contextlib.suppress(Exception):
                 await self.trunk.stop()
             self._trunk_started = False
+        if self.reaper is not None:
+            await self.reaper.stop()  # a clean stop hung up its calls: nothing left to reap
+            self.reaper = None
+        if self.dialog_store is not None:
+            self.dialog_store.close()
 
     async def _run(self) -> None:
         delay = 0.5
@@ -128,6 +142,7 @@ class BridgeWorker:
                     await self.trunk.start()  # REGISTER with digest auth (RFC 3261 §10), or trunk mode
                     self._trunk_started = True
                     log.info("bridge %s: trunk up (registered: %s)", self.name, self.trunk.registered)
+                    self._start_reaper()
                 await self._session()
                 delay = 0.5
             except asyncio.CancelledError:
@@ -140,6 +155,18 @@ class BridgeWorker:
                 break
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(self.backoff_max_s, delay * 2)
+
+    def _start_reaper(self) -> None:
+        """With a dialog store and a trunk that can use it: keep our dialogs there, and BYE
+        (within a few seconds) every dialog a dead worker left behind."""
+        store = self.dialog_store
+        attach = getattr(self.trunk, "attach_dialog_store", None)
+        send_bye = getattr(self.trunk, "send_orphan_bye", None)
+        if store is None or self.reaper is not None or attach is None or send_bye is None:
+            return
+        attach(store, self.worker_id)
+        self.reaper = OrphanReaper(store, self.worker_id, send_bye)
+        self.reaper.start()
 
     async def _session(self) -> None:
         """One signalling connection: gateway_auth, then messages until it closes."""

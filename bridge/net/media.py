@@ -28,6 +28,8 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from jego_call.media.impair import Impairment, ImpairmentSpec
+
 from ..rtp.media import MediaEvent, MediaFormat, RtpSession
 from ..rtp.rtcp import NTP_EPOCH_OFFSET
 from ..rtp.schedule import Scheduler, align
@@ -71,6 +73,9 @@ class RtpEndpoint:
         self.tx_dropped = 0  # socket buffer full
         self.tx_errors = 0
         self.rx_errors = 0
+        # A seeded network on the receive path (MediaEngine.impair; test and lab use only).
+        self.impairment: Impairment[tuple[bytes, Addr, bool]] | None = None
+        self._impair_timer: asyncio.TimerHandle | None = None
 
     @property
     def local_address(self) -> Addr:
@@ -183,6 +188,15 @@ class MediaEngine:
             self.loop.add_reader(rtcp_sock.fileno(), self._readable, ep, rtcp_sock, True)
         return ep
 
+    def impair(self, ep: RtpEndpoint, spec: ImpairmentSpec) -> None:
+        """Pass every datagram this leg receives through a seeded network (loss, bursts, delay,
+        jitter with reordering: jego_call.media.impair) before its session sees it. For labs and
+        tests only ([media] impair); ``ep.impairment.counters`` says what it did."""
+        if not spec.active or ep.closed:
+            return
+        ep.impairment = Impairment(spec)
+        log.warning("media impairment ON for RTP port %s (%s): test and lab use only", ep.local_port, spec)
+
     def start(self, ep: RtpEndpoint) -> None:
         """Put the leg on the shared 20 ms clock (its first slot on the next grid point)."""
         if ep.closed or ep.started:
@@ -205,6 +219,9 @@ class MediaEngine:
             ep.session.close(self.loop.time(), reason)
             self.flush(ep)
         finally:
+            if ep._impair_timer is not None:
+                ep._impair_timer.cancel()
+                ep._impair_timer = None
             for s in (ep.sock, ep.rtcp_sock):
                 if s is not None:
                     with contextlib.suppress(Exception):
@@ -217,6 +234,7 @@ class MediaEngine:
     def _readable(self, ep: RtpEndpoint, sock: socket.socket, rtcp: bool) -> None:
         session = ep.session
         loop = self.loop
+        net = ep.impairment
         for _ in range(READ_BURST):
             try:
                 data, addr = sock.recvfrom(RECV_SIZE)
@@ -226,12 +244,40 @@ class MediaEngine:
                 ep.rx_errors += 1
                 log.debug("RTP socket error on port %s: %s", ep.local_port, exc)
                 break
+            if net is not None:
+                net.push((data, (addr[0], addr[1]), rtcp), loop.time())
+                continue
             try:
                 session.receive(data, (addr[0], addr[1]), loop.time(), rtcp_port=rtcp)
             except Exception:  # a bad packet must never stop reception
                 ep.rx_errors += 1
                 log.exception("RTP receive error on port %s", ep.local_port)
+        if net is not None:
+            self._release(ep)
+        else:
+            self.flush(ep)
+
+    def _receive(self, ep: RtpEndpoint, data: bytes, addr: Addr, rtcp: bool) -> None:
+        try:
+            ep.session.receive(data, addr, self.loop.time(), rtcp_port=rtcp)
+        except Exception:  # a bad packet must never stop reception
+            ep.rx_errors += 1
+            log.exception("RTP receive error on port %s", ep.local_port)
+
+    def _release(self, ep: RtpEndpoint) -> None:
+        """Hand the impaired network's due datagrams to the session; wake again for the next."""
+        net = ep.impairment
+        if ep._impair_timer is not None:  # one pending wake-up per leg, for its earliest datagram
+            ep._impair_timer.cancel()
+            ep._impair_timer = None
+        if net is None or ep.closed:
+            return
+        for data, addr, rtcp in net.pop_due(self.loop.time()):
+            self._receive(ep, data, addr, rtcp)
         self.flush(ep)
+        due = net.next_deadline()
+        if due is not None:
+            ep._impair_timer = self.loop.call_at(due, self._release, ep)
 
     def flush(self, ep: RtpEndpoint) -> None:
         """Send what the session queued and hand its events to the owner."""

@@ -73,9 +73,12 @@ def free_port(span: int = 1) -> int:
 
 @contextlib.asynccontextmanager
 async def running_carrier(data_dir: Path, *, sip: dict[str, Any] | None = None, max_calls: int | None = None,
-                          t1: float | None = None, control: bool = False) -> AsyncIterator[Carrier]:
-    """A Carrier from config/carrier.toml on 127.0.0.1, port 0, with [sip] overrides."""
-    overrides = {"sip": {"port": 0, **(sip or {})}}
+                          t1: float | None = None, control: bool = False,
+                          media: dict[str, Any] | None = None) -> AsyncIterator[Carrier]:
+    """A Carrier from config/carrier.toml on 127.0.0.1, port 0, with [sip] (and [media]) overrides."""
+    overrides: dict[str, dict[str, Any]] = {"sip": {"port": 0, **(sip or {})}}
+    if media:
+        overrides["media"] = media
     cfg = load_carrier_config(overrides=overrides)
     if max_calls is not None:
         cfg = dataclasses.replace(cfg, trunks=tuple(dataclasses.replace(t, max_calls=max_calls)

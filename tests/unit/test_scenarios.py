@@ -284,12 +284,21 @@ def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
      'numbers."+8613900000486".steps[0].text'),
     (("prefixes", "+86139x"), {"preset": "busy"}, 'prefixes."+86139x"'),
     (("default",), {"preset": "nope"}, "default.preset"),
+    (("media", "impair"), "loss=150", "media.impair"),
+    (("media", "impair"), "drop=5", "media.impair"),
+    (("media", "nope"), 1, "media.nope"),
 ])
 def test_config_errors_name_the_key(path: tuple[str, ...], value: Any, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
         parse_carrier_config(_with(path, value))
     assert ei.value.key == key, ei.value
     assert key in str(ei.value)
+
+
+def test_media_impair_is_off_by_default_and_parsed_when_set() -> None:
+    assert parse_carrier_config({}).media.impairment is None
+    spec = parse_carrier_config({"media": {"impair": "loss=5,burst=2,seed=1"}}).media.impairment
+    assert spec is not None and (spec.loss, spec.burst, spec.seed) == (5.0, 2.0, 1)
 
 
 def test_load_errors(tmp_path: Path) -> None:

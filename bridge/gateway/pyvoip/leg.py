@@ -145,6 +145,7 @@ class PyVoipLeg:
         self._server_key: TransactionKey | None = None
         self.acked = False
         self._bye_done = asyncio.Event()
+        self._stored_dialog: str | None = None  # its key in the trunk's dialog store, once answered
 
     # -- SipLeg API ---------------------------------------------------------------------------
     @property
@@ -201,6 +202,7 @@ class PyVoipLeg:
         self._respond_invite(200, body=self._answer_sdp.serialize().encode(), content_type="application/sdp")
         if self._call is not None:
             self._call.state = pv_voip.CallState.ANSWERED
+        self._trunk.remember_dialog(self)
         self._emit(LegAnswered(self.audio.codec))
 
     async def reject(self, sip_code: int, q850_cause: int | None = None) -> None:
@@ -383,6 +385,7 @@ class PyVoipLeg:
         self._start_media(audio)
         if self._call is not None:
             self._call.state = pv_voip.CallState.ANSWERED
+        trunk.remember_dialog(self)
         self._emit(LegAnswered(audio.codec))
 
     def _on_final_error(self, resp: SipResponse) -> None:

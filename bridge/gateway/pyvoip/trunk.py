@@ -7,12 +7,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import pyVoIP.VoIP  # noqa: F401  # must come before pyVoIP.SIP (circular import, media-stack.md §1.1)
 from pyVoIP.VoIP import VoIP as pv_voip
 
+from bridge.gateway.dialogs import DialogRecord, DialogStore, record_of
 from bridge.gateway.legs import InboundHandler, LegEnded
 from bridge.net.driver import EndpointDriver
 from bridge.sip.causes import reason_header
@@ -43,6 +45,11 @@ from jego_call.numbering import e164_of
 from .common import ALLOW_METHODS, TrunkConfig, TrunkError, _has_sdp, _target_addr
 from .leg import PyVoipLeg
 from .phone import _Call, _Phone
+
+
+def _wall() -> float:
+    return time.time()
+
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,9 @@ class PyVoipTrunk:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stops: list[asyncio.Future[Any]] = []
         self.counters: collections.Counter[str] = collections.Counter()
+        # Answered dialogs kept where a surviving or restarted worker finds them (dialogs.py).
+        self.dialog_store: DialogStore | None = None
+        self.worker_id = ""
 
     # -- SipTrunk API ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -444,6 +454,52 @@ class PyVoipTrunk:
         stops, self._stops = self._stops, []
         return stops
 
+    # -- dialogs that must outlive this process (bridge/gateway/dialogs.py) ------------------------
+    def attach_dialog_store(self, store: DialogStore, worker_id: str) -> None:
+        """Keep every answered dialog in `store` under `worker_id` until its call ends."""
+        self.dialog_store = store
+        self.worker_id = worker_id
+
+    def remember_dialog(self, leg: PyVoipLeg) -> None:
+        """The leg's dialog is confirmed: write it to the store (a crash leaves it there)."""
+        store, did = self.dialog_store, leg.dialog
+        if store is None or did is None or self._endpoint is None:
+            return
+        d = self._endpoint.dialog(did)
+        if d is None:
+            return
+        try:
+            rec = record_of(d, self.dialog_dest(did), owner=self.worker_id, now=_wall(), app_call_id=leg.call_id)
+            store.put(rec)
+            leg._stored_dialog = rec.key
+        except Exception as exc:  # the call goes on; only crash clean-up is lost
+            log.warning("dialog store: could not keep %s: %s", did.call_id, exc)
+
+    def forget_dialog(self, leg: PyVoipLeg) -> None:
+        key, leg._stored_dialog = leg._stored_dialog, None
+        if key is not None and self.dialog_store is not None:
+            try:
+                self.dialog_store.drop(key)
+            except Exception as exc:
+                log.warning("dialog store: could not drop %s: %s", key, exc)
+
+    def send_orphan_bye(self, rec: DialogRecord) -> asyncio.Future[int | None]:
+        """BYE a dialog another worker left behind (RFC 3261 §15.1.1; Reason: Q.850 cause 41,
+        RFC 3326). The future gets the final status, or None when the transaction times out."""
+        assert self._loop is not None
+        fut: asyncio.Future[int | None] = self._loop.create_future()
+
+        def done(ev: ResponseReceived | TransactionTimeout) -> None:
+            if isinstance(ev, TransactionTimeout):
+                if not fut.done():
+                    fut.set_result(None)
+            elif ev.response.status >= 200 and not fut.done():
+                fut.set_result(ev.response.status)
+
+        req = rec.bye_request(reason_header(EndReason.CONNECTION_LOST.q850 or 41))
+        self.request(req, rec.dest, done)
+        return fut
+
     def _release_leg(self, leg: PyVoipLeg) -> None:
         """Stop the leg's media (on the shared engine: plain, non-blocking), free its port and
         forget it. What may still arrive for the call (retransmissions, ACKs, late 2xx) is the
@@ -465,6 +521,7 @@ class PyVoipTrunk:
                     phone.assignedPorts.remove(port)
                 phone._sockets.pop(port, None)
         leg._port = None
+        self.forget_dialog(leg)
         self.forget(leg._invite_keys)
         if self._legs.get(leg.sip_call_id) is leg:
             del self._legs[leg.sip_call_id]
