@@ -92,6 +92,33 @@ async def sync_all(server: LiveServer, token: str) -> list[dict[str, Any]]:
                 return out
 
 
+async def outage(node: LiveServer, pg: PostgresServer, token: str) -> None:
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        w = await _ws(http, node, token)            # connected before the outage
+        await loop.run_in_executor(None, pg.server.stop, signal.SIGINT)
+        try:
+            health = await loop.run_in_executor(None, wait_health, node, 503)
+            assert health["storage"] == "unavailable"
+            cid = "msg-0002"
+            await w.send({"type": "send_message", "id": cid, "client_id": cid, "to": "bob",
+                          "text": "during the outage"})
+            err = await w.expect("error", 10)
+            assert (err["code"], err["ref"]) == ("service_unavailable", cid), err
+            assert not [m for m in w.seen if m.get("type") == "message_ack"]
+            late = Ws(await http.ws_connect(node.ws_url))      # a new login is refused the same way
+            await late.send({"type": "auth", "token": token})
+            assert (await late.expect("error", 10))["code"] == "service_unavailable"
+            await late.close()
+        finally:
+            await loop.run_in_executor(None, pg.server.start)
+        assert (await loop.run_in_executor(None, wait_health, node, 200))["status"] == "ok"
+        await w.send({"type": "send_message", "id": cid, "client_id": cid, "to": "bob", "text": "during the outage"})
+        ack = await w.expect("message_ack", 10, client_id=cid)
+        assert ack["message"]["seq"] == 2 and not ack["duplicate"], ack
+        await w.close()
+
+
 def test_jego_serve_on_postgresql(pg: PostgresServer, server_factory: Callable[..., LiveServer],
                                   tmp_path: Path) -> None:
     url = new_database(pg)
@@ -121,7 +148,7 @@ def test_jego_serve_on_postgresql(pg: PostgresServer, server_factory: Callable[.
     call_id = res["call_id"]
 
     # a message to bob while he is offline
-    ack = asyncio.run(send_message(node, ta, "bob", "你好, stored in PostgreSQL", "m-1"))
+    ack = asyncio.run(send_message(node, ta, "bob", "你好, stored in PostgreSQL", "msg-0001"))
     assert ack["type"] == "message_ack" and ack["message"]["seq"] == 1 and not ack["duplicate"], ack
 
     # restart the node: tokens, the call record and the message are all still there
@@ -139,20 +166,11 @@ def test_jego_serve_on_postgresql(pg: PostgresServer, server_factory: Callable[.
     got = asyncio.run(sync_all(other, tb))
     assert [(m["seq"], m["from"], m["text"]) for m in got] == [(1, "alice", "你好, stored in PostgreSQL")]
 
-    # PostgreSQL goes away under the running node: refused, never acknowledged; the node lives
-    pg.server.stop(signal.SIGINT)
-    try:
-        assert wait_health(node, 503)["storage"] == "unavailable"
-        refused = asyncio.run(send_message(node, ta, "bob", "during the outage", "m-2"))
-        assert refused["type"] == "error" and refused["code"] == "service_unavailable", refused
-        assert node.proc.poll() is None
-    finally:
-        pg.server.start()
-    # back: the same node recovers by itself; the retry is stored once, right after seq 1
-    assert wait_health(node, 200)["status"] == "ok"
-    ack = asyncio.run(send_message(node, ta, "bob", "during the outage", "m-2"))
-    assert ack["type"] == "message_ack" and ack["message"]["seq"] == 2 and not ack["duplicate"], ack
-    again = asyncio.run(send_message(other, ta, "bob", "during the outage", "m-2"))   # retried on the other node
+    # PostgreSQL goes away under the running node: refused, never acknowledged; the node lives;
+    # back: the same node recovers by itself and the retry is stored once, right after seq 1
+    asyncio.run(outage(node, pg, ta))
+    assert node.proc.poll() is None
+    again = asyncio.run(send_message(other, ta, "bob", "during the outage", "msg-0002"))   # retried on the other node
     assert again["type"] == "message_ack" and again["duplicate"] and again["message"]["seq"] == 2
     assert "PostgreSQL is unreachable" in node.log() and "PostgreSQL answers again" in node.log()
     status, page = http_json("GET", f"{other.url}/api/conversations/alice/messages?limit=10", token=tb)
