@@ -187,6 +187,7 @@ async def test_other_tabs_of_the_sender_see_the_message(client: TestClient) -> N
     assert (await a2.expect("message"))["message"] == ack["message"]
     assert (await b.expect("message"))["message"] == ack["message"]
     await b.send({"type": "receipt", "with": "alice", "state": "read", "up_to_seq": 1})
+    await a1.expect("receipt", by="bob", state="read", up_to_seq=1)   # stored and told (before b2 is there)
     b2 = await Ws.open(client, tb)
     await b.send({"type": "receipt", "with": "alice", "state": "read", "up_to_seq": 1})  # no change: silent
     await b2.no_message("receipt", 0.3)
