@@ -619,6 +619,33 @@ def safe_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+class _QuietPoolLog(logging.Filter):
+    """asyncpg's pool logs every failed attempt to refill itself with a whole traceback while the
+    server is away; our own "PostgreSQL is unreachable" line says it once. Keep one line of
+    theirs, without the traceback, every `every_s` seconds."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last = -every_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+
+_POOL_LOG = logging.getLogger("asyncpg.pool")
+if not any(isinstance(f, _QuietPoolLog) for f in _POOL_LOG.filters):
+    _POOL_LOG.addFilter(_QuietPoolLog())
+
+
 class _PgExecutor:
     """Statements on one asyncpg connection (a transaction's)."""
 
