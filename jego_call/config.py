@@ -128,6 +128,7 @@ class BridgeSection:
     opus_bitrate: int = 32000
     media_timeout_s: float = 30.0
     max_call_s: float = 7200.0
+    session_expires_s: int = 1800
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
 
 

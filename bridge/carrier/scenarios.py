@@ -251,6 +251,8 @@ class SipConfig:
     auth_window_s: float = 60.0
     min_expires_s: int = 60
     max_expires_s: int = 3600
+    min_se_s: int = 90            # RFC 4028 Min-SE: a smaller Session-Expires gets 422
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +536,8 @@ def _validate_sip(s: SipConfig) -> None:
                  "rtcp_interval_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"sip.{name}", f"must be greater than 0, got {getattr(s, name)}")
+    if s.min_se_s < 1:
+        raise ConfigError("sip.min_se_s", f"must be at least 1 s (RFC 4028 says 90), got {s.min_se_s}")
     if s.early_media_s < 0:
         raise ConfigError("sip.early_media_s", f"must be >= 0, got {s.early_media_s}")
     for name in ("rtp_port_min", "rtp_port_max"):

@@ -51,6 +51,15 @@ from ..sip.endpoint import (
 from ..sip.errors import CallDoesNotExist, Forbidden, SipError
 from ..sip.message import SipRequest, new_request
 from ..sip.sdp import SdpError, SdpSession, answer_offer, build_offer, negotiated_from_answer
+from ..sip.session_timer import (
+    TOKEN as TIMER,
+)
+from ..sip.session_timer import (
+    SessionExpires,
+    format_session_expires,
+    has_option,
+    parse_session_expires,
+)
 from ..sip.transaction import Addr, TimerConfig, TransactionKey
 from ..sip.uri import NameAddr, SipUri, parse_uri
 from .cdr import CallRecord, CdrWriter, cdr_path
@@ -75,7 +84,7 @@ from .state import CallEvent, CallState, CarrierCallMachine
 
 log = logging.getLogger("jego.carrier")
 
-ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO")
+ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "UPDATE")
 SDP = "application/sdp"
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +125,9 @@ class Call:
     task: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
     acked: asyncio.Event = field(default_factory=asyncio.Event)
+    session: SessionExpires | None = None  # RFC 4028: agreed in our 2xx; the caller refreshes
+    refreshed_at: float = 0.0              # loop clock of the 2xx or the last refresh
+    refreshes: int = 0
 
     @property
     def call_id(self) -> str:
@@ -163,7 +175,7 @@ class Carrier:
         self.ports = PortPool(cfg.sip.rtp_port_min, cfg.sip.rtp_port_max + 1)
         self.stats: dict[str, int] = dict.fromkeys((
             "requests", "options", "registers", "invites", "challenges", "auth_failures", "auth_blocked",
-            "calls", "answered", "bad_acks", "ack_timeouts", "media_timeouts", "cdr_written",
+            "calls", "answered", "bad_acks", "ack_timeouts", "media_timeouts", "session_expired", "cdr_written",
             "rejected_by_endpoint", "dropped"), 0)
         # RTP health summed over ended calls (bench_carrier.sh reads it from /status).
         self.media_totals: dict[str, float] = dict.fromkeys((
@@ -386,9 +398,15 @@ class Carrier:
             log.warning("carrier: %s is at max_calls=%s: 503", account.username, account.max_calls)
             self._reject(ev.key, SipError(503, None, 34, headers=[("Retry-After", "5")]))
             return
+        try:
+            session = self._session_of(req)
+        except SipError as err:  # a malformed Session-Expires (400) or one below Min-SE (422)
+            self._reject(ev.key, err)
+            return
         info = classify(number) if number.startswith("+") else None
         call = Call(ev.key, req, ev.addr, ev.transport, account.username, number, behaviour, info,
                     time.time())
+        call.session = session
         call.offerless = not req.body
         self._calls[ev.key] = call
         self._active_per_account[account.username] = active + 1
@@ -397,6 +415,35 @@ class Carrier:
         log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
                  info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
         call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
+
+    def _session_of(self, req: SipRequest) -> SessionExpires | None:
+        """RFC 4028 §9: the session interval we agree to, when the caller supports timers (we then
+        leave the refreshing to it, refresher=uac). Raises 422 below Min-SE (§8.1.1)."""
+        se = parse_session_expires(req.headers.get("Session-Expires") or req.headers.get("x"))
+        if se is None or not has_option(req.headers.get_all("Supported") + req.headers.get_all("k")):
+            return None
+        min_se = self.cfg.sip.min_se_s
+        if se.seconds < min_se:
+            raise SipError(422, None, headers=[("Min-SE", str(min_se))])
+        return SessionExpires(se.seconds, "uac")
+
+    def _session_headers(self, call: Call) -> tuple[tuple[str, str], ...]:
+        if call.session is None:
+            return ()
+        return (("Session-Expires", format_session_expires(call.session.seconds, "uac")), ("Require", TIMER))
+
+    def _refreshed(self, call: Call, req: SipRequest) -> None:
+        """A re-INVITE or UPDATE in the dialog refreshes the session (§10); it may change it."""
+        if call.session is None:
+            return
+        try:
+            se = parse_session_expires(req.headers.get("Session-Expires") or req.headers.get("x"))
+        except SipError:
+            se = None
+        if se is not None and se.seconds >= self.cfg.sip.min_se_s:
+            call.session = SessionExpires(se.seconds, "uac")
+        call.refreshed_at = self.now()
+        call.refreshes += 1
 
     def _on_in_dialog(self, ev: RequestReceived) -> None:
         req = ev.request
@@ -423,7 +470,12 @@ class Carrier:
             else:
                 self._end(call, 200, cause, EndReason.HANGUP)
         elif req.method == "INVITE":
+            self._refreshed(call, req)
             self._on_reinvite(call, ev)
+        elif req.method == "UPDATE":
+            # RFC 3311 without SDP: a session refresh (RFC 4028 §7.4), answered 200 with the interval.
+            self._refreshed(call, req)
+            self._respond(ev.key, 200, headers=self._session_headers(call))
         elif req.method == "INFO":
             log.info("carrier: INFO in %s: %s", call.call_id, req.body[:200].decode("utf-8", "replace"))
             self._respond(ev.key, 200)
@@ -455,7 +507,8 @@ class Carrier:
         stream.apply_answer(ev.request.body, ans)  # rtcp-mux kept if offered again (RFC 5761 §5.1.3)
         call.recv_media = ans.audio.recv
         call.local_sdp = ans.sdp
-        self._respond(ev.key, 200, body=ans.sdp.serialize().encode(), content_type=SDP)
+        self._respond(ev.key, 200, body=ans.sdp.serialize().encode(), content_type=SDP,
+                      headers=self._session_headers(call))
 
     def _on_cancel(self, ev: CancelReceived) -> None:
         call = self._calls.get(ev.invite_key)
@@ -472,7 +525,7 @@ class Carrier:
         if call.fsm.state == CallState.ANSWERED:
             call.fsm.apply(CallEvent.ACK)
             call.acked.set()
-            if call.recv_media:
+            if call.recv_media or call.session is not None:
                 call.watchdog = self._spawn(self._media_watchdog(call), f"carrier-watch-{call.call_id}")
         if call.offerless and ev.request.body and call.stream is not None and call.local_sdp is not None:
             try:
@@ -618,13 +671,14 @@ class Carrier:
         if not await self._ensure_stream(call):
             return
         assert call.stream is not None and call.local_sdp is not None
-        tag = self._respond(call.key, 200, body=call.local_sdp.serialize().encode(), content_type=SDP)
+        tag = self._respond(call.key, 200, body=call.local_sdp.serialize().encode(), content_type=SDP,
+                            headers=self._session_headers(call))
         if tag is None:
             return
         self._bind_dialog(call, tag)
         call.fsm.apply(CallEvent.ANSWER)
         call.answer_wall = time.time()
-        call.answer_time = self.now()
+        call.answer_time = call.refreshed_at = self.now()
         call.sip_code = 200
         self.stats["answered"] += 1
         if call.offerless:
@@ -637,12 +691,22 @@ class Carrier:
                 self._hangup(call, 16, EndReason.HANGUP)
 
     async def _media_watchdog(self, call: Call) -> None:
-        """BYE when no RTP arrived for media_timeout_s on an answered call (cause 41)."""
+        """BYE when no RTP arrived for media_timeout_s on an answered call (cause 41), or when the
+        caller let its session timer run out (RFC 4028 §10: cause 102, recovery on timer expiry)."""
         limit = self.cfg.sip.media_timeout_s
         period = min(1.0, limit / 4)
+        if call.session is not None:
+            period = min(period, call.session.seconds / 10)
         try:
             while call.fsm.state == CallState.CONFIRMED and call.stream is not None:
                 await asyncio.sleep(period)
+                session = call.session
+                if session is not None and self.now() - call.refreshed_at > session.expires_after:
+                    self.stats["session_expired"] += 1
+                    log.warning("carrier: session of %s not refreshed within %.0f s (RFC 4028): BYE",
+                                call.call_id, session.expires_after)
+                    self._hangup(call, 102, EndReason.CONNECTION_LOST)
+                    return
                 if call.recv_media and call.stream.inactive_for() > limit:
                     self.stats["media_timeouts"] += 1
                     log.warning("carrier: no RTP on %s for %.1f s: BYE", call.call_id, limit)

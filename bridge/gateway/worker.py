@@ -51,7 +51,7 @@ def pyvoip_trunk(section: BridgeSection) -> SipTrunk:
         server_host=section.trunk_host, server_port=section.trunk_port, username=section.username,
         password=section.password, register=section.register, local_host=section.local_host,
         local_port=section.sip_port, rtp_port_low=section.rtp_port_min, rtp_port_high=section.rtp_port_max,
-        max_calls=section.max_calls, tx_queue_frames=10))
+        max_calls=section.max_calls, tx_queue_frames=10, session_expires_s=section.session_expires_s))
 
 
 class BridgeWorker:

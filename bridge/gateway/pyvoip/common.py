@@ -59,6 +59,7 @@ class TrunkConfig:
     rx_queue_frames: int = 25         # read_audio backlog bound (oldest dropped)
     rtp_initial_sequence: int | None = None  # tests: first RTP sequence number (None: random)
     rtcp_interval_s: float = 5.0      # RFC 3550 §6.2 minimum RTCP report interval
+    session_expires_s: int = 1800     # RFC 4028 session interval asked for on outbound calls (0: off)
     user_agent: str = "JegoCall-Bridge (pyVoIP 1.6.8)"
 
     def __post_init__(self) -> None:

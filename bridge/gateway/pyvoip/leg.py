@@ -34,7 +34,7 @@ from bridge.sip.endpoint import (
     ResponseReceived,
     TransactionTimeout,
 )
-from bridge.sip.errors import MethodNotAllowed
+from bridge.sip.errors import MethodNotAllowed, SipError
 from bridge.sip.message import SipRequest, SipResponse, new_request, random_token
 from bridge.sip.sdp import (
     NegotiatedAudio,
@@ -43,6 +43,15 @@ from bridge.sip.sdp import (
     answer_offer,
     build_offer,
     negotiated_from_answer,
+)
+from bridge.sip.session_timer import (
+    TOKEN as TIMER,
+)
+from bridge.sip.session_timer import (
+    SessionExpires,
+    format_session_expires,
+    parse_min_se,
+    parse_session_expires,
 )
 from bridge.sip.transaction import TransactionKey
 from bridge.sip.uri import NameAddr, SipUri
@@ -146,6 +155,12 @@ class PyVoipLeg:
         self.acked = False
         self._bye_done = asyncio.Event()
         self._stored_dialog: str | None = None  # its key in the trunk's dialog store, once answered
+        # RFC 4028: the interval asked for, the one agreed in the 2xx, and our next refresh
+        self._session_ask = int(self._cfg.session_expires_s)
+        self.session: SessionExpires | None = None
+        self.session_refreshes = 0
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._session_retries = 0
 
     # -- SipLeg API ---------------------------------------------------------------------------
     @property
@@ -182,9 +197,14 @@ class PyVoipLeg:
         from_user = caller_id or cfg.caller_id or cfg.username
         from_ = NameAddr(SipUri("sip", from_user, cfg.server_host)).with_tag(self.local_tag)
         to = NameAddr(SipUri("sip", number, cfg.server_host, params=params))
+        headers = [("Allow", ALLOW)]
+        if self._session_ask > 0:  # RFC 4028 §7.1: we support timers and offer to refresh
+            headers += [("Supported", TIMER), ("Session-Expires", format_session_expires(self._session_ask, "uac"))]
+            if self._session_ask < 90:
+                headers.append(("Min-SE", str(self._session_ask)))
         invite = new_request(
             "INVITE", ruri, from_=from_, to=to, call_id=self.sip_call_id, cseq=1,
-            contact=trunk.contact(), headers=[("Allow", ALLOW)],
+            contact=trunk.contact(), headers=headers,
             body=self._offer.serialize().encode(), content_type="application/sdp")
         self.sm.apply(_E.DIAL)
         self._send_invite(invite)
@@ -282,6 +302,9 @@ class PyVoipLeg:
             return
         if not self.sm.ended:
             self.sm.apply(_E.END)
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+            self._refresh_timer = None
         self._emit(ev)
         if self._call is not None:
             self._call.state = pv_voip.CallState.ENDED
@@ -386,6 +409,7 @@ class PyVoipLeg:
         if self._call is not None:
             self._call.state = pv_voip.CallState.ANSWERED
         trunk.remember_dialog(self)
+        self._agree_session(resp)
         self._emit(LegAnswered(audio.codec))
 
     def _on_final_error(self, resp: SipResponse) -> None:
@@ -402,6 +426,14 @@ class PyVoipLeg:
                 self.sm.apply(_E.CHALLENGE)
                 self._send_invite(retry)
                 return
+        if resp.status == 422 and self.sm.can(_E.CHALLENGE) and self._session_retries < 2 \
+                and self._invite is not None:
+            retry = self._with_larger_session(self._invite, resp)
+            if retry is not None:
+                self._session_retries += 1
+                self.sm.apply(_E.CHALLENGE)  # a retry of the INVITE, as for a digest challenge
+                self._send_invite(retry)
+                return
         self.final_status = resp.status
         cause = q850_of(resp)
         if resp.status == 487 and self.state == "cancelling":
@@ -410,6 +442,72 @@ class PyVoipLeg:
         q850 = cause if cause is not None else cause_for_sip(resp.status)
         self._end(LegEnded(from_sip(resp.status, q850), resp.status, q850, remote=True,
                            detail=f"{resp.status} {resp.reason}" + ("" if cause is not None else " (cause derived)")))
+
+    # -- internals: RFC 4028 session timers -----------------------------------------------------
+    def _with_larger_session(self, invite: SipRequest, resp: SipResponse) -> SipRequest | None:
+        """§7.2 / §8.1.1: after 422, the same INVITE (CSeq + 1, new branch) with the Session-Expires
+        the peer's Min-SE asks for."""
+        min_se = parse_min_se(resp.headers.get("Min-SE"))
+        if min_se is None or min_se <= self._session_ask:
+            return None
+        self._session_ask = min_se
+        headers = invite.headers.copy()
+        headers.remove("Via")
+        headers.set("CSeq", f"{invite.cseq.seq + 1} INVITE")
+        headers.set("Session-Expires", format_session_expires(min_se, "uac"))
+        headers.set("Min-SE", str(min_se))
+        return SipRequest("INVITE", invite.uri, headers, invite.body)
+
+    def _agree_session(self, resp: SipResponse) -> None:
+        """The 2xx says whether the session has a timer and who refreshes it (§7.2): when it is
+        us, refresh with UPDATE at half the interval (§10)."""
+        try:
+            se = parse_session_expires(resp.headers.get("Session-Expires") or resp.headers.get("x"))
+        except SipError as exc:
+            log.warning("bad Session-Expires in the 2xx of %s: %s", self.call_id, exc)
+            se = None
+        self.session = se
+        if se is not None and se.refresher in ("uac", None) and not self._ended:
+            loop = asyncio.get_running_loop()
+            if self._refresh_timer is not None:
+                self._refresh_timer.cancel()
+            self._refresh_timer = loop.call_later(se.refresh_after, self._refresh_session)
+
+    def _refresh_session(self) -> None:
+        """UPDATE without a body (RFC 3311; RFC 4028 §7.4): refreshes the session and keeps its interval."""
+        self._refresh_timer = None
+        if self._ended or self.dialog is None or self.session is None or self.state != "answered":
+            return
+        trunk = self._trunk
+        if trunk.endpoint.dialog(self.dialog) is None:
+            return
+        headers = (("Supported", TIMER), ("Session-Expires", format_session_expires(self.session.seconds, "uac")))
+        key = trunk.endpoint.send_in_dialog(self.dialog, "UPDATE", trunk.now(), headers=headers,
+                                            dest=trunk.dialog_dest(self.dialog))
+        trunk.flush()
+        trunk.own(key, self._on_refresh_result)
+
+    def _on_refresh_result(self, ev: ResponseReceived | TransactionTimeout) -> None:
+        if self._ended:
+            return
+        if isinstance(ev, TransactionTimeout) or ev.response.status in (408, 481):
+            # §10: the session is gone at the far end (or unreachable): end it.
+            detail = "no answer to the session refresh" if isinstance(ev, TransactionTimeout) \
+                else f"session refresh got {ev.response.status}"
+            self._send_bye(102)
+            self._end(LegEnded(EndReason.CONNECTION_LOST, None, 102, remote=True, detail=detail))
+            return
+        resp = ev.response
+        if resp.status < 200:
+            return
+        if resp.status < 300:
+            self.session_refreshes += 1
+            self._agree_session(resp)
+        else:  # e.g. 405/501 from a peer without UPDATE: keep the old interval and try again later
+            log.info("session refresh of %s got %s: retrying at the next half interval", self.call_id, resp.status)
+            if self.session is not None:
+                self._refresh_timer = asyncio.get_running_loop().call_later(self.session.refresh_after,
+                                                                            self._refresh_session)
 
     def _send_cancel(self, q850_cause: int) -> None:
         """CANCEL (§9.1) through the endpoint: sent once a provisional arrived; the INVITE is given
