@@ -15,17 +15,16 @@ prints one line on stderr. Then `jego message send NAME TEXT`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..client import ApiError, ConnectionLost, JegoClient, ServerUnreachable
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_SERVER = "http://127.0.0.1:8080"
+from ..client import JegoClient
+from .signed_in import (
+    EXIT_OK,
+    add_account_options,
+    run_signed_in,
+)
 
 ERROR_TEXT = {
     "unknown_user": "no such user",
@@ -37,22 +36,12 @@ ERROR_TEXT = {
 }
 
 
-class UsageError(Exception):
-    """Bad arguments: one line on stderr, exit 2."""
-
-
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("contact", help="list, add, remove, block and unblock contacts")
     csub = p.add_subparsers(dest="contact_command", metavar="ACTION")
     csub.required = True
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--server", default=os.environ.get("JEGO_SERVER", DEFAULT_SERVER),
-                       help=f"server URL (default {DEFAULT_SERVER})")
-        q.add_argument("--user", help="your username (or env JEGO_USER)")
-        q.add_argument("--password", help="your password (or env JEGO_PASSWORD)")
-        q.add_argument("--json", action="store_true", help="print JSON on stdout")
-        q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server (default 30)")
+    common = add_account_options
 
     ls = csub.add_parser("list", help="your contacts with their presence, and who you blocked")
     common(ls)
@@ -66,38 +55,8 @@ def add_parser(sub: Any) -> None:
         q.set_defaults(func=lambda a: _run(a, _change))
 
 
-def _credentials(args: argparse.Namespace) -> tuple[str, str]:
-    user = args.user or os.environ.get("JEGO_USER")
-    password = args.password or os.environ.get("JEGO_PASSWORD")
-    if not user or not password:
-        raise UsageError("give --user and --password (or set JEGO_USER and JEGO_PASSWORD)")
-    return user, password
-
-
 def _run(args: argparse.Namespace, fn: Callable[[argparse.Namespace, JegoClient], Awaitable[int]]) -> int:
-    prog = f"jego contact {args.contact_command}"
-
-    async def go() -> int:
-        user, password = _credentials(args)
-        async with JegoClient(args.server, timeout=args.timeout) as client:
-            await client.login(user, password)
-            return await fn(args, client)
-
-    try:
-        return int(asyncio.run(go()))
-    except UsageError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ApiError as exc:
-        detail = exc.message or ERROR_TEXT.get(exc.code) or exc.code
-        print(f"{prog}: {exc.code}: {detail}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ServerUnreachable, ConnectionLost) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except TimeoutError:
-        print(f"{prog}: the server did not answer within {args.timeout:g} s", file=sys.stderr)
-        return EXIT_FAILED
+    return run_signed_in(f"jego contact {args.contact_command}", args, fn, ERROR_TEXT)
 
 
 def _who(person: dict[str, Any]) -> str:

@@ -23,10 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..client import ApiError, ConnectionLost, JegoClient, ServerUnreachable
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_SERVER = "http://127.0.0.1:8080"
+from ..client import JegoClient
+from .signed_in import EXIT_OK, EXIT_USAGE, UsageError, add_account_options, credentials, report_errors
 
 ERROR_TEXT = {
     "unknown_user": "no such user",
@@ -51,22 +49,12 @@ def split_target(raw: str) -> tuple[str, str | None]:
     return raw.lower(), None
 
 
-class UsageError(Exception):
-    """Bad arguments: one line on stderr, exit 2."""
-
-
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("message", help="send and list chat messages")
     msub = p.add_subparsers(dest="message_command", metavar="ACTION")
     msub.required = True
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--server", default=os.environ.get("JEGO_SERVER", DEFAULT_SERVER),
-                       help=f"server URL (default {DEFAULT_SERVER})")
-        q.add_argument("--user", help="your username (or env JEGO_USER)")
-        q.add_argument("--password", help="your password (or env JEGO_PASSWORD)")
-        q.add_argument("--json", action="store_true", help="print JSON on stdout")
-        q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server (default 30)")
+    common = add_account_options
 
     s = msub.add_parser("send", help="send a text, or a photo / voice message / file with --file")
     s.add_argument("to", help="the contact's username, or group:ID")
@@ -80,14 +68,6 @@ def add_parser(sub: Any) -> None:
     ls.add_argument("--before-seq", type=int, help="only messages before this sequence number")
     common(ls)
     ls.set_defaults(func=list_messages)
-
-
-def _credentials(args: argparse.Namespace) -> tuple[str, str]:
-    user = args.user or os.environ.get("JEGO_USER")
-    password = args.password or os.environ.get("JEGO_PASSWORD")
-    if not user or not password:
-        raise UsageError("give --user and --password (or set JEGO_USER and JEGO_PASSWORD)")
-    return user, password
 
 
 def _describe(m: dict[str, Any]) -> str:
@@ -115,23 +95,8 @@ def _describe(m: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace, coro_fn: Any) -> int:
-    prog = f"jego message {args.message_command}"
-    try:
-        return int(asyncio.run(coro_fn(args)))
-    except UsageError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ApiError as exc:
-        hint = ERROR_TEXT.get(exc.code)
-        detail = exc.message or hint or exc.code
-        print(f"{prog}: {exc.code}: {detail}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ServerUnreachable, ConnectionLost) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except TimeoutError:
-        print(f"{prog}: the server did not answer within {args.timeout:g} s", file=sys.stderr)
-        return EXIT_FAILED
+    return report_errors(f"jego message {args.message_command}", args.timeout,
+                         lambda: asyncio.run(coro_fn(args)), ERROR_TEXT)
 
 
 def send(args: argparse.Namespace) -> int:
@@ -154,7 +119,7 @@ def send(args: argparse.Namespace) -> int:
 
 
 async def _send(args: argparse.Namespace) -> int:
-    user, password = _credentials(args)
+    user, password = credentials(args)
     async with JegoClient(args.server, timeout=args.timeout) as client:
         await client.login(user, password)
         media_id = None
@@ -182,7 +147,7 @@ async def _list(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     if args.before_seq is not None and args.before_seq < 1:
         raise UsageError("--before-seq must be at least 1")
-    user, password = _credentials(args)
+    user, password = credentials(args)
     async with JegoClient(args.server, timeout=args.timeout) as client:
         await client.login(user, password)
         peer, group = split_target(args.with_user)
