@@ -25,6 +25,9 @@ from .sigclient import PASSWORD, register
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 
 async def get(client: TestClient, path: str, token: str | None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
