@@ -2,8 +2,9 @@
 
 The hub awaits `CallLog.record(...)` after its end-of-call path (its writer task, in order); a
 gateway's `call_report` (codec, packet counters) updates the row with `report(...)`, even after
-the end. `record(rec, tx)` writes inside a caller's transaction (billing settles a call and
-writes its record in one). `history(user)` serves GET /api/calls; `all()` serves `jego cdr`.
+the end, and `set_quality(...)` stores the call's E-model score (MOS, R-factor;
+jego_call/quality.py). `record(rec, tx)` writes inside a caller's transaction (billing settles a
+call and writes its record in one). `history(user)` serves GET /api/calls; `all()` serves `jego cdr`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Database, Executor
+from .quality import word_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,12 @@ class CallLog:
         )
         return changed == 1
 
+    async def set_quality(self, call_id: str, mos: float, r_factor: float) -> bool:
+        """Store the call's quality score (MOS 1..4.5, R 0..100); False if it has no record."""
+        changed = await self.db.execute("UPDATE calls SET mos = ?, r_factor = ? WHERE call_id = ?",
+                                        (round(mos, 2), round(r_factor, 1), call_id))
+        return changed == 1
+
     @staticmethod
     def _row(row: Any, user: str | None) -> dict[str, Any]:
         out = {
@@ -71,6 +79,8 @@ class CallLog:
             "duration_s": round(row["ended_at"] - row["answered_at"], 3) if row["answered_at"] else 0.0,
             "app": json.loads(row["app_stats"]) if row["app_stats"] else None,
             "phone": json.loads(row["phone_stats"]) if row["phone_stats"] else None,
+            "mos": row["mos"], "r_factor": row["r_factor"],
+            "quality": word_for(row["r_factor"]) if row["r_factor"] is not None else None,
         }
         if user is not None:
             outgoing = row["caller"] == user

@@ -130,6 +130,7 @@ class BridgeSection:
     max_call_s: float = 7200.0
     session_expires_s: int = 1800
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
+    metrics_port: int = 0      # `jego bridge`: /metrics, /healthz, /readyz here (0: a free port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,11 @@ class BillingSection:
     max_call_s: int = 7200
     heartbeat_s: float = 2.0
     history: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True       # Prometheus /metrics and the instrumentation behind it (jego_call/metrics.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +170,7 @@ class Config:
     billing: BillingSection = field(default_factory=BillingSection)
     fraud: FraudConfig = field(default_factory=FraudConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -290,9 +290,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE UNIQUE INDEX group_members_current ON group_members(group_id, username) WHERE left_seq IS NULL;
         CREATE INDEX group_members_by_user ON group_members(username, group_id);
     """),
-    # 7: shared secrets (jego_call/accounts.py load_shared_secret). On PostgreSQL every node signs
-    # and checks tokens with the same key, so it is kept here; SQLite keeps DATA/secret.key.
+    # 7: call quality (jego_call/quality.py, the G.107 E-model): the call's MOS and R-factor, from
+    # the endpoints' reports (app calls) or the bridge's call_report (phone calls); NULL: unknown.
     (7, """
+        ALTER TABLE calls ADD COLUMN mos REAL;
+        ALTER TABLE calls ADD COLUMN r_factor REAL;
+    """),
+    # 8: shared secrets (jego_call/accounts.py load_shared_secret). On PostgreSQL every node signs
+    # and checks tokens with the same key, so it is kept here; SQLite keeps DATA/secret.key.
+    (8, """
         CREATE TABLE secrets (
             name       TEXT PRIMARY KEY,
             value      TEXT NOT NULL,

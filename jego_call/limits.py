@@ -221,10 +221,21 @@ class LoginPolicy:
         self.registrations = KeyedBuckets(limits.register_per_s, limits.register_burst, k)
         self.lockout = Lockout(limits.lockout_after, limits.lockout_window_s, limits.lockout_base_s,
                                limits.lockout_max_s, k)
+        # what happened, for metrics (jego_call/metrics.py reads these at scrape time)
+        self.counts = {"failures": 0, "lockouts": 0}
+        self.refused: dict[str, int] = {}
+
+    def _counted(self, denied: Denied | None) -> Denied | None:
+        if denied is not None:
+            self.refused[denied.rule] = self.refused.get(denied.rule, 0) + 1
+        return denied
 
     def before_login(self, account: str, source: str, now: float) -> Denied | None:
         """None: go on and check the password, then call exactly one of `login_failed`,
         `login_ok` or `login_abandoned`. Denied: answer 429, hash nothing."""
+        return self._counted(self._before_login(account, source, now))
+
+    def _before_login(self, account: str, source: str, now: float) -> Denied | None:
         locked = self.lockout.retry_after(account, now)
         if locked > 0:
             return Denied(locked, f"Too many failed logins for this account: try again in {_secs(locked)}", "account")
@@ -256,7 +267,11 @@ class LoginPolicy:
         """Count a wrong password; returns the account lockout it starts (seconds) or 0."""
         self.lockout.end(account)
         self.failures.charge(source, now)
-        return self.lockout.failure(account, now)
+        locked = self.lockout.failure(account, now)
+        self.counts["failures"] += 1
+        if locked > 0:
+            self.counts["lockouts"] += 1
+        return locked
 
     def login_ok(self, account: str, source: str, now: float) -> None:
         self.lockout.end(account)
@@ -276,7 +291,8 @@ class LoginPolicy:
     def before_register(self, source: str, now: float) -> Denied | None:
         wait = self.registrations.take(source, now)
         if wait > 0:
-            return Denied(wait, f"Too many new accounts from your network: try again in {_secs(wait)}", "register")
+            return self._counted(Denied(wait, f"Too many new accounts from your network: try again in {_secs(wait)}",
+                                        "register"))
         return None
 
 

@@ -145,6 +145,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+# The one line at the end of every call (the hub for app calls, the bridge for phone legs, the
+# carrier for trunk calls), always these keys in this order; None is written "-".
+SUMMARY_KEYS = ("kind", "outcome", "sip_code", "q850_cause", "duration_s", "codec", "mos", "r_factor", "quality",
+                "hung_up_by")
+
+
+def call_summary(logger: logging.Logger, call_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """Log `call summary: kind=app outcome=hangup sip_code=- ...` once per call; in JSON the same
+    keys are fields of the line (`"event": "call_summary"`). Returns the fields."""
+    out: dict[str, Any] = {k: fields.get(k) for k in SUMMARY_KEYS}
+    out.update({k: v for k, v in fields.items() if k not in out})
+    text = " ".join(f"{k}={'-' if v is None else v}" for k, v in out.items())
+    extra: dict[str, Any] = {"fields": {"event": "call_summary", **out}}
+    if call_id is not None:
+        extra["call_id"] = call_id
+    logger.info("call summary: %s", text, extra=extra)
+    return out
+
+
 def default_node() -> str:
     """This process's name when [log] node is empty: host name and process id."""
     return f"{socket.gethostname()}-{os.getpid()}"

@@ -17,9 +17,9 @@ entry: we use Ie = 0 at voice bitrates of 24 kb/s and more, and Bpl = 20 without
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 R_DEFAULT: Final = 93.2
 
@@ -143,3 +143,99 @@ def estimate(legs: Iterable[LegCounters]) -> Quality:
     r -= delay_impairment(total_delay)
     r = max(0.0, min(100.0, r))
     return Quality(r, mos_from_r(r), word_for(r), worst_loss, worst_burst, total_delay)
+
+
+# --- from what the endpoints count -----------------------------------------------------------
+# One-way delay when nothing better is known: 20 ms packetisation plus a playout buffer of twice
+# the interarrival jitter, at least 20 ms (G.107's Ta is mouth to ear; below 100 ms it costs nothing).
+PACKET_MS: Final = 20.0
+MIN_PLAYOUT_MS: Final = 20.0
+
+
+def one_way_delay(rtt_ms: float | None, jitter_ms: float | None = None, playout_ms: float | None = None) -> float:
+    """Ta estimate: half the round trip, packetisation, and the playout buffer (`playout_ms` when
+    the receiver says, e.g. a browser's jitterBufferDelay; else 2 x jitter, at least 20 ms)."""
+    net = max(0.0, float(rtt_ms)) / 2.0 if rtt_ms is not None else 0.0
+    buf = float(playout_ms) if playout_ms is not None else max(MIN_PLAYOUT_MS, 2.0 * float(jitter_ms or 0.0))
+    return net + PACKET_MS + max(0.0, buf)
+
+
+def _num(stats: Mapping[str, Any], key: str) -> float | None:
+    v = stats.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(stats: Mapping[str, Any], key: str) -> int:
+    v = stats.get(key)
+    return max(0, int(v)) if isinstance(v, int | float) and not isinstance(v, bool) else 0
+
+
+def webrtc_receive(stats: Mapping[str, Any], codec: str | None = None) -> LegCounters:
+    """What a WebRTC leg heard, from counters shaped like `MediaEndpoint.stats()` (aiortc) or the
+    web app's `call_stats`: `packets_received`, `packets_lost`, `jitter_ms`, `rtt_ms`, optionally
+    `jitter_buffer_ms`, `concealed`, `late`."""
+    received, lost = _int(stats, "packets_received"), _int(stats, "packets_lost")
+    jitter = _num(stats, "jitter_ms") or 0.0
+    return LegCounters(
+        codec=str(codec or stats.get("codec") or "opus"), expected=received + lost, lost=lost,
+        delay_ms=one_way_delay(_num(stats, "rtt_ms"), jitter, _num(stats, "jitter_buffer_ms")),
+        jitter_ms=jitter, concealed=_int(stats, "concealed"), late=_int(stats, "late"))
+
+
+def webrtc_send(stats: Mapping[str, Any], codec: str | None = None) -> LegCounters | None:
+    """What the far end of a WebRTC leg heard of ours, from its RTCP receiver reports
+    (`remote_packets_lost` against our `packets_sent`); None before any report came."""
+    remote_lost = stats.get("remote_packets_lost")
+    if not isinstance(remote_lost, int) or isinstance(remote_lost, bool):
+        return None
+    sent = _int(stats, "packets_sent")
+    return LegCounters(codec=str(codec or stats.get("codec") or "opus"), expected=max(sent, remote_lost),
+                       lost=max(0, remote_lost), delay_ms=one_way_delay(_num(stats, "rtt_ms")))
+
+
+def rtp_receive(stats: Mapping[str, Any], codec: str = "pcmu") -> LegCounters:
+    """What an RTP leg of ours (bridge/rtp RtpSession: `_MediaClient.stats()`) heard: the jitter
+    buffer's A.3 `expected`/`lost`, packets too `late` for their slot, `concealed` frames, jitter."""
+    js = stats.get("jitter")
+
+    def get(key: str) -> Any:  # a JitterStats, or the same as a dict (after JSON)
+        return (js or {}).get(key, 0) if js is None or isinstance(js, Mapping) else getattr(js, key, 0)
+
+    expected, lost, late = int(get("expected") or 0), max(0, int(get("lost") or 0)), int(get("late") or 0)
+    jitter_ms = 1000.0 * float(get("jitter") or 0.0)
+    rtt = _num(stats, "rtt_ms")
+    return LegCounters(codec=codec, expected=max(expected, lost), lost=lost, late=late,
+                       concealed=int(get("concealed") or 0), jitter_ms=jitter_ms,
+                       delay_ms=one_way_delay(rtt, jitter_ms))
+
+
+def rtp_send(stats: Mapping[str, Any], codec: str = "pcmu") -> LegCounters | None:
+    """What the far end of an RTP leg heard of ours, from its RTCP reports (RFC 3550 §6.4.1):
+    `remote_loss` of our `tx_packets`, its `jitter_ms`, the `rtt_ms`; None without a report."""
+    remote_loss = stats.get("remote_loss")
+    if not isinstance(remote_loss, int) or isinstance(remote_loss, bool):
+        return None
+    sent = _int(stats, "tx_packets")
+    jitter = _num(stats, "jitter_ms") or 0.0
+    return LegCounters(codec=codec, expected=max(sent, remote_loss), lost=max(0, remote_loss),
+                       jitter_ms=jitter, delay_ms=one_way_delay(_num(stats, "rtt_ms"), jitter))
+
+
+def worst(*qualities: Quality | None) -> Quality | None:
+    """The lower of several estimates (the direction that sounded worse), ignoring None."""
+    known = [q for q in qualities if q is not None]
+    return min(known, key=lambda q: q.r_factor) if known else None
+
+
+def bridged(app_rx: LegCounters | None, app_tx: LegCounters | None, phone_rx: LegCounters | None,
+            phone_tx: LegCounters | None) -> dict[str, Quality]:
+    """A bridged call both ways: what the app user heard (`to_app`: the phone leg's receive side,
+    then our send side of the app leg) and what the phone heard (`to_phone`: the app leg's
+    receive side, then our send side of the phone leg). A direction is left out when neither of
+    its legs was measured; a leg without reports counts as clean."""
+    out: dict[str, Quality] = {}
+    for name, legs in (("to_app", (phone_rx, app_tx)), ("to_phone", (app_rx, phone_tx))):
+        known = [leg for leg in legs if leg is not None]
+        if known:
+            out[name] = estimate(known)
+    return out

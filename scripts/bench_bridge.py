@@ -15,6 +15,12 @@ answers and echoes. Reports per N:
 - threads: the bridge process's threads (/proc/PID/task) in the middle of the window.
 
 `--idle S` first measures the worker with no call for S seconds (CPU ms per second, threads).
+`--metrics off` starts the worker with `[metrics] enabled = false` (every metrics hook a no-op,
+no /metrics); `--scrape S` (with metrics on) GETs the worker's /metrics every S seconds
+throughout, as a Prometheus would. With metrics on, `metrics_cpu_share` is the worker's own
+jego_bridge_metrics_cpu_seconds_total over its whole CPU in the window (thread CPU of the
+counting at scrapes and call ends and of rendering /metrics). The cost of metrics is that
+share, and the difference between on and off (docs/benchmarks.md "## Metrics").
 
 `max_ok_calls` is the largest N with on_time >= 99 % and pesq_min >= 3.6 for every call. The
 load process shares the machine, so figures are a floor. Not a test: run it (as root inside
@@ -34,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -113,7 +120,18 @@ async def one_call(url: str, user: str, hold_s: float, out: dict[str, Any]) -> N
             await ep.close()
 
 
-def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data: Path) -> dict[str, Any]:
+def metrics_cpu_s(metrics_url: str | None) -> float | None:
+    """The worker's jego_bridge_metrics_cpu_seconds_total (its metrics' own CPU), or None."""
+    if metrics_url is None:
+        return None
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    m = re.search(r"(?m)^jego_bridge_metrics_cpu_seconds_total\{[^}]*\} ([0-9.e+-]+)$", text)
+    return float(m.group(1)) if m else None
+
+
+def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data: Path,
+        metrics_url: str | None = None) -> dict[str, Any]:
     users = [f"bench{i}" for i in range(n)]
     for u in users:
         register(url, u)
@@ -126,15 +144,21 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
         task = asyncio.gather(*(one_call(url, u, hold, r) for u, r in zip(users, results, strict=True)))
         # CPU of the bridge over the window when every call is up
         await asyncio.sleep(6.0)
+        m0 = await asyncio.to_thread(metrics_cpu_s, metrics_url)
         c0, t0 = proc_cpu_s(bridge.pid), time.monotonic()
         await asyncio.sleep(4.0)
         threads.append(proc_threads(bridge.pid))
         await asyncio.sleep(4.0)
-        cpu = (proc_cpu_s(bridge.pid) - c0) / (time.monotonic() - t0)
+        c1 = proc_cpu_s(bridge.pid)
+        cpu = (c1 - c0) / (time.monotonic() - t0)
+        m1 = await asyncio.to_thread(metrics_cpu_s, metrics_url)
+        if m0 is not None and m1 is not None and c1 > c0:
+            share.append((m1 - m0) / (c1 - c0))
         await task
         return cpu
 
     threads: list[int] = []
+    share: list[float] = []
     cpu_per_s = asyncio.run(all_calls())
     time.sleep(1.5)
     log = bridge_log.read_text(errors="replace")
@@ -152,7 +176,8 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
             "pesq_min": round(min(scores), 2) if scores else None,
             "pesq_p50": round(statistics.median(scores), 2) if scores else None,
             "setup_ms_p50": round(pct(setup, 50)), "setup_ms_p99": round(pct(setup, 99)),
-            "recorded": len(scores), "threads": threads[0] if threads else None}
+            "recorded": len(scores), "threads": threads[0] if threads else None,
+            "metrics_cpu_share": round(share[0], 5) if share else None}
 
 
 def proc_threads(pid: int) -> int:
@@ -173,6 +198,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, nargs="+", default=[1, 4, 8, 12])
     ap.add_argument("--app-codec", choices=["opus", "pcmu", "pcma"], default="opus")
     ap.add_argument("--idle", type=float, default=0.0, metavar="S", help="first measure the idle worker for S s")
+    ap.add_argument("--metrics", choices=["on", "off"], default="on", help="the worker's [metrics] enabled")
+    ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
+                    help="scrape the worker's /metrics every S seconds (metrics on)")
     args = ap.parse_args()
     enable_loopback_candidates()
     with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp_s:
@@ -182,6 +210,9 @@ def main() -> int:
         port = free_port()
         common = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
                   "JEGO_BRIDGE_APP_CODEC": args.app_codec, "JEGO_LOG_LEVEL": "INFO"}
+        metrics_port = free_port()
+        worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
+                      "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}
         data = tmp / "data"
         slog, blog = tmp / "serve.log", tmp / "bridge.log"
         serve = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0", "--data-dir",
@@ -190,20 +221,31 @@ def main() -> int:
         url = wait_for(slog, r"open (http://[0-9.:]+)/", serve).group(1)
         bridge = subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", url,
                                    "--data-dir", str(data), "--max-calls", "64", "--name", "bench"],
-                                  cwd=ROOT, env=env(common), text=True, stdout=open(blog, "w"),  # noqa: SIM115
+                                  cwd=ROOT, env=env(worker_env), text=True, stdout=open(blog, "w"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT)
         try:
             wait_for(blog, r"connected to http", bridge)
+            scraping = threading.Event()
+            scrapes: list[int] = []
+            if args.scrape and args.metrics == "on":
+                def scrape() -> None:
+                    while not scraping.wait(args.scrape):
+                        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                            scrapes.append(len(r.read()))
+                threading.Thread(target=scrape, daemon=True).start()
             if args.idle:
                 print(json.dumps(idle(bridge, args.idle)), flush=True)
             rows = []
             for n in args.calls:
-                row = run(n, url, bridge, blog, data)
+                row = run(n, url, bridge, blog, data,
+                          f"http://127.0.0.1:{metrics_port}/metrics" if args.metrics == "on" else None)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             ok = [r["calls"] for r in rows if (r["on_time_min"] or 0) >= 0.99 and (r["pesq_min"] or 0) >= 3.6
                   and r["recorded"] == r["calls"]]
-            print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs)")
+            scraping.set()
+            print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs; "
+                  f"metrics {args.metrics}, {len(scrapes)} scrapes of {max(scrapes, default=0)} bytes at most)")
             print("| calls | CPU s per call-s | frames on time (worst call) | PESQ nb min / p50 | setup ms p50 / p99 "
                   "| threads |")
             print("|---|---|---|---|---|---|")

@@ -140,7 +140,7 @@ SERIAL_MODULES = frozenset({
     "test_bridge", "test_dial", "test_pyvoip_leg", "test_bridge_media_engine", "test_carrier_baresip",
     "test_bridge_long_call", "test_carrier_sipp", "test_bridge_worker", "test_carrier_media",
     "test_carrier_ptime", "test_analysis", "test_group_calls", "test_bridge_baresip", "test_browser_groups",
-    "test_media_endpoint", "test_serve_postgres",
+    "test_media_endpoint", "test_call_quality", "test_serve_postgres",
 })
 
 

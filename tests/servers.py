@@ -273,8 +273,8 @@ def prometheus_server(tmp: Path, targets: Sequence[str], *, interval_s: float = 
     cfg = d / "prometheus.yml"
     cfg.write_text(
         "global:\n"
-        f"  scrape_interval: {interval_s}s\n"
-        f"  evaluation_interval: {interval_s}s\n"
+        f"  scrape_interval: {interval_s:g}s\n"
+        f"  evaluation_interval: {interval_s:g}s\n"
         "scrape_configs:\n"
         "  - job_name: jego\n"
         f"    static_configs:\n      - targets: [{', '.join(repr(t) for t in targets)}]\n")

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         assert service.control is not None
         print(f"Jego carrier listening on udp:{carrier.host}:{carrier.udp_port} "
               f"tcp:{carrier.host}:{carrier.tcp_port} realm {cfg.sip.realm}; "
-              f"records in {carrier.cdr.path.parent}; control {service.control.url}", flush=True)
+              f"records in {carrier.cdr.path.parent}; control {service.control.url} "
+              f"(metrics {service.control.url}/metrics)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,11 +5,14 @@
 file and talks to it with `control_request(...)`:
 
     GET  /status                      -> Carrier.status()
+    GET  /metrics                     -> Prometheus text format (bridge/carrier/metrics.py; no token)
+    GET  /healthz                     -> {"status": "ok"} (no token)
     POST /call {"from", "to", "play", "duration", "ring_timeout"}   ("from" defaults to [inbound] caller_id)
                                       -> Carrier.originate(...) result, when the call has ended
 
-Every request needs `Authorization: Bearer <token>` from control.json, so only users who can
-read the data directory can place calls.
+Every other request needs `Authorization: Bearer <token>` from control.json, so only users who
+can read the data directory can place calls. The port is `[control] port` of carrier.toml (0: a
+free one), so a Prometheus can be pointed at it.
 """
 
 from __future__ import annotations
@@ -26,10 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from jego_call.metrics import exposition
+
+from .metrics import carrier_registry
+
 if TYPE_CHECKING:
     from .trunk import Carrier
 
 CONTROL_HOST = "127.0.0.1"
+OPEN_PATHS = frozenset({"/metrics", "/healthz"})   # served without the token
 
 
 def control_file(data_dir: str | Path) -> Path:
@@ -47,11 +55,14 @@ class ControlServer:
         self.path = control_file(carrier.data_dir)
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self.registry = carrier_registry(carrier)
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/status", self._status)
         app.router.add_post("/call", self._call)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, CONTROL_HOST, self.port)
@@ -80,11 +91,21 @@ class ControlServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and request.path in OPEN_PATHS:  # what Prometheus scrapes
+            open_response: web.StreamResponse = await handler(request)
+            return open_response
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             return web.json_response({"error": "unauthorised"}, status=401)
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, ctype = exposition(self.registry)
+        return web.Response(body=body, headers={"Content-Type": ctype, "Cache-Control": "no-store"})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "calls": len(self.carrier._calls)})
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self.carrier.status())

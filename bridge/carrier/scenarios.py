@@ -319,6 +319,11 @@ class MediaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    port: int = 0           # the control channel and /metrics on 127.0.0.1 (0: a free port)
+
+
+@dataclass(frozen=True, slots=True)
 class CarrierConfig:
     """Everything in config/carrier.toml. Build with `load_carrier_config` / `parse_carrier_config`."""
 
@@ -327,6 +332,7 @@ class CarrierConfig:
     inbound: InboundConfig = InboundConfig(account="jego")
     unreachable: UnreachableConfig = UnreachableConfig()
     cdr: CdrConfig = CdrConfig()
+    control: ControlConfig = ControlConfig()
     media: MediaConfig = MediaConfig()
     default: Behaviour | None = None          # None: preset "answer" with [sip] durations
     numbers: Mapping[str, Behaviour] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -613,11 +619,11 @@ def _parse_unreachable(raw: Any) -> UnreachableConfig:
 
 def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     """Build and validate a CarrierConfig from parsed TOML; ConfigError names the wrong key."""
-    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "media", "default", "numbers", "prefixes"}
+    known = {"sip", "trunk", "inbound", "unreachable", "cdr", "media", "control", "default", "numbers", "prefixes"}
     for k in data:
         if k not in known:
             raise ConfigError(k, f"unknown section (known: {', '.join(sorted(known))})")
-    for sec in ("sip", "inbound", "cdr", "media"):
+    for sec in ("sip", "inbound", "cdr", "media", "control"):
         if sec in data and not isinstance(data[sec], dict):
             raise ConfigError(sec, f"expected a table [{sec}]")
     sip: SipConfig = build(SipConfig, data.get("sip", {}), "sip.")
@@ -634,6 +640,9 @@ def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
         raise ConfigError("inbound.caller_id", f"expected an E.164 number, got {inbound.caller_id!r}")
     unreachable = _parse_unreachable(data.get("unreachable", {}))
     cdr: CdrConfig = build(CdrConfig, data.get("cdr", {}), "cdr.")
+    control: ControlConfig = build(ControlConfig, data.get("control", {}), "control.")
+    if not 0 <= control.port <= 65535:
+        raise ConfigError("control.port", f"must be 0..65535 (0 = any free port), got {control.port}")
     media: MediaConfig = build(MediaConfig, data.get("media", {}), "media.")
     try:
         media.impairment  # noqa: B018 - validates the spec; the error names the key
@@ -643,7 +652,7 @@ def parse_carrier_config(data: Mapping[str, Any]) -> CarrierConfig:
     numbers = _number_table(data.get("numbers", {}), "numbers", sip, True)
     prefixes = _number_table(data.get("prefixes", {}), "prefixes", sip, False)
     return CarrierConfig(sip=sip, trunks=trunks, inbound=inbound, unreachable=unreachable, cdr=cdr,
-                         media=media, default=default, numbers=numbers, prefixes=prefixes)
+                         media=media, control=control, default=default, numbers=numbers, prefixes=prefixes)
 
 
 # --------------------------------------------------------------------------------------------

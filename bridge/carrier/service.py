@@ -55,7 +55,7 @@ async def start_carrier(cfg: CarrierConfig, data_dir: str | Path, *, control: bo
                          f"{exc.strerror or exc} (set [sip] port in the carrier config, or --no-carrier)") from None
     service = CarrierService(carrier)
     if control:
-        service.control = ControlServer(carrier, port=0)
+        service.control = ControlServer(carrier, port=cfg.control.port)
         try:
             await service.control.start()
         except BaseException:

@@ -17,6 +17,7 @@ appends a `CallRecord` to cdr.jsonl when the call ends.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jego_call.call.reasons import EndReason, from_sip
+from jego_call.log import call_context
 from jego_call.numbering import NumberInfo, classify
 
 from ..net.sip_transport import SipTransport
@@ -181,6 +183,9 @@ class Carrier:
         self.media_totals: dict[str, float] = dict.fromkeys((
             "streams", "packets_sent", "packets_received", "packets_lost", "send_ticks", "on_time",
             "skipped_ticks", "max_lateness", "impaired_dropped"), 0)
+        # calls ended, by direction ("in": to the carrier's numbers, "out": originated) and
+        # outcome (EndReason value): bridge/carrier/metrics.py exports them
+        self.ended: collections.Counter[tuple[str, str]] = collections.Counter()
         self._calls: dict[TransactionKey, Call] = {}
         self._by_dialog: dict[DialogId, Call] = {}
         self._out: dict[TransactionKey, OutCall] = {}
@@ -412,9 +417,10 @@ class Carrier:
         self._active_per_account[account.username] = active + 1
         self._idle.clear()
         self.stats["calls"] += 1
-        log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
-                 info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
-        call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
+        with call_context(call_id=req.call_id):  # the carrier's lines about a call carry its SIP Call-ID
+            log.info("carrier: INVITE %s -> %s (%s, %s) call-id %s", _user(req.from_), number,
+                     info.kind if info else "invalid", behaviour.matched or behaviour.name, req.call_id)
+            call.task = self._spawn(self._programme(call), f"carrier-call-{req.call_id}")
 
     def _session_of(self, req: SipRequest) -> SessionExpires | None:
         """RFC 4028 §9: the session interval we agree to, when the caller supports timers (we then
@@ -760,7 +766,8 @@ class Carrier:
         for task in (call.task, call.watchdog):
             if task is not None and task is not current and not task.done():
                 task.cancel()
-        self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
+        with call_context(call_id=call.call_id):
+            self._spawn(self._finish(call), f"carrier-finish-{call.call_id}")
 
     async def _finish(self, call: Call) -> None:
         """Close media, write the call record; forget the dialog a little later (late ACK/BYE
@@ -786,6 +793,7 @@ class Carrier:
             operator=info.operator if info is not None else None, area=area, codec=codec, dtmf=dtmf,
             recording=call.recording if call.stream is not None else None, outcome=str(call.outcome or ""),
             behaviour=call.behaviour.matched or call.behaviour.name)
+        self.ended["in", EndReason.parse(str(call.outcome or "")).value] += 1
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, record)
             self.stats["cdr_written"] += 1
@@ -960,6 +968,7 @@ class Carrier:
             number_type=info.kind if info else "invalid", operator=info.operator if info else None,
             area=f"{info.area_code} {info.city}" if info and info.area_code else None, codec=codec,
             dtmf=result["dtmf"], recording=result["recording"], outcome=result["outcome"], behaviour="inbound")
+        self.ended["out", EndReason.parse(str(result["outcome"] or "")).value] += 1
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, rec)
         return result

@@ -73,6 +73,7 @@ from .call_core import (
     sip_refusal,
 )
 from .legs import LegEnded, SipLeg
+from .metrics import BridgeMetrics, app_leg_stats, call_quality, late_frames, leg_counters, summarise
 from .transcode import AppToPhone, PhoneToApp
 
 __all__ = ["TRANSITIONS", "AppToPhoneSink", "BridgeCall", "BridgeEvent", "BridgeState", "BridgeStateMachine",
@@ -200,7 +201,8 @@ class BridgeCall:
 
     def __init__(self, call_id: str, direction: str, leg: SipLeg, send: Send, settings: CallSettings,
                  ice_servers: list[dict[str, Any]] | None = None,
-                 on_done: Callable[[BridgeCall], None] | None = None, clock: Clock = loop_clock) -> None:
+                 on_done: Callable[[BridgeCall], None] | None = None, clock: Clock = loop_clock,
+                 metrics: BridgeMetrics | None = None) -> None:
         self.core = BridgeCallCore(call_id, direction, settings)  # raises ValueError for a bad direction
         self.call_id = call_id
         self.direction = direction
@@ -225,6 +227,9 @@ class BridgeCall:
         self._tick_pending = False
         self._fed_app: float | None = None
         self._fed_phone: float | None = None
+        self.metrics = metrics           # bridge/gateway/metrics.py: counted at the end and at scrapes
+        if metrics is not None:
+            metrics.call_started(call_id)
 
     # --- public -------------------------------------------------------------------------
     @property
@@ -404,8 +409,9 @@ class BridgeCall:
             self._timer = None
         app: dict[str, int] = {"packets_sent": 0, "packets_received": 0, "packets_lost": 0}
         codec = self.core.phone_codec or self.leg.codec
+        st: dict[str, Any] = {}
         try:
-            st = await self.ep.stats()
+            st = await app_leg_stats(self)  # through the app leg's stats()
             app = {k: int(st.get(k) or 0) for k in ("packets_sent", "packets_received", "packets_lost")}
             app_codec = st.get("codec")
         except Exception:
@@ -429,12 +435,20 @@ class BridgeCall:
                     phone[key] = got[key]
         # "PCMU" when G.711 went straight through to the app, "opus/PCMU" when transcoded
         report_codec = f"{app_codec}/{codec}" if app_codec and codec and app_codec != codec else codec
+        quality = call_quality(st, got, app_codec, codec) if self.connected_at is not None else None
+        report: dict[str, Any] = {"type": "call_report", "call_id": self.call_id, "codec": report_codec,
+                                  "app": app, "phone": phone}
+        if quality is not None:  # the E-model, both legs and both directions (jego_call/quality.py)
+            report.update(mos=round(quality.mos, 2), r_factor=round(quality.r_factor, 1))
         with contextlib.suppress(Exception):
-            await self.send({"type": "call_report", "call_id": self.call_id, "codec": report_codec,
-                             "app": app, "phone": phone})
+            await self.send(report)
         log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms)",
                  self.end_info.get("reason"), app, phone, self.track.pacing.on_time_ratio,
                  self.track.pacing.max_late_ms)
+        kind, outcome = summarise(self, st, got, report_codec, quality, self.clock())
+        if self.metrics is not None:
+            self.metrics.call_closed(self.call_id, kind, outcome, leg_counters(st, got, late_frames(self)),
+                                     quality.mos if quality is not None else None)
         current = asyncio.current_task()
         for t in self._tasks:
             if t is not current and not t.done():

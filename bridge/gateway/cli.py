@@ -6,7 +6,9 @@
 The worker connects to the server's /ws as a gateway (`gateway_auth`), using `--secret`, else
 `bridge.secret`, else the hex key in DATA/bridge.key that `jego serve` created. Its SIP trunk
 settings come from [bridge] of the config (JEGO_BRIDGE_* variables override them); give each
-worker its own `sip_port` (0 picks a free one). Stops on SIGINT/SIGTERM, hanging up its calls.
+worker its own `sip_port` (0 picks a free one). Prometheus `/metrics`, `/healthz` and `/readyz`
+(trunk registered, server connected) are served on `local_host`:`[bridge] metrics_port` (0 picks
+a free one; the start line prints it). Stops on SIGINT/SIGTERM, hanging up its calls.
 Exit codes: 0 stopped, 1 could not start, 2 usage or config error.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +27,10 @@ from jego_call.config import Config, load_config
 from jego_call.log import default_node, setup_logging
 from jego_call.media.endpoint import enable_loopback_candidates
 
+from .metrics import MetricsServer
 from .worker import BridgeWorker
+
+log = logging.getLogger("jego.bridge")
 
 
 def add_parser(sub: Any) -> None:
@@ -89,11 +95,20 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        http = MetricsServer(worker.metrics, worker, cfg.bridge.local_host, cfg.bridge.metrics_port)
+        try:
+            where = await http.start()  # /metrics, /healthz, /readyz
+        except OSError as exc:
+            print(f"jego bridge: cannot listen on {cfg.bridge.local_host}:{cfg.bridge.metrics_port} "
+                  f"([bridge] metrics_port): {exc.strerror or exc}", file=sys.stderr)
+            return 1
         await worker.start()
+        log.info("bridge %s: metrics on %s/metrics", worker.name, where)
         print(f"Jego bridge {worker.name}: server {url}, trunk {cfg.bridge.trunk_host}:{cfg.bridge.trunk_port}, "
-              f"up to {worker.max_calls} calls", flush=True)
+              f"up to {worker.max_calls} calls, metrics {where}/metrics", flush=True)
         await stop.wait()
         await worker.stop()
+        await http.stop()
         print(f"Jego bridge {worker.name} stopped.", flush=True)
         return 0
 

@@ -25,8 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
 from jego_call.config import BridgeSection, Config
+from jego_call.log import call_context, register_secret
 from jego_call.numbering import e164_of
 
 from . import conference_core as cc
@@ -34,6 +36,7 @@ from .call import BridgeCall, CallSettings
 from .conference import Conference
 from .dialogs import DialogStore, OrphanReaper
 from .legs import SipLeg, SipTrunk
+from .metrics import BridgeMetrics
 from .transcode import single_threaded_ffmpeg
 
 log = logging.getLogger("jego.bridge")
@@ -60,7 +63,8 @@ class BridgeWorker:
     def __init__(self, server_url: str, secret: str, trunk: SipTrunk, *, name: str = "bridge-1",
                  max_calls: int = 16, settings: CallSettings | None = None,
                  did: dict[str, str] | None = None, backoff_max_s: float = 10.0,
-                 dialog_store: DialogStore | None = None) -> None:
+                 dialog_store: DialogStore | None = None,
+                 metrics: BridgeMetrics | None = None) -> None:
         self.server_url = server_url.rstrip("/")
         self.secret = secret
         self.trunk = trunk
@@ -85,17 +89,26 @@ class BridgeWorker:
         self.worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
         self.dialog_store = dialog_store
         self.reaper: OrphanReaper | None = None
+        # Prometheus series (bridge/gateway/metrics.py): its own registry unless given one
+        self.metrics = metrics if metrics is not None else BridgeMetrics(name)
+        self.metrics.watch(self)
 
     @classmethod
     def from_config(cls, cfg: Config, server_url: str, secret: str, *, name: str | None = None,
-                    max_calls: int | None = None, trunk_factory: TrunkFactory = pyvoip_trunk) -> BridgeWorker:
-        """A worker configured from [bridge] (config/jego.toml); then `start()`."""
+                    max_calls: int | None = None, trunk_factory: TrunkFactory = pyvoip_trunk,
+                    registry: CollectorRegistry | None = None) -> BridgeWorker:
+        """A worker configured from [bridge] (config/jego.toml); then `start()`. Its metrics go
+        to `registry` (jego serve's, in-process) or a registry of its own ([metrics] enabled)."""
         b = cfg.bridge
         settings = CallSettings(app_codec=b.app_codec, opus_bitrate=b.opus_bitrate,
                                 media_timeout_s=b.media_timeout_s, max_call_s=b.max_call_s)
-        return cls(server_url, secret, trunk_factory(b), name=name or b.name,
+        register_secret(b.password)
+        register_secret(secret)
+        worker_name = name or b.name
+        metrics = BridgeMetrics(worker_name, registry=registry, enabled=cfg.metrics.enabled)
+        return cls(server_url, secret, trunk_factory(b), name=worker_name,
                    max_calls=max_calls or b.max_calls, settings=settings, did=dict(b.did),
-                   dialog_store=DialogStore.open(cfg.data_dir / DIALOG_STORE))
+                   dialog_store=DialogStore.open(cfg.data_dir / DIALOG_STORE), metrics=metrics)
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -234,7 +247,8 @@ class BridgeWorker:
             self._conference_phone(call_id, msg)
             return
         if kind == "invite" and isinstance(call_id, str):
-            await self._outbound(msg)
+            with call_context(call_id=call_id):  # the new call's tasks inherit it
+                await self._outbound(msg)
             return
         conf = self._conference_legs.get(call_id) if isinstance(call_id, str) else None
         if conf is not None:
@@ -244,7 +258,8 @@ class BridgeWorker:
         if call is not None:
             call.post(msg)
         elif kind == "error":
-            log.warning("bridge %s: server error %s: %s", self.name, msg.get("code"), msg.get("message"))
+            with call_context(call_id=call_id if isinstance(call_id, str) else None):
+                log.warning("bridge %s: server error %s: %s", self.name, msg.get("code"), msg.get("message"))
 
     # --- group calls: the conference (docs/signalling.md, ## Group calls) ------------------------
     def _conference_message(self, kind: str, call_id: str, msg: dict[str, Any]) -> None:
@@ -316,15 +331,17 @@ class BridgeWorker:
             await leg.reject(503, 34)  # Q.850 34: no circuit/channel available
             return
         call_id = uuid.uuid4().hex
-        log.info("inbound %s -> %s (%s)", from_number, to, user, extra={"call_id": call_id})
-        call = self._new_call(call_id, "in", leg)
-        call.begin_inbound(e164_of(from_number) if from_number else "unknown", user)
+        with call_context(call_id=call_id):
+            log.info("inbound %s -> %s (%s), SIP Call-ID %s", from_number, to, user, leg.call_id)
+            leg.call_id = call_id  # the leg's log lines carry our call id from now on
+            call = self._new_call(call_id, "in", leg)
+            call.begin_inbound(e164_of(from_number) if from_number else "unknown", user)
 
     def _call_done(self, call: BridgeCall) -> None:
         self.calls.pop(call.call_id, None)
 
     def _new_call(self, call_id: str, direction: str, leg: SipLeg) -> BridgeCall:
         call = BridgeCall(call_id, direction, leg, self.send, self.settings, self.ice_servers,
-                          on_done=self._call_done)
+                          on_done=self._call_done, metrics=self.metrics)
         self.calls[call_id] = call
         return call

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 import time
@@ -315,7 +316,8 @@ class MediaEngine:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = nxt
-        self._timer = self.loop.call_at(nxt, self._on_timer)
+        # a fresh context: the one timer serves every leg, not the one whose call armed it
+        self._timer = contextvars.Context().run(self.loop.call_at, nxt, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None

@@ -24,7 +24,10 @@ sends --play, records the conference's mix with --record, and can --add-phone a 
 JSON fields: outcome, reason, sip_code, q850_cause, setup_ms (dial -> media connected),
 ringing_ms (dial -> first ringing), connected_s, audio {packets_sent, packets_received,
 packets_lost, jitter_ms, rtt_ms, level_dbfs, dominant_hz, bitrate_send_kbps, bitrate_recv_kbps,
-frames_on_time, codec}, call_id, cpu_s (this process's CPU while connected), and more.
+frames_on_time, codec}, call_id, cpu_s (this process's CPU while connected), mos and r_factor
+(the ITU-T G.107 E-model of what this end received: jego_call/quality.py; null when no audio came)
+with quality (good / fair / poor), and more. While connected it sends the server `call_stats`
+every 2 s (and a final one), so the call record gets its score (docs/signalling.md, Call quality).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from ..media.endpoint import MediaEndpoint, MediaError, enable_loopback_candidat
 from ..media.impair import ImpairmentSpec
 from ..media.sinks import Analyser, Sink, VideoFrameCounter, WavRecorder
 from ..media.tracks import EchoTrack, PacedAudioTrack, TestPatternVideo, source_from_spec
+from ..quality import estimate, webrtc_receive
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_NO_ANSWER, EXIT_INVALID = 0, 1, 2, 3, 4, 5
 OUTCOME_EXIT = {
@@ -58,6 +62,7 @@ OUTCOME_EXIT = {
     "unavailable": EXIT_NO_ANSWER, "invalid_number": EXIT_INVALID,
 }
 ERROR_OUTCOME = {"unknown_user": "invalid_number", "invalid_number": "invalid_number"}
+STATS_EVERY_S = 2                # send call_stats every this many seconds while connected
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 SETUP_ERRORS = {"unknown_user", "invalid_number", "self_call", "already_in_call", "call_exists",
                 "invalid_message", "rate_limited", "not_authenticated", "unsupported_media", "internal"}
@@ -117,6 +122,9 @@ class Report:
     dtmf_sent: str | None = None
     dtmf_received: str = ""
     record: str | None = None
+    mos: float | None = None
+    r_factor: float | None = None
+    quality: str | None = None
     audio: dict[str, Any] = field(default_factory=dict)
     video: dict[str, Any] | None = None
 
@@ -169,6 +177,8 @@ class Leg:
         self.early_answer = False   # the answer SDP came with `ringing` (phone early media)
         self.media_ready = False    # media connected before the call was answered
         self.hangup_at: float | None = None
+        self.ticks = 0
+        self.quality_word: str | None = None   # the server's live call_quality word
 
     def _start_duration(self) -> None:
         if self.args.duration is not None:
@@ -227,7 +237,28 @@ class Leg:
                 f"loss {loss:4.1f}%  rtt {'-' if rtt is None else f'{rtt:.0f} ms'}")
         if self.video_counter is not None:
             line += f"  video {self.video_counter.frames} frames"
+        if self.quality_word:
+            line += f"  quality {self.quality_word}"
         self.out.progress(line)
+        self.ticks += 1
+        if self.ticks % STATS_EVERY_S == 0:
+            await self._send_stats(st)
+
+    async def _send_stats(self, st: dict[str, Any], final: bool = False) -> None:
+        """`call_stats`: what our receiver counted so far (the server scores it; Call quality)."""
+        msg: dict[str, Any] = {"type": "call_stats", "call_id": self.call_id,
+                               "packets_received": int(st.get("packets_received") or 0),
+                               "packets_lost": max(0, int(st.get("packets_lost") or 0))}
+        if st.get("codec"):
+            msg["codec"] = str(st["codec"])[:16]
+        for key in ("jitter_ms", "rtt_ms"):
+            v = st.get(key)
+            if isinstance(v, int | float) and 0 <= v <= 60_000:
+                msg[key] = float(v)
+        if final:
+            msg["final"] = True
+        with contextlib.suppress(ConnectionLost):
+            await self.client.send(msg)
 
     async def run(self, ring_deadline: float | None = None, offer_sdp: str | None = None,
                   accept_at: float | None = None) -> None:
@@ -333,6 +364,8 @@ class Leg:
             self.out.progress(f"dtmf received: {digits}")
         elif kind == "call_ended":
             return msg
+        elif kind == "call_quality":
+            self.quality_word = str(msg.get("quality") or "") or None
         elif kind == "error":
             code = str(msg.get("code"))
             if not self.accepted and code in SETUP_ERRORS:
@@ -383,6 +416,10 @@ class Leg:
         }
         if st.get("impairment"):
             r.audio["impairment"] = st["impairment"]
+        if self.connected_at is not None and int(st.get("packets_received") or 0) > 0:
+            q = estimate([webrtc_receive(st, st.get("codec"))])   # G.107: what we heard
+            r.mos, r.r_factor, r.quality = round(q.mos, 2), round(q.r_factor, 1), q.word
+            await self._send_stats(st, final=True)
         if self.video_counter is not None:
             v = st.get("video", {})
             r.video = {"frames_received": self.video_counter.frames, "packets_sent": v.get("packets_sent", 0),

@@ -11,6 +11,7 @@ error service_unavailable instead, and may retry with the same client_id. Protoc
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import logging
@@ -52,6 +53,8 @@ class Messaging:
         self.accounts = accounts
         self.hub = hub
         self.cfg = cfg
+        # "stored:<kind>", "delivered:live", "delivered:sync": read by jego_call/metrics.py
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def register(self) -> None:
         """Route the messaging WebSocket types to this object."""
@@ -115,25 +118,32 @@ class Messaging:
                       "message": wire})
         if duplicate:
             return
+        self.counts[f"stored:{stored.kind}"] += 1
         push = {"type": "message", "message": wire}
         if stored.group is not None:
-            await self.push_group(stored.group, push, skip=session)
+            reached = await self.push_group(stored.group, push, skip=session)
+            self.counts["delivered:live"] += len(reached - {stored.sender})
             return
         assert stored.recipient is not None
-        self.hub.send_to_user(stored.recipient, push)
+        if self.hub.send_to_user(stored.recipient, push):
+            self.counts["delivered:live"] += 1
         for s in list(self.hub.sessions.get(stored.sender, ())):
             if s is not session:  # the sender's other tabs and devices
                 s.send(push)
 
     async def push_group(self, group_id: str, msg: dict[str, Any], skip: Session | None = None,
-                         also: tuple[str, ...] = ()) -> None:
-        """Send `msg` to every session of the group's current members (and of `also`), but `skip`."""
+                         also: tuple[str, ...] = ()) -> set[str]:
+        """Send `msg` to every session of the group's current members (and of `also`), but `skip`;
+        returns the users it reached."""
         group = await self.store.group(group_id)
         users = dict.fromkeys([*(group.usernames if group else []), *also])
+        reached: set[str] = set()
         for user in users:
             for s in list(self.hub.sessions.get(user, ())):
                 if s is not skip:
                     s.send(msg)
+                    reached.add(user)
+        return reached
 
     # -- receipts -------------------------------------------------------------------------
     async def on_receipt(self, session: Session, msg: p.Receipt) -> None:
@@ -183,10 +193,12 @@ class Messaging:
             for m in await self.store.undelivered(user, SYNC_LIMIT - sent, seen):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
+                self.counts["delivered:sync"] += 1
         if sent < SYNC_LIMIT:
             for m in await self.store.group_undelivered(user, SYNC_LIMIT - sent, seen_groups):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
+                self.counts["delivered:sync"] += 1
         for peer in await self.store.peers(user):
             delivered, read = await self.store.watermarks(user, peer)
             for state, mark in (("delivered", delivered), ("read", read)):

@@ -17,6 +17,7 @@ blocks. Errors a client caused come out as SignallingError.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import itertools
@@ -29,6 +30,7 @@ from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
 from ..groups.calls import GroupDirectory
+from ..log import call_context
 from .hub_core import (
     EMERGENCY_TEXT,
     GATEWAY_EVENTS,
@@ -93,6 +95,7 @@ class Hub:
         self._user_of: dict[str, str] = {}            # session id -> username it attached as
         self._ids = itertools.count(1)
         self.on_call_ended: list[CallEndedHook] = []
+        self.on_call_report: list[Callable[[StoreReport], None]] = []   # a gateway's call_report, once stored
         self.handlers: dict[type, Handler] = {}       # message types of other features (messaging)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -180,15 +183,25 @@ class Hub:
                 del self.sessions[username]
 
     def handle(self, session: Session, msg: Any) -> Awaitable[None] | None:
-        """Act on one parsed message from an authenticated session. A registered handler may
-        return a coroutine: await it (the caller's next message waits for it)."""
-        handler = self.handlers.get(type(msg))
-        if handler is not None:
-            return handler(session, msg)
-        if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
-            raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
-        self._run(self.core.handle(session.id, msg, now=self.loop.time(), wall=self._wall_clock()))
+        """Act on one parsed message from an authenticated session (logged with its call id and
+        user). A registered handler may return a coroutine: await it (the caller's next message
+        waits for it); it runs in the same log context."""
+        call_id = getattr(msg, "call_id", None)
+        context = {"call_id": call_id if isinstance(call_id, str) else None, "user": session.username or None}
+        with call_context(**context):
+            handler = self.handlers.get(type(msg))
+            if handler is not None:
+                pending = handler(session, msg)
+                return None if pending is None else self._in_context(pending, context)
+            if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
+                raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
+            self._run(self.core.handle(session.id, msg, now=self.loop.time(), wall=self._wall_clock()))
         return None
+
+    @staticmethod
+    async def _in_context(pending: Awaitable[None], context: dict[str, str | None]) -> None:
+        with call_context(**context):
+            await pending
 
     def send_to_user(self, username: str, msg: dict[str, Any]) -> int:
         """Send `msg` to every session of `username`; returns how many got it."""
@@ -243,6 +256,11 @@ class Hub:
                 if self.call_log is not None:
                     self._write(functools.partial(self.call_log.report, cmd.call_id, cmd.codec, cmd.app, cmd.phone),
                                 cmd.call_id, "could not store the call report")
+                for report_hook in self.on_call_report:
+                    try:
+                        report_hook(cmd)
+                    except Exception:  # quality bookkeeping must never break the report
+                        log.exception("on_call_report hook failed", extra={"call_id": cmd.call_id})
             elif isinstance(cmd, CallEnded):
                 for hook in self.on_call_ended:
                     try:
@@ -257,6 +275,11 @@ class Hub:
         record = CallRecord(rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
                             rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause)
         self._write(functools.partial(self.call_log.record, record), rec.call_id, "could not store the call record")
+
+    def queue_write(self, start: Callable[[], Any], call_id: str, what: str) -> None:
+        """Store something about a call after what is already queued (its record): `start()`
+        begins the write; a failure is logged with `what`, never raised."""
+        self._write(start, call_id, what)
 
     def _write(self, start: Callable[[], Any], call_id: str, what: str) -> None:
         """Start a store write; a coroutine goes to the writer task, behind earlier ones (a
@@ -293,7 +316,8 @@ class Hub:
             self._timer.cancel()
             self._timer = None
         if self._timer is None and at is not None:
-            self._timer = self.loop.call_at(at, self._on_timer)
+            # a fresh context: the timer serves every call, not the one whose message armed it
+            self._timer = contextvars.Context().run(self.loop.call_at, at, self._on_timer)
         self._timer_at = at
 
     def _on_timer(self) -> None:

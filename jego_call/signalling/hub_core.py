@@ -116,6 +116,7 @@ class Call:
     sip_code: int | None = None
     q850_cause: int | None = None
     end_reason: EndReason | None = None
+    ended_by: str | None = None     # who ended it (`by` of call_ended): a party's name, None for the server
     conference: str | None = None   # phone_out legs of a group call: that call's id (groups/calls.py)
     timer: CallTimer | None = None
     deadline: float | None = None   # monotonic seconds
@@ -188,6 +189,8 @@ class StoreReport:
     codec: str | None
     app: dict[str, int]
     phone: dict[str, int]
+    mos: float | None = None
+    r_factor: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -692,7 +695,7 @@ class HubCore:
     def _on_call_report(self, session: SessionInfo, msg: m.CallReport) -> None:
         if session.role != "gateway":
             raise SignallingError(ErrorCode.FORBIDDEN, "only gateways report calls", call_id=msg.call_id)
-        self._out.append(StoreReport(msg.call_id, msg.codec, msg.app, msg.phone))
+        self._out.append(StoreReport(msg.call_id, msg.codec, msg.app, msg.phone, msg.mos, msg.r_factor))
 
     # --- ending ---------------------------------------------------------------------------------
     def _end(self, call: Call, event: CallEvent, by: str | None = None, reason: EndReason | None = None,
@@ -704,6 +707,7 @@ class HubCore:
         self._disarm(call)
         end_reason = reason or call.sm.end_reason or EndReason.FAILED
         call.end_reason = end_reason
+        call.ended_by = by
         msg: dict[str, Any] = {"type": "call_ended", "call_id": call.id, "reason": end_reason}
         if by is not None:
             msg["by"] = by

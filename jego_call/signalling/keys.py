@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..directory import LiveDirectory
     from ..groups.service import GroupDirectory, Groups
     from ..messaging.service import Messaging
+    from ..metrics import ServerMetrics
     from .hub import Hub
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -41,3 +42,10 @@ BOUND_URL: web.AppKey[asyncio.Future[str]] = web.AppKey("bound_url")
 # The billing hook for the dial pad: E.164 -> {"per_minute": "0.10", "currency": "CNY"} or None.
 # Unset until billing installs one; GET /api/numbers/check then returns "price": null.
 PRICE_LOOKUP: web.AppKey[Callable[[str], dict[str, Any] | None]] = web.AppKey("price_lookup")
+# Observability (jego_call/signalling/health.py): this process's Prometheus series, and the
+# readiness checks behind GET /readyz: (name, check) where `await check()` is None when the
+# thing is usable, else why not. Features add theirs at build time or start-up, e.g. the cluster:
+# app[READY_CHECKS].append(("redis", redis_check)); the in-process bridge adds its trunk.
+METRICS: web.AppKey[ServerMetrics] = web.AppKey("metrics")
+ReadyCheck = Callable[[], Awaitable[str | None]]
+READY_CHECKS: web.AppKey[list[tuple[str, ReadyCheck]]] = web.AppKey("ready_checks")

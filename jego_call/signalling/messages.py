@@ -129,6 +129,8 @@ class CallReport:
     codec: str | None
     app: dict[str, int]
     phone: dict[str, int]
+    mos: float | None = None        # the gateway's E-model score of the call (jego_call/quality.py)
+    r_factor: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,16 @@ class Ice:
 class Dtmf:
     call_id: str
     digits: str
+
+
+def field_num(d: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+    """An optional number (int or float) in [lo, hi]."""
+    v = d.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int | float) or isinstance(v, bool) or not lo <= v <= hi:
+        raise SignallingError(ErrorCode.INVALID_MESSAGE, f"field {name!r} must be a number {lo:g}-{hi:g}")
+    return float(v)
 
 
 def field_int(d: dict[str, Any], name: str, lo: int, hi: int, optional: bool = True) -> int | None:
@@ -235,7 +247,7 @@ def _counters(d: dict[str, Any], name: str) -> dict[str, int]:
 @message("call_report")
 def _call_report(d: dict[str, Any]) -> CallReport:
     return CallReport(call_id(d), field_str(d, "codec", max_len=16, optional=True), _counters(d, "app"),
-                      _counters(d, "phone"))
+                      _counters(d, "phone"), field_num(d, "mos", 1.0, 4.5), field_num(d, "r_factor", 0.0, 100.0))
 
 
 @message("ice")

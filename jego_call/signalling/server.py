@@ -1,8 +1,9 @@
 """The aiohttp app factory: `create_app(cfg)` returns the whole signalling server.
 
 Routes: the web client at `/`, WebSocket signalling at `/ws`, the JSON API under `/api`,
-`/healthz`. Every long-lived resource (database, hub) is owned by a `cleanup_ctx` entry. The
-database is `[db] url`: SQLite in DATA (the default) or PostgreSQL shared by several nodes.
+`/healthz`, `/readyz` and `/metrics` (health.py). Every long-lived resource (database, hub) is
+owned by a `cleanup_ctx` entry. The database is `[db] url`: SQLite in DATA (the default) or
+PostgreSQL shared by several nodes.
 Run it with `jego serve`, or `web.run_app(create_app(cfg))`.
 """
 
@@ -30,6 +31,8 @@ from ..directory import make_directory
 from ..errors import ErrorCode, SignallingError
 from ..groups.service import setup_groups
 from ..messaging.service import setup_messaging
+from .call_quality import setup_call_quality
+from .health import setup_health
 from .http import MAX_JSON_BODY, authenticated_user, error_middleware, json_body
 from .hub import Hub
 from .keys import ACCOUNTS, BOUND_URL, CALL_LOG, CONFIG, DB, DIRECTORY, GATEWAY_SECRET, HUB, LOGIN_DOORS
@@ -268,4 +271,6 @@ def create_app(cfg: Config) -> web.Application:
     setup_messaging(app)
     setup_groups(app)
     setup_billing(app)
+    setup_health(app)          # /readyz, /metrics (after the hub and messaging exist)
+    setup_call_quality(app)    # call_stats -> call_quality, call summaries, MOS in the record
     return app

@@ -97,6 +97,7 @@ function resetOverlay(call) {
   delete $("call-stats").dataset.dtmf;
   $("call-quality").textContent = "";
   $("call-quality").dataset.quality = "";
+  $("call-quality").dataset.source = "";
   setDetails(false);
   $("early-media").hidden = true;
   for (const [id, key] of [["mute", "mute"], ["camera", "camera_off"], ["speaker", "speaker"]]) {
@@ -528,6 +529,8 @@ async function collectStats(pc) {
       out.audio.packetsReceived += s.packetsReceived || 0;
       out.audio.packetsLost += s.packetsLost || 0;
       out.audio.jitter = s.jitter || 0;
+      const codec = s.codecId && report.get(s.codecId);
+      if (codec && codec.mimeType) out.audio.codec = codec.mimeType.split("/")[1].toLowerCase();
     } else if (s.type === "outbound-rtp" && kind === "audio") {
       out.audio.bytesSent += s.bytesSent || 0;
       out.audio.packetsSent += s.packetsSent || 0;
@@ -567,7 +570,22 @@ function startStats(call) {
     const loss = total ? (100 * s.audio.packetsLost) / total : 0;
     call.stats = { bytes, kbps, loss, rtt: s.rtt, frames: s.video.framesDecoded };
     renderStats(call);
+    call.ticks = (call.ticks || 0) + 1;
+    if (call.ticks % 2 === 0) sendCallStats(call, s);
   }, 1000);
+}
+
+// Every 2 s what our receiver counted (cumulative); the server answers `call_quality` with the
+// E-model's word for the last interval (docs/signalling.md, Call quality).
+function sendCallStats(call, s) {
+  const msg = {
+    type: "call_stats", call_id: call.id, id: "call_stats",
+    packets_received: s.audio.packetsReceived, packets_lost: Math.max(0, s.audio.packetsLost),
+    jitter_ms: Math.min(60000, (s.audio.jitter || 0) * 1000),
+  };
+  if (s.audio.codec) msg.codec = s.audio.codec.slice(0, 16);
+  if (s.rtt !== null && s.rtt >= 0) msg.rtt_ms = Math.min(60000, s.rtt * 1000);
+  socket.send(msg);
 }
 
 function renderStats(call) {
@@ -579,9 +597,11 @@ function renderStats(call) {
   });
   if (call.media.includes("video")) text += t("stats_video", { frames: st.frames });
   $("call-stats").textContent = text;
-  if (st.kbps !== null) {
-    const q = qualityOf(st.loss, st.rtt, st.kbps);
+  // the server's E-model word once it has scored us; our own rough guess until then
+  const q = call.serverQuality || (st.kbps !== null ? qualityOf(st.loss, st.rtt, st.kbps) : null);
+  if (q) {
     $("call-quality").dataset.quality = q;
+    $("call-quality").dataset.source = call.serverQuality ? "e-model" : "local";
     $("call-quality").textContent = t(`quality_${q}`);
   }
 }
@@ -605,9 +625,17 @@ socket.on("ice", (msg) => {
   if (call.pc && call.pc.remoteDescription) call.pc.addIceCandidate(msg.candidate || null).catch(() => {});
   else call.pendingIce.push(msg.candidate);
 });
+socket.on("call_quality", (msg) => {
+  const call = current;
+  if (!call || msg.call_id !== call.id || !["good", "fair", "poor"].includes(msg.quality)) return;
+  call.serverQuality = msg.quality;
+  call.mos = msg.mos;
+  renderStats(call);
+});
 socket.on("call_ended", (msg) => { if (current && msg.call_id === current.id) endCall(current, msg.reason, msg); });
 socket.on("error", (msg) => {
   const call = current;
+  if (msg.ref === "call_stats") return;  // a quality report refused: never a reason to end the call
   if (!call || msg.call_id !== call.id || !call.live) return;
   endCall(call, msg.code === "unknown_user" ? "unavailable" : "failed", { detail: msg.message });
 });

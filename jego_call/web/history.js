@@ -19,6 +19,13 @@ function outcome(c) {
   if (ANSWERED.has(c.outcome) && c.answered_at) {
     span.append(el("span", { text: t(incoming ? "history_incoming" : "history_outgoing") }), " · ",
       el("span", { translate: "no", className: "timer", text: clock(c.duration_s) }));
+    if (c.quality && c.mos != null) {
+      // the call's E-model score (ITU-T G.107), stored when it ended: "Good connection · MOS 4.4"
+      span.append(" · ", el("span", {
+        className: "h-quality", testid: "call-history-quality", "data-quality": c.quality,
+        "data-mos": String(c.mos), text: t("history_quality", { quality: t(`quality_${c.quality}`), mos: c.mos.toFixed(1) }),
+      }));
+    }
   } else {
     span.textContent = reasonWords(c.outcome, { phone, callee: incoming }) || c.outcome;
   }

@@ -224,6 +224,9 @@ def test_second_call_has_a_fresh_timer_and_stats(browser: Browser, contexts: lis
     # the figures are behind "details"; one quality word is in front
     expect(a.get_by_test_id("call-stats")).to_be_hidden()
     expect(a.get_by_test_id("call-quality")).to_have_text("Good connection", timeout=TIMEOUT)
+    # ... and it is the server's E-model word (call_stats every 2 s -> call_quality)
+    expect(a.get_by_test_id("call-quality")).to_have_attribute("data-source", "e-model", timeout=TIMEOUT)
+    expect(a.get_by_test_id("call-quality")).to_have_attribute("data-quality", "good")
     a.get_by_test_id("call-details-toggle").click()
     expect(a.get_by_test_id("call-stats")).to_be_visible()
     a.get_by_test_id("mute").click()
@@ -237,6 +240,7 @@ def test_second_call_has_a_fresh_timer_and_stats(browser: Browser, contexts: lis
     expect(a.get_by_test_id("call-stats")).to_have_text("")
     expect(a.get_by_test_id("call-stats")).to_be_hidden()
     expect(a.get_by_test_id("call-quality")).to_have_text("")
+    expect(a.get_by_test_id("call-quality")).to_have_attribute("data-source", "")
     expect(a.get_by_test_id("mute")).to_have_attribute("aria-pressed", "false")
     for gone in ("remote-video", "local-video", "camera"):
         expect(a.get_by_test_id(gone)).to_be_hidden()
@@ -247,6 +251,14 @@ def test_second_call_has_a_fresh_timer_and_stats(browser: Browser, contexts: lis
     a.get_by_test_id("hangup").click()
     state(b).to_have_text("ended", timeout=TIMEOUT)
     expect(a.get_by_test_id("call-end-reason")).to_have_text("Call ended")
+    # the history has the first call's score (the E-model's word and MOS, stored when it ended)
+    a.locator("#call-outcome-close").click()
+    a.get_by_test_id("tab-calls").click()
+    first_call = a.get_by_test_id("call-history").get_by_test_id("call-history-item").nth(1)
+    quality = first_call.get_by_test_id("call-history-quality")
+    expect(quality).to_have_attribute("data-quality", "good", timeout=TIMEOUT)
+    expect(quality).to_contain_text("Good connection · MOS 4.")
+    assert float(quality.get_attribute("data-mos") or 0) >= 4.1
 
 
 # -- 4. a missed call is missed -------------------------------------------------------------------

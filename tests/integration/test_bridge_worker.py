@@ -6,10 +6,12 @@ registers on the carrier, takes calls up to --max-calls, and the server refuses 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,11 @@ from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
 
 from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
 from .test_dial import DIAL, _env, dial
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+        return str(r.read().decode())
 
 
 @pytest.fixture
@@ -46,9 +53,15 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
 def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, subprocess.Popen[str], Path]) -> None:
     server, proc, log = setup
     first = subprocess.Popen([*DIAL, "call", PLAIN, "--server", server.url, "--user", "alice", "--password",
-                              PASSWORD, "--duration", "4", "--json", "--quiet"],
+                              PASSWORD, "--duration", "15", "--json", "--quiet"],
                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)  # the first call is up by now
+    # the first call holds the worker's one slot: its /metrics says so (port in the start line)
+    metrics = re.search(r"metrics (http://\S+/metrics)", log.read_text())
+    assert metrics, log.read_text()
+    deadline = time.monotonic() + 30
+    while 'jego_bridge_calls_in_use{worker="extra"} 1.0' not in get_text(metrics.group(1)):
+        assert first.poll() is None and time.monotonic() < deadline, "the first call never reached the worker"
+        time.sleep(0.1)
     rc, res, err = dial(server, PLAIN, "--json", user="bob")
     assert res is not None and res["reason"] == "unreachable" and rc == 1, (res, err)
     out, err1 = first.communicate(timeout=30)

@@ -27,6 +27,7 @@ from bridge.rtp.media import (
     RtpSession,
 )
 from bridge.sip.sdp import NegotiatedAudio
+from jego_call.log import call_context
 
 from .common import TrunkConfig
 
@@ -53,7 +54,6 @@ class _MediaClient:
 
     def __init__(self, leg: PyVoipLeg, sock: socket.socket, audio: NegotiatedAudio, cfg: TrunkConfig) -> None:
         self._leg = leg
-        self._label = leg.call_id
         self._sock: socket.socket | None = sock
         self.inPort = int(sock.getsockname()[1])  # pyVoIP's name: leg.py answers re-INVITEs on it
         self.audio = audio
@@ -122,6 +122,10 @@ class _MediaClient:
         self._dtmf.clear()
 
     def _on_events(self, events: list[MediaEvent]) -> None:
+        with call_context(call_id=self._leg.call_id):  # the engine's one timer serves every leg
+            self._handle_events(events)
+
+    def _handle_events(self, events: list[MediaEvent]) -> None:
         for ev in events:
             if isinstance(ev, DtmfReceived):
                 if ev.event.is_digit:
@@ -137,11 +141,11 @@ class _MediaClient:
                         fut.set_exception(ConnectionError("DTMF not sent: media stopped or renegotiated"))
             elif isinstance(ev, ReportReceived):
                 st = ev.stats
-                log.debug("[%s] RTCP from the far end: lost %.1f%% (%d), jitter %.1f ms, rtt %s", self._label,
+                log.debug("RTCP from the far end: lost %.1f%% (%d), jitter %.1f ms, rtt %s",
                           100 * st.fraction_lost, st.cumulative_lost, 1000 * st.jitter,
                           f"{1000 * st.rtt:.1f} ms" if st.rtt is not None else "-")
             elif isinstance(ev, RemoteBye):
-                log.debug("[%s] RTCP BYE from the far end (%s)", self._label, ev.reason or "no reason")
+                log.debug("RTCP BYE from the far end (%s)", ev.reason or "no reason")
 
     # -- the application side -----------------------------------------------------------------
     def write(self, data: bytes) -> None:

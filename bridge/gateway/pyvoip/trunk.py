@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -40,6 +41,7 @@ from bridge.sip.sdp import SdpError, answer_offer
 from bridge.sip.transaction import Addr, TimerConfig, TransactionKey
 from bridge.sip.uri import NameAddr, SipUri, parse_name_addr
 from jego_call.call.reasons import EndReason
+from jego_call.log import bind_call
 from jego_call.numbering import e164_of
 
 from .common import ALLOW_METHODS, TrunkConfig, TrunkError, _has_sdp, _target_addr
@@ -301,7 +303,33 @@ class PyVoipTrunk:
             self._phone.sip.send(data, addr)
 
     # -- the endpoint's events, on the event loop -------------------------------------------------
+    def _leg_of(self, ev: SipEvent) -> PyVoipLeg | None:
+        """The leg an event is about (by SIP Call-ID, or the owner of a timed-out transaction)."""
+        if isinstance(ev, RequestReceived):
+            return self._legs.get(ev.request.call_id)
+        if isinstance(ev, ResponseReceived):
+            return self._legs.get(ev.response.call_id)
+        if isinstance(ev, CancelReceived):
+            return self._legs.get(ev.cancel.call_id)
+        if isinstance(ev, AckReceived | AckTimeout):
+            return self._legs.get(ev.dialog.call_id)
+        if isinstance(ev, TransactionTimeout):
+            owner = getattr(self._owners.get(ev.key), "__self__", None)
+            return owner if isinstance(owner, PyVoipLeg) else None
+        return None
+
     def _on_event(self, ev: SipEvent) -> None:
+        """Each event in a context of its own, carrying its leg's call id (jego_call.log): the
+        driver's timer and the receive path serve every call, not the one that armed them."""
+        contextvars.Context().run(self._on_event_in_context, ev)
+
+    def _on_event_in_context(self, ev: SipEvent) -> None:
+        leg = self._leg_of(ev)
+        if leg is not None:
+            bind_call(leg.call_id)
+        self._route(ev)
+
+    def _route(self, ev: SipEvent) -> None:
         if isinstance(ev, ResponseReceived):
             self._on_result(ev)
         elif isinstance(ev, TransactionTimeout):
