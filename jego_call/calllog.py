@@ -1,10 +1,12 @@
 """Call records: one row per call in the database (SQLite or PostgreSQL), written when the call ends.
 
-The hub awaits `CallLog.record(...)` after its end-of-call path (its writer task, in order); a
-gateway's `call_report` (codec, packet counters) updates the row with `report(...)`, even after
-the end, and `set_quality(...)` stores the call's E-model score (MOS, R-factor;
-jego_call/quality.py). `record(rec, tx)` writes inside a caller's transaction (billing settles a
-call and writes its record in one). `history(user)` serves GET /api/calls; `all()` serves `jego cdr`.
+The hub awaits `CallLog.record(...)` after its end-of-call path (its writer task, in order; for
+a paid phone call inside the ledger's settlement transaction, `record(rec, tx)`); a gateway's
+`call_report` (codec, packet counters) updates the row with `report(...)`, even after the end,
+and `set_quality(...)` stores the call's E-model score (MOS, R-factor; jego_call/quality.py).
+`history(user)` serves GET /api/calls; `all()` serves `jego cdr`. Both join the call's charge
+(`call_charges`, billing): `cost` (minor units), `cost_text`, `billed_s` and `currency`, null
+for calls that were free.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .billing.money import currency, format_amount
 from .db import Database, Executor
 from .quality import word_for
+
+# the call's charge, when it was a paid phone call that has been settled
+_SELECT = ("SELECT c.*, ch.cost AS charge_cost, ch.billed_s AS charge_billed_s, ch.currency AS charge_currency"
+           " FROM calls c LEFT JOIN call_charges ch ON ch.call_id = c.call_id AND ch.state = 'settled'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +86,14 @@ class CallLog:
             "duration_s": round(row["ended_at"] - row["answered_at"], 3) if row["answered_at"] else 0.0,
             "app": json.loads(row["app_stats"]) if row["app_stats"] else None,
             "phone": json.loads(row["phone_stats"]) if row["phone_stats"] else None,
+            "cost": None, "cost_text": None, "billed_s": None, "currency": None,
             "mos": row["mos"], "r_factor": row["r_factor"],
             "quality": word_for(row["r_factor"]) if row["r_factor"] is not None else None,
         }
+        if row["charge_cost"] is not None:
+            cur = currency(row["charge_currency"])
+            out.update(cost=row["charge_cost"], cost_text=format_amount(row["charge_cost"], cur),
+                       billed_s=row["charge_billed_s"], currency=cur.code)
         if user is not None:
             outgoing = row["caller"] == user
             out["direction"] = "outgoing" if outgoing else "incoming"
@@ -91,14 +103,14 @@ class CallLog:
 
     async def history(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = await self.db.query(
-            "SELECT * FROM calls WHERE caller = ? AND caller_kind = 'user'"
-            " UNION ALL SELECT * FROM calls WHERE callee = ? AND callee_kind = 'user' AND caller != callee"
+            f"{_SELECT} WHERE c.caller = ? AND c.caller_kind = 'user'"
+            f" UNION ALL {_SELECT} WHERE c.callee = ? AND c.callee_kind = 'user' AND c.caller != c.callee"
             " ORDER BY started_at DESC LIMIT ?",
             (user, user, limit),
         )
         return [self._row(r, user) for r in rows]
 
     async def all(self, limit: int = 100, phone_only: bool = False) -> list[dict[str, Any]]:
-        where = "WHERE caller_kind = 'phone' OR callee_kind = 'phone'" if phone_only else ""
-        rows = await self.db.query(f"SELECT * FROM calls {where} ORDER BY started_at DESC LIMIT ?", (limit,))
+        where = "WHERE c.caller_kind = 'phone' OR c.callee_kind = 'phone'" if phone_only else ""
+        rows = await self.db.query(f"{_SELECT} {where} ORDER BY c.started_at DESC LIMIT ?", (limit,))
         return [self._row(r, None) for r in rows]

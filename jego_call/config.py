@@ -7,6 +7,7 @@ environment or the file after that.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -117,6 +118,7 @@ class BridgeSection:
     name: str = "bridge-1"
     trunk_host: str = "127.0.0.1"
     trunk_port: int = 5060
+    trunk_sources: tuple[str, ...] = ()  # addresses/networks that may send SIP (empty: trunk_host)
     username: str = "jego"
     password: str = "jego-trunk-secret"
     register: bool = True
@@ -132,6 +134,14 @@ class BridgeSection:
     did: dict[str, str] = field(default_factory=lambda: {"+8675512345678": "bob"})
     metrics_port: int = 0      # `jego bridge`: /metrics, /healthz, /readyz here (0: a free port)
 
+    def __post_init__(self) -> None:
+        for i, src in enumerate(self.trunk_sources):
+            try:
+                ipaddress.ip_network(src, strict=False)
+            except ValueError:
+                raise ConfigError(f"bridge.trunk_sources[{i}]",
+                                  f"expected an IP address or network such as 10.1.2.0/24, got {src!r}") from None
+
 
 @dataclass(frozen=True, slots=True)
 class BillingSection:
@@ -141,6 +151,7 @@ class BillingSection:
     max_call_s: int = 7200
     heartbeat_s: float = 2.0
     history: int = 20
+    low_balance: str = "5"   # an amount as a person writes it, in the rates' currency
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,14 @@ Part 2 (doors): a `jego serve` subprocess (--no-carrier --no-bridge) on 127.0.0.
   b) a spread flood: wrong passwords for many accounts from 50 addresses (127.0.0.10-59) at
      once; judged attempts per second (the hash gate's bound), 429s, the server's CPU.
 
+Part 3 (the call path): the hub's pure core (HubCore) and its shell's record step
+(`Hub._record`: the settlement and the call record in one transaction) on a real SQLite file,
+driven through N app-to-phone calls (invite, gateway ringing and accept, 30 s, hangup, record),
+once with billing installed as the hub's Ledger and once without (phone calls free): the
+difference is what billing adds to a call in the call path (authorise before any SIP, the
+credit clock at the answer, settle with the record), CPU per call. No sockets: the signalling
+I/O is the same both ways and not part of billing.
+
 Run as root inside a private network namespace (loopback only):
     unshare -n -- bash -c 'ip link set lo up && .venv/bin/python scripts/bench_billing.py'
 """
@@ -30,10 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 
+from jego_call.accounts import Accounts  # noqa: E402
 from jego_call.billing.fraud import FraudConfig  # noqa: E402
+from jego_call.billing.ledger import make_ledger  # noqa: E402
 from jego_call.billing.policy import Terms  # noqa: E402
 from jego_call.billing.service import Billing, load_rate_table  # noqa: E402
+from jego_call.calllog import CallLog  # noqa: E402
+from jego_call.config import AuthConfig, CallsConfig  # noqa: E402
 from jego_call.db import Database, run_sync  # noqa: E402
+from jego_call.directory import SqliteDirectory  # noqa: E402
+from jego_call.signalling import messages as m  # noqa: E402
+from jego_call.signalling.hub import Hub  # noqa: E402
+from jego_call.signalling.hub_core import WriteCallRecord  # noqa: E402
 from scripts.benchlib import proc_cpu_s, start_server  # noqa: E402
 
 PASSWORD = "correct-horse-9"
@@ -94,6 +110,76 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
     out["users"], out["calls"], out["history"] = users, calls, history
     run_sync(db.close())
     return out
+
+
+SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+
+
+def _call_path(users: int, calls: int, billed: bool) -> dict[str, Any]:
+    """CPU per app-to-phone call through HubCore + Hub._record, with or without the ledger."""
+    return asyncio.run(_call_path_async(users, calls, billed))
+
+
+async def _call_path_async(users: int, calls: int, billed: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-callpath-"))
+    db = Database.open(tmp / "jego.sqlite3")
+    names = [f"u{i}" for i in range(users)]
+    async with db.transaction() as tx:
+        for n in names:
+            await tx.execute("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)", (n,))
+    hub = Hub(SqliteDirectory(Accounts(db, b"bench" * 8, AuthConfig())), CallsConfig(), call_log=CallLog(db))
+    wall0 = time.time()
+    if billed:
+        fraud = FraudConfig(max_calls_per_hour=10**6, distinct_destinations_warning=10**6,
+                            distinct_destinations_critical=10**6, sequential_warning=10**6,
+                            sequential_critical=10**6, max_minutes_per_day=10**6)
+        billing = await Billing.open(db, load_rate_table(), fraud, Terms())
+        for n in names:
+            await billing.top_up(n, 10**7, "bench", wall0 - 86400)
+        hub.set_ledger(make_ledger(billing))
+    core = hub.core
+    now = 1000.0
+    for i, n in enumerate(names):
+        core.attach(f"s{i}", n, None)
+    core.attach_gateway("gw", "gw", 10**6, {"type": "auth_ok"})
+    times: list[float] = []
+
+    async def run(cmds: list[Any]) -> None:
+        for c in cmds:
+            if isinstance(c, WriteCallRecord):
+                hub._record(c)  # the shell's own step: settle + record, one transaction
+                await hub.drain()
+
+    cpu0 = time.process_time()
+    for i in range(calls):
+        sid, cid, to = f"s{i % users}", f"bench-call-{i:08d}", NUMBERS[i % len(NUMBERS)]
+        wall = wall0 + now - 1000.0
+        t0 = time.perf_counter()
+        await run(core.handle(sid, m.parse_message({"type": "invite", "call_id": cid, "to": to, "sdp": SDP}),
+                              now=now, wall=wall))
+        await run(core.handle("gw", m.parse_message({"type": "ringing", "call_id": cid, "sip_code": 180}),
+                              now=now, wall=wall))
+        await run(core.handle("gw", m.parse_message({"type": "accept", "call_id": cid, "sdp": SDP}), now=now, wall=wall))
+        now += 30.0
+        wall += 30.0
+        await run(core.handle_timer(now=now, wall=wall))
+        await run(core.handle(sid, m.parse_message({"type": "hangup", "call_id": cid}), now=now, wall=wall))
+        times.append((time.perf_counter() - t0) * 1e6)
+        assert cid not in core.calls
+    cpu = time.process_time() - cpu0
+    if billed:
+        row = await db.query_one("SELECT COUNT(*) AS n FROM call_charges WHERE settled_at IS NOT NULL")
+        assert row is not None and row["n"] == calls, row
+    await db.close()
+    return {"cpu_us_per_call": round(cpu / calls * 1e6, 1), "p50_us": round(statistics.median(times), 1),
+            "p99_us": round(pct(times, 99), 1)}
+
+
+def bench_call_path(users: int, calls: int) -> dict[str, Any]:
+    free = _call_path(users, calls, billed=False)
+    paid = _call_path(users, calls, billed=True)
+    return {"calls": calls, "users": users, "free": free, "billed": paid,
+            "billing_cpu_us_per_call": round(paid["cpu_us_per_call"] - free["cpu_us_per_call"], 1)}
 
 
 async def post_login(http: aiohttp.ClientSession, url: str, user: str, pw: str) -> int:
@@ -205,8 +291,10 @@ def main() -> None:
     p.add_argument("--spread-rates", type=float, nargs="+", default=[50.0, 0.0],
                    help="requests/s of the spread flood, 0 = as fast as the server answers")
     p.add_argument("--skip-doors", action="store_true")
+    p.add_argument("--path-calls", type=int, default=2000, help="calls through the hub (part 3)")
     args = p.parse_args()
     print(json.dumps({"ledger": bench_ledger(args.users, args.calls, args.history)}, indent=1), flush=True)
+    print(json.dumps({"call_path": bench_call_path(min(args.users, 200), args.path_calls)}, indent=1), flush=True)
     if not args.skip_doors:
         print(json.dumps(bench_doors(args), indent=1), flush=True)
 

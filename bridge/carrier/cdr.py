@@ -25,7 +25,8 @@ __all__ = ["CallRecord", "CdrWriter", "cdr_path", "iso_utc", "iter_records", "re
 # JSON key -> attribute, where they differ ("from" is a Python keyword).
 _RENAME = {"from": "from_"}
 _FIELDS = ("call_id", "from", "to", "number_type", "operator", "area", "start", "answer", "end",
-           "sip_code", "q850_cause", "duration_s", "codec", "dtmf", "recording", "outcome", "behaviour")
+           "sip_code", "q850_cause", "duration_s", "codec", "dtmf", "recording", "outcome", "behaviour",
+           "reason_text")
 
 
 def cdr_path(data_dir: str | os.PathLike[str], cdr_dir: str = "") -> Path:
@@ -69,13 +70,14 @@ class CallRecord:
     recording: str | None = None     # path of the WAV recording
     outcome: str = ""                # a jego_call.call.reasons.EndReason: hangup, busy, no_answer, not_found ...
     behaviour: str = ""              # Behaviour.matched, e.g. "number:+8613900000486"
+    reason_text: str = ""            # the Q.850 Reason text of the BYE/CANCEL that ended it (RFC 3326)
 
     @classmethod
     def make(cls, *, call_id: str, from_: str, to: str, start: float | datetime, end: float | datetime,
              answer: float | datetime | None = None, sip_code: int, q850_cause: int | None = None,
              number_type: str = "", operator: str | None = None, area: str | None = None,
              codec: str | None = None, dtmf: str = "", recording: str | os.PathLike[str] | None = None,
-             outcome: str = "", behaviour: str = "") -> CallRecord:
+             outcome: str = "", behaviour: str = "", reason_text: str = "") -> CallRecord:
         """Build a record from epoch seconds or aware datetimes; computes duration_s."""
         s, e = iso_utc(start), iso_utc(end)
         a = iso_utc(answer)
@@ -93,7 +95,7 @@ class CallRecord:
                    area=area, start=s, answer=a, end=e, sip_code=sip_code, q850_cause=q850_cause,
                    duration_s=duration, codec=codec, dtmf=dtmf,
                    recording=os.fspath(recording) if recording is not None else None,
-                   outcome=outcome, behaviour=behaviour)
+                   outcome=outcome, behaviour=behaviour, reason_text=reason_text)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -33,7 +33,7 @@ from jego_call.log import call_context
 from jego_call.numbering import NumberInfo, classify
 
 from ..net.sip_transport import SipTransport
-from ..sip.causes import CAUSE_TEXT, q850_of, reason_header
+from ..sip.causes import CAUSE_TEXT, parse_reason_header, q850_of, reason_header
 from ..sip.dialog import DialogId, DialogState
 from ..sip.endpoint import (
     AckReceived,
@@ -51,7 +51,7 @@ from ..sip.endpoint import (
     UnmatchedResponse,
 )
 from ..sip.errors import CallDoesNotExist, Forbidden, SipError
-from ..sip.message import SipRequest, new_request
+from ..sip.message import SipMessage, SipRequest, new_request
 from ..sip.sdp import SdpError, SdpSession, answer_offer, build_offer, negotiated_from_answer
 from ..sip.session_timer import (
     TOKEN as TIMER,
@@ -122,6 +122,7 @@ class Call:
     sip_code: int = 0
     q850: int | None = None
     outcome: EndReason | None = None
+    reason_text: str = ""            # the Q.850 Reason text of the peer's BYE/CANCEL (RFC 3326)
     bad_acks: int = 0
     recording: Path | None = None
     task: asyncio.Task[None] | None = None
@@ -469,6 +470,7 @@ class Carrier:
         if req.method == "BYE":
             self._respond(ev.key, 200)
             cause = q850_of(req) or 16
+            call.reason_text = _reason_text(req)
             if call.fsm.state in (CallState.SETUP, CallState.EARLY):
                 # BYE in an early dialog (§15.1.2 permits it from the caller): end the INVITE too.
                 self._respond(call.key, 487, headers=(("Reason", reason_header(cause)),))
@@ -792,7 +794,7 @@ class Carrier:
             number_type=info.kind if info is not None else call.behaviour.name,
             operator=info.operator if info is not None else None, area=area, codec=codec, dtmf=dtmf,
             recording=call.recording if call.stream is not None else None, outcome=str(call.outcome or ""),
-            behaviour=call.behaviour.matched or call.behaviour.name)
+            behaviour=call.behaviour.matched or call.behaviour.name, reason_text=call.reason_text)
         self.ended["in", EndReason.parse(str(call.outcome or "")).value] += 1
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.cdr.append, record)
@@ -1010,3 +1012,12 @@ def _user(na: NameAddr) -> str:
     if isinstance(uri, SipUri) and uri.user:
         return uri.user
     return str(uri)
+
+
+def _reason_text(msg: SipMessage) -> str:
+    """The text of a message's first Q.850 Reason (RFC 3326), e.g. "credit_exhausted"."""
+    for value in msg.headers.get_all("Reason"):
+        for proto, _cause, text in parse_reason_header(value):
+            if proto.upper() == "Q.850" and text:
+                return text[:100]
+    return ""

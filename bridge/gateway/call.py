@@ -32,6 +32,7 @@ from typing import Any
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from jego_call.call.reasons import EndReason
 from jego_call.log import call_context
 from jego_call.media.endpoint import MediaEndpoint
 from jego_call.media.tracks import PacedAudioTrack
@@ -248,9 +249,11 @@ class BridgeCall:
     def end_info(self) -> dict[str, Any]:
         return self.core.end_info
 
-    def begin_outbound(self, to: str, offer_sdp: str) -> None:
-        """App -> phone: answer the app's offer (kept until 183/200), then INVITE `to` (E.164)."""
-        self._inbox.put_nowait(StartOutbound(to, offer_sdp))
+    def begin_outbound(self, to: str, offer_sdp: str, max_s: float | None = None,
+                       max_reason: EndReason = EndReason.CREDIT_EXHAUSTED) -> None:
+        """App -> phone: answer the app's offer (kept until 183/200), then INVITE `to` (E.164);
+        a paid call (`max_s`) is ended by the bridge too if the server has not cut it in time."""
+        self._inbox.put_nowait(StartOutbound(to, offer_sdp, max_s, max_reason))
         self._ensure_running()
 
     def begin_inbound(self, from_number: str, username: str) -> None:
@@ -394,7 +397,10 @@ class BridgeCall:
                 await self.leg.reject(cmd.sip_code, cmd.q850_cause)
             else:
                 op = "hangup"
-                await self.leg.hangup(cmd.q850_cause)
+                if cmd.reason is None:
+                    await self.leg.hangup(cmd.q850_cause)
+                else:
+                    await self.leg.hangup(cmd.q850_cause, cmd.reason)
         except Exception as exc:
             return LegOpFailed(op, str(exc) or type(exc).__name__)
         return None

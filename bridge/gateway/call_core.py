@@ -21,8 +21,10 @@ Commands, to be carried out in order: `ToServer`, `LegDial`, `LegAnswer`, `LegRe
 has a result (the media ones, a leg operation that fails) is answered with the matching event.
 
 The core owns the `BridgeStateMachine`, ends both legs exactly once, maps the end reason
-across (SIP status + Q.850 cause <-> protocol end reason) and keeps three deadlines: the
-maximum call length (`max_call_s`, Q.850 102), audio silence from either side
+across (SIP status + Q.850 cause <-> protocol end reason) and keeps its deadlines: the
+maximum call length (`max_call_s`, Q.850 102), a paid call's backstop (the invite's `max_s`
+plus `BACKSTOP_S`: the server cuts it at `max_s`, this only fires if the server is gone; BYE
+with cause 16 and the invite's `max_reason`), audio silence from either side
 (`media_timeout_s`, cause 41) and, once it has ended the SIP leg, how long it waits for the
 leg's LegEnded (`leg_end_wait_s`). State is plain attributes, so the same events could drive
 it anywhere. The asyncio shell is `BridgeCall` (call.py).
@@ -35,7 +37,7 @@ from enum import Enum
 from typing import Any
 
 from jego_call.call.machine import TableMachine
-from jego_call.call.reasons import EndReason
+from jego_call.call.reasons import BILLING_REASONS, EndReason
 from jego_call.errors import InvalidTransition
 
 from .legs import SAMPLE_RATE, LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
@@ -43,6 +45,7 @@ from .legs import SAMPLE_RATE, LegAnswered, LegDtmf, LegEnded, LegEvent, LegRing
 INFO, WARNING = 20, 30  # Log levels (the logging module's numbers)
 MAX_CALL_CAUSE = 102    # Q.850 102: recovery on timer expiry
 MEDIA_CAUSE = 41        # Q.850 41: temporary failure
+BACKSTOP_S = 1.0        # a paid call's own cut comes this long after the server's (max_s)
 
 
 # --- the state machine ------------------------------------------------------------------
@@ -146,10 +149,14 @@ class CallSettings:
 # --- inputs -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class StartOutbound:
-    """App -> phone: answer the app's offer, then INVITE `to` (E.164)."""
+    """App -> phone: answer the app's offer, then INVITE `to` (E.164). `max_s`: the server's
+    invite says the call may last this long after the answer (a paid call), ended then with
+    `max_reason` (credit_exhausted, limit_reached, max_duration)."""
 
     to: str
     offer_sdp: str
+    max_s: float | None = None
+    max_reason: EndReason = EndReason.CREDIT_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +267,11 @@ class LegReject:
 
 @dataclass(frozen=True, slots=True)
 class LegHangup:
-    """BYE when answered, CANCEL while ringing (RFC 3261 §9.1); idempotent."""
+    """BYE when answered, CANCEL while ringing (RFC 3261 §9.1); idempotent. `reason`: the text
+    of the RFC 3326 Reason (e.g. `credit_exhausted`; None: Q.850's own words)."""
 
     q850_cause: int
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +344,8 @@ class BridgeCallCore:
     answer_sdp: str = ""                     # out: our WebRTC answer to the app's offer
     answer_sent: bool = False                # ... and whether it went to the server yet
     phone_codec: str | None = None
+    max_s: float | None = None               # out: a paid call's length after the answer (the invite's)
+    max_reason: EndReason = EndReason.CREDIT_EXHAUSTED
     connected_at: float | None = None
     app_audio_at: float | None = None
     phone_audio_at: float | None = None
@@ -379,6 +390,10 @@ class BridgeCallCore:
         if self.state is not BridgeState.CONNECTED or self.connected_at is None:
             return self._take()
         s = self.settings
+        backstop = self._backstop()
+        if backstop is not None and now >= backstop:
+            self._cut()
+            return self._take()
         if now >= self.connected_at + s.max_call_s:
             reason, cause = "maximum call duration reached", MAX_CALL_CAUSE
         elif self.webrtc_state in ("failed", "closed"):
@@ -401,8 +416,10 @@ class BridgeCallCore:
         if self.state is not BridgeState.CONNECTED or self.connected_at is None:
             return None
         s = self.settings
-        return min(self.connected_at + s.max_call_s, self._app_since() + s.media_timeout_s,
-                   self._phone_since() + s.media_timeout_s)
+        due = [self.connected_at + s.max_call_s, self._app_since() + s.media_timeout_s,
+               self._phone_since() + s.media_timeout_s]
+        backstop = self._backstop()
+        return min(due if backstop is None else [*due, backstop])
 
     # --- helpers ----------------------------------------------------------------------------
     def _take(self) -> list[Command]:
@@ -417,6 +434,11 @@ class BridgeCallCore:
 
     def _to_server(self, msg: dict[str, Any]) -> None:
         self._out.append(ToServer({**msg, "call_id": self.call_id}))
+
+    def _backstop(self) -> float | None:
+        if self.max_s is None or self.connected_at is None:
+            return None
+        return self.connected_at + self.max_s + BACKSTOP_S
 
     def _app_since(self) -> float:
         assert self.connected_at is not None
@@ -472,6 +494,7 @@ class BridgeCallCore:
             return
         self.sm.apply(BridgeEvent.INVITE)
         self.number = ev.to
+        self.max_s, self.max_reason = ev.max_s, ev.max_reason
         self._emit(MediaAcceptOffer(ev.offer_sdp))  # the answer is kept until 183/200
 
     def _start_inbound(self, ev: StartInbound) -> None:
@@ -603,7 +626,18 @@ class BridgeCallCore:
         self.sm.apply(BridgeEvent.APP_END)
         self.end_info = {"by": "app", "reason": reason}
         self._log(INFO, f"app side ended: {reason}")
-        self._end_leg(sip_refusal(EndReason.parse(reason)), 16)
+        end = EndReason.parse(reason)
+        # the server cut a paid call (credit_exhausted, limit_reached): BYE with cause 16 and
+        # the reason as the Reason header's text (RFC 3326 §2)
+        self._end_leg(sip_refusal(end), 16, end.value if end in BILLING_REASONS else None)
+
+    def _cut(self) -> None:
+        """The paid call's backstop: the server should have cut it by now (it may be gone)."""
+        self._log(WARNING, f"ending: {self.max_reason} (max_s {self.max_s} s, no cut from the server)")
+        self.sm.apply(BridgeEvent.LOCAL_END)
+        self.end_info = {"by": "bridge", "reason": self.max_reason.value}
+        self._to_server({"type": "hangup", "q850_cause": 16})
+        self._end_leg((480, 16), 16, self.max_reason.value)
 
     def _fail(self, reason: str, detail: str, sip_code: int | None) -> None:
         """Set-up failed before anything reached the phone: decline to the app."""
@@ -632,7 +666,7 @@ class BridgeCallCore:
                 self._to_server(app_msg)
         self._end_leg(sip or (480, cause), cause)
 
-    def _end_leg(self, reject: tuple[int, int], cause: int) -> None:
+    def _end_leg(self, reject: tuple[int, int], cause: int, text: str | None = None) -> None:
         """Hang up / cancel (or, for an unanswered inbound call, reject) the SIP leg; then wait
         for its LegEnded, at most `leg_end_wait_s`."""
         if self.leg_ended:
@@ -640,8 +674,8 @@ class BridgeCallCore:
             return
         if self.direction == "in" and not self.sm.answered:
             self._emit(LegReject(reject[0], reject[1]))
-        else:
-            self._emit(LegHangup(cause))  # BYE when answered, CANCEL while ringing (RFC 3261 §9.1)
+        else:  # BYE when answered, CANCEL while ringing (RFC 3261 §9.1)
+            self._emit(LegHangup(cause, text) if text else LegHangup(cause))
         self.leg_wait_until = self._now + self.settings.leg_end_wait_s
 
     def _finish(self) -> None:

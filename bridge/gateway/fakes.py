@@ -85,8 +85,8 @@ class FakeLeg:
             return
         self.end(LegEnded(from_sip(sip_code, q850_cause), sip_code, q850_cause, remote=False))
 
-    async def hangup(self, q850_cause: int = 16) -> None:
-        self.calls.append(("hangup", (q850_cause,)))
+    async def hangup(self, q850_cause: int = 16, reason: str | None = None) -> None:
+        self.calls.append(("hangup", (q850_cause,) if reason is None else (q850_cause, reason)))
         if self._ended or self.state in ("cancelling", "ended"):
             return
         if self.state in ("idle", "answered"):

@@ -81,8 +81,9 @@ class SipLeg(Protocol):
     async def reject(self, sip_code: int, q850_cause: int | None = None) -> None:
         """Refuse an inbound call with a final response (e.g. 480, 486); LegEnded follows."""
 
-    async def hangup(self, q850_cause: int = 16) -> None:
-        """BYE when answered, CANCEL while ringing; idempotent; LegEnded(remote=False) follows."""
+    async def hangup(self, q850_cause: int = 16, reason: str | None = None) -> None:
+        """BYE when answered, CANCEL while ringing; idempotent; LegEnded(remote=False) follows.
+        `reason` is the text of the Reason header (RFC 3326), e.g. "credit_exhausted"."""
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue one 20 ms frame (320 bytes) to send; never blocks, the queue is bounded (oldest dropped)."""

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from jego_call.call.reasons import EndReason
 from jego_call.config import BridgeSection, Config
 from jego_call.log import call_context, register_secret
 from jego_call.numbering import e164_of
@@ -54,7 +55,8 @@ def pyvoip_trunk(section: BridgeSection) -> SipTrunk:
         server_host=section.trunk_host, server_port=section.trunk_port, username=section.username,
         password=section.password, register=section.register, local_host=section.local_host,
         local_port=section.sip_port, rtp_port_low=section.rtp_port_min, rtp_port_high=section.rtp_port_max,
-        max_calls=section.max_calls, tx_queue_frames=10, session_expires_s=section.session_expires_s))
+        max_calls=section.max_calls, tx_queue_frames=10, trunk_sources=tuple(section.trunk_sources),
+        session_expires_s=section.session_expires_s))
 
 
 class BridgeWorker:
@@ -313,7 +315,10 @@ class BridgeWorker:
             return
         leg = self.trunk.new_leg(call_id)
         call = self._new_call(call_id, "out", leg)
-        call.begin_outbound(to, str(msg.get("sdp") or ""))
+        max_s = msg.get("max_s")  # a paid call: the server cuts it then; the call's backstop
+        call.begin_outbound(to, str(msg.get("sdp") or ""),
+                            float(max_s) if isinstance(max_s, (int, float)) and max_s > 0 else None,
+                            EndReason.parse(msg.get("max_reason"), EndReason.CREDIT_EXHAUSTED))
 
     async def _inbound(self, leg: SipLeg, from_number: str, to_number: str) -> None:
         """The trunk's handler for an INVITE from the phone network."""

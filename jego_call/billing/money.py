@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["CURRENCIES", "Currency", "MoneyError", "currency", "format_amount", "parse_amount",
-           "parse_decimal_scaled"]
+__all__ = ["CURRENCIES", "ZH_UNITS", "Currency", "MoneyError", "currency", "format_amount", "format_amount_zh",
+           "parse_amount", "parse_decimal_scaled"]
 
 
 class MoneyError(ValueError):
@@ -162,3 +162,14 @@ def format_amount(minor: int, cur: Currency, *, code: bool = True) -> str:
     whole, frac = divmod(abs(minor), cur.scale)
     text = f"{sign}{whole}" + (f".{frac:0{cur.exponent}d}" if cur.exponent else "")
     return f"{text} {cur.code}" if code else text
+
+
+# How Chinese text names a currency after an amount (other currencies keep their ISO code).
+ZH_UNITS: Final[dict[str, str]] = {"CNY": "元", "JPY": "日元", "HKD": "港元", "EUR": "欧元", "USD": "美元",
+                                   "GBP": "英镑"}
+
+
+def format_amount_zh(minor: int, cur: Currency) -> str:
+    """ "12.50元" for 1250 fen: an amount inside Chinese words (format_amount elsewhere)."""
+    unit = ZH_UNITS.get(cur.code)
+    return f"{format_amount(minor, cur, code=False)}{unit}" if unit else format_amount(minor, cur)

@@ -20,7 +20,7 @@ from ..call.reasons import EndReason
 from ..numbering import NumberInfo
 from . import fraud
 from .fraud import Activity, FraudConfig, Signal
-from .money import format_amount
+from .money import format_amount, format_amount_zh
 from .rates import Rate, RateTable
 from .refusal import Refusal
 
@@ -82,19 +82,19 @@ def _no_rate() -> Refusal:
 
 def _insufficient(rate: Rate, account: Account, info: NumberInfo) -> Refusal:
     cur = rate.currency
-    need = format_amount(rate.cost(rate.increment.first_s), cur)
-    have = format_amount(max(0, account.available), cur)
+    cost, avail = rate.cost(rate.increment.first_s), max(0, account.available)
+    need, have = format_amount(cost, cur), format_amount(avail, cur)
     held = ""
     held_zh = ""
     if account.held > 0:
         held = f" ({format_amount(account.held, cur)} of your balance is held by your other call)"
-        held_zh = f"（其中{format_amount(account.held, cur)}被您正在进行的另一通电话占用）"
+        held_zh = f"（其中{format_amount_zh(account.held, cur)}被您正在进行的另一通电话占用）"
     first = rate.increment.first_s
     return Refusal(EndReason.INSUFFICIENT_CREDIT,
                    f"Not enough credit: a call to {rate.describe(info)} costs at least {need} (the first {first} s) "
                    f"and you have {have} available{held}. Top up to call.",
-                   f"余额不足：拨打{rate.describe(info, 'zh')}至少需要{need}（前{first}秒），您的可用余额为{have}{held_zh}。"
-                   "请充值后再拨打。", "credit")
+                   f"余额不足：拨打{rate.describe(info, 'zh')}至少需要{format_amount_zh(cost, cur)}（前{first}秒），"
+                   f"您的可用余额为{format_amount_zh(avail, cur)}{held_zh}。请充值后再拨打。", "credit")
 
 
 def decide(info: NumberInfo, account: Account, activity: Activity, rates: RateTable, cfg: FraudConfig,

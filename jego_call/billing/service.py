@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..numbering import classify
 from . import policy, store
 from .fraud import FraudConfig, Signal
-from .money import Currency, format_amount
+from .money import Currency, MoneyError, format_amount, parse_amount
 from .policy import Grant, Terms, Timers
 from .rates import Rate, RateTable, build_rate_table
 from .refusal import Refusal
@@ -111,7 +111,7 @@ class Billing:
     passes time.time(). Each method is one small transaction (a coroutine): await it."""
 
     def __init__(self, db: Database, rates: RateTable, fraud: FraudConfig, terms: Terms | None = None,
-                 history: int = 20) -> None:
+                 history: int = 20, low_balance: str = "5") -> None:
         """Use `await Billing.open(...)`, which also checks the balances' currency."""
         self.db = db
         self.rates = rates
@@ -119,12 +119,16 @@ class Billing:
         self.terms = terms or Terms()
         self.history = history
         self.counters: Counter[str] = Counter()
+        try:
+            self.low_balance = parse_amount(low_balance, rates.currency)
+        except MoneyError as exc:
+            raise ConfigError("billing.low_balance", str(exc)) from None
 
     @classmethod
     async def open(cls, db: Database, rates: RateTable, fraud: FraudConfig, terms: Terms | None = None,
-                   history: int = 20) -> Billing:
+                   history: int = 20, low_balance: str = "5") -> Billing:
         """A Billing on `db`; ConfigError if balances are kept in another currency than the rates."""
-        billing = cls(db, rates, fraud, terms, history)
+        billing = cls(db, rates, fraud, terms, history, low_balance)
         kept = await store.currencies(db) - {rates.currency.code}
         if kept:
             raise ConfigError("rates.currency", f"balances are kept in {', '.join(sorted(kept))}, but the rates are "
@@ -174,12 +178,20 @@ class Billing:
             "calls_in_progress": [{"call_id": c.call_id, "destination": c.destination, "hold": c.hold,
                                    "answered_at": c.answered_at} for c in opened],
             "entries": [{**e, "amount_text": format_amount(e["amount"], cur)} for e in entries],
-            "suspended": None,
+            "suspended": None, "low_balance": self.low_balance,
+            "low_balance_text": format_amount(self.low_balance, cur), "low": bal - hold < self.low_balance,
         }
         if susp is not None:
             refusal, at = susp
             out["suspended"] = {"since": at, "rule": refusal.rule, "en": refusal.en, "zh": refusal.zh}
         return out
+
+    async def credit(self, username: str) -> dict[str, Any]:
+        """Balance, held and available credit in minor units, and the currency (credit_low)."""
+        async with self.db.transaction() as tx:
+            bal, _ = await store.balance(tx, username)
+            hold, _, _ = await store.held(tx, username)
+        return {"balance": bal, "held": hold, "available": bal - hold, "currency": self.currency.code}
 
     async def unsuspend(self, username: str, note: str = "", now: float | None = None) -> bool:
         """Lift a suspension of the user's phone calls; False if there was none."""
@@ -283,9 +295,11 @@ class Billing:
         self._log_settlement(result)
         return result
 
-    async def recover(self, now: float, live: Iterable[str] = ()) -> list[Settlement]:
+    async def recover(self, now: float, live: Iterable[str] = (),
+                      also: Callable[[Executor, store.Charge, float], Any] | None = None) -> list[Settlement]:
         """Settle every open call not in `live` (at start-up: all of them) for the time it was
-        last seen up (answered calls) or for nothing (never answered)."""
+        last seen up (answered calls) or for nothing (never answered). `also(charge, ended_at)`
+        runs for each in the same transaction, given it (e.g. writing the call's record)."""
         keep = set(live)
         out: list[Settlement] = []
         async with self.db.transaction() as tx:
@@ -298,6 +312,10 @@ class Billing:
                 else:
                     ended = charge.authorised_at
                 out.append(await self._settle_in(tx, charge, charge.answered_at, ended, now, "recovery"))
+                if also is not None:
+                    done = also(tx, charge, ended)
+                    if inspect.isawaitable(done):
+                        await done
         for s in out:
             self._log_settlement(s)
         return out

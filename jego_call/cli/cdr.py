@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(r, sort_keys=True))
         return 0
-    print(f"{'started':19}  {'from':16} {'to':16} {'outcome':15} {'sip':>3} {'q850':>4} {'secs':>7} "
-          f"{'mos':>4} {'quality':7} codec")
+    print(f"{'started':19}  {'from':16} {'to':16} {'outcome':17} {'sip':>3} {'q850':>4} {'secs':>7} "
+          f"{'cost':>10} {'mos':>4} {'quality':7} codec")
     for r in rows:
         mos = f"{r['mos']:.2f}" if r.get("mos") is not None else "-"
-        print(f"{_ts(r['started_at']):19}  {r['caller'][:16]:16} {r['callee'][:16]:16} {r['outcome'][:15]:15} "
+        print(f"{_ts(r['started_at']):19}  {r['caller'][:16]:16} {r['callee'][:16]:16} {r['outcome'][:17]:17} "
               f"{r['sip_code'] or '-':>3} {r['q850_cause'] if r['q850_cause'] is not None else '-':>4} "
-              f"{r['duration_s']:7.1f} {mos:>4} {r.get('quality') or '-':7} {r['codec'] or '-'}")
+              f"{r['duration_s']:7.1f} {r['cost_text'] or '-':>10} {mos:>4} {r.get('quality') or '-':7} "
+              f"{r['codec'] or '-'}")
     return 0

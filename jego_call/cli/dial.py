@@ -26,8 +26,10 @@ ringing_ms (dial -> first ringing), connected_s, audio {packets_sent, packets_re
 packets_lost, jitter_ms, rtt_ms, level_dbfs, dominant_hz, bitrate_send_kbps, bitrate_recv_kbps,
 frames_on_time, codec}, call_id, cpu_s (this process's CPU while connected), mos and r_factor
 (the ITU-T G.107 E-model of what this end received: jego_call/quality.py; null when no audio came)
-with quality (good / fair / poor), and more. While connected it sends the server `call_stats`
-every 2 s (and a final one), so the call record gets its score (docs/signalling.md, Call quality).
+with quality (good / fair / poor), detail and detail_zh (the words of a refusal, e.g.
+insufficient_credit), credit_low (a paid phone call's warning: remaining_s, ends_at, balance,
+..., at_s after the answer), and more. While connected it sends the server `call_stats` every
+2 s (and a final one), so the call record gets its score (docs/signalling.md, Call quality).
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ class Report:
     reason: str | None = None
     by: str | None = None
     detail: str | None = None
+    detail_zh: str | None = None
+    credit_low: dict[str, Any] | None = None
     sip_code: int | None = None
     q850_cause: int | None = None
     setup_ms: float | None = None
@@ -362,6 +366,10 @@ class Leg:
             digits = str(msg.get("digits", ""))
             self.report.dtmf_received += digits
             self.out.progress(f"dtmf received: {digits}")
+        elif kind == "credit_low":
+            at = round(time.monotonic() - self.connected_at, 3) if self.connected_at is not None else None
+            self.report.credit_low = {k: v for k, v in msg.items() if k not in ("type", "call_id")} | {"at_s": at}
+            self.out.progress(f"credit low: the call ends in {msg.get('remaining_s')} s")
         elif kind == "call_ended":
             return msg
         elif kind == "call_quality":
@@ -386,6 +394,7 @@ class Leg:
             r.reason = str(ended.get("reason") or "failed")
             r.by = ended.get("by")
             r.detail = ended.get("detail")
+            r.detail_zh = ended.get("detail_zh")
             r.sip_code = ended.get("sip_code")
             r.q850_cause = ended.get("q850_cause")
         if self.local_end is not None and (ended is None or r.reason in ("cancelled", "hangup", "declined")):

@@ -12,6 +12,10 @@ is synchronous for the call types; a handler another feature registered (messagi
 coroutine, which `handle` returns for the socket's reader to await. Call records are written
 by one task, in order, after the core said so (`drain()` waits for them). `Session.send` never
 blocks. Errors a client caused come out as SignallingError.
+
+Paid phone calls: billing installs its `Ledger` with `set_ledger(billing)`; the core then
+authorises and times them, and this shell settles each one with its call record, in one
+transaction (`Ledger.settle(..., also=write the record)`), exactly once.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
@@ -43,6 +47,7 @@ from .hub_core import (
     Directory,
     Gateway,
     HubCore,
+    Ledger,
     Log,
     Send,
     StoreReport,
@@ -52,6 +57,9 @@ from .hub_core import (
 
 __all__ = ["EMERGENCY_TEXT", "GATEWAY_EVENTS", "PHONE_RE", "RECENT_CALLS", "Call", "CallEndedHook", "Gateway",
            "Hub", "Session", "is_phone_target"]
+
+if TYPE_CHECKING:
+    from ..db import Executor
 
 log = logging.getLogger("jego.hub")
 
@@ -101,6 +109,7 @@ class Hub:
         self._timer_at: float | None = None
         self._writes: list[tuple[Awaitable[Any], str, str]] = []  # (write, call id, what) in order
         self._writer: asyncio.Task[None] | None = None
+        self.unsettled: dict[str, WriteCallRecord] = {}  # records whose settlement failed: retried
 
     # --- what the rest of the server reads --------------------------------------------------------
     @property
@@ -137,6 +146,14 @@ class Hub:
     def pick_gateway(self) -> Gateway | None:
         """The gateway with the fewest calls among those with free capacity."""
         return self.core.pick_gateway()
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self.core.ledger
+
+    def set_ledger(self, ledger: Ledger | None) -> None:
+        """Charge calls to phones from now on (billing's cleanup_ctx; None: they are free)."""
+        self.core.ledger = ledger
 
     def online(self, username: str) -> bool:
         return self.core.online(username)
@@ -270,11 +287,40 @@ class Hub:
         self._arm()
 
     def _record(self, rec: WriteCallRecord) -> None:
-        if self.call_log is None:
-            return
+        """Store the call record (by the writer task, in order); a call to a phone is settled in
+        the same transaction (a call the ledger never authorised just gets its record). A
+        failure is kept for `retry_records`."""
+        self._write(functools.partial(self._store_record, rec), rec.call_id, "could not store the call record")
+
+    async def _store_record(self, rec: WriteCallRecord) -> None:
+        call_log = self.call_log
         record = CallRecord(rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
                             rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause)
-        self._write(functools.partial(self.call_log.record, record), rec.call_id, "could not store the call record")
+
+        async def write(tx: Executor | None = None) -> None:
+            if call_log is not None:
+                await call_log.record(record, tx)
+
+        ledger = self.core.ledger
+        paid = ledger is not None and rec.callee_kind == "phone"
+        try:
+            if ledger is not None and paid:
+                await ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at, also=write)
+            else:
+                await write()
+        except Exception:
+            if paid:
+                self.unsettled[rec.call_id] = rec
+            raise
+        self.unsettled.pop(rec.call_id, None)
+
+    def retry_records(self) -> int:
+        """Try again to settle and store the records that failed (billing's heartbeat calls this);
+        returns how many were waiting."""
+        waiting = list(self.unsettled.values())
+        for rec in waiting:
+            self._record(rec)
+        return len(waiting)
 
     def queue_write(self, start: Callable[[], Any], call_id: str, what: str) -> None:
         """Store something about a call after what is already queued (its record): `start()`
@@ -308,6 +354,7 @@ class Hub:
         """Wait until every call record and report the core asked for is written (shutdown)."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+
 
     def _arm(self) -> None:
         """One loop timer, at the core's next deadline (re-armed only when that changes)."""

@@ -12,9 +12,10 @@ cluster. Every input returns the commands to carry out, in order: `Send`, `Close
 `WriteCallRecord`, `StoreReport`, `CallEnded`, `Log`; a client's mistake raises SignallingError
 before anything changes. `now` is monotonic seconds (deadlines are on that clock), `wall` Unix
 seconds (only for call records). Nothing here touches a socket, a clock or the database:
-accounts lookups go through `Directory` (exists, contacts, watchers), backed by SQLite in the
-shell (`signalling/hub.py`), which runs the core on the event loop with one timer for
-`next_deadline()`.
+accounts lookups go through `Directory` (exists, contacts, watchers), prepaid credit for calls
+to phones through `Ledger` (authorise, answered, credit), both backed by SQLite in the shell
+(`signalling/hub.py`), which runs the core on the event loop with one timer for
+`next_deadline()` and settles each paid call with its call record (`WriteCallRecord`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import heapq
 import itertools
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +38,8 @@ from ..groups.calls import GroupCallDesk, GroupDirectory
 from . import messages as m
 
 if TYPE_CHECKING:
+    from ..billing.policy import Grant, Timers
+    from ..billing.refusal import Refusal
     from ..config import CallsConfig
 
 RECENT_CALLS = 4096  # ended call ids remembered, so a late message gets unknown_call
@@ -70,6 +73,34 @@ class Directory(Protocol):
     def is_blocked(self, owner: str, other: str) -> bool: ...
 
 
+class Authorised(Protocol):
+    """What `Ledger.authorise` answers: a `grant` (the call may go ahead for `grant.allowed_s`
+    after the answer) or a `refusal` (its reason and words in en and zh)."""
+
+    @property
+    def grant(self) -> Grant | None: ...
+
+    @property
+    def refusal(self) -> Refusal | None: ...
+
+
+class Ledger(Protocol):
+    """Prepaid credit for calls to phone numbers (`jego_call.billing.ledger`: `Billing` seen
+    synchronously, as `Directory`'s lookups are); times are Unix seconds (the core's `wall`).
+    The core calls `authorise` before a gateway is picked, `answered` when the phone answers and
+    `credit` for `credit_low`; the shell awaits `settle` with the call record (one transaction,
+    `also(tx)` writes it), exactly once per call."""
+
+    def authorise(self, call_id: str, username: str, e164: str, now: float) -> Authorised: ...
+
+    def answered(self, call_id: str, at: float) -> Timers | None: ...
+
+    def credit(self, username: str) -> dict[str, Any]: ...
+
+    def settle(self, call_id: str, answered_at: float | None, ended_at: float, now: float | None = None, *,
+               also: Callable[[Any], Awaitable[None]] | None = None, by: str = "call") -> Awaitable[object]: ...
+
+
 # --- state: plain dataclasses ------------------------------------------------------------------
 @dataclass(slots=True)
 class SessionInfo:
@@ -93,6 +124,21 @@ class Gateway:
 class CallTimer(Enum):
     RING = "ring"                    # calls.ring_timeout_s after the invite went out
     MAX_DURATION = "max_duration"    # calls.max_call_s after the answer
+    CREDIT_LOW = "credit_low"        # a paid phone call: billing.warning_s before the cut
+    CUT = "cut"                      # a paid phone call: its credit (or day's minutes) ran out
+
+
+@dataclass(slots=True)
+class Credit:
+    """A paid phone call's money clock (monotonic deadlines; `ends_at` in Unix seconds)."""
+
+    allowed_s: int                   # after the answer, as granted (the gateway's max_s)
+    cut_reason: EndReason            # credit_exhausted, limit_reached or max_duration
+    warn_at: float | None = None     # when to send credit_low (None: no warning)
+    cut_at: float | None = None      # when to end the call with cut_reason
+    max_at: float | None = None      # calls.max_call_s after the answer
+    ends_at: float | None = None
+    warned: bool = False
 
 
 @dataclass(eq=False)
@@ -121,6 +167,7 @@ class Call:
     timer: CallTimer | None = None
     deadline: float | None = None   # monotonic seconds
     timer_seq: int = 0
+    credit: Credit | None = None    # a paid phone call (phone_out authorised by the Ledger)
 
     @property
     def phone(self) -> bool:
@@ -220,8 +267,10 @@ class HubCore:
     """Sessions, presence and calls for one server, decided without I/O. See the module doc."""
 
     def __init__(self, directory: Directory, calls_cfg: CallsConfig, max_sessions_per_user: int = 8,
-                 allow_international: bool = False, recent_limit: int = RECENT_CALLS) -> None:
+                 allow_international: bool = False, recent_limit: int = RECENT_CALLS,
+                 ledger: Ledger | None = None) -> None:
         self.directory = directory
+        self.ledger = ledger    # None: calls to phones are free (billing disabled)
         self.cfg = calls_cfg
         self.max_sessions = max_sessions_per_user
         self.allow_international = allow_international
@@ -331,6 +380,8 @@ class HubCore:
             call.timer = call.deadline = None
             if kind is CallTimer.RING:
                 self._end(call, CallEvent.TIMEOUT)
+            elif kind in (CallTimer.CREDIT_LOW, CallTimer.CUT):
+                self._on_credit_timer(call, kind)
             else:
                 self._end(call, CallEvent.MAX_DURATION)
         self.group_calls.handle_timer(now)
@@ -579,11 +630,13 @@ class HubCore:
         if not e164.startswith("+86") and not self.allow_international:
             self._end(call, CallEvent.FAIL, reason=EndReason.REJECTED, detail="calls outside China are not allowed")
             return
+        if not self._authorise(call, e164):
+            return
         if call.conference is None:
             gw = self.pick_gateway()
         else:
             gw = gateway if gateway is not None and len(gateway.calls) < gateway.capacity else None
-        if gw is None:
+        if gw is None:  # the call record's settlement releases the hold (nothing was answered)
             reason = EndReason.UNREACHABLE if call.conference is None else EndReason.CONGESTION
             self._end(call, CallEvent.FAIL, reason=reason, detail="no phone gateway is available")
             return
@@ -592,6 +645,8 @@ class HubCore:
         self._log(INFO, f"{caller} -> {e164} via gateway {gw.name}", call)
         invite: dict[str, Any] = {"type": "invite", "call_id": call.id, "from": caller, "to": e164,
                                   "media": ["audio"], "sdp": call.offer}
+        if call.credit is not None:  # the gateway's backstop if we are gone (docs/signalling.md)
+            invite.update(max_s=call.credit.allowed_s, max_reason=call.credit.cut_reason)
         if call.conference is not None:
             del invite["sdp"]
             invite["conference"] = call.conference
@@ -632,6 +687,8 @@ class HubCore:
         call.ringing_sessions = set()
         self._send_all(others, {"type": "call_ended", "call_id": call.id, "reason": EndReason.ANSWERED_ELSEWHERE})
         self._arm(call, CallTimer.MAX_DURATION, self.cfg.max_call_s)
+        if call.credit is not None:
+            self._start_credit_clock(call)
         accept: dict[str, Any] = {"type": "accept", "call_id": call.id}
         if msg.sdp is not None:
             accept["sdp"] = msg.sdp
@@ -696,6 +753,81 @@ class HubCore:
         if session.role != "gateway":
             raise SignallingError(ErrorCode.FORBIDDEN, "only gateways report calls", call_id=msg.call_id)
         self._out.append(StoreReport(msg.call_id, msg.codec, msg.app, msg.phone, msg.mos, msg.r_factor))
+
+    # --- prepaid credit (the Ledger) -------------------------------------------------------------
+    def _authorise(self, call: Call, e164: str) -> bool:
+        """Ask the ledger before any SIP: a refusal ends the call with its reason and words (en,
+        zh); a grant holds the money and writes the call's billing record. True: go on."""
+        if self.ledger is None:
+            return True
+        try:
+            auth = self.ledger.authorise(call.id, call.caller, e164, self._wall)
+        except Exception as exc:  # noqa: BLE001 - a locked or broken database refuses, never half-places
+            self._log(WARNING, f"credit check failed: {type(exc).__name__}: {exc}", call)
+            self._end(call, CallEvent.FAIL, reason=EndReason.UNREACHABLE, detail="the credit check failed")
+            return False
+        refusal, grant = auth.refusal, auth.grant
+        if refusal is not None or grant is None:
+            reason = refusal.reason if refusal is not None else EndReason.FAILED
+            en = refusal.en if refusal is not None else reason.words("en")
+            zh = refusal.zh if refusal is not None else reason.words("zh")
+            self._log(INFO, f"refused before SIP: {reason} ({refusal.rule if refusal else '?'})", call)
+            self._end(call, CallEvent.FAIL, reason=reason, detail=en, detail_zh=zh)
+            return False
+        call.credit = Credit(grant.allowed_s, grant.cut_reason)
+        return True
+
+    def _start_credit_clock(self, call: Call) -> None:
+        """The phone answered: mark it in the ledger and arm credit_low and the cut (the call's
+        one deadline is the soonest of them and calls.max_call_s, which `_arm` just set)."""
+        credit = call.credit
+        assert credit is not None
+        credit.max_at = call.deadline
+        timers = None
+        try:
+            timers = self.ledger.answered(call.id, self._wall) if self.ledger is not None else None
+        except Exception as exc:  # noqa: BLE001 - the grant still bounds the call
+            self._log(WARNING, f"could not mark the answer in the ledger: {type(exc).__name__}: {exc}", call)
+        if timers is not None:
+            credit.cut_at = self._now + (timers.cut_at - self._wall)
+            credit.ends_at = timers.cut_at
+            credit.cut_reason = timers.cut_reason
+            if timers.warn_at is not None:
+                credit.warn_at = self._now + max(0.0, timers.warn_at - self._wall)
+        else:
+            credit.cut_at = self._now + credit.allowed_s
+            credit.ends_at = self._wall + credit.allowed_s
+        self._arm_credit(call)
+
+    def _arm_credit(self, call: Call) -> None:
+        credit = call.credit
+        assert credit is not None
+        due = [(at, kind) for at, kind in ((credit.warn_at if not credit.warned else None, CallTimer.CREDIT_LOW),
+                                           (credit.cut_at, CallTimer.CUT), (credit.max_at, CallTimer.MAX_DURATION))
+               if at is not None]
+        at, kind = min(due, key=lambda d: d[0])
+        self._arm(call, kind, at - self._now)
+
+    def _on_credit_timer(self, call: Call, kind: CallTimer) -> None:
+        credit = call.credit
+        if credit is None:
+            return
+        if kind is CallTimer.CUT:
+            self._log(INFO, f"cut: {credit.cut_reason} after {credit.allowed_s} s", call)
+            self._end(call, CallEvent.MAX_DURATION, reason=credit.cut_reason)
+            return
+        credit.warned = True
+        msg: dict[str, Any] = {"type": "credit_low", "call_id": call.id,
+                               "remaining_s": max(0, round((credit.cut_at or self._now) - self._now)),
+                               "ends_at": credit.ends_at, "reason": credit.cut_reason}
+        try:
+            if self.ledger is not None:
+                have = self.ledger.credit(call.caller)
+                msg.update({k: have[k] for k in ("balance", "held", "available", "currency") if k in have})
+        except Exception as exc:  # noqa: BLE001 - the warning goes out without the figures
+            self._log(WARNING, f"could not read the balance: {type(exc).__name__}: {exc}", call)
+        self._send(call.caller_session, msg)
+        self._arm_credit(call)
 
     # --- ending ---------------------------------------------------------------------------------
     def _end(self, call: Call, event: CallEvent, by: str | None = None, reason: EndReason | None = None,

@@ -14,11 +14,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..accounts import Accounts
+from ..billing.ledger import PreparedLedger
 from ..config import Config
 from ..errors import ErrorCode, SignallingError
-from ..groups.protocol import GroupCallStart
+from ..groups.protocol import GroupCallAddPhone, GroupCallStart
 from . import messages as m
 from .hub import Hub
+from .hub_core import is_phone_target
 from .keys import ACCOUNTS, CONFIG, DIRECTORY, GATEWAY_SECRET, GROUP_DIRECTORY, HUB
 
 log = logging.getLogger("jego.ws")
@@ -155,13 +157,28 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif not authed:
                     raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
                 else:
+                    ledger = hub.ledger
+                    paid: tuple[PreparedLedger, str, str] | None = None  # PostgreSQL: the credit check first
+                    if isinstance(ledger, PreparedLedger) and session.role == "user":
+                        if isinstance(msg, m.Invite) and is_phone_target(msg.to):
+                            paid = (ledger, msg.call_id, msg.to)
+                        elif isinstance(msg, GroupCallAddPhone):
+                            leg = hub.core.group_calls.next_phone_leg(msg.call_id)
+                            paid = (ledger, leg, msg.number) if leg is not None else None
                     if isinstance(msg, m.Invite):  # what the core will ask about the callee
                         await directory.ensure(msg.to.strip().lower())
                     elif isinstance(msg, GroupCallStart) and GROUP_DIRECTORY in request.app:
                         await request.app[GROUP_DIRECTORY].ensure(msg.group)  # the members it rings
-                    pending = hub.handle(session, msg)
-                    if pending is not None:
-                        await pending
+                    if paid is not None:
+                        await paid[0].prepare(paid[1], session.username, paid[2], cfg.calls.default_region,
+                                              cfg.bridge.allow_international)
+                    try:
+                        pending = hub.handle(session, msg)
+                        if pending is not None:
+                            await pending
+                    finally:
+                        if paid is not None:  # refused before the core asked: the hold goes
+                            await paid[0].release_unused(paid[1])
             except SignallingError as exc:
                 if not authed:
                     session.username = ""

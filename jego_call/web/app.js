@@ -4,11 +4,13 @@
 //   contacts.js (people, presence, blocks)             chat.js (conversations and messages)
 //   calls.js (the call state machine and overlays)     dialpad.js (the "Call phones" tab)
 //   history.js (the "Calls" tab)                       i18n.js (zh-CN and en)   ui.js (DOM helpers)
+//   credit.js (prepaid credit on the "Call phones" tab)
 // Protocol: docs/signalling.md. No framework, no build step.
 import { api, ApiError, clearSession, loadReasons, saveSession, session, setDisplayName } from "./api.js";
 import { updateButtons } from "./calls.js";
 import { closeChat, openChat, renderList } from "./chat.js";
 import { people } from "./contacts.js";
+import { loadCredit } from "./credit.js";
 import { loadHistory, markSeen } from "./history.js";
 import { apply, getLang, onLangChange, setLang, t } from "./i18n.js";
 import { socket } from "./socket.js";
@@ -90,6 +92,7 @@ async function enter() {
     if (e.code === "network") banner(t("err_network"), "network");
   }
   loadHistory();
+  loadCredit();
   socket.connect();
 }
 
@@ -115,6 +118,7 @@ socket.onState((state) => {
     clearBanner("network");
     people.load().catch(() => {});
     loadHistory();
+    loadCredit();
   }
   showConnection(state);
   updateButtons();
@@ -130,6 +134,7 @@ function showTab(name) {
   }
   document.body.dataset.tab = name;
   if (name === "calls") markSeen();
+  if (name === "phone") loadCredit();
   if (name !== "chats") closeChat();
 }
 

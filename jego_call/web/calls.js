@@ -11,7 +11,7 @@
 import { checkNumber, isMissed, loadReasons, reasonWords, session } from "./api.js";
 import { currentPeer, noteCaller, onHeader } from "./chat.js";
 import { people } from "./contacts.js";
-import { onLangChange, t } from "./i18n.js";
+import { getLang, onLangChange, t } from "./i18n.js";
 import { socket } from "./socket.js";
 import { $, announce, buildKeypad, clock, closeModal, el, fillAvatar, isPhone, openModal, phoneNumber } from "./ui.js";
 
@@ -43,7 +43,7 @@ class Call {
     Object.assign(this, {
       id: newCallId(), peer: null, name: null, direction: "out", media: ["audio"], phone: false, pc: null,
       stream: null, offer: null, pendingIce: [], connectedAt: null, lastBytes: 0, lastStamp: 0, sent: false,
-      earlyMedia: false, dtmf: "", stats: null,
+      earlyMedia: false, dtmf: "", stats: null, creditEndsAt: null,
     }, fields);
     this.machine = new CallMachine();
   }
@@ -100,6 +100,7 @@ function resetOverlay(call) {
   $("call-quality").dataset.source = "";
   setDetails(false);
   $("early-media").hidden = true;
+  $("call-credit-low").hidden = true;
   for (const [id, key] of [["mute", "mute"], ["camera", "camera_off"], ["speaker", "speaker"]]) {
     $(id).setAttribute("aria-pressed", "false");
     $(id).querySelector(".label").textContent = t(key);
@@ -247,6 +248,11 @@ async function showOutcome(call, reason, msg = {}) {
   if (msg.sip_code) codes.push(`SIP ${msg.sip_code}`);
   if (msg.q850_cause) codes.push(`Q.850 ${msg.q850_cause}`);
   if (msg.detail) codes.push(msg.detail);
+  // a billing refusal or cut comes with its own plain words in both languages (detail, detail_zh)
+  const said = $("call-end-words");
+  said.dataset.en = msg.detail_zh ? msg.detail || "" : "";
+  said.dataset.zh = msg.detail_zh || "";
+  renderEndWords();
   $("call-end-details").textContent = codes.join(" · ");
   $("call-end-details").hidden = true;
   $("call-end-details-toggle").setAttribute("aria-expanded", "false");
@@ -255,6 +261,21 @@ async function showOutcome(call, reason, msg = {}) {
   announce(words);
   clearTimeout(outcomeTimer);
   outcomeTimer = setTimeout(() => { if (!$("call-outcome").contains(document.activeElement)) hideOutcome(); }, 12000);
+}
+
+function renderEndWords() {
+  const said = $("call-end-words");
+  said.textContent = getLang() === "zh-CN" ? said.dataset.zh || "" : said.dataset.en || "";
+  said.hidden = !said.textContent;
+}
+
+// credit_low: the server's warning before a paid phone call is cut (docs/signalling.md), with a
+// countdown to the cut.
+function renderCreditLow(call) {
+  if (call !== current || call.creditEndsAt === null) return;
+  const s = Math.max(0, Math.ceil((call.creditEndsAt - Date.now()) / 1000));
+  $("call-credit-low").textContent = t("call_credit_low", { s });
+  $("call-credit-low").hidden = call.state !== "connected";
 }
 
 function hideOutcome() {
@@ -446,6 +467,7 @@ function connected(call, event) {
   move(call, event);
   startTimer(call);
   startStats(call);
+  renderCreditLow(call);
 }
 
 function endCall(call, reason, msg = {}) {
@@ -510,6 +532,7 @@ function startTimer(call) {
   stopTimer();
   timer = setInterval(() => {
     if (current === call && call.connectedAt) $("call-timer").textContent = clock((Date.now() - call.connectedAt) / 1000);
+    if (current === call && call.creditEndsAt !== null) renderCreditLow(call);
   }, 250);
 }
 
@@ -633,6 +656,14 @@ socket.on("call_quality", (msg) => {
   renderStats(call);
 });
 socket.on("call_ended", (msg) => { if (current && msg.call_id === current.id) endCall(current, msg.reason, msg); });
+socket.on("credit_low", (msg) => {
+  const call = current;
+  if (!call || msg.call_id !== call.id || !call.live) return;  // shown once the call is connected
+  call.creditEndsAt = Date.now() + Math.max(0, Number(msg.remaining_s) || 0) * 1000;
+  renderCreditLow(call);
+  announce(t("call_credit_low", { s: Math.round(msg.remaining_s) }));
+  window.dispatchEvent(new CustomEvent("jego:credit-low", { detail: msg }));
+});
 socket.on("error", (msg) => {
   const call = current;
   if (msg.ref === "call_stats") return;  // a quality report refused: never a reason to end the call
@@ -672,6 +703,8 @@ onLangChange(() => {
   $("call-state").textContent = t(`state_${call.state}`);
   $("call-kind").textContent = t(call.phone ? "kind_phone" : call.media.includes("video") ? "kind_video" : "kind_audio");
   renderStats(call);
+  renderCreditLow(call);
+  renderEndWords();
   if (!$("call-outcome").hidden && $("call-end-reason").dataset.reason) {
     const reason = $("call-end-reason").dataset.reason;
     $("call-end-reason").textContent = reasonWords(reason, { phone: call.phone, callee: call.direction === "in" }) || t("call_ended");

@@ -1,9 +1,9 @@
 // The "Call phones" tab: a dial pad that accepts only phone-number characters, formats the
 // number as it is typed (phonenumbers' rules, on the server: GET /api/numbers/check), says why a
 // number cannot be called before anything is dialled, shows the price per minute when billing
-// provides one, and lists recent numbers.
+// provides one (and the caller's credit: credit.js), and lists recent numbers.
 import { ApiError, checkNumber, reasonWords } from "./api.js";
-import { getLang, onLangChange, t } from "./i18n.js";
+import { fmt, getLang, onLangChange, t } from "./i18n.js";
 import { placeCall, refuse } from "./calls.js";
 import { $, banner, buildKeypad, el, icon, phoneNumber } from "./ui.js";
 
@@ -50,12 +50,25 @@ function describe(check) {
   return parts;
 }
 
+// "0.15 CNY a minute · billed per minute" (每分钟0.15元 · 按分钟计费), before anything is dialled.
+function priceWords(p) {
+  const code = p.currency || "";
+  const parts = [t("price_per_minute", { price: fmt.amount(p.per_minute, code) })];
+  const inc = p.increment ? p.increment.split("/").map(Number) : [];
+  if (inc.length === 2 && inc[0] === inc[1]) {
+    parts.push(inc[0] === 60 ? t("billed_per_minute") : inc[0] === 1 ? t("billed_per_second") : t("billed_per_s", { s: inc[0] }));
+  }
+  if (p.connection_fee) parts.push(t("connection_fee", { fee: fmt.amount(p.connection_fee, code) }));
+  return parts.map((text) => el("span", { text }));
+}
+
 function show(check) {
   last = check;
   hintKey = null;
   const price = $("dialpad-price");
   if (check.price && check.price.per_minute) {
-    price.textContent = t("price_per_minute", { price: check.price.per_minute, currency: check.price.currency || "" });
+    price.replaceChildren();
+    priceWords(check.price).forEach((part, i) => { if (i) price.append(" · "); price.append(part); });
     price.hidden = false;
   } else {
     price.hidden = true;

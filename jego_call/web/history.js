@@ -1,5 +1,5 @@
 // The "Calls" tab: call history (GET /api/calls) with missed calls marked from the callee's
-// side, the outcome in plain words, and a call-back button on every entry.
+// side, the outcome in plain words, what a paid phone call cost, and a call-back button on every entry.
 import { api, checkNumber, isMissed, loadReasons, reasonWords, session } from "./api.js";
 import { placeCall } from "./calls.js";
 import { noteCaller } from "./chat.js";
@@ -48,6 +48,10 @@ function itemFor(c) {
   const sub = el("span", { className: "h-sub" }, arrow,
     outcome(c),
     el("time", { datetime: new Date(c.started_at * 1000).toISOString(), text: fmt.when(c.started_at) }));
+  if (c.cost !== null && c.cost !== undefined && c.cost_text) {  // a paid phone call: what it cost
+    sub.append(el("span", { className: "h-cost", testid: "call-cost", "data-cost": String(c.cost),
+      text: t("history_cost", { amount: fmt.amount(c.cost_text.split(" ")[0], c.currency) }) }));
+  }
   const back = el("button", {
     type: "button", className: "icon-btn call-back", testid: "call-back",
     "aria-label": t("call_back", { name: phone ? c.peer : name }),

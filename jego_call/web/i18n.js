@@ -90,7 +90,15 @@ export const STRINGS = {
     backspace: "Delete the last digit",
     dial_only_digits: "Only digits, +, * and # can be typed here",
     dial_type_first: "Type a phone number first",
-    price_per_minute: "{price} {currency} a minute",
+    price_per_minute: "{price} a minute",
+    billed_per_minute: "billed per minute",
+    billed_per_second: "billed per second",
+    billed_per_s: "billed every {s} s",
+    connection_fee: "{fee} to connect",
+    credit_balance: "Credit: {amount}",
+    credit_low: "Your credit is low (under {amount}): top up to keep calling phones.",
+    call_credit_low: "Your credit is running out: this call ends in {s} s.",
+    history_cost: "cost {amount}",
     recent_numbers: "Recent numbers",
     use_number: "Use {number}",
     kind_mobile: "mobile",
@@ -309,7 +317,15 @@ export const STRINGS = {
     backspace: "删除最后一位",
     dial_only_digits: "这里只能输入数字、+、* 和 #",
     dial_type_first: "请先输入电话号码",
-    price_per_minute: "每分钟 {price} {currency}",
+    price_per_minute: "每分钟{price}",
+    billed_per_minute: "按分钟计费",
+    billed_per_second: "按秒计费",
+    billed_per_s: "每{s}秒计费",
+    connection_fee: "接通费{fee}",
+    credit_balance: "余额：{amount}",
+    credit_low: "余额不足{amount}，请充值以继续拨打电话。",
+    call_credit_low: "余额即将用完：本次通话将在{s}秒后结束。",
+    history_cost: "费用{amount}",
     recent_numbers: "最近拨打",
     use_number: "使用 {number}",
     kind_mobile: "手机",
@@ -489,6 +505,10 @@ export function apply(root) {
 // Dates and times in the page's language.
 const DAY = 86400;
 
+// How Chinese text names a currency after an amount (jego_call/billing/money.py ZH_UNITS); other
+// currencies, and English, keep the ISO code: "12.50 CNY", "12.50元".
+const ZH_UNITS = { CNY: "元", JPY: "日元", HKD: "港元", EUR: "欧元", USD: "美元", GBP: "英镑" };
+
 export const fmt = {
   time(ts) { return new Date(ts * 1000).toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" }); },
   // a list's time: today the time, within a week the weekday, else the date
@@ -499,6 +519,18 @@ export const fmt = {
     if (ts >= midnight) return fmt.time(ts);
     if (ts >= midnight - 6 * DAY) return d.toLocaleDateString(lang, { weekday: "short" });
     return d.toLocaleDateString(lang, { month: "short", day: "numeric" });
+  },
+  // an amount the server gave as text ("0.15") in `code`, in the page's language
+  amount(text, code) {
+    const unit = lang === "zh-CN" ? ZH_UNITS[code] : null;
+    return unit ? `${text}${unit}` : `${text} ${code}`;
+  },
+  // integer minor units (1250 with 2 decimals: "12.50"): money is never a float here either
+  money(minor, code, decimals = 2) {
+    const scale = 10 ** decimals;
+    const abs = Math.abs(minor);
+    const frac = decimals ? `.${String(abs % scale).padStart(decimals, "0")}` : "";
+    return fmt.amount(`${minor < 0 ? "-" : ""}${Math.floor(abs / scale)}${frac}`, code);
   },
   // a message's stamp: the time, with the date when it is not today
   stamp(ts) {

@@ -1,6 +1,6 @@
 // DOM helpers shared by every screen: element builder, icons, avatars, banners, the live
 // regions screen readers hear, modal focus handling and the phone-number rendering.
-import { t } from "./i18n.js";
+import { onLangChange, t } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -102,6 +102,9 @@ export function announce(text, region = "sr-status") {
   r.textContent = "";
   setTimeout(() => { r.textContent = text; }, 30);
 }
+
+// A status said in the old language is not left behind when the language changes.
+onLangChange(() => { $("sr-status").textContent = ""; });
 
 // ---- modals: the rest of the page is inert, focus stays inside, and comes back after ---------
 const openModals = [];

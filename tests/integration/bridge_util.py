@@ -3,7 +3,8 @@ bridge on free 127.0.0.1 ports, the carrier's call records, and audio judges.
 
 `phone_server(tmp)` writes a copy of config/carrier.toml with a free SIP port, short timers and a
 few extra test numbers (below), and starts `jego serve` with JEGO_CARRIER_CONFIG pointing at it
-and JEGO_BRIDGE_TRUNK_PORT at that port.
+and JEGO_BRIDGE_TRUNK_PORT at that port. Calls to phones are paid: alice and bob get 50 CNY of
+credit (`credit=0` for none).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jego_call.media import analysis
-from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
 
 from .carrier_util import free_port
 from .test_dial import _env
@@ -58,16 +59,29 @@ def carrier_config(tmp: Path, port: int, ring_timeout_s: float = 3.0) -> Path:
     return path
 
 
-def phone_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> LiveServer:
-    """`jego serve` with the carrier and the bridge on free ports; users alice and bob exist."""
+# The carrier's test numbers sit in one block (+86 139 0000 0xxx) and a suite dials many of them
+# as alice within minutes: to the velocity rules and the hourly cap that is a toll fraudster, so
+# the phone servers of tests that are not about fraud raise those thresholds (a test about fraud
+# passes its own, which win; tests/integration/test_bridge_billing.py).
+TEST_CALLER_FRAUD = {"JEGO_FRAUD_MAX_CALLS_PER_HOUR": "1000", "JEGO_FRAUD_DISTINCT_DESTINATIONS_WARNING": "500",
+                     "JEGO_FRAUD_DISTINCT_DESTINATIONS_CRITICAL": "1000", "JEGO_FRAUD_SEQUENTIAL_WARNING": "500",
+                     "JEGO_FRAUD_SEQUENTIAL_CRITICAL": "1000"}
+
+
+def phone_server(tmp: Path, extra_args: list[str] | None = None, credit: int = 5000, **env: str) -> LiveServer:
+    """`jego serve` with the carrier and the bridge on free ports; users alice and bob exist,
+    each with `credit` minor units (fen) of prepaid credit; the velocity rules and the hourly cap
+    loosened (TEST_CALLER_FRAUD) unless `env` sets them."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     full = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
-            "JEGO_BRIDGE_MEDIA_TIMEOUT_S": "10"}
+            "JEGO_BRIDGE_MEDIA_TIMEOUT_S": "10", **TEST_CALLER_FRAUD}
     full.update(env)
     server = start_server(tmp, [] if extra_args is None else extra_args, **full)
     for name in ("alice", "bob"):
         make_user(server, name)
+        if credit:
+            top_up(server, name, credit)
     wait_for_log(server, "connected to http", 20)
     return server
 

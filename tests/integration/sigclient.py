@@ -25,6 +25,13 @@ async def register(client: TestClient, name: str, password: str = PASSWORD) -> s
     return str(body["token"])
 
 
+async def give_credit(client: TestClient, name: str, amount: int = 5000) -> int:
+    """Prepaid credit (minor units) for `name` on the in-process server (calls to phones are paid)."""
+    from jego_call.signalling.keys import BILLING
+
+    return await client.server.app[BILLING].top_up(name, amount, "test credit")
+
+
 async def add_contact(client: TestClient, token: str, name: str) -> None:
     res = await client.post("/api/contacts", json={"username": name}, headers={"Authorization": f"Bearer {token}"})
     assert res.status in (200, 201), await res.text()

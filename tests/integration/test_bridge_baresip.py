@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jego_call.media import analysis
-from tests.conftest import LiveServer, make_user, start_server
+from tests.conftest import LiveServer, make_user, start_server, top_up
 
 from .bridge_util import free_port, segment, tone_ok, wait_for_log
 from .test_dial import dial
@@ -79,6 +79,7 @@ def server(tmp_path: Path, baresip: tuple[int, Path]) -> Iterator[LiveServer]:
     port, _ = baresip
     s = start_server(tmp_path, ["--no-carrier"], JEGO_BRIDGE_TRUNK_PORT=str(port), JEGO_BRIDGE_REGISTER="false")
     make_user(s, "alice")
+    top_up(s, "alice")
     wait_for_log(s, "connected to http", 20)
     yield s
     s.stop()

@@ -44,7 +44,7 @@ from bridge.rtp.rtcp import (
 from bridge.sip.message import SipRequest, SipResponse, make_response, parse_message
 from bridge.sip.sdp import NegotiatedAudio, answer_offer
 from jego_call.media import analysis
-from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
 
 from .bridge_util import PLAIN, carrier_config, free_port
 from .test_dial import DIAL, _env
@@ -211,6 +211,7 @@ async def test_30ms_ptime_peer_is_heard_whole_through_the_bridge(tmp_path: Path)
             start_server, tmp_path, ["--no-carrier"], JEGO_BRIDGE_TRUNK_PORT=str(peer.port),
             JEGO_BRIDGE_REGISTER="false", JEGO_BRIDGE_MEDIA_TIMEOUT_S="10")
         await asyncio.to_thread(make_user, server, "alice")
+        await asyncio.to_thread(top_up, server, "alice")   # calls to phones are paid
         for _ in range(200):
             if "connected to http" in server.log():
                 break
@@ -335,6 +336,7 @@ async def test_worker_threads_do_not_grow_with_calls(tmp_path: Path) -> None:
     try:
         for i in range(6):
             await asyncio.to_thread(make_user, server, f"caller{i}")
+            await asyncio.to_thread(top_up, server, f"caller{i}")   # calls to phones are paid
         secret = (server.data_dir / "bridge.key").read_text().strip()
         trunk = PyVoipTrunk(TrunkConfig(server_port=port, rtp_port_low=RTP_LOW, rtp_port_high=RTP_HIGH))
         worker = BridgeWorker(server.url, secret, trunk, name="threads", max_calls=8)

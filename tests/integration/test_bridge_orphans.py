@@ -22,7 +22,7 @@ import pytest
 from bridge.carrier.cdr import CallRecord, read_records
 from bridge.gateway.dialogs import DialogRecord, DialogStore
 from bridge.gateway.worker import DIALOG_STORE
-from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
 
 from .bridge_util import carrier_config, free_port
 from .test_dial import _env
@@ -101,6 +101,7 @@ def test_kill_9_of_a_worker_mid_call_the_carrier_gets_a_bye_within_5_s(
     server: LiveServer = start_server(tmp_path, ["--no-bridge"], **env)
     try:
         make_user(server, "alice")
+        top_up(server, "alice")   # calls to phones are paid
         data = server.data_dir
         workers: dict[str, tuple[subprocess.Popen[str], Path]] = {}
         for name in (["w1"] if heir == "restarted" else ["w1", "w2"]):
@@ -174,6 +175,7 @@ def test_a_clean_stop_leaves_no_dialogs_behind(tmp_path: Path, procs: list[subpr
     server = start_server(tmp_path, ["--no-bridge"], **env)
     try:
         make_user(server, "alice")
+        top_up(server, "alice")   # calls to phones are paid
         log = tmp_path / "w.log"
         worker = spawn(["bridge", "--server", server.url, "--data-dir", str(server.data_dir), "--name", "w"], log, env)
         procs.append(worker)

@@ -31,12 +31,12 @@ from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
 from bridge.gateway.worker import BridgeWorker
 from jego_call.media.endpoint import MediaEndpoint
 from jego_call.signalling.keys import GATEWAY_SECRET
-from tests.conftest import ROOT, LiveServer, make_user, start_server
+from tests.conftest import ROOT, LiveServer, make_user, start_server, top_up
 
 from .bridge_util import carrier_config, free_port
 from .carrier_util import running_carrier
 from .conftest import Factory
-from .sigclient import Ws, new_call_id, register
+from .sigclient import Ws, give_credit, new_call_id, register
 from .test_dial import _env, dial
 
 ECHO = "+8613800138000"  # config/carrier.toml: answers and echoes
@@ -70,6 +70,7 @@ def restart_setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
     server = serve_on(tmp_path, state["http_port"], env)
     state["servers"].append(server)
     make_user(server, "alice")
+    top_up(server, "alice")
     log = tmp_path / "bridge.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",
@@ -140,6 +141,7 @@ async def refuse_above_limit(client: TestClient, carrier: Carrier, worker: Bridg
 
         async def place(user: str) -> tuple[Ws, str]:
             ws = await Ws.open(client, await register(client, user))
+            await give_credit(client, user)
             sockets.append(ws)
             ep = MediaEndpoint(name=user)
             offers.append(ep)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
 
 from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
 from .test_dial import DIAL, _env, dial
@@ -35,6 +35,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
     server = start_server(tmp_path, ["--no-bridge"], **env)
     for name in ("alice", "bob"):
         make_user(server, name)
+        top_up(server, name)
     log = tmp_path / "bridge.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",

@@ -42,6 +42,7 @@ async def test_credit_endpoint(client: TestClient) -> None:
     assert status == 200 and body["enabled"] is True
     assert (body["balance"], body["currency"], body["minor_units"], body["entries"], body["suspended"]) == (
         0, "CNY", 2, [], None)
+    assert (body["low"], body["low_balance"], body["low_balance_text"]) == (True, 500, "5.00 CNY")
     billing = client.server.app[BILLING]
     await billing.top_up("alice", 1250, "card 4711")
     now = time.time()
@@ -50,10 +51,11 @@ async def test_credit_endpoint(client: TestClient) -> None:
     await billing.answered("api-call-1", now)
     _, held = await get(client, "/api/credit", token)
     assert (held["balance"], held["held"], held["available"], held["open_calls"]) == (1250, 1245, 5, 1)
+    assert held["low"] is True   # what is held by the call in progress is not available
     assert held["calls_in_progress"][0]["destination"] == "+8613800138000"
     await billing.settle("api-call-1", now, now + 75)
     _, body = await get(client, "/api/credit?limit=1", token)
-    assert (body["balance"], body["balance_text"], body["held"]) == (1220, "12.20 CNY", 0)
+    assert (body["balance"], body["balance_text"], body["held"], body["low"]) == (1220, "12.20 CNY", 0, False)
     (entry,) = body["entries"]
     assert (entry["kind"], entry["amount"], entry["amount_text"], entry["billed_s"], entry["destination"]) == (
         "call", -30, "-0.30 CNY", 120, "+8613800138000")
@@ -100,6 +102,14 @@ def test_a_bad_rates_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         create_app(cfg)
     assert err.value.key == "rates.rate[0].per_minute"
+
+
+def test_a_bad_low_balance_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"JEGO_BILLING_LOW_BALANCE": "lots"},
+                      overrides={"data": {"dir": str(tmp_path / "d")}})
+    with pytest.raises(ConfigError, match="amount") as err:
+        create_app(cfg)
+    assert err.value.key == "billing.low_balance"
 
 
 async def test_start_up_settles_calls_a_crash_left_open(tmp_path: Path) -> None:

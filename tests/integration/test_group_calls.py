@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jego_call.media import analysis
-from tests.conftest import PASSWORD, ROOT, LiveServer, add_contact, http_json, make_user
+from tests.conftest import PASSWORD, ROOT, LiveServer, add_contact, http_json, make_user, top_up
 
 from .bridge_util import carrier_record, phone_server
 from .test_dial import _env
@@ -37,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def group(server: LiveServer) -> str:
     tokens = {n: make_user(server, n) for n in TONES}
+    top_up(server, "mum")   # the phone mum adds is a paid call (issue 13)
     for n in ("lili", "wei"):
         add_contact(server, tokens["mum"], n)
     status, body = http_json("POST", f"{server.url}/api/groups", {"name": "一家人", "members": ["lili", "wei"]},

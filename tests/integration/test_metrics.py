@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, start_server, top_up
 from tests.servers import PrometheusServer, prometheus_server
 
 from .bridge_util import PLAIN, carrier_config, carrier_record, free_port
@@ -125,6 +125,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 def test_prometheus_sees_calls_capacity_and_quality(system: System) -> None:
     s, prom = system.server, system.prom
     tokens = [make_user(s, name) for name in ("alice", "bob")]
+    top_up(s, "alice")   # the phone call below is paid (issue 13)
     # 1. a dialer call: alice -> bob (bob's `jego dial answer` echoes)
     bob = Answerer(s, "bob", ["--echo", "--count", "1"], system.tmp)
     rc, app_call, err = dial(s, "bob", "--play", "tone:800:-12:3", "--duration", "4", "--json")

@@ -175,7 +175,13 @@ async def test_number_check(client: TestClient, typed: str, formatted: str, kind
     body = await res.json()
     assert res.status == 200, body
     assert (body["formatted"], body["kind"], body["callable"], body["reason"]) == (formatted, kind, callable_, reason)
-    assert body["price"] is None  # until billing installs its PRICE_LOOKUP
+    if callable_:  # billing installs its PRICE_LOOKUP: the same price as GET /api/rate
+        rate = await (await client.get("/api/rate", params={"number": typed}, headers=auth(token))).json()
+        assert body["price"]["per_minute"] + " CNY" == rate["rate"]["per_minute_text"]
+        assert body["price"]["currency"] == "CNY" and body["price"]["increment"] == rate["rate"]["increment"]
+        assert body["price"]["destination"] == rate["rate"]["destination"]
+    else:
+        assert body["price"] is None
     if reason is not None:
         assert body["words"]["en"] and body["words"]["zh"] and body["words"]["en"] != body["words"]["zh"]
     res = await client.get("/api/numbers/check", params={"number": typed})

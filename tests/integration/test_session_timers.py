@@ -17,7 +17,7 @@ import pytest
 
 from bridge.carrier.cdr import read_records
 from bridge.gateway.legs import LegAnswered, LegEnded
-from tests.conftest import PASSWORD, ROOT, make_user, start_server
+from tests.conftest import PASSWORD, ROOT, make_user, start_server, top_up
 
 from .bridge_util import carrier_config, free_port
 from .carrier_util import running_carrier
@@ -91,6 +91,7 @@ def test_a_session_nobody_refreshes_is_ended_by_the_carrier(tmp_path: Path) -> N
     procs: list[subprocess.Popen[str]] = []
     try:
         make_user(server, "alice")
+        top_up(server, "alice")   # calls to phones are paid
         log = tmp_path / "w.log"
         worker = subprocess.Popen(
             [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",

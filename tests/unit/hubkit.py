@@ -6,14 +6,27 @@ commands the core returned, filed per session.
     w.msg("a1", type="invite", call_id=CID, to="bob", sdp=SDP)
     w.advance(45)                     # fires the ring timeout exactly as the shell's timer would
     w.inbox("a1")                     # every message the core sent to a1, in order
+
+`HubWorld(ledger=MemoryLedger({"alice": 500}))` bills calls to phones: the ledger decides with
+the real pure billing policy (config/rates.toml, [fraud] defaults) over in-memory balances and
+holds, and the world settles each phone call with its WriteCallRecord, as the shell does.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jego_call.billing import policy
+from jego_call.billing.fraud import Activity, FraudConfig
+from jego_call.billing.policy import Grant, Terms, Timers
+from jego_call.billing.rates import RateTable
+from jego_call.billing.refusal import Refusal
+from jego_call.billing.service import Authorisation, load_rate_table
 from jego_call.config import CallsConfig
+from jego_call.numbering import classify
 from jego_call.signalling import messages as m
 from jego_call.signalling.hub_core import (
     Call,
@@ -57,16 +70,101 @@ class MemoryDirectory:
         return (owner, other) in self.blocks
 
 
+@dataclass
+class Charge:
+    user: str
+    e164: str
+    grant: Grant
+    authorised_at: float
+    answered_at: float | None = None
+    open: bool = True
+    billed_s: int = 0
+    cost: int = 0
+
+
+class MemoryLedger:
+    """`Ledger` over dicts, deciding with the real `billing.policy` (rates from config/rates.toml
+    unless given): balances in minor units, a hold per open call, suspensions. `settles` counts
+    settlements per call id (exactly once is the rule); `fail_next` makes the next call raise."""
+
+    def __init__(self, balances: dict[str, int] | None = None, rates: RateTable | None = None,
+                 fraud: FraudConfig | None = None, terms: Terms | None = None) -> None:
+        self.balances: dict[str, int] = dict(balances or {})
+        self.rates = rates or load_rate_table()
+        self.fraud = fraud or FraudConfig()
+        self.terms = terms or Terms()
+        self.charges: dict[str, Charge] = {}
+        self.suspended: dict[str, Refusal] = {}
+        self.settles: Counter[str] = Counter()
+        self.fail_next: str | None = None   # "authorise", "answered", "credit" or "settle"
+
+    def _maybe_fail(self, what: str) -> None:
+        if self.fail_next == what:
+            self.fail_next = None
+            raise RuntimeError(f"database is locked ({what})")
+
+    def held(self, user: str) -> int:
+        return sum(c.grant.hold for c in self.charges.values() if c.user == user and c.open)
+
+    def authorise(self, call_id: str, username: str, e164: str, now: float) -> Authorisation:
+        self._maybe_fail("authorise")
+        info = classify(e164)
+        mine = [c for c in self.charges.values() if c.user == username]
+        opened = [c for c in mine if c.open]
+        account = policy.Account(self.balances.get(username, 0), self.held(username), self.suspended.get(username))
+        activity = Activity(open_calls=len(opened),
+                            recent=tuple((c.authorised_at, c.e164) for c in mine if c.authorised_at > now - 3600),
+                            used_s_24h=sum(c.billed_s for c in mine if not c.open),
+                            reserved_s=sum(c.grant.allowed_s for c in opened))
+        d = policy.decide(info, account, activity, self.rates, self.fraud, self.terms, now)
+        if d.suspends and d.refusal is not None:
+            self.suspended[username] = d.refusal
+        if d.grant is not None:
+            self.charges[call_id] = Charge(username, info.e164, d.grant, now)
+        return Authorisation(call_id, d.grant, d.refusal, d.signals)
+
+    def answered(self, call_id: str, at: float) -> Timers | None:
+        self._maybe_fail("answered")
+        c = self.charges.get(call_id)
+        if c is None or not c.open:
+            return None
+        c.answered_at = at
+        return policy.timers(c.grant, at, self.terms)
+
+    def credit(self, username: str) -> dict[str, Any]:
+        self._maybe_fail("credit")
+        bal, held = self.balances.get(username, 0), self.held(username)
+        return {"balance": bal, "held": held, "available": bal - held, "currency": self.rates.currency.code}
+
+    def settle(self, call_id: str, answered_at: float | None, ended_at: float, now: float | None = None, *,
+               also: Callable[[], None] | None = None, by: str = "call") -> object:
+        self._maybe_fail("settle")
+        c = self.charges.get(call_id)
+        if also is not None:
+            also()
+        if c is None:
+            return None
+        self.settles[call_id] += 1
+        if c.open:
+            a = policy.settle_amounts(c.grant.rate, c.grant.allowed_s, answered_at, ended_at)
+            c.open, c.billed_s, c.cost = False, a.billed_s, a.cost
+            self.balances[c.user] = self.balances.get(c.user, 0) - a.cost
+        return c
+
+
 class HubWorld:
     """One HubCore, a virtual clock (`now` monotonic from 1000 s, `wall` from WALL0) and a log of
     every command, as the shell would carry them out."""
 
     def __init__(self, users: list[str] | None = None, contacts: dict[str, list[str]] | None = None,
                  ring_timeout_s: float = 45.0, max_call_s: float = 14400.0, max_sessions: int = 8,
-                 allow_international: bool = False, recent_limit: int = 4096) -> None:
+                 allow_international: bool = False, recent_limit: int = 4096,
+                 ledger: MemoryLedger | None = None) -> None:
         self.directory = MemoryDirectory(set(users or ["alice", "bob", "carol"]), dict(contacts or {}))
         self.cfg = CallsConfig(ring_timeout_s=ring_timeout_s, max_call_s=max_call_s)
-        self.core = HubCore(self.directory, self.cfg, max_sessions, allow_international, recent_limit)
+        self.ledger = ledger
+        self.core = HubCore(self.directory, self.cfg, max_sessions, allow_international, recent_limit, ledger)
+        self.stored: list[WriteCallRecord] = []   # records the "shell" stored (with their settlement)
         self.now = 1000.0
         self.t0 = self.now
         self.commands: list[Command] = []
@@ -83,6 +181,13 @@ class HubWorld:
         for c in cmds:
             if isinstance(c, CallEnded):
                 self.ended[c.call.id] = c.call
+            elif isinstance(c, WriteCallRecord):  # as Hub._record: settle a phone call with its record
+                rec = c
+                if self.ledger is not None and rec.callee_kind == "phone":
+                    self.ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at,
+                                       also=lambda rec=rec: self.stored.append(rec))  # type: ignore[misc]
+                else:
+                    self.stored.append(rec)
         for call in self.core.calls.values():
             self.seen[call.id] = call
         return cmds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,7 +54,8 @@ def test_insufficient_credit_is_refused_with_words() -> None:
         assert d.grant is None and d.refusal is not None
         assert d.refusal.reason is EndReason.INSUFFICIENT_CREDIT
         assert "costs at least 0.15 CNY (the first 60 s)" in d.refusal.en and "Top up" in d.refusal.en
-        assert "余额不足" in d.refusal.zh and "0.15 CNY" in d.refusal.zh
+        assert "余额不足" in d.refusal.zh and "0.15元" in d.refusal.zh  # amounts in Chinese words: 元
+        assert not re.search(r"[A-Za-z]", d.refusal.zh), d.refusal.zh
     assert go(15).grant is not None
     held = go(100, held=90)                        # another call holds 0.90 CNY
     assert held.refusal is not None and "0.90 CNY of your balance is held by your other call" in held.refusal.en

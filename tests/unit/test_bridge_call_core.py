@@ -613,3 +613,49 @@ def test_nothing_is_due_before_the_answer() -> None:
 def test_direction_is_checked() -> None:
     with pytest.raises(ValueError, match="direction"):
         BridgeCallCore(CID, "sideways")
+
+
+# --- a paid call: the server's cut, and the bridge's own backstop (the invite's max_s) ----------------
+def paid_call(max_s: float, reason: EndReason = EndReason.CREDIT_EXHAUSTED, **settings: Any) -> Bridge:
+    b = Bridge("out", **settings)
+    assert b.do(StartOutbound(NUMBER, OFFER, max_s, reason)) == [MediaAcceptOffer(OFFER)]
+    b.do(OfferAnswered(ANSWER), LegRinging(180, False), LegAnswered("PCMU"))
+    assert b.state is S.CONNECTED
+    b.clear()
+    return b
+
+
+@pytest.mark.parametrize("reason", [EndReason.CREDIT_EXHAUSTED, EndReason.LIMIT_REACHED])
+def test_the_servers_cut_is_a_bye_with_cause_16_and_the_reason(reason: EndReason) -> None:
+    b = paid_call(8)
+    b.advance(8, app_audio=True, phone_audio=True)
+    b.server(type="call_ended", reason=reason.value)
+    assert b.of(LegHangup) == [LegHangup(16, reason.value)]  # Reason: Q.850;cause=16;text="credit_exhausted"
+    assert b.to_server() == []  # the server ended it: nothing to tell it
+    b.do(LegEnded(EndReason.HANGUP, None, 16, remote=False))
+    assert b.of(Finish) == [Finish()]
+
+
+def test_an_ordinary_end_keeps_the_plain_bye() -> None:
+    b = paid_call(8)
+    b.server(type="call_ended", reason="hangup")
+    assert b.of(LegHangup) == [LegHangup(16)]
+
+
+def test_the_backstop_ends_a_paid_call_one_second_after_max_s_when_the_server_is_silent() -> None:
+    b = paid_call(8, EndReason.LIMIT_REACHED, media_timeout_s=30, max_call_s=7200)
+    t0 = b.now
+    assert b.core.next_deadline() == t0 + 9
+    b.advance(8.99, app_audio=True, phone_audio=True)
+    assert b.state is S.CONNECTED and b.of(LegHangup) == []
+    b.advance(0.01, app_audio=True, phone_audio=True)
+    assert b.now - t0 == pytest.approx(9)
+    assert b.of(LegHangup) == [LegHangup(16, "limit_reached")]
+    assert b.to_server() == [{"type": "hangup", "q850_cause": 16, "call_id": CID}]
+    assert any("limit_reached (max_s 8" in line for line in b.logs())
+
+
+def test_a_free_call_has_no_backstop() -> None:
+    b = out_connected(media_timeout_s=30, max_call_s=600)
+    b.advance(500, app_audio=True, phone_audio=True)
+    assert b.state is S.CONNECTED

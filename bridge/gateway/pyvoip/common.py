@@ -61,6 +61,7 @@ class TrunkConfig:
     rtcp_interval_s: float = 5.0      # RFC 3550 §6.2 minimum RTCP report interval
     session_expires_s: int = 1800     # RFC 4028 session interval asked for on outbound calls (0: off)
     user_agent: str = "JegoCall-Bridge (pyVoIP 1.6.8)"
+    trunk_sources: tuple[str, ...] = ()  # who may send us SIP: addresses or networks ((): server_host)
 
     def __post_init__(self) -> None:
         try:
@@ -79,6 +80,11 @@ class TrunkConfig:
             raise ValueError("dtmf_payload_type must be dynamic (96..127)")
         if self.t1 <= 0 or self.max_calls < 1 or self.register_expires < 1:
             raise ValueError("t1, max_calls and register_expires must be positive")
+        for src in self.trunk_sources:
+            try:
+                ipaddress.ip_network(src, strict=False)
+            except ValueError:
+                raise ValueError(f"trunk_sources: not an IP address or network: {src!r}") from None
 
 
 # -------------------------------------------------------------------------------------------------

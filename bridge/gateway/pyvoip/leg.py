@@ -237,9 +237,10 @@ class PyVoipLeg:
         self._respond_invite(sip_code, headers=headers)
         self._end(LegEnded(from_sip(sip_code, q850_cause), sip_code, q850_cause, remote=False))
 
-    async def hangup(self, q850_cause: int = 16) -> None:
+    async def hangup(self, q850_cause: int = 16, reason: str | None = None) -> None:
         """BYE when answered, CANCEL while ringing (final response for an inbound call that rings);
-        idempotent; LegEnded(remote=False) follows."""
+        idempotent; LegEnded(remote=False) follows. `reason`: the BYE's Reason text (RFC 3326),
+        e.g. "credit_exhausted" (default: Q.850's words for the cause)."""
         if self._ended or self.state in ("cancelling", "ended"):
             return
         if self.state == "idle":
@@ -248,7 +249,7 @@ class PyVoipLeg:
             code = sip_for_cause(q850_cause) or 480
             await self.reject(code if code >= 300 else 480, q850_cause)
         elif self.state == "answered":
-            self._send_bye(q850_cause)
+            self._send_bye(q850_cause, reason)
             self._end(LegEnded(EndReason.HANGUP, None, q850_cause, remote=False))
         elif self.state in ("calling", "proceeding"):
             self.sm.apply(_E.CANCEL)
@@ -523,12 +524,12 @@ class PyVoipLeg:
             self._end(LegEnded(EndReason.CANCELLED, None, q850_cause, remote=False, detail="INVITE already over"))
 
     # -- internals: dialog requests ---------------------------------------------------------------
-    def _send_bye(self, q850_cause: int) -> None:
+    def _send_bye(self, q850_cause: int, reason: str | None = None) -> None:
         """BYE in the dialog to its remote target (not pyVoIP's `server` + copied Via, SIP.py:1517/1653);
         the endpoint retransmits it (Timer E/F)."""
         if self.dialog is None:
             return
-        key = self._trunk.end_dialog(self.dialog, q850_cause)
+        key = self._trunk.end_dialog(self.dialog, q850_cause, text=reason)
         if key is None:
             self._bye_done.set()
             return

@@ -7,7 +7,9 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -36,7 +38,7 @@ from bridge.sip.endpoint import (
     UnmatchedResponse,
 )
 from bridge.sip.errors import CallDoesNotExist, SipError
-from bridge.sip.message import SipRequest, SipResponse
+from bridge.sip.message import SipRequest, SipResponse, error_response, parse_message
 from bridge.sip.sdp import SdpError, answer_offer
 from bridge.sip.transaction import Addr, TimerConfig, TransactionKey
 from bridge.sip.uri import NameAddr, SipUri, parse_name_addr
@@ -57,6 +59,23 @@ log = logging.getLogger(__name__)
 
 ClientResult = ResponseReceived | TransactionTimeout
 ResultHandler = Callable[[ClientResult], None]
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+async def trunk_networks(sources: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    """The networks SIP may come from: each source an address or network; a host name (only as
+    the default, the trunk's host) is resolved once."""
+    out: list[IpNetwork] = []
+    loop = asyncio.get_running_loop()
+    for src in sources:
+        try:
+            out.append(ipaddress.ip_network(src, strict=False))
+        except ValueError:
+            for info in await loop.getaddrinfo(src, None, type=socket.SOCK_DGRAM):
+                out.append(ipaddress.ip_network(str(info[4][0])))
+    return tuple(out)
+
 
 # -------------------------------------------------------------------------------------------------
 # the trunk
@@ -89,6 +108,8 @@ class PyVoipTrunk:
         # Answered dialogs kept where a surviving or restarted worker finds them (dialogs.py).
         self.dialog_store: DialogStore | None = None
         self.worker_id = ""
+        self.sources: tuple[IpNetwork, ...] = ()    # who may send us SIP (resolved at start)
+        self._foreign_logged = 0.0
 
     # -- SipTrunk API ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -98,6 +119,7 @@ class PyVoipTrunk:
             raise RuntimeError("trunk already started")
         cfg = self.config
         self._loop = asyncio.get_running_loop()
+        self.sources = await trunk_networks(cfg.trunk_sources or (cfg.server_host,))
         self._endpoint = SipEndpoint(EndpointConfig(timers=TimerConfig(t1=cfg.t1), allow=ALLOW_METHODS,
                                                     auto_ack=False, user_agent=cfg.user_agent),
                                      host=cfg.local_host, port=cfg.local_port)
@@ -270,8 +292,10 @@ class PyVoipTrunk:
             log.debug("cannot send %s: %s", error.status, exc)
         self.flush()
 
-    def end_dialog(self, dialog: DialogId, q850_cause: int, *, ack: bool = False) -> TransactionKey | None:
-        """ACK (if asked) and BYE a dialog (RFC 3261 §13.2.2.4, §15.1.1); returns the BYE's key."""
+    def end_dialog(self, dialog: DialogId, q850_cause: int, *, ack: bool = False,
+                   text: str | None = None) -> TransactionKey | None:
+        """ACK (if asked) and BYE a dialog (RFC 3261 §13.2.2.4, §15.1.1) with `Reason: Q.850;
+        cause=N;text=…` (RFC 3326; `text` default: Q.850's words); returns the BYE's key."""
         ep = self.endpoint
         if ep.dialog(dialog) is None:
             return None
@@ -279,17 +303,45 @@ class PyVoipTrunk:
         if ack:
             ep.send_ack(dialog, self.now(), dest=dest)
         key = ep.send_in_dialog(dialog, "BYE", self.now(), dest=dest,
-                                headers=(("Reason", reason_header(q850_cause)),))
+                                headers=(("Reason", reason_header(q850_cause, text)),))
         self.flush()
         return key
 
     # -- from pyVoIP's receive thread ------------------------------------------------------------
     def _datagram(self, raw: bytes, addr: tuple[str, int]) -> None:
-        """On the "SIP Recieve" thread: hand the datagram to the endpoint on the event loop."""
+        """On the "SIP Recieve" thread: hand the datagram to the endpoint on the event loop, if
+        it comes from the trunk ([bridge] trunk_sources); anything else goes to `_foreign`."""
         if not raw.strip(b"\r\n\x00 "):
             return  # keep-alive (RFC 5626 CRLF, pyVoIP's 4 zero bytes)
+        if not self.trusted(addr[0]):
+            self._call_soon(self._foreign, raw, (str(addr[0]), int(addr[1])))
+            return
         if self._driver is not None:
             self._driver.receive_datagram_threadsafe(raw, (str(addr[0]), int(addr[1])))
+
+    def trusted(self, host: str) -> bool:
+        """Whether SIP from `host` is the trunk's (one of `sources`)."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.sources)
+
+    def _foreign(self, raw: bytes, addr: Addr) -> None:
+        """SIP from an address that is not the trunk's: a request gets a stateless 403 (never an
+        ACK), a response nothing; it never reaches the endpoint, so nothing rings."""
+        self.counters["sip_foreign"] += 1
+        try:
+            msg = parse_message(raw)
+        except SipError:
+            return
+        if isinstance(msg, SipRequest) and msg.method != "ACK":
+            self._send(error_response(msg, SipError(403, "Forbidden")).serialise(), addr)  # RFC 3261 §8.2.6
+        now = self.now() if self._driver is not None else 0.0
+        if now - self._foreign_logged >= 60.0 or self.counters["sip_foreign"] == 1:
+            self._foreign_logged = now
+            log.warning("SIP from %s:%s refused (403): not one of the trunk's addresses (%s so far)",
+                        addr[0], addr[1], self.counters["sip_foreign"])
 
     def _call_soon(self, fn: Any, *args: Any) -> None:
         loop = self._loop
