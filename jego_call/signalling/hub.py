@@ -290,7 +290,14 @@ class Hub:
         """Store the call record (by the writer task, in order); a call to a phone is settled in
         the same transaction (a call the ledger never authorised just gets its record). A
         failure is kept for `retry_records`."""
-        self._write(functools.partial(self._store_record, rec), rec.call_id, "could not store the call record")
+        if self.core.ledger is not None and rec.callee_kind == "phone":
+            self._write(functools.partial(self._store_record, rec), rec.call_id, "could not store the call record")
+            return
+        if self.call_log is None:
+            return
+        record = CallRecord(rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
+                            rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause)
+        self._write(functools.partial(self.call_log.record, record), rec.call_id, "could not store the call record")
 
     async def _store_record(self, rec: WriteCallRecord) -> None:
         call_log = self.call_log
