@@ -16,12 +16,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -73,21 +75,31 @@ def start_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> 
     args += extra_args if extra_args is not None else ["--no-carrier", "--no-bridge"]
     logf = open(log_path, "w")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=logf, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def printed_url() -> str | None:
         text = log_path.read_text(errors="replace")
-        match = re.search(r"open (http://[0-9.:]+)/", text)
-        if match:
-            return LiveServer(match.group(1), data_dir, proc, log_path, env, extra_args)
+        if match := re.search(r"open (http://[0-9.:]+)/", text):
+            return match.group(1)
         if proc.poll() is not None:
             raise RuntimeError(f"jego serve exited {proc.returncode}:\n{text}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"jego serve did not start:\n{log_path.read_text()}")
+        return None
+
+    try:
+        url = wait_for(printed_url, 60, "jego serve to print its URL", interval=0.05)   # generous under load
+    except AssertionError:
+        proc.kill()
+        raise RuntimeError(f"jego serve did not start:\n{log_path.read_text()}") from None
+    return LiveServer(url, data_dir, proc, log_path, env, extra_args)
+
+
+class ServerFactory(Protocol):
+    """`server_factory(extra_args, **env)`: one more `jego serve`, stopped at the test's end."""
+
+    def __call__(self, extra_args: list[str] | None = None, **env: str) -> LiveServer: ...
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[LiveServer] = []
 
     def factory(extra_args: list[str] | None = None, **env: str) -> LiveServer:
@@ -103,7 +115,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
 
 @pytest.fixture
-def live_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+def live_server(server_factory: ServerFactory) -> LiveServer:
     return server_factory()
 
 

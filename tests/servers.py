@@ -23,13 +23,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import wait_for
 
 HOST = "127.0.0.1"
 
@@ -42,16 +43,18 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def _wait(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float,
           log: Path | None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
         with contextlib.suppress(OSError, ValueError):
-            if check():
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not become ready within {timeout} s")
+            return check()
+        return False
+
+    try:
+        wait_for(ready, timeout, f"{what} to become ready", interval=0.05)
+    except AssertionError:
+        raise RuntimeError(f"{what} did not become ready within {timeout} s") from None
 
 
 def _tcp_ready(port: int) -> Callable[[], bool]:
@@ -284,7 +287,7 @@ def prometheus_server(tmp: Path, targets: Sequence[str], *, interval_s: float = 
 
     def ready() -> bool:
         with urllib.request.urlopen(f"http://{HOST}:{port}/-/ready", timeout=1) as r:  # noqa: S310
-            return r.status == 200
+            return bool(r.status == 200)
 
     server = PrometheusServer(Managed("prometheus", argv, ready, d / "prometheus.log"), port)
     holder.append(server)

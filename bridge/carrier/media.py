@@ -233,10 +233,14 @@ class Sequence:
 class MediaSpec(Protocol):
     """The shape of ``bridge.carrier.scenarios.Media`` (kind, seconds, frequency_hz, path)."""
 
-    kind: str
-    seconds: float | None
-    frequency_hz: float | None
-    path: str | None
+    @property
+    def kind(self) -> str: ...
+    @property
+    def seconds(self) -> float | None: ...
+    @property
+    def frequency_hz(self) -> float | None: ...
+    @property
+    def path(self) -> str | None: ...
 
 
 def source_for(media: MediaSpec, *, tone_dbfs: float = -10.0) -> AudioSource:

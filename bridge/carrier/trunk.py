@@ -1003,8 +1003,7 @@ class Carrier:
 
 
 def _source(media: Media) -> AudioSource:
-    # scenarios.Media is frozen; media.MediaSpec's protocol members are plain attributes.
-    return source_for(media)  # type: ignore[arg-type]
+    return source_for(media)   # scenarios.Media is frozen: MediaSpec's members are read-only
 
 
 def _user(na: NameAddr) -> str:

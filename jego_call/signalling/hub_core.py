@@ -24,7 +24,7 @@ import heapq
 import itertools
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -98,7 +98,7 @@ class Ledger(Protocol):
     def credit(self, username: str) -> dict[str, Any]: ...
 
     def settle(self, call_id: str, answered_at: float | None, ended_at: float, now: float | None = None, *,
-               also: Callable[[Any], Awaitable[None]] | None = None, by: str = "call") -> Awaitable[object]: ...
+               also: Callable[[Any], Any] | None = None, by: str = "call") -> Any: ...
 
 
 # --- state: plain dataclasses ------------------------------------------------------------------

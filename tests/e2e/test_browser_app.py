@@ -7,9 +7,9 @@ locale table, no serious axe-core violations, screenshots kept as artefacts)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect
 
 from jego_call.client import JegoClient
+from tests.helpers import wait_for
 
 from ..conftest import PASSWORD, LiveServer, http_json, start_server
 from ..integration.carrier_util import free_port
@@ -193,11 +194,13 @@ def test_incoming_call_is_visible_and_focused_over_an_open_scrolled_chat(
     assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], box
     assert b.evaluate("document.elementFromPoint(innerWidth / 2, innerHeight / 2).closest('[data-testid=incoming]') !== null")
     assert b.evaluate("document.getElementById('main-view').inert")  # the chat cannot be clicked meanwhile
-    deadline = time.monotonic() + 5
     titles: set[str] = set()
-    while time.monotonic() < deadline and len(titles) < 2:
+
+    def both_titles() -> bool:   # the tab title flashes between two texts
         titles.add(b.title())
-        time.sleep(0.2)
+        return len(titles) >= 2
+    with contextlib.suppress(AssertionError):   # judged below, with the titles seen
+        wait_for(both_titles, 5, "the title to flash", interval=0.2)
     assert "王芳 is calling…" in titles and len(titles) == 2, titles  # the tab title flashes
     assert b.evaluate("window.__shown") == [{"title": "Incoming call", "body": "王芳 is calling…"}]
     b.keyboard.press("Escape")  # declines

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests import helpers
+
 from ..conftest import LiveServer
 from .conftest import add_contact, open_user
 
@@ -42,10 +44,8 @@ def connect(caller: Page, callee: Page, callee_name: str, kind: str = "audio") -
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
+    """tests.helpers.wait_for with this file's 15 s default and a 0.2 s poll (each look asks the page)."""
+    helpers.wait_for(cond, timeout, "the page's counters", interval=0.2)
 
 
 def hang_up(page: Page, other: Page) -> None:
@@ -71,7 +71,7 @@ def test_audio_call_flows_both_ways(pair: tuple[Page, Page]) -> None:
     # Audio must flow both ways for at least 3 s: bytes and packets keep growing on each side.
     wait_for(lambda: stats(alice)["audio"]["packetsReceived"] > 0 and stats(bob)["audio"]["packetsReceived"] > 0)
     a0, b0 = stats(alice)["audio"], stats(bob)["audio"]
-    time.sleep(3.5)
+    time.sleep(3.5)   # real time is the subject: audio keeps flowing over these seconds
     a1, b1 = stats(alice)["audio"], stats(bob)["audio"]
     for before, after in ((a0, a1), (b0, b1)):
         # Opus at 20 ms: ~50 packets a second; allow for DTX and scheduling.
@@ -90,7 +90,7 @@ def test_video_call_decodes_frames_both_ways(pair: tuple[Page, Page]) -> None:
     connect(alice, bob, "bob", "video")
     wait_for(lambda: stats(alice)["video"]["framesDecoded"] > 10 and stats(bob)["video"]["framesDecoded"] > 10)
     a0, b0 = stats(alice), stats(bob)
-    time.sleep(3.0)
+    time.sleep(3.0)   # real time is the subject: frames keep being decoded over these seconds
     a1, b1 = stats(alice), stats(bob)
     for before, after in ((a0, a1), (b0, b1)):
         assert after["video"]["framesDecoded"] - before["video"]["framesDecoded"] >= 20, (before, after)

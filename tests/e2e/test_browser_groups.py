@@ -5,13 +5,15 @@ and video flows in the mesh between the two members who joined with video."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests import helpers
+from tests.helpers import T
 
 from ..conftest import LiveServer
 from ..integration.bridge_util import phone_server
@@ -79,14 +81,9 @@ def contexts() -> Iterator[list[BrowserContext]]:
         c.close()
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what} not met in time"
-        time.sleep(0.25)
+def wait_for(cond: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """tests.helpers.wait_for with this file's 20 s default and a browser-friendly 0.25 s poll."""
+    return helpers.wait_for(cond, timeout, what, interval=0.25)
 
 
 def group_stats(page: Page) -> dict[str, Any] | None:
@@ -132,9 +129,14 @@ def test_group_chat_and_a_three_way_group_call(browsers: dict[str, Browser], ser
 
     # audio both ways for each: every page receives the conference's mix, and it holds the two others
     for user, page in pages.items():
-        wait_for(lambda p=page: (group_stats(p) or {}).get("audio", {}).get("packetsReceived", 0) > 100,
-                 what=f"{user} receives audio")
-        spectrum = wait_for(lambda p=page: p.evaluate(SPECTRUM, list(TONES.values())), what=f"{user} spectrum")
+        def receiving(p: Page = page) -> bool:
+            return bool((group_stats(p) or {}).get("audio", {}).get("packetsReceived", 0) > 100)
+
+        def spectrum_of(p: Page = page) -> Any:
+            return p.evaluate(SPECTRUM, list(TONES.values()))
+
+        wait_for(receiving, what=f"{user} receives audio")
+        spectrum = wait_for(spectrum_of, what=f"{user} spectrum")
         others = [v for u, v in TONES.items() if u != user]
         own = TONES[user]
         levels = {float(k): v for k, v in spectrum.items()}

@@ -3,6 +3,7 @@ a photo through the file input, a voice message from the fake microphone, offlin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+
+from tests.helpers import wait_for
 
 from ..conftest import LiveServer
 from .conftest import add_contact, open_user
@@ -109,18 +112,18 @@ def test_photo_via_file_input(pair: tuple[Page, Page], tmp_path: Path) -> None:
         thumb = item.get_by_test_id("photo-thumb")
         expect(thumb).to_be_visible(timeout=TIMEOUT)
         # the thumbnail (320 px wide), not the full photo, is what the list loads
-        deadline = time.monotonic() + 10
-        while thumb.evaluate("img => img.naturalWidth") == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        def decoded(t: Locator = thumb) -> int:
+            return int(t.evaluate("img => img.naturalWidth"))
+        with contextlib.suppress(AssertionError):   # judged below, with the size
+            wait_for(decoded, 10, "the thumbnail decoded", interval=0.1)
         assert thumb.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [320, 240]
     expect(items(a_chat).last.get_by_test_id("receipt")).to_have_text("read", timeout=TIMEOUT)
     # a click opens the full size
     items(b_chat).last.get_by_test_id("photo-thumb").click()
     full = bob.get_by_test_id("photo-full")
     expect(full).to_be_visible(timeout=TIMEOUT)
-    deadline = time.monotonic() + 10
-    while full.evaluate("img => img.naturalWidth") == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(AssertionError):   # judged below, with the size
+        wait_for(lambda: full.evaluate("img => img.naturalWidth"), 10, "the full photo decoded", interval=0.1)
     assert full.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [800, 600]
     bob.get_by_test_id("photo-viewer").click()
     expect(bob.get_by_test_id("photo-viewer")).to_be_hidden()
@@ -144,7 +147,7 @@ def test_voice_message_from_the_microphone_plays_inline(pair: tuple[Page, Page])
     rec = a_chat.get_by_test_id("voice-record")
     rec.click()
     expect(rec).to_have_attribute("aria-pressed", "true", timeout=TIMEOUT)
-    time.sleep(2.5)
+    time.sleep(2.5)   # a 2.5 s voice message: its length is what is judged
     rec.click()
     expect(rec).to_have_attribute("aria-pressed", "false", timeout=TIMEOUT)
     item = items(b_chat).last
@@ -189,5 +192,5 @@ def test_offline_recipient_catches_up_in_order(browser: Browser, contexts: list[
     bob.reload()
     b_chat = open_chat(bob, "alice")
     expect(items(b_chat)).to_have_count(3, timeout=TIMEOUT)
-    time.sleep(0.5)
+    time.sleep(0.5)   # a negative: no duplicate arrives meanwhile ("once")
     expect(items(b_chat)).to_have_count(3)

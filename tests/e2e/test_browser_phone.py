@@ -53,11 +53,11 @@ def test_dial_pad_call_reaches_the_phone_with_the_tone_and_dtmf(tone_browser: Br
         alice.get_by_test_id("dialpad-input").fill("138 0013 8000")
         alice.get_by_test_id("call-phone").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("connected", timeout=20_000)
-        time.sleep(4.0)
+        time.sleep(4.0)   # the call is held for 4 s of audio before the digits
         for key in ("1", "*", "#"):
             alice.get_by_test_id(f"dtmf-{key}").click()
-            time.sleep(0.3)
-        time.sleep(1.0)
+            time.sleep(0.3)   # pacing: one key press after another, as a person dials
+        time.sleep(1.0)   # the call goes on a second after the last digit, before the hang-up
         alice.get_by_test_id("hangup").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("ended", timeout=10_000)
         expect(alice.get_by_test_id("call-history").get_by_test_id("call-history-item").first).to_contain_text(

@@ -64,7 +64,7 @@ def test_browser_calls_dialer_and_dialer_hears_the_tone(tone_browser: Browser, l
         alice.get_by_test_id("contact-bob").click()
         alice.get_by_test_id("call-audio").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("connected", timeout=20_000)
-        time.sleep(5.0)
+        time.sleep(5.0)   # the call is held for 5 s of audio: the dialer's recording is judged
         alice.get_by_test_id("hangup").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("ended", timeout=10_000)
         out, err = dialer.communicate(timeout=30)

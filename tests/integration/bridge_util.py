@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from jego_call.media import analysis
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
+from tests.helpers import wait_for
 
 from .carrier_util import free_port
 from .test_dial import _env
@@ -87,11 +87,17 @@ def phone_server(tmp: Path, extra_args: list[str] | None = None, credit: int = 5
 
 
 def wait_for_log(server: LiveServer, text: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.log():
-        if time.monotonic() > deadline or server.proc.poll() is not None:
-            raise AssertionError(f"{text!r} not in the server log:\n{server.log()}")
-        time.sleep(0.05)
+    def logged() -> bool:
+        if text in server.log():
+            return True
+        if server.proc.poll() is not None:
+            raise AssertionError(f"{text!r} not in the log of the exited server:\n{server.log()}")
+        return False
+
+    try:
+        wait_for(logged, timeout, f"{text!r} in the server log", interval=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{text!r} not in the server log:\n{server.log()}") from exc
 
 
 def carrier_records(server: LiveServer) -> list[dict[str, Any]]:
@@ -103,14 +109,13 @@ def carrier_records(server: LiveServer) -> list[dict[str, Any]]:
 
 def carrier_record(server: LiveServer, to: str, timeout: float = 10) -> dict[str, Any]:
     """The newest carrier CDR of a call to `to` (waits for it to be written)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        recs = [r for r in carrier_records(server) if r.get("to") == to]
-        if recs:
-            return recs[-1]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no carrier record for {to}: {carrier_records(server)}")
-        time.sleep(0.1)
+    def records_to() -> list[dict[str, Any]]:
+        return [r for r in carrier_records(server) if r.get("to") == to]
+
+    try:
+        return wait_for(records_to, timeout, f"a carrier record for {to}", interval=0.1)[-1]
+    except AssertionError as exc:
+        raise AssertionError(f"no carrier record for {to}: {carrier_records(server)}") from exc
 
 
 def carrier_call(server: LiveServer, frm: str, to: str, *args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:

@@ -41,6 +41,7 @@ from bridge.sip.endpoint import (
 from bridge.sip.message import SipRequest, SipResponse, new_request, random_token
 from bridge.sip.transaction import TimerConfig, TransactionKey
 from bridge.sip.uri import NameAddr, SipUri
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIPP = shutil.which("sipp")
@@ -93,15 +94,15 @@ async def running_carrier(data_dir: Path, *, sip: dict[str, Any] | None = None, 
 
 async def wait_records(carrier: Carrier, n: int, timeout: float = 15.0) -> list[CallRecord]:
     """Wait until cdr.jsonl holds at least n records (and the carrier is idle); return them."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    def enough() -> list[CallRecord] | None:
         records = read_records(carrier.cdr.path)
-        if len(records) >= n:
-            return records
-        if loop.time() > deadline:
-            raise AssertionError(f"{len(records)} call records after {timeout} s, expected {n}")
-        await asyncio.sleep(0.05)
+        return records if len(records) >= n else None
+
+    try:
+        return await until(enough, timeout, f"{n} call records", interval=0.05)
+    except AssertionError as exc:
+        got = len(read_records(carrier.cdr.path))
+        raise AssertionError(f"{got} call records after {timeout} s, expected {n}") from exc
 
 
 # --------------------------------------------------------------------------------------------

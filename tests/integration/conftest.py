@@ -10,10 +10,10 @@ a fresh database per client."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import pytest
@@ -23,7 +23,13 @@ from jego_call.config import load_config
 from jego_call.signalling.server import create_app
 from tests.servers import PostgresServer, postgres_server
 
-Factory = Callable[..., Any]
+from .sigclient import AppClient
+
+
+class Factory(Protocol):
+    """`make_client(**sections)`: config sections to override, as `{"calls": {"ring_timeout_s": 1}}`."""
+
+    async def __call__(self, **sections: dict[str, Any]) -> AppClient: ...
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -66,9 +72,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture
 async def make_client(tmp_path: Path, backend: Backend) -> AsyncIterator[Factory]:
-    clients: list[TestClient] = []
+    clients: list[AppClient] = []
 
-    async def factory(**sections: dict[str, Any]) -> TestClient:
+    async def factory(**sections: dict[str, Any]) -> AppClient:
         overrides: dict[str, dict[str, Any]] = {
             "data": {"dir": str(tmp_path / f"d{len(clients)}")},
             "calls": {"ring_timeout_s": 2.0},
@@ -89,6 +95,6 @@ async def make_client(tmp_path: Path, backend: Backend) -> AsyncIterator[Factory
 
 
 @pytest.fixture
-async def client(make_client: Factory) -> TestClient:
-    c: TestClient = await make_client()
+async def client(make_client: Factory) -> AppClient:
+    c: AppClient = await make_client()
     return c

@@ -7,10 +7,13 @@ import json
 import uuid
 from typing import Any
 
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 PASSWORD = "correct-horse-9"
+# The in-process app client every protocol test talks through (aiohttp generics: request, app).
+AppClient = TestClient[web.Request, web.Application]
+
 FAKE_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
 
 
@@ -18,21 +21,21 @@ def new_call_id() -> str:
     return uuid.uuid4().hex
 
 
-async def register(client: TestClient, name: str, password: str = PASSWORD) -> str:
+async def register(client: AppClient, name: str, password: str = PASSWORD) -> str:
     res = await client.post("/api/register", json={"username": name, "password": password})
     body = await res.json()
     assert res.status == 201, body
     return str(body["token"])
 
 
-async def give_credit(client: TestClient, name: str, amount: int = 5000) -> int:
+async def give_credit(client: AppClient, name: str, amount: int = 5000) -> int:
     """Prepaid credit (minor units) for `name` on the in-process server (calls to phones are paid)."""
     from jego_call.signalling.keys import BILLING
 
-    return await client.server.app[BILLING].top_up(name, amount, "test credit")
+    return await client.app[BILLING].top_up(name, amount, "test credit")
 
 
-async def add_contact(client: TestClient, token: str, name: str) -> None:
+async def add_contact(client: AppClient, token: str, name: str) -> None:
     res = await client.post("/api/contacts", json={"username": name}, headers={"Authorization": f"Bearer {token}"})
     assert res.status in (200, 201), await res.text()
 
@@ -58,7 +61,7 @@ class Ws:
                 return
 
     @classmethod
-    async def open(cls, client: TestClient, token: str | None = None) -> Ws:
+    async def open(cls, client: AppClient, token: str | None = None) -> Ws:
         w = cls(await client.ws_connect("/ws"))
         if token is not None:
             await w.send({"type": "auth", "token": token})

@@ -30,6 +30,7 @@ from jego_call.billing.fraud import FraudConfig
 from jego_call.billing.service import Billing, load_rate_table
 from jego_call.db import Database
 from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, start_server, top_up
+from tests.helpers import wait_for
 
 from .bridge_util import carrier_config, free_port
 from .test_billing_store import SyncBilling
@@ -47,11 +48,16 @@ def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[s
 
 
 def wait_text(path: Path, text: str, proc: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}")
-        time.sleep(0.05)
+    def seen() -> bool:
+        if text in path.read_text(errors="replace"):
+            return True
+        assert proc.poll() is None, f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}"
+        return False
+
+    try:
+        wait_for(seen, timeout, f"{text!r} in {path.name}", interval=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}") from exc
 
 
 def dialer(server: LiveServer) -> subprocess.Popen[str]:
@@ -64,22 +70,21 @@ def ledger(data_dir: Path, rates: Path) -> Any:
     return SyncBilling(Billing(Database.open(data_dir / "jego.sqlite3"), load_rate_table(rates), FraudConfig()))
 
 
-def answered_at(billing: Billing, proc: subprocess.Popen[str], timeout: float = 30) -> float:
+def answered_at(billing: Any, proc: subprocess.Popen[str], timeout: float = 30) -> float:
     """When the paid call was answered, by its billing record (waits for the answer)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def answered() -> float | None:
+        assert proc.poll() is None, proc.poll()
         calls = billing.view("alice")["calls_in_progress"]
-        if calls and calls[0]["answered_at"] is not None:
-            return float(calls[0]["answered_at"])
-        assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
-        time.sleep(0.05)
+        return float(calls[0]["answered_at"]) if calls and calls[0]["answered_at"] is not None else None
+
+    return wait_for(answered, timeout, "the answered call in the ledger", interval=0.05)
 
 
-def charges(billing: Billing) -> list[dict[str, Any]]:
+def charges(billing: Any) -> list[dict[str, Any]]:
     return [e for e in billing.view("alice")["entries"] if e["kind"] == "call"]
 
 
-def settled_by(billing: Billing, call_id: str) -> str:
+def settled_by(billing: Any, call_id: str) -> str:
     row = billing.db.query_one("SELECT settled_by FROM call_charges WHERE call_id = ?", (call_id,))
     assert row is not None
     return str(row["settled_by"])
@@ -172,7 +177,7 @@ def test_kill_9_of_the_server_mid_call_settles_once_on_recovery(
         procs.append(call)
         billing = ledger(server.data_dir, rates)
         t_answer = answered_at(billing, call)
-        time.sleep(3.0)
+        time.sleep(3.0)   # the call runs 3 s of real time before kill -9: the bill is judged against it
         t_kill = time.time()
         server.stop(signal.SIGKILL)
         call.communicate(timeout=30)
@@ -194,11 +199,12 @@ def test_kill_9_of_the_server_mid_call_settles_once_on_recovery(
         row = billing.db.query_one("SELECT outcome, answered_at FROM calls WHERE call_id = ?", (cid,))
         assert row is not None and row["outcome"] == "server_shutdown" and row["answered_at"] == pytest.approx(t_answer)
         # the phone side never lasted less than what was billed: no one pays for time that was not up
-        deadline = time.monotonic() + 40  # the bridge hangs up when it loses the server
         cdr_path = carrier_dir / "carrier" / "cdr.jsonl"
-        while not (cdr_path.exists() and NUMBER in cdr_path.read_text()):
-            assert time.monotonic() < deadline, carrier_log.read_text()
-            time.sleep(0.1)
+        try:   # the bridge hangs up when it loses the server
+            wait_for(lambda: cdr_path.exists() and NUMBER in cdr_path.read_text(), 40, "the carrier's record",
+                     interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(carrier_log.read_text()) from exc
         [cdr] = [json.loads(line) for line in cdr_path.read_text().splitlines() if NUMBER in line]
         assert entry["billed_s"] <= cdr["duration_s"] + 1, (entry, cdr)
         billing.db.close()

@@ -29,6 +29,7 @@ from jego_call.billing.service import Billing, BillingError, load_rate_table
 from jego_call.call.reasons import EndReason
 from jego_call.db import Database, SqliteDatabase, run_sync
 from jego_call.errors import ConfigError
+from tests.helpers import one_row
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000.0
@@ -121,7 +122,7 @@ def test_a_call_is_authorised_held_answered_and_settled_once(billing: Any) -> No
     v = billing.view("alice")
     assert (v["balance"], v["held"]) == (70, 0)
     assert v["entries"][0]["call_id"] == "call-1" and v["entries"][0]["billed_s"] == 120
-    assert billing.db.query_one("SELECT COUNT(*) AS n FROM credit_ledger WHERE call_id = 'call-1'")["n"] == 1
+    assert one_row(billing.db, "SELECT COUNT(*) AS n FROM credit_ledger WHERE call_id = 'call-1'")["n"] == 1
     consistent(billing, "alice")
 
 
@@ -240,7 +241,7 @@ CHILD = textwrap.dedent("""
     run_sync(b.answered("killed", time.time()))
     print("answered", flush=True)
     while True:
-        time.sleep(0.2)
+        time.sleep(0.2)   # pacing: the gateway's heartbeat
         run_sync(b.heartbeat(["killed"], time.time()))
 """)
 
@@ -253,7 +254,7 @@ def test_kill_9_mid_call_settles_once_on_recovery(tmp_path: Path) -> None:
                              stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "answered"
-        time.sleep(3.5)
+        time.sleep(3.5)   # the call runs 3.5 s of real time, heartbeating, before kill -9
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
     finally:
@@ -266,7 +267,7 @@ def test_kill_9_mid_call_settles_once_on_recovery(tmp_path: Path) -> None:
     (s,) = make_billing(open_db(path)).recover(time.time())
     assert (s.call_id, s.billed_s, s.cost) == ("killed", 30, 5)   # 30/6 landline: 30 s at 0.10/min
     assert make_billing(open_db(path)).recover(time.time()) == []
-    assert b.db.query_one("SELECT COUNT(*) AS n FROM credit_ledger WHERE call_id = 'killed'")["n"] == 1
+    assert one_row(b.db, "SELECT COUNT(*) AS n FROM credit_ledger WHERE call_id = 'killed'")["n"] == 1
     consistent(b, "alice")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from jego_call.media import analysis
 from tests.conftest import LiveServer, make_user, start_server, top_up
+from tests.helpers import wait_for, wav_frames
 
 from .bridge_util import free_port, segment, tone_ok, wait_for_log
 from .test_dial import dial
@@ -65,10 +65,11 @@ snd_path {conf}
     (conf / "accounts").write_text(f"<sip:{NUMBER}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU,PCMA\n")
     log = open(conf / "baresip.log", "w")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen([str(BARESIP), "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while "baresip is ready" not in (conf / "baresip.log").read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, (conf / "baresip.log").read_text()
-        time.sleep(0.05)
+    def ready() -> bool:
+        assert proc.poll() is None, (conf / "baresip.log").read_text()
+        return "baresip is ready" in (conf / "baresip.log").read_text()
+
+    wait_for(ready, 10, "baresip to be ready")
     yield port, conf
     proc.terminate()
     proc.wait(10)
@@ -96,7 +97,9 @@ def test_trunk_mode_call_to_baresip_tones_both_ways(server: LiveServer, baresip:
     got, rate = analysis.read_wav(rec)
     ok, hz, lvl = tone_ok(segment(got, rate, 0.5, 3.5), rate, 1000.0, expected)
     assert ok, ("app heard", hz, lvl)
-    time.sleep(0.5)  # baresip closes its dump when the BYE arrives
+    # baresip closes its dump when the BYE arrives: its header then holds the call's length
+    wait_for(lambda: any(wav_frames(p) >= 3.5 * 8000 for p in conf.glob("dump-*-dec.wav")), 10,
+             "baresip's playout dump")
     [dump] = sorted(conf.glob("dump-*-dec.wav"))
     heard, rate = analysis.read_wav(dump)
     ok, hz, lvl = tone_ok(segment(heard, rate, 1.0, 3.5), rate, 700.0, expected)

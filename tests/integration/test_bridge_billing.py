@@ -33,6 +33,7 @@ from jego_call.billing.fraud import FraudConfig
 from jego_call.billing.service import Billing, load_rate_table
 from jego_call.db import Database
 from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, top_up
+from tests.helpers import wait_for
 
 from .bridge_util import PLAIN, carrier_record, carrier_records, phone_server
 from .test_billing_store import SyncBilling
@@ -59,8 +60,9 @@ def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("paid")
     rates = tmp / "rates.toml"
     rates.write_text(RATES)
-    s = phone_server(tmp, credit=0, JEGO_BILLING_RATES=str(rates), JEGO_BILLING_WARNING_S=str(WARNING_S),
-                     JEGO_BILLING_HEARTBEAT_S="0.5", **FRAUD)
+    env = {"JEGO_BILLING_RATES": str(rates), "JEGO_BILLING_WARNING_S": str(WARNING_S),
+           "JEGO_BILLING_HEARTBEAT_S": "0.5", **FRAUD}
+    s = phone_server(tmp, None, 0, **env)   # positional: a str-valued **env cannot land on extra_args
     yield s
     s.stop()
 
@@ -160,10 +162,10 @@ def test_two_calls_cannot_spend_the_same_money(paid: LiveServer) -> None:
                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     billing = ledger(paid)
     try:
-        deadline = time.monotonic() + 20
-        while billing.view(name)["open_calls"] == 0:  # the call is authorised and holds 6 fen
-            assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.05)
+        def held() -> bool:   # the call is authorised and holds 6 fen
+            assert first.poll() is None
+            return bool(billing.view(name)["open_calls"])
+        wait_for(held, 20, "the call's hold", interval=0.05)
         view = billing.view(name)
         assert (view["balance"], view["held"], view["available"]) == (6, 6, 0)
         other = billing.authorise("other-node-" + uuid.uuid4().hex, name, number(4), time.time())
@@ -203,7 +205,7 @@ def test_barred_destinations_and_numbers_without_a_rate(paid: LiveServer, to: st
     assert len(cdr_for(paid, to)) == before  # nothing reached the carrier
 
 
-def seed_call(billing: Billing, name: str, to: str, at: float, seconds: int | None) -> str:
+def seed_call(billing: Any, name: str, to: str, at: float, seconds: int | None) -> str:
     """A call in the ledger as another node of the cluster placed it: still open (`seconds`
     None) or answered at `at` and settled `seconds` later."""
     cid = "seed-" + uuid.uuid4().hex

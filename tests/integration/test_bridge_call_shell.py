@@ -24,6 +24,7 @@ from jego_call.media import analysis
 from jego_call.media.endpoint import MediaEndpoint, enable_loopback_candidates
 from jego_call.media.sinks import Analyser
 from jego_call.media.tracks import ToneSource
+from tests.helpers import until
 
 CID = "shell-0001"
 NUMBER = "+8613800138000"
@@ -69,7 +70,7 @@ async def phone_speaks(leg: FakeLeg, freq: float) -> None:
     t0 = loop.time()
     for n, pcm in enumerate(tone_frames(freq)):
         leg.feed_audio(pcm)
-        await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - loop.time()))
+        await asyncio.sleep(max(0.0, t0 + (n + 1) * 0.02 - loop.time()))   # pacing: the phone's 20 ms clock
 
 
 @pytest.fixture
@@ -102,15 +103,6 @@ async def app_to_phone(parts: dict[str, Any], settings: CallSettings, leg: FakeL
     await app.set_answer(ring["sdp"])
     await app.wait_connected(10)
     return call, server, app, heard
-
-
-async def until(cond: Any, timeout: float = 10.0) -> None:
-    """Wait for a condition on the fake leg or a sink (they have no events to wait on)."""
-    for _ in range(int(timeout / 0.02)):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s")
 
 
 async def test_outbound_call_both_ways_through_the_shell(parts: dict[str, Any]) -> None:

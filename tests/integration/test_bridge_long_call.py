@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,7 @@ async def test_sixty_second_call_has_no_drift_and_flat_memory(server: LiveServer
                 if now - t0 >= 5 and "a" not in marks:
                     marks["a"] = (time.monotonic(), int(st["packets_received"]))
                 marks["b"] = (time.monotonic(), int(st["packets_received"]))
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)   # a sampling cadence over the call's 60 s: real time is the subject
             await client.hangup(cid)
             await client.wait_for("call_ended", cid, timeout=10)
         finally:
@@ -90,7 +91,7 @@ async def test_sixty_second_call_has_no_drift_and_flat_memory(server: LiveServer
     assert late - early < 3.0
 
 
-def _history(server: LiveServer) -> tuple[int, dict[str, object]]:
+def _history(server: LiveServer) -> tuple[int, dict[str, Any]]:
     from tests.conftest import http_json
 
     status, body = http_json("POST", f"{server.url}/api/login", {"username": "alice", "password": PASSWORD})

@@ -45,6 +45,7 @@ from bridge.sip.message import SipRequest, SipResponse, make_response, parse_mes
 from bridge.sip.sdp import NegotiatedAudio, answer_offer
 from jego_call.media import analysis
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
+from tests.helpers import until
 
 from .bridge_util import PLAIN, carrier_config, free_port
 from .test_dial import DIAL, _env
@@ -143,10 +144,11 @@ class PtimePeer(asyncio.DatagramProtocol):
         count = int(TONE_S * 1000 / PTIME_MS)
         t = np.arange(n * count) / 8000
         pcm = np.rint(32767 * 10 ** (TONE_DBFS / 20) * np.sin(2 * math.pi * TONE_HZ * t)).astype(np.int16)
-        await asyncio.sleep(0.5)
+        # the leg's media runs (25 of its packets, 0.5 s of its clock) before the tone: the app joins meanwhile
+        await until(lambda: self.rtp_from_leg >= 25, 10, "the leg's RTP")
         t0 = loop.time()
         for i in range(count):
-            await asyncio.sleep(max(0.0, t0 + i * PTIME_MS / 1000 - loop.time()))
+            await asyncio.sleep(max(0.0, t0 + i * PTIME_MS / 1000 - loop.time()))   # pacing: 30 ms packets
             pkt = RtpPacket(0, 1000 + i, 50_000 + i * n, 0x30303030, g711.ulaw_encode(pcm[i * n:(i + 1) * n]),
                             marker=i == 0)
             self.rtp.sendto(pkt.serialize(), self.media.remote)
@@ -200,7 +202,8 @@ def frame_levels(x: np.ndarray, rate: int) -> np.ndarray:
     """RMS level of each 20 ms frame in dBFS (full-scale square = 0, as analysis.level_dbfs)."""
     n = rate // 50
     fr = x[: len(x) // n * n].reshape(-1, n).astype(np.float64)
-    return 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) + 1e-9)
+    levels: np.ndarray = 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) + 1e-9)
+    return levels
 
 
 async def test_30ms_ptime_peer_is_heard_whole_through_the_bridge(tmp_path: Path) -> None:
@@ -212,10 +215,8 @@ async def test_30ms_ptime_peer_is_heard_whole_through_the_bridge(tmp_path: Path)
             JEGO_BRIDGE_REGISTER="false", JEGO_BRIDGE_MEDIA_TIMEOUT_S="10")
         await asyncio.to_thread(make_user, server, "alice")
         await asyncio.to_thread(top_up, server, "alice")   # calls to phones are paid
-        for _ in range(200):
-            if "connected to http" in server.log():
-                break
-            await asyncio.sleep(0.05)
+        live = server
+        await until(lambda: "connected to http" in live.log(), 10, "the bridge worker connected")
         out = tmp_path / "app.wav"
         proc = await asyncio.create_subprocess_exec(
             *DIAL, "call", "+8613800138000", "--server", server.url, "--user", "alice", "--password", PASSWORD,
@@ -257,13 +258,21 @@ async def test_30ms_ptime_peer_is_heard_whole_through_the_bridge(tmp_path: Path)
 async def _phone_stats(server: LiveServer) -> dict[str, int]:
     """The call record's phone counters (`jego cdr --json`), once the gateway's report is in."""
     cmd = [sys.executable, "-m", "jego_call.cli.main", "cdr", "--json", "--phone", "--data-dir", str(server.data_dir)]
-    for _ in range(100):
+    last = ""
+
+    async def phone_counters() -> dict[str, int] | None:
+        nonlocal last
         res = await asyncio.to_thread(subprocess.run, cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
+        last = res.stdout
         rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
         if rows and rows[0].get("phone") and "rtt_ms" in rows[0]["phone"]:
             return dict(rows[0]["phone"])
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no phone RTCP counters in the call record: {res.stdout}")
+        return None
+
+    try:
+        return await until(phone_counters, 20, "the phone's RTCP counters in the call record", interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"no phone RTCP counters in the call record: {last}") from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,13 +312,13 @@ async def census_with_calls(server: LiveServer, n: int) -> tuple[collections.Cou
         *DIAL, "call", PLAIN, "--server", server.url, "--user", f"caller{i}", "--password", PASSWORD,
         "--duration", "5", "--json", "--quiet", "--play", "tone:700", cwd=ROOT, env=_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for i in range(n)]
-    up = 0
-    for _ in range(300):
-        up = rtp_sockets(RTP_LOW, RTP_HIGH + 1)
-        if up >= 2 * n:
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)  # media flowing on every call
+    with contextlib.suppress(AssertionError):   # judged below, once the dialers have told how they ended
+        await until(lambda: rtp_sockets(RTP_LOW, RTP_HIGH + 1) >= 2 * n, 30, f"{n} calls' RTP sockets",
+                    interval=0.1)   # each look reads /proc on the loop the worker runs on
+    up = rtp_sockets(RTP_LOW, RTP_HIGH + 1)
+    # Real time is the subject: a second of media on every call gives a per-call thread (pyVoIP's
+    # way) the time to exist before the census is taken.
+    await asyncio.sleep(1.0)
     census = thread_census()
     for d in dials:
         out, err = await asyncio.wait_for(d.communicate(), 60)

@@ -23,6 +23,7 @@ from bridge.carrier.cdr import CallRecord, read_records
 from bridge.gateway.dialogs import DialogRecord, DialogStore
 from bridge.gateway.worker import DIALOG_STORE
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
+from tests.helpers import wait_for
 
 from .bridge_util import carrier_config, free_port
 from .test_dial import _env
@@ -39,38 +40,43 @@ def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[s
 
 
 def wait_text(path: Path, text: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}")
-        time.sleep(0.05)
+    def seen() -> bool:
+        if text in path.read_text(errors="replace"):
+            return True
+        assert proc.poll() is None, f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}"
+        return False
+
+    try:
+        wait_for(seen, timeout, f"{text!r} in {path.name}")
+    except AssertionError as exc:
+        raise AssertionError(f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}") from exc
 
 
 def stored_dialogs(data_dir: Path, proc: subprocess.Popen[str], timeout: float = 30) -> list[DialogRecord]:
     """The answered call's dialog, once the worker holding it has written it down."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if (data_dir / DIALOG_STORE).exists():
-            store = DialogStore.open(data_dir / DIALOG_STORE)
-            try:
-                recs = store.records()
-            finally:
-                store.close()
-            if recs:
-                return recs
-        assert time.monotonic() < deadline and proc.poll() is None, f"no stored dialog (dialer exit {proc.poll()})"
-        time.sleep(0.05)
+    def stored() -> list[DialogRecord]:
+        assert proc.poll() is None, f"no stored dialog (dialer exit {proc.poll()})"
+        return dialog_records(data_dir)
+
+    return wait_for(stored, timeout, "a stored dialog", interval=0.05)   # each look opens the worker's store
+
+
+def dialog_records(data_dir: Path) -> list[DialogRecord]:
+    if not (data_dir / DIALOG_STORE).exists():
+        return []
+    store = DialogStore.open(data_dir / DIALOG_STORE)
+    try:
+        return store.records()
+    finally:
+        store.close()
 
 
 def carrier_record(data_dir: Path, timeout: float) -> CallRecord:
-    deadline = time.monotonic() + timeout
     path = data_dir / "carrier" / "cdr.jsonl"
-    while True:
-        recs = read_records(path) if path.exists() else []
-        if recs:
-            return recs[0]
-        assert time.monotonic() < deadline, "the carrier never ended the call"
-        time.sleep(0.05)
+    try:
+        return wait_for(lambda: read_records(path) if path.exists() else [], timeout, "the carrier's record")[0]
+    except AssertionError as exc:
+        raise AssertionError("the carrier never ended the call") from exc
 
 
 def log_time(path: Path, text: str) -> float:
@@ -150,17 +156,7 @@ def test_kill_9_of_a_worker_mid_call_the_carrier_gets_a_bye_within_5_s(
             assert epoch(cdr.end) - bye < 1.0
 
         # The record is gone once the BYE was answered: nothing is BYE'd twice.
-        deadline = time.monotonic() + 5
-        while True:
-            store = DialogStore.open(data / DIALOG_STORE)
-            try:
-                left = store.records()
-            finally:
-                store.close()
-            if not left:
-                break
-            assert time.monotonic() < deadline, left
-            time.sleep(0.05)
+        wait_for(lambda: not dialog_records(data), 5, "the answered record dropped", interval=0.05)
         out, _ = dialer.communicate(timeout=30)
         assert dialer.returncode != 0 or '"reason"' in out  # the app was told (connection_lost)
     finally:

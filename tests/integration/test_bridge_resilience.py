@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from bridge.carrier.trunk import Carrier
 from bridge.gateway.pyvoip import PyVoipTrunk, TrunkConfig
@@ -32,11 +31,12 @@ from bridge.gateway.worker import BridgeWorker
 from jego_call.media.endpoint import MediaEndpoint
 from jego_call.signalling.keys import GATEWAY_SECRET
 from tests.conftest import ROOT, LiveServer, make_user, start_server, top_up
+from tests.helpers import until, wait_for
 
 from .bridge_util import carrier_config, free_port
 from .carrier_util import running_carrier
 from .conftest import Factory
-from .sigclient import Ws, give_credit, new_call_id, register
+from .sigclient import AppClient, Ws, give_credit, new_call_id, register
 from .test_dial import _env, dial
 
 ECHO = "+8613800138000"  # config/carrier.toml: answers and echoes
@@ -53,12 +53,17 @@ def serve_on(tmp: Path, port: int, env: dict[str, str]) -> LiveServer:
 
 
 def wait_text(path: Path, text: str, count: int, proc: subprocess.Popen[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while path.read_text(errors="replace").count(text) < count:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} x{count} not in {path.name} (exit {proc.poll()}):\n"
-                                 f"{path.read_text(errors='replace')}")
-        time.sleep(0.05)
+    def seen() -> bool:
+        if path.read_text(errors="replace").count(text) >= count:
+            return True
+        assert proc.poll() is None, f"the worker exited {proc.poll()}:\n{path.read_text(errors='replace')}"
+        return False
+
+    try:
+        wait_for(seen, timeout, f"{text!r} x{count} in {path.name}")
+    except AssertionError as exc:
+        raise AssertionError(f"{text!r} x{count} not in {path.name} (exit {proc.poll()}):\n"
+                             f"{path.read_text(errors='replace')}") from exc
 
 
 @pytest.fixture
@@ -106,10 +111,7 @@ def test_worker_reconnects_after_server_restart(tmp_path: Path, restart_setup: d
     t0 = time.monotonic()
     wait_text(log, "connected to http", 2, proc, 15)  # back-off is 0.5, 1, 2, 4 ... s (max 10)
     assert time.monotonic() - t0 < 12
-    deadline = time.monotonic() + 5
-    while "gateway resilient connected (capacity 2)" not in new.log():
-        assert time.monotonic() < deadline, new.log()
-        time.sleep(0.05)
+    wait_for(lambda: "gateway resilient connected (capacity 2)" in new.log(), 5, "the hub to see the worker again")
 
     assert proc.poll() is None and proc.pid == pid  # the same worker process, never restarted
     rc, res, err = dial(new, ECHO, "--duration", "3", "--json")
@@ -121,7 +123,7 @@ def test_worker_reconnects_after_server_restart(tmp_path: Path, restart_setup: d
 
 # --- 2. a worker never squeezes in a call above its limit --------------------------------------
 async def test_worker_refuses_a_call_above_its_limit(make_client: Factory, tmp_path: Path) -> None:
-    client: TestClient = await make_client(calls={"ring_timeout_s": 20.0})
+    client: AppClient = await make_client(calls={"ring_timeout_s": 20.0})
     assert client.app is not None
     offers: list[MediaEndpoint] = []
     sockets: list[Ws] = []
@@ -132,7 +134,7 @@ async def test_worker_refuses_a_call_above_its_limit(make_client: Factory, tmp_p
         await refuse_above_limit(client, carrier, worker, offers, sockets)
 
 
-async def refuse_above_limit(client: TestClient, carrier: Carrier, worker: BridgeWorker,
+async def refuse_above_limit(client: AppClient, carrier: Carrier, worker: BridgeWorker,
                              offers: list[MediaEndpoint], sockets: list[Ws]) -> None:
     try:
         await worker.start()
@@ -151,10 +153,8 @@ async def refuse_above_limit(client: TestClient, carrier: Carrier, worker: Bridg
             return ws, cid
 
         alice, first = await place("alice")
-        for _ in range(200):  # the first call reached the phone network (the carrier rings it)
-            if carrier.status()["calls"] == 1:
-                break
-            await asyncio.sleep(0.05)
+        # the first call reached the phone network (the carrier rings it)
+        await until(lambda: carrier.status()["calls"] == 1, 10, "the first call at the carrier")
         assert carrier.status()["calls"] == 1 and list(worker.calls) == [first]
 
         bob, second = await place("bob")
@@ -162,6 +162,7 @@ async def refuse_above_limit(client: TestClient, carrier: Carrier, worker: Bridg
         assert ended["reason"] == "congestion" and ended.get("q850_cause") == 34, ended
         assert ended.get("sip_code") is None and "capacity" in str(ended.get("detail")), ended
         assert worker.refused == 1
+        # A negative: give a wrongly forwarded INVITE the time to reach the carrier (loopback: ms).
         await asyncio.sleep(0.5)
         assert carrier.status()["calls"] == 1, "the second call must never reach the phone network"
         assert list(worker.calls) == [first]

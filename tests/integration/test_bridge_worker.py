@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, top_up
+from tests.helpers import wait_for
 
 from .bridge_util import PLAIN, carrier_config, carrier_record, free_port, phone_server
 from .test_dial import DIAL, _env, dial
@@ -41,14 +41,19 @@ def setup(tmp_path: Path) -> Iterator[tuple[LiveServer, subprocess.Popen[str], P
         [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", server.url, "--data-dir",
          str(server.data_dir), "--max-calls", "1", "--name", "extra"],
         cwd=ROOT, env={**_env(), **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
-    deadline = time.monotonic() + 20
-    while "connected to http" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    yield server, proc, log
-    if proc.poll() is None:
-        proc.kill()
-    server.stop()
+
+    def connected() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return "connected to http" in log.read_text()
+
+    try:   # stopped by PID even when the worker never connects
+        wait_for(connected, 60, "the extra worker to connect")   # a readiness wait: generous under load
+        yield server, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        server.stop()
 
 
 def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, subprocess.Popen[str], Path]) -> None:
@@ -59,13 +64,16 @@ def test_separate_worker_takes_calls_up_to_its_limit(setup: tuple[LiveServer, su
     # the first call holds the worker's one slot: its /metrics says so (port in the start line)
     metrics = re.search(r"metrics (http://\S+/metrics)", log.read_text())
     assert metrics, log.read_text()
-    deadline = time.monotonic() + 30
-    while 'jego_bridge_calls_in_use{worker="extra"} 1.0' not in get_text(metrics.group(1)):
-        assert first.poll() is None and time.monotonic() < deadline, "the first call never reached the worker"
-        time.sleep(0.1)
+    url = metrics.group(1)
+
+    def slot_taken() -> bool:
+        assert first.poll() is None, "the first call never reached the worker"
+        return 'jego_bridge_calls_in_use{worker="extra"} 1.0' in get_text(url)
+
+    wait_for(slot_taken, 30, "the first call in the worker's calls_in_use", interval=0.1)
     rc, res, err = dial(server, PLAIN, "--json", user="bob")
     assert res is not None and res["reason"] == "unreachable" and rc == 1, (res, err)
-    out, err1 = first.communicate(timeout=30)
+    out, err1 = first.communicate(timeout=45)
     assert first.returncode == 0, err1
     assert json.loads(out.strip().splitlines()[-1])["outcome"] == "answered"
     assert carrier_record(server, PLAIN)["outcome"] == "hangup"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bridge.carrier.media import load_wav, measure_tone
+from tests.helpers import until, wav_frames
 
 from .carrier_util import HOST, PASSWORD, USER, free_port, running_carrier, wait_records
 
@@ -81,14 +82,18 @@ async def test_baresip_registers_calls_and_hears_its_echo(tmp_path: Path) -> Non
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             registered = False
-            for _ in range(100):
+
+            def registered_and_answered() -> bool:
+                nonlocal registered
                 registered = registered or bool(carrier.status()["registrations"])
-                if registered and carrier.stats["answered"]:
-                    break
-                await asyncio.sleep(0.05)
+                return registered and bool(carrier.stats["answered"])
+            with contextlib.suppress(AssertionError):   # judged below, with baresip's log
+                await until(registered_and_answered, 5, "baresip registered and answered")
             # baresip hangs up when its file source ends (about 4 s after the answer).
             [rec] = await wait_records(carrier, 1, timeout=20)
-            await asyncio.sleep(0.5)
+            with contextlib.suppress(AssertionError):   # baresip closes its dump: judged below, with its log
+                await until(lambda: any(wav_frames(p) > 3 * 8000 for p in snd.glob("dump-*-dec.wav")), 5,
+                            "baresip's playout dump")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ from bridge.carrier.media import (
 )
 from bridge.rtp.packet import RtpPacket
 from bridge.sip.sdp import build_offer, negotiated_from_answer
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,7 +55,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
 def frame_levels(x: np.ndarray) -> np.ndarray:
     """Per-20 ms RMS level in dBFS (sine-referenced)."""
     fr = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME).astype(np.float64)
-    return 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) * np.sqrt(2) / 32767 + 1e-9)
+    levels: np.ndarray = 20 * np.log10(np.sqrt((fr**2).mean(axis=1)) * np.sqrt(2) / 32767 + 1e-9)
+    return levels
 
 
 def loud_segment(x: np.ndarray, threshold: float = -30.0, trim: int = 3) -> np.ndarray:
@@ -69,11 +71,13 @@ async def test_tone_echo_keeps_frequency_level_and_rate(pair: Pair, tmp_path: Pa
     loop = asyncio.get_running_loop()
     pair.b.play(Echo())
     done = pair.a.play(Tone(1000.0, -10.0, 2.0))
-    await asyncio.sleep(0.5)
+    await until(lambda: pair.b.stats().packets_received >= 25, 5, "B receiving A's tone")
     # Rate = packets between two arrivals / time between those arrivals (B's last_rx), so the
     # test coroutine's own wake-up delays do not enter the measurement.
     b1, s1 = pair.b.stats(), pair.a.stats()
     await asyncio.wait_for(done, 5)
+    # The measured span runs on 1 s past the tone's end: it is the rate over time that is tested,
+    # and the echo's tail comes back to A's recording meanwhile.
     await asyncio.sleep(1.0)
     b2, s2 = pair.b.stats(), pair.a.stats()
     started = pair.a.t0
@@ -112,7 +116,7 @@ async def test_tone_echo_keeps_frequency_level_and_rate(pair: Pair, tmp_path: Pa
 async def test_dtmf_both_ways(pair: Pair) -> None:
     await asyncio.wait_for(pair.a.send_dtmf("0123456789*#"), 10)
     await asyncio.wait_for(pair.b.send_dtmf("95#", duration_ms=60), 5)
-    await asyncio.sleep(0.2)
+    await until(lambda: len(pair.b.dtmf_digits) >= 12 and len(pair.a.dtmf_digits) >= 3, 5, "the digits")
     assert "".join(pair.b.dtmf_digits) == "0123456789*#"
     assert "".join(pair.a.dtmf_digits) == "95#"
     assert pair.a.stats().dtmf_sent == 12 and pair.b.stats().dtmf_received == 12
@@ -121,7 +125,7 @@ async def test_dtmf_both_ways(pair: Pair) -> None:
 async def test_garbage_does_not_stop_reception(pair: Pair, tmp_path: Path) -> None:
     pair.b.play(Echo())
     pair.a.play(Tone(700.0, -10.0))
-    await asyncio.sleep(0.4)
+    await until(lambda: pair.b.stats().packets_received > 10, 5, "B receiving A")
     before = pair.b.stats()
     assert before.packets_received > 10
 
@@ -143,7 +147,13 @@ async def test_garbage_does_not_stop_reception(pair: Pair, tmp_path: Path) -> No
         for data in bad:
             sock.sendto(data, pair.b.local_address)
         sock.sendto(good, pair.b.local_address)  # valid RTP, but not from A: dropped
-        await asyncio.sleep(0.6)
+
+        def judged() -> bool:   # every datagram counted somewhere, and 0.5 s more of A heard
+            s = pair.b.stats()
+            dropped = (s.dropped_malformed + s.dropped_rtcp + s.dropped_other + s.dropped_unknown_pt
+                       + s.dropped_wrong_source)
+            return dropped >= len(bad) + 1 and s.packets_received - before.packets_received >= 25
+        await until(judged, 5, "B to judge the garbage and go on receiving")
 
     after = pair.b.stats()
     assert (
@@ -168,7 +178,7 @@ async def test_latching_follows_the_real_source(tmp_path: Path) -> None:
         b.start()
         a.play(Tone(1500.0, -12.0))
         a.start()
-        await asyncio.sleep(1.0)
+        await until(lambda: b.latched and a.stats().packets_received >= 40, 5, "B latched, A hearing the echo")
         assert b.remote == a.local_address and b.latched
         await a.close()
         x, _ = load_wav(tmp_path / "a.wav")
@@ -196,9 +206,9 @@ async def test_absolute_clock_skips_ahead_instead_of_bursting(tmp_path: Path) ->
     try:
         a.play(Silence())
         a.start()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)   # real time is the subject: the schedule must track the wall clock
         time.sleep(0.3)  # noqa: ASYNC251 - deliberately block the loop: 15 ticks become due at once
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)   # and recover on the absolute schedule afterwards
         st = a.stats()
         elapsed = loop.time() - (a.t0 or 0)
         # Never drifts: ticks (sent + skipped) track wall time on the absolute schedule.
@@ -233,7 +243,8 @@ async def test_ringback_and_announcement_content(tmp_path: Path) -> None:
         await asyncio.wait_for(done, 3)
         done = b.play(Announcement(repeats=1))
         await asyncio.wait_for(done, 4)
-        await asyncio.sleep(0.2)
+        sent = b.stats().packets_sent
+        await until(lambda: a.stats().packets_received >= sent, 5, "A receiving the announcement's end")
     finally:
         await b.close()
         await a.close()
@@ -317,7 +328,8 @@ async def test_speech_file_round_trip_correlates(pair: Pair, tmp_path: Path) -> 
     clip = speech[8000 : 8000 * 3]  # 2 s of speech
     pair.b.play(Echo())
     await asyncio.wait_for(pair.a.play(PcmPlayback(clip)), 5)
-    await asyncio.sleep(0.4)
+    sent = pair.b.stats().packets_sent   # B echoes on its own 20 ms clock: 20 frames more hold the tail
+    await until(lambda: pair.a.stats().packets_received >= sent + 20, 5, "the echo's tail back at A")
     await pair.a.close()
     x, _ = load_wav(tmp_path / "a.wav")
     # Find the echo by cross-correlation, then compare sample by sample (G.711 twice) in
@@ -343,23 +355,21 @@ async def test_hold_reinvite_stops_our_sending(pair: Pair) -> None:
     from bridge.sip.sdp import answer_offer
 
     pair.b.play(Tone(600.0, -10.0))
-    await asyncio.sleep(0.4)
-    assert pair.a.stats().packets_received > 10
+    await until(lambda: pair.a.stats().packets_received > 10, 5, "A receiving B")
     # A puts the call on hold: re-INVITE with a=sendonly; B answers recvonly from the same port.
     reoffer = build_offer("127.0.0.1", pair.a.local_port, direction="sendonly", session_version=1)
     held = answer_offer(reoffer.serialize(), port=pair.b.local_port)
     assert held.audio.direction == "recvonly" and not held.audio.send
     pair.b.configure(held.audio)
-    await asyncio.sleep(0.1)
+    await until(lambda: pair.a.inactive_for() >= 0.1, 5, "B to stop sending")   # in-flight packets land
     n1 = pair.a.stats().packets_received
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)   # a negative: nothing may arrive over this half second
     assert pair.a.stats().packets_received == n1  # B sends nothing while held
     assert pair.a.inactive_for() >= 0.5
     # Resume: sendrecv again, and media flows.
     resumed = answer_offer(build_offer("127.0.0.1", pair.a.local_port).serialize(), port=pair.b.local_port)
     pair.b.configure(resumed.audio)
-    await asyncio.sleep(0.4)
-    assert pair.a.stats().packets_received >= n1 + 15
+    await until(lambda: pair.a.stats().packets_received >= n1 + 15, 5, "media again after the resume")
 
 
 async def test_rtcp_reports_reach_the_stats_both_ways(tmp_path: Path) -> None:
@@ -373,11 +383,12 @@ async def test_rtcp_reports_reach_the_stats_both_ways(tmp_path: Path) -> None:
         a.play(Tone(800.0, -10.0))
         b.play(Echo())
         a.start()
-        for _ in range(100):
-            await asyncio.sleep(0.1)
+
+        def reported() -> bool:
             sa, sb = a.stats(), b.stats()
-            if sa.rtt is not None and sb.rtt is not None and sa.rtcp_received >= 3 and sb.rtcp_received >= 3:
-                break
+            return sa.rtt is not None and sb.rtt is not None and sa.rtcp_received >= 3 and sb.rtcp_received >= 3
+        await until(reported, 10, "three RTCP reports each way, with round-trip times")
+        sa, sb = a.stats(), b.stats()
         for st in (sa, sb):
             assert st.rtcp_sent >= 3 and st.rtcp_received >= 3, st
             assert st.rtt is not None and 0 <= st.rtt < 0.05, st.rtt  # loopback
@@ -403,10 +414,7 @@ async def test_rtcp_mux_is_answered_when_offered() -> None:
     a.configure(negotiated_from_answer(ans.sdp.serialize(), offer), rtcp_mux=True)
     try:
         a.start()
-        for _ in range(60):
-            await asyncio.sleep(0.1)
-            if b.stats().rtcp_received >= 2 and a.stats().rtcp_received >= 2:
-                break
+        await until(lambda: b.stats().rtcp_received >= 2 and a.stats().rtcp_received >= 2, 6, "RTCP both ways")
         assert b.rtcp_mux and b.stats().rtcp_received >= 2 and a.stats().rtcp_received >= 2
         assert b.stats().dropped_rtcp == 0 and a.stats().dropped_rtcp == 0
     finally:

@@ -15,6 +15,7 @@ from bridge.carrier.media import Echo, RtpStream, load_wav
 from bridge.rtp import g711
 from bridge.rtp.packet import RtpPacket
 from jego_call.media.analysis import active_duration, dominant_frequency, level_dbfs
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,11 +88,13 @@ async def test_non_20ms_packets_arrive_whole_in_recording_and_echo(tmp_path: Pat
         for i in range(count):
             delay = t0 + i * ptime_ms / 1000 - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)   # pacing: packets leave on the peer's own ptime clock
             payload = g711.ulaw_encode(pcm[i * samples : (i + 1) * samples])
             pkt = RtpPacket(0, (seq + i) & 0xFFFF, (ts + i * samples) & 0xFFFFFFFF, ssrc, payload, marker=i == 0)
             transport.sendto(pkt.serialize(), stream.local_address)
-        await asyncio.sleep(0.5)  # let the jitter buffer and the FIFO drain
+        # the jitter buffer and the FIFO drain: 25 more echo frames (0.5 s of the stream's clock)
+        last = len(peer.packets)
+        await until(lambda: len(peer.packets) >= last + 25, 5, "the echo past the tone's end")
     finally:
         await stream.close()
         transport.close()

@@ -10,6 +10,7 @@ as root, it re-runs itself under `unshare -n`, else it is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -43,14 +44,11 @@ def probe(n: int, port: int) -> bytes:
 async def recv_probe_answer(sock: socket.socket, n: int, timeout: float = 3.0) -> bytes:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        try:
-            data = sock.recv(65535)
-        except BlockingIOError:
-            await asyncio.sleep(0.005)
-            continue
-        if f"Call-ID: probe-{n}@".encode() in data:
-            return data
+    with contextlib.suppress(TimeoutError):
+        while True:   # the loop wakes us when a datagram is there (sock is non-blocking)
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65535), deadline - loop.time())
+            if f"Call-ID: probe-{n}@".encode() in data:
+                return data
     raise AssertionError(f"no answer to OPTIONS probe {n}")
 
 

@@ -76,7 +76,7 @@ async def test_twenty_failures_lock_the_source_out(tmp_path: Path) -> None:
         key = ua.send(ua.build("OPTIONS", f"sip:{HOST}:{carrier.udp_port}", call_id="o", cseq=1))
         assert (await ua.response(key)).status == 200  # ... but keep-alives are still answered
         assert carrier.stats["auth_failures"] >= 20
-        await asyncio.sleep(3.1)  # the window passes
+        await asyncio.sleep(3.1)  # the window passes: real time is what lifts the ban
         assert (await ua.register()).status == 200
 
 
@@ -157,6 +157,8 @@ async def test_tone_then_echo_with_dtmf_and_call_record(tmp_path: Path) -> None:
         assert ua.last_dialog is not None
         stream.configure(negotiated_from_answer(resp.body, offer))
         stream.start()
+        # the number's scenario speaks first (440 Hz to 1.7 s); our tone follows: the recording is
+        # judged at those offsets, so the schedule in real time is the subject
         await asyncio.sleep(2.2)
         await stream.play(Tone(1000.0, -10.0, 2.0))
         await stream.send_dtmf("12#")
@@ -223,7 +225,7 @@ async def test_bad_ack_is_counted_and_200_keeps_coming(tmp_path: Path) -> None:
         assert carrier.stats["bad_acks"] >= 1 and retransmitted == 3
         ua.ep.send_ack(did, ua.now())  # the right ACK stops it
         ua.tr.flush()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)   # a negative: no ACK timeout fires while time passes
         assert carrier.stats["ack_timeouts"] == 0
         ua.bye(did)
         [rec] = await wait_records(carrier, 1)

@@ -21,7 +21,7 @@ from jego_call.signalling.keys import BILLING
 from jego_call.signalling.server import create_app
 
 from .conftest import Factory
-from .sigclient import PASSWORD, register
+from .sigclient import PASSWORD, AppClient, register
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
-async def get(client: TestClient, path: str, token: str | None) -> tuple[int, Any]:
+async def get(client: AppClient, path: str, token: str | None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     res = await client.get(path, headers=headers)
     return res.status, await res.json()
 
 
-async def test_credit_endpoint(client: TestClient) -> None:
+async def test_credit_endpoint(client: AppClient) -> None:
     assert (await get(client, "/api/credit", None))[0] == 401
     token = await register(client, "alice")
     status, body = await get(client, "/api/credit", token)
@@ -43,7 +43,7 @@ async def test_credit_endpoint(client: TestClient) -> None:
     assert (body["balance"], body["currency"], body["minor_units"], body["entries"], body["suspended"]) == (
         0, "CNY", 2, [], None)
     assert (body["low"], body["low_balance"], body["low_balance_text"]) == (True, 500, "5.00 CNY")
-    billing = client.server.app[BILLING]
+    billing = client.app[BILLING]
     await billing.top_up("alice", 1250, "card 4711")
     now = time.time()
     a = await billing.authorise("api-call-1", "alice", "+8613800138000", now)
@@ -62,7 +62,7 @@ async def test_credit_endpoint(client: TestClient) -> None:
     assert (await get(client, "/api/credit?limit=x", token))[0] == 400
 
 
-async def test_rate_endpoint(client: TestClient) -> None:
+async def test_rate_endpoint(client: AppClient) -> None:
     token = await register(client, "alice")
     status, body = await get(client, "/api/rate?number=138%200013%208000", token)
     assert status == 200 and body["callable"] and body["e164"] == "+8613800138000"
@@ -129,7 +129,7 @@ async def test_start_up_settles_calls_a_crash_left_open(tmp_path: Path) -> None:
     client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
     await client.start_server()
     try:
-        view = await client.server.app[BILLING].view("alice")
+        view = await client.app[BILLING].view("alice")
         assert (view["balance"], view["held"]) == (470, 0)          # 2 started minutes at 0.15
         assert view["entries"][0]["call_id"] == "crashed" and view["entries"][0]["billed_s"] == 120
     finally:

@@ -20,6 +20,7 @@ import pytest
 
 from jego_call.media import analysis
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user
+from tests.helpers import wait_for
 
 SPEECH = ROOT / "tests" / "data" / "speech_en_48k.wav"
 DIAL = [sys.executable, "-m", "jego_call.cli.main", "dial"]
@@ -49,11 +50,11 @@ class Answerer:
         cmd = [*DIAL, "answer", "--server", server.url, "--user", user, "--password", PASSWORD, "--json", *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=open(self.out_path, "w"),  # noqa: SIM115
                                      stderr=open(self.err_path, "w"), text=True)  # noqa: SIM115
-        deadline = time.monotonic() + 30
-        while "waiting for calls" not in self.err_path.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"answerer did not come online:\n{self.err_path.read_text()}")
-            time.sleep(0.05)
+        def online() -> bool:
+            assert self.proc.poll() is None, f"answerer exited:\n{self.err_path.read_text()}"
+            return "waiting for calls" in self.err_path.read_text()
+
+        wait_for(online, 30, "the answerer to come online")
 
     def wait(self, timeout: float = 30) -> int:
         return self.proc.wait(timeout)

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from jego_call.signalling.keys import GATEWAY_SECRET, HUB
 
 from .conftest import Factory
-from .sigclient import FAKE_SDP, Ws, give_credit, new_call_id
+from .sigclient import FAKE_SDP, AppClient, Ws, give_credit, new_call_id
 from .sigclient import register as register_user
 
 ANSWER = FAKE_SDP + "a=answer\r\n"
@@ -25,21 +24,21 @@ pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 @pytest.fixture
-async def client(make_client: Factory) -> TestClient:
-    c: TestClient = await make_client(calls={"ring_timeout_s": 3.0})
+async def client(make_client: Factory) -> AppClient:
+    c: AppClient = await make_client(calls={"ring_timeout_s": 3.0})
     return c
 
 
-async def register(client: TestClient, name: str) -> str:
+async def register(client: AppClient, name: str) -> str:
     """A user with 50 CNY of prepaid credit (calls to phones are paid)."""
     token = await register_user(client, name)
     await give_credit(client, name)
     return token
 
 
-async def gateway(client: TestClient, capacity: int = 4, name: str = "gw1") -> Ws:
+async def gateway(client: AppClient, capacity: int = 4, name: str = "gw1") -> Ws:
     ws = await Ws.open(client)
-    await ws.send({"type": "gateway_auth", "secret": client.server.app[GATEWAY_SECRET], "name": name,
+    await ws.send({"type": "gateway_auth", "secret": client.app[GATEWAY_SECRET], "name": name,
                    "capacity": capacity})
     ok = await ws.expect("auth_ok")
     assert ok["role"] == "gateway"
@@ -52,21 +51,21 @@ async def dial(ws: Ws, to: str) -> str:
     return cid
 
 
-async def history(client: TestClient, token: str) -> list[dict[str, Any]]:
+async def history(client: AppClient, token: str) -> list[dict[str, Any]]:
     res = await client.get("/api/calls", headers={"Authorization": f"Bearer {token}"})
     assert res.status == 200
     calls: list[dict[str, Any]] = (await res.json())["calls"]
     return calls
 
 
-async def test_wrong_gateway_secret(client: TestClient) -> None:
+async def test_wrong_gateway_secret(client: AppClient) -> None:
     ws = await Ws.open(client)
     await ws.send({"type": "gateway_auth", "secret": "guess", "name": "x", "capacity": 1})
     err = await ws.expect_error("auth_failed")
     assert "secret" in err["message"]
 
 
-async def test_app_to_phone_call_with_early_media(client: TestClient) -> None:
+async def test_app_to_phone_call_with_early_media(client: AppClient) -> None:
     token = await register(client, "alice")
     alice = await Ws.open(client, token)
     gw = await gateway(client)
@@ -91,7 +90,7 @@ async def test_app_to_phone_call_with_early_media(client: TestClient) -> None:
                    "phone": {"packets_sent": 499, "packets_received": 500, "packets_lost": 0}})
     await gw.send({"type": "ping"})
     await gw.expect("pong")
-    await client.server.app[HUB].drain()   # the record and the report are written (by the hub's writer task)
+    await client.app[HUB].drain()   # the record and the report are written (by the hub's writer task)
     [rec] = await history(client, token)
     assert rec["call_id"] == cid and rec["direction"] == "outgoing" and rec["peer"] == "+8613800138000"
     assert rec["peer_kind"] == "phone" and rec["outcome"] == "hangup" and rec["codec"] == "PCMU"
@@ -102,7 +101,7 @@ async def test_app_to_phone_call_with_early_media(client: TestClient) -> None:
     ("reason", "sip", "q850"),
     [("busy", 486, 17), ("no_answer", 480, 19), ("invalid_number", 404, 1), ("congestion", 503, 34)],
 )
-async def test_carrier_outcomes_reach_the_app(client: TestClient, reason: str, sip: int, q850: int) -> None:
+async def test_carrier_outcomes_reach_the_app(client: AppClient, reason: str, sip: int, q850: int) -> None:
     alice = await Ws.open(client, await register(client, "alice"))
     gw = await gateway(client)
     cid = await dial(alice, "+8613900000486")
@@ -118,7 +117,7 @@ async def test_carrier_outcomes_reach_the_app(client: TestClient, reason: str, s
     [("+86123", "invalid_number"), ("0086 571 1234567", "invalid_number"), ("110", "emergency"),
      ("+86 120", "emergency"), ("+49 30 12345678", "rejected"), ("12", "invalid_number")],
 )
-async def test_numbers_refused_without_sip(client: TestClient, to: str, reason: str) -> None:
+async def test_numbers_refused_without_sip(client: AppClient, to: str, reason: str) -> None:
     alice = await Ws.open(client, await register(client, "alice"))
     gw = await gateway(client)
     cid = await dial(alice, to)
@@ -130,7 +129,7 @@ async def test_numbers_refused_without_sip(client: TestClient, to: str, reason: 
     await gw.no_message("invite")
 
 
-async def test_no_gateway_and_capacity(client: TestClient) -> None:
+async def test_no_gateway_and_capacity(client: AppClient) -> None:
     alice = await Ws.open(client, await register(client, "alice"))
     bob = await Ws.open(client, await register(client, "bob"))
     cid = await dial(alice, "+8613800138000")
@@ -145,7 +144,7 @@ async def test_no_gateway_and_capacity(client: TestClient) -> None:
     await gw2.expect("invite", call_id=cid3)
 
 
-async def test_gateway_lost_ends_its_calls(client: TestClient) -> None:
+async def test_gateway_lost_ends_its_calls(client: AppClient) -> None:
     alice = await Ws.open(client, await register(client, "alice"))
     gw = await gateway(client)
     cid = await dial(alice, "+8613800138000")
@@ -156,7 +155,7 @@ async def test_gateway_lost_ends_its_calls(client: TestClient) -> None:
     assert (await alice.expect("call_ended", call_id=cid, timeout=10))["reason"] == "connection_lost"
 
 
-async def test_phone_to_app(client: TestClient) -> None:
+async def test_phone_to_app(client: AppClient) -> None:
     tb = await register(client, "bob")
     gw = await gateway(client)
     cid = await dial_from_phone(gw, "bob")
@@ -184,7 +183,7 @@ async def dial_from_phone(gw: Ws, user: str) -> str:
     return cid
 
 
-async def test_users_cannot_use_gateway_fields(client: TestClient) -> None:
+async def test_users_cannot_use_gateway_fields(client: AppClient) -> None:
     ta = await register(client, "alice")
     tb = await register(client, "bob")
     alice, bob = await Ws.open(client, ta), await Ws.open(client, tb)

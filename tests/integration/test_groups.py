@@ -14,14 +14,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 
 from jego_call.accounts import Accounts
 from jego_call.db import MIGRATIONS, Database, PostgresDatabase, migration_statements, run_sync
 from jego_call.signalling.keys import ACCOUNTS
 
 from .conftest import Backend
-from .sigclient import Ws, add_contact, register
+from .sigclient import AppClient, Ws, add_contact, register
 from .test_messaging import png, upload
 
 # Each test runs on SQLite and on a real PostgreSQL (tests/integration/conftest.py).
@@ -32,7 +31,7 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def people(client: TestClient, *names: str) -> dict[str, str]:
+async def people(client: AppClient, *names: str) -> dict[str, str]:
     """Register `names`; the first has all the others as contacts (it creates the groups)."""
     tokens = {n: await register(client, n) for n in names}
     for n in names[1:]:
@@ -40,13 +39,13 @@ async def people(client: TestClient, *names: str) -> dict[str, str]:
     return tokens
 
 
-async def api(client: TestClient, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+async def api(client: AppClient, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
     res = await client.request(method, path, json=body, headers=auth(token))
     text = await res.text()
     return res.status, (json.loads(text) if text else None)
 
 
-async def create(client: TestClient, token: str, name: str, members: list[str]) -> dict[str, Any]:
+async def create(client: AppClient, token: str, name: str, members: list[str]) -> dict[str, Any]:
     status, body = await api(client, "POST", "/api/groups", token, {"name": name, "members": members})
     assert status == 201, body
     return dict(body)
@@ -68,7 +67,7 @@ async def gsend(ws: Ws, group: str, text: str | None = None, media_id: str | Non
             return got
 
 
-async def test_three_members_one_offline_in_order_with_receipts_per_member(client: TestClient) -> None:
+async def test_three_members_one_offline_in_order_with_receipts_per_member(client: AppClient) -> None:
     t = await people(client, "mum", "lili", "wei")
     g = await create(client, t["mum"], "家人 👨‍👩‍👧", ["lili", "wei"])
     gid = g["id"]
@@ -105,7 +104,8 @@ async def test_three_members_one_offline_in_order_with_receipts_per_member(clien
     assert (r["state"], r["up_to_seq"]) == ("delivered", 4)
     # the second sync sends nothing again (delivered), and tells the members' watermarks
     await wei.send({"type": "sync", "conversations": [{"group": gid, "after_seq": 4}]})
-    receipts, messages = [], []
+    receipts: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     while (m := await wei.recv())["type"] != "sync_done":
         (receipts if m["type"] == "receipt" else messages).append(m)
     assert messages == []
@@ -124,7 +124,7 @@ async def test_three_members_one_offline_in_order_with_receipts_per_member(clien
         await w.close()
 
 
-async def test_removed_member_gets_nothing_after_removal_and_403_for_later_media(client: TestClient) -> None:
+async def test_removed_member_gets_nothing_after_removal_and_403_for_later_media(client: AppClient) -> None:
     t = await people(client, "mum", "lili", "wei")
     gid = (await create(client, t["mum"], "family", ["lili", "wei"]))["id"]
     mum, li, wei = [await Ws.open(client, t[n]) for n in ("mum", "lili", "wei")]
@@ -163,7 +163,7 @@ async def test_removed_member_gets_nothing_after_removal_and_403_for_later_media
         await w.close()
 
 
-async def test_admin_rules(client: TestClient) -> None:
+async def test_admin_rules(client: AppClient) -> None:
     t = await people(client, "mum", "lili", "wei", "gran")
     await add_contact(client, t["lili"], "gran")
     status, body = await api(client, "POST", "/api/groups", t["mum"], {"name": "  ", "members": ["lili"]})
@@ -203,8 +203,8 @@ async def test_admin_rules(client: TestClient) -> None:
     assert status == 404
 
 
-async def test_at_most_200_members(client: TestClient) -> None:
-    accounts: Accounts = client.server.app[ACCOUNTS]
+async def test_at_most_200_members(client: AppClient) -> None:
+    accounts: Accounts = client.app[ACCOUNTS]
     t = await people(client, "host")
     pw_hash = accounts.hash_password("correct-horse-9")
     names = [f"member{i:03d}" for i in range(200)]
@@ -219,7 +219,7 @@ async def test_at_most_200_members(client: TestClient) -> None:
     assert status == 409 and body["error"]["code"] == "group_full"
 
 
-async def test_200_concurrent_sends_from_4_members_are_gap_free(client: TestClient) -> None:
+async def test_200_concurrent_sends_from_4_members_are_gap_free(client: AppClient) -> None:
     names = ("ann1", "bob2", "cat3", "dan4")
     t = await people(client, *names)
     gid = (await create(client, t["ann1"], "busy", list(names[1:])))["id"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import aiohttp
 import pytest
 
 from jego_call.media import analysis
-from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user
+from tests.conftest import PASSWORD, ROOT, LiveServer, ServerFactory, http_json, make_user
 from tests.integration.test_dial import DIAL, Answerer, _env
 
 pytestmark = pytest.mark.slow
@@ -62,7 +61,7 @@ def judge(res: dict[str, Any], rec: Path) -> None:
     assert analysis.active_duration(x, rate) >= 0.95 * TONE_S
 
 
-async def test_login_flood_leaves_a_call_on_time(server_factory: Callable[..., LiveServer], tmp_path: Path) -> None:
+async def test_login_flood_leaves_a_call_on_time(server_factory: ServerFactory, tmp_path: Path) -> None:
     server = server_factory()
     for name in ("alice", "bob", "victim"):
         make_user(server, name)
@@ -83,7 +82,7 @@ async def test_login_flood_leaves_a_call_on_time(server_factory: Callable[..., L
             sem = asyncio.Semaphore(5)
 
             async def one(i: int) -> None:
-                await asyncio.sleep(i / 8)
+                await asyncio.sleep(i / 8)   # pacing: the attack's 8 attempts a second
                 async with sem:
                     victim.append(await attempt(http, server.url, "victim", f"guess-{i:04d}"))
                     victim_at.append(loop.time())
@@ -102,7 +101,7 @@ async def test_login_flood_leaves_a_call_on_time(server_factory: Callable[..., L
                 if len(spread) >= 5 and any(s == 429 for s, _, _ in victim):
                     ready.set()
                 i += 1
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)   # pacing: each flooding address tries twice a second
 
     target = asyncio.ensure_future(one_address())
     many = [asyncio.ensure_future(from_many(k)) for k in range(50)]

@@ -4,28 +4,17 @@ with 429 and Retry-After, per-source limits, and the bounded hasher."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
-
 from jego_call.signalling.keys import LOGIN_DOORS
+from tests.helpers import until
 
 from .conftest import Factory
-from .sigclient import PASSWORD, register
+from .sigclient import PASSWORD, AppClient, register
 
 
-async def eventually(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait until `pred()` holds (polled every 20 ms), or fail."""
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the condition did not come about")
-
-
-async def login(client: TestClient, user: str, password: str) -> tuple[int, Any, dict[str, str]]:
+async def login(client: AppClient, user: str, password: str) -> tuple[int, Any, dict[str, str]]:
     res = await client.post("/api/login", json={"username": user, "password": password})
     return res.status, await res.json(), dict(res.headers)
 
@@ -33,7 +22,7 @@ async def login(client: TestClient, user: str, password: str) -> tuple[int, Any,
 async def test_200_wrong_passwords_for_one_account_are_locked_out(make_client: Factory) -> None:
     client = await make_client(auth={"lockout_base_s": 2.0})
     await register(client, "victim")
-    doors = client.server.app[LOGIN_DOORS]
+    doors = client.app[LOGIN_DOORS]
     hashed_before = doors.gate.stats["hashes"]
     sem = asyncio.Semaphore(20)
 
@@ -55,13 +44,13 @@ async def test_200_wrong_passwords_for_one_account_are_locked_out(make_client: F
     # the right password is refused too while locked, with the same words
     status, body, headers = await login(client, "victim", PASSWORD)
     assert status == 429 and "Too many failed logins for this account" in body["error"]["message"]
-    await asyncio.sleep(int(headers["Retry-After"]) + 0.2)
+    await asyncio.sleep(int(headers["Retry-After"]) + 0.2)   # real time is the subject: the lockout runs out
     # the next five failures lock it for twice as long
     for i in range(5):
         assert (await login(client, "victim", f"x-{i}-wrong"))[0] == 401
     status, _, headers = await login(client, "victim", PASSWORD)
     assert status == 429 and int(headers["Retry-After"]) == 4
-    await asyncio.sleep(4.2)
+    await asyncio.sleep(4.2)   # real time is the subject: the doubled lockout runs out
     status, body, _ = await login(client, "victim", PASSWORD)
     assert status == 200 and body["username"] == "victim"
     # unknown names behave exactly like real ones
@@ -90,7 +79,7 @@ async def test_the_hasher_is_bounded_and_serves_clean_logins_first(make_client: 
                                      "login_source_burst": 1000, "login_source_failures": 1000,
                                      "lockout_after": 1000})
     await register(client, "alice")
-    doors = client.server.app[LOGIN_DOORS]
+    doors = client.app[LOGIN_DOORS]
     for i in range(3):                                   # make the flood's account suspect
         assert (await login(client, "target", f"wrong-{i}-pw"))[0] == 401
     finished: list[tuple[str, int]] = []
@@ -101,7 +90,8 @@ async def test_the_hasher_is_bounded_and_serves_clean_logins_first(make_client: 
         return r
 
     flood = [asyncio.ensure_future(timed("target", f"flood-{i}-pw")) for i in range(30)]
-    await asyncio.sleep(0.3)                              # the flood is queued (and mostly refused)
+    gate = doors.gate   # the flood is queued (and mostly refused): all 30 are answered, waiting or hashing
+    await until(lambda: len(finished) + gate.waiting >= 30 - gate.workers, 10, "the flood at the hasher")
     status, body, _ = await timed("alice", PASSWORD)
     rest = await asyncio.gather(*flood)
     assert status == 200
@@ -114,7 +104,7 @@ async def test_the_hasher_is_bounded_and_serves_clean_logins_first(make_client: 
     assert doors.gate.stats["busy"] >= 20
 
 
-async def test_the_hasher_runs_at_a_lower_priority(client: TestClient) -> None:
+async def test_the_hasher_runs_at_a_lower_priority(client: AppClient) -> None:
     import os
     from pathlib import Path
     await register(client, "alice")                       # one hash: the pool's thread exists now
@@ -162,11 +152,11 @@ async def test_a_client_that_leaves_costs_no_hash(tmp_path: Path) -> None:
                     return res.status
 
             tasks = [asyncio.ensure_future(one(i)) for i in range(10)]
-            await eventually(lambda: doors.gate.waiting >= 8)    # queued behind the first hash
+            await until(lambda: doors.gate.waiting >= 8, 20, "8 queued")    # queued behind the first hash
             for t in tasks[1:]:
                 t.cancel()                             # the clients hang up
             await asyncio.gather(*tasks, return_exceptions=True)
-            await eventually(lambda: doors.gate.waiting == 0 and doors.gate.stats["gone"] >= 8)
+            await until(lambda: doors.gate.waiting == 0 and doors.gate.stats["gone"] >= 8, 20, "the queue judged")
             assert doors.gate.stats["gone"] >= 8 and doors.gate.stats["hashes"] <= 2, doors.gate.stats
             assert await one(0) == 401                 # and the door still works
     finally:

@@ -15,6 +15,7 @@ from jego_call.media import analysis
 from jego_call.media.endpoint import MediaEndpoint, enable_loopback_candidates
 from jego_call.media.sinks import Analyser, VideoFrameCounter, WavRecorder
 from jego_call.media.tracks import EchoTrack, FileSource, TestPatternVideo, ToneSource
+from tests.helpers import until
 
 SPEECH = Path(__file__).resolve().parent.parent / "data" / "speech_en_48k.wav"
 
@@ -46,7 +47,7 @@ async def echo_call(source: object, out: Path, seconds: float, closing: list[Med
     b = MediaEndpoint(source=echo, sinks=[echo], codecs=codecs, name="B")
     closing += [a, b]
     await connect(a, b)
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)   # the call is held for the source's seconds of audio, and its echo
     return a, b
 
 
@@ -87,7 +88,8 @@ async def test_one_leg_level_within_half_a_db(closing: list[MediaEndpoint]) -> N
     b = MediaEndpoint(sinks=[an], name="B")
     closing += [a, b]
     await connect(a, b)
-    await asyncio.sleep(1.6)
+    # 1.6 s of audio heard: the 1 s analysis window lies past the codec's start-up
+    await until(lambda: an.samples >= 1.6 * an.rate, 10, "1.6 s of audio at B")
     assert an.dominant_hz == pytest.approx(1000, abs=5)
     assert an.level_dbfs == pytest.approx(analysis.sine_rms_dbfs(-10), abs=0.5)
 
@@ -127,8 +129,7 @@ async def test_video_test_pattern_arrives(closing: list[MediaEndpoint]) -> None:
     b = MediaEndpoint(video_sinks=[counter], name="B")
     closing += [a, b]
     await connect(a, b, video=True)
-    await asyncio.sleep(2.0)
-    assert counter.frames >= 15
+    await until(lambda: counter.frames >= 15, 10, "15 decoded frames")
     assert (counter.width, counter.height) == (160, 120)
     assert (await a.stats())["video"]["packets_sent"] > 0
 
@@ -153,7 +154,7 @@ async def test_mp4_recording_has_audio_and_video(tmp_path: Path, closing: list[M
     b = MediaEndpoint(recorder=Mp4Recorder(out), name="B")
     closing += [a, b]
     await connect(a, b, video=True)
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(3.0)   # a recording of 3 s of call: the file's length is what is judged
     await b.close()
     with av.open(str(out)) as c:
         kinds = {s.type: s.frames for s in c.streams}

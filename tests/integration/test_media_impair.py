@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +16,13 @@ from bridge.carrier.media import Echo, RtpStream, Tone, load_wav, measure_tone
 from bridge.rtp.packet import RtpPacket
 from bridge.sip.sdp import build_offer, negotiated_from_answer
 from jego_call.media.impair import ImpairmentSpec
+from tests.helpers import until
 
 from .carrier_util import HOST, Uac, running_carrier, wait_records
 
 pytestmark = pytest.mark.timeout(90)
 
 SSRC = 0x5EED
-
-
-async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait for `pred()` on the loop (the engine's readers and timers run meanwhile)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def impaired_stream(spec: str) -> RtpStream:
@@ -51,7 +41,7 @@ async def blast(dest: tuple[str, int], n: int, chunk: int = 100) -> None:
         for i in range(n):
             sock.sendto(packet(i), dest)
             if i % chunk == chunk - 1:
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(0.002)   # pacing: yield so the engine reads the socket
 
 
 @pytest.mark.parametrize(("spec", "expected"), [("loss=10,seed=7", 0.10), ("loss=10,burst=3,seed=7", 0.10),
@@ -97,7 +87,7 @@ async def test_delay_holds_every_datagram_and_jitter_reorders() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for i in range(200):
                 sock.sendto(packet(i), stream.local_address)
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)   # pacing: 5 ms apart, so the jitter can reorder them
         await until(lambda: net.counters.delivered == 200, what="200 jittered datagrams")
         assert net.counters.dropped == 0
         assert net.counters.reordered > 20

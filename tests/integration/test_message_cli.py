@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ..conftest import PASSWORD, ROOT, LiveServer, add_contact, http_json, make_user
+from ..conftest import PASSWORD, ROOT, LiveServer, ServerFactory, add_contact, http_json, make_user
 
 
 def jego(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -120,8 +120,8 @@ def test_bad_invocations(pair: LiveServer, tmp_path: Path) -> None:
     assert json.loads(r.stdout)["messages"] == []
 
 
-def test_text_over_the_limit(server_factory: object, tmp_path: Path) -> None:
-    s = server_factory(JEGO_MESSAGING_MAX_TEXT_CHARS="20")  # type: ignore[operator]
+def test_text_over_the_limit(server_factory: ServerFactory, tmp_path: Path) -> None:
+    s = server_factory(JEGO_MESSAGING_MAX_TEXT_CHARS="20")
     ta = make_user(s, "alice")
     make_user(s, "bob")
     add_contact(s, ta, "bob")

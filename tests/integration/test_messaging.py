@@ -4,6 +4,7 @@ retries, bad uploads, permissions; durability across kill -9 of a live `jego ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -18,16 +19,16 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from jego_call.db import Database
 from jego_call.signalling.keys import CONFIG, DB
+from tests.helpers import until
 
-from ..conftest import LiveServer, http_json, make_user
+from ..conftest import LiveServer, ServerFactory, http_json, make_user
 from ..conftest import add_contact as live_add_contact
 from .conftest import Factory
-from .sigclient import Ws, add_contact, register
+from .sigclient import AppClient, Ws, add_contact, register
 
 # Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
 pytestmark = pytest.mark.backends("sqlite", "postgres")
@@ -41,23 +42,23 @@ def cid() -> str:
     return uuid.uuid4().hex
 
 
-def media_dir(client: TestClient) -> Path:
-    return client.server.app[CONFIG].media_dir
+def media_dir(client: AppClient) -> Path:
+    return client.app[CONFIG].media_dir
 
 
-def stored_files(client: TestClient) -> list[Path]:
+def stored_files(client: AppClient) -> list[Path]:
     root = media_dir(client)
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-async def media_rows(client: TestClient) -> int:
-    db: Database = client.server.app[DB]
+async def media_rows(client: AppClient) -> int:
+    db: Database = client.app[DB]
     row = await db.query_one("SELECT COUNT(*) FROM media")
     assert row is not None
     return int(row[0])
 
 
-async def users(client: TestClient, *names: str, contacts: bool = True) -> list[str]:
+async def users(client: AppClient, *names: str, contacts: bool = True) -> list[str]:
     tokens = [await register(client, n) for n in names]
     if contacts:
         for i, t in enumerate(tokens[:2]):
@@ -83,7 +84,7 @@ async def send(ws: Ws, to: str, text: str | None = None, media_id: str | None = 
             return got
 
 
-async def upload(client: TestClient, token: str, data: bytes, kind: str | None = None,
+async def upload(client: AppClient, token: str, data: bytes, kind: str | None = None,
                  filename: str | None = None, multipart: bool = False) -> tuple[int, dict[str, Any]]:
     params = {k: v for k, v in (("kind", kind), ("filename", filename)) if v is not None}
     if multipart:
@@ -123,7 +124,7 @@ def wav(seconds: float, rate: int = 16000) -> bytes:
 
 
 # -- text -------------------------------------------------------------------------------------
-async def test_text_both_ways_with_receipts_and_history(client: TestClient) -> None:
+async def test_text_both_ways_with_receipts_and_history(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a, b = await Ws.open(client, ta), await Ws.open(client, tb)
     ack = await send(a, "bob", "你好, Bob")
@@ -158,7 +159,7 @@ async def test_text_both_ways_with_receipts_and_history(client: TestClient) -> N
         await w.close()
 
 
-async def test_history_pages(client: TestClient) -> None:
+async def test_history_pages(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a = await Ws.open(client, ta)
     for i in range(7):
@@ -180,7 +181,7 @@ async def test_history_pages(client: TestClient) -> None:
     await a.close()
 
 
-async def test_other_tabs_of_the_sender_see_the_message(client: TestClient) -> None:
+async def test_other_tabs_of_the_sender_see_the_message(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a1, a2, b = await Ws.open(client, ta), await Ws.open(client, ta), await Ws.open(client, tb)
     ack = await send(a1, "bob", "from tab 1")
@@ -233,7 +234,7 @@ async def test_send_errors(make_client: Factory) -> None:
         await s.close()
 
 
-async def test_retry_with_same_client_id_is_stored_once(client: TestClient) -> None:
+async def test_retry_with_same_client_id_is_stored_once(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a, b = await Ws.open(client, ta), await Ws.open(client, tb)
     same = cid()
@@ -256,7 +257,7 @@ async def test_retry_with_same_client_id_is_stored_once(client: TestClient) -> N
 
 
 # -- offline and sync -------------------------------------------------------------------------
-async def test_offline_recipient_gets_everything_in_order_exactly_once(client: TestClient) -> None:
+async def test_offline_recipient_gets_everything_in_order_exactly_once(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a = await Ws.open(client, ta)
     for i in range(30):
@@ -302,7 +303,7 @@ async def test_offline_recipient_gets_everything_in_order_exactly_once(client: T
     await b.close()
 
 
-async def test_sync_tells_the_sender_its_receipts(client: TestClient) -> None:
+async def test_sync_tells_the_sender_its_receipts(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a = await Ws.open(client, ta)
     for i in range(3):
@@ -323,7 +324,7 @@ async def test_sync_tells_the_sender_its_receipts(client: TestClient) -> None:
 
 
 # -- media ------------------------------------------------------------------------------------
-async def test_photo_with_thumbnail(client: TestClient) -> None:
+async def test_photo_with_thumbnail(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a, b = await Ws.open(client, ta), await Ws.open(client, tb)
     data = png(800, 600)
@@ -391,7 +392,7 @@ async def test_voice_wav_duration(make_client: Factory) -> None:
     await b.close()
 
 
-async def test_file_download_is_byte_identical_and_ranges_work(client: TestClient) -> None:
+async def test_file_download_is_byte_identical_and_ranges_work(client: AppClient) -> None:
     ta, tb = await users(client, "alice", "bob")
     a = await Ws.open(client, ta)
     data = os.urandom(3 * 1024 * 1024 + 17)  # more than one write batch
@@ -416,7 +417,7 @@ async def test_file_download_is_byte_identical_and_ranges_work(client: TestClien
     await a.close()
 
 
-async def test_lying_png_is_rejected_and_nothing_is_kept(client: TestClient) -> None:
+async def test_lying_png_is_rejected_and_nothing_is_kept(client: AppClient) -> None:
     ta, _tb = await users(client, "alice", "bob")
     status, err = await upload(client, ta, b"GIF89a but really just text" * 10, kind="photo", filename="cat.png")
     assert status == 415 and err["error"]["code"] == "unsupported_media"
@@ -457,11 +458,13 @@ async def test_upload_size_limits(make_client: Factory) -> None:
     assert len(stored_files(client)) == 2 and await media_rows(client) == 2
 
 
-async def _cut_off_upload(client: TestClient, token: str, total: int, send_bytes: int, chunked: bool) -> None:
+async def _cut_off_upload(client: AppClient, token: str, total: int, send_bytes: int, chunked: bool) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     head = (f"POST /api/media?filename=big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n")
     head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {total}\r\n\r\n"
+    tmp = media_dir(client) / "tmp"
+    earlier = set(tmp.iterdir()) if tmp.exists() else set()
     writer.write(head.encode())
     sent = 0
     while sent < send_bytes:
@@ -470,19 +473,20 @@ async def _cut_off_upload(client: TestClient, token: str, total: int, send_bytes
         writer.write(f"{n:x}\r\n".encode() + body + b"\r\n" if chunked else body)
         await writer.drain()
         sent += n
-    await asyncio.sleep(0.2)  # the server has the partial body in its temp file by now
+
+    def partial_body() -> bool:   # the server has started this upload's temp file
+        return tmp.exists() and any(p not in earlier and p.stat().st_size > 0 for p in tmp.iterdir())
+    await until(partial_body, 10, "the partial body in the server's temp file")
     writer.transport.abort()  # RST: the connection dies mid-body
     writer.close()
 
 
-async def test_upload_cut_off_midway_leaves_nothing(client: TestClient) -> None:
+async def test_upload_cut_off_midway_leaves_nothing(client: AppClient) -> None:
     ta, _ = await users(client, "alice", "bob")
     for chunked in (False, True):
         await _cut_off_upload(client, ta, total=4_000_000, send_bytes=2_500_000, chunked=chunked)
-    for _ in range(50):  # the handler notices the dead socket and cleans up
-        if not stored_files(client):
-            break
-        await asyncio.sleep(0.1)
+    with contextlib.suppress(AssertionError):   # the handler notices the dead socket and cleans up
+        await until(lambda: not stored_files(client), 5, "the cut-off uploads cleaned up", interval=0.1)
     assert stored_files(client) == [] and await media_rows(client) == 0
     tmp = media_dir(client) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
@@ -490,7 +494,7 @@ async def test_upload_cut_off_midway_leaves_nothing(client: TestClient) -> None:
     assert status == 201 and len(stored_files(client)) == 1
 
 
-async def test_only_members_may_read_media(client: TestClient) -> None:
+async def test_only_members_may_read_media(client: AppClient) -> None:
     ta, tb, tc = await users(client, "alice", "bob", "carol")
     a = await Ws.open(client, ta)
     status, media = await upload(client, ta, png(64, 48), kind="photo")
@@ -526,8 +530,8 @@ async def _live_ws(server: LiveServer, token: str) -> tuple[aiohttp.ClientSessio
     return http, ws
 
 
-async def test_acked_message_survives_kill_9(server_factory: Factory) -> None:
-    server: LiveServer = server_factory()
+async def test_acked_message_survives_kill_9(server_factory: ServerFactory) -> None:
+    server = server_factory()
     ta, tb = make_user(server, "alice"), make_user(server, "bob")
     live_add_contact(server, ta, "bob")
     http, ws = await _live_ws(server, ta)
@@ -535,7 +539,7 @@ async def test_acked_message_survives_kill_9(server_factory: Factory) -> None:
     ids = [cid() for _ in range(20)]
     for i, c in enumerate(ids):
         await ws.send_json({"type": "send_message", "client_id": c, "to": "bob", "text": f"durable {i}"})
-    acked = []
+    acked: list[int] = []
     while len(acked) < len(ids):
         msg = await ws.receive_json(timeout=10)
         if msg["type"] == "message_ack":

@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, start_server, top_up
+from tests.helpers import wait_for
 from tests.servers import PrometheusServer, prometheus_server
 
 from .bridge_util import PLAIN, carrier_config, carrier_record, free_port
@@ -57,14 +57,8 @@ def get(url: str) -> tuple[int, str, str]:
 
 
 def wait_until(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    """tests.helpers.wait_for, looking every 0.2 s (each look is a Prometheus query)."""
+    return wait_for(check, timeout, what, interval=0.2)
 
 
 def value(prom: PrometheusServer, expr: str) -> float | None:

@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
 from jego_call.messaging import service as messaging_service
-from jego_call.signalling.keys import PRICE_LOOKUP
+from jego_call.signalling.keys import ACCOUNTS, PRICE_LOOKUP
 from jego_call.signalling.server import create_app
 
-from .sigclient import FAKE_SDP, PASSWORD, Ws, add_contact, new_call_id, register
+from .sigclient import FAKE_SDP, PASSWORD, AppClient, Ws, add_contact, new_call_id, register
 
 # Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
 pytestmark = pytest.mark.backends("sqlite", "postgres")
@@ -27,13 +27,13 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def call_json(client: TestClient, method: str, path: str, token: str | None = None,
+async def call_json(client: AppClient, method: str, path: str, token: str | None = None,
                     body: Any = None) -> tuple[int, Any]:
     res = await client.request(method, path, json=body, headers=auth(token) if token else {})
     return res.status, (await res.json() if res.status != 204 else None)
 
 
-async def test_display_names_at_registration_in_me_contacts_presence_and_invites(client: TestClient) -> None:
+async def test_display_names_at_registration_in_me_contacts_presence_and_invites(client: AppClient) -> None:
     res = await client.post("/api/register", json={"username": "wangfang", "password": PASSWORD,
                                                    "display_name": "  王芳  "})
     body = await res.json()
@@ -69,7 +69,7 @@ async def test_display_names_at_registration_in_me_contacts_presence_and_invites
     ("王", True), ("x" * 32, True), ("👩‍👩‍👧 family", True), ("x" * 33, False), ("   ", False), ("", False),
     ("a\x07b", False), ("evil\u202etxt", False), (42, False),
 ])
-async def test_display_name_rules(client: TestClient, name: object, ok: bool) -> None:
+async def test_display_name_rules(client: AppClient, name: object, ok: bool) -> None:
     token = await register(client, "alice")
     status, body = await call_json(client, "PATCH", "/api/me", token, {"display_name": name})
     if ok:
@@ -80,7 +80,7 @@ async def test_display_name_rules(client: TestClient, name: object, ok: bool) ->
     assert (res.status == 201) is (ok or name == "")  # left blank at registration: the username
 
 
-async def test_blocked_users_cannot_call_or_message_and_are_told_only_not_available(client: TestClient) -> None:
+async def test_blocked_users_cannot_call_or_message_and_are_told_only_not_available(client: AppClient) -> None:
     ta, tb = await register(client, "alice"), await register(client, "bob")
     for t, other in ((ta, "bob"), (tb, "alice")):
         await add_contact(client, t, other)
@@ -126,7 +126,7 @@ async def test_blocked_users_cannot_call_or_message_and_are_told_only_not_availa
     await bob.ws.close()
 
 
-async def test_signed_media_links_are_bound_to_user_media_variant_and_time(client: TestClient) -> None:
+async def test_signed_media_links_are_bound_to_user_media_variant_and_time(client: AppClient) -> None:
     ta, tb = await register(client, "alice"), await register(client, "bob")
     tc = await register(client, "carol")
     res = await client.post("/api/media", data=b"just some bytes" * 100, params={"filename": "notes.txt"},
@@ -148,7 +148,7 @@ async def test_signed_media_links_are_bound_to_user_media_variant_and_time(clien
     for url in bad:
         res = await client.get(url)
         assert res.status == 401, url
-    expired = messaging_service.signed_media_url(client.server.app[messaging_service.ACCOUNTS], "alice",
+    expired = messaging_service.signed_media_url(client.app[ACCOUNTS], "alice",
                                                  media["id"], "full", int(time.time()) - 1)
     res = await client.get(expired)
     assert res.status == 401 and "expired" in (await res.json())["error"]["message"]
@@ -168,7 +168,7 @@ async def test_signed_media_links_are_bound_to_user_media_variant_and_time(clien
     ("138", "138", "incomplete", False, "invalid_number"),
     ("abc", "abc", "invalid", False, "invalid_number"),
 ])
-async def test_number_check(client: TestClient, typed: str, formatted: str, kind: str, callable_: bool,
+async def test_number_check(client: AppClient, typed: str, formatted: str, kind: str, callable_: bool,
                             reason: str | None) -> None:
     token = await register(client, "alice")
     res = await client.get("/api/numbers/check", params={"number": typed}, headers=auth(token))
@@ -201,7 +201,7 @@ async def test_number_check_price_hook(tmp_path: Path) -> None:
         await client.close()
 
 
-async def _priced(client: TestClient) -> None:
+async def _priced(client: AppClient) -> None:
     token = await register(client, "alice")
     res = await client.get("/api/numbers/check", params={"number": "13800138000"}, headers=auth(token))
     assert (await res.json())["price"] == {"per_minute": "0.10", "currency": "CNY", "e164": "+8613800138000"}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bridge.carrier.media import measure_tone
+from bridge.carrier.media import RtpStream, measure_tone
 from bridge.gateway.legs import LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
 from bridge.gateway.pyvoip import PyVoipLeg, PyVoipTrunk, TrunkConfig
 from bridge.rtp import g711
@@ -42,6 +42,8 @@ from bridge.sip.message import (
     random_token,
 )
 from bridge.sip.sdp import NegotiatedAudio, answer_offer, build_offer
+from jego_call.call.reasons import EndReason
+from tests.helpers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIPP_DIR = ROOT / "tests" / "sipp"
@@ -60,7 +62,7 @@ def free_udp_port(pair: bool = False) -> int:
     for _ in range(200):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((HOST, 0))
-        port = s.getsockname()[1]
+        port = int(s.getsockname()[1])
         s.close()
         if not pair:
             return port
@@ -163,16 +165,15 @@ class Sipp:
     async def start(self) -> Sipp:
         self.proc = await asyncio.create_subprocess_exec(*self.args, cwd=self.cwd, stdout=asyncio.subprocess.DEVNULL,
                                                          stderr=asyncio.subprocess.DEVNULL)
-        # Wait until sipp has bound its SIP port.
-        for _ in range(100):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                probe.bind((HOST, self.port))
-            except OSError:
-                break
-            finally:
-                probe.close()
-            await asyncio.sleep(0.02)
+        def bound() -> bool:   # sipp has bound its SIP port: ours cannot
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((HOST, self.port))
+                except OSError:
+                    return True
+                return False
+
+        await until(bound, 5, f"sipp to bind {self.port}")
         return self
 
     async def wait(self, timeout: float = 10.0) -> int:
@@ -365,7 +366,7 @@ async def pump(leg: PyVoipLeg, seconds: float, source: Callable[[int], np.ndarra
     t0 = loop.time()
     n = 0
     while n < int(seconds * 50):
-        await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
+        await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))   # pacing: the app's 20 ms clock
         if source is not None:
             leg.send_audio(source(n).tobytes())
         if sink is not None:
@@ -439,10 +440,10 @@ async def test_ack_to_tag_matches_200(tmp_path: Path) -> None:
             assert ringing == LegRinging(180, False)
             answered = await next_event(leg, LegAnswered)
             assert answered.codec == "PCMU" and leg.codec == "PCMU"
-            await asyncio.sleep(0.3)
+            await until(lambda: leg.stats()["tx_packets"] >= 10, 5, "the leg sending RTP")
             await leg.hangup()
             ended = await next_event(leg, LegEnded)
-            assert ended == LegEnded("hangup", None, 16, remote=False)
+            assert ended == LegEnded(EndReason.HANGUP, None, 16, remote=False)
             assert leg.stats()["tx_packets"] >= 10  # counters survive the end of the call
             rc = await sipp.wait()
         assert rc == 0, sipp.errors()
@@ -717,8 +718,7 @@ async def test_inbound_call_answer_and_bye() -> None:
             leg, from_number, to_number = got[0]
             assert (from_number, to_number) == ("+8613900000002", "+8613800138000")
             assert (await next_event(leg, LegAnswered)).codec == "PCMA"
-            await asyncio.sleep(0.3)
-            assert len(rtp.packets(8)) >= 5
+            await until(lambda: len(rtp.packets(8)) >= 5, 5, "PCMA packets at the peer")
             await leg.hangup(17)
             ended = await next_event(leg, LegEnded)
             assert (ended.reason, ended.q850_cause, ended.remote) == ("hangup", 17, False)
@@ -763,7 +763,7 @@ def _ack_final(uac: socket.socket, trunk_port: int, inv: SipRequest, final: SipR
 
 async def _quiet(uac: socket.socket, seconds: float = 0.8) -> None:
     """Drain what was in flight, then assert nothing more arrives for `seconds`."""
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)   # a negative check: what is in flight on loopback lands within this
     uac.setblocking(False)
     with contextlib.suppress(BlockingIOError):
         while True:
@@ -859,7 +859,7 @@ async def test_pacing_absolute_clock_and_bounded_backlog() -> None:
 
         async def watch() -> None:
             while True:
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.25)   # a sampling cadence: the backlog over real time is the subject
                 backlog.append(call.leg.stats()["tx_backlog"])
 
         watcher = asyncio.ensure_future(watch())
@@ -879,7 +879,7 @@ async def test_pacing_absolute_clock_and_bounded_backlog() -> None:
 async def test_sequence_wraps() -> None:
     """pyVoIP raises OverflowError at 65536 and sends a packet without its seq; ours wraps."""
     async with media_call(rtp_initial_sequence=65530) as call:
-        await asyncio.sleep(0.4)
+        await until(lambda: len(call.rtp.arrivals) >= 20, 5, "20 packets at the peer")
         raw = [r for _, r in call.rtp.arrivals]
     assert all(len(r) == 12 + 160 for r in raw[:20])
     seqs = [RtpPacket.parse(r).sequence_number for r in raw[:15]]
@@ -893,7 +893,12 @@ async def test_send_dtmf_rfc4733() -> None:
         te_pt = call.uas.leg_media.telephone_event_pt if call.uas.leg_media else None
         assert te_pt == 101
         await asyncio.wait_for(call.leg.send_dtmf("15#"), 3)
-        await asyncio.sleep(0.1)
+
+        def ends_then_audio() -> bool:   # the three events' end packets are in, and audio after them
+            pkts = [p for _, p in call.rtp.packets()]
+            ends = [p for p in pkts if p.payload_type == 101 and TelephoneEvent.parse(p.payload).end]
+            return len(ends) >= 9 and pkts[-1].payload_type == 0
+        await until(ends_then_audio, 5, "the DTMF end packets, then audio")
         rx = DtmfReceiver()
         by_ts: dict[int, list[RtpPacket]] = {}
         for _, p in call.rtp.packets(101):
@@ -949,7 +954,7 @@ async def test_bad_rtp_is_dropped_and_audio_continues() -> None:
         t0 = loop.time()
         frames: list[np.ndarray] = []
         for n in range(60):                             # 1.2 s of 1 kHz at -12 dBFS, paced
-            await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
+            await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))   # pacing: 20 ms packets
             ts += 160
             pcm = sine(1000.0, -12.0, 160, n * 160)
             peer.send(RtpPacket(0, seq, ts, ssrc, g711.ulaw_encode(pcm)).serialize(), dest)
@@ -1032,13 +1037,15 @@ async def test_rtcp_with_the_simulated_carrier(tmp_path: Path) -> None:
             await next_event(leg, LegAnswered, timeout=8)
             pumping = asyncio.ensure_future(pump(leg, 6.0, source=lambda n: sine(600.0, -15.0, 160, n * 160)))
             try:
-                stats: dict[str, Any] = {}
-                for _ in range(60):
-                    await asyncio.sleep(0.1)
-                    stats = leg.stats()
-                    streams = [c.stream for c in carrier._calls.values() if c.stream is not None]
-                    if "rtt_ms" in stats and streams and streams[0].stats().rtt is not None:
-                        break
+                def carrier_streams() -> list[RtpStream]:
+                    return [c.stream for c in carrier._calls.values() if c.stream is not None]
+
+                def both_have_rtt() -> bool:
+                    streams = carrier_streams()
+                    return "rtt_ms" in leg.stats() and bool(streams) and streams[0].stats().rtt is not None
+                with contextlib.suppress(AssertionError):   # judged below, with the counters
+                    await until(both_have_rtt, 6, "round-trip times on both sides")
+                stats, streams = leg.stats(), carrier_streams()
                 assert stats["rtcp_sent"] >= 2 and stats["rtcp_received"] >= 2, stats
                 assert 0 <= stats["rtt_ms"] < 50 and stats["remote_loss"] == 0 and stats["jitter_ms"] < 20, stats
                 (stream,) = streams
@@ -1057,18 +1064,21 @@ async def test_reinvite_hold_and_resume() -> None:
     async with media_call() as call:
         threads = pyvoip_threads()
         call.uas.reinvite("sendonly", 2)
-        await asyncio.sleep(0.3)
-        ok = [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE" and r.status >= 200]
+
+        def final_to_2() -> list[SipResponse]:
+            return [r for r in call.uas.responses if r.cseq.seq == 2 and r.cseq.method == "INVITE" and r.status >= 200]
+        ok = await until(final_to_2, 5, "the answer to the hold re-INVITE")
         assert ok and ok[0].status == 200 and "a=recvonly" in ok[0].body.decode()
         n = len(call.rtp.arrivals)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)   # a negative over real time: nothing sent, and T1 (0.5 s) passes
         assert len(call.rtp.arrivals) - n <= 1  # held: nothing sent
         oks = [r for r in call.uas.responses if r.cseq.seq == 2 and r.status == 200]
         assert len(oks) == 1  # our ACK stopped its retransmission (T1 = 0.5 s passed)
         call.uas.reinvite("sendrecv", 3)
-        await asyncio.sleep(0.2)
+        held_at = len(call.rtp.arrivals)
+        await until(lambda: len(call.rtp.arrivals) > held_at + 2, 5, "media again after the resume")
         n = len(call.rtp.arrivals)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)   # a rate over real time is the subject: 50/s, not 100/s
         assert 45 <= len(call.rtp.arrivals) - n <= 55  # resumed at 50/s, not 100/s
         assert pyvoip_threads() == threads
 
@@ -1246,9 +1256,12 @@ async def test_requests_outside_our_dialogs_get_481_405_501() -> None:
                 req.headers.add("Via", f"SIP/2.0/UDP {HOST}:{peer.port};branch=z9hG4bK{random_token(6)};rport",
                                 first=True)
                 peer.send(req, dest)
-                resp, _ = await peer.next(lambda m, r=req: isinstance(m, SipResponse) and m.call_id == r.call_id
-                                          and m.status >= 200)
-                assert isinstance(resp, SipResponse) and resp.status == want, (method, resp.status)
+
+                def final_to(m: SipRequest | SipResponse, r: SipRequest = req) -> bool:
+                    return isinstance(m, SipResponse) and m.call_id == r.call_id and m.status >= 200
+                resp, _ = await peer.next(final_to)
+                assert isinstance(resp, SipResponse), method
+                assert resp.status == want, (method, resp.status)
                 if want in (405, 200):
                     assert "INVITE" in (resp.headers.get("Allow") or ""), method
     finally:
@@ -1263,9 +1276,9 @@ async def test_idle_receive_thread_sleeps() -> None:
     try:
         async with running_trunk(peer.port) as trunk:
             sip = trunk.phone.sip
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)   # the start's own datagrams are handled
             before = sip.wakeups
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)   # a negative over real time: idle, not one wake-up
             assert sip.wakeups == before
             opts = new_request("OPTIONS", f"sip:jego@{HOST}:{trunk.local_port}", from_=f"<sip:peer@{HOST}>",
                                to=f"<sip:jego@{HOST}>")
@@ -1299,10 +1312,7 @@ async def test_register_refresh_is_a_loop_timer() -> None:
     try:
         async with running_trunk(registrar.port, register=True, register_expires=2) as trunk:
             assert trunk.registered
-            for _ in range(60):
-                if len(seen) >= 2:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: len(seen) >= 2, 5, "the refreshing REGISTER")
             assert len(seen) >= 2 and trunk.registered
             assert not [t for t in threading.enumerate() if t.name.startswith("SIP Register")]
             (t0, first), (t1, second) = seen[0], seen[1]

@@ -5,7 +5,6 @@ the carrier with BYE and Q.850 cause 102, as its call record shows."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from bridge.carrier.cdr import read_records
 from bridge.gateway.legs import LegAnswered, LegEnded
 from tests.conftest import PASSWORD, ROOT, make_user, start_server, top_up
+from tests.helpers import until, wait_for
 
 from .bridge_util import carrier_config, free_port
 from .carrier_util import running_carrier
@@ -28,14 +28,6 @@ from .test_pyvoip_leg import next_event, running_trunk
 pytestmark = pytest.mark.timeout(90)
 
 ECHO = "+8613800138000"
-
-
-async def until(pred: object, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():  # type: ignore[operator]
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_leg_refreshes_its_session_and_the_call_outlives_the_interval(tmp_path: Path) -> None:
@@ -106,15 +98,12 @@ def test_a_session_nobody_refreshes_is_ended_by_the_carrier(tmp_path: Path) -> N
             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(dialer)
         stored_dialogs(tmp_path / "worker-data", dialer)
-        time.sleep(4.0)  # let one refresh (at 3 s) happen: the session is alive while the worker is
+        time.sleep(4.0)  # real time is the subject: one refresh (at 3 s) happens while the worker lives
         worker.send_signal(signal.SIGKILL)
         killed_at = time.time()
         worker.wait(10)
         path = server.data_dir / "carrier" / "cdr.jsonl"
-        deadline = time.monotonic() + 20
-        while not (path.exists() and read_records(path)):
-            assert time.monotonic() < deadline, "the carrier never ended the call"
-            time.sleep(0.05)
+        wait_for(lambda: path.exists() and read_records(path), 20, "the carrier to end the call")
         [rec] = read_records(path)
         assert rec.q850_cause == 102 and rec.outcome == "connection_lost", rec
         # 6 s interval: BYE at most 4 s after the last refresh, which was before the kill.

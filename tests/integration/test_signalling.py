@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient
 
 from jego_call.signalling.keys import HUB
 
 from .conftest import Factory
-from .sigclient import FAKE_SDP, PASSWORD, Ws, add_contact, new_call_id, register
+from .sigclient import FAKE_SDP, PASSWORD, AppClient, Ws, add_contact, new_call_id, register
 
 # Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
-async def pair(client: TestClient) -> tuple[Ws, Ws, str, str]:
+async def pair(client: AppClient) -> tuple[Ws, Ws, str, str]:
     ta = await register(client, "alice")
     tb = await register(client, "bob")
     await add_contact(client, ta, "bob")
@@ -34,7 +32,7 @@ async def invite(a: Ws, to: str = "bob", media: list[str] | None = None) -> str:
 
 
 # -- accounts API ---------------------------------------------------------------------------
-async def test_register_login_me_contacts(client: TestClient) -> None:
+async def test_register_login_me_contacts(client: AppClient) -> None:
     token = await register(client, "Alice")
     res = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert (await res.json())["username"] == "alice"
@@ -60,14 +58,14 @@ async def test_register_login_me_contacts(client: TestClient) -> None:
         ("/api/login", {"username": "nobody", "password": PASSWORD}, 401, "auth_failed"),
     ],
 )
-async def test_account_errors(client: TestClient, path: str, body: Any, status: int, code: str) -> None:
+async def test_account_errors(client: AppClient, path: str, body: Any, status: int, code: str) -> None:
     await register(client, "alice")
     res = await client.post(path, json=body)
     assert res.status == status
     assert (await res.json())["error"]["code"] == code
 
 
-async def test_api_needs_token_and_rejects_bad_json(client: TestClient) -> None:
+async def test_api_needs_token_and_rejects_bad_json(client: AppClient) -> None:
     res = await client.get("/api/me")
     assert res.status == 401 and (await res.json())["error"]["code"] == "not_authenticated"
     res = await client.get("/api/me", headers={"Authorization": "Bearer forged.token"})
@@ -82,7 +80,7 @@ async def test_api_needs_token_and_rejects_bad_json(client: TestClient) -> None:
 
 
 # -- WebSocket bad input --------------------------------------------------------------------
-async def test_bad_frames_get_errors_and_connection_lives(client: TestClient) -> None:
+async def test_bad_frames_get_errors_and_connection_lives(client: AppClient) -> None:
     token = await register(client, "alice")
     ws = await Ws.open(client)
     await ws.send({"type": "invite", "call_id": new_call_id(), "to": "bob", "sdp": FAKE_SDP})
@@ -117,7 +115,7 @@ async def test_bad_frames_get_errors_and_connection_lives(client: TestClient) ->
     await ws.expect("pong")
 
 
-async def test_oversized_frame_closes_1009_and_binary_1003(client: TestClient) -> None:
+async def test_oversized_frame_closes_1009_and_binary_1003(client: AppClient) -> None:
     token = await register(client, "alice")
     ws = await Ws.open(client, token)
     await ws.send_raw("x" * (1024 * 1024 + 10))
@@ -133,7 +131,7 @@ async def test_oversized_frame_closes_1009_and_binary_1003(client: TestClient) -
     assert ws2.ws.close_code == 1003
 
 
-async def test_unauthenticated_socket_is_closed_after_timeout(client: TestClient) -> None:
+async def test_unauthenticated_socket_is_closed_after_timeout(client: AppClient) -> None:
     ws = await Ws.open(client)
     msg = await ws.next_raw()
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
@@ -150,7 +148,7 @@ async def test_rate_limit(make_client: Factory) -> None:
 
 
 # -- calls ----------------------------------------------------------------------------------
-async def test_call_connects_relays_and_hangs_up(client: TestClient) -> None:
+async def test_call_connects_relays_and_hangs_up(client: AppClient) -> None:
     a, b, _ta, tb = await pair(client)
     b2 = await Ws.open(client, tb)  # bob's second tab
     await a.expect("presence", username="bob", presence="online")
@@ -187,7 +185,7 @@ async def test_call_connects_relays_and_hangs_up(client: TestClient) -> None:
     await a.expect_error("unknown_call")
 
 
-async def test_outsider_cannot_touch_a_call(client: TestClient) -> None:
+async def test_outsider_cannot_touch_a_call(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     eve = await Ws.open(client, await register(client, "eve"))
     cid = await invite(a)
@@ -202,7 +200,7 @@ async def test_outsider_cannot_touch_a_call(client: TestClient) -> None:
     await b.expect_error("not_party")
 
 
-async def test_decline(client: TestClient) -> None:
+async def test_decline(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
     await b.expect("invite", call_id=cid)
@@ -210,7 +208,7 @@ async def test_decline(client: TestClient) -> None:
     assert (await a.expect("call_ended", call_id=cid))["reason"] == "declined"
 
 
-async def test_busy_when_callee_in_a_call(client: TestClient) -> None:
+async def test_busy_when_callee_in_a_call(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     carol = await Ws.open(client, await register(client, "carol"))
     cid = await invite(a)
@@ -224,7 +222,7 @@ async def test_busy_when_callee_in_a_call(client: TestClient) -> None:
     await a.expect_error("already_in_call")
 
 
-async def test_busy_decline(client: TestClient) -> None:
+async def test_busy_decline(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
     await b.expect("invite", call_id=cid)
@@ -232,7 +230,7 @@ async def test_busy_decline(client: TestClient) -> None:
     assert (await a.expect("call_ended", call_id=cid))["reason"] == "busy"
 
 
-async def test_no_answer_after_ring_timeout(client: TestClient) -> None:
+async def test_no_answer_after_ring_timeout(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
     await b.expect("invite", call_id=cid)
@@ -241,7 +239,7 @@ async def test_no_answer_after_ring_timeout(client: TestClient) -> None:
     assert (await b.expect("call_ended", call_id=cid))["reason"] == "no_answer"
 
 
-async def test_offline_unknown_and_self(client: TestClient) -> None:
+async def test_offline_unknown_and_self(client: AppClient) -> None:
     ta = await register(client, "alice")
     await register(client, "bob")
     a = await Ws.open(client, ta)
@@ -255,7 +253,7 @@ async def test_offline_unknown_and_self(client: TestClient) -> None:
     await a.expect_error("self_call")
 
 
-async def test_cancel_while_ringing(client: TestClient) -> None:
+async def test_cancel_while_ringing(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
     await b.expect("invite", call_id=cid)
@@ -263,7 +261,7 @@ async def test_cancel_while_ringing(client: TestClient) -> None:
     assert (await b.expect("call_ended", call_id=cid))["reason"] == "cancelled"
 
 
-async def test_dropped_socket_ends_call(client: TestClient) -> None:
+async def test_dropped_socket_ends_call(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
     await b.expect("invite", call_id=cid)
@@ -275,7 +273,7 @@ async def test_dropped_socket_ends_call(client: TestClient) -> None:
     await a.expect("presence", username="bob", presence="offline")
 
 
-async def test_dead_peer_detected_by_heartbeat(client: TestClient) -> None:
+async def test_dead_peer_detected_by_heartbeat(client: AppClient) -> None:
     """A peer that stops answering pings (no FIN) is dropped and its call ends within 10 s."""
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
@@ -290,16 +288,16 @@ async def test_dead_peer_detected_by_heartbeat(client: TestClient) -> None:
     assert ended["reason"] == "connection_lost"
 
 
-async def test_shutdown_ends_calls_with_reason(client: TestClient) -> None:
+async def test_shutdown_ends_calls_with_reason(client: AppClient) -> None:
     a, b, _ta, _tb = await pair(client)
     cid = await invite(a)
     await b.expect("invite", call_id=cid)
-    client.server.app[HUB].shutdown()
+    client.app[HUB].shutdown()
     assert (await a.expect("call_ended", call_id=cid))["reason"] == "server_shutdown"
     assert (await b.expect("call_ended", call_id=cid))["reason"] == "server_shutdown"
 
 
-async def test_concurrent_calls_do_not_disturb_each_other(client: TestClient) -> None:
+async def test_concurrent_calls_do_not_disturb_each_other(client: AppClient) -> None:
     users = [f"user{i}" for i in range(6)]
     socks = {u: await Ws.open(client, await register(client, u)) for u in users}
     ids = []
@@ -315,5 +313,4 @@ async def test_concurrent_calls_do_not_disturb_each_other(client: TestClient) ->
     caller, callee, cid = ids[1]
     await socks[caller].send({"type": "hangup", "call_id": cid})
     await socks[callee].expect("call_ended", call_id=cid)
-    assert len(client.server.app[HUB].calls) == 2
-    await asyncio.sleep(0)
+    assert len(client.app[HUB].calls) == 2

@@ -23,7 +23,7 @@ def ip_checksum(header: bytes) -> int:
     total = sum(struct.unpack("!10H", header))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def packet(payload: bytes, seq: int, ts: int) -> bytes:

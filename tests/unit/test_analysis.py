@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -181,4 +180,3 @@ async def test_tone_source_paces_on_an_absolute_clock() -> None:
     samples = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
     assert analysis.active_duration(samples, RATE) == pytest.approx(0.5, abs=0.021)
     assert src.pacing.on_time_ratio > 0.9
-    await asyncio.sleep(0)

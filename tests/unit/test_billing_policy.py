@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from jego_call.billing.fraud import Activity, FraudConfig
 from jego_call.billing.money import currency
-from jego_call.billing.policy import Account, Terms, decide, quote, settle_amounts, timers
+from jego_call.billing.policy import Account, Decision, Terms, decide, quote, settle_amounts, timers
 from jego_call.billing.rates import Increment, Rate, RateTable, build_rate_table
 from jego_call.billing.refusal import Refusal
 from jego_call.call.reasons import EndReason
-from jego_call.numbering import classify
+from jego_call.numbering import NumberInfo, classify
 
 T0 = 1_800_000_000.0
 CNY = currency("CNY")
@@ -29,9 +29,9 @@ MOBILE = classify("+8613800138000")
 LANDLINE = classify("+861065529988")
 
 
-def go(balance: int, info: object = MOBILE, held: int = 0, activity: Activity | None = None,
-       cfg: FraudConfig = CFG, terms: Terms = TERMS, suspended: Refusal | None = None) -> object:
-    return decide(info, Account(balance, held, suspended), activity or Activity(), RATES, cfg, terms, T0)  # type: ignore[arg-type]
+def go(balance: int, info: NumberInfo = MOBILE, held: int = 0, activity: Activity | None = None,
+       cfg: FraudConfig = CFG, terms: Terms = TERMS, suspended: Refusal | None = None) -> Decision:
+    return decide(info, Account(balance, held, suspended), activity or Activity(), RATES, cfg, terms, T0)
 
 
 def test_allowed_duration_is_balance_over_rate_and_warns_60_s_before() -> None:

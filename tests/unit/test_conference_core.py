@@ -3,6 +3,8 @@ BridgeStateMachine, what is mixed, what the server is told, and the close."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bridge.gateway.call_core import BridgeState
 from bridge.gateway.conference_core import (
     AddIce,
@@ -33,7 +35,7 @@ CID = "gcall-0001"
 LEG = "gcall-0001-p1"
 
 
-def server(cmds: list[object]) -> list[dict[str, object]]:
+def server(cmds: Sequence[object]) -> list[dict[str, object]]:
     return [c.msg for c in cmds if isinstance(c, ToServer)]
 
 

@@ -16,7 +16,7 @@ PERIOD = 0.020
 def run(spec: str, n: int = N) -> tuple[Impairment[int], list[tuple[int, float]]]:
     """Push n datagrams 20 ms apart; return the model and (seq, delivery time - send time)."""
     net: Impairment[int] = Impairment(ImpairmentSpec.parse(spec))
-    sent = {}
+    sent: dict[int, float] = {}
     out: list[tuple[int, float]] = []
     t = 0.0
     for i in range(n):

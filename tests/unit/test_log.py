@@ -45,7 +45,7 @@ async def test_tasks_started_inside_a_call_inherit_its_id(json_log: io.StringIO)
     log = logging.getLogger("jego.test")
 
     async def media() -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)   # the subject: it logs after the `with` block has been left
         log.info("media up")
 
     with call_context(call_id="c-1"):

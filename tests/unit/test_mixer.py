@@ -22,7 +22,7 @@ def level_at(x: np.ndarray, freq: float) -> float:
     k = int(round(freq * len(x) / RATE))
     peak = spec[k - 2: k + 3].max()
     amplitude = 2 * peak / np.sum(np.hanning(len(x)))
-    return 20 * np.log10(amplitude / 32767 + 1e-12)
+    return float(20 * np.log10(amplitude / 32767 + 1e-12))
 
 
 def run(mixer: Mixer, sources: dict[str, np.ndarray | None], frames: int,

@@ -18,6 +18,7 @@ from bridge.sip.endpoint import (
 )
 from bridge.sip.message import new_request
 from bridge.sip.transaction import Addr, TimerConfig
+from tests.helpers import until
 
 A = ("127.0.0.1", 5070)
 B = ("127.0.0.1", 5080)
@@ -58,10 +59,7 @@ async def test_the_driver_runs_timer_e_and_f_by_itself() -> None:
     wire = Wire()
     wire.mute.add(B)  # B never hears: A retransmits (Timer E) until Timer F = 64*T1
     wire.options()
-    for _ in range(200):
-        if wire.events[A]:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: wire.events[A], 2, "Timer F")
     assert [type(e) for e in wire.events[A]] == [TransactionTimeout]
     # T1 doubling from 0.01 s: sent at 0, then 0.01 0.03 0.07 0.15 0.31 0.63; F at 0.64
     assert len([d for dest, d in wire.sent if dest == B]) == 7
@@ -82,20 +80,14 @@ async def test_a_flush_inside_a_handler_is_folded_and_a_raising_handler_is_survi
 
     b.on_event = answer
     wire.options()
-    for _ in range(100):
-        if wire.events[A]:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: wire.events[A], 1, "the 200")
     assert calls == ["RequestReceived"]
     (ok,) = wire.events[A]
     assert isinstance(ok, ResponseReceived) and ok.response.status == 200
     # B's server transaction still has its Timer J armed by the driver despite the exception
     assert b.endpoint.get_timer() is not None
     wire.options()  # and B still answers the next request
-    for _ in range(100):
-        if len(wire.events[A]) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(wire.events[A]) == 2, 1, "the second 200")
     assert [e.response.status for e in wire.events[A] if isinstance(e, ResponseReceived)] == [200, 200]
 
 
@@ -106,7 +98,7 @@ async def test_closed_driver_ignores_input_and_cancels_its_timer() -> None:
     a = wire.drivers[A]
     a.close()
     sent = len(wire.sent)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)   # a negative over real time: Timer E (T1 0.01 s) would have fired by now
     assert len(wire.sent) == sent and wire.events[A] == []  # no Timer E retransmission
     a.receive_datagram(b"garbage", B)
     a.flush()

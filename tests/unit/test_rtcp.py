@@ -12,6 +12,7 @@ from bridge.rtp.rtcp import (
     ReceiverReport,
     ReportBlock,
     RtcpError,
+    RtcpPacket,
     Sdes,
     SenderReport,
     build_compound,
@@ -28,13 +29,15 @@ def test_compound_round_trip() -> None:
     blocks = (ReportBlock(0x11111111, 25, -3, 0x0001FFFF, 77, 0xABCD1234, 65536),
               ReportBlock(0x22222222, 255, 0x7FFFFF, 5, 0, 0, 0))
     sr = SenderReport(0xCAFEBABE, ntp_from_seconds(3_900_000_000.25), 123456, 50, 8000, blocks)
-    packets = [sr, Sdes.cname(0xCAFEBABE, "bridge@127.0.0.1"), Bye((0xCAFEBABE,), "call ended")]
+    packets: list[RtcpPacket] = [sr, Sdes.cname(0xCAFEBABE, "bridge@127.0.0.1"), Bye((0xCAFEBABE,), "call ended")]
     data = build_compound(packets)
     assert len(data) % 4 == 0 and data[1] == 200
     back = parse_compound(data)
     assert back == packets
-    assert back[1].cname_of(0xCAFEBABE) == "bridge@127.0.0.1"  # type: ignore[union-attr]
-    assert blocks[0].fraction == 25 / 256 and back[0].reports[0].cumulative_lost == -3  # type: ignore[union-attr]
+    sr_back, sdes_back = back[0], back[1]
+    assert isinstance(sdes_back, Sdes) and sdes_back.cname_of(0xCAFEBABE) == "bridge@127.0.0.1"
+    assert isinstance(sr_back, SenderReport)
+    assert blocks[0].fraction == 25 / 256 and sr_back.reports[0].cumulative_lost == -3
     rr = ReceiverReport(7, ())
     assert parse_compound(build_compound([rr, OtherRtcp(204, b"name1234")])) == [rr, OtherRtcp(204, b"name1234")]
     # header length field: words minus one (SR with 2 blocks: 1 + 6 + 2 * 6 = 19 words -> 18)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -296,7 +297,8 @@ def test_rfc2543_requests_match_without_branch() -> None:
     (lambda b: b.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE"), 400, None),
     (lambda b: b.replace(b"Max-Forwards: 70", b"X-Big: " + b"x" * 66000), 513, None),
 ])
-def test_stateless_checks(mutation, status: int, header: tuple[str, str | None] | None) -> None:  # noqa: ANN001
+def test_stateless_checks(mutation: Callable[[bytes], bytes], status: int,
+                          header: tuple[str, str | None] | None) -> None:
     ep = SipEndpoint()
     ep.receive_datagram(mutation(invite_bytes()), PEER, 0.0)
     events = drain(ep)
@@ -341,11 +343,11 @@ def test_garbage_never_raises() -> None:
         if i % 3 == 0:
             data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
         else:
-            data = bytearray(base)
+            mutated = bytearray(base)
             for _ in range(rng.randint(1, 8)):
-                pos = rng.randrange(len(data))
-                data[pos:pos + rng.randint(0, 3)] = bytes(rng.choice(b";,:<>\"% \r\n@=") for _ in range(2))
-            data = bytes(data)
+                pos = rng.randrange(len(mutated))
+                mutated[pos:pos + rng.randint(0, 3)] = bytes(rng.choice(b";,:<>\"% \r\n@=") for _ in range(2))
+            data = bytes(mutated)
         ep.receive_datagram(data, PEER, i * 0.01)
         ep.datagrams_to_send(i * 0.01)
         drain(ep)
