@@ -185,7 +185,7 @@ class HubWorld:
                 rec = c
                 if self.ledger is not None and rec.callee_kind == "phone":
                     self.ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at,
-                                       also=lambda rec=rec: self.stored.append(rec))  # type: ignore[misc]
+                                       also=lambda _tx, rec=rec: self.stored.append(rec))  # type: ignore[misc]
                 else:
                     self.stored.append(rec)
         for call in self.core.calls.values():
