@@ -1,7 +1,8 @@
 """Accounts: users with argon2 password hashes, display names, signed expiring tokens, contacts
 and blocks.
 
-Call `Accounts(db, secret, cfg)`; `register`/`login` return a token, `verify_token` turns one
+Call `Accounts(db, secret, cfg)`; every method that reads or writes the database is a coroutine
+(SQLite or PostgreSQL, jego_call/db.py). `register`/`login` return a token, `verify_token` turns one
 back into a username. `display_name(user)` is what people see beside the username (Unicode,
 1-32 characters; the username when none is set). `block(owner, other)` stops `other`'s calls,
 messages and view of `owner`'s presence; `is_blocked(owner, other)` is what the hub and
@@ -22,7 +23,7 @@ import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from .config import AuthConfig
-from .db import Database
+from .db import Database, Executor, UniqueViolation
 from .errors import ErrorCode, SignallingError
 from .limits import BoundedPriorityQueue, LoginLimits, LoginPolicy, LogThrottle, WorkBudget
 
@@ -74,6 +75,24 @@ def load_secret(data_dir: Path, name: str = "secret.key") -> bytes:
         return key
 
 
+async def load_shared_secret(db: Database, data_dir: Path, name: str = "secret.key") -> bytes:
+    """The server secret `name`: DATA/<name> (load_secret) on SQLite; on PostgreSQL the one in the
+    `secrets` table, so every node has the same (the first node to start puts it there, taken
+    from its DATA/<name> when it has one, so tokens stay valid after a move to PostgreSQL)."""
+    if db.engine == "sqlite":
+        return load_secret(data_dir, name)
+    path = data_dir / name
+    try:
+        candidate = path.read_text().strip()
+    except FileNotFoundError:
+        candidate = secrets.token_bytes(32).hex()
+    await db.execute("INSERT INTO secrets(name, value, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                     (name, candidate, time.time()))
+    row = await db.query_one("SELECT value FROM secrets WHERE name = ?", (name,))
+    assert row is not None
+    return bytes.fromhex(str(row["value"]))
+
+
 def normalise_username(name: object) -> str:
     if not isinstance(name, str):
         raise SignallingError(ErrorCode.INVALID_USERNAME, "username must be a string")
@@ -110,13 +129,27 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class Accounts:
-    """User accounts and contacts on top of `Database`."""
+PEOPLE_CHANNEL = "jego_people"  # notify payload: the usernames whose contacts, blocks or name changed
 
-    def __init__(self, db: Database, secret: bytes, cfg: AuthConfig) -> None:
+ChangeHook = Callable[[tuple[str, ...]], Awaitable[None]]
+
+
+class Accounts:
+    """User accounts and contacts on top of `Database` (either engine); every lookup is a
+    coroutine. Writes that change what the hub's `Directory` answers (a new user, a display
+    name, contacts, blocks) notify PEOPLE_CHANNEL with the users concerned and await
+    `on_change(users)` (this node's directory) before they return."""
+
+    def __init__(self, db: Database, secret: bytes, cfg: AuthConfig, on_change: ChangeHook | None = None) -> None:
         self.db = db
         self.secret = secret
         self.cfg = cfg
+        self.on_change = on_change
+
+    async def _changed(self, *users: str, tx: Executor | None = None) -> None:
+        await (tx or self.db).notify(PEOPLE_CHANNEL, " ".join(users))
+        if self.on_change is not None:
+            await self.on_change(users)
 
     # -- passwords and tokens -------------------------------------------------------------
     def _check_password(self, password: object) -> str:
@@ -137,7 +170,7 @@ class Accounts:
         sig = _b64(hmac.new(self.secret, body.encode(), hashlib.sha256).digest())
         return Token(f"{body}.{sig}", username, float(exp))
 
-    def verify_token(self, token: object, now: float | None = None) -> str:
+    async def verify_token(self, token: object, now: float | None = None) -> str:
         """The username a valid, unexpired token names; SignallingError(auth_failed) otherwise."""
         now = time.time() if now is None else now
         if not isinstance(token, str) or len(token) > 512 or token.count(".") != 1:
@@ -153,9 +186,9 @@ class Accounts:
             raise SignallingError(ErrorCode.AUTH_FAILED, "malformed token") from None
         if exp < now:
             raise SignallingError(ErrorCode.AUTH_FAILED, "token expired: log in again")
-        if not self.exists(username):
+        if not isinstance(username, str) or not await self.exists(username):
             raise SignallingError(ErrorCode.AUTH_FAILED, "account no longer exists")
-        return str(username)
+        return username
 
     # -- users ----------------------------------------------------------------------------
     @staticmethod
@@ -163,39 +196,38 @@ class Accounts:
         """CPU-bound (~50 ms): call it in a worker thread from async code."""
         return _HASHER.hash(password)
 
-    def validate_new(self, username: object, password: object) -> tuple[str, str]:
+    async def validate_new(self, username: object, password: object) -> tuple[str, str]:
         name = normalise_username(username)
         pw = self._check_password(password)
-        if self.exists(name):
+        if await self.exists(name):
             raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {name!r} is taken")
         return name, pw
 
-    def create(self, username: str, password_hash: str, display_name: str | None = None) -> None:
+    async def create(self, username: str, password_hash: str, display_name: str | None = None) -> None:
         """Store a new user; `display_name` must come from `normalise_display_name` (None: the username)."""
         try:
-            self.db.execute(
+            await self.db.execute(
                 "INSERT INTO users(username, password_hash, created_at, display_name) VALUES (?, ?, ?, ?)",
                 (username, password_hash, time.time(), display_name),
             )
-        except Exception as exc:  # sqlite3.IntegrityError: a concurrent register won
-            if "UNIQUE" in str(exc):
-                raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {username!r} is taken") from None
-            raise
+        except UniqueViolation:  # a concurrent register won
+            raise SignallingError(ErrorCode.USERNAME_TAKEN, f"username {username!r} is taken") from None
+        await self._changed(username)
 
-    def register(self, username: object, password: object, display_name: object = None) -> Token:
-        """Synchronous register (CLI, tests): validate, hash, store, return a token."""
-        name, pw = self.validate_new(username, password)
+    async def register(self, username: object, password: object, display_name: object = None) -> Token:
+        """Register without the login doors (CLI, tests): validate, hash, store, return a token."""
+        name, pw = await self.validate_new(username, password)
         shown = normalise_display_name(display_name) if display_name is not None else None
-        self.create(name, self.hash_password(pw), shown)
+        await self.create(name, self.hash_password(pw), shown)
         return self.issue_token(name)
 
-    def stored_hash(self, username: object) -> tuple[str | None, str]:
+    async def stored_hash(self, username: object) -> tuple[str | None, str]:
         """(normalised name or None, hash to verify against: a dummy one for unknown users)."""
         if not isinstance(username, str) or not USERNAME_RE.match(username.strip().lower()):
             return None, _DUMMY_HASH
         name = username.strip().lower()
-        row = self.db.query_one("SELECT password_hash FROM users WHERE username = ?", (name,))
-        return (name, row["password_hash"]) if row else (None, _DUMMY_HASH)
+        row = await self.db.query_one("SELECT password_hash FROM users WHERE username = ?", (name,))
+        return (name, str(row["password_hash"])) if row else (None, _DUMMY_HASH)
 
     @staticmethod
     def verify_password(password_hash: str, password: object) -> bool:
@@ -207,74 +239,90 @@ class Accounts:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
-    def login(self, username: object, password: object) -> Token:
-        """Synchronous login (CLI, tests)."""
-        name, stored = self.stored_hash(username)
+    async def login(self, username: object, password: object) -> Token:
+        """Log in without the login doors (CLI, tests)."""
+        name, stored = await self.stored_hash(username)
         if not self.verify_password(stored, password) or name is None:
             raise SignallingError(ErrorCode.AUTH_FAILED, "wrong username or password")
         return self.issue_token(name)
 
-    def exists(self, username: str) -> bool:
-        return self.db.query_one("SELECT 1 FROM users WHERE username = ?", (username,)) is not None
+    async def exists(self, username: str) -> bool:
+        return await self.db.query_one("SELECT 1 FROM users WHERE username = ?", (username,)) is not None
 
-    def created_at(self, username: str) -> float:
-        row = self.db.query_one("SELECT created_at FROM users WHERE username = ?", (username,))
+    async def created_at(self, username: str) -> float:
+        row = await self.db.query_one("SELECT created_at FROM users WHERE username = ?", (username,))
         if row is None:
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
         return float(row["created_at"])
 
     # -- display names --------------------------------------------------------------------
-    def display_name(self, username: str) -> str:
+    async def display_name(self, username: str) -> str:
         """What people see for `username`: its display name, or the username when none is set."""
-        row = self.db.query_one("SELECT display_name FROM users WHERE username = ?", (username,))
+        row = await self.db.query_one("SELECT display_name FROM users WHERE username = ?", (username,))
         return str(row["display_name"]) if row is not None and row["display_name"] else username
 
-    def set_display_name(self, username: str, name: object) -> str:
+    async def display_names(self, usernames: Iterable[str]) -> dict[str, str | None]:
+        """{username: display name, or None when none is set} for those of `usernames` that exist."""
+        names = sorted(set(usernames))
+        out: dict[str, str | None] = {}
+        for i in range(0, len(names), 500):
+            chunk = names[i:i + 500]
+            rows = await self.db.query(
+                f"SELECT username, display_name FROM users WHERE username IN ({','.join('?' * len(chunk))})", chunk)
+            out.update({str(r["username"]): r["display_name"] for r in rows})
+        return out
+
+    async def set_display_name(self, username: str, name: object) -> str:
         """Change `username`'s display name (normalised, invalid_display_name if it breaks the rules)."""
         shown = normalise_display_name(name)
-        self.db.execute("UPDATE users SET display_name = ? WHERE username = ?", (shown, username))
+        await self.db.execute("UPDATE users SET display_name = ? WHERE username = ?", (shown, username))
+        await self._changed(username)
         return shown
 
-    def profile(self, username: str) -> dict[str, object]:
+    async def profile(self, username: str) -> dict[str, object]:
         """`{"username", "display_name"}`, as contacts, presence and invites carry a person."""
-        return {"username": username, "display_name": self.display_name(username)}
+        return {"username": username, "display_name": await self.display_name(username)}
 
     # -- contacts -------------------------------------------------------------------------
-    def _existing_other(self, owner: str, other: object) -> str:
+    async def _existing_other(self, owner: str, other: object) -> str:
         name = normalise_username(other)
         if name == owner:
             raise SignallingError(ErrorCode.SELF_CONTACT, "you cannot add or block yourself")
-        if not self.exists(name):
+        if not await self.exists(name):
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {name!r}")
         return name
 
-    def add_contact(self, owner: str, other: object) -> tuple[str, bool]:
+    async def add_contact(self, owner: str, other: object) -> tuple[str, bool]:
         """Add `other` to `owner`'s contacts (unblocking them); returns (name, created)."""
-        name = self._existing_other(owner, other)
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, name))
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO contacts(owner, contact, created_at) VALUES (?, ?, ?)",
+        name = await self._existing_other(owner, other)
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, name))
+            created = await tx.execute(
+                "INSERT INTO contacts(owner, contact, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (owner, name, time.time()),
             )
-        return name, cur.rowcount == 1
+            await tx.notify(PEOPLE_CHANNEL, f"{owner} {name}")
+        if self.on_change is not None:
+            await self.on_change((owner, name))
+        return name, created == 1
 
-    def remove_contact(self, owner: str, other: str) -> None:
-        cur = self.db.execute("DELETE FROM contacts WHERE owner = ? AND contact = ?", (owner, other.lower()))
-        if cur.rowcount == 0:
+    async def remove_contact(self, owner: str, other: str) -> None:
+        n = await self.db.execute("DELETE FROM contacts WHERE owner = ? AND contact = ?", (owner, other.lower()))
+        if n == 0:
             raise SignallingError(ErrorCode.NOT_CONTACT, f"{other!r} is not in your contacts")
+        await self._changed(owner, other.lower())
 
-    def contacts(self, owner: str) -> list[str]:
+    async def contacts(self, owner: str) -> list[str]:
         """The contacts whose presence `owner` sees: their list, less those who blocked `owner`."""
-        rows = self.db.query(
+        rows = await self.db.query(
             "SELECT contact FROM contacts WHERE owner = ? AND contact NOT IN"
             " (SELECT owner FROM blocks WHERE blocked = ?) ORDER BY contact", (owner, owner))
-        return [r["contact"] for r in rows]
+        return [str(r["contact"]) for r in rows]
 
-    def contact_list(self, owner: str) -> list[dict[str, object]]:
+    async def contact_list(self, owner: str) -> list[dict[str, object]]:
         """Every contact of `owner` with its display name, and `hidden` when they blocked `owner`
         (whose presence `owner` then always sees as offline)."""
-        rows = self.db.query(
+        rows = await self.db.query(
             "SELECT c.contact AS username, u.display_name AS display_name,"
             " EXISTS (SELECT 1 FROM blocks b WHERE b.owner = c.contact AND b.blocked = c.owner) AS hidden"
             " FROM contacts c JOIN users u ON u.username = c.contact WHERE c.owner = ? ORDER BY c.contact",
@@ -282,46 +330,57 @@ class Accounts:
         return [{"username": r["username"], "display_name": r["display_name"] or r["username"],
                  "hidden": bool(r["hidden"])} for r in rows]
 
-    def watchers(self, username: str) -> list[str]:
+    async def watchers(self, username: str) -> list[str]:
         """Users who have `username` as a contact and see its presence (not those it blocked)."""
-        rows = self.db.query(
+        rows = await self.db.query(
             "SELECT owner FROM contacts WHERE contact = ? AND owner NOT IN"
-            " (SELECT blocked FROM blocks WHERE owner = ?)", (username, username))
-        return [r["owner"] for r in rows]
+            " (SELECT blocked FROM blocks WHERE owner = ?) ORDER BY owner", (username, username))
+        return [str(r["owner"]) for r in rows]
 
     # -- blocks ---------------------------------------------------------------------------
-    def block(self, owner: str, other: object) -> tuple[str, bool]:
+    async def block(self, owner: str, other: object) -> tuple[str, bool]:
         """`owner` blocks `other`: removed from `owner`'s contacts; their calls and messages to
         `owner` are refused as "not available" and they see `owner` offline. (name, created)."""
-        name = self._existing_other(owner, other)
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM contacts WHERE owner = ? AND contact = ?", (owner, name))
-            cur = conn.execute("INSERT OR IGNORE INTO blocks(owner, blocked, created_at) VALUES (?, ?, ?)",
-                               (owner, name, time.time()))
-        return name, cur.rowcount == 1
+        name = await self._existing_other(owner, other)
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM contacts WHERE owner = ? AND contact = ?", (owner, name))
+            created = await tx.execute(
+                "INSERT INTO blocks(owner, blocked, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (owner, name, time.time()))
+            await tx.notify(PEOPLE_CHANNEL, f"{owner} {name}")
+        if self.on_change is not None:
+            await self.on_change((owner, name))
+        return name, created == 1
 
-    def unblock(self, owner: str, other: str) -> str:
+    async def unblock(self, owner: str, other: str) -> str:
         """Lift a block (not_found if `other` is not blocked); they are not added back as a contact."""
         name = other.strip().lower()
-        cur = self.db.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, name))
-        if cur.rowcount == 0:
+        n = await self.db.execute("DELETE FROM blocks WHERE owner = ? AND blocked = ?", (owner, name))
+        if n == 0:
             raise SignallingError(ErrorCode.NOT_FOUND, f"{other!r} is not blocked")
+        await self._changed(owner, name)
         return name
 
-    def blocked(self, owner: str) -> list[dict[str, object]]:
+    async def blocked(self, owner: str) -> list[dict[str, object]]:
         """Everyone `owner` has blocked, with display names, by username."""
-        rows = self.db.query(
+        rows = await self.db.query(
             "SELECT b.blocked AS username, u.display_name AS display_name FROM blocks b"
             " JOIN users u ON u.username = b.blocked WHERE b.owner = ? ORDER BY b.blocked", (owner,))
         return [{"username": r["username"], "display_name": r["display_name"] or r["username"]} for r in rows]
 
-    def is_blocked(self, owner: str, other: str) -> bool:
+    async def blocks_of(self, username: str) -> tuple[set[str], set[str]]:
+        """(whom `username` blocked, who blocked `username`)."""
+        mine = await self.db.query("SELECT blocked FROM blocks WHERE owner = ?", (username,))
+        theirs = await self.db.query("SELECT owner FROM blocks WHERE blocked = ?", (username,))
+        return {str(r[0]) for r in mine}, {str(r[0]) for r in theirs}
+
+    async def is_blocked(self, owner: str, other: str) -> bool:
         """True when `owner` has blocked `other`."""
-        return self.db.query_one(
+        return await self.db.query_one(
             "SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?", (owner, other)) is not None
 
-    def is_contact(self, owner: str, other: str) -> bool:
-        return self.db.query_one(
+    async def is_contact(self, owner: str, other: str) -> bool:
+        return await self.db.query_one(
             "SELECT 1 FROM contacts WHERE owner = ? AND contact = ?", (owner, other)
         ) is not None
 

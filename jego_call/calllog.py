@@ -1,11 +1,12 @@
-"""Call records: one row per call in SQLite, written when the call ends.
+"""Call records: one row per call in the database (SQLite or PostgreSQL), written when the call ends.
 
-The hub calls `CallLog.record(...)` from its end-of-call path (for a paid phone call inside
-the ledger's settlement transaction); a gateway's `call_report` (codec, packet counters)
-updates the row with `report(...)`, even after the end, and `set_quality(...)` stores the
-call's E-model score (MOS, R-factor; jego_call/quality.py). `history(user)` serves GET
-/api/calls; `all()` serves `jego cdr`. Both join the call's charge (`call_charges`, billing):
-`cost` (minor units), `cost_text`, `billed_s` and `currency`, null for calls that were free.
+The hub awaits `CallLog.record(...)` after its end-of-call path (its writer task, in order; for
+a paid phone call inside the ledger's settlement transaction, `record(rec, tx)`); a gateway's
+`call_report` (codec, packet counters) updates the row with `report(...)`, even after the end,
+and `set_quality(...)` stores the call's E-model score (MOS, R-factor; jego_call/quality.py).
+`history(user)` serves GET /api/calls; `all()` serves `jego cdr`. Both join the call's charge
+(`call_charges`, billing): `cost` (minor units), `cost_text`, `billed_s` and `currency`, null
+for calls that were free.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .billing.money import currency, format_amount
-from .db import Database
+from .db import Database, Executor
 from .quality import word_for
 
 # the call's charge, when it was a paid phone call that has been settled
@@ -46,28 +47,34 @@ class CallLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def record(self, rec: CallRecord) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO calls(call_id, caller, callee, caller_kind, callee_kind, media, started_at,"
-            " answered_at, ended_at, outcome, sip_code, q850_cause, codec)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    async def record(self, rec: CallRecord, tx: Executor | None = None) -> None:
+        """Store (or replace) the record of `rec.call_id`, in `tx` when given."""
+        await (tx or self.db).execute(
+            "INSERT INTO calls(call_id, caller, callee, caller_kind, callee_kind, media, started_at,"
+            " answered_at, ended_at, outcome, sip_code, q850_cause, codec, app_stats, phone_stats)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT(call_id) DO UPDATE SET"
+            " caller = excluded.caller, callee = excluded.callee, caller_kind = excluded.caller_kind,"
+            " callee_kind = excluded.callee_kind, media = excluded.media, started_at = excluded.started_at,"
+            " answered_at = excluded.answered_at, ended_at = excluded.ended_at, outcome = excluded.outcome,"
+            " sip_code = excluded.sip_code, q850_cause = excluded.q850_cause, codec = excluded.codec,"
+            " app_stats = NULL, phone_stats = NULL",
             (rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media, rec.started_at,
              rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause, rec.codec),
         )
 
-    def report(self, call_id: str, codec: str | None, app: dict[str, int], phone: dict[str, int]) -> bool:
+    async def report(self, call_id: str, codec: str | None, app: dict[str, int], phone: dict[str, int]) -> bool:
         """Attach a gateway's report; False if the call has no record (yet)."""
-        cur = self.db.execute(
+        changed = await self.db.execute(
             "UPDATE calls SET codec = COALESCE(?, codec), app_stats = ?, phone_stats = ? WHERE call_id = ?",
             (codec, json.dumps(app), json.dumps(phone), call_id),
         )
-        return cur.rowcount == 1
+        return changed == 1
 
-    def set_quality(self, call_id: str, mos: float, r_factor: float) -> bool:
+    async def set_quality(self, call_id: str, mos: float, r_factor: float) -> bool:
         """Store the call's quality score (MOS 1..4.5, R 0..100); False if it has no record."""
-        cur = self.db.execute("UPDATE calls SET mos = ?, r_factor = ? WHERE call_id = ?",
-                              (round(mos, 2), round(r_factor, 1), call_id))
-        return cur.rowcount == 1
+        changed = await self.db.execute("UPDATE calls SET mos = ?, r_factor = ? WHERE call_id = ?",
+                                        (round(mos, 2), round(r_factor, 1), call_id))
+        return changed == 1
 
     @staticmethod
     def _row(row: Any, user: str | None) -> dict[str, Any]:
@@ -94,8 +101,8 @@ class CallLog:
             out["peer_kind"] = row["callee_kind"] if outgoing else row["caller_kind"]
         return out
 
-    def history(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.db.query(
+    async def history(self, user: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.db.query(
             f"{_SELECT} WHERE c.caller = ? AND c.caller_kind = 'user'"
             f" UNION ALL {_SELECT} WHERE c.callee = ? AND c.callee_kind = 'user' AND c.caller != c.callee"
             " ORDER BY started_at DESC LIMIT ?",
@@ -103,7 +110,7 @@ class CallLog:
         )
         return [self._row(r, user) for r in rows]
 
-    def all(self, limit: int = 100, phone_only: bool = False) -> list[dict[str, Any]]:
+    async def all(self, limit: int = 100, phone_only: bool = False) -> list[dict[str, Any]]:
         where = "WHERE c.caller_kind = 'phone' OR c.callee_kind = 'phone'" if phone_only else ""
-        rows = self.db.query(f"{_SELECT} {where} ORDER BY c.started_at DESC LIMIT ?", (limit,))
+        rows = await self.db.query(f"{_SELECT} {where} ORDER BY c.started_at DESC LIMIT ?", (limit,))
         return [self._row(r, None) for r in rows]

@@ -35,6 +35,16 @@ class HttpConfig:
 @dataclass(frozen=True, slots=True)
 class DataConfig:
     dir: str = "./data"
+    media_dir: str = ""          # "": DIR/media; a directory every node shares (photos, voice, files)
+
+
+@dataclass(frozen=True, slots=True)
+class DbConfig:
+    url: str = ""                # "": SQLite in DATA/jego.sqlite3; postgresql://user@host:5432/db
+    pool_min: int = 1
+    pool_max: int = 10
+    connect_timeout_s: float = 2.0
+    command_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,7 @@ class LogConfig:
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    db: DbConfig = field(default_factory=DbConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     ice: IceConfig = field(default_factory=IceConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
@@ -205,6 +216,11 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.data.dir)
 
+    @property
+    def media_dir(self) -> Path:
+        """Uploaded media: `[data] media_dir`, else DATA/media."""
+        return Path(self.data.media_dir) if self.data.media_dir else self.data_dir / "media"
+
 
 _POSITIVE = {
     "calls.ring_timeout_s", "calls.max_call_s", "signalling.heartbeat_s", "signalling.auth_timeout_s",
@@ -219,6 +235,7 @@ _POSITIVE = {
     "auth.hash_cpu_share", "auth.hash_burst_s", "auth.hash_queue",
     "billing.warning_s", "billing.max_call_s", "billing.heartbeat_s", "billing.history",
     "ice.turn_ttl_s", "cluster.heartbeat_s", "cluster.node_ttl_s", "cluster.op_timeout_s", "cluster.outbox_limit",
+    "db.pool_min", "db.pool_max", "db.connect_timeout_s", "db.command_timeout_s",
 }
 
 _CHOICES = {"bridge.app_codec": ("opus", "pcmu", "pcma"), "log.format": ("text", "json"),

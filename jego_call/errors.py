@@ -60,9 +60,9 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA = "unsupported_media"
+    SERVICE_UNAVAILABLE = "service_unavailable"   # shared state (Redis) or database (PostgreSQL) unreachable
     GROUP_FULL = "group_full"
     CALL_FULL = "call_full"
-    SERVICE_UNAVAILABLE = "service_unavailable"   # the cluster's shared state (Redis) is unreachable
     INTERNAL = "internal"
 
 

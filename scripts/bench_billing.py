@@ -40,11 +40,13 @@ import aiohttp  # noqa: E402
 
 from jego_call.accounts import Accounts  # noqa: E402
 from jego_call.billing.fraud import FraudConfig  # noqa: E402
+from jego_call.billing.ledger import make_ledger  # noqa: E402
 from jego_call.billing.policy import Terms  # noqa: E402
 from jego_call.billing.service import Billing, load_rate_table  # noqa: E402
 from jego_call.calllog import CallLog  # noqa: E402
 from jego_call.config import AuthConfig, CallsConfig  # noqa: E402
-from jego_call.db import Database  # noqa: E402
+from jego_call.db import Database, run_sync  # noqa: E402
+from jego_call.directory import SqliteDirectory  # noqa: E402
 from jego_call.signalling import messages as m  # noqa: E402
 from jego_call.signalling.hub import Hub  # noqa: E402
 from jego_call.signalling.hub_core import WriteCallRecord  # noqa: E402
@@ -63,22 +65,23 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-billing-"))
     db = Database.open(tmp / "jego.sqlite3")
     names = [f"u{i}" for i in range(users)]
-    with db.transaction() as conn:
-        conn.executemany("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)",
-                         [(n,) for n in names])
+    with db.conn:  # one SQLite transaction
+        db.conn.executemany("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)",
+                            [(n,) for n in names])
     fraud = FraudConfig(max_calls_per_hour=10**6, distinct_destinations_warning=10**6,
                         distinct_destinations_critical=10**6, sequential_warning=10**6, sequential_critical=10**6)
-    b = Billing(db, load_rate_table(), fraud, Terms())
+    # SQLite: Billing's coroutines never wait, run_sync runs each to its end (as the server's loop would)
+    b = run_sync(Billing.open(db, load_rate_table(), fraud, Terms()))
     now = time.time() - 86400 * 2
     for n in names:
-        b.top_up(n, 10**7, "bench", now)
+        run_sync(b.top_up(n, 10**7, "bench", now))
     # history: settled calls in the ledger, older than a day (so the caps see few of them)
     for i in range(history):
         n = names[i % users]
         cid = f"h{i}"
-        b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], now)
-        b.answered(cid, now)
-        b.settle(cid, now, now + 61, now + 61)
+        run_sync(b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], now))
+        run_sync(b.answered(cid, now))
+        run_sync(b.settle(cid, now, now + 61, now + 61))
         now += 0.001
     times: dict[str, list[float]] = {"authorise": [], "answered": [], "heartbeat": [], "settle": []}
     t = time.time()
@@ -87,14 +90,14 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
         n = names[i % users]
         cid = f"c{i}"
         t0 = time.perf_counter()
-        a = b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], t)
+        a = run_sync(b.authorise(cid, n, NUMBERS[i % len(NUMBERS)], t))
         t1 = time.perf_counter()
         assert a.ok, a.refusal
-        b.answered(cid, t)
+        run_sync(b.answered(cid, t))
         t2 = time.perf_counter()
-        b.heartbeat([cid], t + 2)
+        run_sync(b.heartbeat([cid], t + 2))
         t3 = time.perf_counter()
-        s = b.settle(cid, t, t + 95, t + 95)
+        s = run_sync(b.settle(cid, t, t + 95, t + 95))
         t4 = time.perf_counter()
         assert s is not None and s.cost > 0
         for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
@@ -105,7 +108,7 @@ def bench_ledger(users: int, calls: int, history: int) -> dict[str, Any]:
                            for k, v in times.items()}
     out["cpu_us_per_call"] = round(cpu / calls * 1e6, 1)
     out["users"], out["calls"], out["history"] = users, calls, history
-    db.close()
+    run_sync(db.close())
     return out
 
 
@@ -114,22 +117,26 @@ SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/
 
 def _call_path(users: int, calls: int, billed: bool) -> dict[str, Any]:
     """CPU per app-to-phone call through HubCore + Hub._record, with or without the ledger."""
+    return asyncio.run(_call_path_async(users, calls, billed))
+
+
+async def _call_path_async(users: int, calls: int, billed: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-callpath-"))
     db = Database.open(tmp / "jego.sqlite3")
     names = [f"u{i}" for i in range(users)]
-    with db.transaction() as conn:
-        conn.executemany("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)",
-                         [(n,) for n in names])
-    hub = Hub(Accounts(db, b"bench" * 8, AuthConfig()), CallsConfig(), call_log=CallLog(db))
+    async with db.transaction() as tx:
+        for n in names:
+            await tx.execute("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)", (n,))
+    hub = Hub(SqliteDirectory(Accounts(db, b"bench" * 8, AuthConfig())), CallsConfig(), call_log=CallLog(db))
     wall0 = time.time()
     if billed:
         fraud = FraudConfig(max_calls_per_hour=10**6, distinct_destinations_warning=10**6,
                             distinct_destinations_critical=10**6, sequential_warning=10**6,
                             sequential_critical=10**6, max_minutes_per_day=10**6)
-        billing = Billing(db, load_rate_table(), fraud, Terms())
+        billing = await Billing.open(db, load_rate_table(), fraud, Terms())
         for n in names:
-            billing.top_up(n, 10**7, "bench", wall0 - 86400)
-        hub.set_ledger(billing)
+            await billing.top_up(n, 10**7, "bench", wall0 - 86400)
+        hub.set_ledger(make_ledger(billing))
     core = hub.core
     now = 1000.0
     for i, n in enumerate(names):
@@ -137,30 +144,33 @@ def _call_path(users: int, calls: int, billed: bool) -> dict[str, Any]:
     core.attach_gateway("gw", "gw", 10**6, {"type": "auth_ok"})
     times: list[float] = []
 
-    def run(cmds: list[Any]) -> None:
+    async def run(cmds: list[Any]) -> None:
         for c in cmds:
             if isinstance(c, WriteCallRecord):
                 hub._record(c)  # the shell's own step: settle + record, one transaction
+                await hub.drain()
 
     cpu0 = time.process_time()
     for i in range(calls):
         sid, cid, to = f"s{i % users}", f"bench-call-{i:08d}", NUMBERS[i % len(NUMBERS)]
         wall = wall0 + now - 1000.0
         t0 = time.perf_counter()
-        run(core.handle(sid, m.parse_message({"type": "invite", "call_id": cid, "to": to, "sdp": SDP}), now=now, wall=wall))
-        run(core.handle("gw", m.parse_message({"type": "ringing", "call_id": cid, "sip_code": 180}), now=now, wall=wall))
-        run(core.handle("gw", m.parse_message({"type": "accept", "call_id": cid, "sdp": SDP}), now=now, wall=wall))
+        await run(core.handle(sid, m.parse_message({"type": "invite", "call_id": cid, "to": to, "sdp": SDP}),
+                              now=now, wall=wall))
+        await run(core.handle("gw", m.parse_message({"type": "ringing", "call_id": cid, "sip_code": 180}),
+                              now=now, wall=wall))
+        await run(core.handle("gw", m.parse_message({"type": "accept", "call_id": cid, "sdp": SDP}), now=now, wall=wall))
         now += 30.0
         wall += 30.0
-        run(core.handle_timer(now=now, wall=wall))
-        run(core.handle(sid, m.parse_message({"type": "hangup", "call_id": cid}), now=now, wall=wall))
+        await run(core.handle_timer(now=now, wall=wall))
+        await run(core.handle(sid, m.parse_message({"type": "hangup", "call_id": cid}), now=now, wall=wall))
         times.append((time.perf_counter() - t0) * 1e6)
         assert cid not in core.calls
     cpu = time.process_time() - cpu0
     if billed:
-        charged = db.query("SELECT COUNT(*) AS n FROM call_charges WHERE settled_at IS NOT NULL")[0]["n"]
-        assert charged == calls, charged
-    db.close()
+        row = await db.query_one("SELECT COUNT(*) AS n FROM call_charges WHERE settled_at IS NOT NULL")
+        assert row is not None and row["n"] == calls, row
+    await db.close()
     return {"cpu_us_per_call": round(cpu / calls * 1e6, 1), "p50_us": round(statistics.median(times), 1),
             "p99_us": round(pct(times, 99), 1)}
 

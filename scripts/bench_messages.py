@@ -5,7 +5,8 @@ Two phases, each over real WebSockets on 127.0.0.1, with PAIRS sender -> recipie
 over PROCS client processes (each pair lives in one process, so its clock times both ends):
 
 1. throughput: every sender keeps WINDOW messages in flight (a new one per ack) until it has
-   sent MESSAGES; reports acked messages per second (an ack means committed to SQLite) and the
+   sent MESSAGES; reports acked messages per second (an ack means committed to SQLite, or with
+   --postgres to PostgreSQL) and the
    server's CPU use, plus the delivery latency seen while saturated;
 2. latency: all senders together send RATE messages a second for SECONDS; reports the delivery
    latency (sender's send -> recipient's receive over WS) p50 / p99 / max.
@@ -13,12 +14,14 @@ over PROCS client processes (each pair lives in one process, so its clock times 
 Not a test: run it and copy the figures to docs/benchmarks.md (## Messaging).
 
     .venv/bin/python scripts/bench_messages.py --pairs 20 --messages 500 --window 16 --procs 2 --rate 200
+    .venv/bin/python scripts/bench_messages.py ... --postgres     # the same into PostgreSQL
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import statistics
@@ -40,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-password-1"
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(tmp: Path, db_url: str = "") -> tuple[subprocess.Popen[str], str]:
     return benchlib.start_server(tmp, JEGO_SIGNALLING_RATE_PER_S="100000", JEGO_SIGNALLING_RATE_BURST="100000",
-                                 JEGO_LOG_LEVEL="WARNING")
+                                 JEGO_LOG_LEVEL="WARNING", JEGO_DB_URL=db_url)
 
 
 def post(url: str, body: dict[str, Any], token: str | None = None) -> Any:
@@ -202,12 +205,27 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="client processes")
     ap.add_argument("--rate", type=float, default=200.0, help="messages per second in the latency phase")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    ap.add_argument("--postgres", action="store_true",
+                    help="store in a PostgreSQL started for the run (tests/servers.py, durable: every "
+                         "commit flushed, as SQLite's WAL commit is) instead of SQLite")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-msg-"))
+    with contextlib.ExitStack() as stack:
+        db_url = ""
+        if a.postgres and a.server is None:
+            sys.path.insert(0, str(ROOT))
+            from tests.servers import postgres_server
+
+            db_url = stack.enter_context(postgres_server(tmp, durable=True)).url
+            print(f"storage: PostgreSQL {db_url}", file=sys.stderr)
+        return run(a, tmp, db_url)
+
+
+def run(a: argparse.Namespace, tmp: Path, db_url: str) -> int:
     proc = None
     url = a.server
     if url is None:
-        proc, url = start_server(tmp)
+        proc, url = start_server(tmp, db_url)
     tag = uuid.uuid4().hex[:4]
     try:
         pairs = make_pairs(url, a.pairs, tag)

@@ -144,16 +144,22 @@ def make_user(server: LiveServer, name: str, password: str = PASSWORD) -> str:
 def top_up(server: LiveServer, name: str, amount: int = 5000, note: str = "test credit") -> int:
     """Add `amount` minor units of credit to `name` on the server's database (the ledger
     `jego credit add` uses; safe while the server runs); returns the new balance."""
+    import asyncio
+
     from jego_call.billing.fraud import FraudConfig
     from jego_call.billing.service import Billing, load_rate_table
-    from jego_call.db import Database
+    from jego_call.db import Database, PostgresDatabase
 
-    db = Database.open(server.data_dir / "jego.sqlite3")
-    try:
-        rates = load_rate_table(server.env.get("JEGO_BILLING_RATES", "config/rates.toml"))
-        return Billing(db, rates, FraudConfig()).top_up(name, amount, note)
-    finally:
-        db.close()
+    async def add() -> int:
+        url = server.env.get("JEGO_DB_URL", "")
+        db = await PostgresDatabase.connect(url) if url else Database.open(server.data_dir / "jego.sqlite3")
+        try:
+            rates = load_rate_table(server.env.get("JEGO_BILLING_RATES", "config/rates.toml"))
+            return await Billing(db, rates, FraudConfig()).top_up(name, amount, note)
+        finally:
+            await db.close()
+
+    return asyncio.run(add())
 
 
 def add_contact(server: LiveServer, token: str, name: str) -> None:
@@ -169,7 +175,7 @@ SERIAL_MODULES = frozenset({
     "test_bridge_long_call", "test_carrier_sipp", "test_bridge_worker", "test_carrier_media",
     "test_carrier_ptime", "test_analysis", "test_group_calls", "test_bridge_baresip", "test_browser_groups",
     "test_media_endpoint", "test_call_quality", "test_cluster_live", "test_turn", "test_browser_turn",
-    "test_lean_leg",
+    "test_lean_leg", "test_serve_postgres",
     # billing: a cut within 1 s of its moment, a login flood judged against frames on time
     "test_bridge_billing", "test_billing_crash", "test_login_flood", "test_browser_billing",
 })

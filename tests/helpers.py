@@ -13,14 +13,14 @@ must or must not fire, a call held for N seconds of audio, packets paced 20 ms a
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import inspect
 import time
 import wave
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jego_call.db import Database
+from jego_call.db import run_sync
 
 T = TypeVar("T")
 
@@ -55,9 +55,12 @@ async def until(pred: Callable[[], T | None | Awaitable[T | None]], timeout: flo
         await asyncio.sleep(interval)  # the poll step: yields to the code that makes `pred` true
 
 
-def one_row(db: Database, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row:
-    """The row `sql` must find (fails the test when there is none)."""
+def one_row(db: Any, sql: str, params: Iterable[Any] = ()) -> Any:
+    """The row `sql` must find (fails the test when there is none); `db` an SQLite `Database`
+    (its coroutine run to its end) or a synchronous wrapper of one."""
     row = db.query_one(sql, params)
+    if inspect.isawaitable(row):
+        row = run_sync(row)  # type: ignore[arg-type]
     assert row is not None, f"no row for {sql}"
     return row
 

@@ -189,9 +189,20 @@ class PostgresServer:
         return f"postgresql://jego@{HOST}:{self.port}/jego"
 
 
+def _pg_ready(port: int) -> Callable[[], bool]:
+    """Accepting queries, not only TCP connections (during start-up it answers "starting up")."""
+    def check() -> bool:
+        return subprocess.run([_pg_bin("pg_isready"), "-q", "-h", HOST, "-p", str(port), "-U", "jego", "-d", "postgres"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=5).returncode == 0
+    return check
+
+
 @contextlib.contextmanager
-def postgres_server(tmp: Path) -> Iterator[PostgresServer]:
-    """A throw-away cluster: initdb (trust auth for user jego on loopback), database `jego`."""
+def postgres_server(tmp: Path, *, durable: bool = False) -> Iterator[PostgresServer]:
+    """A throw-away cluster: initdb (trust auth for user jego on loopback), database `jego`.
+
+    Tests run it with fsync and synchronous commit off (fast, and a test never pulls the power);
+    `durable=True` keeps PostgreSQL's defaults (every commit flushed to disk), for benchmarks."""
     port = free_port()
     user = None
     if os.geteuid() == 0:
@@ -210,9 +221,10 @@ def postgres_server(tmp: Path) -> Iterator[PostgresServer]:
     if user is not None:
         init = ["runuser", "-u", user, "--", *init]
     subprocess.run(init, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    argv = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(d), "-c", f"listen_addresses={HOST}",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-    server = PostgresServer(Managed("postgres", argv, _tcp_ready(port), d / "postgres.log", user=user), port, data)
+    argv = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(d), "-c", f"listen_addresses={HOST}"]
+    if not durable:
+        argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    server = PostgresServer(Managed("postgres", argv, _pg_ready(port), d / "postgres.log", user=user), port, data)
     server.server.start()
     try:
         created = subprocess.run([_pg_bin("createdb"), "-h", HOST, "-p", str(port), "-U", "jego", "jego"],

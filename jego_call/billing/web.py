@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,10 +20,12 @@ from aiohttp import web
 from .. import numbering
 from ..call.reasons import EndReason
 from ..calllog import CallLog, CallRecord
+from ..db import Executor
 from ..errors import ConfigError, ErrorCode, SignallingError
 from ..signalling.http import authenticated_user
 from ..signalling.keys import BILLING, CALL_LOG, CONFIG, DB, HUB, PRICE_LOOKUP
 from . import store
+from .ledger import make_ledger
 from .money import MoneyError, format_amount, parse_amount
 from .policy import Terms
 from .rates import RateTable
@@ -37,19 +39,19 @@ _RATES: web.AppKey[RateTable] = web.AppKey("billing_rates")
 
 async def credit(request: web.Request) -> web.Response:
     """GET /api/credit: the caller's balance, held and available credit and recent entries."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     if BILLING not in request.app:
         return web.json_response({"enabled": False})
     try:
         limit = min(200, max(1, int(request.query.get("limit", str(request.app[BILLING].history)))))
     except ValueError:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "limit must be an integer") from None
-    return web.json_response({"enabled": True, **request.app[BILLING].view(user, limit)})
+    return web.json_response({"enabled": True, **await request.app[BILLING].view(user, limit)})
 
 
 async def rate(request: web.Request) -> web.Response:
     """GET /api/rate?number=…: the price of a number before it is dialled, or why it cannot be."""
-    authenticated_user(request)
+    await authenticated_user(request)
     raw = request.query.get("number", "")
     cfg = request.app[CONFIG]
     if BILLING not in request.app:
@@ -92,15 +94,15 @@ def price_lookup(billing: Billing) -> Callable[[str], dict[str, Any] | None]:
     return price
 
 
-def _recovered_record(call_log: CallLog | None) -> Callable[[store.Charge, float], None] | None:
-    """The call record of a call a crash left open (written with its settlement)."""
+def _recovered_record(call_log: CallLog | None) -> Callable[[Executor, store.Charge, float], Awaitable[None]] | None:
+    """The call record of a call a crash left open (written in its settlement's transaction)."""
     if call_log is None:
         return None
 
-    def write(charge: store.Charge, ended_at: float) -> None:
-        call_log.record(CallRecord(charge.call_id, charge.username, charge.destination, "user", "phone", "audio",
-                                   charge.authorised_at, charge.answered_at, ended_at,
-                                   EndReason.SERVER_SHUTDOWN.value))
+    async def write(tx: Executor, charge: store.Charge, ended_at: float) -> None:
+        await call_log.record(CallRecord(charge.call_id, charge.username, charge.destination, "user", "phone",
+                                         "audio", charge.authorised_at, charge.answered_at, ended_at,
+                                         EndReason.SERVER_SHUTDOWN.value), tx)
 
     return write
 
@@ -110,7 +112,7 @@ async def _heartbeats(app: web.Application, billing: Billing, every: float) -> N
         await asyncio.sleep(every)
         try:
             live = list(app[HUB].calls) if HUB in app else []
-            billing.heartbeat(live, time.time())
+            await billing.heartbeat(live, time.time())
             if HUB in app and app[HUB].unsettled:
                 app[HUB].retry_records()
         except Exception:  # a locked or full database must not stop the loop
@@ -119,23 +121,24 @@ async def _heartbeats(app: web.Application, billing: Billing, every: float) -> N
 
 async def _billing_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    billing = Billing(app[DB], app[_RATES], cfg.fraud, Terms(cfg.billing.warning_s, cfg.billing.max_call_s),
-                      history=cfg.billing.history, low_balance=cfg.billing.low_balance)
-    recovered = billing.recover(time.time(), also=_recovered_record(app.get(CALL_LOG)))
+    billing = await Billing.open(app[DB], app[_RATES], cfg.fraud, Terms(cfg.billing.warning_s, cfg.billing.max_call_s),
+                                 history=cfg.billing.history, low_balance=cfg.billing.low_balance)
+    recovered = await billing.recover(time.time(), also=_recovered_record(app.get(CALL_LOG)))
     if recovered:
         log.warning("settled %d call(s) left open by a crash: %s", len(recovered),
                     ", ".join(f"{s.call_id} {s.billed_s} s" for s in recovered))
     app[BILLING] = billing
     if PRICE_LOOKUP not in app:  # (a test may have installed its own)
         app[PRICE_LOOKUP] = price_lookup(billing)
+    ledger = make_ledger(billing)
     if HUB in app:
-        app[HUB].set_ledger(billing)
+        app[HUB].set_ledger(ledger)
     task = asyncio.get_running_loop().create_task(_heartbeats(app, billing, cfg.billing.heartbeat_s))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    if HUB in app and app[HUB].ledger is billing:
+    if HUB in app and app[HUB].ledger is ledger:
         app[HUB].set_ledger(None)
 
 

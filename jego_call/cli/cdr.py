@@ -5,13 +5,14 @@ call's quality score (MOS 1..4.5 of the ITU-T G.107 E-model, and its word good /
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from typing import Any
 
 from ..calllog import CallLog
 from ..config import load_config
-from ..db import Database
+from ..db import open_database, sqlite_path
 
 
 def add_parser(sub: Any) -> None:
@@ -31,12 +32,19 @@ def _ts(t: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     overrides = {"data": {"dir": args.data_dir}} if args.data_dir else None
     cfg = load_config(args.config, overrides=overrides)
-    path = cfg.data_dir / "jego.sqlite3"
-    if not path.exists():
+    path = sqlite_path(cfg)
+    if not cfg.db.url and not path.exists():
         print(f"no call records yet ({path} does not exist)")
         return 0
-    log = CallLog(Database.open(path))
-    rows = log.all(max(1, args.limit), phone_only=args.phone)
+
+    async def read() -> list[dict[str, Any]]:
+        db = await open_database(cfg)
+        try:
+            return await CallLog(db).all(max(1, args.limit), phone_only=args.phone)
+        finally:
+            await db.close()
+
+    rows = asyncio.run(read())
     if args.json:
         for r in rows:
             print(json.dumps(r, sort_keys=True))

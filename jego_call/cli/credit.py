@@ -1,6 +1,6 @@
 """`jego credit add USER AMOUNT --note TEXT` and `jego credit show USER`: prepaid credit from the
 terminal, on the same database as `jego serve` with the same config (safe while it runs: each
-change is one SQLite transaction).
+change is one transaction, on SQLite or PostgreSQL).
 
 AMOUNT is written as a person writes it, in the currency of config/rates.toml: `5`, `12.50`,
 `12,50`, `¥12.50`, `12.50 CNY` (jego_call/billing/money.py). A negative AMOUNT (`-- -2.50`, or
@@ -11,6 +11,7 @@ Exit codes: 0 done, 1 refused (unknown user, deduction too large), 2 usage (bad 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ from ..billing.money import MoneyError, format_amount, parse_amount
 from ..billing.policy import Terms
 from ..billing.service import Billing, BillingError, load_rate_table
 from ..config import load_config
-from ..db import Database
+from ..db import open_database
 
 
 def add_parser(sub: Any) -> None:
@@ -43,20 +44,37 @@ def add_parser(sub: Any) -> None:
     s.set_defaults(func=show)
 
 
-def open_billing(args: argparse.Namespace) -> Billing:
-    """The Billing of `jego serve`'s database for these --config / --data-dir options."""
+async def open_billing(args: argparse.Namespace) -> Billing:
+    """The Billing of `jego serve`'s database for these --config / --data-dir options (close
+    `billing.db` when done)."""
     overrides = {"data": {"dir": args.data_dir}} if args.data_dir else None
     cfg = load_config(args.config, overrides=overrides)
-    db = Database.open(cfg.data_dir / "jego.sqlite3")
-    return Billing(db, load_rate_table(cfg.billing.rates), cfg.fraud,
-                   Terms(cfg.billing.warning_s, cfg.billing.max_call_s), history=cfg.billing.history)
+    rates = load_rate_table(cfg.billing.rates)
+    db = await open_database(cfg)
+    try:
+        return await Billing.open(db, rates, cfg.fraud, Terms(cfg.billing.warning_s, cfg.billing.max_call_s),
+                                  history=cfg.billing.history)
+    except BaseException:
+        await db.close()
+        raise
 
 
 def add(args: argparse.Namespace) -> int:
     if not args.note.strip():
         print("jego credit add: --note must say why, e.g. --note 'paid by card, order 4711'", file=sys.stderr)
         return 2
-    billing = open_billing(args)
+    return asyncio.run(_add(args))
+
+
+async def _add(args: argparse.Namespace) -> int:
+    billing = await open_billing(args)
+    try:
+        return await _add_to(args, billing)
+    finally:
+        await billing.db.close()
+
+
+async def _add_to(args: argparse.Namespace, billing: Billing) -> int:
     try:
         amount = parse_amount(args.amount, billing.currency, signed=True)
     except MoneyError as exc:
@@ -64,7 +82,7 @@ def add(args: argparse.Namespace) -> int:
         return 2
     user = args.user.strip().lower()
     try:
-        after = billing.top_up(user, amount, args.note.strip())
+        after = await billing.top_up(user, amount, args.note.strip())
     except BillingError as exc:
         print(f"jego credit add: {exc}", file=sys.stderr)
         return 1
@@ -79,12 +97,20 @@ def _ts(t: float) -> str:
 
 
 def show(args: argparse.Namespace) -> int:
-    billing = open_billing(args)
+    async def read() -> tuple[Billing, dict[str, Any] | None]:
+        billing = await open_billing(args)
+        try:
+            if await billing.db.query_one("SELECT 1 FROM users WHERE username = ?", (user,)) is None:
+                return billing, None
+            return billing, await billing.view(user, args.limit)
+        finally:
+            await billing.db.close()
+
     user = args.user.strip().lower()
-    if billing.db.query_one("SELECT 1 FROM users WHERE username = ?", (user,)) is None:
+    billing, view = asyncio.run(read())
+    if view is None:
         print(f"jego credit show: no user {user!r}", file=sys.stderr)
         return 1
-    view = billing.view(user, args.limit)
     if args.json:
         print(json.dumps(view, ensure_ascii=False, sort_keys=True))
         return 0

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ..db import StorageUnavailable
 from ..errors import ConfigError
 
 SUBCOMMANDS = [
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jego: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"jego: {exc.message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -1,19 +1,20 @@
 """`jego user add NAME [--password PW] [--display-name NAME]`: create accounts from the terminal
-(same database as `jego serve` with the same config). Without `--password` (or JEGO_PASSWORD)
+(same database as `jego serve` with the same config: SQLite in DATA, or `[db] url`). Without `--password` (or JEGO_PASSWORD)
 it asks for the password twice on the terminal, without echo. `jego user unsuspend NAME` lifts
 a toll-fraud suspension of that user's phone calls (jego_call/billing/fraud.py)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import os
 import sys
 from typing import Any
 
-from ..accounts import Accounts, load_secret
+from ..accounts import Accounts, load_shared_secret
 from ..config import load_config
-from ..db import Database
+from ..db import open_database
 from ..errors import SignallingError
 
 
@@ -40,11 +41,11 @@ def add_parser(sub: Any) -> None:
     un.set_defaults(func=unsuspend)
 
 
-def _open(args: argparse.Namespace) -> Accounts:
+async def _open(args: argparse.Namespace) -> Accounts:
     overrides = {"data": {"dir": args.data_dir}} if args.data_dir else None
     cfg = load_config(args.config, overrides=overrides)
-    db = Database.open(cfg.data_dir / "jego.sqlite3")
-    return Accounts(db, load_secret(cfg.data_dir), cfg.auth)
+    db = await open_database(cfg)
+    return Accounts(db, await load_shared_secret(db, cfg.data_dir), cfg.auth)
 
 
 def ask_password() -> str | None:
@@ -68,34 +69,50 @@ def add(args: argparse.Namespace) -> int:
         password = ask_password()
         if password is None:
             return 2
-    accounts = _open(args)
+    return asyncio.run(_add(args, password))
+
+
+async def _add(args: argparse.Namespace, password: str) -> int:
+    accounts = await _open(args)
     try:
-        accounts.register(args.name, password, args.display_name)
+        await accounts.register(args.name, password, args.display_name)
     except SignallingError as exc:
         print(f"jego user add: {exc.message}", file=sys.stderr)
         return 1
+    finally:
+        await accounts.db.close()
     print(f"created user {args.name.strip().lower()}")
     return 0
 
 
 def list_users(args: argparse.Namespace) -> int:
-    accounts = _open(args)
-    for row in accounts.db.query("SELECT username FROM users ORDER BY username"):
-        print(row["username"])
-    return 0
+    async def run() -> int:
+        accounts = await _open(args)
+        try:
+            for row in await accounts.db.query("SELECT username FROM users ORDER BY username"):
+                print(row["username"])
+        finally:
+            await accounts.db.close()
+        return 0
+    return asyncio.run(run())
 
 
 def unsuspend(args: argparse.Namespace) -> int:
     """Exit 0 when lifted, 1 for an unknown user or one who was not suspended."""
     from .credit import open_billing
 
-    billing = open_billing(args)
-    name = args.name.strip().lower()
-    if billing.db.query_one("SELECT 1 FROM users WHERE username = ?", (name,)) is None:
-        print(f"jego user unsuspend: no user {name!r}", file=sys.stderr)
-        return 1
-    if not billing.unsuspend(name, args.note):
-        print(f"jego user unsuspend: the phone calls of {name} are not suspended", file=sys.stderr)
-        return 1
-    print(f"phone calls of {name} are allowed again")
-    return 0
+    async def run() -> int:
+        billing = await open_billing(args)
+        try:
+            name = args.name.strip().lower()
+            if await billing.db.query_one("SELECT 1 FROM users WHERE username = ?", (name,)) is None:
+                print(f"jego user unsuspend: no user {name!r}", file=sys.stderr)
+                return 1
+            if not await billing.unsuspend(name, args.note):
+                print(f"jego user unsuspend: the phone calls of {name} are not suspended", file=sys.stderr)
+                return 1
+        finally:
+            await billing.db.close()
+        print(f"phone calls of {name} are allowed again")
+        return 0
+    return asyncio.run(run())

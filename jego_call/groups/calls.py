@@ -549,6 +549,12 @@ class GroupCallDesk:
         self._ring(call, target)
         self._changed(call)
 
+    def next_phone_leg(self, call_id: str) -> str | None:
+        """The leg id the next group_call_add_phone of `call_id` gets (None: no such call); the
+        socket shell authorises its credit first on PostgreSQL (billing/ledger.py)."""
+        call = self.calls.get(call_id)
+        return None if call is None else f"{call.id[:48]}-p{call.phone_count + 1}"
+
     def _on_add_phone(self, info: SessionInfo, msg: gp.GroupCallAddPhone) -> None:
         call = self._call(msg.call_id)
         self._participant(info, call)
@@ -556,8 +562,9 @@ class GroupCallDesk:
             raise SignallingError(ErrorCode.CALL_FULL, f"a group call has at most {self.max_participants} "
                                   "participants", call_id=call.id)
         gw = self._gateway(call)
+        leg_id = self.next_phone_leg(call.id)
+        assert leg_id is not None
         call.phone_count += 1
-        leg_id = f"{call.id[:48]}-p{call.phone_count}"
         ph = PhoneMember(leg_id, msg.number, info.username)
         call.phones[leg_id] = ph
         leg_call = self.core._conference_phone(info, call.id, leg_id, msg.number, gw)

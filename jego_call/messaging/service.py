@@ -2,8 +2,10 @@
 
 It adds the HTTP routes (media upload and download, conversations, history pages) and a
 cleanup_ctx that builds `Messaging` and routes the WebSocket types `send_message`, `receipt`
-and `sync` to it through `hub.register_handler`. A message is acknowledged to its sender only
-after its transaction is committed. Protocol: docs/signalling.md, ## Messaging.
+and `sync` to it through `hub.register_handler` (coroutines: the socket's reader awaits each,
+so one connection's messages are handled in order). A message is acknowledged to its sender only
+after its transaction is committed; when the database cannot be reached the sender gets the
+error service_unavailable instead, and may retry with the same client_id. Protocol: docs/signalling.md, ## Messaging.
 """
 
 from __future__ import annotations
@@ -61,24 +63,24 @@ class Messaging:
         self.hub.register_handler(p.Sync, self.on_sync)
 
     # -- sending --------------------------------------------------------------------------
-    def _check_peer(self, user: str, peer: str) -> None:
+    async def _check_peer(self, user: str, peer: str) -> None:
         if peer == user:
             raise SignallingError(ErrorCode.NOT_CONTACT, "you cannot send messages to yourself")
-        if not self.accounts.exists(peer):
+        if not await self.accounts.exists(peer):
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
-        if not self.accounts.is_contact(user, peer):
+        if not await self.accounts.is_contact(user, peer):
             raise SignallingError(ErrorCode.NOT_CONTACT, f"{peer!r} is not in your contacts: add them first")
-        if self.accounts.is_blocked(peer, user):  # the sender is told no more than that
+        if await self.accounts.is_blocked(peer, user):  # the sender is told no more than that
             raise SignallingError(ErrorCode.UNAVAILABLE, "not available")
 
-    def _check_content(self, sender: str, msg: p.SendMessage) -> str:
+    async def _check_content(self, sender: str, msg: p.SendMessage) -> str:
         """The message's kind, after the text limit and media ownership checks."""
         kind = "text"
         if msg.text is not None and len(msg.text) > self.cfg.max_text_chars:
             raise SignallingError(ErrorCode.TOO_LARGE,
                                   f"text has {len(msg.text)} characters: at most {self.cfg.max_text_chars}")
         if msg.media_id is not None:
-            media = self.store.media(msg.media_id)
+            media = await self.store.media(msg.media_id)
             if media is None:
                 raise SignallingError(ErrorCode.NOT_FOUND, "no such media: upload it first (POST /api/media)")
             if media.owner != sender:
@@ -86,30 +88,31 @@ class Messaging:
             kind = media.kind
         return kind
 
-    def require_member(self, user: str, group_id: str) -> Group:
+    async def require_member(self, user: str, group_id: str) -> Group:
         """The group, if `user` is a member now; not_found (no such group) or forbidden otherwise."""
-        group = self.store.group(group_id)
+        group = await self.store.group(group_id)
         if group is None:
             raise SignallingError(ErrorCode.NOT_FOUND, f"no group {group_id!r}")
         if group.member(user) is None:
             raise SignallingError(ErrorCode.FORBIDDEN, "you are not a member of this group")
         return group
 
-    def send(self, sender: str, msg: p.SendMessage) -> tuple[Message, bool]:
-        """Validate and durably store one message; returns (message, duplicate)."""
-        old = self.store.by_client_id(sender, msg.client_id)
+    async def send(self, sender: str, msg: p.SendMessage) -> tuple[Message, bool]:
+        """Validate and durably store one message; returns (message, duplicate). StorageUnavailable
+        (service_unavailable) when the database cannot be reached: nothing was stored."""
+        old = await self.store.by_client_id(sender, msg.client_id)
         if old is not None:  # a retry: the same ack again, whatever else changed
             return old, True
         if msg.group is not None:
-            self.require_member(sender, msg.group)
-            kind = self._check_content(sender, msg)
-            return self.store.send_group(sender, msg.group, msg.client_id, kind, msg.text, msg.media_id)
-        self._check_peer(sender, msg.to)
-        kind = self._check_content(sender, msg)
-        return self.store.send(sender, msg.to, msg.client_id, kind, msg.text, msg.media_id)
+            await self.require_member(sender, msg.group)
+            kind = await self._check_content(sender, msg)
+            return await self.store.send_group(sender, msg.group, msg.client_id, kind, msg.text, msg.media_id)
+        await self._check_peer(sender, msg.to)
+        kind = await self._check_content(sender, msg)
+        return await self.store.send(sender, msg.to, msg.client_id, kind, msg.text, msg.media_id)
 
-    def on_send(self, session: Session, msg: p.SendMessage) -> None:
-        stored, duplicate = self.send(session.username, msg)
+    async def on_send(self, session: Session, msg: p.SendMessage) -> None:
+        stored, duplicate = await self.send(session.username, msg)
         wire = stored.to_wire()
         session.send({"type": "message_ack", "client_id": stored.client_id, "duplicate": duplicate,
                       "message": wire})
@@ -118,7 +121,7 @@ class Messaging:
         self.counts[f"stored:{stored.kind}"] += 1
         push = {"type": "message", "message": wire}
         if stored.group is not None:
-            reached = self.push_group(stored.group, push, skip=session)
+            reached = await self.push_group(stored.group, push, skip=session)
             self.counts["delivered:live"] += len(reached - {stored.sender})
             return
         assert stored.recipient is not None
@@ -126,11 +129,11 @@ class Messaging:
             self.counts["delivered:live"] += 1
         self.hub.send_to_user(stored.sender, push, skip=session)  # the sender's other tabs and devices
 
-    def push_group(self, group_id: str, msg: dict[str, Any], skip: Session | None = None,
-                   also: tuple[str, ...] = ()) -> set[str]:
+    async def push_group(self, group_id: str, msg: dict[str, Any], skip: Session | None = None,
+                         also: tuple[str, ...] = ()) -> set[str]:
         """Send `msg` to every session of the group's current members (and of `also`), but `skip`;
         returns the users it reached."""
-        group = self.store.group(group_id)
+        group = await self.store.group(group_id)
         users = dict.fromkeys([*(group.usernames if group else []), *also])
         reached: set[str] = set()
         for user in users:  # on every node of a cluster
@@ -139,19 +142,19 @@ class Messaging:
         return reached
 
     # -- receipts -------------------------------------------------------------------------
-    def on_receipt(self, session: Session, msg: p.Receipt) -> None:
+    async def on_receipt(self, session: Session, msg: p.Receipt) -> None:
         user, peer = session.username, msg.with_
         if msg.group is not None:
-            if self.store.membership(msg.group, user) is None:
+            if await self.store.membership(msg.group, user) is None:
                 raise SignallingError(ErrorCode.FORBIDDEN, "you are not a member of this group")
-            mark = self.store.mark_group(user, msg.group, msg.up_to_seq, msg.state)
+            mark = await self.store.mark_group(user, msg.group, msg.up_to_seq, msg.state)
             if mark is not None:  # every member's sessions keep the per-member watermarks
-                self.push_group(msg.group, {"type": "receipt", "group": msg.group, "by": user, "state": msg.state,
-                                            "up_to_seq": mark}, skip=session)
+                await self.push_group(msg.group, {"type": "receipt", "group": msg.group, "by": user,
+                                                  "state": msg.state, "up_to_seq": mark}, skip=session)
             return
-        if not self.accounts.exists(peer):
+        if not await self.accounts.exists(peer):
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
-        mark = self.store.mark(user, peer, msg.up_to_seq, msg.state)
+        mark = await self.store.mark(user, peer, msg.up_to_seq, msg.state)
         if mark is None:
             return
         self.hub.send_to_user(peer, {"type": "receipt", "with": user, "by": user, "state": msg.state,
@@ -160,43 +163,43 @@ class Messaging:
         self.hub.send_to_user(user, mine, skip=session)
 
     # -- sync -----------------------------------------------------------------------------
-    def on_sync(self, session: Session, msg: p.Sync) -> None:
+    async def on_sync(self, session: Session, msg: p.Sync) -> None:
         user = session.username
         sent = 0
         seen: set[int] = set()
         for peer, after_seq in msg.after:
-            conv = self.store.conversation_id(user, peer)
+            conv = await self.store.conversation_id(user, peer)
             if conv is None or conv in seen:
                 continue
             seen.add(conv)
-            for m in self.store.after(user, peer, after_seq, SYNC_LIMIT - sent):
+            for m in await self.store.after(user, peer, after_seq, SYNC_LIMIT - sent):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
         seen_groups: set[str] = set()
         for gid, after_seq in msg.groups:
-            if gid in seen_groups or self.store.membership(gid, user) is None:
+            if gid in seen_groups or await self.store.membership(gid, user) is None:
                 continue
             seen_groups.add(gid)
-            for m in self.store.group_after(user, gid, after_seq, SYNC_LIMIT - sent):
+            for m in await self.store.group_after(user, gid, after_seq, SYNC_LIMIT - sent):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
         if sent < SYNC_LIMIT:
-            for m in self.store.undelivered(user, SYNC_LIMIT - sent, seen):
+            for m in await self.store.undelivered(user, SYNC_LIMIT - sent, seen):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
                 self.counts["delivered:sync"] += 1
         if sent < SYNC_LIMIT:
-            for m in self.store.group_undelivered(user, SYNC_LIMIT - sent, seen_groups):
+            for m in await self.store.group_undelivered(user, SYNC_LIMIT - sent, seen_groups):
                 session.send({"type": "message", "message": m.to_wire()})
                 sent += 1
                 self.counts["delivered:sync"] += 1
-        for peer in self.store.peers(user):
-            delivered, read = self.store.watermarks(user, peer)
+        for peer in await self.store.peers(user):
+            delivered, read = await self.store.watermarks(user, peer)
             for state, mark in (("delivered", delivered), ("read", read)):
                 if mark:
                     session.send({"type": "receipt", "with": peer, "by": peer, "state": state, "up_to_seq": mark})
-        for gid in self.store.groups_of(user):
-            group = self.store.group(gid)
+        for gid in await self.store.groups_of(user):
+            group = await self.store.group(gid)
             for member in group.members if group else ():
                 if member.username == user:
                     continue
@@ -283,7 +286,7 @@ class Messaging:
         media = Media(secrets.token_hex(16), owner, sniffed.kind, sniffed.mime, up.size, sha,
                       _clean_filename(filename), sniffed.width, sniffed.height, sniffed.duration_s, thumb,
                       time.time())
-        self.store.add_media(media)
+        await self.store.add_media(media)
         log.info("media %s from %s: %s %s, %d bytes", media.id, owner, media.kind, media.mime, media.size)
         return media
 
@@ -342,10 +345,10 @@ def signed_media_url(accounts: Accounts, user: str, media_id: str, variant: str,
     return f"/api/media/{media_id}{tail}?u={quote(user)}&exp={exp}&sig={sig}"
 
 
-def media_user(request: web.Request, media_id: str, variant: str, now: float | None = None) -> str:
+async def media_user(request: web.Request, media_id: str, variant: str, now: float | None = None) -> str:
     """Who fetches this media: the bearer token's user, or the user a valid signed URL names."""
     if "sig" not in request.query:
-        return authenticated_user(request)
+        return await authenticated_user(request)
     q = request.query
     user, sig = q.get("u", ""), q.get("sig", "")
     try:
@@ -357,7 +360,7 @@ def media_user(request: web.Request, media_id: str, variant: str, now: float | N
         raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "bad media link signature")
     if exp < (time.time() if now is None else now):
         raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "media link expired: ask for a new one")
-    if not accounts.exists(user):
+    if not await accounts.exists(user):
         raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "account no longer exists")
     return user
 
@@ -365,24 +368,24 @@ def media_user(request: web.Request, media_id: str, variant: str, now: float | N
 # -- HTTP handlers ------------------------------------------------------------------------------
 async def upload_media(request: web.Request) -> web.Response:
     """POST /api/media[?kind=photo|voice|file&filename=NAME]: 201 with the media object."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     media = await _messaging(request.app).upload(request, user)
     return web.json_response(media.to_wire(), status=201)
 
 
-def _media_for(request: web.Request, variant: str = "full") -> tuple[Messaging, Media]:
+async def _media_for(request: web.Request, variant: str = "full") -> tuple[Messaging, Media]:
     media_id = request.match_info["media_id"]
-    user = media_user(request, media_id, variant)
+    user = await media_user(request, media_id, variant)
     if not p.MEDIA_ID_RE.match(media_id):
         raise SignallingError(ErrorCode.NOT_FOUND, "no such media")
     svc = _messaging(request.app)
-    return svc, svc.store.require_media(user, media_id)
+    return svc, await svc.store.require_media(user, media_id)
 
 
 async def media_link(request: web.Request) -> web.Response:
     """GET /api/media/{id}/link: signed URLs of the media (and its thumbnail) for `<img>`/`<audio>`."""
-    user = authenticated_user(request)
-    svc, media = _media_for(request)
+    user = await authenticated_user(request)
+    svc, media = await _media_for(request)
     exp = int(time.time()) + MEDIA_URL_TTL_S
     out: dict[str, object] = {"url": signed_media_url(svc.accounts, user, media.id, "full", exp),
                               "thumbnail_url": None, "expires_at": exp}
@@ -403,7 +406,7 @@ def _file_response(svc: Messaging, sha: str, mime: str, disposition: str) -> web
 
 async def download_media(request: web.Request) -> web.FileResponse:
     """GET /api/media/{id}: the bytes (Range supported); only for members of its conversation."""
-    svc, media = _media_for(request)
+    svc, media = await _media_for(request)
     mode = "attachment" if media.kind == "file" else "inline"
     disposition = f"{mode}; filename*=UTF-8''{quote(media.filename)}" if media.filename else mode
     return _file_response(svc, media.sha256, media.mime, disposition)
@@ -411,7 +414,7 @@ async def download_media(request: web.Request) -> web.FileResponse:
 
 async def media_thumbnail(request: web.Request) -> web.FileResponse:
     """GET /api/media/{id}/thumbnail: a JPEG of at most 320 px (photos only)."""
-    svc, media = _media_for(request, "thumbnail")
+    svc, media = await _media_for(request, "thumbnail")
     if media.thumb_sha256 is None:
         raise SignallingError(ErrorCode.NOT_FOUND, "this media has no thumbnail")
     return _file_response(svc, media.thumb_sha256, "image/jpeg", "inline")
@@ -419,11 +422,11 @@ async def media_thumbnail(request: web.Request) -> web.FileResponse:
 
 async def list_conversations(request: web.Request) -> web.Response:
     """GET /api/conversations: every conversation, newest first, with unread counts."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     svc = _messaging(request.app)
-    conversations = svc.store.conversations(user)
+    conversations = await svc.store.conversations(user)
     for c in conversations:
-        c["display_name"] = svc.accounts.display_name(c["with"])
+        c["display_name"] = await svc.accounts.display_name(c["with"])
     return web.json_response({"conversations": conversations})
 
 
@@ -442,23 +445,23 @@ def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
 
 async def list_messages(request: web.Request) -> web.Response:
     """GET /api/conversations/{username}/messages?before_seq=&limit=: one page, oldest first."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     svc = _messaging(request.app)
     peer = request.match_info["username"].strip().lower()
-    if not svc.accounts.exists(peer):
+    if not await svc.accounts.exists(peer):
         raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
     before = _query_int(request, "before_seq", 1)
     limit = _query_int(request, "limit", 1) or svc.cfg.page_size
     limit = min(limit, max(MAX_PAGE, svc.cfg.page_size))
-    messages, more = svc.store.page(user, peer, before, limit)
-    delivered, read = svc.store.watermarks(user, peer)
+    messages, more = await svc.store.page(user, peer, before, limit)
+    delivered, read = await svc.store.watermarks(user, peer)
     return web.json_response({"with": peer, "messages": [m.to_wire() for m in messages], "has_more": more,
                               "delivered_seq": delivered, "read_seq": read})
 
 
 async def _messaging_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    files = MediaFiles(cfg.data_dir / "media")
+    files = MediaFiles(cfg.media_dir)
     removed = await asyncio.to_thread(files.clean_temp)
     if removed:
         log.warning("removed %d half-written uploads from %s", removed, files.tmp)

@@ -16,6 +16,7 @@ worse of its parties' whole-call scores; for phone calls the bridge's own score 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -191,7 +192,8 @@ class CallQuality:
         q = Quality(report.r_factor, report.mos, word_for(report.r_factor), 0.0, 1.0, 0.0)
         if tracked is None:
             if self.call_log is not None:
-                self.call_log.set_quality(report.call_id, q.mos, q.r_factor)
+                self.hub.queue_write(functools.partial(self.call_log.set_quality, report.call_id, q.mos, q.r_factor),
+                                     report.call_id, "could not store the call's quality")
             return
         tracked.gateway = q
         if not tracked.observed:
@@ -207,11 +209,9 @@ class CallQuality:
         if not tracked.observed and tracked.ended_at is not None:
             tracked.observed = True
             self.metrics.observe_mos(tracked.call.kind, q.mos)
-        if self.call_log is not None:
-            try:
-                self.call_log.set_quality(tracked.call.id, q.mos, q.r_factor)
-            except Exception:  # a full disk must not break a report
-                log.exception("could not store the call's quality", extra={"call_id": tracked.call.id})
+        if self.call_log is not None:  # after the call's record, on the hub's writer (a failure is logged there)
+            self.hub.queue_write(functools.partial(self.call_log.set_quality, tracked.call.id, q.mos, q.r_factor),
+                                 tracked.call.id, "could not store the call's quality")
 
 
 async def _quality_ctx(app: web.Application) -> AsyncIterator[None]:

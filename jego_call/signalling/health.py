@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..db import StorageUnavailable
 from ..log import register_secret
 from ..metrics import ServerMetrics, exposition
 from .keys import (
@@ -84,7 +85,10 @@ def database_check(app: web.Application) -> ReadyCheck:
         db = app.get(DB)
         if db is None:
             return "not open yet"
-        db.query_one("SELECT MAX(version) FROM schema_version")
+        try:
+            await db.query_one("SELECT MAX(version) FROM schema_version")
+        except StorageUnavailable:  # PostgreSQL away (SQLite never is)
+            return "unavailable"
         return None
     return check
 

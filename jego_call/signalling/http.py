@@ -62,7 +62,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return obj
 
 
-def authenticated_user(request: web.Request) -> str:
+async def authenticated_user(request: web.Request) -> str:
     """The username of the request's bearer token, or SignallingError(not_authenticated).
 
     Only the `Authorization: Bearer` header counts: a token in a URL would leak into logs and
@@ -72,6 +72,6 @@ def authenticated_user(request: web.Request) -> str:
     if not token:
         raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send Authorization: Bearer TOKEN")
     try:
-        return request.app[ACCOUNTS].verify_token(token)
+        return await request.app[ACCOUNTS].verify_token(token)
     except SignallingError as exc:
         raise SignallingError(ErrorCode.NOT_AUTHENTICATED, exc.message) from None

@@ -6,7 +6,11 @@ socket ends. Every decision (who may do what, call states, presence, routing to 
 timeout, maximum duration) is made by the pure `HubCore` (hub_core.py); this shell gives it
 `now` (the loop's monotonic clock) and `wall` (Unix time), carries out the commands it returns
 (`Session.send`, `Session.close`, call records, on_call_ended hooks, log lines) and keeps one
-`loop.call_at` for the core's next deadline. `handle` is synchronous; `Session.send` never
+`loop.call_at` for the core's next deadline. The core's accounts lookups go to a synchronous
+`Directory` (jego_call/directory.py: SQLite reads, or an in-memory cache on PostgreSQL). `handle`
+is synchronous for the call types; a handler another feature registered (messaging) may be a
+coroutine, which `handle` returns for the socket's reader to await. Call records are written
+by one task, in order, after the core said so (`drain()` waits for them). `Session.send` never
 blocks. Errors a client caused come out as SignallingError.
 
 In a cluster (`[cluster] redis_url`), `hub.cluster` is the node's link to the others
@@ -24,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..accounts import Accounts
 from ..calllog import CallLog, CallRecord
 from ..config import CallsConfig
 from ..errors import ErrorCode, SignallingError
@@ -46,6 +51,7 @@ from .hub_core import (
     CallEnded,
     Close,
     Command,
+    Directory,
     Gateway,
     HubCore,
     Ledger,
@@ -58,6 +64,9 @@ from .hub_core import (
 
 __all__ = ["EMERGENCY_TEXT", "GATEWAY_EVENTS", "PHONE_RE", "RECENT_CALLS", "Call", "CallEndedHook", "Gateway",
            "Hub", "Session", "is_phone_target"]
+
+if TYPE_CHECKING:
+    from ..db import Executor
 
 log = logging.getLogger("jego.hub")
 
@@ -77,7 +86,7 @@ class Session(Protocol):
 
 
 CallEndedHook = Callable[[Call], None]
-Handler = Callable[[Session, Any], None]
+Handler = Callable[[Session, Any], Awaitable[None] | None]
 
 
 class ClusterLink(Protocol):
@@ -111,13 +120,13 @@ class Hub:
     `wall` = `wall_clock()` (Unix seconds, default time.time) for call records.
     """
 
-    def __init__(self, accounts: Accounts, calls_cfg: CallsConfig, max_sessions_per_user: int = 8,
+    def __init__(self, directory: Directory, calls_cfg: CallsConfig, max_sessions_per_user: int = 8,
                  loop: asyncio.AbstractEventLoop | None = None, call_log: CallLog | None = None,
                  allow_international: bool = False, wall_clock: Callable[[], float] = time.time) -> None:
-        self.accounts = accounts
+        self.directory = directory
         self.call_log = call_log
         self.cfg = calls_cfg
-        self.core = HubCore(accounts, calls_cfg, max_sessions_per_user, allow_international)
+        self.core = HubCore(directory, calls_cfg, max_sessions_per_user, allow_international)
         self._loop = loop
         self._wall_clock = wall_clock
         self.sessions: dict[str, set[Session]] = {}   # username -> its live Session objects
@@ -130,6 +139,8 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.cluster: ClusterLink | None = None       # set by ClusterNode.bind in a cluster
+        self._writes: list[tuple[Awaitable[Any], str, str]] = []  # (write, call id, what) in order
+        self._writer: asyncio.Task[None] | None = None
         self.unsettled: dict[str, WriteCallRecord] = {}  # records whose settlement failed: retried
 
     # --- what the rest of the server reads --------------------------------------------------------
@@ -227,20 +238,30 @@ class Hub:
             if not have:
                 del self.sessions[username]
 
-    def handle(self, session: Session, msg: Any, raw: dict[str, Any] | None = None, ref: object = None) -> None:
-        """Act on one parsed message from an authenticated session (logged with its call id and user;
-        `raw`: the frame's JSON object and `ref` its id, for a cluster that forwards it to another node)."""
+    def handle(self, session: Session, msg: Any, raw: dict[str, Any] | None = None,
+               ref: object = None) -> Awaitable[None] | None:
+        """Act on one parsed message from an authenticated session (logged with its call id and
+        user; `raw`: the frame's JSON object and `ref` its id, for a cluster that forwards it to
+        another node). A registered handler may return a coroutine: await it (the caller's next
+        message waits for it); it runs in the same log context."""
         call_id = getattr(msg, "call_id", None)
-        with call_context(call_id=call_id if isinstance(call_id, str) else None, user=session.username or None):
+        context = {"call_id": call_id if isinstance(call_id, str) else None, "user": session.username or None}
+        with call_context(**context):
             handler = self.handlers.get(type(msg))
             if handler is not None:
-                handler(session, msg)
-                return
+                pending = handler(session, msg)
+                return None if pending is None else self._in_context(pending, context)
             if not self.core.handles(type(msg)):  # a type registered by another feature but not routed here
                 raise SignallingError(ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not handled here")
             if self.cluster is not None and self.cluster.intercept(session, msg, raw, ref):
-                return
+                return None
             self.handle_call(session.id, msg)
+        return None
+
+    @staticmethod
+    async def _in_context(pending: Awaitable[None], context: dict[str, str | None]) -> None:
+        with call_context(**context):
+            await pending
 
     def handle_call(self, session_id: str, msg: Any) -> None:
         """Give a call message of session `session_id` (here or, in a cluster, on another
@@ -329,7 +350,8 @@ class Hub:
                 self._record(cmd)
             elif isinstance(cmd, StoreReport):
                 if self.call_log is not None:
-                    self.call_log.report(cmd.call_id, cmd.codec, cmd.app, cmd.phone)
+                    self._write(functools.partial(self.call_log.report, cmd.call_id, cmd.codec, cmd.app, cmd.phone),
+                                cmd.call_id, "could not store the call report")
                 for report_hook in self.on_call_report:
                     try:
                         report_hook(cmd)
@@ -344,35 +366,81 @@ class Hub:
         self._arm()
 
     def _record(self, rec: WriteCallRecord) -> None:
-        """Store the call record; a call to a phone is settled in the same transaction (a call
-        the ledger never authorised just gets its record). A failure is kept for `retry_records`."""
-        call_log = self.call_log
+        """Store the call record (by the writer task, in order); a call to a phone is settled in
+        the same transaction (a call the ledger never authorised just gets its record). A
+        failure is kept for `retry_records`."""
+        if self.core.ledger is not None and rec.callee_kind == "phone":
+            self._write(functools.partial(self._store_record, rec), rec.call_id, "could not store the call record")
+            return
+        if self.call_log is None:
+            return
+        record = CallRecord(rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
+                            rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause)
+        self._write(functools.partial(self.call_log.record, record), rec.call_id, "could not store the call record")
 
-        def write() -> None:
+    async def _store_record(self, rec: WriteCallRecord) -> None:
+        call_log = self.call_log
+        record = CallRecord(rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
+                            rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause)
+
+        async def write(tx: Executor | None = None) -> None:
             if call_log is not None:
-                call_log.record(CallRecord(
-                    rec.call_id, rec.caller, rec.callee, rec.caller_kind, rec.callee_kind, rec.media,
-                    rec.started_at, rec.answered_at, rec.ended_at, rec.outcome, rec.sip_code, rec.q850_cause))
+                await call_log.record(record, tx)
 
         ledger = self.core.ledger
+        paid = ledger is not None and rec.callee_kind == "phone"
         try:
-            if ledger is not None and rec.callee_kind == "phone":
-                ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at, also=write)
+            if ledger is not None and paid:
+                await ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at, also=write)
             else:
-                write()
-        except Exception:  # a full disk must not break call teardown
-            log.exception("could not store the call record", extra={"call_id": rec.call_id})
-            if ledger is not None and rec.callee_kind == "phone":
+                await write()
+        except Exception:
+            if paid:
                 self.unsettled[rec.call_id] = rec
-            return
+            raise
         self.unsettled.pop(rec.call_id, None)
 
     def retry_records(self) -> int:
         """Try again to settle and store the records that failed (billing's heartbeat calls this);
-        returns how many are still waiting."""
-        for rec in list(self.unsettled.values()):
+        returns how many were waiting."""
+        waiting = list(self.unsettled.values())
+        for rec in waiting:
             self._record(rec)
-        return len(self.unsettled)
+        return len(waiting)
+
+    def queue_write(self, start: Callable[[], Any], call_id: str, what: str) -> None:
+        """Store something about a call after what is already queued (its record): `start()`
+        begins the write; a failure is logged with `what`, never raised."""
+        self._write(start, call_id, what)
+
+    def _write(self, start: Callable[[], Any], call_id: str, what: str) -> None:
+        """Start a store write; a coroutine goes to the writer task, behind earlier ones (a
+        report after its record). A failing write (a full disk, the database away) is logged:
+        it never breaks call teardown."""
+        try:
+            pending = start()
+        except Exception:
+            log.exception(what, extra={"call_id": call_id})
+            return
+        if not inspect.isawaitable(pending):
+            return
+        self._writes.append((pending, call_id, what))
+        if self._writer is None or self._writer.done():
+            self._writer = self.loop.create_task(self._write_all())
+
+    async def _write_all(self) -> None:
+        while self._writes:
+            pending, call_id, what = self._writes.pop(0)
+            try:
+                await pending
+            except Exception:
+                log.exception(what, extra={"call_id": call_id})
+
+    async def drain(self) -> None:
+        """Wait until every call record and report the core asked for is written (shutdown)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
 
     def _arm(self) -> None:
         """One loop timer, at the core's next deadline (re-armed only when that changes)."""

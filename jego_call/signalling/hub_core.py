@@ -117,11 +117,11 @@ class Authorised(Protocol):
 
 
 class Ledger(Protocol):
-    """Prepaid credit for calls to phone numbers (`jego_call.billing.service.Billing` is one).
-    Synchronous, quick SQLite transactions, as `Directory`'s lookups are; times are Unix seconds
-    (the core's `wall`). The core calls `authorise` before a gateway is picked, `answered` when
-    the phone answers and `credit` for `credit_low`; the shell calls `settle` with the call
-    record (one transaction), exactly once per call."""
+    """Prepaid credit for calls to phone numbers (`jego_call.billing.ledger`: `Billing` seen
+    synchronously, as `Directory`'s lookups are); times are Unix seconds (the core's `wall`).
+    The core calls `authorise` before a gateway is picked, `answered` when the phone answers and
+    `credit` for `credit_low`; the shell awaits `settle` with the call record (one transaction,
+    `also(tx)` writes it), exactly once per call."""
 
     def authorise(self, call_id: str, username: str, e164: str, now: float) -> Authorised: ...
 
@@ -130,7 +130,7 @@ class Ledger(Protocol):
     def credit(self, username: str) -> dict[str, Any]: ...
 
     def settle(self, call_id: str, answered_at: float | None, ended_at: float, now: float | None = None, *,
-               also: Callable[[], None] | None = None, by: str = "call") -> object: ...
+               also: Callable[[Any], Any] | None = None, by: str = "call") -> Any: ...
 
 
 # --- state: plain dataclasses ------------------------------------------------------------------

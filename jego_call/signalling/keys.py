@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..config import Config
     from ..db import Database
-    from ..groups.service import Groups
+    from ..directory import LiveDirectory
+    from ..groups.service import GroupDirectory, Groups
     from ..messaging.service import Messaging
     from ..metrics import ServerMetrics
     from .hub import Hub
@@ -29,10 +30,13 @@ CONFIG: web.AppKey[Config] = web.AppKey("config")
 DB: web.AppKey[Database] = web.AppKey("db")
 ACCOUNTS: web.AppKey[Accounts] = web.AppKey("accounts")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+# The hub core's accounts lookups (jego_call/directory.py); the shells call load/release/ensure.
+DIRECTORY: web.AppKey[LiveDirectory] = web.AppKey("directory")
 CALL_LOG: web.AppKey[CallLog] = web.AppKey("call_log")
 GATEWAY_SECRET: web.AppKey[str] = web.AppKey("gateway_secret")
 MESSAGING: web.AppKey[Messaging] = web.AppKey("messaging")
 GROUPS: web.AppKey[Groups] = web.AppKey("groups")
+GROUP_DIRECTORY: web.AppKey[GroupDirectory] = web.AppKey("group_directory")  # the desk's groups
 BILLING: web.AppKey[Billing] = web.AppKey("billing")            # jego_call/billing/web.py
 LOGIN_DOORS: web.AppKey[LoginDoors] = web.AppKey("login_doors")  # rate limits, lockout, hash gate
 # Only in a cluster ([cluster] redis_url): this node's link to the others, and the lockouts and

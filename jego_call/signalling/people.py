@@ -26,67 +26,67 @@ from .keys import ACCOUNTS, CONFIG, HUB, PRICE_LOOKUP
 MAX_TYPED = 64
 
 
-def _presence(request: web.Request, about: str, presence: str | None = None) -> dict[str, Any]:
+async def _presence(request: web.Request, about: str, presence: str | None = None) -> dict[str, Any]:
     hub = request.app[HUB]
     return {"type": "presence", "username": about, "presence": presence or hub.presence(about),
-            "display_name": request.app[ACCOUNTS].display_name(about)}
+            "display_name": await request.app[ACCOUNTS].display_name(about)}
 
 
 async def update_me(request: web.Request) -> web.Response:
     """PATCH /api/me {"display_name"}: 200 {"username", "display_name", "created_at"}."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
     if "display_name" not in body:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "field 'display_name' is required")
-    accounts.set_display_name(user, body["display_name"])
-    msg = _presence(request, user)
-    for watcher in accounts.watchers(user):
+    await accounts.set_display_name(user, body["display_name"])
+    msg = await _presence(request, user)
+    for watcher in await accounts.watchers(user):
         request.app[HUB].send_to_user(watcher, msg)
-    return web.json_response({**accounts.profile(user), "created_at": accounts.created_at(user)})
+    return web.json_response({**await accounts.profile(user), "created_at": await accounts.created_at(user)})
 
 
 async def get_user(request: web.Request) -> web.Response:
     """GET /api/users/{username}: 200 {"username", "display_name", "contact", "blocked"}."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     accounts = request.app[ACCOUNTS]
     name = request.match_info["username"].strip().lower()
-    if not accounts.exists(name):
+    if not await accounts.exists(name):
         raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {name!r}")
-    return web.json_response({**accounts.profile(name), "contact": accounts.is_contact(user, name),
-                              "blocked": accounts.is_blocked(user, name)})
+    return web.json_response({**await accounts.profile(name), "contact": await accounts.is_contact(user, name),
+                              "blocked": await accounts.is_blocked(user, name)})
 
 
 async def list_blocks(request: web.Request) -> web.Response:
     """GET /api/blocks: 200 {"blocked": [{"username", "display_name"}]}."""
-    user = authenticated_user(request)
-    return web.json_response({"blocked": request.app[ACCOUNTS].blocked(user)})
+    user = await authenticated_user(request)
+    return web.json_response({"blocked": await request.app[ACCOUNTS].blocked(user)})
 
 
 async def add_block(request: web.Request) -> web.Response:
     """POST /api/blocks {"username"}: 201 {"username", "display_name"} (200 if already blocked)."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
-    name, created = accounts.block(user, body.get("username"))
-    if accounts.is_contact(name, user):  # from now on they see you offline
-        request.app[HUB].send_to_user(name, _presence(request, user, "offline"))
-    return web.json_response(accounts.profile(name), status=201 if created else 200)
+    name, created = await accounts.block(user, body.get("username"))
+    if await accounts.is_contact(name, user):  # from now on they see you offline
+        request.app[HUB].send_to_user(name, await _presence(request, user, "offline"))
+    return web.json_response(await accounts.profile(name), status=201 if created else 200)
 
 
 async def remove_block(request: web.Request) -> web.Response:
     """DELETE /api/blocks/{username}: 204 (404 not_found when they were not blocked)."""
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     accounts = request.app[ACCOUNTS]
-    name = accounts.unblock(user, request.match_info["username"])
-    if accounts.is_contact(name, user):
-        request.app[HUB].send_to_user(name, _presence(request, user))
+    name = await accounts.unblock(user, request.match_info["username"])
+    if await accounts.is_contact(name, user):
+        request.app[HUB].send_to_user(name, await _presence(request, user))
     return web.Response(status=204)
 
 
 async def check_number(request: web.Request) -> web.Response:
     """GET /api/numbers/check?number=TYPED: the dial pad's formatting and refusal words."""
-    authenticated_user(request)
+    await authenticated_user(request)
     typed = request.query.get("number", "")
     if len(typed) > MAX_TYPED:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, f"number is longer than {MAX_TYPED} characters")

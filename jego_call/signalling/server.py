@@ -2,7 +2,8 @@
 
 Routes: the web client at `/`, WebSocket signalling at `/ws`, the JSON API under `/api`,
 `/healthz`, `/readyz` and `/metrics` (health.py). Every long-lived resource (database, hub) is
-owned by a `cleanup_ctx` entry.
+owned by a `cleanup_ctx` entry. The database is `[db] url`: SQLite in DATA (the default) or
+PostgreSQL shared by several nodes.
 Run it with `jego serve`, or `web.run_app(create_app(cfg))`.
 """
 
@@ -21,12 +22,13 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..accounts import Accounts, GateBusy, LoginDoors, load_secret, normalise_display_name
+from ..accounts import Accounts, GateBusy, LoginDoors, load_shared_secret, normalise_display_name
 from ..billing.web import setup_billing
 from ..call import reasons
 from ..calllog import CallLog
 from ..config import Config
-from ..db import Database
+from ..db import Database, open_database
+from ..directory import make_directory
 from ..errors import ErrorCode, SignallingError
 from ..groups.service import setup_groups
 from ..messaging.service import setup_messaging
@@ -41,6 +43,7 @@ from .keys import (
     CLUSTER,
     CONFIG,
     DB,
+    DIRECTORY,
     GATEWAY_SECRET,
     HUB,
     LOGIN_DOORS,
@@ -57,9 +60,9 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 mimetypes.add_type("application/manifest+json", ".webmanifest")
 
 
-def _token_json(token: Any, accounts: Accounts) -> dict[str, Any]:
-    return {"token": token.token, "username": token.username, "display_name": accounts.display_name(token.username),
-            "expires_at": token.expires_at}
+async def _token_json(token: Any, accounts: Accounts) -> dict[str, Any]:
+    return {"token": token.token, "username": token.username,
+            "display_name": await accounts.display_name(token.username), "expires_at": token.expires_at}
 
 
 def _connected(request: web.Request) -> Callable[[], bool]:
@@ -86,7 +89,7 @@ async def register(request: web.Request) -> web.Response:
         return too_many(denied.retry_after, denied.message)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
-    name, pw = accounts.validate_new(body.get("username"), body.get("password"))
+    name, pw = await accounts.validate_new(body.get("username"), body.get("password"))
     raw_name = body.get("display_name")
     shown = normalise_display_name(raw_name) if raw_name not in (None, "") else None
     try:
@@ -94,9 +97,9 @@ async def register(request: web.Request) -> web.Response:
                                        priority=doors.policy.register_suspicion(source, time.monotonic()))
     except GateBusy as busy:
         return too_many(busy.retry_after, "The server is busy: try again in a moment")
-    accounts.create(name, pw_hash, shown)
+    await accounts.create(name, pw_hash, shown)
     log.info("registered user %s", name)
-    return web.json_response(_token_json(accounts.issue_token(name), accounts), status=201)
+    return web.json_response(await _token_json(accounts.issue_token(name), accounts), status=201)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -114,7 +117,7 @@ async def login(request: web.Request) -> web.Response:
             log.warning("login for %r from %s refused: %s%s", key, source, denied.rule, more)
         return too_many(denied.retry_after, denied.message)
     accounts = request.app[ACCOUNTS]
-    name, stored = accounts.stored_hash(body.get("username"))
+    name, stored = await accounts.stored_hash(body.get("username"))
     try:
         ok = await doors.gate.run(accounts.verify_password, stored, body.get("password"), alive=_connected(request),
                                   priority=doors.policy.suspicion(key, source, time.monotonic()))
@@ -136,67 +139,69 @@ async def login(request: web.Request) -> web.Response:
     doors.policy.login_ok(key, source, time.monotonic())
     if shared is not None:
         await shared.login_ok(key)
-    return web.json_response(_token_json(accounts.issue_token(name), accounts))
+    return web.json_response(await _token_json(accounts.issue_token(name), accounts))
 
 
 async def me(request: web.Request) -> web.Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     accounts = request.app[ACCOUNTS]
-    return web.json_response({**accounts.profile(user), "created_at": accounts.created_at(user)})
+    return web.json_response({**await accounts.profile(user), "created_at": await accounts.created_at(user)})
 
 
 async def list_contacts(request: web.Request) -> web.Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     hub = request.app[HUB]
     accounts = request.app[ACCOUNTS]
     contacts = [{"username": c["username"], "display_name": c["display_name"],
                  "presence": "offline" if c["hidden"] else hub.presence(str(c["username"]))}
-                for c in accounts.contact_list(user)]
-    return web.json_response({"contacts": contacts, "blocked": accounts.blocked(user)})
+                for c in await accounts.contact_list(user)]
+    return web.json_response({"contacts": contacts, "blocked": await accounts.blocked(user)})
 
 
 async def add_contact(request: web.Request) -> web.Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     body = await json_body(request)
     accounts = request.app[ACCOUNTS]
-    name, created = accounts.add_contact(user, body.get("username"))
+    name, created = await accounts.add_contact(user, body.get("username"))
     hub = request.app[HUB]
-    hidden = accounts.is_blocked(name, user)
+    hidden = await accounts.is_blocked(name, user)
     if not hidden:
+        await request.app[DIRECTORY].ensure(name)
         hub.contact_added(user, name)
-    return web.json_response({**accounts.profile(name), "presence": "offline" if hidden else hub.presence(name)},
-                             status=201 if created else 200)
+    return web.json_response({**await accounts.profile(name),
+                              "presence": "offline" if hidden else hub.presence(name)}, status=201 if created else 200)
 
 
 async def remove_contact(request: web.Request) -> web.Response:
-    user = authenticated_user(request)
-    request.app[ACCOUNTS].remove_contact(user, request.match_info["username"])
+    user = await authenticated_user(request)
+    await request.app[ACCOUNTS].remove_contact(user, request.match_info["username"])
     return web.Response(status=204)
 
 
 async def call_history(request: web.Request) -> web.Response:
-    user = authenticated_user(request)
+    user = await authenticated_user(request)
     try:
         limit = min(500, max(1, int(request.query.get("limit", "50"))))
     except ValueError:
         raise SignallingError(ErrorCode.INVALID_MESSAGE, "limit must be an integer") from None
     accounts = request.app[ACCOUNTS]
-    blocked = {str(b["username"]) for b in accounts.blocked(user)}
+    blocked = {str(b["username"]) for b in await accounts.blocked(user)}
     calls = []
-    for c in request.app[CALL_LOG].history(user, limit):
+    for c in await request.app[CALL_LOG].history(user, limit):
         if c["direction"] == "incoming" and c["peer"] in blocked:
             continue  # calls from people you blocked are not yours to see
         if c["peer_kind"] == "user":
-            c["display_name"] = accounts.display_name(c["peer"])
+            c["display_name"] = await accounts.display_name(c["peer"])
         calls.append(c)
     return web.json_response({"calls": calls})
 
 
-def load_gateway_secret(cfg: Config) -> str:
-    """bridge.secret, or the one kept in DATA/bridge.key (created here at first start)."""
+async def load_gateway_secret(cfg: Config, db: Database) -> str:
+    """bridge.secret, or the one kept in DATA/bridge.key (created here at first start; on
+    PostgreSQL the one every node shares, see accounts.load_shared_secret)."""
     if cfg.bridge.secret:
         return cfg.bridge.secret
-    return load_secret(cfg.data_dir, "bridge.key").hex()
+    return (await load_shared_secret(db, cfg.data_dir, "bridge.key")).hex()
 
 
 async def client_config(request: web.Request) -> web.Response:
@@ -204,7 +209,7 @@ async def client_config(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     servers: list[dict[str, Any]] = [dict(s) for s in cfg.ice.servers]
     if cfg.ice.turn_urls and request.headers.get("Authorization"):
-        servers, _ = ice_servers_for(cfg.ice, authenticated_user(request), time.time())
+        servers, _ = ice_servers_for(cfg.ice, await authenticated_user(request), time.time())
     return web.json_response({"ice_servers": servers, "ice_transport_policy": cfg.ice.transport_policy,
                               "protocol": 1})
 
@@ -215,7 +220,12 @@ async def end_reasons(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 {"status": "ok"}; in a cluster 503 {"status": "degraded"} while Redis is unreachable."""
+    """200 {"status": "ok"}; 503 {"status": "degraded"} while Redis (in a cluster) is unreachable,
+    or with "storage": "unavailable" while a shared database (PostgreSQL) does not answer."""
+    db = request.app[DB]
+    if db.engine != "sqlite" and not await db.ping():
+        return web.json_response({"status": "degraded", "version": __version__, "storage": "unavailable"},
+                                 status=503)
     node = request.app.get(CLUSTER)
     if node is None:
         return web.json_response({"status": "ok", "version": __version__})
@@ -229,13 +239,22 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    db = Database.open(cfg.data_dir / "jego.sqlite3")
-    app[DB] = db
-    app[ACCOUNTS] = Accounts(db, load_secret(cfg.data_dir), cfg.auth)
-    app[CALL_LOG] = CallLog(db)
-    app[GATEWAY_SECRET] = load_gateway_secret(cfg)
+    db = await open_database(cfg)
+    try:
+        app[DB] = db
+        accounts = Accounts(db, await load_shared_secret(db, cfg.data_dir), cfg.auth)
+        directory = make_directory(accounts)
+        accounts.on_change = getattr(directory, "refresh", None)
+        await directory.start()
+        app[ACCOUNTS] = accounts
+        app[DIRECTORY] = directory
+        app[CALL_LOG] = CallLog(db)
+        app[GATEWAY_SECRET] = await load_gateway_secret(cfg, db)
+    except BaseException:
+        await db.close()
+        raise
     yield
-    db.close()
+    await db.close()
 
 
 async def _cluster(app: web.Application) -> AsyncIterator[None]:
@@ -275,12 +294,13 @@ def _safe_url(url: str) -> str:
 async def _hub(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     app[BOUND_URL] = asyncio.get_running_loop().create_future()
-    app[HUB] = Hub(app[ACCOUNTS], cfg.calls, cfg.signalling.max_sessions_per_user, call_log=app[CALL_LOG],
+    app[HUB] = Hub(app[DIRECTORY], cfg.calls, cfg.signalling.max_sessions_per_user, call_log=app[CALL_LOG],
                    allow_international=cfg.bridge.allow_international)
     if CLUSTER in app:
         app[CLUSTER].bind(app[HUB])
     yield
     app[HUB].shutdown()
+    await app[HUB].drain()  # the call records of the calls shutdown ended
 
 
 async def _doors(app: web.Application) -> AsyncIterator[None]:

@@ -15,11 +15,14 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..accounts import Accounts
+from ..billing.ledger import PreparedLedger
 from ..config import Config
 from ..errors import ErrorCode, SignallingError
+from ..groups.protocol import GroupCallAddPhone, GroupCallStart
 from . import messages as m
 from .hub import Hub
-from .keys import ACCOUNTS, CONFIG, GATEWAY_SECRET, HUB
+from .hub_core import is_phone_target
+from .keys import ACCOUNTS, CONFIG, DIRECTORY, GATEWAY_SECRET, GROUP_DIRECTORY, HUB
 from .turn import ice_servers_for, refresh_after_s
 
 log = logging.getLogger("jego.ws")
@@ -118,6 +121,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     cfg: Config = request.app[CONFIG]
     hub: Hub = request.app[HUB]
     accounts: Accounts = request.app[ACCOUNTS]
+    directory = request.app[DIRECTORY]
     sc = cfg.signalling
     ws = web.WebSocketResponse(heartbeat=sc.heartbeat_s, max_msg_size=sc.max_frame_bytes)
     await ws.prepare(request)
@@ -125,6 +129,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     session = WsSession(ws, hub.new_session_id())
     bucket = TokenBucket(sc.rate_per_s, sc.rate_burst, loop.time())
     authed = False
+    pinned: str | None = None  # the user whose directory entry this socket keeps loaded
 
     def auth_deadline() -> None:
         if not authed:
@@ -150,7 +155,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif isinstance(msg, m.Auth):
                     if authed:
                         raise SignallingError(ErrorCode.ALREADY_AUTHENTICATED, "this socket is authenticated")
-                    username = accounts.verify_token(msg.token)
+                    username = await accounts.verify_token(msg.token)
+                    await directory.load(username)
+                    pinned = username
                     session.username = username
                     hub.attach(session, username, hello={
                         "type": "auth_ok", "protocol": m.PROTOCOL_VERSION, "username": username,
@@ -174,11 +181,35 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 elif not authed:
                     raise SignallingError(ErrorCode.NOT_AUTHENTICATED, "send auth with your token first")
                 else:
-                    hub.handle(session, msg, obj, ref)
+                    ledger = hub.ledger
+                    paid: tuple[PreparedLedger, str, str] | None = None  # PostgreSQL: the credit check first
+                    if isinstance(ledger, PreparedLedger) and session.role == "user":
+                        if isinstance(msg, m.Invite) and is_phone_target(msg.to):
+                            paid = (ledger, msg.call_id, msg.to)
+                        elif isinstance(msg, GroupCallAddPhone):
+                            leg = hub.core.group_calls.next_phone_leg(msg.call_id)
+                            paid = (ledger, leg, msg.number) if leg is not None else None
+                    if isinstance(msg, m.Invite):  # what the core will ask about the callee
+                        await directory.ensure(msg.to.strip().lower())
+                    elif isinstance(msg, GroupCallStart) and GROUP_DIRECTORY in request.app:
+                        await request.app[GROUP_DIRECTORY].ensure(msg.group)  # the members it rings
+                    if paid is not None:
+                        await paid[0].prepare(paid[1], session.username, paid[2], cfg.calls.default_region,
+                                              cfg.bridge.allow_international)
+                    try:
+                        pending = hub.handle(session, msg, obj, ref)
+                        if pending is not None:
+                            await pending
+                    finally:
+                        if paid is not None:  # refused before the core asked: the hold goes
+                            await paid[0].release_unused(paid[1])
             except SignallingError as exc:
                 if not authed:
                     session.username = ""
                     session.role = "user"
+                    if pinned is not None:
+                        directory.release(pinned)
+                        pinned = None
                 session.send(exc.to_wire(ref))
             except Exception:  # a bug must not kill the connection or the server
                 log.exception("session %s: internal error", session.id)
@@ -189,6 +220,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             session.ice_timer.cancel()
         if authed:
             hub.detach(session)
+        if pinned is not None:
+            directory.release(pinned)
         await session.finish()
     return ws
 

@@ -374,7 +374,7 @@ export const STRINGS = {
     quality_good: "通话质量好",
     quality_fair: "通话质量一般",
     quality_poor: "通话质量差",
-    history_quality: "{quality} · MOS {mos}",
+    history_quality: "{quality} · 评分 {mos}",
     stats_line: "已接收 {bytes} 字节 · 每秒 {kbps} 千比特 · 丢包 {loss}% · 往返 {rtt} 毫秒",
     stats_video: " · 视频帧 {frames}",
     call_ended: "通话已结束",

@@ -1,20 +1,29 @@
 """In-process servers for protocol tests: `make_client(**sections)` builds `create_app` with config
 overrides on a temp data dir and returns an aiohttp TestClient on 127.0.0.1; `client` is one
-with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout)."""
+with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout).
+
+The backend is the `backend` fixture: "sqlite" (the embedded default) unless a module says
+`pytestmark = pytest.mark.backends("sqlite", "postgres")` (or "cluster"), which runs each of its
+tests that use `make_client`/`client` once per backend: "postgres" is one real PostgreSQL server
+per module (tests/servers.py) with a fresh database per client; "cluster" adds a real redis-server
+and makes every client a cluster node on it (its own key prefix) as well."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
 from jego_call.signalling.server import create_app
-from tests.servers import RedisServer, redis_server
+from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 from .sigclient import AppClient
 
@@ -26,35 +35,59 @@ class Factory(Protocol):
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A module with `BACKENDS = ["embedded", "redis"]` runs each of its tests that builds
-    servers with `make_client` once per backend: "redis" makes every server a cluster node on a
-    real redis-server (tests/servers.py; one per session, a key prefix per server)."""
-    backends = getattr(metafunc.module, "BACKENDS", None)
-    if backends and "make_client" in metafunc.fixturenames:
-        metafunc.parametrize("backend", backends, indirect=True)
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args, indirect=True, scope="module")
+
+
+@dataclass
+class Backend:
+    """The storage engine of a module's tests: "sqlite", or "postgres" on `pg` (one server)."""
+
+    name: str
+    pg: PostgresServer | None = None
+    redis: RedisServer | None = None   # "cluster": every client is a node on it
+    _n: Iterator[int] = field(default_factory=itertools.count)
+
+    async def new_database(self) -> str:
+        """The URL of a new, empty database on the server ("" on SQLite: DATA/jego.sqlite3)."""
+        if self.pg is None:
+            return ""
+        name = f"t{next(self._n)}"
+        conn = await asyncpg.connect(self.pg.url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    name = getattr(request, "param", "sqlite")
+    if name == "sqlite":
+        yield Backend("sqlite")
+        return
+    assert name in ("postgres", "cluster"), name
+    with postgres_server(tmp_path_factory.mktemp("pg")) as pg:
+        if name == "postgres":
+            yield Backend("postgres", pg)
+            return
+        with redis_server(tmp_path_factory.mktemp("redis")) as redis:
+            yield Backend("cluster", pg, redis)
 
 
 @pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(getattr(request, "param", "embedded"))
-
-
-@pytest.fixture(scope="session")
-def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as r:
-        yield r
-
-
-@pytest.fixture
-async def make_client(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+async def make_client(tmp_path: Path, backend: Backend) -> AsyncIterator[Factory]:
     clients: list[AppClient] = []
-    redis: RedisServer | None = request.getfixturevalue("session_redis") if backend == "redis" else None
+    redis = backend.redis
 
     async def factory(**sections: dict[str, Any]) -> AppClient:
         overrides: dict[str, dict[str, Any]] = {
             "data": {"dir": str(tmp_path / f"d{len(clients)}")},
             "calls": {"ring_timeout_s": 2.0},
             "signalling": {"heartbeat_s": 1.0, "auth_timeout_s": 2.0},
+            "db": {"url": await backend.new_database()},
         }
         if redis is not None:
             overrides["cluster"] = {"redis_url": redis.url, "node_id": f"n{len(clients)}",

@@ -28,11 +28,11 @@ async def register(client: AppClient, name: str, password: str = PASSWORD) -> st
     return str(body["token"])
 
 
-def give_credit(client: AppClient, name: str, amount: int = 5000) -> int:
+async def give_credit(client: AppClient, name: str, amount: int = 5000) -> int:
     """Prepaid credit (minor units) for `name` on the in-process server (calls to phones are paid)."""
     from jego_call.signalling.keys import BILLING
 
-    return client.app[BILLING].top_up(name, amount, "test credit")
+    return await client.app[BILLING].top_up(name, amount, "test credit")
 
 
 async def add_contact(client: AppClient, token: str, name: str) -> None:

@@ -33,6 +33,7 @@ from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, sta
 from tests.helpers import wait_for
 
 from .bridge_util import carrier_config, free_port
+from .test_billing_store import SyncBilling
 from .test_bridge_billing import RATES
 from .test_dial import _env
 
@@ -65,11 +66,11 @@ def dialer(server: LiveServer) -> subprocess.Popen[str]:
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def ledger(data_dir: Path, rates: Path) -> Billing:
-    return Billing(Database.open(data_dir / "jego.sqlite3"), load_rate_table(rates), FraudConfig())
+def ledger(data_dir: Path, rates: Path) -> Any:
+    return SyncBilling(Billing(Database.open(data_dir / "jego.sqlite3"), load_rate_table(rates), FraudConfig()))
 
 
-def answered_at(billing: Billing, proc: subprocess.Popen[str], timeout: float = 30) -> float:
+def answered_at(billing: Any, proc: subprocess.Popen[str], timeout: float = 30) -> float:
     """When the paid call was answered, by its billing record (waits for the answer)."""
     def answered() -> float | None:
         assert proc.poll() is None, proc.poll()
@@ -79,11 +80,11 @@ def answered_at(billing: Billing, proc: subprocess.Popen[str], timeout: float = 
     return wait_for(answered, timeout, "the answered call in the ledger", interval=0.05)
 
 
-def charges(billing: Billing) -> list[dict[str, Any]]:
+def charges(billing: Any) -> list[dict[str, Any]]:
     return [e for e in billing.view("alice")["entries"] if e["kind"] == "call"]
 
 
-def settled_by(billing: Billing, call_id: str) -> str:
+def settled_by(billing: Any, call_id: str) -> str:
     row = billing.db.query_one("SELECT settled_by FROM call_charges WHERE call_id = ?", (call_id,))
     assert row is not None
     return str(row["settled_by"])

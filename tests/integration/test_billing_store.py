@@ -1,9 +1,12 @@
 """jego_call.billing.service.Billing against real SQLite files: the ledger, reservations,
 settlement exactly once, recovery after a crash (a real SIGKILL), and no overspending by
-concurrent calls, also from several processes at once."""
+concurrent calls, also from several processes at once. Billing's coroutines are run to their
+end here with `run_sync` (on SQLite they never wait); tests/integration/test_cluster_store.py
+runs it on PostgreSQL."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -11,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -23,7 +27,7 @@ from jego_call.billing.policy import Terms
 from jego_call.billing.rates import build_rate_table
 from jego_call.billing.service import Billing, BillingError, load_rate_table
 from jego_call.call.reasons import EndReason
-from jego_call.db import Database
+from jego_call.db import Database, SqliteDatabase, run_sync
 from jego_call.errors import ConfigError
 from tests.helpers import one_row
 
@@ -33,30 +37,58 @@ MOBILE = "+8613800138000"          # China Mobile: 0.15 CNY/min, 60/60 (config/r
 LANDLINE = "+861065529988"         # Beijing: 0.10 CNY/min, 30/6
 
 
-def open_db(path: Path, *users: str) -> Database:
+def open_db(path: Path, *users: str) -> SqliteDatabase:
     db = Database.open(path)
     for u in users:
-        db.execute("INSERT OR IGNORE INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)", (u,))
+        run_sync(db.execute("INSERT INTO users(username, password_hash, created_at) VALUES (?, 'x', 0)"
+                            " ON CONFLICT DO NOTHING", (u,)))
     return db
 
 
-def make_billing(db: Database, fraud: FraudConfig | None = None) -> Billing:
-    return Billing(db, load_rate_table(), fraud or FraudConfig(), Terms(60.0, 7200))
+class SyncDb:
+    """The SQLite database with its coroutines run to their end (`raw`: the Database)."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.raw = db
+
+    def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return run_sync(self.raw.query_one(sql, params))
+
+    def close(self) -> None:
+        run_sync(self.raw.close())
+
+
+class SyncBilling:
+    """`Billing` with its coroutine methods run to their end synchronously (SQLite never waits)."""
+
+    def __init__(self, b: Billing) -> None:
+        self.b = b
+        self.db = SyncDb(b.db)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.b, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *a, **k: run_sync(attr(*a, **k))
+        return attr
+
+
+def make_billing(db: SqliteDatabase, fraud: FraudConfig | None = None) -> Any:
+    return SyncBilling(run_sync(Billing.open(db, load_rate_table(), fraud or FraudConfig(), Terms(60.0, 7200))))
 
 
 @pytest.fixture
-def billing(tmp_path: Path) -> Billing:
+def billing(tmp_path: Path) -> Any:
     return make_billing(open_db(tmp_path / "jego.sqlite3", "alice", "bob"))
 
 
-def consistent(b: Billing, user: str) -> None:
-    bal, _ = store.balance(b.db.conn, user)
-    assert bal == store.ledger_sum(b.db.conn, user) and bal >= 0
-    hold, _, _ = store.held(b.db.conn, user)
+def consistent(b: Any, user: str) -> None:
+    bal, _ = run_sync(store.balance(b.db.raw, user))
+    assert bal == run_sync(store.ledger_sum(b.db.raw, user)) and bal >= 0
+    hold, _, _ = run_sync(store.held(b.db.raw, user))
     assert hold <= bal
 
 
-def test_top_up_view_and_corrections(billing: Billing) -> None:
+def test_top_up_view_and_corrections(billing: Any) -> None:
     assert billing.top_up("alice", 1250, "card 4711", T0) == 1250
     assert billing.top_up("alice", -250, "refund of a mistake", T0 + 1) == 1000
     with pytest.raises(BillingError, match="cannot deduct 20.00 CNY: alice has 10.00 CNY available"):
@@ -71,20 +103,20 @@ def test_top_up_view_and_corrections(billing: Billing) -> None:
     consistent(billing, "alice")
 
 
-def test_a_call_is_authorised_held_answered_and_settled_once(billing: Billing) -> None:
+def test_a_call_is_authorised_held_answered_and_settled_once(billing: Any) -> None:
     billing.top_up("alice", 100, "t", T0)
     a = billing.authorise("call-1", "alice", MOBILE, T0)
     assert a.ok and a.grant is not None and (a.grant.allowed_s, a.grant.hold) == (360, 90)
     assert billing.view("alice")["available"] == 10
-    row = store.get_charge(billing.db.conn, "call-1")      # the call record exists before any SIP
+    row = run_sync(store.get_charge(billing.db.raw, "call-1"))      # the call record exists before any SIP
     assert row is not None and row.open and row.destination == MOBILE and row.description == "China Mobile mobile"
     t = billing.answered("call-1", T0 + 3)
     assert t is not None and (t.cut_at, t.warn_at, t.cut_reason) == (T0 + 363, T0 + 303, EndReason.CREDIT_EXHAUSTED)
     written: list[str] = []
-    s = billing.settle("call-1", T0 + 3, T0 + 64, T0 + 64, also=lambda: written.append("record"))
+    s = billing.settle("call-1", T0 + 3, T0 + 64, T0 + 64, also=lambda tx: written.append("record"))
     assert s is not None and (s.billed_s, s.cost, s.balance_after, s.duplicate) == (120, 30, 70, False)
     assert written == ["record"]
-    again = billing.settle("call-1", T0 + 3, T0 + 500, T0 + 500, also=lambda: written.append("again"))
+    again = billing.settle("call-1", T0 + 3, T0 + 500, T0 + 500, also=lambda tx: written.append("again"))
     assert again is not None and again.duplicate and (again.cost, again.balance_after) == (30, 70)
     assert written == ["record"]
     v = billing.view("alice")
@@ -94,17 +126,17 @@ def test_a_call_is_authorised_held_answered_and_settled_once(billing: Billing) -
     consistent(billing, "alice")
 
 
-def test_settlement_and_the_call_record_are_one_transaction(billing: Billing) -> None:
+def test_settlement_and_the_call_record_are_one_transaction(billing: Any) -> None:
     billing.top_up("alice", 100, "t", T0)
     billing.authorise("call-2", "alice", MOBILE, T0)
     billing.answered("call-2", T0)
 
-    def broken() -> None:
-        billing.db.execute("INSERT INTO calls(call_id) VALUES ('x')")  # NOT NULL columns: fails
+    def broken(tx: Any) -> Any:
+        return tx.execute("INSERT INTO calls(call_id) VALUES ('x')")  # NOT NULL columns: fails
 
     with pytest.raises(Exception, match="NOT NULL"):
         billing.settle("call-2", T0, T0 + 30, T0 + 30, also=broken)
-    row = store.get_charge(billing.db.conn, "call-2")
+    row = run_sync(store.get_charge(billing.db.raw, "call-2"))
     assert row is not None and row.open                     # rolled back: not charged, still open
     assert billing.view("alice")["balance"] == 100
     s = billing.settle("call-2", T0, T0 + 30, T0 + 30)
@@ -112,7 +144,7 @@ def test_settlement_and_the_call_record_are_one_transaction(billing: Billing) ->
     assert billing.settle("never-authorised", None, T0) is None
 
 
-def test_two_simultaneous_calls_cannot_spend_the_same_money(billing: Billing) -> None:
+def test_two_simultaneous_calls_cannot_spend_the_same_money(billing: Any) -> None:
     billing.top_up("alice", 100, "t", T0)
     first = billing.authorise("c-a", "alice", MOBILE, T0)
     assert first.grant is not None and first.grant.hold == 90
@@ -146,7 +178,7 @@ def test_caps_and_limits(tmp_path: Path) -> None:
     assert b.counters["refused_limit_reached"] == 2
 
 
-def test_velocity_suspends_until_an_operator_lifts_it(billing: Billing) -> None:
+def test_velocity_suspends_until_an_operator_lifts_it(billing: Any) -> None:
     billing.top_up("alice", 100_000, "t", T0)
     now = T0
     for i in range(4):                      # a scan through one block
@@ -163,7 +195,7 @@ def test_velocity_suspends_until_an_operator_lifts_it(billing: Billing) -> None:
     assert later.refusal.en == crit.refusal.en and "暂停" in later.refusal.zh
     v = billing.view("alice")
     assert v["suspended"] is not None and v["suspended"]["rule"] == "sequential"
-    events = store.fraud_events(billing.db.conn, "alice")
+    events = run_sync(store.fraud_events(billing.db.raw, "alice"))
     assert [e["level"] for e in events][:3] == ["critical", "warning", "warning"]
     assert billing.unsuspend("alice", "checked with the customer", now + 3700)
     assert not billing.unsuspend("alice")
@@ -202,15 +234,15 @@ CHILD = textwrap.dedent("""
     from jego_call.billing.fraud import FraudConfig
     from jego_call.billing.policy import Terms
     from jego_call.billing.service import Billing, load_rate_table
-    from jego_call.db import Database
+    from jego_call.db import Database, run_sync
     b = Billing(Database.open({path!r}), load_rate_table(), FraudConfig(), Terms())
-    a = b.authorise("killed", "alice", {number!r}, time.time())
+    a = run_sync(b.authorise("killed", "alice", {number!r}, time.time()))
     assert a.ok, a.refusal
-    b.answered("killed", time.time())
+    run_sync(b.answered("killed", time.time()))
     print("answered", flush=True)
     while True:
         time.sleep(0.2)   # pacing: the gateway's heartbeat
-        b.heartbeat(["killed"], time.time())
+        run_sync(b.heartbeat(["killed"], time.time()))
 """)
 
 
@@ -228,7 +260,7 @@ def test_kill_9_mid_call_settles_once_on_recovery(tmp_path: Path) -> None:
     finally:
         if child.poll() is None:
             child.kill()
-    charge = store.get_charge(b.db.conn, "killed")
+    charge = run_sync(store.get_charge(b.db.raw, "killed"))
     assert charge is not None and charge.open and charge.answered_at is not None and charge.last_seen is not None
     up = charge.last_seen - charge.answered_at
     assert 2.5 < up < 4.0                       # it was up ~3.5 s; the last heartbeat is at most 0.2 s old
@@ -245,13 +277,13 @@ PARALLEL = textwrap.dedent("""
     from jego_call.billing.fraud import FraudConfig
     from jego_call.billing.policy import Terms
     from jego_call.billing.service import Billing, load_rate_table
-    from jego_call.db import Database
+    from jego_call.db import Database, run_sync
     b = Billing(Database.open({path!r}), load_rate_table(), FraudConfig(max_concurrent_calls=100,
                 max_calls_per_hour=1000, distinct_destinations_critical=1000, distinct_destinations_warning=1000,
                 sequential_warning=1000, sequential_critical=1000), Terms(max_call_s=60))
     granted = 0
     for i in range(25):
-        a = b.authorise(f"p{{sys.argv[1]}}-{{i}}", "alice", "+86138001380" + f"{{i:02d}}", time.time())
+        a = run_sync(b.authorise(f"p{{sys.argv[1]}}-{{i}}", "alice", "+86138001380" + f"{{i:02d}}", time.time()))
         granted += a.ok
     print(granted)
 """)
@@ -264,7 +296,7 @@ def test_concurrent_processes_never_hold_more_than_the_balance(tmp_path: Path) -
     procs = [subprocess.Popen([sys.executable, "-c", PARALLEL.format(root=str(ROOT), path=str(path)), str(n)],
                               stdout=subprocess.PIPE, text=True) for n in range(4)]
     granted = sum(int(p.communicate(timeout=120)[0].strip()) for p in procs)
-    hold, n_open, _ = store.held(b.db.conn, "alice")
+    hold, n_open, _ = run_sync(store.held(b.db.raw, "alice"))
     assert n_open == granted == 66 and hold == 990      # 100 tries from 4 processes at once
     assert b.view("alice")["available"] >= 0
     consistent(b, "alice")
@@ -275,7 +307,7 @@ def test_currency_of_balances_is_kept(tmp_path: Path) -> None:
     make_billing(db).top_up("alice", 100, "t", T0)
     eur = build_rate_table({"currency": "EUR", "rate": [{"prefix": "+86", "per_minute": "0.02"}]})
     with pytest.raises(ConfigError) as err:
-        Billing(db, eur, FraudConfig())
+        run_sync(Billing.open(db, eur, FraudConfig()))
     assert err.value.key == "rates.currency" and "balances are kept in CNY" in err.value.message
 
 
@@ -324,7 +356,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), talk=st.floats(0, 4000))
     def end(self, data: st.DataObject, talk: float) -> None:
         cid = data.draw(st.sampled_from(sorted(self.open)))
-        charge = store.get_charge(self.b.db.conn, cid)
+        charge = run_sync(store.get_charge(self.b.db.raw, cid))
         assert charge is not None
         ended = self.now + min(talk, charge.allowed_s + 0.9)    # the cut ends it by allowed_s + <1 s
         self.now = ended

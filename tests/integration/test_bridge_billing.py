@@ -36,6 +36,7 @@ from tests.conftest import PASSWORD, ROOT, LiveServer, http_json, make_user, top
 from tests.helpers import wait_for
 
 from .bridge_util import PLAIN, carrier_record, carrier_records, phone_server
+from .test_billing_store import SyncBilling
 from .test_dial import _env, dial
 
 RATES = """
@@ -83,11 +84,11 @@ def api(server: LiveServer, name: str, path: str) -> Any:
     return body
 
 
-def ledger(server: LiveServer) -> Billing:
+def ledger(server: LiveServer) -> Any:
     """The server's ledger, opened from this process (as another node or `jego credit` would)."""
-    return Billing(Database.open(server.data_dir / "jego.sqlite3"), load_rate_table(server.env["JEGO_BILLING_RATES"]),
+    return SyncBilling(Billing(Database.open(server.data_dir / "jego.sqlite3"), load_rate_table(server.env["JEGO_BILLING_RATES"]),
                    FraudConfig(max_calls_per_hour=3,
-                               distinct_destinations_warning=2, distinct_destinations_critical=3))
+                               distinct_destinations_warning=2, distinct_destinations_critical=3)))
 
 
 def number(i: int) -> str:
@@ -204,7 +205,7 @@ def test_barred_destinations_and_numbers_without_a_rate(paid: LiveServer, to: st
     assert len(cdr_for(paid, to)) == before  # nothing reached the carrier
 
 
-def seed_call(billing: Billing, name: str, to: str, at: float, seconds: int | None) -> str:
+def seed_call(billing: Any, name: str, to: str, at: float, seconds: int | None) -> str:
     """A call in the ledger as another node of the cluster placed it: still open (`seconds`
     None) or answered at `at` and settled `seconds` later."""
     cid = "seed-" + uuid.uuid4().hex

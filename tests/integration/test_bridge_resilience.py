@@ -143,7 +143,7 @@ async def refuse_above_limit(client: AppClient, carrier: Carrier, worker: Bridge
 
         async def place(user: str) -> tuple[Ws, str]:
             ws = await Ws.open(client, await register(client, user))
-            give_credit(client, user)
+            await give_credit(client, user)
             sockets.append(ws)
             ep = MediaEndpoint(name=user)
             offers.append(ep)

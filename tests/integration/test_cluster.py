@@ -90,9 +90,9 @@ async def settle(*clients: AppClient, users_online: dict[str, int] | None = None
         await asyncio.sleep(0.02)
 
 
-def records(c: AppClient, cid: str) -> list[dict[str, Any]]:
+async def records(c: AppClient, cid: str) -> list[dict[str, Any]]:
     """The call records of `cid` (the nodes share one database)."""
-    return [r for r in c.app[CALL_LOG].all(1000) if r["call_id"] == cid]
+    return [r for r in await c.app[CALL_LOG].all(1000) if r["call_id"] == cid]
 
 
 async def invite(ws: Ws, to: str, cid: str | None = None) -> str:
@@ -131,7 +131,7 @@ async def test_call_across_nodes_relays_every_message_and_records_once(nodes: No
     end_a = await alice.expect("call_ended", call_id=cid)
     end_b = await bob.expect("call_ended", call_id=cid)
     assert end_a["reason"] == end_b["reason"] == "hangup" and end_a["by"] == "bob"
-    recs = records(a, cid)
+    recs = await records(a, cid)
     assert len(recs) == 1 and recs[0]["outcome"] == "hangup" and recs[0]["answered_at"] is not None
     # a message for the ended call from b gets the owner's answer
     await bob.send({"type": "hangup", "call_id": cid})
@@ -233,7 +233,7 @@ async def test_phone_call_on_b_through_a_gateway_on_a_and_capacity_cluster_wide(
     assert a.app[GATEWAY_SECRET] == b.app[GATEWAY_SECRET]  # shared through Redis
     t = await users(a, "alice", "bob")
     for name in ("alice", "bob"):  # calls to phones are paid (issue 13); the nodes share the ledger
-        give_credit(a, name)
+        await give_credit(a, name)
     gw = await gateway(a, 1, "gw-a")
     alice = await Ws.open(b, t["alice"])
     bob = await Ws.open(a, t["bob"])
@@ -256,7 +256,7 @@ async def test_phone_call_on_b_through_a_gateway_on_a_and_capacity_cluster_wide(
     await gw.send({"type": "call_report", "call_id": cid, "codec": "opus/PCMU",
                    "app": {"packets_sent": 10}, "phone": {"packets_received": 9}})
     await asyncio.sleep(0.3)
-    recs = records(b, cid)
+    recs = await records(b, cid)
     assert len(recs) == 1 and recs[0]["codec"] == "opus/PCMU"
     # capacity came back: the next call gets the gateway
     cid3 = await invite(bob, "+8613800138001")

@@ -119,13 +119,13 @@ def test_user_add_asks_for_the_password_twice_without_echo(tmp_path: Path) -> No
     # the password typed works, and the display name was stored
     from jego_call.accounts import Accounts, load_secret
     from jego_call.config import load_config
-    from jego_call.db import Database
+    from jego_call.db import Database, run_sync
 
     cfg = load_config(None, environ={}, overrides={"data": {"dir": str(data)}})
     db = Database.open(data / "jego.sqlite3")
     try:
         accounts = Accounts(db, load_secret(data), cfg.auth)
-        assert accounts.login("wangfang", "a secret long one").username == "wangfang"
-        assert accounts.display_name("wangfang") == "王芳"
+        assert run_sync(accounts.login("wangfang", "a secret long one")).username == "wangfang"
+        assert run_sync(accounts.display_name("wangfang")) == "王芳"
     finally:
-        db.close()
+        run_sync(db.close())

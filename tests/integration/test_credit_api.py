@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
-from jego_call.db import Database
+from jego_call.db import Database, run_sync
 from jego_call.errors import ConfigError
 from jego_call.signalling.keys import BILLING
 from jego_call.signalling.server import create_app
@@ -24,6 +24,9 @@ from .conftest import Factory
 from .sigclient import PASSWORD, AppClient, register
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 async def get(client: AppClient, path: str, token: str | None) -> tuple[int, Any]:
@@ -41,16 +44,16 @@ async def test_credit_endpoint(client: AppClient) -> None:
         0, "CNY", 2, [], None)
     assert (body["low"], body["low_balance"], body["low_balance_text"]) == (True, 500, "5.00 CNY")
     billing = client.app[BILLING]
-    billing.top_up("alice", 1250, "card 4711")
+    await billing.top_up("alice", 1250, "card 4711")
     now = time.time()
-    a = billing.authorise("api-call-1", "alice", "+8613800138000", now)
+    a = await billing.authorise("api-call-1", "alice", "+8613800138000", now)
     assert a.ok
-    billing.answered("api-call-1", now)
+    await billing.answered("api-call-1", now)
     _, held = await get(client, "/api/credit", token)
     assert (held["balance"], held["held"], held["available"], held["open_calls"]) == (1250, 1245, 5, 1)
     assert held["low"] is True   # what is held by the call in progress is not available
     assert held["calls_in_progress"][0]["destination"] == "+8613800138000"
-    billing.settle("api-call-1", now, now + 75)
+    await billing.settle("api-call-1", now, now + 75)
     _, body = await get(client, "/api/credit?limit=1", token)
     assert (body["balance"], body["balance_text"], body["held"], body["low"]) == (1220, "12.20 CNY", 0, False)
     (entry,) = body["entries"]
@@ -114,19 +117,19 @@ async def test_start_up_settles_calls_a_crash_left_open(tmp_path: Path) -> None:
     from jego_call.billing.service import Billing, load_rate_table
     data = tmp_path / "d"
     db = Database.open(data / "jego.sqlite3")
-    db.execute("INSERT INTO users(username, password_hash, created_at) VALUES ('alice', 'x', 0)")
-    b = Billing(db, load_rate_table(), FraudConfig())
+    await db.execute("INSERT INTO users(username, password_hash, created_at) VALUES ('alice', 'x', 0)")
+    b = await Billing.open(db, load_rate_table(), FraudConfig())
     now = time.time() - 600
-    b.top_up("alice", 500, "t", now)
-    b.authorise("crashed", "alice", "+8613800138000", now)
-    b.answered("crashed", now + 1)
-    b.heartbeat(["crashed"], now + 91)               # last seen 90 s after the answer
-    db.close()
+    await b.top_up("alice", 500, "t", now)
+    await b.authorise("crashed", "alice", "+8613800138000", now)
+    await b.answered("crashed", now + 1)
+    await b.heartbeat(["crashed"], now + 91)               # last seen 90 s after the answer
+    await db.close()
     cfg = load_config(None, environ={}, overrides={"data": {"dir": str(data)}})
     client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
     await client.start_server()
     try:
-        view = client.app[BILLING].view("alice")
+        view = await client.app[BILLING].view("alice")
         assert (view["balance"], view["held"]) == (470, 0)          # 2 started minutes at 0.15
         assert view["entries"][0]["call_id"] == "crashed" and view["entries"][0]["billed_s"] == 120
     finally:
@@ -196,17 +199,17 @@ def test_unsuspend_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     code, _, err = run(capsys, data, "user", "unsuspend", "alice")
     assert code == 1 and "not suspended" in err
     assert run(capsys, data, "user", "unsuspend", "nobody")[0] == 1
-    b = Billing(Database.open(data / "jego.sqlite3"), load_rate_table(), FraudConfig())
-    b.top_up("alice", 10_000, "t")
+    b = run_sync(Billing.open(Database.open(data / "jego.sqlite3"), load_rate_table(), FraudConfig()))
+    run_sync(b.top_up("alice", 10_000, "t"))
     now = time.time()
     for i in range(5):
-        a = b.authorise(f"s{i}", "alice", f"+8613800138{i:03d}", now + i)
+        a = run_sync(b.authorise(f"s{i}", "alice", f"+8613800138{i:03d}", now + i))
         if a.ok:
-            b.settle(f"s{i}", None, now + i)
-    assert b.view("alice")["suspended"] is not None
+            run_sync(b.settle(f"s{i}", None, now + i))
+    assert run_sync(b.view("alice"))["suspended"] is not None
     code, out, _ = run(capsys, data, "credit", "show", "alice")
     assert "phone calls SUSPENDED" in out and "jego user unsuspend alice" in out
     r = jego(data, "user", "unsuspend", "alice", "--note", "customer called us")
     assert r.returncode == 0 and r.stdout.strip() == "phone calls of alice are allowed again"
-    assert b.view("alice")["suspended"] is None
-    assert b.authorise("after", "alice", "+8613800138009", now + 10).ok
+    assert run_sync(b.view("alice"))["suspended"] is None
+    assert run_sync(b.authorise("after", "alice", "+8613800138009", now + 10)).ok

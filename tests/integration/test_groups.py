@@ -12,13 +12,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from jego_call.accounts import Accounts
-from jego_call.db import MIGRATIONS, Database
-from jego_call.signalling.keys import ACCOUNTS
-from tests.helpers import one_row
+import asyncpg
+import pytest
 
+from jego_call.accounts import Accounts
+from jego_call.db import MIGRATIONS, Database, PostgresDatabase, migration_statements, run_sync
+from jego_call.signalling.keys import ACCOUNTS
+
+from .conftest import Backend
 from .sigclient import AppClient, Ws, add_contact, register
 from .test_messaging import png, upload
+
+# Each test runs on SQLite and on a real PostgreSQL (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def auth(token: str) -> dict[str, str]:
@@ -203,8 +209,8 @@ async def test_at_most_200_members(client: AppClient) -> None:
     pw_hash = accounts.hash_password("correct-horse-9")
     names = [f"member{i:03d}" for i in range(200)]
     for n in names:
-        accounts.create(n, pw_hash)
-        accounts.add_contact("host", n)
+        await accounts.create(n, pw_hash)
+        await accounts.add_contact("host", n)
     status, body = await api(client, "POST", "/api/groups", t["host"], {"name": "big", "members": names})
     assert status == 409 and body["error"]["code"] == "group_full"
     g = await create(client, t["host"], "big", names[:199])
@@ -242,31 +248,77 @@ async def test_200_concurrent_sends_from_4_members_are_gap_free(client: AppClien
         await w.close()
 
 
-def test_migration_6_keeps_two_person_conversations(tmp_path: Path) -> None:
-    """A database at schema 5 with messages: after migration 6 (groups) they are all there, keys intact."""
-    path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for version, script in MIGRATIONS:
-        if version > 5:
-            break
-        conn.executescript(script)
-        conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
-    conn.execute("INSERT INTO users VALUES ('ann', 'x', 1, NULL), ('bob', 'x', 1, NULL)")
-    conn.execute("INSERT INTO conversations(id, user_a, user_b, last_seq, created_at, updated_at) "
-                 "VALUES (7, 'ann', 'bob', 2, 1, 2)")
-    conn.execute("INSERT INTO messages VALUES (7, 1, 'ann', 'bob', 'c1', 'text', 'hi', NULL, 1, 1, NULL), "
-                 "(7, 2, 'bob', 'ann', 'c2', 'text', 'yo', NULL, 2, NULL, NULL)")
-    conn.commit()
-    conn.close()
-    db = Database.open(path)
-    assert one_row(db, "SELECT MAX(version) FROM schema_version")[0] == max(v for v, _ in MIGRATIONS)
-    rows = db.query("SELECT c.user_a, c.user_b, c.group_id, m.seq, m.body FROM messages m "
-                    "JOIN conversations c ON c.id = m.conversation_id ORDER BY m.seq")
-    assert [tuple(r) for r in rows] == [("ann", "bob", None, 1, "hi"), ("ann", "bob", None, 2, "yo")]
-    assert db.query("PRAGMA foreign_key_check") == []
-    assert one_row(db, "PRAGMA foreign_keys")[0] == 1
-    db.execute("DELETE FROM users WHERE username = 'ann'")   # cascades still work after the rebuild
-    assert one_row(db, "SELECT COUNT(*) FROM messages")[0] == 0
-    db.close()
+_OLD_ROWS = [
+    "INSERT INTO users VALUES ('ann', 'x', 1, NULL), ('bob', 'x', 1, NULL)",
+    "INSERT INTO conversations(id, user_a, user_b, last_seq, created_at, updated_at) VALUES (7, 'ann', 'bob', 2, 1, 2)",
+    "INSERT INTO messages VALUES (7, 1, 'ann', 'bob', 'c1', 'text', 'hi', NULL, 1, 1, NULL), "
+    "(7, 2, 'bob', 'ann', 'c2', 'text', 'yo', NULL, 2, NULL, NULL)",
+]
+
+
+async def _schema_5_database(backend: Backend, tmp_path: Path) -> Database:
+    """A database at schema 5 with two messages, written by hand; opened (so migrated) after."""
+    if backend.pg is None:
+        path = tmp_path / "old.sqlite3"
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, script in MIGRATIONS:
+            if version > 5:
+                break
+            conn.executescript(script)
+            conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        for sql in _OLD_ROWS:
+            conn.execute(sql)
+        conn.commit()
+        conn.close()
+        return Database.open(path)
+    url = await backend.new_database()
+    pg = await asyncpg.connect(url)
+    try:
+        await pg.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, script in MIGRATIONS:
+            if version > 5:
+                break
+            for statement in migration_statements(version, script, "postgresql"):
+                await pg.execute(statement)
+            await pg.execute("INSERT INTO schema_version VALUES ($1)", version)
+        for sql in _OLD_ROWS:
+            await pg.execute(sql)
+    finally:
+        await pg.close()
+    return await PostgresDatabase.connect(url)
+
+
+async def test_migration_6_keeps_two_person_conversations(backend: Backend, tmp_path: Path) -> None:
+    """A database at schema 5 with messages: after migration 6 (groups) they are all there, keys
+    intact, and a group conversation fits the new constraints (the old pair CHECK is gone)."""
+    db = await _schema_5_database(backend, tmp_path)
+    try:
+        row = await db.query_one("SELECT MAX(version) FROM schema_version")
+        assert row is not None and row[0] == max(v for v, _ in MIGRATIONS)
+        rows = await db.query("SELECT c.user_a, c.user_b, c.group_id, m.seq, m.body FROM messages m "
+                              "JOIN conversations c ON c.id = m.conversation_id ORDER BY m.seq")
+        assert [tuple(r) for r in rows] == [("ann", "bob", None, 1, "hi"), ("ann", "bob", None, 2, "yo")]
+        if db.engine == "sqlite":
+            assert await db.query("PRAGMA foreign_key_check") == []
+            fk = await db.query_one("PRAGMA foreign_keys")
+            assert fk is not None and fk[0] == 1
+        await db.execute("INSERT INTO conversations(group_id, last_seq, created_at, updated_at) "
+                         "VALUES ('g0123456789abcdef', 0, 3, 3)")
+        await db.execute("INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, "
+                         "created_at) SELECT id, 1, 'ann', NULL, 's1', 'system', '{}', 3 FROM conversations "
+                         "WHERE group_id = 'g0123456789abcdef'")
+        await db.execute("DELETE FROM users WHERE username = 'ann'")   # cascades still work after the rebuild
+        left = await db.query_one("SELECT COUNT(*) FROM messages WHERE recipient IS NOT NULL")
+        assert left is not None and left[0] == 0
+    finally:
+        await db.close()
+
+
+def test_sqlite_runs_without_a_loop(tmp_path: Path) -> None:
+    """The CLI's synchronous path: SQLite's coroutines finish without an event loop."""
+    db = Database.open(tmp_path / "x.sqlite3")
+    row = run_sync(db.query_one("SELECT MAX(version) FROM schema_version"))
+    assert row is not None and row[0] == max(v for v, _ in MIGRATIONS)
+    run_sync(db.close())

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from jego_call.db import Database
-from jego_call.signalling.keys import DB
+from jego_call.signalling.keys import CONFIG, DB
 from tests.helpers import until
 
 from ..conftest import LiveServer, ServerFactory, http_json, make_user
@@ -30,9 +30,9 @@ from ..conftest import add_contact as live_add_contact
 from .conftest import Factory
 from .sigclient import AppClient, Ws, add_contact, register
 
-# Every test that builds its server with make_client runs on one process and on a cluster node
-# over a real redis-server (tests/integration/conftest.py).
-BACKENDS = ["embedded", "redis"]
+# Each test on a client runs embedded (SQLite, in-memory state) and as a cluster node on a real
+# PostgreSQL and a real redis-server (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "cluster")
 
 
 def auth(token: str) -> dict[str, str]:
@@ -44,8 +44,7 @@ def cid() -> str:
 
 
 def media_dir(client: AppClient) -> Path:
-    db: Database = client.app[DB]
-    return db.path.parent / "media"
+    return client.app[CONFIG].media_dir
 
 
 def stored_files(client: AppClient) -> list[Path]:
@@ -53,9 +52,9 @@ def stored_files(client: AppClient) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def media_rows(client: AppClient) -> int:
+async def media_rows(client: AppClient) -> int:
     db: Database = client.app[DB]
-    row = db.query_one("SELECT COUNT(*) FROM media")
+    row = await db.query_one("SELECT COUNT(*) FROM media")
     assert row is not None
     return int(row[0])
 
@@ -190,6 +189,7 @@ async def test_other_tabs_of_the_sender_see_the_message(client: AppClient) -> No
     assert (await a2.expect("message"))["message"] == ack["message"]
     assert (await b.expect("message"))["message"] == ack["message"]
     await b.send({"type": "receipt", "with": "alice", "state": "read", "up_to_seq": 1})
+    await a1.expect("receipt", by="bob", state="read", up_to_seq=1)   # stored and told (before b2 is there)
     b2 = await Ws.open(client, tb)
     await b.send({"type": "receipt", "with": "alice", "state": "read", "up_to_seq": 1})  # no change: silent
     await b2.no_message("receipt", 0.3)
@@ -431,7 +431,7 @@ async def test_lying_png_is_rejected_and_nothing_is_kept(client: AppClient) -> N
     assert status == 400 and err["error"]["code"] == "invalid_message"
     status, err = await upload(client, ta, b"")
     assert status == 400
-    assert stored_files(client) == [] and media_rows(client) == 0
+    assert stored_files(client) == [] and await media_rows(client) == 0
     # the same bytes as a plain file are fine (a .png name means nothing)
     status, ok = await upload(client, ta, truncated, filename="cat.png")
     assert status == 201 and ok["kind"] == "file"
@@ -456,7 +456,7 @@ async def test_upload_size_limits(make_client: Factory) -> None:
             yield os.urandom(10_000)
     res = await client.post("/api/media", data=chunks(), headers=auth(ta))
     assert res.status == 413
-    assert len(stored_files(client)) == 2 and media_rows(client) == 2
+    assert len(stored_files(client)) == 2 and await media_rows(client) == 2
 
 
 async def _cut_off_upload(client: AppClient, token: str, total: int, send_bytes: int, chunked: bool) -> None:
@@ -488,7 +488,7 @@ async def test_upload_cut_off_midway_leaves_nothing(client: AppClient) -> None:
         await _cut_off_upload(client, ta, total=4_000_000, send_bytes=2_500_000, chunked=chunked)
     with contextlib.suppress(AssertionError):   # the handler notices the dead socket and cleans up
         await until(lambda: not stored_files(client), 5, "the cut-off uploads cleaned up", interval=0.1)
-    assert stored_files(client) == [] and media_rows(client) == 0
+    assert stored_files(client) == [] and await media_rows(client) == 0
     tmp = media_dir(client) / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
     status, ok = await upload(client, ta, b"fine afterwards")

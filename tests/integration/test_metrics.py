@@ -135,7 +135,8 @@ def test_prometheus_sees_calls_capacity_and_quality(system: System) -> None:
     def ended() -> bool:
         return value(prom, "sum(jego_calls_ended_total)") == 2 and \
             value(prom, "sum(jego_bridge_calls_ended_total)") == 1 and \
-            value(prom, "sum(jego_call_mos_count)") == 2
+            value(prom, "sum(jego_call_mos_count)") == 2 and \
+            value(prom, 'sum(jego_carrier_calls_ended_total{direction="in"})') == 1  # its scrape too
     wait_until(ended, "Prometheus to see both calls end", 30)
     # calls ended, by kind and outcome
     assert value(prom, 'jego_calls_ended_total{kind="app",outcome="hangup"}') == 1

@@ -19,6 +19,9 @@ from jego_call.signalling.server import create_app
 
 from .sigclient import FAKE_SDP, PASSWORD, AppClient, Ws, add_contact, new_call_id, register
 
+# Each test on a client runs on SQLite and on PostgreSQL (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

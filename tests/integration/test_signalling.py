@@ -13,9 +13,9 @@ from jego_call.signalling.keys import HUB
 from .conftest import Factory
 from .sigclient import FAKE_SDP, PASSWORD, AppClient, Ws, add_contact, new_call_id, register
 
-# Every test that builds its server with make_client runs on one process and on a cluster node
-# over a real redis-server (tests/integration/conftest.py).
-BACKENDS = ["embedded", "redis"]
+# Each test on a client runs embedded (SQLite, in-memory state) and as a cluster node on a real
+# PostgreSQL and a real redis-server (tests/integration/conftest.py).
+pytestmark = pytest.mark.backends("sqlite", "cluster")
 
 
 async def pair(client: AppClient) -> tuple[Ws, Ws, str, str]:

@@ -137,11 +137,11 @@ class MemoryLedger:
         return {"balance": bal, "held": held, "available": bal - held, "currency": self.rates.currency.code}
 
     def settle(self, call_id: str, answered_at: float | None, ended_at: float, now: float | None = None, *,
-               also: Callable[[], None] | None = None, by: str = "call") -> object:
+               also: Callable[[Any], Any] | None = None, by: str = "call") -> object:
         self._maybe_fail("settle")
         c = self.charges.get(call_id)
         if also is not None:
-            also()
+            also(None)  # (the real ledger passes its transaction)
         if c is None:
             return None
         self.settles[call_id] += 1
@@ -185,7 +185,7 @@ class HubWorld:
                 rec = c
                 if self.ledger is not None and rec.callee_kind == "phone":
                     self.ledger.settle(rec.call_id, rec.answered_at, rec.ended_at, rec.ended_at,
-                                       also=lambda rec=rec: self.stored.append(rec))  # type: ignore[misc]
+                                       also=lambda _tx, rec=rec: self.stored.append(rec))  # type: ignore[misc]
                 else:
                     self.stored.append(rec)
         for call in self.core.calls.values():

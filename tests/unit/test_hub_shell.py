@@ -9,12 +9,12 @@ from typing import Any, cast
 
 import pytest
 
-from jego_call.accounts import Accounts
 from jego_call.calllog import CallLog, CallRecord
 from jego_call.config import CallsConfig
 from jego_call.errors import ErrorCode, SignallingError
 from jego_call.signalling import messages as m
 from jego_call.signalling.hub import Call, Hub
+from jego_call.signalling.hub_core import Directory
 
 from .hubkit import ANSWER, SDP, MemoryDirectory
 
@@ -99,7 +99,7 @@ class FakeCallLog:
 def make_hub(loop: FakeLoop, call_log: FakeCallLog | None = None, **cfg: Any) -> Hub:
     directory = MemoryDirectory({"alice", "bob"}, {"alice": ["bob"], "bob": ["alice"]})
     wall = iter(range(1_000_000, 2_000_000, 10))
-    return Hub(cast(Accounts, directory), CallsConfig(**cfg), loop=cast(asyncio.AbstractEventLoop, loop),
+    return Hub(cast(Directory, directory), CallsConfig(**cfg), loop=cast(asyncio.AbstractEventLoop, loop),
                call_log=cast(CallLog, call_log), wall_clock=lambda: float(next(wall)))
 
 
