@@ -119,7 +119,7 @@ async def _idle(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-class _Tap:
+class _Tap(asyncio.DatagramProtocol):
     """The ICE socket's protocol while the leg lives: RTP/RTCP (first byte 128-191, RFC 7983 §7)
     to the leg, everything else (STUN 0-3, DTLS 20-63) to aioice's own protocol."""
 
@@ -319,7 +319,9 @@ class WebRtcLeg:
         conn = self._conn = self._ice()
         for proto in list(conn._protocols):
             transport = getattr(proto, "transport", None)
-            if type(proto) is not StunProtocol or transport is None or any(p is proto for _, p in self._taps):
+            # A relayed candidate's StunProtocol sits on aioice's TurnTransport, not on a socket.
+            if type(proto) is not StunProtocol or not isinstance(transport, asyncio.DatagramTransport) \
+                    or any(p is proto for _, p in self._taps):
                 continue
             transport.set_protocol(_Tap(self, proto))
             self._taps.append((transport, proto))
