@@ -145,6 +145,7 @@ def top_up(server: LiveServer, name: str, amount: int = 5000, note: str = "test 
     """Add `amount` minor units of credit to `name` on the server's database (the ledger
     `jego credit add` uses; safe while the server runs); returns the new balance."""
     import asyncio
+    import concurrent.futures
 
     from jego_call.billing.fraud import FraudConfig
     from jego_call.billing.service import Billing, load_rate_table
@@ -159,7 +160,13 @@ def top_up(server: LiveServer, name: str, amount: int = 5000, note: str = "test 
         finally:
             await db.close()
 
-    return asyncio.run(add())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(add())
+    # Called from a test or fixture on a running loop: the ledger gets a loop of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, add()).result()
 
 
 def add_contact(server: LiveServer, token: str, name: str) -> None:
