@@ -178,12 +178,11 @@ def add_contact(server: LiveServer, token: str, name: str) -> None:
 # (`-m "not serial"`), then these alone (`-m serial`), because what they assert depends on the
 # CPU being free: real-time pacing, on-time shares, PESQ through live transcoding, load runs.
 SERIAL_MODULES = frozenset({
-    # PESQ through live transcoding, frames on time, real-time pacing, threads per call
-    "test_bridge", "test_dial", "test_call_quality", "test_media_endpoint", "test_lean_leg", "test_pyvoip_leg",
-    "test_analysis", "test_bridge_media_engine", "test_bridge_long_call", "test_carrier_ptime",
-    "test_carrier_media", "test_carrier_baresip",
-    # billing: a cut within 1 s of its moment, a login flood judged against frames on time
-    "test_bridge_billing", "test_login_flood", "test_browser_billing",
+    # PESQ through live transcoding, frames on time over a long call, threads per call
+    "test_bridge", "test_dial", "test_call_quality", "test_media_endpoint", "test_lean_leg",
+    "test_bridge_media_engine", "test_bridge_long_call",
+    # billing: a cut within 1 s of its moment
+    "test_bridge_billing", "test_browser_billing",
     # three Chromiums and a conference, judged by FFT
     "test_browser_groups",
 })
