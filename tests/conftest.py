@@ -181,8 +181,6 @@ SERIAL_MODULES = frozenset({
     # PESQ through live transcoding, frames on time over a long call, threads per call
     "test_bridge", "test_dial", "test_call_quality", "test_media_endpoint", "test_lean_leg",
     "test_bridge_media_engine", "test_bridge_long_call",
-    # billing: a cut within 1 s of its moment
-    "test_bridge_billing", "test_browser_billing",
     # three Chromiums and a conference, judged by FFT
     "test_browser_groups",
 })
