@@ -26,30 +26,13 @@ from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server, 
 from tests.helpers import wait_for
 
 from .bridge_util import carrier_config, free_port
+from .test_billing_crash import spawn, wait_text
 from .test_dial import _env
 
 pytestmark = pytest.mark.timeout(120)
 
 NUMBER = "+8613800138000"  # config/carrier.toml: answers and echoes
 BYE_WITHIN_S = 5.0
-
-
-def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "jego_call.cli.main", *args], cwd=ROOT, env={**_env(), **env},
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
-
-
-def wait_text(path: Path, text: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    def seen() -> bool:
-        if text in path.read_text(errors="replace"):
-            return True
-        assert proc.poll() is None, f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}"
-        return False
-
-    try:
-        wait_for(seen, timeout, f"{text!r} in {path.name}")
-    except AssertionError as exc:
-        raise AssertionError(f"{text!r} not in {path.name} (exit {proc.poll()}):\n{path.read_text()}") from exc
 
 
 def stored_dialogs(data_dir: Path, proc: subprocess.Popen[str], timeout: float = 30) -> list[DialogRecord]:
@@ -116,7 +99,7 @@ def test_kill_9_of_a_worker_mid_call_the_carrier_gets_a_bye_within_5_s(
             procs.append(proc)
             workers[name] = (proc, log)
         for proc, log in workers.values():
-            wait_text(log, "connected to http", proc)
+            wait_text(log, "connected to http", proc, timeout=30)
 
         dialer = subprocess.Popen(
             [sys.executable, "-m", "jego_call.cli.main", "dial", "call", NUMBER, "--server", server.url,
@@ -176,7 +159,7 @@ def test_a_clean_stop_leaves_no_dialogs_behind(tmp_path: Path, procs: list[subpr
         log = tmp_path / "w.log"
         worker = spawn(["bridge", "--server", server.url, "--data-dir", str(server.data_dir), "--name", "w"], log, env)
         procs.append(worker)
-        wait_text(log, "connected to http", worker)
+        wait_text(log, "connected to http", worker, timeout=30)
         dialer = subprocess.Popen(
             [sys.executable, "-m", "jego_call.cli.main", "dial", "call", NUMBER, "--server", server.url,
              "--user", "alice", "--password", PASSWORD, "--duration", "60", "--json", "--quiet"],

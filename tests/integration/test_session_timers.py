@@ -21,7 +21,8 @@ from tests.helpers import until, wait_for
 
 from .bridge_util import carrier_config, free_port
 from .carrier_util import running_carrier
-from .test_bridge_orphans import epoch, stored_dialogs, wait_text
+from .test_billing_crash import wait_text
+from .test_bridge_orphans import epoch, stored_dialogs
 from .test_dial import _env
 from .test_pyvoip_leg import next_event, running_trunk
 
