@@ -166,3 +166,87 @@ def pesq_score(ref: npt.ArrayLike, deg: npt.ArrayLike, rate: int, mode: str = "w
     d = resample(deg, rate, target)
     r, d, _lag = align(r, d)
     return float(pesq(target, r.astype(np.float32), d.astype(np.float32), mode))
+
+
+# --- latency: clicks sent at known instants, found again by cross-correlation -----------------
+CLICK_MS = 8.0          # a click: an 8 ms Hann-windowed chirp, 300 -> 3400 Hz (telephone band)
+CLICK_DBFS = -10.0      # its peak level
+
+
+def click(rate: int, peak_dbfs: float = CLICK_DBFS, ms: float = CLICK_MS) -> FloatArray:
+    """One click: a short Hann-windowed linear chirp across the telephone band (300-3400 Hz).
+
+    Band-limited so that G.711 and Opus at 8 kHz carry it, and swept so that its
+    autocorrelation has one sharp peak (a windowed tone would correlate a period early or late).
+    """
+    n = max(8, int(round(rate * ms / 1000)))
+    t = np.arange(n) / rate
+    f0, f1 = 300.0, min(3400.0, 0.45 * rate)
+    dur = n / rate
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * dur))
+    return np.asarray(10 ** (peak_dbfs / 20) * np.hanning(n) * np.sin(phase), dtype=np.float64)
+
+
+def click_train(rate: int, seconds: float, period_s: float = 1.0, first_s: float = 0.5,
+                peak_dbfs: float = CLICK_DBFS) -> tuple[FloatArray, list[int]]:
+    """`seconds` of silence with a click every `period_s` from `first_s` on.
+
+    Returns (samples, the sample index where each click starts). Call `click_delays` on what
+    the far end recorded, with these indices, to get each click's delay.
+    """
+    if period_s <= CLICK_MS / 1000 or seconds <= 0:
+        raise ValueError("need seconds > 0 and a period longer than a click")
+    out = np.zeros(int(round(seconds * rate)))
+    c = click(rate, peak_dbfs)
+    starts: list[int] = []
+    t = first_s
+    while True:
+        i = int(round(t * rate))
+        if i + c.size > out.size:
+            break
+        out[i: i + c.size] = c
+        starts.append(i)
+        t += period_s
+    return out, starts
+
+
+def click_delays(received: npt.ArrayLike, rate: int, sent_at: list[int], max_delay_s: float = 1.0,
+                 min_score: float = 0.5, peak_dbfs: float = CLICK_DBFS) -> list[float | None]:
+    """The delay in seconds of each click sent at sample `sent_at[i]`, as found in `received`
+    (a recording on the same sample timeline: sample k of both is the same instant).
+
+    For each click, the window [sent, sent + max_delay_s] of `received` is matched against the
+    click (normalised cross-correlation, so level changes do not matter); the best match is
+    its arrival. None where the best match scores below `min_score` (lost, or not a click).
+    The clicks must be further apart than `max_delay_s`, or one click's echo is taken for the next.
+    """
+    x = to_float(received)
+    c = click(rate, peak_dbfs)
+    energy_c = float(np.sqrt(np.sum(c * c)))
+    span = int(round(max_delay_s * rate))
+    out: list[float | None] = []
+    for s in sent_at:
+        seg = x[max(0, s): s + span + c.size]
+        if seg.size < c.size:
+            out.append(None)
+            continue
+        corr = _fftconvolve(seg, c[::-1])[c.size - 1: seg.size]      # corr[k] = <seg[k:k+n], c>
+        sq = np.concatenate([[0.0], np.cumsum(seg * seg)])
+        local = np.sqrt(np.maximum(sq[c.size:] - sq[: seg.size - c.size + 1], 0.0))
+        score = np.where(local > 1e-9, corr / (local * energy_c + 1e-20), 0.0)
+        k = int(np.argmax(score))
+        if float(score[k]) < min_score or s < 0:
+            out.append(None)
+            continue
+        out.append((k + max(0, s) - s) / rate)
+    return out
+
+
+def delay_summary(delays: list[float | None]) -> dict[str, float | int | None]:
+    """Median, min and max in ms of the found delays, and how many were found of how many."""
+    found = sorted(d for d in delays if d is not None)
+    if not found:
+        return {"median_ms": None, "min_ms": None, "max_ms": None, "found": 0, "sent": len(delays)}
+    mid = found[len(found) // 2] if len(found) % 2 else (found[len(found) // 2 - 1] + found[len(found) // 2]) / 2
+    return {"median_ms": round(1000 * mid, 1), "min_ms": round(1000 * found[0], 1),
+            "max_ms": round(1000 * found[-1], 1), "found": len(found), "sent": len(delays)}

@@ -180,3 +180,51 @@ async def test_tone_source_paces_on_an_absolute_clock() -> None:
     samples = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
     assert analysis.active_duration(samples, RATE) == pytest.approx(0.5, abs=0.021)
     assert src.pacing.on_time_ratio > 0.9
+
+
+# --- clicks: latency by cross-correlation ------------------------------------------------------
+@pytest.mark.parametrize("lag", [0, 37, 1234, 5000])
+def test_click_delays_find_a_known_offset(lag: int) -> None:
+    x, starts = analysis.click_train(8000, 10, period_s=1.0, first_s=0.3)
+    assert len(starts) == 10 and starts[0] == 2400
+    y = 0.25 * np.concatenate([np.zeros(lag), x])[: x.size]           # 12 dB quieter
+    y = y + 0.001 * np.random.default_rng(4).standard_normal(y.size)   # and a little noise
+    found = analysis.click_delays(y, 8000, starts, max_delay_s=0.9)
+    expected = lag / 8000
+    assert all(d is not None and d == pytest.approx(expected, abs=1 / 8000) for d in found[:-1]), found
+    s = analysis.delay_summary(found)
+    assert s["median_ms"] == pytest.approx(1000 * expected, abs=0.2) and s["sent"] == 10
+
+
+def test_click_delays_say_none_for_a_lost_click() -> None:
+    x, starts = analysis.click_train(8000, 5, period_s=1.0, first_s=0.5)
+    y = x.copy()
+    y[starts[2]: starts[2] + 200] = 0.0                                  # click 2 never arrived
+    y[starts[3]: starts[3] + 200] = 0.3 * np.sin(np.arange(200) / 3)    # click 3: a tone instead
+    found = analysis.click_delays(y, 8000, starts, max_delay_s=0.5)
+    assert found[2] is None and found[3] is None
+    assert found[0] == found[1] == found[4] == 0.0
+    assert analysis.delay_summary([None, None])["found"] == 0
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "opus"])
+def test_click_delays_through_a_codec(codec: str) -> None:
+    """G.711 adds no delay; Opus at 8 kHz adds its 6.5 ms look-ahead (52 samples), and the click
+    still correlates above 0.9 through both."""
+    from bridge.net.opus import OpusDecoder as Dec8k
+    from bridge.net.opus import OpusEncoder as Enc8k
+    from bridge.rtp import g711
+
+    lag = 300
+    x, starts = analysis.click_train(8000, 6, period_s=0.5, first_s=0.25)
+    pcm = np.asarray(np.clip(np.concatenate([np.zeros(lag), x]) * 32768, -32768, 32767), dtype=np.int16)
+    if codec == "opus":
+        enc, dec = Enc8k(32000, 1), Dec8k()
+        out = np.concatenate([dec.decode(enc.encode(pcm[i:i + 160])) for i in range(0, pcm.size - 159, 160)])
+        extra = 52
+    else:
+        out = g711.decoder_for(codec)(g711.encoder_for(codec)(pcm))
+        extra = 0
+    found = analysis.click_delays(analysis.to_float(out), 8000, starts, max_delay_s=0.45, min_score=0.9)
+    assert all(d is not None for d in found[:-1]), found
+    assert {round(d * 8000) for d in found if d is not None} == {lag + extra}
