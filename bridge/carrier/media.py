@@ -629,6 +629,9 @@ class RtpStream:
         if self._ep is None or self._engine is None:
             raise RuntimeError("open() the stream before start()")
         self._engine.start(self._ep)
+        # Slot n is sent, played out and recorded at t0 + n * 20 ms: on one machine this loop
+        # clock is CLOCK_MONOTONIC, so a benchmark can line the recording up with its own sends.
+        log.info("carrier RTP port %s: media clock t0 %.4f (monotonic)", self.local_port, self.session.t0)
 
     @property
     def local_address(self) -> Addr:
