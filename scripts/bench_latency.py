@@ -123,7 +123,7 @@ def wait_log(path: Path, pattern: str, proc: subprocess.Popen[str], timeout: flo
         if m:
             return m
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited:\n{path.read_text()}")
+            raise SystemExit(f"{proc.args!r} exited:\n{path.read_text()}")
         time.sleep(0.05)
     raise SystemExit(f"{pattern!r} not seen in {path}")
 
@@ -148,7 +148,7 @@ async def carrier_rx_delay(phase_ms: float, seconds: float = 4.0) -> float:
     impair = ImpairmentSpec.parse(f"delay={phase_ms:g}") if phase_ms else None
     b, ans = await RtpStream.answer(offer, rtcp=False, impair=impair)
     sink = _Collect()
-    b.play(sink)  # type: ignore[arg-type]
+    b.play(sink)
     a.configure(negotiated_from_answer(ans.sdp.serialize(), offer))
     a.start()
     a.play(PcmPlayback(np.asarray(np.round(clicks * 32767), dtype=np.int16)))
@@ -296,14 +296,15 @@ async def one_call(stack: Stack, user: str, seconds: float, port: ClickPort,
             "stats": stats}
 
 
-def directions(port: ClickPort, call: dict[str, Any], max_delay_s: float = 0.45) -> dict[str, list[float | None]]:
+def directions(port: ClickPort, call: dict[str, Any], max_delay_s: float = 0.45,
+               ) -> tuple[list[float], dict[str, list[float | None]]]:
     """Per click: round trip, app -> phone and phone -> app mouth-to-ear delays (s). The round
     trip is searched up to the click period (less 50 ms), a one-way delay up to `max_delay_s`."""
     starts = port.click_starts()[:-1]
     rt = analysis.click_delays(port.received(), RATE, starts, max_delay_s=port.period / RATE - 0.05)
     ap = one_way(wav_8k(call["recording"]), call["carrier_t0"], call["t0"], starts, max_delay_s=max_delay_s)
     pa = [r - a if r is not None and a is not None else None for r, a in zip(rt, ap, strict=True)]
-    return {"round_trip": rt, "app_to_phone": ap, "phone_to_app": pa, "starts": [s / RATE for s in starts]}
+    return [s / RATE for s in starts], {"round_trip": rt, "app_to_phone": ap, "phone_to_app": pa}
 
 
 def ms(values: list[float | None]) -> dict[str, Any]:
@@ -315,10 +316,10 @@ async def steady(stack: Stack, calls: int, seconds: float, cal: dict[str, Any]) 
     for i in range(calls):
         port = ClickPort(period_s=1.0, first_s=1.0, max_s=seconds + 5)
         call = await one_call(stack, f"lat{i}", seconds, port)
-        d = directions(port, call)
-        row = {k: ms(v) for k, v in d.items() if k != "starts"}
-        row["added_app_to_phone_ms"] = round(row["app_to_phone"]["median_ms"] - cal["carrier_rx_ms"], 1)
-        row["added_phone_to_app_ms"] = round(row["phone_to_app"]["median_ms"] - cal["leg_rx_ms"], 1)
+        _starts, d = directions(port, call)
+        row: dict[str, Any] = {k: ms(v) for k, v in d.items()}
+        row["added_app_to_phone_ms"] = round(float(row["app_to_phone"]["median_ms"]) - cal["carrier_rx_ms"], 1)
+        row["added_phone_to_app_ms"] = round(float(row["phone_to_app"]["median_ms"]) - cal["leg_rx_ms"], 1)
         row["packets_lost"] = call["stats"].get("packets_lost")
         rows.append(row)
         print(json.dumps({"call": i, **row}), flush=True)
@@ -348,9 +349,9 @@ async def burst(stack: Stack, mode: str, burst_ms: float, at_s: float = 4.0, sec
             leg.gate.release()
 
         call = await one_call(stack, f"burst{mode}{j}", seconds, port, during=net)
-        d = directions(port, call)
+        starts, d = directions(port, call)
         end = marks["end"]
-        for s, a in zip(d["starts"], d["app_to_phone"], strict=True):
+        for s, a in zip(starts, d["app_to_phone"], strict=True):
             if a is not None:
                 points.append((s - end, 1000 * a))
     points.sort()

@@ -41,21 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_latency import (
-    RATE,
-    ClickPort,
-    GatedLeg,
-    be_nice,
-    directions,
-    loadavg,
-    one_call,
-    rss_mb,
-    start_stack,
-)  # noqa: E402
+import bench_latency as bl  # noqa: E402  # noqa: E402
 
 from jego_call.media import analysis  # noqa: E402
 from jego_call.media.endpoint import enable_loopback_candidates  # noqa: E402
-from tests.integration.latency_util import wav_8k  # noqa: E402
+from tests.integration.latency_util import RATE, ClickPort, GatedLeg, wav_8k  # noqa: E402
 
 NOMINAL_PPS = 50.0
 
@@ -79,32 +69,32 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=-10, help="priority of this process, the worker and the server "
                     "(root only; 0: leave it)")
     args = ap.parse_args()
-    be_nice(args.nice)
+    bl.be_nice(args.nice)
     if args.minutes < 2:
         raise SystemExit("--minutes must be at least 2 (minute 1 is the reference)")
     enable_loopback_candidates()
     seconds = args.minutes * 60
-    print(json.dumps({"minutes": args.minutes, "loadavg": loadavg(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    print(json.dumps({"minutes": args.minutes, "loadavg": bl.loadavg(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
                       "started": time.strftime("%H:%M:%S")}),
           flush=True)
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp_s:
-        stack = start_stack(Path(tmp_s), args.nice)
+        stack = bl.start_stack(Path(tmp_s), args.nice)
         try:
             port = ClickPort(period_s=args.click_every, first_s=1.0, max_s=seconds + 30)
 
             def sample(leg: GatedLeg, t: float) -> None:
                 st = leg.stats()
-                row = {"t_s": round(t, 3), "mono": time.monotonic(), "rss_mb": round(rss_mb(stack.bridge.pid), 2),
+                row = {"t_s": round(t, 3), "mono": time.monotonic(), "rss_mb": round(bl.rss_mb(stack.bridge.pid), 2),
                        "rx_packets": st["packets_received"], "tx_packets": st["packets_sent"],
-                       "lost": st["packets_lost"], "loadavg": loadavg()[0]}
+                       "lost": st["packets_lost"], "loadavg": bl.loadavg()[0]}
                 samples.append(row)
                 print(json.dumps(row), flush=True)
 
-            call = asyncio.run(one_call(stack, "soak", seconds, port, every_s=60.0, sample=sample))
+            call = asyncio.run(bl.one_call(stack, "soak", seconds, port, every_s=60.0, sample=sample))
             time.sleep(1.0)
             totals = carrier_status(stack.data)["media"]
-            d = directions(port, call)
+            starts, d = bl.directions(port, call)
             rec_s = wav_8k(call["recording"]).size / RATE
         finally:
             stack.stop()
@@ -115,13 +105,13 @@ def main() -> int:
     warm = [s["rss_mb"] for s in samples if s["t_s"] >= 119.0]
     end = seconds
     lat = {
-        "round_trip_ms_minute_1": minute_medians(d["starts"], d["round_trip"], 0, 60),
-        "round_trip_ms_last_minute": minute_medians(d["starts"], d["round_trip"], end - 60, end),
-        "app_to_phone_ms_minute_1": minute_medians(d["starts"], d["app_to_phone"], 0, 60),
-        "app_to_phone_ms_last_minute": minute_medians(d["starts"], d["app_to_phone"], end - 60, end),
-        "phone_to_app_ms_minute_1": minute_medians(d["starts"], d["phone_to_app"], 0, 60),
-        "phone_to_app_ms_last_minute": minute_medians(d["starts"], d["phone_to_app"], end - 60, end),
-        "clicks": {k: analysis.delay_summary(v) for k, v in d.items() if k != "starts"},
+        "round_trip_ms_minute_1": minute_medians(starts, d["round_trip"], 0, 60),
+        "round_trip_ms_last_minute": minute_medians(starts, d["round_trip"], end - 60, end),
+        "app_to_phone_ms_minute_1": minute_medians(starts, d["app_to_phone"], 0, 60),
+        "app_to_phone_ms_last_minute": minute_medians(starts, d["app_to_phone"], end - 60, end),
+        "phone_to_app_ms_minute_1": minute_medians(starts, d["phone_to_app"], 0, 60),
+        "phone_to_app_ms_last_minute": minute_medians(starts, d["phone_to_app"], end - 60, end),
+        "clicks": {k: analysis.delay_summary(v) for k, v in d.items()},
     }
     result = {
         "minutes": args.minutes,
@@ -133,7 +123,7 @@ def main() -> int:
         if warm else None,
         "rss_mb_series": [s["rss_mb"] for s in samples],
         "latency": lat,
-        "loadavg_end": loadavg(), "ended": time.strftime("%H:%M:%S"),
+        "loadavg_end": bl.loadavg(), "ended": time.strftime("%H:%M:%S"),
     }
     print(json.dumps(result), flush=True)
     return 0
