@@ -28,7 +28,21 @@ frames_on_time, codec}, call_id, cpu_s (this process's CPU while connected), mos
 (the ITU-T G.107 E-model of what this end received: jego_call/quality.py; null when no audio came)
 with quality (good / fair / poor), detail and detail_zh (the words of a refusal, e.g.
 insufficient_credit), credit_low (a paid phone call's warning: remaining_s, ends_at, balance,
-..., at_s after the answer), and more. While connected it sends the server `call_stats` every
+..., at_s after the answer), added_latency_ms and latency (with --latency, below), and more.
+
+--latency (jego dial call, to an echo: the carrier's numbers that answer and echo, or a
+`jego dial answer --echo`) sends a click (an 8 ms chirp, jego_call/media/analysis.py) every
+second instead of --play and finds each one in what comes back by cross-correlation. Each
+click's round trip runs from the instant its 20 ms frame left this dialer's media clock to the
+instant the frame holding its echo was handed to this dialer by its receiver (after aiortc's
+jitter buffer and decoder), so it includes this dialer's own send and receive path.
+`latency` is {round_trip_ms (median over the clicks found), round_trip_min_ms, round_trip_max_ms,
+echo_delay_ms (what the echo itself takes: CARRIER_ECHO_DELAY_MS = 50 for the simulated
+carrier, or --echo-delay-ms), one_way_ms = (round_trip_ms - echo_delay_ms) / 2, clicks_sent,
+clicks_found}; added_latency_ms is one_way_ms: an estimate, per direction, of what the path
+between this dialer and the echo adds (for a phone number: the bridge, plus half of this
+dialer's own send and receive path). Both are null without --latency or when no click came
+back (not an echo). scripts/bench_latency.py measures each direction of the bridge alone. While connected it sends the server `call_stats` every
 2 s (and a final one), so the call record gets its score (docs/signalling.md, Call quality).
 """
 
@@ -48,13 +62,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..call.reasons import EndReason, from_sip
 from ..client import ApiError, ConnectionLost, JegoClient, ServerUnreachable, new_call_id
 from ..config import load_config
 from ..errors import ConfigError
+from ..media import analysis
 from ..media.endpoint import MediaEndpoint, MediaError, enable_loopback_candidates
 from ..media.impair import ImpairmentSpec
-from ..media.sinks import Analyser, Sink, VideoFrameCounter, WavRecorder
+from ..media.sinks import Analyser, Sink, VideoFrameCounter, WavRecorder, _MonoAudio
 from ..media.tracks import EchoTrack, PacedAudioTrack, TestPatternVideo, source_from_spec
 from ..quality import estimate, webrtc_receive
 
@@ -65,6 +82,12 @@ OUTCOME_EXIT = {
 }
 ERROR_OUTCOME = {"unknown_user": "invalid_number", "invalid_number": "invalid_number"}
 STATS_EVERY_S = 2                # send call_stats every this many seconds while connected
+LATENCY_PERIOD_S = 1.0           # --latency: one click a second (a round trip must be shorter)
+LATENCY_FIRST_S = 0.5            # ... the first half a second after the answer
+# The simulated carrier's echo: the mean delay of its own receive buffer (it echoes a frame in the
+# slot it plays it out), scripts/bench_latency.py "receivers_alone" carrier_rx_ms (3 frames of
+# prefetch: 40 ms plus the arrival phase, 0-20 ms). --echo-delay-ms changes it.
+CARRIER_ECHO_DELAY_MS = 50.0
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 SETUP_ERRORS = {"unknown_user", "invalid_number", "self_call", "already_in_call", "call_exists",
                 "invalid_message", "rate_limited", "not_authenticated", "unsupported_media", "internal"}
@@ -131,6 +154,8 @@ class Report:
     quality: str | None = None
     audio: dict[str, Any] = field(default_factory=dict)
     video: dict[str, Any] | None = None
+    added_latency_ms: float | None = None
+    latency: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -469,6 +494,91 @@ class HeldSource(PacedAudioTrack):
         super().stop()
 
 
+class ClickSource(PacedAudioTrack):
+    """--latency: a click every LATENCY_PERIOD_S from LATENCY_FIRST_S on, silence between; `sent`
+    holds the monotonic instant each click's first sample left (its frame's slot)."""
+
+    def __init__(self, rate: int = 48000) -> None:
+        super().__init__(rate)
+        self.click = np.asarray(np.round(analysis.click(rate) * 32767), dtype=np.int16)
+        self.period = int(round(LATENCY_PERIOD_S * rate))
+        self.first = int(round(LATENCY_FIRST_S * rate))
+        self.sent: list[float] = []
+
+    def _samples(self, n: int) -> np.ndarray:
+        now = time.monotonic()
+        spf = self.samples_per_frame
+        a = n * spf
+        out = np.zeros(spf, dtype=np.int16)
+        k = max(0, (a - self.first - self.click.size) // self.period)
+        while (start := self.first + k * self.period) < a + spf:
+            lo, hi = max(start, a), min(start + self.click.size, a + spf)
+            if lo < hi:
+                out[lo - a: hi - a] = self.click[lo - start: hi - start]
+            if a <= start:
+                self.sent.append(now + (start - a) / self.rate)
+            k += 1
+        return out
+
+
+class ClickListener:
+    """--latency: keeps received audio (mono) and the monotonic instant each frame arrived."""
+
+    def __init__(self) -> None:
+        self._conv = _MonoAudio(None)
+        self.chunks: list[np.ndarray] = []
+        self.starts: list[int] = []      # sample index of each frame's first sample
+        self.arrived: list[float] = []   # when it was handed to us
+        self.samples = 0
+
+    def handle(self, frame: Any) -> None:
+        if not hasattr(frame, "sample_rate"):
+            return
+        now = time.monotonic()
+        data = self._conv.convert(frame)
+        self.chunks.append(data)
+        self.starts.append(self.samples)
+        self.arrived.append(now)
+        self.samples += data.size
+
+    def close(self) -> None:
+        pass
+
+    def round_trips(self, sent: list[float]) -> list[float | None]:
+        """Each sent click's round trip in seconds (None: not found within the click period)."""
+        rate = self._conv.rate
+        if not self.chunks or rate is None:
+            return [None] * len(sent)
+        x = np.concatenate(self.chunks)
+        starts, arrived = np.asarray(self.starts), np.asarray(self.arrived)
+        out: list[float | None] = []
+        for t in sent:
+            j = max(0, int(np.searchsorted(arrived, t)) - 1)   # the frame playing when it left
+            p0 = int(starts[j])
+            (d,) = analysis.click_delays(x, rate, [p0], max_delay_s=LATENCY_PERIOD_S - 0.1)
+            if d is None:
+                out.append(None)
+                continue
+            f = p0 + int(round(d * rate))
+            i = max(0, int(np.searchsorted(starts, f, side="right")) - 1)
+            out.append(float(arrived[i] + (f - starts[i]) / rate - t))
+        return out
+
+
+def latency_report(sent: list[float], listener: ClickListener, echo_delay_ms: float) -> dict[str, Any]:
+    """The `latency` JSON object (see the module docstring) of the clicks `sent`."""
+    trips = [d for d in listener.round_trips(sent) if d is not None and d > 0]
+    rep: dict[str, Any] = {"round_trip_ms": None, "round_trip_min_ms": None, "round_trip_max_ms": None,
+                           "echo_delay_ms": echo_delay_ms, "one_way_ms": None,
+                           "clicks_sent": len(sent), "clicks_found": len(trips)}
+    if trips:
+        rt = 1000 * statistics.median(trips)
+        rep.update(round_trip_ms=round(rt, 1), round_trip_min_ms=round(1000 * min(trips), 1),
+                   round_trip_max_ms=round(1000 * max(trips), 1),
+                   one_way_ms=round(max(0.0, rt - echo_delay_ms) / 2, 1))
+    return rep
+
+
 # --- set-up shared by both subcommands ----------------------------------------------------
 def _credentials(args: argparse.Namespace) -> tuple[str, str]:
     user = args.user or os.environ.get("JEGO_USER")
@@ -488,6 +598,8 @@ def _check_record(path: str | None) -> None:
 def _source(args: argparse.Namespace) -> PacedAudioTrack:
     if getattr(args, "echo", False):
         return EchoTrack()
+    if getattr(args, "latency", False):
+        return ClickSource()
     try:
         return source_from_spec(args.play, loop=args.loop)
     except FileNotFoundError as exc:
@@ -498,9 +610,10 @@ def _source(args: argparse.Namespace) -> PacedAudioTrack:
 
 def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | None,
               ice_servers: list[dict[str, Any]], ice_transport_policy: str = "all",
+              extra_sinks: tuple[Sink, ...] = (),
               ) -> tuple[MediaEndpoint, Analyser, VideoFrameCounter | None]:
     analyser = Analyser()
-    sinks: list[Sink] = [analyser]
+    sinks: list[Sink] = [analyser, *extra_sinks]
     if isinstance(source, EchoTrack):
         sinks.append(source)
     if record:
@@ -541,13 +654,16 @@ async def dial_call(args: argparse.Namespace, out: Output) -> Report:
     user, password = _credentials(args)
     _check_record(args.record)
     source: PacedAudioTrack = _source(args)
+    clicks = source if isinstance(source, ClickSource) else None
+    listener = ClickListener() if clicks is not None else None
     if kind == "phone":
         source = HeldSource(source)  # --play starts at the answer, after any early media
     stop = asyncio.Event()
     _install_stop(stop)
     async with JegoClient(args.server, auto_ringing=False) as client:
         await _login(args, client, user, password)
-        ep, analyser, counter = _endpoint(args, source, args.record, client.ice_servers, client.ice_transport_policy)
+        ep, analyser, counter = _endpoint(args, source, args.record, client.ice_servers, client.ice_transport_policy,
+                                          (listener,) if listener is not None else ())
         report = Report(call_id=new_call_id(), role="caller", peer=to, target_kind=kind, record=args.record)
         t_dial = time.monotonic()
         try:
@@ -562,6 +678,9 @@ async def dial_call(args: argparse.Namespace, out: Output) -> Report:
             out.progress(f"ended: failed ({exc})")
         finally:
             await ep.close()
+    if clicks is not None and listener is not None and report.outcome == "answered":
+        report.latency = latency_report(clicks.sent, listener, args.echo_delay_ms)
+        report.added_latency_ms = report.latency["one_way_ms"]
     return report
 
 
@@ -899,6 +1018,12 @@ def add_parser(subparsers: Any) -> None:
     _common(call)
     call.add_argument("--duration", type=float, default=10.0, metavar="S", help="hang up after S s connected (10)")
     call.add_argument("--ring-timeout", type=float, metavar="S", help="cancel if not answered within S s")
+    call.add_argument("--latency", action="store_true",
+                      help="send a click a second instead of --play and measure each one's round trip (call an "
+                           "echo): latency and added_latency_ms in --json")
+    call.add_argument("--echo-delay-ms", type=float, default=CARRIER_ECHO_DELAY_MS, metavar="MS",
+                      help=f"with --latency: what the echo itself adds, taken off the round trip "
+                           f"(default {CARRIER_ECHO_DELAY_MS:g}: the simulated carrier's echo)")
     call.set_defaults(func=run_call)
     ans = sub.add_parser("answer", help="wait for calls and answer them")
     _common(ans)
@@ -928,6 +1053,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     if getattr(args, "count", None) is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
+    if getattr(args, "latency", False) and args.play:
+        raise UsageError("--latency sends its own clicks: it cannot be combined with --play")
+    if getattr(args, "echo_delay_ms", 0.0) < 0:
+        raise UsageError("--echo-delay-ms must not be negative")
     if args.dtmf and not re.fullmatch(r"[0-9*#A-D]{1,32}", args.dtmf):
         raise UsageError("--dtmf takes 1 to 32 of 0-9 * # A-D")
     if args.codec == "OPUS":

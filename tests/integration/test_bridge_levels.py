@@ -27,6 +27,7 @@ from tests.conftest import PASSWORD, LiveServer
 
 from .bridge_util import PLAIN, carrier_record, phone_server, segment
 from .latency_util import RATE, ClickPort, GatedLeg, one_way, wait_t0, wav_8k
+from .test_dial import dial
 
 TONE_HZ = 1000.0
 TONE_PEAK_DBFS = -20.0
@@ -130,3 +131,23 @@ async def test_latency_comes_back_down_after_a_300_ms_stall(server: LiveServer) 
     assert len(before) >= 4 and len(later) >= 4, points
     assert max(around) >= floor + 200           # the stall did reach the bridge (the test can fail)
     assert max(later) <= floor + 100, points    # loosely: back near the floor 2.5 s after it
+
+
+def test_dial_latency_through_the_echo_number(server: LiveServer) -> None:
+    """`jego dial --latency --json`: the clicks come back from the carrier's echo and the round
+    trip is the click bench's order of magnitude (two bridge crossings, the carrier's echo and
+    the dialer's own buffers); the one-way estimate takes the carrier's echo off and halves it."""
+    rc, res, err = dial(server, PLAIN, "--latency", "--duration", "5", "--json", "--quiet")
+    assert rc == 0 and res is not None and res["outcome"] == "answered", err
+    lat = res["latency"]
+    print(lat)
+    assert lat["clicks_sent"] >= 4 and lat["clicks_found"] >= lat["clicks_sent"] - 1, lat
+    assert 100 <= lat["round_trip_ms"] <= 1000, lat
+    assert lat["round_trip_min_ms"] <= lat["round_trip_ms"] <= lat["round_trip_max_ms"]
+    assert lat["echo_delay_ms"] == 50.0
+    assert res["added_latency_ms"] == lat["one_way_ms"] == pytest.approx((lat["round_trip_ms"] - 50.0) / 2, abs=0.1)
+
+
+def test_dial_latency_needs_no_play(server: LiveServer) -> None:
+    rc, res, err = dial(server, PLAIN, "--latency", "--play", "tone:440", "--json")
+    assert rc == 2 and "--latency" in err and res is None
