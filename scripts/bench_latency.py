@@ -202,6 +202,7 @@ class Stack:
     url: str
     data: Path
     serve_log: Path
+    bridge_log: Path
     streams: int = 0            # carrier streams started so far (t0 lines)
     tokens: dict[str, str] = field(default_factory=dict)
 
@@ -260,7 +261,7 @@ def start_stack(tmp: Path, nice: int = 0, worker_prefetch: int = 0, **extra: str
                               start_new_session=True)
     own_autogroup(bridge.pid, nice)
     wait_log(blog, r"connected to http", bridge)
-    return Stack(serve, bridge, url, data, slog)
+    return Stack(serve, bridge, url, data, slog, blog)
 
 
 def carrier_recording(data: Path, call_no: int, timeout: float = 15.0) -> str:
@@ -315,6 +316,7 @@ async def one_call(stack: Stack, user: str, seconds: float, port: ClickPort,
     carrier_t0 = wait_t0(lambda: stack.serve_log.read_text(errors="replace"), stack.streams)
     return {"t0": t0, "carrier_t0": carrier_t0, "recording": carrier_recording(stack.data, stack.streams),
             "stats": stats}
+
 
 
 def directions(port: ClickPort, call: dict[str, Any], max_delay_s: float = 0.45,
