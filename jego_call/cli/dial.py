@@ -58,6 +58,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,15 +499,16 @@ class ClickSource(PacedAudioTrack):
     """--latency: a click every LATENCY_PERIOD_S from LATENCY_FIRST_S on, silence between; `sent`
     holds the monotonic instant each click's first sample left (its frame's slot)."""
 
-    def __init__(self, rate: int = 48000) -> None:
+    def __init__(self, rate: int = 48000, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(rate)
+        self.clock = clock
         self.click = np.asarray(np.round(analysis.click(rate) * 32767), dtype=np.int16)
         self.period = int(round(LATENCY_PERIOD_S * rate))
         self.first = int(round(LATENCY_FIRST_S * rate))
         self.sent: list[float] = []
 
     def _samples(self, n: int) -> np.ndarray:
-        now = time.monotonic()
+        now = self.clock()
         spf = self.samples_per_frame
         a = n * spf
         out = np.zeros(spf, dtype=np.int16)
@@ -524,7 +526,8 @@ class ClickSource(PacedAudioTrack):
 class ClickListener:
     """--latency: keeps received audio (mono) and the monotonic instant each frame arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._conv = _MonoAudio(None)
         self.chunks: list[np.ndarray] = []
         self.starts: list[int] = []      # sample index of each frame's first sample
@@ -534,7 +537,7 @@ class ClickListener:
     def handle(self, frame: Any) -> None:
         if not hasattr(frame, "sample_rate"):
             return
-        now = time.monotonic()
+        now = self.clock()
         data = self._conv.convert(frame)
         self.chunks.append(data)
         self.starts.append(self.samples)
