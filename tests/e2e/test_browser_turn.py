@@ -118,7 +118,7 @@ START_RECORDING = """(seconds) => {
     const chunks = [];
     tap.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
     src.connect(tap); tap.connect(silent); silent.connect(ctx.destination);
-    await new Promise((r) => setTimeout(r, seconds * 1000));
+    await new Promise((r) => setTimeout(r, seconds * 1000));  // real time is the subject: N s of audio
     src.disconnect(); tap.disconnect();
     const n = chunks.reduce((a, c) => a + c.length, 0);
     const pcm = new Int16Array(n);
