@@ -48,6 +48,7 @@ class FakeCarrier:
     registrar: FakeRegistrar = field(default_factory=FakeRegistrar)
     originated: list[dict[str, Any]] = field(default_factory=list)
     fail_with: Exception | None = None
+    result: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.cfg = SimpleNamespace(inbound=SimpleNamespace(caller_id="+8610100860"),
@@ -65,7 +66,7 @@ class FakeCarrier:
             raise self.fail_with
         call = {"from": from_, "to": to, "play": play, "duration": duration, "ring_timeout": ring_timeout}
         self.originated.append(call)
-        return {"outcome": "answered", **call}
+        return self.result if self.result is not None else {"outcome": "answered", **call}
 
 
 @pytest.fixture
@@ -227,3 +228,56 @@ async def test_metrics_are_served_without_the_token(carrier: FakeCarrier, server
 
     ctype, text = await asyncio.to_thread(get)
     assert ctype.startswith("text/plain") and "jego_carrier_calls_active 0.0" in text
+
+
+# --- `jego carrier call` through the control channel --------------------------------------------------
+async def carrier_call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from jego_call.cli.main import main
+
+    code = await asyncio.to_thread(main, ["carrier", "call", *argv])   # it blocks: the server runs here
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_carrier_call_prints_the_answer_and_exits_0(carrier: FakeCarrier, server: ControlServer,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    carrier.result = {"code": 200, "reason": "OK", "outcome": "hangup", "answered": True, "duration_s": 2.04,
+                      "recording": "/tmp/r.wav"}
+    code, out, err = await carrier_call(capsys, "+8613800138000", "+861065529988", "--duration", "2",
+                                        "--data-dir", str(carrier.data_dir))
+    assert (code, err) == (0, "") and out == "200 OK: hangup, 2.0 s, recording /tmp/r.wav\n"
+    assert carrier.originated[-1]["duration"] == 2.0
+
+
+async def test_carrier_call_not_answered_exits_1_with_the_cause(carrier: FakeCarrier, server: ControlServer,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    carrier.result = {"code": 486, "reason": "Busy Here", "cause": 17, "outcome": "busy", "answered": False}
+    code, out, _ = await carrier_call(capsys, "+8613800138000", "+861065529988", "--data-dir",
+                                      str(carrier.data_dir))
+    assert code == 1 and out == "486 Busy Here (cause 17): busy\n"
+    code, out, _ = await carrier_call(capsys, "+8613800138000", "+861065529988", "--json", "--data-dir",
+                                      str(carrier.data_dir))
+    assert code == 1 and json.loads(out)["code"] == 486
+
+
+async def test_carrier_call_reports_a_carrier_error_and_exits_3(carrier: FakeCarrier, server: ControlServer,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    carrier.result = {"error": "the app's trunk account is not registered"}
+    code, _, err = await carrier_call(capsys, "+8613800138000", "+861065529988", "--data-dir",
+                                      str(carrier.data_dir))
+    assert code == 3 and err == "jego carrier call: the app's trunk account is not registered\n"
+
+
+def test_carrier_call_without_a_carrier_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jego_call.cli.main import main
+
+    assert main(["carrier", "call", "+8613800138000", "+861065529988", "--data-dir", str(tmp_path)]) == 3
+    assert "no carrier is running" in capsys.readouterr().err
+
+
+def test_carrier_call_with_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jego_call.cli.main import main
+
+    assert main(["carrier", "call", "+8613800138000", "+861065529988", "--play", str(tmp_path / "x.wav"),
+                 "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"jego carrier call: no such file: {tmp_path / 'x.wav'}\n"
