@@ -23,6 +23,7 @@ from jego_call.cli.main import build_parser, main
 from jego_call.cli.message import split_target
 from jego_call.cli.serve import config_from_args
 from jego_call.cli.signed_in import UsageError
+from jego_call.config import load_config
 from jego_call.media import endpoint
 
 NOWHERE = "http://127.0.0.1:9"      # the discard port: nothing listens in the test's namespace
@@ -320,3 +321,39 @@ def test_the_outcome_word_of_a_call_end(reason: str | None, sip: int | None, q85
     assert dial.outcome_for(reason, sip, q850, answered) == word
     assert dial.OUTCOME_EXIT.get(word, dial.EXIT_FAILED) == {"answered": 0, "busy": 3, "declined": 3,
                                                               "no_answer": 4, "invalid_number": 5}.get(word, 1)
+
+
+# --- jego bridge ------------------------------------------------------------------------------------
+def test_bridge_max_calls_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "bridge", "--max-calls", "0")
+    assert code == 2 and one_line(err) == "jego bridge: --max-calls must be at least 1"
+
+
+def test_the_bridges_secret_comes_from_the_flag_the_config_or_the_key_file(tmp_path: Path) -> None:
+    from bridge.gateway.cli import gateway_secret
+
+    cfg = load_config(environ={}, overrides={"data": {"dir": str(tmp_path)}})
+    assert gateway_secret(cfg, "given") == "given"
+    with pytest.raises(SystemExit) as e:
+        gateway_secret(cfg, None)
+    assert "no gateway secret: pass --secret, set bridge.secret, or start `jego serve` once" in str(e.value.code)
+    (tmp_path / "bridge.key").write_text("not hex\n")
+    with pytest.raises(SystemExit):
+        gateway_secret(cfg, None)                                  # a broken key file is no secret
+    (tmp_path / "bridge.key").write_text("AB01cd\n")
+    assert gateway_secret(cfg, None) == "ab01cd"
+    with_secret = load_config(environ={}, overrides={"data": {"dir": str(tmp_path)}, "bridge": {"secret": "s3"}})
+    assert gateway_secret(with_secret, None) == "s3"
+
+
+@pytest.mark.parametrize(("http", "bridge_url", "given", "want"), [
+    ({"host": "0.0.0.0", "port": 8080}, "", None, "http://127.0.0.1:8080"),
+    ({"host": "127.0.0.5", "port": 9000}, "", None, "http://127.0.0.5:9000"),
+    ({"host": "0.0.0.0", "port": 8080}, "http://10.0.0.1:8080", None, "http://10.0.0.1:8080"),
+    ({"host": "0.0.0.0", "port": 8080}, "http://10.0.0.1:8080", "http://127.0.0.1:1", "http://127.0.0.1:1"),
+])
+def test_the_bridges_server_url(http: dict[str, object], bridge_url: str, given: str | None, want: str) -> None:
+    from bridge.gateway.cli import server_url
+
+    cfg = load_config(environ={}, overrides={"http": http, "bridge": {"server_url": bridge_url}})
+    assert server_url(cfg, given) == want
