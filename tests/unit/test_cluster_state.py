@@ -559,3 +559,23 @@ class ClaimMachine(RuleBasedStateMachine):
 
 TestClaimMachine = ClaimMachine.TestCase
 TestClaimMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["fail", "fail", "fail", "ok", "ask"]), st.sampled_from(["a", "b"]),
+                          st.floats(0, 40, allow_nan=False)), min_size=1, max_size=60))
+def test_the_shared_lockout_is_the_nodes_own_lockout(ops: list[tuple[str, str, float]]) -> None:
+    """The cluster-wide lockout (MemoryState) answers exactly as limits.Lockout does on one node,
+    for any sequence of failures, successes and questions over time."""
+    from jego_call.limits import Lockout
+
+    shared, local = ClockedState(), Lockout(RULE.after, RULE.window_s, RULE.base_s, RULE.max_s)
+    now = 0.0
+    for op, key, dt in ops:
+        now += dt
+        if op == "fail":
+            assert run_sync(shared.lockout_failure(key, now, RULE)) == local.failure(key, now)
+        elif op == "ok":
+            run_sync(shared.lockout_success(key))
+            local.success(key)
+        assert run_sync(shared.lockout_retry_after(key, now)) == local.retry_after(key, now)
