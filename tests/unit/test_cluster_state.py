@@ -579,3 +579,28 @@ def test_the_shared_lockout_is_the_nodes_own_lockout(ops: list[tuple[str, str, f
             run_sync(shared.lockout_success(key))
             local.success(key)
         assert run_sync(shared.lockout_retry_after(key, now)) == local.retry_after(key, now)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(0.1, 20), st.floats(1, 10),
+       st.lists(st.tuples(st.sampled_from(["take", "charge", "wait"]), st.floats(0, 3, allow_nan=False),
+                          st.floats(0.5, 4)), min_size=1, max_size=50))
+def test_the_shared_bucket_is_the_nodes_own_bucket(rate: float, burst: float,
+                                                   ops: list[tuple[str, float, float]]) -> None:
+    """bucket_take / bucket_wait (MemoryState) answer exactly as limits.TokenBucket's take, charge
+    and wait, so moving a limit into the shared state changes nothing but where it is kept."""
+    from jego_call.limits import TokenBucket
+
+    shared = ClockedState()
+    now = 0.0
+    local = TokenBucket(rate, burst, now)
+    run_sync(shared.bucket_wait("k", rate, burst, now))              # the shared bucket starts full too
+    for op, dt, cost in ops:
+        now += dt
+        if op == "take":
+            assert run_sync(shared.bucket_take("k", rate, burst, now, cost)) == pytest.approx(local.take(now, cost))
+        elif op == "charge":
+            assert run_sync(shared.bucket_take("k", rate, burst, now, cost, debt=True)) == 0.0
+            local.charge(now, cost)
+        else:
+            assert run_sync(shared.bucket_wait("k", rate, burst, now)) == pytest.approx(local.wait(now))
