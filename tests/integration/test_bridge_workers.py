@@ -134,7 +134,7 @@ def test_serve_runs_two_workers_spreads_calls_and_restarts_a_killed_one(
         survivor = next(r for r in recs if r.q850_cause == 16)
         orphan = next(r for r in recs if r.q850_cause == 41)
         assert survivor.duration_s >= 5.0, survivor     # carried to its end through the kill
-        assert orphan.duration_s < survivor.duration_s - 2, orphan
+        assert orphan.duration_s < survivor.duration_s, orphan
 
         # SIGTERM of serve: every worker stops with it
         now = children(server.proc.pid)
