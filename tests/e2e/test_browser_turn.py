@@ -49,7 +49,7 @@ def test_browser_to_dialer_through_the_turn_relay(tone_browser: Browser, turn: T
         alice.get_by_test_id("contact-bob").click()
         alice.get_by_test_id("call-audio").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("connected", timeout=30_000)
-        time.sleep(5.0)
+        time.sleep(5.0)  # the call's length in real time is the subject: >= 3 s of tone is judged below
         alice.get_by_test_id("hangup").click()
         expect(alice.get_by_test_id("call-state")).to_have_text("ended", timeout=10_000)
         assert bob.wait(30) == 0, bob.err_path.read_text()
