@@ -69,17 +69,14 @@ TEST_CALLER_FRAUD = {"JEGO_FRAUD_MAX_CALLS_PER_HOUR": "1000", "JEGO_FRAUD_DISTIN
 
 
 def phone_server(tmp: Path, extra_args: list[str] | None = None, credit: int = 5000, **env: str) -> LiveServer:
-    """`jego serve` with the carrier and one bridge worker process (JEGO_BRIDGE_WORKERS in `env`
-    for more) on free ports; users alice and bob exist,
+    """`jego serve` with the carrier and one bridge worker process (start_server's default;
+    JEGO_BRIDGE_WORKERS in `env` for more) on free ports; users alice and bob exist,
     each with `credit` minor units (fen) of prepaid credit; the velocity rules and the hourly cap
     loosened (TEST_CALLER_FRAUD) unless `env` sets them."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     full = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
-            "JEGO_BRIDGE_MEDIA_TIMEOUT_S": "10", **TEST_CALLER_FRAUD,
-            # one worker process unless a test asks for more ("auto" would start one per core:
-            # seconds of start-up per server for nothing the test looks at)
-            "JEGO_BRIDGE_WORKERS": "1"}
+            "JEGO_BRIDGE_MEDIA_TIMEOUT_S": "10", **TEST_CALLER_FRAUD}
     full.update(env)
     server = start_server(tmp, [] if extra_args is None else extra_args, **full)
     for name in ("alice", "bob"):
