@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from bridge.carrier.cdr import CallRecord, read_records
-from bridge.gateway.supervisor import restart_delay, worker_name
 from tests.conftest import PASSWORD, ROOT, LiveServer, make_user, start_server
 from tests.helpers import wait_for
 
@@ -89,14 +88,6 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
             p.wait(10)
-
-
-def test_restart_back_off_and_worker_names() -> None:
-    assert [restart_delay(d, 1.0) for d in (0.0, 0.5, 1.0, 8.0)] == [0.5, 1.0, 2.0, 10.0]
-    assert restart_delay(10.0, 31.0) == 0.5   # it ran a while: quick again
-    assert worker_name("bridge-1", 0, 1) == "bridge-1"
-    assert [worker_name("bridge-1", i, 2) for i in range(2)] == ["bridge-1", "bridge-2"]
-    assert [worker_name("pool", i, 2) for i in range(2)] == ["pool-1", "pool-2"]
 
 
 def test_serve_runs_two_workers_spreads_calls_and_restarts_a_killed_one(
