@@ -96,7 +96,7 @@ def test_serve_runs_two_workers_spreads_calls_and_restarts_a_killed_one(
     try:
         names = ("bridge-1", "bridge-2")
         # both registered: the gateway directory and each worker's own series on serve's /metrics
-        wait_for(lambda: all(metric(server, "jego_gateway_capacity_calls", gateway=n) == 16 for n in names)
+        wait_for(lambda: all(metric(server, "jego_gateway_capacity_calls", gateway=n) == 32 for n in names)
                  and all(metric(server, "jego_bridge_server_connected", worker=n) == 1 for n in names),
                  30, "two bridge workers registered", interval=0.2)
         with urllib.request.urlopen(f"{server.url}/readyz", timeout=5) as r:  # noqa: S310 - loopback
@@ -115,7 +115,7 @@ def test_serve_runs_two_workers_spreads_calls_and_restarts_a_killed_one(
         wait_text(server.log_path, f"bridge-1 (pid {doomed}) exited with signal SIGKILL", server.proc, timeout=10)
         wait_for(lambda: (p := children(server.proc.pid).get("bridge-1")) and p != doomed, 10,
                  "bridge-1 started again", interval=0.1)
-        wait_for(lambda: metric(server, "jego_gateway_capacity_calls", gateway="bridge-1") == 16, 30,
+        wait_for(lambda: metric(server, "jego_gateway_capacity_calls", gateway="bridge-1") == 32, 30,
                  "the restarted bridge-1 registered", interval=0.2)
         for p in (long, short):
             p.wait(60)
@@ -150,7 +150,7 @@ def test_jego_bridge_workers_2(tmp_path: Path, procs: list[subprocess.Popen[str]
                       "--name", "pool"], log, env)
         procs.append(pool)
         names = ("pool-1", "pool-2")
-        wait_for(lambda: all(metric(server, "jego_gateway_capacity_calls", gateway=n) == 16 for n in names),
+        wait_for(lambda: all(metric(server, "jego_gateway_capacity_calls", gateway=n) == 32 for n in names),
                  30, "two pool workers registered", interval=0.2)
         kids = children(pool.pid)
         assert sorted(kids) == list(names), kids
