@@ -35,7 +35,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from aioice.ice import StunProtocol
 from aioice.turn import TurnTransport
@@ -120,7 +120,7 @@ async def _idle(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-def _is_socket_transport(transport: object) -> bool:
+def _is_socket_transport(transport: object) -> TypeGuard[asyncio.DatagramTransport]:
     """A datagram transport on a socket of ours, whose protocol can be swapped: asyncio's, or
     uvloop's UDPTransport (which is not an asyncio.DatagramTransport subclass: checking that
     alone left every packet of a uvloop worker on aioice's path, a STUN parse that fails first).
