@@ -21,6 +21,7 @@ from bridge.sip.endpoint import (
     MessageDropped,
     RequestReceived,
     RequestRejected,
+    ResponseReceived,
     SipEndpoint,
     SipEvent,
     UnmatchedResponse,
@@ -226,12 +227,12 @@ async def test_a_tcp_request_opens_a_connection_and_the_answer_returns_on_it() -
             b.flush()
         assert seen == ["tcp0", "tcp1", "tcp2"]
         assert len(b._conns) == 1 and len(a._conns) == 1
-        answers = []
+        answers: list[int] = []
         while len(answers) < 3:
             ev = await next_event(a)
-            if not isinstance(ev, RequestReceived):
-                answers.append(ev)
-        assert all(getattr(e, "response").status == 200 for e in answers)
+            assert isinstance(ev, ResponseReceived), ev
+            answers.append(ev.response.status)
+        assert answers == [200, 200, 200]
     finally:
         await a.close()
         await b.close()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,48 +24,8 @@ from jego_call.config import load_config
 from jego_call.signalling import ws as ws_mod
 from jego_call.signalling.keys import HUB
 from jego_call.signalling.messages import MAX_NESTING, PROTOCOL_VERSION
-from jego_call.signalling.server import create_app
 from jego_call.signalling.ws import CLOSE_AUTH_TIMEOUT, CLOSE_UNSUPPORTED, TokenBucket, WsSession
-
-PASSWORD = "correct-horse-9"
-GATEWAY_SECRET = "gw-secret-for-tests"
-
-Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[Client] = []
-
-    async def factory(**sections: dict[str, Any]) -> Client:
-        overrides: dict[str, dict[str, Any]] = {
-            "data": {"dir": str(tmp_path / f"d{len(clients)}")},
-            "signalling": {"heartbeat_s": 5.0, "auth_timeout_s": 5.0},
-            "bridge": {"secret": GATEWAY_SECRET},
-        }
-        for k, v in sections.items():
-            overrides.setdefault(k, {}).update(v)
-        cfg = load_config(None, environ={}, overrides=overrides)
-        client: Client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for c in clients:
-        await c.close()
-
-
-@pytest.fixture
-async def client(make_client: Callable[..., Any]) -> Client:
-    c: Client = await make_client()
-    return c
-
-
-async def register(client: Client, name: str) -> str:
-    res = await client.post("/api/register", json={"username": name, "password": PASSWORD})
-    assert res.status == 201, await res.text()
-    return str((await res.json())["token"])
+from tests.unit.appkit import GATEWAY_SECRET, Client, MakeClient, register
 
 
 async def recv(ws: Any) -> dict[str, Any]:
@@ -175,10 +133,10 @@ def catch_auth_deadline(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, Ca
     return caught
 
 
-async def test_no_auth_within_the_deadline_closes_with_4001(make_client: Callable[..., Any],
+async def test_no_auth_within_the_deadline_closes_with_4001(make_client: MakeClient,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     caught = catch_auth_deadline(monkeypatch)
-    client: Client = await make_client(signalling={"auth_timeout_s": 7.5})
+    client = await make_client(signalling={"auth_timeout_s": 7.5})
     ws = await client.ws_connect("/ws")
     await ws.send_json({"type": "ping"})
     assert await recv(ws) == {"type": "pong"}  # a ping is not an auth
@@ -190,10 +148,10 @@ async def test_no_auth_within_the_deadline_closes_with_4001(make_client: Callabl
     assert msg.extra == "authenticate first"
 
 
-async def test_auth_in_time_disarms_the_deadline(make_client: Callable[..., Any],
+async def test_auth_in_time_disarms_the_deadline(make_client: MakeClient,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     caught = catch_auth_deadline(monkeypatch)
-    client: Client = await make_client()
+    client = await make_client()
     ws, _ = await authed(client, "alice")
     ((_, deadline),) = caught
     deadline()  # had the timer not been cancelled, this is what it would do
@@ -264,8 +222,8 @@ async def test_nesting_deeper_than_the_limit_is_invalid_message(client: Client) 
 
 
 async def test_a_message_over_the_limit_is_message_too_large_counting_utf8_bytes(
-        make_client: Callable[..., Any]) -> None:
-    client: Client = await make_client(signalling={"max_message_bytes": 200})
+        make_client: MakeClient) -> None:
+    client = await make_client(signalling={"max_message_bytes": 200})
     ws = await client.ws_connect("/ws")
     fits = json.dumps({"type": "ping", "pad": "x" * 150})
     assert len(fits) <= 200
@@ -282,8 +240,8 @@ async def test_a_message_over_the_limit_is_message_too_large_counting_utf8_bytes
     await ws.close()
 
 
-async def test_a_frame_over_the_frame_limit_closes_the_socket(make_client: Callable[..., Any]) -> None:
-    client: Client = await make_client(signalling={"max_message_bytes": 1000, "max_frame_bytes": 4096})
+async def test_a_frame_over_the_frame_limit_closes_the_socket(make_client: MakeClient) -> None:
+    client = await make_client(signalling={"max_message_bytes": 1000, "max_frame_bytes": 4096})
     ws = await client.ws_connect("/ws")
     await ws.send_str("x" * 10000)
     msg = await asyncio.wait_for(ws.receive(), 5.0)
@@ -311,8 +269,8 @@ async def test_a_binary_frame_closes_with_1003(client: Client) -> None:
     assert client.app[HUB].presence("alice") == "offline"
 
 
-async def test_over_the_rate_limit_frames_are_rate_limited(make_client: Callable[..., Any]) -> None:
-    client: Client = await make_client(signalling={"rate_per_s": 0.001, "rate_burst": 3})
+async def test_over_the_rate_limit_frames_are_rate_limited(make_client: MakeClient) -> None:
+    client = await make_client(signalling={"rate_per_s": 0.001, "rate_burst": 3})
     ws = await client.ws_connect("/ws")
     for i in range(3):
         await ws.send_json({"type": "ping", "id": i})
@@ -427,9 +385,9 @@ TURN = {"turn_urls": ["turn:127.0.0.1:3478?transport=udp"], "turn_secret": "s3cr
 
 
 async def test_auth_ok_carries_own_turn_credentials_that_expire_after_the_ttl(
-        make_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ws_mod, "time", SimpleNamespace(time=lambda: 1_000_000.0))
-    client: Client = await make_client(ice=TURN)
+    client = await make_client(ice=TURN)
     ws, ok = await authed(client, "alice")
     assert ok["ice_expires_at"] == 1_000_600
     (turn,) = ok["ice_servers"]
@@ -438,8 +396,8 @@ async def test_auth_ok_carries_own_turn_credentials_that_expire_after_the_ttl(
     await ws.close()
 
 
-async def test_relay_policy_is_announced_only_when_not_all(make_client: Callable[..., Any]) -> None:
-    client: Client = await make_client(ice={**TURN, "transport_policy": "relay"})
+async def test_relay_policy_is_announced_only_when_not_all(make_client: MakeClient) -> None:
+    client = await make_client(ice={**TURN, "transport_policy": "relay"})
     ws, ok = await authed(client, "alice")
     assert ok["ice_transport_policy"] == "relay"
     await ws.close()
