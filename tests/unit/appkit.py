@@ -3,11 +3,13 @@ with SQLite in tmp_path, a cheap argon2 so registering costs milliseconds, and s
 
     async def test_x(make_client: MakeClient) -> None:
         client = await make_client(signalling={"max_message_bytes": 200})
+        other = await make_client(install)   # install(app) runs before the app starts
         token = await register(client, "alice")
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
 async def make_client(tmp_path: Path, cheap_hashes: None) -> AsyncIterator[MakeClient]:
     clients: list[Client] = []
 
-    async def factory(**sections: dict[str, Any]) -> Client:
+    async def factory(before_start: Callable[[web.Application], None] | None = None,
+                      **sections: dict[str, Any]) -> Client:
         overrides: dict[str, dict[str, Any]] = {
             "data": {"dir": str(tmp_path / f"d{len(clients)}")},
             "signalling": {"heartbeat_s": 5.0, "auth_timeout_s": 5.0},
@@ -48,7 +51,10 @@ async def make_client(tmp_path: Path, cheap_hashes: None) -> AsyncIterator[MakeC
         for k, v in sections.items():
             overrides.setdefault(k, {}).update(v)
         cfg = load_config(None, environ={}, overrides=overrides)
-        client: Client = TestClient(TestServer(create_app(cfg), host="127.0.0.1"))
+        app = create_app(cfg)
+        if before_start is not None:
+            before_start(app)
+        client: Client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client
@@ -84,5 +90,4 @@ async def call(client: Client, method: str, path: str, token: str | None = None,
         kw["json"] = body
     res = await client.request(method, path, headers=headers, **kw)
     text = await res.text()
-    import json
     return res.status, (json.loads(text) if text else None)
