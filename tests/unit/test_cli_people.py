@@ -148,11 +148,10 @@ def test_group_create_list_add_leave(server: str, capsys: pytest.CaptureFixture[
     assert gid
     code, out, _ = jego(capsys, server, "alice", "group", "list", "--json")
     assert code == 0
-    groups = json.loads(out)
-    listed = groups["groups"] if isinstance(groups, dict) else groups
+    listed = json.loads(out)
     (g,) = [x for x in listed if x["id"] == gid]
     assert g["name"] == "Family"
-    names = {m["username"] if isinstance(m, dict) else m for m in g["members"]}
+    names = {m["username"] for m in g["members"]}
     assert names == {"alice", "bob"}
     code, out, err = jego(capsys, server, "alice", "group", "add", gid, "cat")
     assert code == 0, err
@@ -161,9 +160,9 @@ def test_group_create_list_add_leave(server: str, capsys: pytest.CaptureFixture[
     code, out, err = jego(capsys, server, "bob", "group", "leave", gid)
     assert code == 0, err
     code, out, _ = jego(capsys, server, "bob", "group", "list", "--json")
-    groups = json.loads(out)
-    listed = groups["groups"] if isinstance(groups, dict) else groups
-    assert all(x["id"] != gid for x in listed)
+    assert all(x["id"] != gid for x in json.loads(out))
+    code, out, _ = jego(capsys, server, "bob", "group", "list")
+    assert (code, out.strip()) == (0, "no groups")
 
 
 def test_a_group_of_strangers_is_refused(server: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,3 +176,49 @@ def test_an_unknown_group_is_exit_1(server: str, capsys: pytest.CaptureFixture[s
     user(server, "alice")
     code, out, err = jego(capsys, server, "alice", "group", "leave", "nosuchgroup123")
     assert code == 1 and out == "" and err.startswith("jego group leave: "), err
+
+
+# --- jego message ---------------------------------------------------------------------------------------------
+
+def friends(url: str) -> None:
+    ta = user(url, "alice")
+    tb = user(url, "bob")
+    post(url, "/api/contacts", {"username": "bob"}, ta)
+    post(url, "/api/contacts", {"username": "alice"}, tb)
+
+
+def test_message_send_then_list_in_order(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    friends(server)
+    for text in ("你好", "second", "third"):
+        code, out, err = jego(capsys, server, "alice", "message", "send", "bob", text, "--json")
+        assert code == 0 and err == "", err
+        sent = json.loads(out)
+        assert sent["text"] == text and sent["from"] == "alice", sent
+    code, out, err = jego(capsys, server, "bob", "message", "list", "alice", "--json")
+    assert code == 0, err
+    msgs = json.loads(out)["messages"]
+    assert [m["text"] for m in msgs] == ["你好", "second", "third"]
+    seqs = [m["seq"] for m in msgs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    code, out, _ = jego(capsys, server, "bob", "message", "list", "alice", "--json", "--limit", "1")
+    msgs = json.loads(out)["messages"]
+    assert [m["text"] for m in msgs] == ["third"]  # the newest page
+    code, out, _ = jego(capsys, server, "bob", "message", "list", "alice", "--json", "--before-seq", str(seqs[2]))
+    msgs = json.loads(out)["messages"]
+    assert [m["text"] for m in msgs] == ["你好", "second"]
+
+
+def test_message_to_nobody_or_a_blocker_is_exit_1(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    friends(server)
+    code, out, err = jego(capsys, server, "alice", "message", "send", "ghost", "hi")
+    assert code == 1 and out == "" and err.startswith("jego message send: unknown_user: "), err
+    assert jego(capsys, server, "bob", "contact", "block", "alice")[0] == 0
+    code, out, err = jego(capsys, server, "alice", "message", "send", "bob", "hi")
+    assert (code, err) == (1, "jego message send: unavailable: not available\n")
+
+
+def test_message_send_a_file_that_is_not_there_is_usage(server: str, capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path) -> None:
+    friends(server)
+    code, out, err = jego(capsys, server, "alice", "message", "send", "bob", "--file", str(tmp_path / "none.png"))
+    assert code == 2 and out == "" and err.startswith("jego message send: ") and err.count("\n") == 1, err
