@@ -349,3 +349,44 @@ async def test_a_token_of_a_user_works_for_api_and_ws_alike(client: Client) -> N
     await ws.send_json({"type": "invite", "call_id": "c" * 16, "to": "bob", "sdp": "v=0"})
     assert (await ws.receive_json())["code"] == "not_authenticated"
     await ws.close()
+
+
+# --- /readyz and /metrics ---------------------------------------------------------------------------------------
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one Prometheus sample `name{labels}` in exposition `text`."""
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no sample {key} in /metrics")
+
+
+async def test_readyz_is_ready_with_the_database_ok(client: Client) -> None:
+    res = await client.get("/readyz")
+    assert res.status == 200 and res.headers["Cache-Control"] == "no-store"
+    assert await res.json() == {"status": "ready", "checks": {"database": "ok"}}
+
+
+async def test_metrics_count_sessions_users_and_failed_logins(client: Client) -> None:
+    res = await client.get("/metrics")
+    assert res.status == 200 and res.headers["Content-Type"].startswith("text/plain")
+    text = await res.text()
+    assert sample(text, "jego_users_online") == 0
+    token = await register(client, "alice")
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"type": "auth", "token": token})
+    while (await ws.receive_json())["type"] != "auth_ok":
+        pass
+    await call(client, "POST", "/api/login", body={"username": "alice", "password": "wrong-password"})
+    text = await (await client.get("/metrics")).text()
+    assert sample(text, "jego_users_online") == 1
+    assert sample(text, "jego_websocket_sessions", 'role="user"') == 1
+    assert sample(text, "jego_login_failures_total") == 1
+    await ws.close()
+
+
+async def test_metrics_disabled_is_404_with_words(make_client: MakeClient) -> None:
+    client = await make_client(metrics={"enabled": False})
+    res = await client.get("/metrics")
+    assert res.status == 404 and "metrics are disabled" in await res.text()
