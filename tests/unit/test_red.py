@@ -12,6 +12,7 @@ from bridge.net.opus import OpusCodec
 from bridge.rtp.media import MediaFormat, RtpSession
 from bridge.rtp.packet import RtpPacket
 from bridge.rtp.red import RedBlock, RedEncoder, RedError, build_red, parse_red
+from bridge.rtp.rtcp import ReceiverReport, SenderReport
 from bridge.rtp.session import JitterBuffer
 from jego_call.media import analysis
 from jego_call.media.impair import Impairment, ImpairmentSpec
@@ -140,6 +141,12 @@ def test_red_rebuilds_bursts_that_fec_alone_cannot(speech: np.ndarray) -> None:
     assert red.red_recovered_frames > 0 and fec.red_recovered_frames == 0
     assert red.concealed_frames < fec.concealed_frames
     assert with_red > fec_only
+    # our RTCP RR still tells the sender what the network lost (RED copies are not receptions), so
+    # a browser raises its FEC (RFC 3550 §6.4.1 fraction lost)
+    [report, _sdes] = rx_red.report_packets(99.0)
+    assert isinstance(report, ReceiverReport | SenderReport)
+    [block] = report.reports
+    assert block.cumulative_lost == red.jitter.stats().lost and block.fraction > 0
     assert with_red >= 2.8  # docs/benchmarks.md: >= 3.0 in the median over seeds and voices
 
 
