@@ -131,14 +131,16 @@ class LossBuffer:
 
 
 class LossAwareOpusDecoder(Decoder):
-    """Opus -> mono 48 kHz frames; lost frames before a packet from its FEC, else concealed."""
+    """Opus -> 48 kHz frames (the mono signal on both channels); lost frames before a packet from its FEC, else concealed."""
 
     def __init__(self) -> None:
         self.opus = OpusDecoder(RATE)
         self._end: int | None = None  # pts just after the last sample we gave
 
     def _frame(self, pcm: np.ndarray, pts: int) -> AudioFrame:
-        f = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        # stereo, both channels the same, as aiortc's own decoder gives (its sinks and MP4
+        # recorder expect that layout)
+        f = AudioFrame.from_ndarray(np.repeat(pcm, 2).reshape(1, -1), format="s16", layout="stereo")
         f.sample_rate = RATE
         f.pts = pts
         f.time_base = TIME_BASE

@@ -19,6 +19,7 @@ from jego_call.media.endpoint import MediaEndpoint, enable_loopback_candidates
 from jego_call.media.impair import ImpairmentSpec
 from jego_call.media.sinks import WavRecorder
 
+from ..helpers import until
 from .bridge_util import speech_8k
 
 
@@ -39,12 +40,13 @@ async def call(tmp: Path, speech: np.ndarray, fec: bool, spec: str) -> tuple[dic
     enable_loopback_candidates()
     wav = tmp / f"heard-{fec}.wav"
     a = WebRtcLeg(Player(speech), codecs=("opus",), name="bridge", fec=True, red=False)
-    b = MediaEndpoint(sinks=[WavRecorder(wav)], name="dialer", fec=fec, impair=ImpairmentSpec.parse(spec))
+    rec = WavRecorder(wav)
+    b = MediaEndpoint(sinks=[rec], name="dialer", fec=fec, impair=ImpairmentSpec.parse(spec))
     try:
         answer = await b.accept_offer(await a.create_offer())
         await a.set_answer(answer)
         await asyncio.gather(a.wait_connected(15), b.wait_connected(15))
-        await asyncio.sleep(len(speech) / 8000 + 1.0)
+        await until(lambda: rec.duration_s >= len(speech) / 8000 + 0.5, 30, "the whole sample recorded")
         stats = await b.stats()
         assert (a.remote_fec, a.fec_loss_percent > 0) == (fec, fec)  # FEC sent only when asked and lossy
     finally:

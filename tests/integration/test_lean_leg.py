@@ -157,7 +157,7 @@ async def test_red_through_a_lossy_lean_leg(legs: list[WebRtcLeg]) -> None:
     legs += [a, b]
     await connect(a, b)
     assert a.red_pt is not None and a.red_send and b.red_pt == a.red_pt and not b.red_send
-    await asyncio.sleep(6.0)
+    await until(lambda: pb.heard_s() >= 5.5, 20, "5.5 s heard at b")
     sb, sa = b.stats(), a.stats()
     print(f"b {sb['impaired']}, RED received {sb['red_received']}, RED recovered {sb['red_recovered']}, "
           f"FEC {sb['fec_recovered']}, concealed {sb['concealed_frames']}")
