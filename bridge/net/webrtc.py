@@ -448,7 +448,7 @@ class WebRtcLeg:
         pt = int(negotiated.payloadType or 0)
         remote = self.pc.remoteDescription
         self.remote_fec = isinstance(codec, OpusCodec) and remote is not None and remote_wants_fec(str(remote.sdp), pt)
-        red_pt = self.red_pt if isinstance(codec, OpusCodec) or self.codec_factory is not None else None
+        red_pt = self.red_pt if name.lower() == "opus" else None  # RED carries Opus only (fmtp opus/opus)
         fmt = MediaFormat(codec=codec.name, payload_type=pt, telephone_event_pt=None,
                           remote=self._remote, rtcp_mux=True, red_pt=red_pt,
                           red_distance=self.red_distance if self.red_send and red_pt is not None else 0)
