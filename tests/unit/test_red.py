@@ -155,3 +155,14 @@ def test_red_on_a_clean_path_is_transparent(speech: np.ndarray) -> None:
     p = rx.playout
     assert p.red_recovered_frames == 0 and p.concealed_frames == 0 and p.jitter.stats().stretched == 0
     assert score > 3.9
+
+
+def test_a_bad_red_packet_is_counted_not_played() -> None:
+    fmt = MediaFormat(codec="opus", payload_type=111, telephone_event_pt=None, remote=ADDR, red_pt=63)
+    rx = RtpSession(fmt, Player(np.zeros(0, dtype=np.int16)), codec=OpusCodec(32000, 1), rtcp=False)
+    rx.start(0.0)
+    truncated = RtpPacket(63, 1, 960, 9, bytes([0x80 | 111, 0, 0])).serialize()
+    other_inner = RtpPacket(63, 2, 1920, 9, bytes([0]) + b"pcmu?").serialize()  # primary is PT 0, not Opus
+    for data in (truncated, other_inner):
+        rx.receive(data, ADDR, 0.01)
+    assert rx.n["red_malformed"] == 1 and rx.n["unknown_pt"] == 1 and rx.n["rx_audio"] == 0
