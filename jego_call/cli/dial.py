@@ -512,7 +512,7 @@ def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | N
                        sinks=sinks, video_sinks=[counter] if counter else [], ice_servers=ice_servers,
                        codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate,
                        impair=args.impair_spec, ice_transport_policy=ice_transport_policy,
-                       fec=not getattr(args, "no_fec", False))
+                       fec=not getattr(args, "no_fec", False), send_fec_loss=getattr(args, "send_fec", 0))
     return ep, analyser, counter
 
 
@@ -889,6 +889,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="impair received media like a bad network: loss=PCT,burst=N,delay=MS,jitter=MS,seed=N")
     p.add_argument("--no-fec", action="store_true",
                    help="ask for no Opus in-band FEC (useinbandfec=0): lost frames are only concealed")
+    p.add_argument("--send-fec", type=int, default=0, metavar="PCT",
+                   help="send Opus in-band FEC planned for PCT %% loss when the far end asks (default 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object per call on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 

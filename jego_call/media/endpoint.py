@@ -125,6 +125,9 @@ class MediaEndpoint:
     - `fec`: our SDP asks for Opus in-band FEC (`useinbandfec=1`, RFC 7587 §6.1) and the receive
       path rebuilds a lost frame from the next packet's FEC; False: `useinbandfec=0`, lost frames
       are only concealed (media/receive.py). `stats()["loss"]`: recovered, concealed, lost frames.
+    - `send_fec_loss`: our Opus encoder adds in-band FEC planned for that loss % when the far end
+      asks for it (process-wide like `opus_bitrate`; 0, the default: none; aiortc's encoder
+      cannot follow the far end's RTCP as a browser does, so it is a fixed plan).
     """
 
     def __init__(self, *, source: MediaStreamTrack | None = None,
@@ -133,8 +136,8 @@ class MediaEndpoint:
                  recorder: Mp4Recorder | None = None,
                  ice_servers: Iterable[dict[str, Any]] = (), codecs: Sequence[str] | None = None,
                  opus_bitrate: int = 32000, name: str = "", impair: ImpairmentSpec | None = None,
-                 ice_transport_policy: str = "all", fec: bool = True) -> None:
-        install_codecs(opus_bitrate=opus_bitrate)
+                 ice_transport_policy: str = "all", fec: bool = True, send_fec_loss: int = 0) -> None:
+        install_codecs(opus_bitrate=opus_bitrate, opus_fec_loss=send_fec_loss)
         self.fec = fec
         self.loss = ReceiveCounters(fec=fec)
         self.impair = impair
@@ -215,10 +218,13 @@ class MediaEndpoint:
         rates: dict[int, int] = {}
         for m in re.finditer(r"a=fmtp:(\d+) [^\r\n]*maxplaybackrate=(\d+)", sdp):
             rates[int(m.group(1))] = int(m.group(2))
+        fec = {int(m.group(1)) for m in re.finditer(r"a=fmtp:(\d+) [^\r\n]*useinbandfec=1", sdp)}
         for t in self.pc.getTransceivers():
             for codec in getattr(t, "_codecs", None) or []:
                 if codec.mimeType.lower() == "audio/opus" and codec.payloadType in rates:
                     setattr(codec, "remote_max_playback_rate", rates[codec.payloadType])  # noqa: B010 (aiortc's codec has no such field)
+                if codec.mimeType.lower() == "audio/opus":
+                    setattr(codec, "remote_fec", codec.payloadType in fec)  # noqa: B010 (codecs.get_encoder reads it)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply a remote offer and return our answer SDP (send it as `accept.sdp`)."""

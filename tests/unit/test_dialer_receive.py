@@ -83,3 +83,40 @@ def test_a_libopus_decoder_at_48k_conceals_in_its_own_steps() -> None:
     d = OpusDecoder(48000)
     assert len(d.conceal(960)) == 960 and len(d.conceal(130)) == 130
     assert d.recover(b"", 960) is None
+
+
+def test_the_dialer_sends_fec_only_when_planned_and_asked() -> None:
+    import fractions
+
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from jego_call.media import codecs
+
+    lib = library()
+    t = np.arange(960 * 12)
+    voice = (np.sin(2 * np.pi * 220 * t / 48000) * 9000).astype(np.int16)
+
+    def packets(enc: codecs.MonoOpusEncoder) -> list[bytes]:
+        out: list[bytes] = []
+        for i in range(12):
+            f = AudioFrame.from_ndarray(voice[i * 960:(i + 1) * 960].reshape(1, -1), format="s16", layout="mono")
+            f.sample_rate, f.pts, f.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
+            out += enc.encode(f)[0]
+        return out
+
+    def lbrr(ps: list[bytes]) -> int:
+        return sum(lib.opus_packet_has_lbrr(p, len(p)) == 1 for p in ps)
+
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=96)
+    saved = codecs.SETTINGS.fec_loss
+    try:
+        codecs.install_codecs(opus_fec_loss=10)
+        setattr(opus, "remote_fec", True)  # noqa: B010 - what MediaEndpoint notes from useinbandfec=1
+        assert lbrr(packets(codecs.get_encoder(opus))) > 5  # type: ignore[arg-type]
+        setattr(opus, "remote_fec", False)  # noqa: B010 - the far end said useinbandfec=0
+        assert lbrr(packets(codecs.get_encoder(opus))) == 0  # type: ignore[arg-type]
+        codecs.install_codecs(opus_fec_loss=0)
+        setattr(opus, "remote_fec", True)  # noqa: B010
+        assert lbrr(packets(codecs.get_encoder(opus))) == 0  # type: ignore[arg-type]
+    finally:
+        codecs.install_codecs(opus_fec_loss=saved)
