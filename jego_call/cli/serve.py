@@ -18,7 +18,9 @@ from aiohttp import web
 from ..aio import run as run_loop
 from ..config import Config, load_config
 from ..log import default_node, setup_logging
-from ..signalling.keys import BOUND_URL
+from ..metrics import Live
+from ..signalling.gc_tuning import GcTuner, GcWatch
+from ..signalling.keys import BOUND_URL, METRICS
 from ..signalling.server import create_app
 
 log = logging.getLogger("jego.serve")
@@ -74,6 +76,12 @@ async def serve(cfg: Config) -> None:
         await runner.cleanup()
         raise SystemExit(f"jego serve: cannot listen on {cfg.http.host}:{cfg.http.port}: {exc.strerror}") from None
     host, port = runner.addresses[0][:2]
+    watch = GcWatch()  # collection pauses at /metrics (jego_gc_*)
+    if METRICS in app and app[METRICS].enabled:
+        watch.install()
+        app[METRICS].register(Live(watch.collect))
+    tuner = GcTuner(cfg.signalling)  # start-up is done: freeze what it made (gc_tuning.py)
+    tuner.start()
     app[BOUND_URL].set_result(f"http://{host}:{port}")
     print(f"Jego Call is running: open http://{host}:{port}/", flush=True)
     stop = asyncio.Event()
@@ -82,7 +90,9 @@ async def serve(cfg: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    tuner.stop()
     await runner.cleanup()
+    watch.uninstall()
     print("Jego Call stopped.", flush=True)
 
 
