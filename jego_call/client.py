@@ -68,7 +68,7 @@ class Backoff:
         b = Backoff(random.Random(1)); b.next_delay()  # seeded: the same delays every run
     """
 
-    def __init__(self, rng: random.Random | None = None, *, base_s: float = 1.0, cap_s: float = 30.0) -> None:
+    def __init__(self, rng: random.Random | None = None, *, base_s: float = 1.0, cap_s: float = 10.0) -> None:
         if not 0 < base_s <= cap_s:
             raise ValueError(f"need 0 < base_s <= cap_s, got base_s={base_s} cap_s={cap_s}")
         self.rng = rng or random.Random()
@@ -122,6 +122,7 @@ class JegoClient:
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self.closed = False
+        self.reconnect_attempts = 0   # connect() attempts the last reconnect() made
 
     async def __aenter__(self) -> JegoClient:
         return self
@@ -356,6 +357,7 @@ class JegoClient:
                     raise ServerUnreachable(f"{self.ws_url}: no connection after {failures} attempts") from None
                 continue
             backoff.reset()
+            self.reconnect_attempts = failures + 1
             return hello
 
     async def wait_closed(self) -> None:
