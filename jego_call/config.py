@@ -110,7 +110,7 @@ class SignallingConfig:
     rate_per_s: float = 50.0
     rate_burst: int = 200
     # `jego serve`'s garbage collector (jego_call/signalling/gc_tuning.py)
-    gc_freeze_s: float = 10.0          # freeze what survived every this many seconds; 0 = Python's defaults
+    gc_freeze_s: float = 1.0           # freeze what is alive every this many seconds; 0 = Python's defaults
     gc_full_s: float = 3600.0          # unfreeze and collect everything this often (cycles); 0 = never
     gc_threshold: tuple[int, ...] = () # gc.set_threshold(...) values; () = Python's (700, 10, 10)
 

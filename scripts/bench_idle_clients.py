@@ -241,7 +241,7 @@ async def worker_main(url: str, token_file: Path, lo: int, hi: int, base_s: floa
 
     async def one(token: str) -> None:
         nonlocal up, failed
-        c = JegoClient(url, http=http, timeout=30, auto_ringing=False)
+        c = JegoClient(url, http=http, auto_ringing=False)  # 10 s per attempt, then back-off
         c.token = token
         try:
             async with gate:
@@ -357,7 +357,8 @@ async def measure(args: argparse.Namespace, server: Server, tokens_file: Path,
             lat, sent = await relay(calls, args.rate, args.seconds)
             m2 = await scrape(http, server.url)
             print(f"{count:6d} idle ({sessions:.0f} sessions): RSS {rss / 1024:.0f} MiB ({per}), idle CPU "
-                  f"{idle_cpu:.2f} cores; GC while idle {args.idle_s:g} s: {gc_delta(m0, m1)}", flush=True)
+                  f"{idle_cpu:.2f} cores; GC while idle {args.idle_s:g} s: {gc_delta(m0, m1)}, frozen at its start "
+                  f"{m0.get('jego_gc_frozen_objects', 0):.0f}", flush=True)
             print(f"        relay {len(lat)}/{sent} at {args.rate:g}/s: p50 {pct(lat, 50):.2f} ms, "
                   f"p99 {pct(lat, 99):.2f} ms, max {max(lat) * 1000:.1f} ms, mean "
                   f"{statistics.fmean(lat) * 1000:.2f} ms; GC during relay: {gc_delta(m1, m2)}", flush=True)

@@ -27,6 +27,11 @@ log = logging.getLogger("jego.serve")
 
 # Optional in-process services: "module:function" taking (app, cfg) and adding cleanup_ctx
 # entries; enabled by the config section of the same name ([carrier], [bridge]).
+# Connections the kernel queues before accept() (capped by net.core.somaxconn). aiohttp's 128 drops
+# SYNs when thousands of clients come back after a restart, and a dropped SYN is retried only
+# after 1, 3, 7 ... s (docs/benchmarks.md "Cluster: idle clients and reconnect storms").
+LISTEN_BACKLOG = 4096
+
 SERVICES: dict[str, str] = {"carrier": "bridge.carrier.service:attach", "bridge": "bridge.gateway.service:attach"}
 
 
@@ -69,7 +74,7 @@ async def serve(cfg: Config) -> None:
     app = build_app(cfg)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+    site = web.TCPSite(runner, cfg.http.host, cfg.http.port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:

@@ -5,14 +5,16 @@
     tuner = GcTuner(cfg.signalling); tuner.start() # after the site listens; tuner.stop() at the end
 
 Why (docs/benchmarks.md "Cluster: idle clients and reconnect storms"): 10,000 idle WebSocket
-sessions are about two million objects the cyclic collector tracks, and CPython's full
-collection walks all of them: 0.6-0.9 s with the event loop stopped, every ~10 s. Nearly all
-of them live as long as their connection and are freed by reference counting when it closes.
-`GcTuner` moves the survivors out of the collector's view every `[signalling] gc_freeze_s`
-(`gc.freeze()`, O(1)), after collecting what is young, so every later collection walks only
-what was made since. What the freeze cannot do is free a *cycle* among frozen objects; every
-`gc_full_s` the tuner unfreezes everything and runs one full collection for those (one pause of
-the old length, rarely). Only `jego serve` does this: the settings are process-wide, so tests
+sessions are about a million objects the cyclic collector tracks, and CPython's full collection
+walks all of them (0.6-2.5 s with the event loop stopped, every few seconds). Each heartbeat
+also leaves about 11 objects per connection (the next read's coroutine and future, the next
+heartbeat's timer) that live ~5 s, long enough to reach the old generations. Nearly all of it is
+freed by reference counting, never by the collector. `GcTuner` moves whatever is alive out of the
+collector's view every `[signalling] gc_freeze_s` (`gc.freeze()`, O(1)), so each collection walks
+only about that long's allocations; frozen objects freed by reference counting leave the frozen
+set as usual. What the freeze cannot do is free a *cycle* among frozen objects: every `gc_full_s`
+the tuner unfreezes everything and runs one full collection for those (one pause of the old
+length, rarely). Only `jego serve` does this: the settings are process-wide, so tests
 that build apps in-process keep Python's defaults.
 """
 
@@ -95,9 +97,9 @@ class GcTuner:
             gc.set_threshold(*self.threshold)
 
     def freeze(self) -> None:
-        """Collect the young generations and what reached the oldest since the last freeze (the
-        only objects collections still walk), then freeze the survivors."""
-        gc.collect()
+        """Collect the youngest generation, then freeze everything that is left (O(1)). Called
+        every `gc_freeze_s`, so collections only ever walk about that long's allocations."""
+        gc.collect(0)
         gc.freeze()
         self.freezes += 1
 
@@ -115,6 +117,7 @@ class GcTuner:
         self.apply_threshold()
         if self.freeze_s <= 0:
             return
+        gc.collect()  # start-up's garbage goes first: what is frozen now is what lives
         self.freeze()
         log.info("gc: %d start-up objects frozen; refreezing every %g s, full collection every %s",
                  gc.get_freeze_count(), self.freeze_s, f"{self.full_s:g} s" if self.full_s > 0 else "never")
@@ -134,3 +137,4 @@ class GcTuner:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+

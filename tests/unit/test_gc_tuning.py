@@ -16,7 +16,7 @@ from jego_call.signalling.gc_tuning import GcTuner, GcWatch
 
 @pytest.mark.parametrize(("env", "key"), [
     ({"JEGO_SIGNALLING_GC_FREEZE_S": "-1"}, "signalling.gc_freeze_s"),
-    ({"JEGO_SIGNALLING_GC_FULL_S": "5"}, "signalling.gc_full_s"),          # shorter than gc_freeze_s (10)
+    ({"JEGO_SIGNALLING_GC_FULL_S": "0.5"}, "signalling.gc_full_s"),        # shorter than gc_freeze_s (1)
     ({"JEGO_SIGNALLING_GC_THRESHOLD": "[10, 10, 10]"}, "signalling.gc_threshold"),
     ({"JEGO_SIGNALLING_GC_THRESHOLD": "[700, 0]"}, "signalling.gc_threshold"),
     ({"JEGO_SIGNALLING_GC_THRESHOLD": "[700, 10, 10, 10]"}, "signalling.gc_threshold"),
@@ -29,7 +29,7 @@ def test_bad_gc_settings_name_their_key(env: dict[str, str], key: str) -> None:
 
 def test_gc_defaults_and_overrides() -> None:
     sc = load_config(environ={}).signalling
-    assert (sc.gc_freeze_s, sc.gc_full_s, sc.gc_threshold) == (10.0, 3600.0, ())
+    assert (sc.gc_freeze_s, sc.gc_full_s, sc.gc_threshold) == (1.0, 3600.0, ())
     sc = load_config(environ={"JEGO_SIGNALLING_GC_THRESHOLD": "[7000, 10, 10]", "JEGO_SIGNALLING_GC_FREEZE_S": "0"}
                      ).signalling
     assert sc.gc_threshold == (7000, 10, 10) and sc.gc_freeze_s == 0
