@@ -34,7 +34,8 @@ def test_token_resumes_after_a_restart_without_a_login(server_factory: ServerFac
     async def run() -> None:
         async with JegoClient(server.url) as c:
             c.token = token
-            first = await c.connect()
+            assert (await c.connect())["username"] == "alice"
+            old_pid = server.proc.pid
             server.stop()                              # every socket drops; nothing listens now
             await asyncio.wait_for(c.wait_closed(), 10)
             delays: list[float] = []
@@ -50,7 +51,7 @@ def test_token_resumes_after_a_restart_without_a_login(server_factory: ServerFac
             await asyncio.to_thread(server.restart)    # same data dir (the token key) and port
             hello = await asyncio.wait_for(resume, 30)
             assert hello["type"] == "auth_ok" and hello["username"] == "alice"
-            assert hello["session"] != first["session"]
+            assert server.proc.pid != old_pid and server.proc.poll() is None   # a new process answered
             assert c.reconnect_attempts >= 2 and len(delays) == c.reconnect_attempts
             assert all(0 <= d <= 1.0 for d in delays)
             await c.ping()                             # the resumed socket carries the protocol
