@@ -357,9 +357,11 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             raise ConfigError(str(p), f"invalid TOML: {exc}") from None
     for layer in (env_overrides(Config, environ), overrides or {}):
         for section, values in layer.items():
+            if not isinstance(values, Mapping):  # overrides={"http": 5}: a key, not a table
+                raise ConfigError(section, f"expected a table [{section}], got {values!r}")
             current = data.setdefault(section, {})
             if not isinstance(current, dict):
-                raise ConfigError(section, "expected a table")
+                raise ConfigError(section, f"expected a table [{section}], got {current!r}")
             current.update(values)
     cfg: Config = build(Config, data)
     _check(cfg)

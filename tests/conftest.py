@@ -1,13 +1,15 @@
 """Shared fixtures: a live `jego serve` subprocess, users on it, and in-process app clients.
 
 `live_server` starts a real server on a free 127.0.0.1 port with a temp data dir and a 5 s ring
-timeout; `server_factory(**env)` starts one with other JEGO_* settings. `make_user(server, name)`
+timeout; `server_factory(**env)` starts one with other JEGO_* settings (in tests/integration/
+a module's `backends` marker runs them on PostgreSQL and Redis too: its conftest). `make_user(server, name)`
 registers an account over HTTP and returns its token; `top_up(server, name, 5000)` gives it
 prepaid credit (minor units) on the server's database, as `jego credit add` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,20 +100,30 @@ class ServerFactory(Protocol):
     def __call__(self, extra_args: list[str] | None = None, **env: str) -> LiveServer: ...
 
 
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+@contextlib.contextmanager
+def serving(tmp_path: Path, base_env: Callable[[], dict[str, str]] = dict) -> Iterator[ServerFactory]:
+    """A ServerFactory whose servers live in `tmp_path` and stop on exit; each server's settings
+    are `base_env()` (a storage backend: tests/integration/conftest.py) under its own `env`."""
     servers: list[LiveServer] = []
 
     def factory(extra_args: list[str] | None = None, **env: str) -> LiveServer:
         sub = tmp_path / f"srv{len(servers)}"
         sub.mkdir()
-        s = start_server(sub, extra_args, **env)
+        s = start_server(sub, extra_args, **{**base_env(), **env})
         servers.append(s)
         return s
 
-    yield factory
-    for s in servers:
-        s.stop()
+    try:
+        yield factory
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    with serving(tmp_path) as factory:
+        yield factory
 
 
 @pytest.fixture

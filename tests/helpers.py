@@ -18,7 +18,7 @@ import time
 import wave
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from jego_call.db import run_sync
 
@@ -40,8 +40,14 @@ def wait_for(pred: Callable[[], T | None], timeout: float = 10.0, what: str = "c
         time.sleep(interval)  # the poll step: the thread has nothing to wait on but the condition
 
 
-async def until(pred: Callable[[], T | None | Awaitable[T | None]], timeout: float = 10.0,
-                what: str = "condition", interval: float = POLL_S) -> T:
+@overload
+async def until(pred: Callable[[], Awaitable[T | None]], timeout: float = 10.0,
+                what: str = "condition", interval: float = POLL_S) -> T: ...
+@overload
+async def until(pred: Callable[[], T | None], timeout: float = 10.0,
+                what: str = "condition", interval: float = POLL_S) -> T: ...
+async def until(pred: Callable[[], Any], timeout: float = 10.0,
+                what: str = "condition", interval: float = POLL_S) -> Any:
     """`wait_for` on the event loop: `pred` may be a plain or an async function."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -188,6 +188,14 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql://jego@{HOST}:{self.port}/jego"
 
+    def create_database(self, name: str) -> str:
+        """A new, empty database `name` on this server (createdb); its URL."""
+        made = subprocess.run([_pg_bin("createdb"), "-h", HOST, "-p", str(self.port), "-U", "jego", name],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if made.returncode != 0:
+            raise RuntimeError(f"createdb {name} failed: {made.stderr.decode(errors='replace')}")
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
 
 def _pg_ready(port: int) -> Callable[[], bool]:
     """Accepting queries, not only TCP connections (during start-up it answers "starting up")."""

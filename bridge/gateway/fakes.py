@@ -25,7 +25,7 @@ from typing import Any
 
 from jego_call.call.reasons import EndReason, from_sip
 
-from .legs import FRAME_BYTES, LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging
+from .legs import FRAME_BYTES, LegAnswered, LegDtmf, LegEnded, LegEvent, LegRinging, refused
 
 
 class FakeLeg:
@@ -150,7 +150,7 @@ class FakeLeg:
 
     def remote_reject(self, sip_code: int, q850_cause: int | None = None) -> None:
         """A final failure response to our INVITE (486, 480, 404 ...)."""
-        self.end(LegEnded(from_sip(sip_code, q850_cause), sip_code, q850_cause, remote=True))
+        self.end(refused(sip_code, q850_cause))
 
     def answer_crossing_cancel(self) -> None:
         """The 200 OK that crossed our CANCEL: the leg is up after all (LegAnswered)."""

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from jego_call.call.reasons import EndReason
+from bridge.sip.causes import cause_for_sip
+from jego_call.call.reasons import EndReason, from_sip
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,6 +52,15 @@ class LegEnded:
     q850_cause: int | None = None
     remote: bool = True       # the far end ended it (False: we hung up or cancelled)
     detail: str = ""
+
+
+def refused(sip_code: int, cause: int | None, *, detail: str = "") -> LegEnded:
+    """The LegEnded of a final failure response to our INVITE, one rule for every SipLeg: the
+    verdict is `from_sip(code, cause)` with the cause its Reason header (RFC 3326) carried, and by
+    the code alone when none came (a bare 480 is no_answer, never switched_off: only 480 + cause
+    20 says that). The cause recorded is the header's, else the code's RFC 3398 §7.2.4.1 default."""
+    return LegEnded(from_sip(sip_code, cause), sip_code, cause if cause is not None else cause_for_sip(sip_code),
+                    remote=True, detail=detail)
 
 
 @dataclass(frozen=True, slots=True)

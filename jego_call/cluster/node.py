@@ -116,6 +116,7 @@ class ClusterNode:
         self._closed = False         # stop() flushed the outbox: the writer ends too
         self._spawned: set[asyncio.Task[None]] = set()
         self.dropped = 0                                     # bus messages lost to a full outbox
+        self.resyncs = 0                                     # completed resyncs (start-up, after an outage)
         self.stats = {"relayed": 0, "forwarded": 0, "received": 0}
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -385,6 +386,7 @@ class ClusterNode:
         for user, b in sorted(busy.items()):
             if b.owner != self.id:
                 self._note([user], b.call_id, b.owner, b.connected)
+        self.resyncs += 1
 
     async def _reload_node(self, node: str, prune: bool = True) -> None:
         """Make the core's view of `node`'s sessions what the directory says (`prune=False`:

@@ -4,7 +4,8 @@ with the defaults (2 s ring timeout, 1 s heartbeat, 2 s auth timeout).
 
 The backend is the `backend` fixture: "sqlite" (the embedded default) unless a module says
 `pytestmark = pytest.mark.backends("sqlite", "postgres")` (or "cluster"), which runs each of its
-tests that use `make_client`/`client` once per backend: "postgres" is one real PostgreSQL server
+tests that use `make_client`/`client`, or `server_factory`/`live_server` (a live `jego serve`
+subprocess), once per backend: "postgres" is one real PostgreSQL server
 per module (tests/servers.py) with a fresh database per client; "cluster" adds a real redis-server
 and makes every client a cluster node on it (its own key prefix) as well."""
 
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
 from jego_call.signalling.server import create_app
+from tests.conftest import ServerFactory, serving
 from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 from .sigclient import AppClient
@@ -61,6 +63,16 @@ class Backend:
             await conn.close()
         return self.pg.url.rsplit("/", 1)[0] + "/" + name
 
+    def serve_env(self) -> dict[str, str]:
+        """JEGO_* settings that put one more `jego serve` on this backend, on its own: a new
+        database on "postgres", and on "cluster" its own key prefix on the Redis too ({} on SQLite)."""
+        if self.pg is None:
+            return {}
+        env = {"JEGO_DB_URL": self.pg.create_database(f"s{next(self._n)}")}
+        if self.redis is not None:
+            env |= {"JEGO_CLUSTER_REDIS_URL": self.redis.url, "JEGO_CLUSTER_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}"}
+        return env
+
 
 @pytest.fixture(scope="module")
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
@@ -75,6 +87,14 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             return
         with redis_server(tmp_path_factory.mktemp("redis")) as redis:
             yield Backend("cluster", pg, redis)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, backend: Backend) -> Iterator[ServerFactory]:
+    """tests/conftest.py's `server_factory` on the module's backend: each `jego serve` it starts
+    (and its restart(), which keeps the settings) stores on the backend's PostgreSQL and Redis."""
+    with serving(tmp_path, backend.serve_env) as factory:
+        yield factory
 
 
 @pytest.fixture

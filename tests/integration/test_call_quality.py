@@ -5,20 +5,21 @@ datagrams below SRTP, jego_call/media/impair.py) on the WebRTC leg, bridge -> ap
 calls to the carrier's echo number at 0 %, 3 % and 10 % loss: the E-model MOS of each (what
 `jego dial --json` reports, and what the call record holds from the bridge's call_report) falls
 in that order, and so does PESQ measured on the same calls' recordings (speech out, through the
-bridge and the carrier's echo, back). The loss calls use Opus on the WebRTC leg (its PLC keeps
+bridge and the carrier's echo, back); the three calls run at once, one caller each. The loss calls use Opus on the WebRTC leg (its PLC keeps
 PESQ off the floor, so the order is audible); a clean G.711 call end to end (`[bridge] app_codec
 = "pcmu"`) estimates MOS >= 4.1.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jego_call.media import analysis
-from tests.conftest import PASSWORD, LiveServer, http_json
+from tests.conftest import PASSWORD, LiveServer, http_json, make_user, top_up
 
 from .bridge_util import SPEECH, phone_server
 from .test_dial import dial
@@ -27,21 +28,22 @@ ECHO_NUMBER = "+8613800138000"
 LOSSES = (0, 3, 10)
 
 
-def records(server: LiveServer) -> dict[str, dict[str, Any]]:
-    status, body = http_json("POST", f"{server.url}/api/login", {"username": "alice", "password": PASSWORD})
+def records(server: LiveServer, user: str = "alice") -> dict[str, dict[str, Any]]:
+    status, body = http_json("POST", f"{server.url}/api/login", {"username": user, "password": PASSWORD})
     assert status == 200
     status, body = http_json("GET", f"{server.url}/api/calls?limit=10", token=body["token"])
     assert status == 200
     return {r["call_id"]: r for r in body["calls"]}
 
 
-def call(server: LiveServer, rec: Path, loss: int, *extra: str) -> tuple[dict[str, Any], float]:
+def call(server: LiveServer, rec: Path, loss: int, *extra: str, user: str = "alice") -> tuple[dict[str, Any], float]:
     """One call to the echo number with `loss` % seeded loss on the app's receive path: (jego dial
     --json, PESQ nb of the recorded round trip against the speech sent)."""
     src, src_rate = analysis.read_wav(SPEECH)
     impair = ["--impair", f"loss={loss},seed=11"] if loss else []
     rc, res, err = dial(server, ECHO_NUMBER, "--play", str(SPEECH), "--record", str(rec),
-                        "--duration", f"{src.size / src_rate + 1.0:.1f}", "--json", "--quiet", *impair, *extra)
+                        "--duration", f"{src.size / src_rate + 1.0:.1f}", "--json", "--quiet", *impair, *extra,
+                        user=user)
     assert rc == 0 and res is not None and res["outcome"] == "answered", err
     back, back_rate = analysis.read_wav(rec)
     return res, analysis.pesq_score(src, analysis.resample(back, back_rate, src_rate), src_rate, mode="nb")
@@ -50,9 +52,16 @@ def call(server: LiveServer, rec: Path, loss: int, *extra: str) -> tuple[dict[st
 @pytest.mark.slow
 def test_mos_falls_with_loss_and_agrees_with_pesq(tmp_path: Path) -> None:
     server = phone_server(tmp_path / "srv")   # Opus on the WebRTC leg, G.711 to the carrier
+    callers = ("alice", "bob", "carol")
     try:
-        results = [(loss, *call(server, tmp_path / f"echo-{loss}.wav", loss)) for loss in LOSSES]
-        stored = records(server)
+        make_user(server, "carol")
+        top_up(server, "carol", 5000)
+        # the three calls at once, one caller each (the bridge carries them side by side)
+        with ThreadPoolExecutor(len(LOSSES)) as pool:
+            done = [pool.submit(call, server, tmp_path / f"echo-{loss}.wav", loss, user=who)
+                    for loss, who in zip(LOSSES, callers, strict=True)]
+            results = [(loss, *f.result()) for loss, f in zip(LOSSES, done, strict=True)]
+        stored = {cid: r for who in callers for cid, r in records(server, who).items()}
     finally:
         server.stop()
     for loss, res, score in results:

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from jego_call.config import load_config
 from jego_call.signalling.keys import CALL_LOG, CLUSTER, GATEWAY_SECRET, HUB
 from jego_call.signalling.server import create_app
+from tests.helpers import until
 from tests.servers import RedisServer, redis_server
 
 from .sigclient import FAKE_SDP, AppClient, Ws, add_contact, give_credit, new_call_id, register
@@ -78,16 +79,12 @@ async def users(a: AppClient, *names: str) -> dict[str, str]:
 
 async def settle(*clients: AppClient, users_online: dict[str, int] | None = None, timeout: float = 5.0) -> None:
     """Wait until every node's hub sees `users_online` (user -> sessions, cluster-wide)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     want = users_online or {}
-    while True:
-        views = [{u: len(c.app[HUB].core.user_sessions.get(u, ())) for u in want} for c in clients]
-        if all(v == want for v in views):
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"views {views} != {want}")
-        await asyncio.sleep(0.02)
+
+    def views() -> list[dict[str, int]]:
+        return [{u: len(c.app[HUB].core.user_sessions.get(u, ())) for u in want} for c in clients]
+
+    await until(lambda: all(v == want for v in views()), timeout, f"every node to see {want}")
 
 
 async def records(c: AppClient, cid: str) -> list[dict[str, Any]]:
@@ -237,7 +234,8 @@ async def test_phone_call_on_b_through_a_gateway_on_a_and_capacity_cluster_wide(
     gw = await gateway(a, 1, "gw-a")
     alice = await Ws.open(b, t["alice"])
     bob = await Ws.open(a, t["bob"])
-    await asyncio.sleep(0.2)
+    await settle(a, b, users_online={"alice": 1, "bob": 1})
+    await until(lambda: all(c.app[HUB].core.gateways for c in (a, b)), what="both nodes to know gw-a")
     cid = await invite(alice, "+86 138 0013 8000")
     inv = await gw.expect("invite", call_id=cid)
     assert inv["to"] == "+8613800138000" and inv["from"] == "alice"
@@ -255,9 +253,12 @@ async def test_phone_call_on_b_through_a_gateway_on_a_and_capacity_cluster_wide(
     assert (await alice.expect("call_ended", call_id=cid))["reason"] == "hangup"
     await gw.send({"type": "call_report", "call_id": cid, "codec": "opus/PCMU",
                    "app": {"packets_sent": 10}, "phone": {"packets_received": 9}})
-    await asyncio.sleep(0.3)
-    recs = await records(b, cid)
-    assert len(recs) == 1 and recs[0]["codec"] == "opus/PCMU"
+
+    async def reported() -> list[dict[str, Any]]:
+        return [r for r in await records(b, cid) if r["codec"] == "opus/PCMU"]
+
+    recs = await until(reported, what="the call report in b's call record")
+    assert len(recs) == 1
     # capacity came back: the next call gets the gateway
     cid3 = await invite(bob, "+8613800138001")
     await gw.expect("invite", call_id=cid3)
@@ -293,15 +294,12 @@ async def test_redis_away_and_back(nodes: Nodes, redis: RedisServer) -> None:
     await alice.expect("accept", call_id=cid)
     redis.server.stop()
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while True:  # /healthz says so within a heartbeat or two
+        async def degraded() -> dict[str, Any] | None:
             res = await a.get("/healthz")
-            if res.status == 503:
-                break
-            assert loop.time() < deadline, "healthz still 200"
-            await asyncio.sleep(0.1)
-        body = await res.json()
+            return await res.json() if res.status == 503 else None
+
+        body = await until(degraded, 5, "/healthz to say 503")  # within a heartbeat or two
+        loop = asyncio.get_running_loop()
         assert body["status"] == "degraded" and body["shared_state"] == "unreachable" and body["node"] == "a"
         ready = await a.get("/readyz")
         assert ready.status == 503 and "redis" in (await ready.json())["failing"]
@@ -313,15 +311,14 @@ async def test_redis_away_and_back(nodes: Nodes, redis: RedisServer) -> None:
         await alice.no_message("call_ended", 1.0)
         assert cid in a.app[HUB].calls
     finally:
+        resynced = (a.app[CLUSTER].resyncs, b.app[CLUSTER].resyncs)
         redis.server.start()  # an empty Redis: the nodes write their state again
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not (a.app[CLUSTER].healthy and b.app[CLUSTER].healthy):
-        assert loop.time() < deadline, "did not recover"
-        await asyncio.sleep(0.1)
+    await until(lambda: a.app[CLUSTER].healthy and b.app[CLUSTER].healthy, 10, "both nodes to recover")
     assert (await a.get("/healthz")).status == 200
     assert (await a.get("/readyz")).status == 200
-    await asyncio.sleep(0.5)
+    # each node has written its truth into the empty Redis again
+    await until(lambda: a.app[CLUSTER].resyncs > resynced[0] and b.app[CLUSTER].resyncs > resynced[1],
+                10, "both nodes to resync")
     # the call still works end to end: bob's hangup on b reaches its owner a
     await bob.send({"type": "hangup", "call_id": cid})
     assert (await alice.expect("call_ended", call_id=cid))["reason"] == "hangup"

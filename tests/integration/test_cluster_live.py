@@ -24,6 +24,7 @@ import pytest
 
 from jego_call.media import analysis
 from tests.conftest import ROOT, LiveServer, add_contact, http_json, make_user, start_server, top_up
+from tests.helpers import wait_for
 from tests.servers import RedisServer, redis_server
 
 from .bridge_util import PLAIN, TEST_CALLER_FRAUD, carrier_config, carrier_record, free_port
@@ -211,10 +212,11 @@ def test_app_to_phone_on_node_a_through_a_bridge_worker_on_node_b(node: NodeFact
          "--max-calls", "2", "--name", "on-b"],
         cwd=ROOT, env={**_env(), **trunk}, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
     try:
-        deadline = time.monotonic() + 30
-        while "connected to http" not in log.read_text():
-            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        def connected() -> bool:
+            assert worker.poll() is None, log.read_text()
+            return "connected to http" in log.read_text()
+
+        wait_for(connected, 30, "the worker to connect to node b")
         rec = tmp_path / "phone.wav"
         code, res, err = dial(a, PLAIN, "--play", "tone:1000:-10:3", "--duration", "4", "--record", str(rec),
                               "--json")

@@ -34,6 +34,7 @@ from jego_call.db import Database, PostgresDatabase, StorageUnavailable, UniqueV
 from jego_call.errors import ErrorCode, SignallingError
 from jego_call.messaging.store import MessageStore
 
+from ..helpers import until
 from .conftest import Backend
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
@@ -243,10 +244,8 @@ async def test_data_survives_a_postgres_restart_and_outage(backend: Backend, nod
         assert not await nodes.a.ping()
     finally:
         backend.pg.server.start()
-    for _ in range(50):   # the pool's broken connections are replaced on the next acquire
-        if await nodes.a.ping():
-            break
-        await asyncio.sleep(0.1)
+    # the pool's broken connections are replaced on the next acquire
+    await until(nodes.a.ping, 5, "PostgreSQL to answer again", interval=0.1)
     msg, dup = await store.send("alice", "bob", "during", "text", "while it is down", None)
     assert (msg.seq, dup) == (2, False)   # the refused try stored nothing, so no gap
     page, _ = await MessageStore(nodes.b).page("alice", "bob", None, 10)

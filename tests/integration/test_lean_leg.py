@@ -16,6 +16,7 @@ from bridge.rtp import g711
 from jego_call.media import analysis
 from jego_call.media.endpoint import enable_loopback_candidates
 
+from ..helpers import until
 from .bridge_util import segment, speech_8k, tone_ok
 
 LEVEL = -10.0  # dBFS peak
@@ -40,6 +41,10 @@ class Player:
 
     def recording(self) -> np.ndarray:
         return np.concatenate(self.heard) if self.heard else np.zeros(0, dtype=np.int16)
+
+    def heard_s(self) -> float:
+        """Seconds of audio recorded so far (the engine's 20 ms ticks that reached this port)."""
+        return sum(len(c) for c in self.heard) / 8000
 
 
 def tone(hz: float, seconds: float) -> np.ndarray:
@@ -78,7 +83,7 @@ async def test_opus_tone_both_ways_across_the_srtp_rollover(legs: list[WebRtcLeg
     legs += [a, b]
     await connect(a, b)
     assert a.codec is not None and a.codec.name == "opus" and b.codec is not None and b.codec.name == "opus"
-    await asyncio.sleep(5.0)
+    await until(lambda: pa.heard_s() >= 4.6 and pb.heard_s() >= 4.6, 15, "4.6 s heard on each side")
     sa, sb = a.stats(), b.stats()
     assert sa["srtp"]["auth_failed"] == sb["srtp"]["auth_failed"] == 0
     # both senders wrapped past 65535 (after ~1.5 s) and audio kept arriving
@@ -103,7 +108,7 @@ async def test_speech_through_the_lean_leg_scores_like_g711(legs: list[WebRtcLeg
     b = WebRtcLeg(pb, codecs=("opus",), name="b")
     legs += [a, b]
     await connect(a, b)
-    await asyncio.sleep(len(speech) / 8000 + 1.0)
+    await until(lambda: pb.heard_s() >= len(speech) / 8000 + 0.5, 30, "the whole sample heard at b")
     heard = analysis.to_float(pb.recording())
     lean = analysis.pesq_score(ref, heard, 8000, mode="nb")
     g711_alone = analysis.to_float(g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(speech)))
@@ -125,7 +130,7 @@ async def test_fec_through_lossy_lean_legs(legs: list[WebRtcLeg], fec: bool) -> 
     b = WebRtcLeg(pb, codecs=("opus",), name="b", fec=fec, impair=ImpairmentSpec.parse("loss=8,seed=11"))
     legs += [a, b]
     await connect(a, b)
-    await asyncio.sleep(8.0)
+    await until(lambda: pb.heard_s() >= 7.5, 20, "7.5 s heard at b")
     sb = b.stats()
     print(f"fec={fec}: b {sb['impaired']}, recovered {sb['fec_recovered']}, concealed {sb['concealed_frames']}, "
           f"a plans FEC for {a.fec_loss_percent} % loss")

@@ -27,11 +27,11 @@ from tests.helpers import until
 
 from ..conftest import LiveServer, ServerFactory, http_json, make_user
 from ..conftest import add_contact as live_add_contact
-from .conftest import Factory
+from .conftest import Backend, Factory
 from .sigclient import AppClient, Ws, add_contact, register
 
-# Each test on a client runs embedded (SQLite, in-memory state) and as a cluster node on a real
-# PostgreSQL and a real redis-server (tests/integration/conftest.py).
+# Each test on a client or a live server runs embedded (SQLite, in-memory state) and as a cluster
+# node on a real PostgreSQL and a real redis-server (tests/integration/conftest.py).
 pytestmark = pytest.mark.backends("sqlite", "cluster")
 
 
@@ -531,8 +531,9 @@ async def _live_ws(server: LiveServer, token: str) -> tuple[aiohttp.ClientSessio
     return http, ws
 
 
-async def test_acked_message_survives_kill_9(server_factory: ServerFactory) -> None:
-    server = server_factory()
+async def test_acked_message_survives_kill_9(server_factory: ServerFactory, backend: Backend) -> None:
+    server = server_factory()  # on "cluster": a node on the module's PostgreSQL and redis-server
+    assert ("JEGO_DB_URL" in server.env) == (backend.name != "sqlite")
     ta, tb = make_user(server, "alice"), make_user(server, "bob")
     live_add_contact(server, ta, "bob")
     http, ws = await _live_ws(server, ta)
@@ -564,6 +565,11 @@ async def test_acked_message_survives_kill_9(server_factory: ServerFactory) -> N
     assert seqs == list(range(1, 21))
     await ws.close()
     await http.close()
+    _, ready = http_json("GET", f"{server.url}/readyz")
+    assert ready["checks"].get("redis") == ("ok" if backend.redis else None), ready  # a node on the Redis
+    if backend.name != "sqlite":
+        assert not (server.data_dir / "jego.sqlite3").exists()  # the messages came from PostgreSQL
+        return
     # the database really is in WAL mode
     conn = sqlite3.connect(server.data_dir / "jego.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -484,6 +484,25 @@ async def test_busy_486_is_acked_and_mapped(tmp_path: Path) -> None:
 
 
 @needs_sipp
+async def test_bare_480_is_no_answer_by_its_code_alone(tmp_path: Path) -> None:
+    """A 480 without a Reason header ends no_answer (from_sip(480), as the fake leg says), with
+    the code's default cause 20 recorded as derived; only 480 + cause 20 means switched_off."""
+    sipp = await Sipp(tmp_path, "uas_bare_480.xml").start()
+    try:
+        async with running_trunk(sipp.port) as trunk:
+            leg = trunk.new_leg("bare480")
+            await leg.dial("+8613900000480")
+            ended = await next_event(leg, LegEnded)
+            assert (ended.reason, ended.sip_code, ended.q850_cause, ended.remote) == ("no_answer", 480, 20, True)
+            assert ended.detail.endswith("(cause derived)")
+            rc = await sipp.wait()
+        assert rc == 0, sipp.errors()
+        assert all(a.to_tag == "jegoUasTag480" for a in sipp.received("ACK"))
+    finally:
+        await sipp.close()
+
+
+@needs_sipp
 async def test_407_challenge_is_answered(tmp_path: Path) -> None:
     """pyVoIP dead-locks on 407 holding recvLock; ours ACKs it and re-INVITEs with Proxy-Authorization."""
     rtp = await RtpPeer.open()

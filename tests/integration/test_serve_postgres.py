@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 
 from jego_call.media import analysis
 from tests.conftest import ROOT, LiveServer, add_contact, http_json, make_user
+from tests.helpers import wait_for
 from tests.servers import HOST, PostgresServer, _pg_bin, free_port, postgres_server
 
 from .sigclient import Ws
@@ -49,14 +49,11 @@ def new_database(pg: PostgresServer) -> str:
 
 
 def wait_health(server: LiveServer, status: int, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def health() -> dict[str, Any] | None:
         got, body = http_json("GET", f"{server.url}/healthz")
-        if got == status:
-            return dict(body)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"/healthz stayed {got} {body}, expected {status}")
-        time.sleep(0.2)
+        return dict(body) if got == status else None
+
+    return wait_for(health, timeout, f"/healthz to say {status}", interval=0.2)
 
 
 async def _ws(http: aiohttp.ClientSession, server: LiveServer, token: str) -> Ws:

@@ -52,6 +52,22 @@ def test_errors_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     assert info.value.key == key
 
 
+@pytest.mark.parametrize("overrides", [{"http": 5}, {"http": [("port", 80)]}, {"http": "port=80"}])
+def test_an_override_that_is_not_a_table_names_its_section(overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={}, overrides=overrides)  # type: ignore[arg-type]  # what a caller may pass
+    assert info.value.key == "http"
+    assert "expected a table [http]" in str(info.value)
+
+
+def test_a_file_key_where_an_override_needs_a_table_names_its_section(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("http = 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, environ={}, overrides={"http": {"port": 80}})
+    assert info.value.key == "http" and "got 5" in str(info.value)
+
+
 def test_env_errors_name_the_key() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, environ={"JEGO_HTTP_PORT": "x"})

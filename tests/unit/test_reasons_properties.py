@@ -10,6 +10,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.gateway.fakes import FakeLeg
+from bridge.gateway.legs import refused
 from bridge.sip.causes import cause_for_sip, reason_header, sip_for_cause
 from jego_call.call.reasons import REASONS, EndReason, catalogue, from_sip
 
@@ -28,10 +30,23 @@ def test_a_response_without_a_reason_header_reads_as_its_own_code() -> None:
         alone, inferred = from_sip(code), from_sip(code, cause_for_sip(code))
         if REASONS[alone].outcome != REASONS[inferred].outcome:
             differ[code] = (alone, inferred)
-    # The one exception, reported to the owners: a bare 480 infers cause 20 (the SBC default in
-    # carrier.md), so the SIP leg (cause_for_sip fallback) says switched_off where from_sip(480)
-    # alone says no_answer. Any new divergence fails here.
+    # The one exception: a bare 480 infers cause 20 (the SBC default in carrier.md), which read
+    # as a verdict would say switched_off. No leg reads it so (refused(), below): the inferred
+    # cause is only recorded. Any new divergence fails here.
     assert differ == {480: (EndReason.NO_ANSWER, EndReason.SWITCHED_OFF)}
+
+
+def test_every_leg_judges_a_bare_response_by_its_code_alone() -> None:
+    """bridge.gateway.legs.refused, the one rule the pyVoIP leg and the fake leg end by: without a
+    Reason header the verdict is from_sip(code), and the cause recorded is cause_for_sip(code)."""
+    for code in range(400, 700):
+        ended = refused(code, None)
+        assert (ended.reason, ended.sip_code, ended.q850_cause) == (from_sip(code), code, cause_for_sip(code)), code
+    assert refused(480, None).reason is EndReason.NO_ANSWER   # not switched_off
+    assert refused(480, 20).reason is EndReason.SWITCHED_OFF and refused(480, 19).reason is EndReason.NO_ANSWER
+    leg = FakeLeg("bare")
+    leg.remote_reject(480)
+    assert leg.events.get_nowait() == refused(480, None)
 
 
 def test_what_we_send_for_a_reason_reads_back_as_that_reason() -> None:

@@ -21,6 +21,7 @@ from bridge.gateway.legs import (
     LegEnded,
     LegEvent,
     LegRinging,
+    refused,
 )
 from bridge.rtp.dtmf import DTMF_DIGITS
 from bridge.sip.auth import authorize_retry
@@ -440,9 +441,8 @@ class PyVoipLeg:
         if resp.status == 487 and self.state == "cancelling":
             self._end(LegEnded(EndReason.CANCELLED, 487, cause, remote=False))
             return
-        q850 = cause if cause is not None else cause_for_sip(resp.status)
-        self._end(LegEnded(from_sip(resp.status, q850), resp.status, q850, remote=True,
-                           detail=f"{resp.status} {resp.reason}" + ("" if cause is not None else " (cause derived)")))
+        self._end(refused(resp.status, cause,
+                          detail=f"{resp.status} {resp.reason}" + ("" if cause is not None else " (cause derived)")))
 
     # -- internals: RFC 4028 session timers -----------------------------------------------------
     def _with_larger_session(self, invite: SipRequest, resp: SipResponse) -> SipRequest | None:
