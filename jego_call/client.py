@@ -363,8 +363,7 @@ class JegoClient:
     async def wait_closed(self) -> None:
         """Until the server closes the WebSocket (a restart, a dropped node). Then `reconnect()`."""
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(self._reader)
+            await asyncio.wait({self._reader})  # the reader's end, never its error; our cancellation propagates
 
     async def _drop_ws(self) -> None:
         if self._reader is not None:
