@@ -358,6 +358,10 @@ async def measure(args: argparse.Namespace, server: Server, tokens_file: Path,
             sessions = m1.get('jego_websocket_sessions{role="user"}', 0)
             lat, sent = await relay(calls, args.rate, args.seconds)
             m2 = await scrape(http, server.url)
+            still = m2.get('jego_websocket_sessions{role="user"}', 0)
+            if still < sessions:  # a worker starved of CPU misses its pongs: the server drops its sockets
+                print(f"        WARNING: {sessions - still:.0f} sessions dropped during this step "
+                      f"(heartbeat pongs late?): its figures are not of {count} clients", flush=True)
             print(f"{count:6d} idle ({sessions:.0f} sessions): RSS {rss / 1024:.0f} MiB ({per}), idle CPU "
                   f"{idle_cpu:.2f} cores; GC while idle {args.idle_s:g} s: {gc_delta(m0, m1)}, frozen at its start "
                   f"{m0.get('jego_gc_frozen_objects', 0):.0f}", flush=True)
