@@ -18,6 +18,7 @@ with `.code` from the protocol's error table), `ConnectionLost` (the WebSocket c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -120,6 +121,7 @@ class JegoClient:
         self._own_http = http is None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()  # set aside by send_message
         self._reader: asyncio.Task[None] | None = None
         self.closed = False
         self.reconnect_attempts = 0   # connect() attempts the last reconnect() made
@@ -301,9 +303,8 @@ class JegoClient:
                     if got.get("type") == "error" and got.get("ref") == client_id:
                         raise ApiError(str(got.get("code")), str(got.get("message", "")))
                     skipped.append(got)
-        finally:
-            for other in skipped:  # re-queued for recv(), in the order they came
-                self._inbox.put_nowait(other)
+        finally:  # given back to recv() first, in the order they came (before anything later)
+            self._pending.extendleft(reversed(skipped))
 
     # --- WebSocket -----------------------------------------------------------------------
     async def connect(self) -> dict[str, Any]:
@@ -409,6 +410,8 @@ class JegoClient:
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109
         """The next server message; None if `timeout` passes first. Raises ConnectionLost at the end."""
+        if self._pending:
+            return self._pending.popleft()
         if self.closed and self._inbox.empty():
             raise ConnectionLost("signalling connection is closed")
         try:

@@ -134,7 +134,7 @@ class CarrierSection:
 class BridgeSection:
     enabled: bool = True
     workers: int | str = "auto"     # `jego serve`: this many `jego bridge` processes; "auto": one per core
-    max_calls: int = 16
+    max_calls: int = 32             # per worker process: scripts/bench_bridge.py held 40 on time (config/jego.toml)
     secret: str = ""
     allow_international: bool = False
     server_url: str = ""

@@ -35,9 +35,10 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from aioice.ice import StunProtocol
+from aioice.turn import TurnTransport
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -117,6 +118,17 @@ def fec_loss_percent(fraction_lost: float) -> int:
 async def _idle(*_args: Any, **_kwargs: Any) -> None:
     """Stands in for aiortc's RTCRtpSender.send / RTCRtpReceiver.receive: nothing of theirs runs."""
     return None
+
+
+def _is_socket_transport(transport: object) -> TypeGuard[asyncio.DatagramTransport]:
+    """A datagram transport on a socket of ours, whose protocol can be swapped: asyncio's, or
+    uvloop's UDPTransport (which is not an asyncio.DatagramTransport subclass: checking that
+    alone left every packet of a uvloop worker on aioice's path, a STUN parse that fails first).
+    Not aioice's TurnTransport (a relayed candidate: its datagrams come through aioice)."""
+    if isinstance(transport, TurnTransport):
+        return False
+    return isinstance(transport, asyncio.DatagramTransport) or (
+        callable(getattr(transport, "set_protocol", None)) and callable(getattr(transport, "sendto", None)))
 
 
 class _Tap(asyncio.DatagramProtocol):
@@ -320,7 +332,7 @@ class WebRtcLeg:
         for proto in list(conn._protocols):
             transport = getattr(proto, "transport", None)
             # A relayed candidate's StunProtocol sits on aioice's TurnTransport, not on a socket.
-            if type(proto) is not StunProtocol or not isinstance(transport, asyncio.DatagramTransport) \
+            if type(proto) is not StunProtocol or not _is_socket_transport(transport) \
                     or any(p is proto for _, p in self._taps):
                 continue
             transport.set_protocol(_Tap(self, proto))
