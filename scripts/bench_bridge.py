@@ -176,6 +176,9 @@ def speech_pcm() -> np.ndarray:
     return np.asarray(np.clip(analysis.resample(x, rate, 8000) * 32768.0, -32768, 32767), dtype=np.int16)
 
 
+RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first); --red off
+
+
 class PreEncoded:
     """A caller's codec: the next pre-encoded packet of the speech (then silence), and no decoding
     of what the bridge sends back (160 zero samples per packet): the load does not measure itself."""
@@ -200,9 +203,11 @@ class PreEncoded:
         return np.zeros(max(0, samples), dtype=np.int16)
 
 
-def pre_encode(pcm: np.ndarray) -> dict[str, tuple[list[bytes], bytes]]:
+def pre_encode(pcm: np.ndarray, fec_loss: int = 0) -> dict[str, tuple[list[bytes], bytes]]:
     frames = [pcm[i:i + 160] for i in range(0, len(pcm) - 159, 160)]
     enc = OpusEncoder(bitrate=32000, complexity=5)
+    if fec_loss:
+        enc.configure(loss_percent=fec_loss)  # in-band FEC planned for that loss, as a browser does from our RR
     opus = [enc.encode(f) for f in frames]
     opus_silence = enc.encode(np.zeros(160, dtype=np.int16))
     enc.close()
@@ -237,7 +242,7 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             key = "opus" if name.lower() == "opus" else name.upper()
             return PreEncoded(key, *pre[key])
 
-        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user)
+        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user, red=RED[0])
         cid = new_call_id()
         out["call_id"] = cid
         try:
@@ -455,6 +460,11 @@ def main() -> int:
                     help="priority of this process, the worker and the server (root only; 0: leave it)")
     ap.add_argument("--complexity", type=int, default=None, help="the worker's Opus complexity ([bridge])")
     ap.add_argument("--metrics", choices=["on", "off"], default="on", help="the worker's [metrics] enabled")
+    ap.add_argument("--impair", default="", metavar="SPEC",
+                    help="the worker's [bridge] impair on the app leg, e.g. loss=10,burst=2.5,seed=1 (issue 15)")
+    ap.add_argument("--red", choices=["on", "off"], default="on", help="the callers offer and send RED")
+    ap.add_argument("--fec-loss", type=int, default=0, metavar="PCT",
+                    help="the callers' pre-encoded speech carries in-band FEC planned for PCT %% loss")
     ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
                     help="scrape the worker's /metrics every S seconds (metrics on)")
     ap.add_argument("--workers", type=int, default=1, metavar="K",
@@ -478,7 +488,7 @@ def main() -> int:
     ref = analysis.to_float(ref_pcm)
     g711_alone = analysis.pesq_score(ref, analysis.to_float(g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(ref_pcm))),
                                      8000, mode="nb")
-    pre = pre_encode(ref_pcm)
+    pre = pre_encode(ref_pcm, args.fec_loss)
     print(json.dumps({"g711_alone_pesq": round(g711_alone, 2), "cpus": os.cpu_count(), "pinned": pin,
                       "nice": os.getpriority(os.PRIO_PROCESS, 0),
                       "loadavg": Path("/proc/loadavg").read_text().split()[:3]}), flush=True)
@@ -498,6 +508,9 @@ def main() -> int:
                   "JEGO_BILLING_ENABLED": "false"}  # prepaid credit is not what this measures
         if args.complexity is not None:
             common["JEGO_BRIDGE_OPUS_COMPLEXITY"] = str(args.complexity)
+        if args.impair:
+            common["JEGO_BRIDGE_IMPAIR"] = args.impair
+        RED[0] = args.red == "on"
         metrics_port = free_port()
         worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
                       "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}

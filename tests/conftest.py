@@ -194,7 +194,7 @@ def add_contact(server: LiveServer, token: str, name: str) -> None:
 SERIAL_MODULES = frozenset({
     # PESQ through live transcoding, frames on time over a long call, threads per call
     "test_bridge", "test_dial", "test_call_quality", "test_media_endpoint", "test_lean_leg",
-    "test_bridge_media_engine", "test_bridge_long_call",
+    "test_bridge_media_engine", "test_bridge_long_call", "test_dialer_loss",
     # three Chromiums and a conference, judged by FFT
     "test_browser_groups",
 })
