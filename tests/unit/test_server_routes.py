@@ -15,7 +15,7 @@ from aiohttp import web
 
 from jego_call import __version__
 from jego_call.call import reasons
-from jego_call.signalling.keys import HUB, PRICE_LOOKUP
+from jego_call.signalling.keys import BILLING, HUB, PRICE_LOOKUP
 from tests.unit.appkit import PASSWORD, Client, MakeClient, bearer, call, register
 
 
@@ -390,3 +390,22 @@ async def test_metrics_disabled_is_404_with_words(make_client: MakeClient) -> No
     client = await make_client(metrics={"enabled": False})
     res = await client.get("/metrics")
     assert res.status == 404 and "metrics are disabled" in await res.text()
+
+
+async def test_credit_shows_top_ups_newest_first_and_the_limit_is_clamped(client: Client) -> None:
+    ta = await register(client, "alice")
+    billing = client.app[BILLING]
+    for i, amount in enumerate((500, 250, -100)):
+        await billing.top_up("alice", amount, f"note {i}", now=1000.0 + i)
+    status, c = await call(client, "GET", "/api/credit", ta)
+    assert status == 200 and c["enabled"] is True and c["username"] == "alice" and c["currency"] == "CNY"
+    assert (c["balance"], c["held"], c["available"], c["open_calls"]) == (650, 0, 650, 0)
+    assert [e["amount"] for e in c["entries"]] == [-100, 250, 500]
+    assert c["balance_text"] and c["entries"][0]["amount_text"]
+    status, one = await call(client, "GET", "/api/credit?limit=0", ta)  # clamped up to 1
+    assert status == 200 and [e["amount"] for e in one["entries"]] == [-100]
+    status, many = await call(client, "GET", "/api/credit?limit=100000", ta)  # clamped down to 200
+    assert status == 200 and len(many["entries"]) == 3
+    tb = await register(client, "bob")
+    status, other = await call(client, "GET", "/api/credit", tb)  # each sees only their own
+    assert other["balance"] == 0 and other["entries"] == []
