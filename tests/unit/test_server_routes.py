@@ -409,3 +409,30 @@ async def test_credit_shows_top_ups_newest_first_and_the_limit_is_clamped(client
     tb = await register(client, "bob")
     status, other = await call(client, "GET", "/api/credit", tb)  # each sees only their own
     assert other["balance"] == 0 and other["entries"] == []
+
+
+@pytest.mark.parametrize(("number", "prefix", "per_minute", "increment", "first_s", "destination"), [
+    ("+8613800138000", "+86", "0.15", "60/60", 60, "China Mobile mobile"),
+    ("+861069123456", "+8610", "0.10", "30/6", 30, "Beijing landline"),
+])
+async def test_the_rate_and_the_dial_pads_price_agree(client: Client, number: str, prefix: str, per_minute: str,
+                                                      increment: str, first_s: int, destination: str) -> None:
+    """The longest prefix wins (config/rates.toml); both routes tell the same price."""
+    ta = await register(client, "alice")
+    q = number.replace("+", "%2B")
+    _, r = await call(client, "GET", f"/api/rate?number={q}", ta)
+    _, chk = await call(client, "GET", f"/api/numbers/check?number={q}", ta)
+    assert r["rate"]["prefix"] == prefix and r["rate"]["per_minute_text"] == f"{per_minute} CNY"
+    assert r["rate"]["increment"] == increment and r["rate"]["destination"] == destination
+    assert chk["price"] == {"per_minute": per_minute, "currency": "CNY", "increment": increment, "first_s": first_s,
+                            "connection_fee": None, "destination": destination,
+                            "destination_zh": r["destination_zh"]}
+
+
+async def test_a_barred_destination_has_no_price_and_says_why(client: Client) -> None:
+    ta = await register(client, "alice")
+    _, r = await call(client, "GET", "/api/rate?number=%2B12025550123", ta)
+    assert r["callable"] is False and r["rate"] is None and r["e164"] == "+12025550123"
+    assert r["refusal"]["reason"] == "destination_barred" and "+1" in r["refusal"]["en"] and r["refusal"]["zh"]
+    _, chk = await call(client, "GET", "/api/numbers/check?number=%2B12025550123", ta)
+    assert chk["callable"] is False and chk["price"] is None and chk["words"]["en"]
