@@ -8,6 +8,7 @@ check and the price; the end-reason catalogue; health.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -436,3 +437,46 @@ async def test_a_barred_destination_has_no_price_and_says_why(client: Client) ->
     assert r["refusal"]["reason"] == "destination_barred" and "+1" in r["refusal"]["en"] and r["refusal"]["zh"]
     _, chk = await call(client, "GET", "/api/numbers/check?number=%2B12025550123", ta)
     assert chk["callable"] is False and chk["price"] is None and chk["words"]["en"]
+
+
+# --- presence pushed by the people routes ---------------------------------------------------------------------------
+
+async def online(client: Client, token: str) -> Any:
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"type": "auth", "token": token})
+    while (await ws.receive_json())["type"] != "auth_ok":
+        pass
+    return ws
+
+
+async def next_presence(ws: Any, about: str) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            msg: dict[str, Any] = await ws.receive_json()
+            if msg["type"] == "presence" and msg["username"] == about:
+                return msg
+
+
+async def test_people_routes_push_presence_to_who_should_see_it(client: Client) -> None:
+    ta = await register(client, "alice")
+    tb = await register(client, "bob")
+    wa = await online(client, ta)
+    wb = await online(client, tb)
+    # alice adds bob: her sockets are told bob's presence at once
+    await call(client, "POST", "/api/contacts", ta, {"username": "bob"})
+    assert (await next_presence(wa, "bob"))["presence"] == "online"
+    # bob renames himself: alice (who watches him) hears the new name
+    await call(client, "PATCH", "/api/me", tb, {"display_name": "Bobby"})
+    got = await next_presence(wa, "bob")
+    assert got["display_name"] == "Bobby" and got["presence"] == "online"
+    # bob adds alice (he is told her presence)
+    await call(client, "POST", "/api/contacts", tb, {"username": "alice"})
+    await next_presence(wb, "alice")
+    # alice blocks bob, who has her as a contact: bob now sees her offline
+    await call(client, "POST", "/api/blocks", ta, {"username": "bob"})
+    assert (await next_presence(wb, "alice"))["presence"] == "offline"
+    # and the unblock shows her online again
+    await call(client, "DELETE", "/api/blocks/bob", ta)
+    assert (await next_presence(wb, "alice"))["presence"] == "online"
+    await wa.close()
+    await wb.close()
