@@ -447,3 +447,37 @@ async def test_no_turn_means_no_refresh_timer(monkeypatch: pytest.MonkeyPatch) -
     session = cast(WsSession, SimpleNamespace(ws=SimpleNamespace(closed=False), send=None, ice_timer=None))
     out = ws_mod._ice(cfg, "bob", session)
     assert out == {"ice_servers": []} and sched.calls == []
+
+
+async def test_more_sockets_than_allowed_per_user_is_too_many_sessions(make_client: MakeClient) -> None:
+    client = await make_client(signalling={"max_sessions_per_user": 2})
+    token = await register(client, "alice")
+    socks = []
+    for _ in range(2):
+        ws = await client.ws_connect("/ws")
+        await ws.send_json({"type": "auth", "token": token})
+        await recv_type(ws, "auth_ok")
+        socks.append(ws)
+    third = await client.ws_connect("/ws")
+    await third.send_json({"type": "auth", "token": token, "id": "t3"})
+    got = await recv(third)
+    assert got["type"] == "error" and got["code"] == "too_many_sessions", got
+    await socks[0].close()  # one goes: there is room again
+    for _ in range(100):
+        if len(client.app[HUB].core.sessions) < 2:
+            break
+        await asyncio.sleep(0.01)
+    fourth = await client.ws_connect("/ws")
+    await fourth.send_json({"type": "auth", "token": token})
+    assert (await recv_type(fourth, "auth_ok"))["username"] == "alice"
+    for ws in (socks[1], third, fourth):
+        await ws.close()
+
+
+async def test_finish_with_a_full_outbox_cancels_the_writer() -> None:
+    fake = FakeWs()  # never drains
+    s = WsSession(cast(web.WebSocketResponse, fake), "s5")
+    for i in range(ws_mod.OUTBOX_LIMIT):
+        s.outbox.put_nowait(str(i))
+    await s.finish()
+    assert s.writer.cancelled() and fake.sent == []
