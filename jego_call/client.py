@@ -8,6 +8,9 @@
         ...
 
 Incoming `invite`s are answered with `ringing` automatically (`auto_ringing=True`).
+After the WebSocket drops (a node restarted), `await c.reconnect()` opens it again with the same
+token (no password, no login), waiting a jittered, exponentially growing delay (`Backoff`)
+between attempts, so that thousands of clients do not all come back in the same instant.
 Errors: `ServerUnreachable` (no TCP/HTTP contact), `ApiError` (an error the server returned,
 with `.code` from the protocol's error table), `ConnectionLost` (the WebSocket closed).
 """
@@ -15,9 +18,12 @@ with `.code` from the protocol's error table), `ConnectionLost` (the WebSocket c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import random
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +62,42 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class Backoff:
+    """Jittered exponential back-off ("full jitter"): the n-th delay (n from 0) is uniform in
+    [0, min(cap_s, base_s * 2**n)], so it never exceeds `cap_s`; `reset()` after a success.
+
+        b = Backoff(random.Random(1)); b.next_delay()  # seeded: the same delays every run
+    """
+
+    def __init__(self, rng: random.Random | None = None, *, base_s: float = 1.0, cap_s: float = 10.0) -> None:
+        if not 0 < base_s <= cap_s:
+            raise ValueError(f"need 0 < base_s <= cap_s, got base_s={base_s} cap_s={cap_s}")
+        self.rng = rng or random.Random()
+        self.base_s, self.cap_s = base_s, cap_s
+        self.attempt = 0
+
+    def ceiling(self) -> float:
+        """The upper bound of the next delay."""
+        return min(self.cap_s, self.base_s * 2.0 ** min(self.attempt, 60))
+
+    def next_delay(self) -> float:
+        """The next delay in seconds (and one more attempt counted)."""
+        d = self.rng.uniform(0.0, self.ceiling())
+        self.attempt += 1
+        return d
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def iter_queue(q: asyncio.Queue[Any]) -> list[Any]:
+    """Everything in `q` now, taken out."""
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
+
+
 def new_call_id() -> str:
     """A fresh call_id (32 hex characters, within the protocol's 8-64 [A-Za-z0-9_-])."""
     return uuid.uuid4().hex
@@ -64,7 +106,9 @@ def new_call_id() -> str:
 class JegoClient:
     """HTTP API + one WebSocket session. Use as an async context manager, or call `close()`."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, auto_ringing: bool = True) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0, auto_ringing: bool = True,
+                 http: aiohttp.ClientSession | None = None) -> None:
+        """`http`: a ClientSession to share (many clients in one process); close() leaves it open."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.auto_ringing = auto_ringing
@@ -73,11 +117,14 @@ class JegoClient:
         self.session_id: str | None = None
         self.ice_servers: list[dict[str, Any]] = []
         self.ice_transport_policy = "all"   # auth_ok's: "relay" = TURN relay candidates only
-        self._http: aiohttp.ClientSession | None = None
+        self._http: aiohttp.ClientSession | None = http
+        self._own_http = http is None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()  # set aside by send_message
         self._reader: asyncio.Task[None] | None = None
         self.closed = False
+        self.reconnect_attempts = 0   # connect() attempts the last reconnect() made
 
     async def __aenter__(self) -> JegoClient:
         return self
@@ -256,9 +303,8 @@ class JegoClient:
                     if got.get("type") == "error" and got.get("ref") == client_id:
                         raise ApiError(str(got.get("code")), str(got.get("message", "")))
                     skipped.append(got)
-        finally:
-            for other in skipped:  # re-queued for recv(), in the order they came
-                self._inbox.put_nowait(other)
+        finally:  # given back to recv() first, in the order they came (before anything later)
+            self._pending.extendleft(reversed(skipped))
 
     # --- WebSocket -----------------------------------------------------------------------
     async def connect(self) -> dict[str, Any]:
@@ -287,8 +333,52 @@ class JegoClient:
         self.username = data.get("username", self.username)
         self.ice_servers = list(data.get("ice_servers") or [])
         self.ice_transport_policy = "relay" if data.get("ice_transport_policy") == "relay" else "all"
+        self.closed = False
         self._reader = asyncio.ensure_future(self._read())
         return dict(data)
+
+    async def reconnect(self, backoff: Backoff | None = None, *, max_attempts: int | None = None,
+                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> dict[str, Any]:
+        """Open the WebSocket again with the kept token (no password: no login, no argon2),
+        waiting `backoff.next_delay()` before each attempt; returns auth_ok. Retries while the
+        server is unreachable or drops the socket; an ApiError (auth_failed: the token expired
+        or the server's secret changed) is raised at once, since only `login()` helps then.
+        ServerUnreachable after `max_attempts` failed attempts."""
+        backoff = backoff or Backoff()
+        await self._drop_ws()
+        failures = 0
+        while True:
+            await sleep(backoff.next_delay())
+            try:
+                hello = await self.connect()
+            except (ServerUnreachable, ConnectionLost, aiohttp.ClientError, OSError):
+                await self._drop_ws()
+                failures += 1
+                if max_attempts is not None and failures >= max_attempts:
+                    raise ServerUnreachable(f"{self.ws_url}: no connection after {failures} attempts") from None
+                continue
+            backoff.reset()
+            self.reconnect_attempts = failures + 1
+            return hello
+
+    async def wait_closed(self) -> None:
+        """Until the server closes the WebSocket (a restart, a dropped node). Then `reconnect()`."""
+        if self._reader is not None:
+            await asyncio.wait({self._reader})  # the reader's end, never its error; our cancellation propagates
+
+    async def _drop_ws(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+            self._ws = None
+        kept = [m for m in iter_queue(self._inbox) if m is not None]  # unread messages stay, the end marker goes
+        for m in kept:
+            self._inbox.put_nowait(m)
 
     async def _read(self) -> None:
         assert self._ws is not None
@@ -320,6 +410,8 @@ class JegoClient:
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109
         """The next server message; None if `timeout` passes first. Raises ConnectionLost at the end."""
+        if self._pending:
+            return self._pending.popleft()
         if self.closed and self._inbox.empty():
             raise ConnectionLost("signalling connection is closed")
         try:
@@ -376,7 +468,7 @@ class JegoClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-        if self._http is not None:
+        if self._http is not None and self._own_http:
             await self._http.close()
-            self._http = None
+        self._http = None
         self.closed = True

@@ -109,6 +109,10 @@ class SignallingConfig:
     max_sessions_per_user: int = 8
     rate_per_s: float = 50.0
     rate_burst: int = 200
+    # `jego serve`'s garbage collector (jego_call/signalling/gc_tuning.py)
+    gc_freeze_s: float = 1.0           # freeze what is alive every this many seconds; 0 = Python's defaults
+    gc_full_s: float = 3600.0          # unfreeze and collect everything this often (cycles); 0 = never
+    gc_threshold: tuple[int, ...] = () # gc.set_threshold(...) values; () = Python's (700, 10, 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,7 @@ class CarrierSection:
 class BridgeSection:
     enabled: bool = True
     workers: int | str = "auto"     # `jego serve`: this many `jego bridge` processes; "auto": one per core
-    max_calls: int = 16
+    max_calls: int = 32             # per worker process: scripts/bench_bridge.py held 40 on time (config/jego.toml)
     secret: str = ""
     allow_international: bool = False
     server_url: str = ""
@@ -256,6 +260,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("cluster.key_prefix", "1 to 32 of A-Z a-z 0-9 _ -")
     if c.node_ttl_s < 2 * c.heartbeat_s:
         raise ConfigError("cluster.node_ttl_s", "must be at least twice cluster.heartbeat_s")
+    _check_gc(cfg.signalling)
     ice = cfg.ice
     for i, url in enumerate(ice.turn_urls):
         if not url.startswith(("turn:", "turns:", "stun:")):
@@ -264,6 +269,18 @@ def _check(cfg: Config) -> None:
         raise ConfigError("ice.turn_secret", "is required with ice.turn_urls (coturn's static-auth-secret)")
     if ice.turn_ttl_s < 60:
         raise ConfigError("ice.turn_ttl_s", "must be at least 60 seconds")
+
+
+def _check_gc(sc: SignallingConfig) -> None:
+    if sc.gc_freeze_s < 0:
+        raise ConfigError("signalling.gc_freeze_s", f"must be 0 (off) or a number of seconds, got {sc.gc_freeze_s}")
+    if sc.gc_full_s < 0 or (0 < sc.gc_full_s < sc.gc_freeze_s):
+        raise ConfigError("signalling.gc_full_s",
+                          f"must be 0 (never) or at least signalling.gc_freeze_s, got {sc.gc_full_s}")
+    t = sc.gc_threshold
+    if len(t) > 3 or (t and (t[0] < 100 or any(v < 1 for v in t))):
+        raise ConfigError("signalling.gc_threshold",
+                          f"expected [] or 1 to 3 whole numbers, the first at least 100, got {list(t)}")
 
 
 def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:

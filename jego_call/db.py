@@ -621,6 +621,8 @@ def safe_url(url: str) -> str:
     if parts.password is None:
         return url
     host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets (RFC 3986 §3.2.2)
+        host = f"[{host}]"
     netloc = f"{parts.username}@{host}" if parts.username else host
     if parts.port:
         netloc += f":{parts.port}"

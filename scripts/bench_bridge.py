@@ -82,6 +82,7 @@ PASSWORD = "bench-password-1"
 SPEECH = ROOT / "tests" / "data" / "speech_en_48k.wav"
 WINDOW_S = 8.0  # the CPU window, once every call is connected
 WORKER_CPU, LOAD_CPU = 0, 1
+PROFILE = ""  # --py-spy PREFIX: py-spy record of the worker in each window, PREFIX-N.txt
 
 
 def env(extra: dict[str, str]) -> dict[str, str]:
@@ -102,6 +103,27 @@ def own_autogroup(pid: int, nice: int) -> None:
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(proc_cpu_s(p) for p in pids)
+
+
+def ctxsw_of(pids: list[int]) -> int:
+    return sum(proc_ctxsw(p) for p in pids)
+
+
+def children_of(pid: int) -> list[int]:
+    """The `jego bridge --workers K` supervisor's worker processes (from /proc), by name."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")
+                found.append((cmd[cmd.index(b"--name") + 1].decode() if b"--name" in cmd else "", int(stat.parent.name)))
+        except (OSError, ValueError):
+            continue
+    return [p for _, p in sorted(found)]
 
 
 def proc_threads(pid: int) -> int:
@@ -127,7 +149,7 @@ def wait_for(path: Path, pattern: str, proc: subprocess.Popen[str], timeout: flo
         if m:
             return m
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited:\n{path.read_text()}")
+            raise SystemExit(f"{proc.args!r} exited:\n{path.read_text()}")
         time.sleep(0.05)
     raise SystemExit(f"{pattern!r} not seen in {path}")
 
@@ -154,6 +176,9 @@ def speech_pcm() -> np.ndarray:
     return np.asarray(np.clip(analysis.resample(x, rate, 8000) * 32768.0, -32768, 32767), dtype=np.int16)
 
 
+RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first); --red off
+
+
 class PreEncoded:
     """A caller's codec: the next pre-encoded packet of the speech (then silence), and no decoding
     of what the bridge sends back (160 zero samples per packet): the load does not measure itself."""
@@ -178,9 +203,11 @@ class PreEncoded:
         return np.zeros(max(0, samples), dtype=np.int16)
 
 
-def pre_encode(pcm: np.ndarray) -> dict[str, tuple[list[bytes], bytes]]:
+def pre_encode(pcm: np.ndarray, fec_loss: int = 0) -> dict[str, tuple[list[bytes], bytes]]:
     frames = [pcm[i:i + 160] for i in range(0, len(pcm) - 159, 160)]
     enc = OpusEncoder(bitrate=32000, complexity=5)
+    if fec_loss:
+        enc.configure(loss_percent=fec_loss)  # in-band FEC planned for that loss, as a browser does from our RR
     opus = [enc.encode(f) for f in frames]
     opus_silence = enc.encode(np.zeros(160, dtype=np.int16))
     enc.close()
@@ -215,7 +242,7 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             key = "opus" if name.lower() == "opus" else name.upper()
             return PreEncoded(key, *pre[key])
 
-        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user)
+        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user, red=RED[0])
         cid = new_call_id()
         out["call_id"] = cid
         try:
@@ -237,6 +264,17 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             await leg.close()
 
 
+def gateway_calls(url: str) -> dict[str, int]:
+    """Calls the server has on each gateway (its /metrics: jego_gateway_calls{gateway=...})."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:  # noqa: S310 - loopback
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {m.group(1): int(float(m.group(2))) for m in
+            re.finditer(r'(?m)^jego_gateway_calls\{gateway="([^"]+)"\} ([0-9.e+-]+)$', text)}
+
+
 def metrics_cpu_s(metrics_url: str | None) -> float | None:
     """The worker's jego_bridge_metrics_cpu_seconds_total (its metrics' own CPU), or None."""
     if metrics_url is None:
@@ -247,7 +285,7 @@ def metrics_cpu_s(metrics_url: str | None) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data: Path, app_codec: str,
+def run(n: int, url: str, pids: list[int], bridge_log: Path, data: Path, app_codec: str,
         pre: dict[str, tuple[list[bytes], bytes]], ref: np.ndarray, metrics_url: str | None = None) -> dict[str, Any]:
     users = [f"bench{i}" for i in range(n)]
     for u in users:
@@ -271,17 +309,27 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
         up = sum("connected" in r for r in results)
         await asyncio.sleep(1.0)
         m0 = await asyncio.to_thread(metrics_cpu_s, metrics_url)
-        c0, t0, x0 = proc_cpu_s(bridge.pid), time.monotonic(), proc_ctxsw(bridge.pid)
+        c0, t0, x0 = cpu_of(pids), time.monotonic(), ctxsw_of(pids)
+        spy = None
+        if PROFILE:  # py-spy samples the worker through the window (folded stacks, one file per N)
+            spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pids[0]),
+                       "--duration", str(int(WINDOW_S)), "--rate", "250", "--format", "raw", "--nonblocking",
+                       *(["--native"] if os.environ.get("BENCH_NATIVE") else []), "-o", f"{PROFILE}-{n}.txt"]
+            spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL,  # noqa: ASYNC220 - beside the window
+                                   stderr=subprocess.DEVNULL)
         await asyncio.sleep(WINDOW_S / 2)
-        probe["threads"] = proc_threads(bridge.pid)
+        probe["per_worker"] = await asyncio.to_thread(gateway_calls, url)
+        probe["threads"] = sum(proc_threads(p) for p in pids)
         await asyncio.sleep(WINDOW_S / 2)
         dt = time.monotonic() - t0
-        c1 = proc_cpu_s(bridge.pid)
-        probe.update(up=up, cpu_s=c1 - c0, window=dt, ctxsw=proc_ctxsw(bridge.pid) - x0)
+        c1 = cpu_of(pids)
+        probe.update(up=up, cpu_s=c1 - c0, window=dt, ctxsw=ctxsw_of(pids) - x0)
         m1 = await asyncio.to_thread(metrics_cpu_s, metrics_url)
         if m0 is not None and m1 is not None and c1 > c0:
             probe["metrics_share"] = (m1 - m0) / (c1 - c0)
         release.set()
+        if spy is not None:
+            await asyncio.to_thread(spy.wait)
         await asyncio.gather(*tasks)
 
     asyncio.run(all_calls())
@@ -307,19 +355,21 @@ def run(n: int, url: str, bridge: subprocess.Popen[str], bridge_log: Path, data:
             "pesq_p50": round(statistics.median(scores), 2) if scores else None, "recorded": len(scores),
             "setup_ms_p50": round(pct(setup, 50)), "setup_ms_p99": round(pct(setup, 99)),
             "connect_ms_p50": round(pct(conn, 50)), "connect_ms_p99": round(pct(conn, 99)),
-            "threads": probe.get("threads"), "ctxsw_per_call_s": round(probe["ctxsw"] / call_s, 1),
+            "threads": probe.get("threads"), "per_worker": probe.get("per_worker", {}),
+            "ctxsw_per_call_s": round(probe["ctxsw"] / call_s, 1),
             "frames_back_min": min((r.get("live_back", 0) for r in results), default=0),
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "metrics_cpu_share": round(probe["metrics_share"], 5) if "metrics_share" in probe else None}
 
 
-def idle(bridge: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
+def idle(pids: list[int], seconds: float) -> dict[str, Any]:
     """The worker's CPU with no call: ms of CPU per second over `seconds`, and its threads."""
     time.sleep(2.0)
-    c0, t0 = proc_cpu_s(bridge.pid), time.monotonic()
+    c0, t0 = cpu_of(pids), time.monotonic()
     time.sleep(seconds)
-    ms = (proc_cpu_s(bridge.pid) - c0) / (time.monotonic() - t0) * 1000
-    return {"idle_cpu_ms_per_s": round(ms, 2), "idle_threads": proc_threads(bridge.pid), "seconds": seconds}
+    ms = (cpu_of(pids) - c0) / (time.monotonic() - t0) * 1000 / len(pids)
+    return {"idle_cpu_ms_per_s_per_worker": round(ms, 2), "idle_threads": sum(proc_threads(p) for p in pids),
+            "seconds": seconds, "workers": len(pids)}
 
 
 # --- the anchor: a stock aiortc pair in its own process -------------------------------------------------
@@ -410,9 +460,21 @@ def main() -> int:
                     help="priority of this process, the worker and the server (root only; 0: leave it)")
     ap.add_argument("--complexity", type=int, default=None, help="the worker's Opus complexity ([bridge])")
     ap.add_argument("--metrics", choices=["on", "off"], default="on", help="the worker's [metrics] enabled")
+    ap.add_argument("--impair", default="", metavar="SPEC",
+                    help="the worker's [bridge] impair on the app leg, e.g. loss=10,burst=2.5,seed=1 (issue 15)")
+    ap.add_argument("--red", choices=["on", "off"], default="on", help="the callers offer and send RED")
+    ap.add_argument("--fec-loss", type=int, default=0, metavar="PCT",
+                    help="the callers' pre-encoded speech carries in-band FEC planned for PCT %% loss")
     ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
                     help="scrape the worker's /metrics every S seconds (metrics on)")
+    ap.add_argument("--workers", type=int, default=1, metavar="K",
+                    help="K worker processes (`jego bridge --workers K`, worker i pinned to CPU i; the load "
+                         "and the server unpinned): calls spread over them by the server")
+    ap.add_argument("--py-spy", metavar="PREFIX", default="",
+                    help="profile the worker with py-spy in each window: folded stacks in PREFIX-N.txt")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.py_spy
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     if pin:
         os.sched_setaffinity(0, {LOAD_CPU})
@@ -426,7 +488,7 @@ def main() -> int:
     ref = analysis.to_float(ref_pcm)
     g711_alone = analysis.pesq_score(ref, analysis.to_float(g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(ref_pcm))),
                                      8000, mode="nb")
-    pre = pre_encode(ref_pcm)
+    pre = pre_encode(ref_pcm, args.fec_loss)
     print(json.dumps({"g711_alone_pesq": round(g711_alone, 2), "cpus": os.cpu_count(), "pinned": pin,
                       "nice": os.getpriority(os.PRIO_PROCESS, 0),
                       "loadavg": Path("/proc/loadavg").read_text().split()[:3]}), flush=True)
@@ -446,6 +508,9 @@ def main() -> int:
                   "JEGO_BILLING_ENABLED": "false"}  # prepaid credit is not what this measures
         if args.complexity is not None:
             common["JEGO_BRIDGE_OPUS_COMPLEXITY"] = str(args.complexity)
+        if args.impair:
+            common["JEGO_BRIDGE_IMPAIR"] = args.impair
+        RED[0] = args.red == "on"
         metrics_port = free_port()
         worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
                       "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}
@@ -459,13 +524,34 @@ def main() -> int:
         url = wait_for(slog, r"open (http://[0-9.:]+)/", serve).group(1)
         worker = [sys.executable, "-m", "jego_call.cli.main", "bridge", "--server", url, "--data-dir", str(data),
                   "--max-calls", "200", "--name", "bench"]
-        if pin:
+        if args.workers > 1:
+            worker += ["--workers", str(args.workers)]  # a supervisor and K worker processes
+        elif pin:
             worker = ["taskset", "-c", str(WORKER_CPU), *worker]
         bridge = subprocess.Popen(worker, cwd=ROOT, env=env(worker_env), text=True, stdout=open(blog, "w"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT, start_new_session=True)
         own_autogroup(bridge.pid, args.nice)
         try:
             wait_for(blog, r"connected to http", bridge)
+            pids = [bridge.pid]
+            if args.workers > 1:
+                deadline = time.monotonic() + 60
+                while blog.read_text(errors="replace").count("connected to http") < args.workers:
+                    if time.monotonic() > deadline or bridge.poll() is not None:
+                        raise SystemExit(f"{args.workers} workers did not connect:\n{blog.read_text()}")
+                    time.sleep(0.1)
+                pids = children_of(bridge.pid)
+                for i, pid in enumerate(pids):  # worker i on CPU i, each in its own session (autogroup)
+                    if pin:
+                        os.sched_setaffinity(pid, {i % (os.cpu_count() or 1)})
+                    own_autogroup(pid, args.nice)
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, pid, args.nice)
+                if pin:  # the load and the server take whatever the workers leave
+                    all_cpus = set(range(os.cpu_count() or 1))
+                    os.sched_setaffinity(0, all_cpus)
+                    os.sched_setaffinity(serve.pid, all_cpus)
+            base_threads = sum(proc_threads(p) for p in pids)
             scraping = threading.Event()
             scrapes: list[int] = []
             if args.scrape and args.metrics == "on":
@@ -475,11 +561,14 @@ def main() -> int:
                             scrapes.append(len(r.read()))
                 threading.Thread(target=scrape, daemon=True).start()
             if args.idle:
-                print(json.dumps(idle(bridge, args.idle)), flush=True)
+                print(json.dumps(idle(pids, args.idle)), flush=True)
             rows = []
             for n in args.calls:
-                row = run(n, url, bridge, blog, data, args.app_codec, pre, ref,
-                          f"http://127.0.0.1:{metrics_port}/metrics" if args.metrics == "on" else None)
+                row = run(n, url, pids, blog, data, args.app_codec, pre, ref,
+                          f"http://127.0.0.1:{metrics_port}/metrics" if args.metrics == "on" and len(pids) == 1
+                          else None)
+                row["threads_per_call"] = round((row["threads"] - base_threads) / n, 2)
+                row["workers"] = len(pids)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             ok = [r["calls"] for r in rows if (r["on_time_min"] or 0) >= 0.99 and r["connected"] == r["calls"]
@@ -488,13 +577,15 @@ def main() -> int:
             print(f"max_ok_calls={max(ok) if ok else 0} (app codec {args.app_codec}, {os.cpu_count()} CPUs, "
                   f"G.711 alone PESQ {g711_alone:.2f}; metrics {args.metrics}, {len(scrapes)} scrapes of "
                   f"{max(scrapes, default=0)} bytes at most)")
-            print("| calls | worker CPU ms per call-s | frames on time (worst call) | PESQ nb min / p50 "
-                  "| setup ms p50 / p99 | threads | ctx switches per call-s | load avg |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| calls | workers | worker CPU ms per call-s | frames on time (worst call) | PESQ nb min / p50 "
+                  "| setup ms p50 / p99 | threads (per call) | ctx switches per call-s | calls per worker | load avg |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             for r in rows:
-                print(f"| {r['calls']} | {r['cpu_ms_per_call_s']:.1f} | {100 * (r['on_time_min'] or 0):.1f} % | "
+                print(f"| {r['calls']} | {r['workers']} | {r['cpu_ms_per_call_s']:.1f} | "
+                      f"{100 * (r['on_time_min'] or 0):.1f} % | "
                       f"{r['pesq_min']} / {r['pesq_p50']} | {r['setup_ms_p50']} / {r['setup_ms_p99']} "
-                      f"| {r['threads']} | {r['ctxsw_per_call_s']} | {' '.join(r['loadavg'])} |")
+                      f"| {r['threads']} ({r['threads_per_call']}) | {r['ctxsw_per_call_s']} | "
+                      f"{' / '.join(str(v) for v in r['per_worker'].values()) or '-'} | {' '.join(r['loadavg'])} |")
         finally:
             for p in (bridge, serve):
                 p.terminate()

@@ -42,7 +42,8 @@ setup_jego() {
         # Real servers the tests start and stop by PID (tests/servers.py), the browser, SIP peers;
         # fonts: CJK and emoji, so Chinese (and 👍) render in the browser tests' screenshots.
         debs+=(chromium sip-tester baresip iproute2 util-linux redis-server postgresql prometheus coturn
-               postgresql-client fonts-noto-cjk fonts-noto-color-emoji)
+               postgresql-client fonts-noto-cjk fonts-noto-color-emoji
+               flite espeak-ng)  # voices other than the repo's sample: scripts/bench_loss.py --tts
     fi
     _jego_apt "${debs[@]}"
 

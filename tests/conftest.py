@@ -71,7 +71,9 @@ def start_server(tmp: Path, extra_args: list[str] | None = None, **env: str) -> 
     data_dir = tmp / "data"
     log_path = tmp / f"serve-{time.monotonic_ns()}.log"
     full_env = dict(os.environ)
-    full_env.update({"JEGO_CALLS_RING_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1"})
+    # one bridge worker process unless a test asks for more ("auto" starts one per core: seconds
+    # of start-up per server for nothing most tests look at)
+    full_env.update({"JEGO_CALLS_RING_TIMEOUT_S": "5", "PYTHONUNBUFFERED": "1", "JEGO_BRIDGE_WORKERS": "1"})
     full_env.update(env)
     args = [sys.executable, "-m", "jego_call.cli.main", "serve", "--port", "0", "--data-dir", str(data_dir)]
     args += extra_args if extra_args is not None else ["--no-carrier", "--no-bridge"]
@@ -192,7 +194,7 @@ def add_contact(server: LiveServer, token: str, name: str) -> None:
 SERIAL_MODULES = frozenset({
     # PESQ through live transcoding, frames on time over a long call, threads per call
     "test_bridge", "test_dial", "test_call_quality", "test_media_endpoint", "test_lean_leg",
-    "test_bridge_media_engine", "test_bridge_long_call",
+    "test_bridge_media_engine", "test_bridge_long_call", "test_dialer_loss",
     # three Chromiums and a conference, judged by FFT
     "test_browser_groups",
 })

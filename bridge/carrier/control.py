@@ -113,6 +113,8 @@ class ControlServer:
     async def _call(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
+            if not isinstance(body, dict):
+                return web.json_response({"error": "bad request: the body must be a JSON object"}, status=400)
             from_ = str(body.get("from") or self.carrier.cfg.inbound.caller_id)  # [inbound] caller_id
             to = str(body["to"])
             play = body.get("play")

@@ -101,6 +101,7 @@ class Silence:
         if self._left is not None:
             if self._left <= 0:
                 return None
+            n = min(n, self._left)  # the last read is short, as Tone's: exactly `seconds` long
             self._left -= n
         return np.zeros(n, dtype=np.int16)
 
@@ -115,6 +116,7 @@ class Echo:
         if self._left is not None:
             if self._left <= 0:
                 return None
+            n = min(n, self._left)
             self._left -= n
         return rx[:n] if len(rx) >= n else np.pad(rx, (0, n - len(rx)))
 

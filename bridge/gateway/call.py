@@ -395,7 +395,7 @@ class BridgeCall:
         try:
             st = self.app.stats()
             app = {k: int(st.get(k) or 0) for k in ("packets_sent", "packets_received", "packets_lost",
-                                                     "fec_recovered", "concealed_frames")}
+                                                     "fec_recovered", "red_recovered", "concealed_frames")}
             app_codec = st.get("codec")
         except Exception:
             app_codec = None
@@ -429,7 +429,7 @@ class BridgeCall:
         log.info("ended (%s); app %s phone %s; frames on time %.4f (max late %.1f ms); app leg %s",
                  self.end_info.get("reason"), app, phone, float(st.get("frames_on_time", 1.0)),
                  float(st.get("max_late_ms", 0.0)),
-                 {k: st[k] for k in ("jitter_ms", "rtt_ms", "concealed_ms", "fec_sent_for_loss", "srtp") if k in st})
+                 {k: st[k] for k in ("jitter_ms", "rtt_ms", "concealed_ms", "fec_sent_for_loss", "red_received", "srtp") if k in st})
         kind, outcome = summarise(self, st, got, report_codec, quality, self.clock())
         if self.metrics is not None:
             self.metrics.call_closed(self.call_id, kind, outcome, leg_counters(st, got, st.get("late_frames")),

@@ -19,13 +19,13 @@ more than the codec at this size. The library is the one bundled with the av whe
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
-import os
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from jego_call.media.libopus import OpusDecoder as _Decoder
+from jego_call.media.libopus import OpusError, error, library, library_path, version
 
 RATE = 8000
 FRAME = 160                       # 20 ms at 8 kHz
@@ -46,80 +46,12 @@ Pcm = npt.NDArray[np.int16]
 __all__ = ["FRAME", "OpusCodec", "OpusDecoder", "OpusEncoder", "OpusError", "library_path", "version"]
 
 
-class OpusError(RuntimeError):
-    """libopus refused: it could not be loaded, or a create/encode/decode call failed."""
-
-
-def _candidates() -> list[str]:
-    paths: list[str] = []
-    try:
-        import av  # the wheel's own libopus (bundled under av.libs)
-
-        base = os.path.join(os.path.dirname(av.__file__), "..", "av.libs")
-        paths += sorted(glob.glob(os.path.join(base, "libopus*.so*")))
-    except ImportError:  # pragma: no cover - av is a dependency
-        pass
-    found = ctypes.util.find_library("opus")
-    paths += [p for p in (found, "libopus.so.0") if p]
-    return paths
-
-
-def _load() -> tuple[ctypes.CDLL, str]:
-    errors = []
-    for path in _candidates():
-        try:
-            lib = ctypes.CDLL(path)
-            lib.opus_encoder_create  # noqa: B018 - the symbol must be there
-        except (OSError, AttributeError) as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        return lib, path
-    raise OpusError("libopus not found (" + "; ".join(errors or ["no candidate"]) + ")")
-
-
-_LIB: ctypes.CDLL | None = None
-_PATH = ""
-
-
 def _lib() -> ctypes.CDLL:
-    global _LIB, _PATH
-    if _LIB is None:
-        lib, _PATH = _load()
-        vp, i32, cp = ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p
-        lib.opus_get_version_string.restype = cp
-        lib.opus_encoder_create.restype = vp
-        lib.opus_encoder_create.argtypes = [i32, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.opus_decoder_create.restype = vp
-        lib.opus_decoder_create.argtypes = [i32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.opus_encode.restype = i32
-        lib.opus_encode.argtypes = [vp, vp, ctypes.c_int, vp, i32]
-        lib.opus_decode.restype = ctypes.c_int
-        lib.opus_decode.argtypes = [vp, cp, i32, vp, ctypes.c_int, ctypes.c_int]
-        lib.opus_encoder_destroy.argtypes = [vp]
-        lib.opus_decoder_destroy.argtypes = [vp]
-        lib.opus_encoder_ctl.restype = ctypes.c_int
-        lib.opus_strerror.restype = cp
-        lib.opus_strerror.argtypes = [ctypes.c_int]
-        if hasattr(lib, "opus_packet_has_lbrr"):  # libopus >= 1.5
-            lib.opus_packet_has_lbrr.restype = ctypes.c_int
-            lib.opus_packet_has_lbrr.argtypes = [cp, i32]
-        _LIB = lib
-    return _LIB
-
-
-def library_path() -> str:
-    """The libopus file in use (loads it)."""
-    _lib()
-    return _PATH
-
-
-def version() -> str:
-    """libopus's version string, e.g. "libopus 1.6.1"."""
-    return str(_lib().opus_get_version_string().decode())
+    return library()
 
 
 def _error(what: str, code: int) -> OpusError:
-    return OpusError(f"{what}: {_lib().opus_strerror(code).decode()} ({code})")
+    return error(what, code)
 
 
 class OpusEncoder:
@@ -186,66 +118,12 @@ class OpusEncoder:
         self.close()
 
 
-class OpusDecoder:
-    """Opus packets (any mode, mono or stereo) -> 8 kHz mono PCM16, with loss concealment."""
+class OpusDecoder(_Decoder):
+    """Opus packets (any mode, mono or stereo) -> 8 kHz mono PCM16, with in-band FEC recovery
+    and loss concealment (jego_call/media/libopus.py at 8 kHz)."""
 
     def __init__(self) -> None:
-        lib = _lib()
-        err = ctypes.c_int(0)
-        st = lib.opus_decoder_create(RATE, 1, ctypes.byref(err))
-        if err.value != 0 or not st:
-            raise _error("opus_decoder_create", err.value)
-        self._st: int | None = st
-        self._decode = lib.opus_decode
-        self._pcm = np.zeros(MAX_FRAME, dtype=np.int16)
-        self._pcm_ptr = self._pcm.ctypes.data
-        self.errors = 0  # packets libopus could not decode (counted, concealed)
-        lib_ = _lib()
-        self._has_lbrr = getattr(lib_, "opus_packet_has_lbrr", None)
-
-    def decode(self, payload: bytes) -> Pcm:
-        """One packet -> its samples at 8 kHz (160 for 20 ms). A corrupt packet is counted and
-        concealed instead (the caller never sees an error)."""
-        n = self._decode(self._st, payload, len(payload), self._pcm_ptr, MAX_FRAME, 0)
-        if n < 0:
-            self.errors += 1
-            return self.conceal(FRAME)
-        return self._pcm[:n].copy()
-
-    def recover(self, payload: bytes, samples: int) -> Pcm | None:
-        """The ``samples`` just before ``payload`` (a lost frame) from the in-band FEC (LBRR,
-        RFC 6716 §2.1.7) that ``payload`` carries; None when it carries none (then conceal).
-        Call it instead of :meth:`conceal` for the stretch right before the packet, then decode
-        the packet itself as usual."""
-        if not payload or samples <= 0 or samples % 20 or samples > MAX_FRAME:
-            return None
-        has = self._has_lbrr
-        if has is None or has(payload, len(payload)) != 1:
-            return None
-        n = self._decode(self._st, payload, len(payload), self._pcm_ptr, samples, 1)
-        if n != samples:
-            return None
-        return self._pcm[:n].copy()
-
-    def conceal(self, samples: int) -> Pcm:
-        """``samples`` of packet-loss concealment (libopus extrapolates from what it decoded).
-        Asked in 2.5 ms steps (20 samples) as libopus wants; at most 120 ms at a time."""
-        want = min(MAX_FRAME, max(0, samples))
-        if want <= 0:
-            return np.zeros(0, dtype=np.int16)
-        ask = -(-want // 20) * 20
-        n = self._decode(self._st, None, 0, self._pcm_ptr, ask, 0)
-        if n < 0:
-            return np.zeros(want, dtype=np.int16)
-        return self._pcm[:want].copy()
-
-    def close(self) -> None:
-        if self._st:
-            _lib().opus_decoder_destroy(self._st)
-            self._st = None
-
-    def __del__(self) -> None:
-        self.close()
+        super().__init__(RATE)
 
 
 class OpusCodec:

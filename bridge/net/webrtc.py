@@ -35,9 +35,10 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from aioice.ice import StunProtocol
+from aioice.turn import TurnTransport
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 Addr = tuple[str, int]
 StateHandler = Callable[[str], None]
 
-__all__ = ["WebRtcError", "WebRtcLeg", "ice_servers", "narrowband_opus"]
+__all__ = ["WebRtcError", "WebRtcLeg", "add_red", "ice_servers", "narrowband_opus", "red_payload_type"]
 
 CODEC_NAMES = {"opus": "opus", "pcmu": "PCMU", "pcma": "PCMA"}
 
@@ -109,6 +110,52 @@ def remote_wants_fec(sdp: str, payload_type: int) -> bool:
     return bool(m and re.search(r"(?:^|;)\s*useinbandfec=1\b", m.group(1)))
 
 
+def _opus_pt(sdp: str) -> int | None:
+    m = re.search(r"(?mi)^a=rtpmap:(\d+) opus/48000", sdp)
+    return int(m.group(1)) if m else None
+
+
+def red_payload_type(sdp: str, opus_pt: int | None = None) -> int | None:
+    """RFC 2198 redundancy for Opus in ``sdp``: the payload type of ``red/48000/2`` whose fmtp
+    names only the Opus payload type (Chromium: ``a=fmtp:63 111/111``), else None."""
+    opus = opus_pt if opus_pt is not None else _opus_pt(sdp)
+    if opus is None:
+        return None
+    for m in re.finditer(r"(?mi)^a=rtpmap:(\d+) red/48000/2\s*$", sdp):
+        pt = m.group(1)
+        f = re.search(rf"(?m)^a=fmtp:{pt} ([\d/]+)\s*$", sdp)
+        if f and {int(x) for x in f.group(1).split("/") if x} == {opus}:
+            return int(pt)
+    return None
+
+
+def red_is_first(sdp: str, red_pt: int) -> bool:
+    """The far end lists RED first on its m=audio line: it is what it wants us to send."""
+    m = re.search(r"(?m)^m=audio \S+ \S+ (\d+)", sdp)
+    return bool(m and int(m.group(1)) == red_pt)
+
+
+def add_red(sdp: str, red_pt: int, opus_pt: int, *, first: bool) -> str:
+    """Our SDP with ``red/48000/2`` (fmtp ``opus/opus``, RFC 2198 §5) on the audio m-line: first
+    (an answer: the far end sends RED) or right after Opus (an offer: the answerer chooses)."""
+    lines = sdp.split("\r\n")
+    for i, ln in enumerate(lines):
+        if ln.startswith("m=audio "):
+            head, fmts = ln.split(" ")[:3], [f for f in ln.split(" ")[3:] if f != str(red_pt)]
+            at = 0 if first else (fmts.index(str(opus_pt)) + 1 if str(opus_pt) in fmts else len(fmts))
+            fmts.insert(at, str(red_pt))
+            lines[i] = " ".join(head + fmts)
+            break
+    else:
+        return sdp
+    after = max((i for i, ln in enumerate(lines) if ln.startswith((f"a=rtpmap:{opus_pt} ", f"a=fmtp:{opus_pt} "))),
+                default=None)
+    if after is None:
+        return sdp
+    lines[after + 1:after + 1] = [f"a=rtpmap:{red_pt} red/48000/2", f"a=fmtp:{red_pt} {opus_pt}/{opus_pt}"]
+    return "\r\n".join(lines)
+
+
 def fec_loss_percent(fraction_lost: float) -> int:
     """The loss our encoder plans FEC for, from the far end's RR (0: FEC off; capped at 25 %)."""
     return 0 if fraction_lost <= 0 else max(1, min(25, round(fraction_lost * 100)))
@@ -117,6 +164,17 @@ def fec_loss_percent(fraction_lost: float) -> int:
 async def _idle(*_args: Any, **_kwargs: Any) -> None:
     """Stands in for aiortc's RTCRtpSender.send / RTCRtpReceiver.receive: nothing of theirs runs."""
     return None
+
+
+def _is_socket_transport(transport: object) -> TypeGuard[asyncio.DatagramTransport]:
+    """A datagram transport on a socket of ours, whose protocol can be swapped: asyncio's, or
+    uvloop's UDPTransport (which is not an asyncio.DatagramTransport subclass: checking that
+    alone left every packet of a uvloop worker on aioice's path, a STUN parse that fails first).
+    Not aioice's TurnTransport (a relayed candidate: its datagrams come through aioice)."""
+    if isinstance(transport, TurnTransport):
+        return False
+    return isinstance(transport, asyncio.DatagramTransport) or (
+        callable(getattr(transport, "set_protocol", None)) and callable(getattr(transport, "sendto", None)))
 
 
 class _Tap(asyncio.DatagramProtocol):
@@ -170,6 +228,10 @@ class WebRtcLeg:
     - ``ice_transport_policy``: "all", or "relay" (TURN relay candidates only; auth_ok says which).
     - ``fec``: ask the far end for Opus in-band FEC (``useinbandfec=1``) and send it when the
       far end asks and reports loss (False: neither; lost frames are only concealed).
+    - ``red``: RFC 2198 redundancy for Opus (``red/48000/2``, fmtp ``111/111``). Answering an
+      offer that has it, we list it first (the far end, e.g. Chromium, sends each frame with
+      the ones before it) and fill lost frames from the copies; offering, we add it after Opus
+      and, when the answer lists it first, send it ``red_distance`` frames deep.
     - ``codec_factory``: makes the codec for the negotiated encoding name ("opus", "PCMU",
       "PCMA") instead of ours (scripts/bench_bridge.py's caller: pre-encoded speech).
     """
@@ -181,7 +243,8 @@ class WebRtcLeg:
                  jitter_adaptive: bool = True, jitter_capacity: int = 16,
                  on_time_tolerance: float = 0.010, max_burst: int = 3,
                  codec_factory: Callable[[str], AudioCodec] | None = None,
-                 impair: ImpairmentSpec | None = None, fec: bool = True, ice_transport_policy: str = "all") -> None:
+                 impair: ImpairmentSpec | None = None, fec: bool = True, ice_transport_policy: str = "all",
+                 red: bool = True, red_distance: int = 2) -> None:
         wanted = [CODEC_NAMES.get(c.lower()) for c in codecs]
         if not wanted or None in wanted:
             raise ValueError(f"codecs must be among opus, PCMU, PCMA: {list(codecs)}")
@@ -200,6 +263,11 @@ class WebRtcLeg:
         self.max_burst = max_burst
         self.codec_factory = codec_factory
         self.fec = fec
+        self.red = red
+        self.red_distance = red_distance
+        self.red_pt: int | None = None  # negotiated RED payload type (None: plain Opus only)
+        self.red_send = False  # the far end wants RED from us (listed first in its answer)
+        self._red_offered: int | None = None
         self.impair = impair if impair is not None and impair.active else None
         self._impaired: ImpairedReceiver | None = None
         self._engine = engine
@@ -255,7 +323,15 @@ class WebRtcLeg:
         """Gather candidates and return our offer SDP; then `set_answer`."""
         self._transceiver()
         offer = await self.pc.createOffer()
-        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(offer.sdp, self.opus_bitrate, self.fec), type="offer"))
+        sdp = narrowband_opus(offer.sdp, self.opus_bitrate, self.fec)
+        opus = _opus_pt(sdp)
+        if self.red and opus is not None:
+            used = {int(x) for x in re.findall(r"(?m)^a=rtpmap:(\d+) ", sdp)}
+            free = next((pt for pt in (63, *range(96, 128)) if pt not in used), None)
+            if free is not None:
+                sdp = add_red(sdp, free, opus, first=False)
+                self._red_offered = free
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._install_taps()
         return str(self.pc.localDescription.sdp)
 
@@ -268,7 +344,14 @@ class WebRtcLeg:
             raise WebRtcError(f"bad offer SDP: {exc}") from exc
         self._silence_aiortc()
         answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(RTCSessionDescription(sdp=narrowband_opus(answer.sdp, self.opus_bitrate, self.fec), type="answer"))
+        out = narrowband_opus(answer.sdp, self.opus_bitrate, self.fec)
+        opus = _opus_pt(out)
+        red = red_payload_type(sdp, opus) if self.red and opus is not None else None
+        if red is not None and opus is not None and re.search(rf"(?m)^m=audio \S+ \S+ {opus}\b", out):
+            out = add_red(out, red, opus, first=True)  # Opus is what we send; RED, what we ask for
+            self.red_pt = red
+            log.debug("%s: the far end sends RED (pt %d) for Opus (pt %d)", self.name or "webrtc leg", red, opus)
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=out, type="answer"))
         self._install_taps()
         return str(self.pc.localDescription.sdp)
 
@@ -279,6 +362,11 @@ class WebRtcLeg:
         except Exception as exc:
             raise WebRtcError(f"bad answer SDP: {exc}") from exc
         self._silence_aiortc()
+        if self._red_offered is not None:
+            red = red_payload_type(sdp)
+            if red is not None:
+                self.red_pt = red
+                self.red_send = red_is_first(sdp, red)
 
     async def add_ice_candidate(self, candidate: dict[str, Any] | None) -> None:
         """A trickled remote candidate (`ice.candidate` object); None or "" ends them."""
@@ -320,7 +408,7 @@ class WebRtcLeg:
         for proto in list(conn._protocols):
             transport = getattr(proto, "transport", None)
             # A relayed candidate's StunProtocol sits on aioice's TurnTransport, not on a socket.
-            if type(proto) is not StunProtocol or not isinstance(transport, asyncio.DatagramTransport) \
+            if type(proto) is not StunProtocol or not _is_socket_transport(transport) \
                     or any(p is proto for _, p in self._taps):
                 continue
             transport.set_protocol(_Tap(self, proto))
@@ -372,8 +460,10 @@ class WebRtcLeg:
         pt = int(negotiated.payloadType or 0)
         remote = self.pc.remoteDescription
         self.remote_fec = isinstance(codec, OpusCodec) and remote is not None and remote_wants_fec(str(remote.sdp), pt)
+        red_pt = self.red_pt if name.lower() == "opus" else None  # RED carries Opus only (fmtp opus/opus)
         fmt = MediaFormat(codec=codec.name, payload_type=pt, telephone_event_pt=None,
-                          remote=self._remote, rtcp_mux=True)
+                          remote=self._remote, rtcp_mux=True, red_pt=red_pt,
+                          red_distance=self.red_distance if self.red_send and red_pt is not None else 0)
         cname = getattr(self.pc, "_RTCPeerConnection__cname", None)
         self.session = RtpSession(
             fmt, self.port, codec=codec, ssrc=t.sender._ssrc, sequence_number=self.sequence_number,
@@ -488,6 +578,8 @@ class WebRtcLeg:
                        rtcp_received=s.n["rtcp_received"], concealed_ms=s.playout.concealed_samples // 8,
                        tx_underruns=s.n["tx_underruns"], malformed=s.n["malformed"], unknown_pt=s.n["unknown_pt"],
                        late_frames=max(0, ticks - s.n["on_time"]), fec_recovered=s.playout.recovered_frames, concealed_frames=s.playout.concealed_frames,
+                       red_recovered=s.playout.red_recovered_frames, red_received=s.n["rx_red"],
+                       red_sent=bool(s.fmt.red_distance), stretched=jb.stretched,
                        fec_sent_for_loss=self.fec_loss_percent, latency_dropped=jb.latency_dropped,
                        late_dropped=jb.late + jb.overflow_dropped, playout_target_ms=s.playout.jitter.target * 20)
             if s.rtt is not None:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 from .codec import AudioCodec, G711Codec
 from .dtmf import DtmfEvent, DtmfPacket, DtmfReceiver, digit_to_event, dtmf_packets
 from .packet import PacketKind, RtpPacket, RtpParseError, classify, ts_delta
+from .red import RedBlock, RedEncoder, RedError, parse_red
 from .rtcp import (
     Bye,
     ReceiverReport,
@@ -143,6 +144,8 @@ class Playout:
         self._resync = True  # the next packet starts playout afresh (no gap fill)
         self.concealed_samples = 0
         self.recovered_frames = 0  # lost frames rebuilt from the next packet's FEC
+        self.red_recovered_frames = 0  # lost frames played from a later packet's RED copy (RFC 2198)
+        self._back = 0  # stretched slots whose clock rewind waits for the slot's end
         self.concealed_frames = 0  # lost frames (or parts) filled by PLC / silence
 
     def set_codec(self, codec: AudioCodec) -> None:
@@ -175,6 +178,25 @@ class Playout:
             self.concealed_samples += samples
             self.concealed_frames += -(-samples // FRAME)
 
+    def _pop(self, now: float) -> RtpPacket | None:
+        """The jitter buffer's next packet; its clock changes (stretch) applied first."""
+        jb = self.jitter
+        item = jb.pop_packet(now)
+        if jb.adaptive:
+            self._back += jb.take_stretched()
+            if item is not None:
+                self._rewind()  # before this packet is placed; else after the concealed slot
+            if jb.last_redundant:
+                self.red_recovered_frames += 1
+        return item
+
+    def _rewind(self) -> None:
+        """The buffer stretched (concealed a slot that no lost packet stood for): the clock goes
+        back by that much, so the packets after it play whole."""
+        if self._back and self._end_ts is not None:
+            self._end_ts = (self._end_ts - self._back * FRAME * self.ratio) & 0xFFFFFFFF
+        self._back = 0
+
     def frame(self, now: float) -> tuple[Pcm, bool]:
         """The next 160 samples: pull packets until the FIFO holds a frame; a short FIFO is
         padded (concealment inside a playing stream, else silence)."""
@@ -184,7 +206,7 @@ class Playout:
             self._skip(jb.take_skipped())
         if not len(self._pcm) and jb.depth:
             # Fast path: an empty FIFO and a next packet of exactly one slot, in sequence.
-            item = jb.pop_packet(now)
+            item = self._pop(now)
             if item is not None:
                 if not self._resync and item.ssrc == self._ssrc and item.timestamp == self._end_ts:
                     pcm = self.decode(item.payload)
@@ -198,7 +220,7 @@ class Playout:
                 gap = True  # the buffer was not empty: a lost packet, an event slot or prefetching
         while len(self._pcm) < FRAME and not gap:
             empty = jb.depth == 0
-            item = jb.pop_packet(now)
+            item = self._pop(now)
             if item is None:
                 if empty and not jb.playing:
                     self._resync = True  # underrun: restart at the next packet, as the buffer does
@@ -224,6 +246,8 @@ class Playout:
         self._pcm = self._pcm[:0]
         if gap and self._end_ts is not None:
             self._end_ts = (self._end_ts + (FRAME - have) * self.ratio) & 0xFFFFFFFF
+        if self._back:
+            self._rewind()
         return out, live
 
     def _skip(self, frames: int) -> None:
@@ -277,6 +301,8 @@ class MediaFormat:
     recv: bool = True
     remote_rtcp: Addr | None = None
     rtcp_mux: bool = False
+    red_pt: int | None = None  # RFC 2198 redundancy accepted on this payload type (None: not negotiated)
+    red_distance: int = 0  # send: each packet also carries the previous N frames (0: send plain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +377,7 @@ COUNTERS = (
     "received", "rx_audio", "rx_events", "malformed", "other", "rtcp_on_rtp_port", "unknown_pt",
     "wrong_source", "bad_payload", "ticks", "send_ticks", "on_time", "skipped", "tx_underruns",
     "tx_dtmf_packets", "dtmf_sent", "rtcp_sent", "rtcp_received", "rtcp_malformed", "remote_byes",
+    "rx_red", "red_malformed", "red_copies",
 )  # fmt: skip
 
 
@@ -430,7 +457,17 @@ class RtpSession:
         self._avg_rtcp = 100.0
         self._sent_at_reports = (0, 0)  # packets_sent at the last two reports (§6.4: SR or RR)
         self._lsr: OrderedDict[int, tuple[int, float]] = OrderedDict()  # SSRC -> (LSR, arrival)
+        self._red: RedEncoder | None = None
+        self._set_red()
         self._set_remote_rtcp()
+
+    def _set_red(self) -> None:
+        fmt = self.fmt
+        want = fmt.red_distance if fmt.red_pt is not None else 0
+        if not want:
+            self._red = None
+        elif self._red is None or self._red.distance != want:
+            self._red = RedEncoder(fmt.payload_type, want)
 
     # -- configuration -----------------------------------------------------------------------
     def configure(self, fmt: MediaFormat) -> None:
@@ -445,6 +482,7 @@ class RtpSession:
             self._encode = self.codec.encode
             self.playout.set_codec(self.codec)
         self.sender.payload_type = fmt.payload_type
+        self._set_red()
         if fmt.remote is not None and fmt.remote != old.remote:
             self.remote = fmt.remote
             self.latched = False
@@ -543,8 +581,15 @@ class RtpSession:
                 return
         if not transmit or dest is None:
             self.sender.skip(self._step)
+            if self._red is not None:
+                self._red.reset()
             return
-        pkt = self.sender.packet(self._encode(tx), self._step)
+        red = self._red
+        if red is not None and self.fmt.red_pt is not None:
+            payload = red.wrap(self._encode(tx), self.sender.timestamp)
+            pkt = self.sender.packet(payload, self._step, payload_type=self.fmt.red_pt)
+        else:
+            pkt = self.sender.packet(self._encode(tx), self._step)
         self.out.append((pkt.serialize(), dest, False))
 
     # -- DTMF send -----------------------------------------------------------------------------
@@ -623,6 +668,20 @@ class RtpSession:
             return
         fmt = self.fmt
         pt = pkt.payload_type
+        red = fmt.red_pt is not None and pt == fmt.red_pt
+        if red:
+            try:
+                blocks = parse_red(pkt.payload)
+            except RedError:
+                self.n["red_malformed"] += 1
+                return
+            if blocks[-1].payload_type != fmt.payload_type:
+                self.n["unknown_pt"] += 1
+                return
+            red_pkt = pkt
+            pkt = RtpPacket(fmt.payload_type, pkt.sequence_number, pkt.timestamp, pkt.ssrc, blocks[-1].data,
+                            pkt.marker)
+            pt = fmt.payload_type
         is_audio = pt == fmt.payload_type
         is_event = fmt.telephone_event_pt is not None and pt == fmt.telephone_event_pt
         if not (is_audio or is_event):
@@ -646,10 +705,27 @@ class RtpSession:
         self.n["received"] += 1
         self.n["rx_audio" if is_audio else "rx_events"] += 1
         self.playout.jitter.push(pkt, now, audio=is_audio)
+        if red:
+            self.n["rx_red"] += 1
+            self._red_copies(red_pkt, blocks)
         if is_event:
             ev = self.dtmf.receive(pkt.payload, pkt.timestamp, ssrc=pkt.ssrc, marker=pkt.marker)
             if ev is not None:
                 self.events.append(DtmfReceived(ev))
+
+    def _red_copies(self, pkt: RtpPacket, blocks: list[RedBlock]) -> None:
+        """RFC 2198's redundant blocks: the frame ``k`` packets back (offset ``k`` x 20 ms) fills
+        that slot when the packet itself was lost."""
+        step = self._step
+        jb = self.playout.jitter
+        for blk in blocks[:-1]:
+            k, rest = divmod(blk.ts_offset, step)
+            if rest or not 0 < k <= 8 or blk.payload_type != self.fmt.payload_type or not blk.data:
+                continue
+            copy = RtpPacket(blk.payload_type, (pkt.sequence_number - k) & 0xFFFF,
+                             (pkt.timestamp - blk.ts_offset) & 0xFFFFFFFF, pkt.ssrc, blk.data)
+            if jb.push_redundant(copy, k):
+                self.n["red_copies"] += 1
 
     def _set_remote_rtcp_latched(self, addr: Addr) -> None:
         if self._rtcp_latched:

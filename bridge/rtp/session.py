@@ -180,6 +180,8 @@ class JitterStats:
     ssrc_changes: int
     depth: int
     latency_dropped: int = 0  # frames dropped to bring an adaptive buffer's delay back down
+    redundant_used: int = 0  # lost packets played from a RED copy (RFC 2198) instead
+    stretched: int = 0  # slots concealed to raise the delay (loss cover) or while a packet was late
 
 
 class JitterBuffer:
@@ -202,10 +204,16 @@ class JitterBuffer:
     """
 
     DRAIN_EVERY = 3
-    # adaptive: slots an empty buffer may keep playing as lost (concealed) before re-buffering. 0:
-    # off. 5 helped seeded loss bursts (scripts/bench_loss.py) but turned a late sender's packets
-    # (aiortc's, under load) into losses: through the bridge PESQ fell, so it stays off.
-    MAX_DRY = 0
+    # adaptive: slots an empty buffer keeps playing (concealed) before it gives up and re-buffers.
+    # Its place is held, not advanced: a late packet still plays when it comes (the concealment
+    # was a stretch: `take_stretched`), a packet after a loss burst plays on time (the concealment
+    # stood for the lost frames). NetEq's "expand" does the same.
+    MAX_DRY = 5
+    # adaptive: the playout delay also covers the longest recent loss run (at most this many
+    # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
+    LOSS_COVER = 3
+    LOSS_MEMORY = 500  # slots (10 s) a seen loss run keeps the delay up
+    SHORT_FOR = 10  # slots the delay must stay below the loss cover before it is raised
 
     def __init__(
         self,
@@ -228,6 +236,13 @@ class JitterBuffer:
         self._over = 0  # consecutive slots above target
         self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
         self._dry = 0  # consecutive slots played from an empty buffer (adaptive)
+        self._stretched = 0  # dry slots that turned out to be a late packet, not a loss
+        self._redundant: set[int] = set()  # slots filled from a RED copy, not the packet itself
+        self.last_redundant = False  # the packet `pop_packet` gave last came from a RED copy
+        self._run = 0  # the longest loss run seen lately (adaptive target), and its age in slots
+        self._run_age = 0
+        self._hold = 0  # slots still to hold back (raising the delay for loss runs)
+        self._short = 0  # consecutive slots below the loss cover
         self.source: RtpSource | None = None
         self._slots: dict[int, RtpPacket | None] = {}
         self._next: int | None = None  # next extended seq to play, or floor while re-buffering
@@ -237,7 +252,7 @@ class JitterBuffer:
         self._n = {
             "accepted": 0, "duplicates": 0, "late": 0, "invalid": 0, "overflow_dropped": 0,
             "played": 0, "non_audio": 0, "concealed": 0, "underruns": 0, "resets": 0, "ssrc_changes": 0,
-            "latency_dropped": 0,
+            "latency_dropped": 0, "redundant_used": 0, "stretched": 0,
         }  # fmt: skip
 
     # -- receive ---------------------------------------------------------------------------
@@ -267,8 +282,35 @@ class JitterBuffer:
                     self._store(source.extended(old.sequence_number), old, old_audio)
         return self._store(ext, packet, audio)
 
+    def push_redundant(self, packet: RtpPacket, distance: int) -> bool:
+        """A RED copy (RFC 2198) of the frame ``distance`` packets before one just pushed (same
+        SSRC): it fills that slot if the packet itself is missing and not yet played. It does not
+        count as received (RFC 3550 A.3 loss stays what the network did). True when it was used."""
+        src = self.source
+        if src is None or src.probation or packet.ssrc != src.ssrc or distance <= 0:
+            return False
+        ext = src.extended(packet.sequence_number)
+        if ext in self._slots or (self._next is not None and ext < self._next):
+            return False
+        if self._slots and ext < max(self._slots) - self.capacity + 1:
+            return False
+        self._slots[ext] = packet
+        self._redundant.add(ext)
+        return True
+
+    def _note_loss_run(self, ext: int) -> None:
+        """Loss runs seen on arrival (adaptive target): the gap before ``ext``."""
+        if self._ref is None:
+            return
+        gap = ext - self._ref[0] - 1
+        if 0 < gap < self.capacity and gap >= self._run:
+            self._run = min(gap, self.LOSS_COVER)
+            self._run_age = 0
+
     def _store(self, ext: int, packet: RtpPacket, audio: bool) -> PushResult:
         if audio:
+            if self.adaptive:
+                self._note_loss_run(ext)
             if self._ref is not None:
                 ref_ext, ref_ts = self._ref
                 drift = ts_delta(packet.timestamp, ref_ts) - (ext - ref_ext) * self.frame_samples
@@ -279,6 +321,11 @@ class JitterBuffer:
             self._n["late"] += 1
             return PushResult.LATE
         if ext in self._slots:
+            if ext in self._redundant and audio:
+                self._redundant.discard(ext)  # the packet itself beat its RED copy's slot
+                self._slots[ext] = packet
+                self._n["accepted"] += 1
+                return PushResult.ACCEPTED
             self._n["duplicates"] += 1
             return PushResult.DUPLICATE
         if self._next is not None and ext >= self._next + self.capacity:
@@ -313,11 +360,21 @@ class JitterBuffer:
             first = min(self._slots)
             self._next = first if self._next is None else max(first, self._next)
             self._playing = True
+        self.last_redundant = False
+        if self.adaptive:
+            self._run_age += 1
+            if self._run_age > self.LOSS_MEMORY:
+                self._run = 0
+        if self._hold and self._slots:
+            # raising the delay (loss cover): this slot is concealed and playout's place kept
+            self._hold -= 1
+            self._stretched += 1
+            self._n["stretched"] += 1
+            return None
         if not self._slots and self.adaptive and self._dry < self.MAX_DRY and self._next is not None:
-            # a loss burst longer than the buffer: its slots pass as lost (concealed), playout
-            # keeps its place instead of re-buffering (which would add silence and delay)
+            # an empty buffer: a loss burst, or a late packet. Its slot passes concealed and the
+            # place is held (see MAX_DRY); re-buffering would add silence and delay.
             self._dry += 1
-            self._next += 1
             self._n["concealed"] += 1
             return None
         if not self._slots:
@@ -327,10 +384,25 @@ class JitterBuffer:
             self._n["concealed"] += 1
             return None
         assert self._next is not None
-        self._dry = 0
+        if self._dry:
+            # back from dry slots: those that stood for lost packets are done; the rest were a
+            # stretch (the packet was late) and playout's clock goes back by that much
+            covered = min(self._dry, max(0, min(self._slots) - self._next))
+            for ext in range(self._next, self._next + covered):
+                self._slots.pop(ext, None)
+            self._next += covered
+            self._stretched += self._dry - covered
+            self._n["stretched"] += self._dry - covered
+            self._dry = 0
         present = self._next in self._slots
         packet = self._slots.pop(self._next, None)
+        if packet is not None and self._next in self._redundant:
+            self._redundant.discard(self._next)
+            self.last_redundant = True
+            self._n["redundant_used"] += 1
         self._next += 1
+        if self._redundant:
+            self._redundant = {e for e in self._redundant if e >= self._next}
         if packet is not None:
             self._n["played"] += 1
         elif present:
@@ -353,9 +425,21 @@ class JitterBuffer:
         src = self.source
         frame_s = self.frame_samples / self.clock_rate
         jitter = src.jitter_seconds if src is not None else 0.0
-        self.target = max(self.prefetch, min(self.capacity - 2, math.ceil(3 * jitter / frame_s) + 1))
+        by_jitter = math.ceil(3 * jitter / frame_s) + 1
+        by_loss = self._run + 1 if self._run else 0
+        self.target = max(self.prefetch, min(self.capacity - 2, max(by_jitter, by_loss)))
         assert self._next is not None
         waiting = max(self._slots) - self._next + 1 if self._slots else 0
+        if self._run and waiting < self._run and not self._hold and not self._dry:
+            # loss runs of `_run` frames lately: wait for that many packets ahead, so the one after
+            # a run is here before its first lost frame is due (its FEC / RED copies rebuild them);
+            # only when short for SHORT_FOR slots in a row (a loss at the tail is not a low delay)
+            self._short += 1
+            if self._short >= self.SHORT_FOR:
+                self._hold = self._run - waiting
+                self._short = 0
+        else:
+            self._short = 0
         if waiting > self.target:
             self._over += 1
             if self._over >= self.DRAIN_EVERY:
@@ -366,6 +450,12 @@ class JitterBuffer:
                 self._skipped += 1
         else:
             self._over = 0
+
+    def take_stretched(self) -> int:
+        """Dry slots (concealed while empty) that a late packet, not a loss, stood behind, since
+        the last call: playout moves its timestamp clock back by that much (the delay grew)."""
+        n, self._stretched = self._stretched, 0
+        return n
 
     def take_skipped(self) -> int:
         """Frames dropped to cut the delay (adaptive) since the last call: playout must move its
@@ -384,6 +474,9 @@ class JitterBuffer:
         if self._slots or self._next is not None:
             self._n["resets"] += 1
         self._slots.clear()
+        self._redundant.clear()
+        self._dry = 0
+        self._hold = 0
         self._next = None
         self._playing = False
         self._ref = None

@@ -3,8 +3,8 @@ terminal, on the same database as `jego serve` with the same config (safe while 
 change is one transaction, on SQLite or PostgreSQL).
 
 AMOUNT is written as a person writes it, in the currency of config/rates.toml: `5`, `12.50`,
-`12,50`, `¥12.50`, `12.50 CNY` (jego_call/billing/money.py). A negative AMOUNT (`-- -2.50`, or
-`-2.50` directly) is a correction and may not take more than the available balance.
+`12,50`, `¥12.50`, `12.50 CNY` (jego_call/billing/money.py). A negative AMOUNT (`-2.50`, or
+`--note TEXT -- -2.50`: after `--` every word is positional) is a correction and may not take more than the available balance.
 Exit codes: 0 done, 1 refused (unknown user, deduction too large), 2 usage (bad amount, no note).
 """
 

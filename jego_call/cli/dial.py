@@ -451,6 +451,8 @@ class Leg:
         }
         if st.get("impairment"):
             r.audio["impairment"] = st["impairment"]
+        if st.get("loss"):  # lost frames rebuilt from Opus FEC, concealed, lost (media/receive.py)
+            r.audio["loss"] = st["loss"]
         if self.connected_at is not None and int(st.get("packets_received") or 0) > 0:
             q = estimate([webrtc_receive(st, st.get("codec"))])   # G.107: what we heard
             r.mos, r.r_factor, r.quality = round(q.mos, 2), round(q.r_factor, 1), q.word
@@ -625,7 +627,8 @@ def _endpoint(args: argparse.Namespace, source: PacedAudioTrack, record: str | N
     ep = MediaEndpoint(source=source, video_source=TestPatternVideo() if args.video else None,
                        sinks=sinks, video_sinks=[counter] if counter else [], ice_servers=ice_servers,
                        codecs=[args.codec] if args.codec else None, opus_bitrate=args.opus_bitrate,
-                       impair=args.impair_spec, ice_transport_policy=ice_transport_policy)
+                       impair=args.impair_spec, ice_transport_policy=ice_transport_policy,
+                       fec=not getattr(args, "no_fec", False), send_fec_loss=getattr(args, "send_fec", 0))
     return ep, analyser, counter
 
 
@@ -1006,6 +1009,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opus-bitrate", type=int, default=32000, metavar="BPS", help="Opus bitrate (default 32000)")
     p.add_argument("--impair", metavar="SPEC", default="",
                    help="impair received media like a bad network: loss=PCT,burst=N,delay=MS,jitter=MS,seed=N")
+    p.add_argument("--no-fec", action="store_true",
+                   help="ask for no Opus in-band FEC (useinbandfec=0): lost frames are only concealed")
+    p.add_argument("--send-fec", type=int, default=0, metavar="PCT",
+                   help="send Opus in-band FEC planned for PCT %% loss when the far end asks (default 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object per call on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..client import JegoClient
 from .signed_in import (
     EXIT_OK,
+    EXIT_USAGE,
     UsageError,
     add_account_options,
     run_signed_in,
@@ -71,8 +73,22 @@ def _gid(raw: str) -> str:
     return gid
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Usage errors of the arguments alone, found before anything goes to the server."""
+    if args.group_command == "create" and not args.name.strip():
+        raise UsageError("the group needs a name")
+    if args.group_command in ("add", "remove", "leave"):
+        _gid(args.group)
+
+
 def _run(args: argparse.Namespace, fn: Callable[[argparse.Namespace, JegoClient], Awaitable[int]]) -> int:
-    return run_signed_in(f"jego group {args.group_command}", args, fn, ERROR_TEXT)
+    prog = f"jego group {args.group_command}"
+    try:
+        _check(args)
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_signed_in(prog, args, fn, ERROR_TEXT)
 
 
 def _members(group: dict[str, Any]) -> str:

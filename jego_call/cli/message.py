@@ -101,6 +101,7 @@ def _run(args: argparse.Namespace, coro_fn: Any) -> int:
 
 def send(args: argparse.Namespace) -> int:
     try:
+        split_target(args.to)        # a bad TO is a usage error before anything goes to the server
         if args.file is not None and args.text is not None:
             raise UsageError("give either TEXT or --file, not both")
         if args.file is None:
@@ -147,6 +148,7 @@ async def _list(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     if args.before_seq is not None and args.before_seq < 1:
         raise UsageError("--before-seq must be at least 1")
+    split_target(args.with_user)
     user, password = credentials(args)
     async with JegoClient(args.server, timeout=args.timeout) as client:
         await client.login(user, password)

@@ -18,13 +18,21 @@ from aiohttp import web
 from ..aio import run as run_loop
 from ..config import Config, load_config
 from ..log import default_node, setup_logging
-from ..signalling.keys import BOUND_URL
+from ..metrics import Live
+from ..signalling.gc_tuning import GcTuner, GcWatch
+from ..signalling.keys import BOUND_URL, METRICS
 from ..signalling.server import create_app
 
 log = logging.getLogger("jego.serve")
 
-# Optional in-process services: "module:function" taking (app, cfg) and adding cleanup_ctx
-# entries; enabled by the config section of the same name ([carrier], [bridge]).
+# Connections the kernel queues before accept() (capped by net.core.somaxconn). aiohttp's 128 drops
+# SYNs when thousands of clients come back after a restart, and a dropped SYN is retried only
+# after 1, 3, 7 ... s (docs/benchmarks.md "Cluster: idle clients and reconnect storms").
+LISTEN_BACKLOG = 4096
+
+# Optional services: "module:function" taking (app, cfg, config_path=...) and adding cleanup_ctx
+# entries; enabled by the config section of the same name ([carrier] in-process; [bridge] starts
+# `[bridge] workers` `jego bridge` processes under this one, which read the same config file).
 SERVICES: dict[str, str] = {"carrier": "bridge.carrier.service:attach", "bridge": "bridge.gateway.service:attach"}
 
 
@@ -54,26 +62,33 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-def build_app(cfg: Config) -> web.Application:
+def build_app(cfg: Config, config_path: str | None = None) -> web.Application:
     app = create_app(cfg)
     for section, target in SERVICES.items():
         if getattr(getattr(cfg, section), "enabled", False):
             module, func = target.split(":")
-            getattr(importlib.import_module(module), func)(app, cfg)
+            extra = {"config_path": config_path} if section == "bridge" else {}
+            getattr(importlib.import_module(module), func)(app, cfg, **extra)
     return app
 
 
-async def serve(cfg: Config) -> None:
-    app = build_app(cfg)
+async def serve(cfg: Config, config_path: str | None = None) -> None:
+    app = build_app(cfg, config_path)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+    site = web.TCPSite(runner, cfg.http.host, cfg.http.port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"jego serve: cannot listen on {cfg.http.host}:{cfg.http.port}: {exc.strerror}") from None
     host, port = runner.addresses[0][:2]
+    watch = GcWatch()  # collection pauses at /metrics (jego_gc_*)
+    if METRICS in app and app[METRICS].enabled:
+        watch.install()
+        app[METRICS].register(Live(watch.collect))
+    tuner = GcTuner(cfg.signalling)  # start-up is done: freeze what it made (gc_tuning.py)
+    tuner.start()
     app[BOUND_URL].set_result(f"http://{host}:{port}")
     print(f"Jego Call is running: open http://{host}:{port}/", flush=True)
     stop = asyncio.Event()
@@ -82,7 +97,9 @@ async def serve(cfg: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    tuner.stop()
     await runner.cleanup()
+    watch.uninstall()
     print("Jego Call stopped.", flush=True)
 
 
@@ -90,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, fmt=cfg.log.format, node=cfg.log.node or default_node())
     try:
-        run_loop(serve(cfg))  # uvloop when installed
+        run_loop(serve(cfg, args.config))  # uvloop when installed
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)

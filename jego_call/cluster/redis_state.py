@@ -118,6 +118,16 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return false end
 redis.call('HSET', KEYS[1], 'owner', ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+local users = redis.call('HGET', KEYS[1], 'users')
+if users then
+  local mine = ARGV[1] .. '|'
+  for _, u in ipairs(cjson.decode(users)) do
+    local v = redis.call('HGET', KEYS[4], u)
+    if v and string.sub(v, 1, #mine) == mine then
+      redis.call('HSET', KEYS[4], u, ARGV[1] .. '|' .. ARGV[3] .. '|' .. string.sub(v, -1))
+    end
+  end
+end
 return redis.call('HGET', KEYS[1], 'snap')
 """
 
@@ -375,7 +385,8 @@ class RedisState:
 
     async def take_over(self, call_id: str, dead: str, me: str) -> dict[str, Any] | None:
         raw = await self._do(lambda: self._take_over(
-            keys=[self.k("call", call_id), self.k("calls", dead), self.k("calls", me)], args=[call_id, dead, me]))
+            keys=[self.k("call", call_id), self.k("calls", dead), self.k("calls", me), self.k("busy")],
+            args=[call_id, dead, me]))
         return dict(json.loads(raw)) if raw else None
 
     async def node_calls(self, node: str) -> list[str]:

@@ -36,6 +36,7 @@ class OpusSettings:
 
     bitrate: int = 32000
     complexity: int | None = None  # libopus default (10) when None
+    fec_loss: int = 0  # > 0: in-band FEC planned for this loss % when the far end asks (useinbandfec=1)
 
 
 SETTINGS = OpusSettings()
@@ -67,7 +68,8 @@ class MonoOpusEncoder(Encoder):
     """Opus encoder: mono, `SETTINGS.bitrate` (constrained VBR), application=voip, 20 ms at 48 kHz;
     band-limited to `cutoff` Hz (4000: narrowband) when the far end plays out no higher."""
 
-    def __init__(self, bitrate: int | None = None, complexity: int | None = None, cutoff: int | None = None) -> None:
+    def __init__(self, bitrate: int | None = None, complexity: int | None = None, cutoff: int | None = None,
+                 fec_loss: int = 0) -> None:
         self.bitrate = bitrate or SETTINGS.bitrate
         self.codec: Any = CodecContext.create("libopus", "w")
         self.codec.bit_rate = self.bitrate
@@ -81,6 +83,9 @@ class MonoOpusEncoder(Encoder):
             options["compression_level"] = str(complexity)
         if cutoff is not None:
             options["cutoff"] = str(cutoff)
+        if fec_loss > 0:  # RFC 6716 §2.1.7 LBRR, sized by the expected loss (libopusenc's options)
+            options["fec"] = "1"
+            options["packet_loss"] = str(min(100, fec_loss))
         self.codec.options = options
         self.resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE,
                                         frame_size=SAMPLES_PER_FRAME)
@@ -124,7 +129,8 @@ def get_encoder(codec: RTCRtpCodecParameters) -> Encoder:
     """aiortc's encoder factory, with Opus replaced by `MonoOpusEncoder` (band-limited to what the
     far end plays out: `MediaEndpoint` notes its `maxplaybackrate` on the codec)."""
     if codec.mimeType.lower() == "audio/opus":
-        return MonoOpusEncoder(cutoff=cutoff_for(getattr(codec, "remote_max_playback_rate", None)))
+        fec = SETTINGS.fec_loss if getattr(codec, "remote_fec", False) else 0
+        return MonoOpusEncoder(cutoff=cutoff_for(getattr(codec, "remote_max_playback_rate", None)), fec_loss=fec)
     return aiortc_get_encoder(codec)
 
 
@@ -139,15 +145,18 @@ def compute_audio_level_dbov(frame: AudioFrame) -> int:
     return round(min(0.0, max(-127.0, 20 * math.log10(rms))))
 
 
-def install_codecs(opus_bitrate: int | None = None, opus_complexity: int | None = None) -> None:
+def install_codecs(opus_bitrate: int | None = None, opus_complexity: int | None = None,
+                   opus_fec_loss: int | None = None) -> None:
     """Install `get_encoder` and the numpy audio level into aiortc (idempotent).
 
-    `opus_bitrate`/`opus_complexity` update the process-wide settings for encoders created
-    from now on.
+    `opus_bitrate`/`opus_complexity`/`opus_fec_loss` update the process-wide settings for
+    encoders created from now on.
     """
     if opus_bitrate is not None:
         SETTINGS.bitrate = int(opus_bitrate)
     if opus_complexity is not None:
         SETTINGS.complexity = int(opus_complexity)
+    if opus_fec_loss is not None:
+        SETTINGS.fec_loss = max(0, int(opus_fec_loss))
     rtcrtpsender.get_encoder = get_encoder  # type: ignore[attr-defined]
     aiortc_rtp.compute_audio_level_dbov = compute_audio_level_dbov

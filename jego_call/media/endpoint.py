@@ -42,6 +42,7 @@ from aiortc.sdp import candidate_from_sdp
 from .codecs import install_codecs
 from .impair import ImpairmentSpec
 from .netimpair import PeerImpairment, impair_peer_connection
+from .receive import LossBuffer, ReceiveCounters, install_receive_path
 from .sinks import Mp4Recorder, Sink
 from .tracks import PacedAudioTrack, SilenceSource
 
@@ -80,6 +81,22 @@ def disable_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = _original_get_host_addresses
 
 
+def with_fec(sdp: str, fec: bool) -> str:
+    """Our SDP with ``useinbandfec`` (RFC 7587 §6.1) set on every Opus payload type."""
+    lines = sdp.split("\r\n")
+    value = "1" if fec else "0"
+    for pt in re.findall(r"(?m)^a=rtpmap:(\d+) opus/48000", sdp):
+        at = next((i for i, ln in enumerate(lines) if ln.startswith(f"a=fmtp:{pt} ")), None)
+        if at is None:
+            rtpmap = next(i for i, ln in enumerate(lines) if ln.startswith(f"a=rtpmap:{pt} "))
+            lines.insert(rtpmap + 1, f"a=fmtp:{pt} useinbandfec={value}")
+        elif "useinbandfec=" in lines[at]:
+            lines[at] = re.sub(r"useinbandfec=\d", f"useinbandfec={value}", lines[at])
+        else:
+            lines[at] += f";useinbandfec={value}"
+    return "\r\n".join(lines)
+
+
 def ice_servers_from_config(servers: Iterable[dict[str, Any]]) -> list[RTCIceServer]:
     """Turn `[{"urls": [...], "username"?, "credential"?}]` (config or auth_ok) into RTCIceServer."""
     out = []
@@ -105,6 +122,12 @@ class MediaEndpoint:
     - `ice_transport_policy`: "all", or "relay" (TURN relay candidates only; auth_ok says which).
     - `impair`: a seeded network on the receive path (loss, delay, jitter; media/impair.py), for
       reproducing what a user on a bad network hears; `stats()["impairment"]` says what it did.
+    - `fec`: our SDP asks for Opus in-band FEC (`useinbandfec=1`, RFC 7587 §6.1) and the receive
+      path rebuilds a lost frame from the next packet's FEC; False: `useinbandfec=0`, lost frames
+      are only concealed (media/receive.py). `stats()["loss"]`: recovered, concealed, lost frames.
+    - `send_fec_loss`: our Opus encoder adds in-band FEC planned for that loss % when the far end
+      asks for it (process-wide like `opus_bitrate`; 0, the default: none; aiortc's encoder
+      cannot follow the far end's RTCP as a browser does, so it is a fixed plan).
     """
 
     def __init__(self, *, source: MediaStreamTrack | None = None,
@@ -113,8 +136,10 @@ class MediaEndpoint:
                  recorder: Mp4Recorder | None = None,
                  ice_servers: Iterable[dict[str, Any]] = (), codecs: Sequence[str] | None = None,
                  opus_bitrate: int = 32000, name: str = "", impair: ImpairmentSpec | None = None,
-                 ice_transport_policy: str = "all") -> None:
-        install_codecs(opus_bitrate=opus_bitrate)
+                 ice_transport_policy: str = "all", fec: bool = True, send_fec_loss: int = 0) -> None:
+        install_codecs(opus_bitrate=opus_bitrate, opus_fec_loss=send_fec_loss)
+        self.fec = fec
+        self.loss = ReceiveCounters(fec=fec)
         self.impair = impair
         self.impairment: PeerImpairment | None = None
         self.name = name
@@ -162,9 +187,18 @@ class MediaEndpoint:
     async def create_offer(self, audio: bool = True, video: bool = False) -> str:
         """Gather candidates and return the offer SDP (send it as `invite.sdp`); then `set_answer`."""
         self._add_local_tracks(audio, video)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._install_receive_path()
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=with_fec(offer.sdp, self.fec), type="offer"))
         self._install_impairment()
         return str(self.pc.localDescription.sdp)
+
+    def _install_receive_path(self) -> None:
+        """Our jitter buffer and Opus decoder (FEC, PLC) on every audio receiver (media/receive.py)."""
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio" and not isinstance(getattr(t.receiver, "_RTCRtpReceiver__jitter_buffer", None),
+                                                    LossBuffer):
+                install_receive_path(t.receiver, self.loss)
 
     def _install_impairment(self) -> None:
         if self.impair is not None and self.impair.active:
@@ -184,10 +218,13 @@ class MediaEndpoint:
         rates: dict[int, int] = {}
         for m in re.finditer(r"a=fmtp:(\d+) [^\r\n]*maxplaybackrate=(\d+)", sdp):
             rates[int(m.group(1))] = int(m.group(2))
+        fec = {int(m.group(1)) for m in re.finditer(r"a=fmtp:(\d+) [^\r\n]*useinbandfec=1", sdp)}
         for t in self.pc.getTransceivers():
             for codec in getattr(t, "_codecs", None) or []:
                 if codec.mimeType.lower() == "audio/opus" and codec.payloadType in rates:
                     setattr(codec, "remote_max_playback_rate", rates[codec.payloadType])  # noqa: B010 (aiortc's codec has no such field)
+                if codec.mimeType.lower() == "audio/opus":
+                    setattr(codec, "remote_fec", codec.payloadType in fec)  # noqa: B010 (codecs.get_encoder reads it)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply a remote offer and return our answer SDP (send it as `accept.sdp`)."""
@@ -201,7 +238,9 @@ class MediaEndpoint:
         self._note_max_playback(sdp)
         if self.video_source is not None and any(t.kind == "video" for t in self.pc.getTransceivers()):
             self.pc.addTrack(self.video_source)
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._install_receive_path()
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(RTCSessionDescription(sdp=with_fec(answer.sdp, self.fec), type="answer"))
         self._install_impairment()
         return str(self.pc.localDescription.sdp)
 
@@ -327,6 +366,8 @@ class MediaEndpoint:
             audio["frames_on_time"] = round(self.source.pacing.on_time_ratio, 4)
         if self.impairment is not None:
             audio["impairment"] = {"spec": str(self.impair), **self.impairment.counters}
+        if audio:
+            audio["loss"] = {"fec": self.fec, **self.loss.as_dict()}
         return audio
 
     # --- teardown ----------------------------------------------------------------------

@@ -43,13 +43,17 @@ class ImpairedReceiver:
         self._flush()
 
     def _flush(self) -> None:
-        self._timer = None
+        # One timer at a time, at the earliest deadline: a datagram arriving while one is set
+        # replaces it (else every datagram held in a steady stream would start its own chain).
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.closed:
             return
         for data, component in self.model.pop_due(self._loop.time()):
             self._deliver(data, component)
         due = self.model.next_deadline()
-        if due is not None and self._timer is None:
+        if due is not None:
             self._timer = self._loop.call_at(due, self._flush)
 
     def close(self) -> None:

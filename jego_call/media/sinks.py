@@ -203,6 +203,7 @@ class Mp4Recorder:
         self._recorder = MediaRecorder(str(self.path))
         self._tracks: dict[str, _QueueTrack] = {}
         self._started = False
+        self._video_seen = False
 
     def track_for(self, kind: str) -> None:
         """Declare a track of `kind` ("audio"/"video") before `start()`."""
@@ -219,6 +220,12 @@ class Mp4Recorder:
     def handle(self, frame: Any) -> None:
         kind = "video" if isinstance(frame, VideoFrame) else "audio"
         t = self._tracks.get(kind)
+        if kind == "video":
+            self._video_seen = True
+        elif "video" in self._tracks and not self._video_seen:
+            # the container is started by its first packet: before the first video frame (which
+            # sizes the video stream) that would leave the video out; audio waits for it
+            return
         if t is not None and self._started and not t.queue.full():
             t.queue.put_nowait(frame)
 

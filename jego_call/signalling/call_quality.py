@@ -171,8 +171,10 @@ class CallQuality:
             self.recent.popitem(last=False)
         q = tracked.quality()
         duration = round(self.wall() - call.answered_at, 3) if call.answered_at is not None else None
-        self.metrics.call_ended(call, duration, q.mos if q is not None and not call.phone else None)
-        tracked.observed = q is not None and not call.phone
+        # A phone call's MOS is the bridge's (observed when its call_report comes, or came already)
+        self.metrics.call_ended(call, duration, q.mos if q is not None and not call.phone and not tracked.observed
+                                else None)
+        tracked.observed = tracked.observed or (q is not None and not call.phone)
         by = call.ended_by
         hung_up_by = "server" if by is None else "caller" if by == call.caller else "callee" if by == call.callee \
             else "party"
@@ -206,8 +208,8 @@ class CallQuality:
         q = tracked.quality()
         if q is None:
             return
-        if not tracked.observed and tracked.ended_at is not None:
-            tracked.observed = True
+        if not tracked.observed and tracked.ended_at is not None and (not tracked.call.phone or tracked.gateway):
+            tracked.observed = True   # an app call's final report after the end (a phone call waits for the bridge)
             self.metrics.observe_mos(tracked.call.kind, q.mos)
         if self.call_log is not None:  # after the call's record, on the hub's writer (a failure is logged there)
             self.hub.queue_write(functools.partial(self.call_log.set_quality, tracked.call.id, q.mos, q.r_factor),

@@ -7,10 +7,10 @@
   thing is usable, else the reason; at most CHECK_TIMEOUT_S each): 200 `{"status": "ready",
   "checks": {"database": "ok", ...}}`, or 503 `{"status": "not_ready", "failing": ["trunk"],
   "checks": {"database": "ok", "trunk": "not registered with the carrier"}}`. The database check
-  is built in; the in-process bridge adds its trunk registration (bridge/gateway/service.py), the
+  is built in; the bridge adds its workers' readiness (bridge/gateway/service.py), the
   cluster its Redis (`app[READY_CHECKS].append(("redis", check))`).
 - `GET /metrics`: Prometheus text format of `app[METRICS]` (jego_call/metrics.py), after its
-  refreshers ran (the in-process bridge reads its calls' live RTP counters). 404 when `[metrics]
+  refreshers ran (the bridge fetches its worker processes' series). 404 when `[metrics]
   enabled = false`.
 """
 

@@ -229,9 +229,10 @@ def _hangup(d: dict[str, Any]) -> Hangup:
 
 # call_report counters: RTP packets, and (phone side) what the far end's RTCP reported: round
 # trip and interarrival jitter in ms, cumulative packets of ours it lost (RFC 3550 §6.4.1);
-# (app side) lost 20 ms frames rebuilt from Opus in-band FEC and those concealed (PLC).
+# (app side) lost 20 ms frames rebuilt from Opus in-band FEC, from RFC 2198 RED copies, and those
+# concealed (PLC).
 COUNTERS = ("packets_sent", "packets_received", "packets_lost", "rtt_ms", "jitter_ms", "remote_loss",
-            "fec_recovered", "concealed_frames")
+            "fec_recovered", "red_recovered", "concealed_frames")
 
 
 def _counters(d: dict[str, Any], name: str) -> dict[str, int]:

@@ -124,7 +124,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     directory = request.app[DIRECTORY]
     sc = cfg.signalling
     ws = web.WebSocketResponse(heartbeat=sc.heartbeat_s, max_msg_size=sc.max_frame_bytes)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:  # the client gave up before the upgrade was answered (a reconnect storm)
+        log.debug("WebSocket upgrade: the client has gone")
+        return ws
     loop = asyncio.get_running_loop()
     session = WsSession(ws, hub.new_session_id())
     bucket = TokenBucket(sc.rate_per_s, sc.rate_burst, loop.time())

@@ -324,8 +324,25 @@ function makePeer(call) {
     if (pc.connectionState === "failed" && current === call) hangup();
   };
   for (const track of call.stream.getTracks()) pc.addTrack(track, call.stream);
+  if (call.phone) preferRed(pc);
   if (call.media.includes("video")) $("local-video").srcObject = call.stream;
   return pc;
+}
+
+// Phone calls: RFC 2198 redundancy first (red/48000/2 carrying Opus with the frames before it),
+// so the browser sends it and the bridge rebuilds lost frames from the copies (issue 15); Opus
+// and the rest follow. Chromium sends the first codec of its own preference list.
+function preferRed(pc) {
+  const caps = RTCRtpReceiver.getCapabilities && RTCRtpReceiver.getCapabilities("audio");
+  if (!caps) return;
+  const red = caps.codecs.filter((c) => c.mimeType.toLowerCase() === "audio/red");
+  if (!red.length) return;
+  const rest = caps.codecs.filter((c) => c.mimeType.toLowerCase() !== "audio/red");
+  for (const t of pc.getTransceivers()) {
+    if (t.sender.track && t.sender.track.kind === "audio" && t.setCodecPreferences) {
+      try { t.setCodecPreferences([...red, ...rest]); } catch (e) { /* keep the browser's order */ }
+    }
+  }
 }
 
 // Wait until ICE gathering completes (at most `ms`), so the SDP carries the candidates even for

@@ -69,7 +69,8 @@ TEST_CALLER_FRAUD = {"JEGO_FRAUD_MAX_CALLS_PER_HOUR": "1000", "JEGO_FRAUD_DISTIN
 
 
 def phone_server(tmp: Path, extra_args: list[str] | None = None, credit: int = 5000, **env: str) -> LiveServer:
-    """`jego serve` with the carrier and the bridge on free ports; users alice and bob exist,
+    """`jego serve` with the carrier and one bridge worker process (start_server's default;
+    JEGO_BRIDGE_WORKERS in `env` for more) on free ports; users alice and bob exist,
     each with `credit` minor units (fen) of prepaid credit; the velocity rules and the hourly cap
     loosened (TEST_CALLER_FRAUD) unless `env` sets them."""
     tmp.mkdir(parents=True, exist_ok=True)

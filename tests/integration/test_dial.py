@@ -204,7 +204,7 @@ def test_bad_invocations(users: LiveServer, tmp_path: Path) -> None:
 
 def test_impaired_receive_path_loses_what_it_was_told(users: LiveServer, answerer: Callable[..., Answerer]) -> None:
     """--impair drops received datagrams below DTLS/SRTP: the receiver's RTP stats see the loss."""
-    bob = answerer(users, "--echo", "--count", "1")
+    bob = answerer(users, "--echo", "--count", "1", "--send-fec", "20")
     code, res, err = dial(users, "bob", "--play", "tone:1000:-10", "--duration", "6", "--json",
                           "--impair", "loss=20,seed=3")
     assert code == 0, err
@@ -214,7 +214,10 @@ def test_impaired_receive_path_loses_what_it_was_told(users: LiveServer, answere
     assert imp["dropped"] / imp["received"] == pytest.approx(0.20, abs=0.05)
     lost, got = audio["packets_lost"], audio["packets_received"]
     assert lost / (lost + got) == pytest.approx(0.20, abs=0.06)  # aiortc's RTP counters agree
-    assert audio["dominant_hz"] == pytest.approx(1000, abs=20)  # still the tone, with holes
+    assert audio["dominant_hz"] == pytest.approx(1000, abs=20)  # still the tone, concealed where lost
+    loss = audio["loss"]  # the dialer's receive path (media/receive.py); bob's echo carries FEC (--send-fec)
+    assert loss["fec"] is True and loss["lost_frames"] > 40 and loss["fec_recovered"] > 10
+    assert 0 < loss["concealed_frames"] and loss["fec_recovered"] + loss["concealed_frames"] <= loss["lost_frames"]
     assert bob.wait() == 0
     code, _, err = dial(users, "bob", "--impair", "loss=200")
     assert code == 2 and "impair" in _one_line(err)

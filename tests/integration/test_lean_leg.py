@@ -126,8 +126,9 @@ async def test_fec_through_lossy_lean_legs(legs: list[WebRtcLeg], fec: bool) -> 
 
     speech = as_int16(speech_8k())
     pa, pb = Player(speech), Player(np.zeros(0, dtype=np.int16))
-    a = WebRtcLeg(pa, codecs=("opus",), name="a", fec=fec)
-    b = WebRtcLeg(pb, codecs=("opus",), name="b", fec=fec, impair=ImpairmentSpec.parse("loss=8,seed=11"))
+    # RED off: this is about FEC alone (RED would rebuild these single losses first: test_red_...)
+    a = WebRtcLeg(pa, codecs=("opus",), name="a", fec=fec, red=False)
+    b = WebRtcLeg(pb, codecs=("opus",), name="b", fec=fec, red=False, impair=ImpairmentSpec.parse("loss=8,seed=11"))
     legs += [a, b]
     await connect(a, b)
     await until(lambda: pb.heard_s() >= 7.5, 20, "7.5 s heard at b")
@@ -142,3 +143,23 @@ async def test_fec_through_lossy_lean_legs(legs: list[WebRtcLeg], fec: bool) -> 
     else:
         assert not a.remote_fec and a.fec_loss_percent == 0
         assert sb["fec_recovered"] == 0 and sb["concealed_frames"] > 0
+
+
+async def test_red_through_a_lossy_lean_leg(legs: list[WebRtcLeg]) -> None:
+    """The caller offers RFC 2198 RED after Opus, the answerer lists it first and so gets it; with
+    10 % loss in bursts on b's receive path, b plays most lost frames from the copies."""
+    from jego_call.media.impair import ImpairmentSpec
+
+    speech = as_int16(speech_8k())
+    pa, pb = Player(speech), Player(np.zeros(0, dtype=np.int16))
+    a = WebRtcLeg(pa, codecs=("opus",), name="a")
+    b = WebRtcLeg(pb, codecs=("opus",), name="b", impair=ImpairmentSpec.parse("loss=10,burst=2,seed=4"))
+    legs += [a, b]
+    await connect(a, b)
+    assert a.red_pt is not None and a.red_send and b.red_pt == a.red_pt and not b.red_send
+    await until(lambda: pb.heard_s() >= 5.5, 20, "5.5 s heard at b")
+    sb, sa = b.stats(), a.stats()
+    print(f"b {sb['impaired']}, RED received {sb['red_received']}, RED recovered {sb['red_recovered']}, "
+          f"FEC {sb['fec_recovered']}, concealed {sb['concealed_frames']}")
+    assert sa["red_sent"] and sb["red_received"] > 200
+    assert sb["impaired"]["dropped"] > 10 and sb["red_recovered"] > sb["concealed_frames"]
