@@ -34,8 +34,8 @@ insufficient_credit), credit_low (a paid phone call's warning: remaining_s, ends
 `jego dial answer --echo`) sends a click (an 8 ms chirp, jego_call/media/analysis.py) every
 second instead of --play and finds each one in what comes back by cross-correlation. Each
 click's round trip runs from the instant its 20 ms frame left this dialer's media clock to the
-instant the frame holding its echo was handed to this dialer by its receiver (after aiortc's
-jitter buffer and decoder), so it includes this dialer's own send and receive path.
+instant the frame holding its echo was handed to this dialer by its receiver (after its receive
+buffer and decoder), so it includes this dialer's own send and receive path.
 `latency` is {round_trip_ms (median over the clicks found), round_trip_min_ms, round_trip_max_ms,
 echo_delay_ms (what the echo itself takes: CARRIER_ECHO_DELAY_MS = 50 for the simulated
 carrier, or --echo-delay-ms), one_way_ms = (round_trip_ms - echo_delay_ms) / 2, clicks_sent,
