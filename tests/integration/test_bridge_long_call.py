@@ -1,5 +1,6 @@
-"""A 60 s app -> phone call through the bridge: no drift (the bridge sends 50 packets/s within
-0.1 % both ways) and flat memory (the RSS of the `jego serve` process, sampled over the call).
+"""A 40 s app -> phone call through the bridge: no drift (the bridge sends 50 packets/s within
+0.1 % both ways) and flat memory (the RSS of the `jego serve` process and its workers, sampled
+over the call). The hour-long call is a benchmark (scripts/bench_soak.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .bridge_util import PLAIN, phone_server
 
 pytestmark = pytest.mark.slow
 
-CALL_S = 60.0
+CALL_S = 40.0
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def rss_mb(pid: int) -> float:
     return total
 
 
-async def test_sixty_second_call_has_no_drift_and_flat_memory(server: LiveServer) -> None:
+async def test_forty_second_call_has_no_drift_and_flat_memory(server: LiveServer) -> None:
     enable_loopback_candidates()
     async with JegoClient(server.url) as client:
         await client.login("alice", PASSWORD)
@@ -70,7 +71,7 @@ async def test_sixty_second_call_has_no_drift_and_flat_memory(server: LiveServer
                 if now - t0 >= 5 and "a" not in marks:
                     marks["a"] = (time.monotonic(), int(st["packets_received"]))
                 marks["b"] = (time.monotonic(), int(st["packets_received"]))
-                await asyncio.sleep(1.0)   # a sampling cadence over the call's 60 s: real time is the subject
+                await asyncio.sleep(1.0)   # a sampling cadence over the call: real time is the subject
             await client.hangup(cid)
             await client.wait_for("call_ended", cid, timeout=10)
         finally:
@@ -95,9 +96,9 @@ async def test_sixty_second_call_has_no_drift_and_flat_memory(server: LiveServer
     assert skipped <= 0.05 * 50 * answered, f"event loop starved: {skipped} slots skipped"
     assert abs(phone_rate - 50.0) <= 0.05 + 3 / answered
     # memory: the second half of the call does not grow over the first
-    early = max(m for t, m in samples if 10 <= t < 30)
-    late = max(m for t, m in samples if t >= 40)
-    print(f"serve RSS: {samples[0][1]:.1f} MB at connect, max {early:.1f} MB (10-30 s), {late:.1f} MB (40-60 s)")
+    early = max(m for t, m in samples if CALL_S / 5 <= t < CALL_S / 2)     # after warm-up: 8-20 s
+    late = max(m for t, m in samples if t >= CALL_S * 2 / 3)             # the last third: 27-40 s
+    print(f"serve RSS: {samples[0][1]:.1f} MB at connect, max {early:.1f} MB (first half), {late:.1f} MB (last third)")
     assert late - early < 3.0
 
 

@@ -309,7 +309,7 @@ async def census_with_calls(server: LiveServer, n: int) -> tuple[collections.Cou
     while every one of them is up (its RTP and RTCP sockets are open)."""
     dials = [await asyncio.create_subprocess_exec(
         *DIAL, "call", PLAIN, "--server", server.url, "--user", f"caller{i}", "--password", PASSWORD,
-        "--duration", "20", "--json", "--quiet", "--play", "tone:700", cwd=ROOT, env=_env(),
+        "--duration", "14", "--json", "--quiet", "--play", "tone:700", cwd=ROOT, env=_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for i in range(n)]
     # under load the callers' logins (argon2) spread their starts over seconds: each call lasts
     # long enough to overlap the others, and we wait until all are up (or one has ended)
