@@ -8,6 +8,7 @@ the call history lists the calls.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
 from jego_call.media.analysis import dominant_frequency, level_dbfs, read_wav
 
 from ..conftest import LiveServer, http_json
+from ..helpers import wait_for
 from ..integration.bridge_util import carrier_record, phone_server
 from .conftest import ARGS, CHROMIUM, open_as, open_user
 from .test_browser_to_dialer import write_tone
@@ -105,9 +107,9 @@ def test_dial_pad_call_reaches_the_phone_with_the_tone_and_dtmf(tone_browser: Br
     assert cdr["dtmf"] == "1*#"
     # Chromium sent RED (its stats name the primary, Opus): the bridge's lean leg counted the RED
     # packets it unwrapped, in its end-of-call line
-    deadline = time.monotonic() + 10
-    while not (red := re.findall(r"'red_received': (\d+)", server.log())) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    with contextlib.suppress(AssertionError):   # judged below, with what was found
+        wait_for(lambda: re.findall(r"'red_received': (\d+)", server.log()), 10, "the end-of-call line", interval=0.2)
+    red = re.findall(r"'red_received': (\d+)", server.log())
     assert red and int(red[-1]) > 150, red
     samples, rate = read_wav(cdr["recording"])
     middle = samples[int(1.5 * rate): int(4.5 * rate)]  # after the answer, before the keys

@@ -16,7 +16,6 @@ datagrams and `gate.release()` sends them together (a stall), `gate.drop()` lose
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy.typing as npt
 
 from bridge.net.webrtc import WebRtcLeg
 from jego_call.media import analysis
+from tests.helpers import wait_for
 
 RATE = 8000
 FRAME = 160
@@ -130,13 +130,11 @@ def carrier_t0s(log_text: str) -> list[tuple[int, float]]:
 
 def wait_t0(read_log: Callable[[], str], count: int, timeout: float = 10.0) -> float:
     """The t0 of the `count`-th carrier stream (1-based) once its line is logged."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def logged() -> float | None:
         t0s = carrier_t0s(read_log())
-        if len(t0s) >= count:
-            return t0s[count - 1][1]
-        time.sleep(0.05)
-    raise AssertionError("the carrier did not log its media clock's t0 (log level INFO?)")
+        return t0s[count - 1][1] if len(t0s) >= count else None
+
+    return wait_for(logged, timeout, "the carrier's media clock t0 in its log (log level INFO?)", interval=0.05)
 
 
 def one_way(recording: npt.ArrayLike, rec_t0: float, send_t0: float, starts: list[int],

@@ -95,7 +95,7 @@ async def lean_call(server: LiveServer, port: Any, seconds: float,
             await leg.set_answer(acc["sdp"])
             await leg.wait_connected(15)
             task = asyncio.ensure_future(during(leg)) if during is not None else None
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(seconds)   # the call's length in real time is the subject: tones or clicks timed in it
             if task is not None:
                 await task
             await client.hangup(cid)
@@ -133,7 +133,7 @@ async def test_latency_comes_back_down_after_a_300_ms_stall(server: LiveServer) 
         # hold from just before the click sent at 4.0 s of the leg's clock: that click waits 290 ms
         await asyncio.sleep(max(0.0, leg.session.t0 + 3.99 - time.monotonic()))
         leg.gate.hold()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)   # the 300 ms burst itself: its length in real time is the subject
         marks["end"] = time.monotonic() - leg.session.t0
         marks["t0"] = leg.session.t0
         leg.gate.release()

@@ -46,7 +46,7 @@ def test_token_resumes_after_a_restart_without_a_login(server_factory: ServerFac
 
             resume = asyncio.ensure_future(c.reconnect(Backoff(random.Random(7), base_s=0.2, cap_s=1.0),
                                                        sleep=sleep))
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)   # a negative: half a second of refused tries, and it has not given up
             assert not resume.done()                   # refused while the server is down: still trying
             await asyncio.to_thread(server.restart)    # same data dir (the token key) and port
             hello = await asyncio.wait_for(resume, 30)

@@ -25,6 +25,7 @@ from jego_call.signalling import ws as ws_mod
 from jego_call.signalling.keys import HUB
 from jego_call.signalling.messages import MAX_NESTING, PROTOCOL_VERSION
 from jego_call.signalling.ws import CLOSE_AUTH_TIMEOUT, CLOSE_UNSUPPORTED, TokenBucket, WsSession
+from tests.helpers import until
 from tests.unit.appkit import GATEWAY_SECRET, Client, MakeClient, register
 
 
@@ -262,11 +263,7 @@ async def test_a_binary_frame_closes_with_1003(client: Client) -> None:
             break
     assert msg.type == WSMsgType.CLOSE and msg.data == CLOSE_UNSUPPORTED and msg.extra == "text frames only"
     # the user went offline with the socket
-    for _ in range(100):
-        if client.app[HUB].presence("alice") == "offline":
-            break
-        await asyncio.sleep(0.01)
-    assert client.app[HUB].presence("alice") == "offline"
+    await until(lambda: client.app[HUB].presence("alice") == "offline", 2, "alice offline", interval=0.01)
 
 
 async def test_over_the_rate_limit_frames_are_rate_limited(make_client: MakeClient) -> None:
@@ -463,10 +460,7 @@ async def test_more_sockets_than_allowed_per_user_is_too_many_sessions(make_clie
     got = await recv(third)
     assert got["type"] == "error" and got["code"] == "too_many_sessions", got
     await socks[0].close()  # one goes: there is room again
-    for _ in range(100):
-        if len(client.app[HUB].core.sessions) < 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(client.app[HUB].core.sessions) < 2, 2, "the closed session gone", interval=0.01)
     fourth = await client.ws_connect("/ws")
     await fourth.send_json({"type": "auth", "token": token})
     assert (await recv_type(fourth, "auth_ok"))["username"] == "alice"
