@@ -243,7 +243,8 @@ def test_prometheus_sees_calls_capacity_and_quality(system: System) -> None:
     stray = [ln for ln in during if ln.get("call_id") != phone_call["call_id"]]
     assert not stray, stray[:5]
     # ... and so does every line the server logged while each call ran (they ran one at a time);
-    # the simulated carrier in the same process tags its lines with its own call's SIP Call-ID
+    # the simulated carrier in the same process (its loggers jego.carrier and bridge.carrier.*) tags
+    # its lines with its own call's SIP Call-ID
     carrier_call_id = carrier_record(s, PLAIN)["call_id"]
     for call_id in summaries:
         first = next(i for i, ln in enumerate(server_lines) if ln.get("call_id") == call_id)
@@ -252,7 +253,8 @@ def test_prometheus_sees_calls_capacity_and_quality(system: System) -> None:
         during = server_lines[first:last + 1]
         assert len(during) >= 4, during
         for ln in during:
-            assert ln.get("call_id") == (carrier_call_id if ln["logger"] == "jego.carrier" else call_id), ln
+            carrier = ln["logger"] == "jego.carrier" or ln["logger"].startswith("bridge.carrier.")
+            assert ln.get("call_id") == (carrier_call_id if carrier else call_id), ln
     assert any(ln.get("call_id") == carrier_call_id and "ended" in ln["msg"] for ln in server_lines)
     # secrets of this run: never in any log line
     gateway_secret = (s.data_dir / "bridge.key").read_text().strip()
