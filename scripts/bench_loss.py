@@ -35,27 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.net.opus import OpusCodec  # noqa: E402
 from bridge.rtp import g711  # noqa: E402
-from bridge.rtp.media import MediaFormat, RtpSession  # noqa: E402
+from bridge.rtp.media import MediaFormat  # noqa: E402
 from jego_call.media import analysis  # noqa: E402
-from jego_call.media.impair import Impairment, ImpairmentSpec  # noqa: E402
+from tests.lossy_path import ADDR, run_path  # noqa: E402
 from tests.unit.test_adaptive_jitter import run as jitter_run  # noqa: E402
 from tests.unit.test_adaptive_jitter import stall  # noqa: E402
 
 SPEECH = ROOT / "tests" / "data" / "speech_en_48k.wav"
-ADDR = ("127.0.0.1", 9)
 
-
-class Player:
-    def __init__(self, pcm: np.ndarray) -> None:
-        self.pcm = pcm
-        self.at = 0
-        self.heard: list[np.ndarray] = []
-
-    def exchange(self, rx: np.ndarray, live: bool) -> np.ndarray:
-        self.heard.append(rx.copy())
-        chunk = self.pcm[self.at:self.at + 160]
-        self.at += 160
-        return np.pad(chunk, (0, 160 - len(chunk))) if len(chunk) < 160 else chunk
 
 
 def through(speech: np.ndarray, spec: str, fec: bool, red: int = 0) -> tuple[float, int, int, int, int]:
@@ -64,24 +51,7 @@ def through(speech: np.ndarray, spec: str, fec: bool, red: int = 0) -> tuple[flo
     tx_codec, rx_codec = OpusCodec(32000, 1), OpusCodec(32000, 1)
     if fec:
         tx_codec.enable_fec(10)
-    src, dst = Player(speech), Player(np.zeros(0, dtype=np.int16))
-    tx = RtpSession(fmt, src, codec=tx_codec, rtcp=False)
-    rx = RtpSession(fmt, dst, codec=rx_codec, rtcp=False, jitter_adaptive=True)
-    net: Impairment[bytes] = Impairment(ImpairmentSpec.parse(spec))
-    now = 10.0
-    tx.start(now)
-    rx.start(now)
-    for _ in range(len(speech) // 160 + 50):
-        tx.tick(now)
-        for data, _a, _v in tx.out:
-            net.push(data, now)
-        tx.out.clear()
-        for data in net.pop_due(now + 0.001):
-            rx.receive(data, ADDR, now + 0.001)
-        rx.tick(now + 0.002)
-        rx.out.clear()
-        now += 0.02
-    heard = np.concatenate(dst.heard)
+    heard, rx, net = run_path(speech, fmt, tx_codec, rx_codec, spec, jitter_adaptive=True)
     phone = g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(heard))  # what the carrier records
     score = analysis.pesq_score(analysis.to_float(speech), analysis.to_float(phone), 8000, mode="nb")
     p = rx.playout

@@ -12,6 +12,7 @@ and makes every client a cluster node on it (its own key prefix) as well."""
 from __future__ import annotations
 
 import itertools
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -129,3 +130,14 @@ async def make_client(tmp_path: Path, backend: Backend) -> AsyncIterator[Factory
 async def client(make_client: Factory) -> AppClient:
     c: AppClient = await make_client()
     return c
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Subprocesses a test starts (append them): any still running at the end is killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +94,6 @@ def rates(tmp_path: Path) -> Path:
     p = tmp_path / "rates.toml"
     p.write_text(RATES)
     return p
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def test_kill_9_of_the_bridge_mid_call_settles_once_for_the_time_it_was_up(

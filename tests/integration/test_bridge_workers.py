@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,16 +77,6 @@ def records(server: LiveServer) -> list[CallRecord]:
 
 def on_two_workers(server: LiveServer, names: tuple[str, str]) -> bool:
     return all(metric(server, "jego_gateway_calls", gateway=n) == 1 for n in names)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def test_serve_runs_two_workers_spreads_calls_and_restarts_a_killed_one(

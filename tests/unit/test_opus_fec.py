@@ -10,23 +10,8 @@ import pytest
 from bridge.net.opus import OpusCodec, OpusDecoder, OpusEncoder
 from bridge.rtp.media import MediaFormat, RtpSession
 from jego_call.media import analysis
-from jego_call.media.impair import Impairment, ImpairmentSpec
 from tests.integration.bridge_util import speech_8k
-
-ADDR = ("127.0.0.1", 9)
-
-
-class Player:
-    def __init__(self, pcm: np.ndarray) -> None:
-        self.pcm = pcm
-        self.at = 0
-        self.heard: list[np.ndarray] = []
-
-    def exchange(self, rx: np.ndarray, live: bool) -> np.ndarray | None:
-        self.heard.append(rx.copy())
-        chunk = self.pcm[self.at:self.at + 160]
-        self.at += 160
-        return np.pad(chunk, (0, 160 - len(chunk))) if len(chunk) < 160 else chunk
+from tests.lossy_path import ADDR, run_path
 
 
 def through(speech: np.ndarray, spec: str, fec: bool) -> tuple[float, RtpSession]:
@@ -35,24 +20,8 @@ def through(speech: np.ndarray, spec: str, fec: bool) -> tuple[float, RtpSession
     tx_codec, rx_codec = OpusCodec(32000, 1), OpusCodec(32000, 1)
     if fec:
         tx_codec.enable_fec(10)
-    src, dst = Player(speech), Player(np.zeros(0, dtype=np.int16))
-    tx = RtpSession(fmt, src, codec=tx_codec, rtcp=False)
-    rx = RtpSession(fmt, dst, codec=rx_codec, rtcp=False)
-    net: Impairment[bytes] = Impairment(ImpairmentSpec.parse(spec))
-    now = 10.0
-    tx.start(now)
-    rx.start(now)
-    for _ in range(len(speech) // 160 + 50):
-        tx.tick(now)
-        for data, _a, _v in tx.out:
-            net.push(data, now)
-        tx.out.clear()
-        for data in net.pop_due(now + 0.001):
-            rx.receive(data, ADDR, now + 0.001)
-        rx.tick(now + 0.002)
-        rx.out.clear()
-        now += 0.02
-    heard = analysis.to_float(np.concatenate(dst.heard))
+    pcm, rx, _net = run_path(speech, fmt, tx_codec, rx_codec, spec)
+    heard = analysis.to_float(pcm)
     return analysis.pesq_score(analysis.to_float(speech), heard, 8000, mode="nb"), rx
 
 
