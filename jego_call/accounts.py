@@ -379,6 +379,16 @@ class Accounts:
         return await self.db.query_one(
             "SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?", (owner, other)) is not None
 
+    async def reach(self, sender: str, peer: str) -> tuple[bool, bool, bool]:
+        """(peer exists, peer is in sender's contacts, peer has blocked sender) in one query:
+        what a direct message needs checked (messaging's `_check_peer`)."""
+        row = await self.db.query_one(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE username = ?), "
+            "EXISTS(SELECT 1 FROM contacts WHERE owner = ? AND contact = ?), "
+            "EXISTS(SELECT 1 FROM blocks WHERE owner = ? AND blocked = ?)", (peer, sender, peer, peer, sender))
+        assert row is not None
+        return bool(row[0]), bool(row[1]), bool(row[2])
+
     async def is_contact(self, owner: str, other: str) -> bool:
         return await self.db.query_one(
             "SELECT 1 FROM contacts WHERE owner = ? AND contact = ?", (owner, other)

@@ -66,11 +66,12 @@ class Messaging:
     async def _check_peer(self, user: str, peer: str) -> None:
         if peer == user:
             raise SignallingError(ErrorCode.NOT_CONTACT, "you cannot send messages to yourself")
-        if not await self.accounts.exists(peer):
+        known, contact, blocked = await self.accounts.reach(user, peer)  # one round trip
+        if not known:
             raise SignallingError(ErrorCode.UNKNOWN_USER, f"no user {peer!r}")
-        if not await self.accounts.is_contact(user, peer):
+        if not contact:
             raise SignallingError(ErrorCode.NOT_CONTACT, f"{peer!r} is not in your contacts: add them first")
-        if await self.accounts.is_blocked(peer, user):  # the sender is told no more than that
+        if blocked:  # the sender is told no more than that
             raise SignallingError(ErrorCode.UNAVAILABLE, "not available")
 
     async def _check_content(self, sender: str, msg: p.SendMessage) -> str:

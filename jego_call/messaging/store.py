@@ -155,27 +155,38 @@ class MessageStore:
 
         A `client_id` the sender already used returns the stored message and True, whatever
         else this call carries, also when the first try is committed by another node while this
-        one runs (UNIQUE(sender, client_id) decides). The caller has checked contacts, text and
-        media ownership. The conversation's row is updated first: its row lock orders concurrent
+        one runs (UNIQUE(sender, client_id) decides; there is no lookup first, the service has
+        made it). The caller has checked contacts, text and media ownership. The conversation's row is updated first: its row lock orders concurrent
         senders (on every node), so seq numbers are gap-free in commit order.
         """
-        old = await self.by_client_id(sender, client_id)
-        if old is not None:
-            return old, True
         now = time.time() if now is None else now
         a, b = pair(sender, recipient)
         try:
-            async with self.db.transaction() as tx:
-                row = await tx.query_one(
-                    "INSERT INTO conversations(user_a, user_b, last_seq, created_at, updated_at) VALUES (?, ?, 1, ?, ?) "
-                    "ON CONFLICT(user_a, user_b) DO UPDATE SET last_seq = conversations.last_seq + 1, "
-                    "updated_at = excluded.updated_at RETURNING id, last_seq", (a, b, now, now))
+            if self.db.engine == "postgresql":
+                # one statement, one round trip (its own transaction): the upsert's row lock is
+                # held until the statement commits, so seqs stay gap-free in commit order, and a
+                # failed insert (a client_id already used, a CHECK) rolls the seq back with it
+                row = await self.db.query_one(
+                    "WITH c AS (INSERT INTO conversations(user_a, user_b, last_seq, created_at, updated_at) "
+                    "VALUES (?, ?, 1, ?, ?) ON CONFLICT(user_a, user_b) DO UPDATE SET "
+                    "last_seq = conversations.last_seq + 1, updated_at = excluded.updated_at RETURNING id, last_seq) "
+                    "INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, media_id, "
+                    "created_at) SELECT c.id, c.last_seq, ?, ?, ?, ?, ?, ?, ? FROM c RETURNING conversation_id, seq",
+                    (a, b, now, now, sender, recipient, client_id, kind, text, media_id, now))
                 assert row is not None
                 conv_id, seq = int(row[0]), int(row[1])
-                await tx.execute(
-                    "INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, media_id, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (conv_id, seq, sender, recipient, client_id, kind, text, media_id, now))
+            else:
+                async with self.db.transaction() as tx:
+                    row = await tx.query_one(
+                        "INSERT INTO conversations(user_a, user_b, last_seq, created_at, updated_at) VALUES (?, ?, 1, ?, ?) "
+                        "ON CONFLICT(user_a, user_b) DO UPDATE SET last_seq = conversations.last_seq + 1, "
+                        "updated_at = excluded.updated_at RETURNING id, last_seq", (a, b, now, now))
+                    assert row is not None
+                    conv_id, seq = int(row[0]), int(row[1])
+                    await tx.execute(
+                        "INSERT INTO messages(conversation_id, seq, sender, recipient, client_id, kind, body, media_id, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (conv_id, seq, sender, recipient, client_id, kind, text, media_id, now))
         except UniqueViolation:  # the same client_id, committed meanwhile (a retry on another node)
             old = await self.by_client_id(sender, client_id)
             if old is None:

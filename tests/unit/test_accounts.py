@@ -297,6 +297,18 @@ async def test_contacts_are_added_once_and_removed_once(accounts: Accounts, chan
     assert code_of(e) == ErrorCode.NOT_CONTACT
 
 
+async def test_reach_answers_exists_contact_and_blocked_in_one_query(accounts: Accounts) -> None:
+    await users(accounts, "alice", "bob", "carol")
+    assert await accounts.reach("alice", "nobody") == (False, False, False)
+    assert await accounts.reach("alice", "bob") == (True, False, False)
+    await accounts.add_contact("alice", "bob")
+    assert await accounts.reach("alice", "bob") == (True, True, False)
+    assert await accounts.reach("bob", "alice") == (True, False, False)  # contacts are one way
+    await accounts.block("bob", "alice")  # bob blocks alice: alice's messages to bob are refused
+    assert await accounts.reach("alice", "bob") == (True, True, True)
+    assert await accounts.reach("carol", "bob") == (True, False, False)
+
+
 @pytest.mark.parametrize(("other", "code"), [("alice", ErrorCode.SELF_CONTACT), ("ALICE", ErrorCode.SELF_CONTACT),
                                              ("nobody", ErrorCode.UNKNOWN_USER),
                                              ("no!", ErrorCode.INVALID_USERNAME)])
