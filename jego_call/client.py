@@ -154,6 +154,11 @@ class JegoClient:
         return self.url
 
     @property
+    def connected(self) -> bool:
+        """Whether the signalling WebSocket is open now (authenticated, being read)."""
+        return self._reader is not None and not self._reader.done() and self._ws is not None and not self._ws.closed
+
+    @property
     def ws_url(self) -> str:
         if self.url.startswith("https://"):
             return "wss://" + self.url[len("https://"):] + "/ws"
