@@ -504,10 +504,10 @@ async def failover(cluster: Cluster, http: aiohttp.ClientSession, workers: list[
 
     dropped = asyncio.ensure_future(directory_dropped())
     deadline = time.monotonic() + 300
-    while True:
+    while True:  # every client has seen its drop and is back (right after the kill, none has seen it yet)
         reports = [await w.ask("report") for w in workers]
         up = sum(int(rep["up"]) for rep in reports)
-        if up >= n or time.monotonic() > deadline:
+        if (up >= n and sum(len(rep["events"]) for rep in reports) >= n) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     t_all = time.time()
@@ -569,10 +569,10 @@ async def storm(server: Server, http: aiohttp.ClientSession, workers: list[Worke
     t_up = await asyncio.to_thread(server.start)
     cpu0 = proc_cpu_s(server.pid)
     deadline = time.monotonic() + 300
-    while True:
+    while True:  # every client has seen its drop and is back
         reports = [await w.ask("report") for w in workers]
         up = sum(int(r["up"]) for r in reports)
-        if up >= n or time.monotonic() > deadline:
+        if (up >= n and sum(len(r["events"]) for r in reports) >= n) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     cpu = proc_cpu_s(server.pid) - cpu0
