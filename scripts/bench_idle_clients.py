@@ -87,6 +87,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants (PostgreSQL: runuser, postmaster, backends)."""
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:  # its own and its reaped children's (utime, stime, cutime, cstime): exited backends count
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+        todo.extend(kids.get(p, []))
+    return total
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -381,6 +402,7 @@ class Cluster:
     redis: RedisServer
     prefix: str
     watch: tuple[str, str, str, str]
+    pg_pid: int = 0
 
 
 async def presence_of(c: Client, who: str, want: str, timeout: float = 60) -> float:  # noqa: ASYNC109
@@ -491,6 +513,10 @@ async def failover(cluster: Cluster, http: aiohttp.ClientSession, workers: list[
     assert await r.sismember(f"{p}:nodes", "a") and await r.hlen(f"{p}:sess:a") >= n, "a's sessions not in Redis"
     m0 = await scrape(http, b.url)
     b_rss_at_kill = rss_kib(b.pid)  # b's view of a's sessions (the directory) included
+    others = {"redis-server": cluster.redis.server.pid or 0, "PostgreSQL": cluster.pg_pid,
+              "the clients' workers": 0}
+    others_cpu0 = {k: tree_cpu_s(v) if v else sum(proc_cpu_s(w.proc.pid) for w in workers)
+                   for k, v in others.items()}
     cpu0 = proc_cpu_s(b.pid)
     t_kill = time.time()
     a.kill()
@@ -512,6 +538,8 @@ async def failover(cluster: Cluster, http: aiohttp.ClientSession, workers: list[
         await asyncio.sleep(0.5)
     t_all = time.time()
     cpu = proc_cpu_s(b.pid) - cpu0
+    others_cpu = {k: (tree_cpu_s(v) if v else sum(proc_cpu_s(w.proc.pid) for w in workers)) - others_cpu0[k]
+                  for k, v in others.items()}
     events = [e for rep in reports for e in rep["events"]]
     on: dict[str, int] = {}
     for rep in reports:
@@ -531,7 +559,11 @@ async def failover(cluster: Cluster, http: aiohttp.ClientSession, workers: list[
     print(f"        node b: argon2 hashes {m0.get('jego_password_hashes_total', -1):.0f} before the kill, "
           f"{m1.get('jego_password_hashes_total', -1):.0f} after; user sessions "
           f"{b_sessions:.0f}; CPU {cpu:.1f} s from the kill until all back "
-          f"({cpu / max(0.1, t_all - t_kill):.2f} cores)", flush=True)
+          f"({cpu / max(0.1, t_all - t_kill):.2f} cores); meanwhile "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in others_cpu.items()), flush=True)
+    marks = [5, 10, 20, 30, 45, 60, 90]
+    print("        back after the kill: " + ", ".join(
+        f"{sum(1 for x in backs if x - t_kill <= t)} by {t} s" for t in marks), flush=True)
     try:
         t_dropped = await asyncio.wait_for(dropped, 60)
         t_told = await asyncio.wait_for(watcher_told, 60)
@@ -649,7 +681,7 @@ def main() -> int:
         if redis is not None:
             server = Server(tmp, free_port(), {**env, "JEGO_CLUSTER_NODE_ID": "a"}, "node-a")
             other = Server(tmp, free_port(), {**env, "JEGO_CLUSTER_NODE_ID": "b"}, "node-b")
-            cluster = Cluster(server, other, redis, "jego", pairs.pop())
+            cluster = Cluster(server, other, redis, "jego", pairs.pop(), pg.server.pid or 0)
             servers = [server, other]
         else:
             server = Server(tmp, free_port(), env)
