@@ -11,6 +11,9 @@ Incoming `invite`s are answered with `ringing` automatically (`auto_ringing=True
 After the WebSocket drops (a node restarted), `await c.reconnect()` opens it again with the same
 token (no password, no login), waiting a jittered, exponentially growing delay (`Backoff`)
 between attempts, so that thousands of clients do not all come back in the same instant.
+Several nodes (a cluster): `JegoClient(urls=[node_a, node_b])` connects to the first, and each
+`reconnect()` attempt moves to the next node of the list, round-robin, so the clients of a dead
+node come back on a surviving one (`c.url` is the node in use; HTTP calls follow it).
 Errors: `ServerUnreachable` (no TCP/HTTP contact), `ApiError` (an error the server returned,
 with `.code` from the protocol's error table), `ConnectionLost` (the WebSocket closed).
 """
@@ -23,7 +26,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -106,10 +109,20 @@ def new_call_id() -> str:
 class JegoClient:
     """HTTP API + one WebSocket session. Use as an async context manager, or call `close()`."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, auto_ringing: bool = True,
-                 http: aiohttp.ClientSession | None = None) -> None:
-        """`http`: a ClientSession to share (many clients in one process); close() leaves it open."""
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | None = None, *, urls: Sequence[str] = (), timeout: float = 10.0,
+                 auto_ringing: bool = True, http: aiohttp.ClientSession | None = None) -> None:
+        """`http`: a ClientSession to share (many clients in one process); close() leaves it open.
+
+        `urls`: every node to use, in order (a cluster's nodes; a host name with several
+        addresses needs no list: aiohttp tries each address). `url` is the one to start on (the
+        first of `urls` when omitted; put in front of them when not among them). `reconnect()`
+        moves through them round-robin; `next_url()` moves by hand."""
+        given = [u.rstrip("/") for u in urls]
+        start = url.rstrip("/") if url is not None else (given[0] if given else None)
+        if start is None:
+            raise ValueError("JegoClient needs a url or urls")
+        self.urls: list[str] = list(dict.fromkeys(given if start in given else [start, *given]))
+        self.url = start
         self.timeout = timeout
         self.auto_ringing = auto_ringing
         self.token: str | None = None
@@ -132,6 +145,18 @@ class JegoClient:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+    def next_url(self) -> str:
+        """Move to the node after `url` in `urls` (round-robin; the same one when there is one)
+        and return it. `reconnect()` does this before each attempt."""
+        i = self.urls.index(self.url) if self.url in self.urls else -1
+        self.url = self.urls[(i + 1) % len(self.urls)]
+        return self.url
+
+    @property
+    def connected(self) -> bool:
+        """Whether the signalling WebSocket is open now (authenticated, being read)."""
+        return self._reader is not None and not self._reader.done() and self._ws is not None and not self._ws.closed
 
     @property
     def ws_url(self) -> str:
@@ -340,14 +365,17 @@ class JegoClient:
     async def reconnect(self, backoff: Backoff | None = None, *, max_attempts: int | None = None,
                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> dict[str, Any]:
         """Open the WebSocket again with the kept token (no password: no login, no argon2),
-        waiting `backoff.next_delay()` before each attempt; returns auth_ok. Retries while the
-        server is unreachable or drops the socket; an ApiError (auth_failed: the token expired
-        or the server's secret changed) is raised at once, since only `login()` helps then.
-        ServerUnreachable after `max_attempts` failed attempts."""
+        waiting `backoff.next_delay()` before each attempt; returns auth_ok. Each attempt goes
+        to the next of `urls` (`next_url()`: the node that dropped or refused us is tried last;
+        with one URL, always that one). Retries while the nodes are unreachable or drop the
+        socket; an ApiError (auth_failed: the token expired or the cluster's secret changed) is
+        raised at once, since only `login()` helps then. ServerUnreachable after `max_attempts`
+        failed attempts."""
         backoff = backoff or Backoff()
         await self._drop_ws()
         failures = 0
         while True:
+            self.next_url()   # before the wait: `url` says where the next attempt goes
             await sleep(backoff.next_delay())
             try:
                 hello = await self.connect()
@@ -355,7 +383,8 @@ class JegoClient:
                 await self._drop_ws()
                 failures += 1
                 if max_attempts is not None and failures >= max_attempts:
-                    raise ServerUnreachable(f"{self.ws_url}: no connection after {failures} attempts") from None
+                    raise ServerUnreachable(f"{' '.join(self.urls)}: no connection after {failures} attempts"
+                                            ) from None
                 continue
             backoff.reset()
             self.reconnect_attempts = failures + 1

@@ -1,7 +1,8 @@
 """Two `jego serve` processes on a real redis-server (tests/servers.py), sharing one data dir as
 nodes share their database: a `jego dial` call from a user on node A to a user on node B with
 the audio judged by content, and `kill -9` of node A mid-call (the peer on B is told
-`peer_lost` within 10 s, no acknowledged message is lost, the clients carry on on B).
+`peer_lost` within 10 s, no acknowledged message is lost, and the client of node A, which knows
+both nodes (`JegoClient(urls=[A, B])`), resumes on B by itself with its token and carries on).
 
 test_cluster.py has the in-process cases (every relayed message, first answer wins, busy,
 gateways, Redis going away).
@@ -10,6 +11,7 @@ gateways, Redis going away).
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from jego_call.client import Backoff, JegoClient
 from jego_call.media import analysis
 from tests.conftest import ROOT, LiveServer, add_contact, http_json, make_user, start_server, top_up
 from tests.helpers import wait_for
@@ -150,21 +153,31 @@ def make_token(server: LiveServer, name: str) -> str:
     return str(body["token"])
 
 
+async def presence(c: JegoClient, who: str, want: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        while True:
+            m = await c.wait_for("presence", timeout=timeout)
+            if m.get("username") == who and m.get("presence") == want:
+                return
+
+
 async def test_kill_9_of_node_a_mid_call(node: NodeFactory) -> None:
     a, b = node("a"), node("b")
     t = users(a, "alice", "bob")
-    alice = await Client.open(a, t["alice"])
+    # alice's app knows both nodes (JegoClient urls) and starts on a; bob is on b
+    alice = JegoClient(urls=[a.url, b.url], auto_ringing=False)
+    alice.token = t["alice"]
+    assert (await alice.connect())["username"] == "alice" and alice.url == a.url
     bob = await Client.open(b, t["bob"])
-    await alice.expect("presence", username="bob", presence="online")
-    await alice.send({"type": "send_message", "client_id": "before-kill-1", "to": "bob", "text": "还在吗"})
-    ack = await alice.expect("message_ack", client_id="before-kill-1")
+    await presence(alice, "bob", "online")
+    ack = await alice.send_message("bob", "还在吗", client_id="before-kill-1")
     await bob.expect("message", timeout=10)
     cid = uuid.uuid4().hex
-    await alice.send({"type": "invite", "call_id": cid, "to": "bob", "media": ["audio"],
-                      "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"})
+    await alice.invite(cid, "bob", "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n")
     await bob.expect("invite", call_id=cid)
     await bob.send({"type": "accept", "call_id": cid, "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\n"})
-    await alice.expect("call_state", call_id=cid, state="connected")
+    while (await alice.wait_for("call_state", call_id=cid)).get("state") != "connected":
+        pass
 
     a.proc.send_signal(signal.SIGKILL)
     t0 = time.monotonic()
@@ -173,22 +186,21 @@ async def test_kill_9_of_node_a_mid_call(node: NodeFactory) -> None:
     took = time.monotonic() - t0
     assert ended["reason"] == "peer_lost" and took < 10.0, (ended, took)
     await bob.expect("presence", username="alice", presence="offline")
-    await alice.close()
+    await asyncio.wait_for(alice.wait_closed(), 10)   # her client saw node a go
 
-    # alice comes back on node b with her still-valid token (no password) and carries on
-    alice = await Client.open(b, t["alice"])
+    # alice's client resumes on its own: the next node of its list, her kept token (no password)
+    hello = await alice.reconnect(Backoff(random.Random(12), base_s=0.2, cap_s=1.0), max_attempts=10)
+    assert hello["username"] == "alice" and alice.url == b.url and alice.reconnect_attempts == 1
     await alice.send({"type": "sync"})
-    done = await alice.expect("sync_done")
+    done = await alice.wait_for("sync_done")
     assert done["count"] >= 0
-    status, page = http_json("GET", f"{b.url}/api/conversations/alice/messages", token=t["bob"])
-    assert status == 200, page
+    page = await alice.messages("bob")               # her HTTP calls follow her to node b
     assert [(m["seq"], m["text"]) for m in page["messages"]] == [(ack["message"]["seq"], "还在吗")]
     cid2 = uuid.uuid4().hex
-    await alice.send({"type": "invite", "call_id": cid2, "to": "bob", "media": ["audio"],
-                      "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"})
+    await alice.invite(cid2, "bob", "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n")
     await bob.expect("invite", call_id=cid2)  # bob is free again: the dead node's call was released
     await bob.send({"type": "decline", "call_id": cid2})
-    assert (await alice.expect("call_ended", call_id=cid2))["reason"] == "declined"
+    assert (await alice.wait_for("call_ended", call_id=cid2))["reason"] == "declined"
     # the killed call was ended and recorded once, by the node that took it over
     status, page = http_json("GET", f"{b.url}/api/calls", token=t["bob"])
     assert status == 200, page
