@@ -362,15 +362,18 @@ class JegoClient:
         self._reader = asyncio.ensure_future(self._read())
         return dict(data)
 
+    RETRYABLE = frozenset({"service_unavailable", "rate_limited"})  # reconnect() tries again after these
+
     async def reconnect(self, backoff: Backoff | None = None, *, max_attempts: int | None = None,
                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> dict[str, Any]:
         """Open the WebSocket again with the kept token (no password: no login, no argon2),
         waiting `backoff.next_delay()` before each attempt; returns auth_ok. Each attempt goes
         to the next of `urls` (`next_url()`: the node that dropped or refused us is tried last;
         with one URL, always that one). Retries while the nodes are unreachable or drop the
-        socket; an ApiError (auth_failed: the token expired or the cluster's secret changed) is
-        raised at once, since only `login()` helps then. ServerUnreachable after `max_attempts`
-        failed attempts."""
+        socket, or answer `service_unavailable`/`rate_limited` (a node whose database or Redis is
+        away for a moment: `RETRYABLE`); any other ApiError (auth_failed: the token expired or
+        the cluster's secret changed) is raised at once, since only `login()` helps then.
+        ServerUnreachable after `max_attempts` failed attempts."""
         backoff = backoff or Backoff()
         await self._drop_ws()
         failures = 0
@@ -379,6 +382,14 @@ class JegoClient:
             await sleep(backoff.next_delay())
             try:
                 hello = await self.connect()
+            except ApiError as exc:
+                if exc.code not in self.RETRYABLE:
+                    raise
+                await self._drop_ws()
+                failures += 1
+                if max_attempts is not None and failures >= max_attempts:
+                    raise
+                continue
             except (ServerUnreachable, ConnectionLost, aiohttp.ClientError, OSError):
                 await self._drop_ws()
                 failures += 1

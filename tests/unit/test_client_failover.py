@@ -25,6 +25,7 @@ class Node:
 
     name: str
     refuse: bool = False                      # every token is refused (auth_failed), as a node with another key
+    busy: int = 0                             # the next this many auths get service_unavailable (Redis away)
     auths: list[str] = field(default_factory=list)
     bearers: list[str] = field(default_factory=list)
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -50,6 +51,11 @@ def node_app(node: Node) -> web.Application:
         node.auths.append(token)
         if node.refuse:
             await sock.send_json({"type": "error", "code": "auth_failed", "message": "token expired: log in again"})
+            await sock.close()
+            return sock
+        if node.busy:
+            node.busy -= 1
+            await sock.send_json({"type": "error", "code": "service_unavailable", "message": "shared state unreachable"})
             await sock.close()
             return sock
         await sock.send_json({"type": "auth_ok", "session": f"{node.name}-{len(node.auths)}", "username": "alice"})
@@ -185,3 +191,28 @@ async def test_a_token_refused_by_the_next_node_is_raised_at_once(nodes: dict[st
             await c.reconnect(sleep=sleep, max_attempts=3)
         assert err.value.code == "auth_failed"                     # only login() helps: not tried elsewhere
         assert sleep.tried == [refusing.url] and b.auths == [] and refusing.auths == ["tok-alice"]
+
+
+async def test_a_node_that_is_unavailable_for_a_moment_is_tried_again(nodes: dict[str, Node]) -> None:
+    """service_unavailable (its Redis or database away for a moment) is not the token's fault:
+    reconnect() goes on with the next node, and comes back to this one, instead of giving up."""
+    a, b = nodes["a"], nodes["b"]
+    b.busy = 2
+    async with JegoClient(urls=[a.url, b.url], timeout=5.0) as c:
+        c.token = "tok-alice"
+        await c.connect()
+        a_url = a.url
+        await a.drop_all()
+        await a.server.close()  # type: ignore[union-attr]   # node a is gone for good
+        await asyncio.wait_for(c.wait_closed(), 5)
+        sleep = Recorder(c)
+        hello = await c.reconnect(sleep=sleep, max_attempts=8)
+        assert hello["session"] == "b-3" and c.url == b.url
+        assert b.auths == ["tok-alice"] * 3 and sleep.tried == [b.url, a_url, b.url, a_url, b.url]
+        assert c.reconnect_attempts == 5
+        await b.drop_all()
+        await asyncio.wait_for(c.wait_closed(), 5)
+        b.busy = 5
+        with pytest.raises(ApiError) as err:   # still unavailable after max_attempts: the last error
+            await c.reconnect(sleep=Recorder(c), max_attempts=2)
+        assert err.value.code == "service_unavailable"
