@@ -58,6 +58,9 @@ class LiveDirectory(Protocol):
     async def ensure(self, *usernames: str) -> None:
         """Have these people ready (a callee, a new contact) for the next core input."""
 
+    def ready(self, username: str) -> bool:
+        """Whether the core's lookups about `username` answer from memory now (else `ensure`)."""
+
 
 class SqliteDirectory:
     """Read-through lookups on the local SQLite database (never waits)."""
@@ -91,6 +94,9 @@ class SqliteDirectory:
 
     async def ensure(self, *usernames: str) -> None:
         pass
+
+    def ready(self, username: str) -> bool:
+        return True
 
 
 @dataclass(slots=True)
@@ -180,6 +186,10 @@ class CachedDirectory:
         for name in usernames:
             if USERNAME_RE.match(name):
                 await self._ready(name, True)
+
+    def ready(self, username: str) -> bool:
+        p = self.people.get(username)
+        return p is not None and (p.full or not p.exists)
 
     async def refresh(self, usernames: Iterable[str]) -> None:
         """These people changed (contacts, blocks, name, a new account): reload those held."""

@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..call.reasons import EndReason
 from ..config import ClusterConfig
@@ -50,6 +50,9 @@ from ..signalling import messages as m
 from ..signalling.hub import Hub, Session
 from ..signalling.hub_core import Call, Command, SessionInfo, is_phone_target, snapshot
 from .state import Claim, SessionEntry, SharedState, StateUnavailable
+
+if TYPE_CHECKING:
+    from ..directory import LiveDirectory
 
 log = logging.getLogger("jego.cluster")
 
@@ -78,6 +81,13 @@ class _Op:
     done: asyncio.Future[Any] | None = None
 
 
+@dataclass(slots=True)
+class _SessionWrite:
+    """A directory put (True) or drop (False): the writer sends a run of them in one round trip."""
+    put: bool
+    entry: SessionEntry
+
+
 class _Lru(OrderedDict[str, str]):
     def remember(self, key: str, value: str) -> None:
         self[key] = value
@@ -101,7 +111,9 @@ class ClusterNode:
         self.down_since: float | None = None
         self.last_error = ""
         self._up_since = 0.0
-        self._outbox: deque[_Op | tuple[str | None, bytes]] = deque()
+        self._outbox: deque[_Op | _SessionWrite | tuple[str | None, bytes]] = deque()
+        self._bus_queued = 0     # bus messages in the outbox (the bound is on these alone)
+        self._in_flight = 0      # outbox head items being sent now (never dropped)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub_task: asyncio.Task[None] | None = None
@@ -112,6 +124,8 @@ class ClusterNode:
         self._ended: _Lru = _Lru()                           # "sid call" -> "" : call_ended delivered
         self._gates: dict[str, deque[tuple[Any, dict[str, Any] | None, object]]] = {}
         self._gateway_of: dict[str, tuple[str, int]] = {}  # my gateway sessions: name, capacity
+        self.people: LiveDirectory | None = None
+        self._attaching: dict[str, SessionEntry] = {}      # remote sessions waiting for `people`
         self._stopping = False       # stop() began: no more heartbeats, bus, reloads
         self._closed = False         # stop() flushed the outbox: the writer ends too
         self._spawned: set[asyncio.Task[None]] = set()
@@ -143,9 +157,12 @@ class ClusterNode:
         `proposal` becomes it."""
         return await self.state.shared_secret(name, proposal)
 
-    def bind(self, hub: Hub) -> None:
-        """Attach to `hub` and start the heartbeat, the bus and the first sync."""
+    def bind(self, hub: Hub, people: LiveDirectory | None = None) -> None:
+        """Attach to `hub` and start the heartbeat, the bus and the first sync. `people`: the
+        directory the hub's core reads (a remote user is loaded into it before the core hears
+        of them, so their contacts are told they are online)."""
         self.hub = hub
+        self.people = people
         hub.cluster = self
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._writer(), name=f"cluster-writer-{self.id}"),
@@ -203,12 +220,31 @@ class ClusterNode:
     # --- the ordered outbox: bus messages and state writes, in the order they happened -------
     def _publish(self, node: str | None, env: dict[str, Any]) -> None:
         self._outbox.append((node, json.dumps(env, separators=(",", ":")).encode()))
-        if len(self._outbox) > self.cfg.outbox_limit:
-            self._outbox.popleft()
-            self.dropped += 1
-            if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
-                log.warning("node %s: %d relayed messages dropped (the shared state is unreachable)",
-                            self.id, self.dropped)
+        self._bus_queued += 1
+        if self._bus_queued > self.cfg.outbox_limit:
+            self._drop_oldest_message()
+        self._wake.set()
+
+    def _drop_oldest_message(self) -> None:
+        """The outbox is full of bus messages: the oldest goes. State writes never do (a dropped
+        directory write would leave a session missing from the directory until the next resync)."""
+        for i, item in enumerate(self._outbox):
+            if i >= self._in_flight and isinstance(item, tuple):
+                del self._outbox[i]
+                self._bus_queued -= 1
+                break
+        else:
+            return  # all of them in flight: the bound waits for that round trip
+        self.dropped += 1
+        if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
+            log.warning("node %s: %d relayed messages dropped (the outbox is full: the shared state "
+                        "is unreachable or slow)", self.id, self.dropped)
+
+    def _write_sessions(self, put: bool, entry: SessionEntry) -> None:
+        """A directory write: queued in order with the bus, sent with its neighbours in one batch."""
+        if not self.healthy:
+            return
+        self._outbox.append(_SessionWrite(put, entry))
         self._wake.set()
 
     def _write(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -235,6 +271,24 @@ class ClusterNode:
                 await self._wake.wait()
                 continue
             head = self._outbox[0]
+            if isinstance(head, _SessionWrite):
+                changes: list[tuple[bool, SessionEntry]] = []
+                for item in self._outbox:
+                    if not isinstance(item, _SessionWrite) or len(changes) >= BATCH:
+                        break
+                    changes.append((item.put, item.entry))
+                try:
+                    await self.state.apply_sessions(changes)
+                except StateUnavailable as exc:
+                    self._set_down(exc)
+                    self._fail_ops(exc)
+                    continue
+                except Exception:  # a bug must not stop the writer
+                    log.exception("node %s: directory write failed", self.id)
+                for _ in changes:
+                    if self._outbox and isinstance(self._outbox[0], _SessionWrite):
+                        self._outbox.popleft()
+                continue
             if isinstance(head, _Op):
                 self._outbox.popleft()
                 try:
@@ -256,27 +310,31 @@ class ClusterNode:
                 continue
             batch: list[tuple[str | None, bytes]] = []
             for item in self._outbox:
-                if isinstance(item, _Op) or len(batch) >= BATCH:
+                if not isinstance(item, tuple) or len(batch) >= BATCH:
                     break
                 batch.append(item)
+            self._in_flight = len(batch)
             try:
                 await self.state.publish(_merge(batch))
             except StateUnavailable as exc:
                 self._set_down(exc)
                 self._fail_ops(exc)
                 continue
+            finally:
+                self._in_flight = 0
             for _ in batch:
                 self._outbox.popleft()
+            self._bus_queued -= len(batch)
 
     def _fail_ops(self, exc: StateUnavailable) -> None:
         """The store went away: operations waiting for an answer fail now (new calls get
         service_unavailable); writes are dropped (the resync rewrites them); bus messages wait."""
-        keep: deque[_Op | tuple[str | None, bytes]] = deque()
+        keep: deque[_Op | _SessionWrite | tuple[str | None, bytes]] = deque()
         for item in self._outbox:
             if isinstance(item, _Op):
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(exc)
-            else:
+            elif isinstance(item, tuple):
                 keep.append(item)
         self._outbox = keep
 
@@ -502,15 +560,31 @@ class ClusterNode:
         hub = self.hub
         assert hub is not None
         core = hub.core
-        if e.node == self.id or e.id in core.sessions:
+        if e.node == self.id or e.id in core.sessions or e.id in self._attaching:
             return
         if e.role == "gateway":
             hub.feed(lambda _now, _wall: core.attach_remote_gateway(e.id, e.name, e.capacity, e.node))
+        elif self.people is not None and not self.people.ready(e.username):
+            self._attaching[e.id] = e
+            self._spawn(self._attach_when_ready(e, self.people))
         else:
             hub.feed(lambda _now, _wall: core.attach_remote(e.id, e.username, e.node))
 
+    async def _attach_when_ready(self, e: SessionEntry, people: LiveDirectory) -> None:
+        """Load the remote user (their watchers, display name) first: the core's presence
+        change then reaches their contacts. A detach meanwhile cancels the attach."""
+        try:
+            await people.ensure(e.username)
+        except Exception as exc:  # the database away: attach anyway, presence reaches whom it can
+            log.warning("node %s: could not load %s for their session on %s: %s", self.id, e.username, e.node, exc)
+        if self._attaching.pop(e.id, None) is None or self.hub is None:
+            return
+        core = self.hub.core
+        self.hub.feed(lambda _now, _wall: core.attach_remote(e.id, e.username, e.node))
+
     # core inputs from the cluster (each carried out by the hub at once)
     def _detach(self, sid: str, reason: EndReason | None) -> None:
+        self._attaching.pop(sid, None)
         assert self.hub is not None
         core = self.hub.core
         self.hub.feed(lambda now, wall: core.detach(sid, now=now, wall=wall, reason=reason))
@@ -597,7 +671,7 @@ class ClusterNode:
         if session.role == "gateway":
             self._gateway_of[session.id] = (name, capacity)
         e = SessionEntry(session.id, session.username, self.id, session.role, name, capacity)
-        self._write(self.state.put_sessions, [e])
+        self._write_sessions(True, e)
         env: dict[str, Any] = {"t": "attach", "s": e.id, "u": e.username, "r": e.role, "n": self.id}
         if e.role == "gateway":
             env["g"] = [name, capacity]
@@ -607,7 +681,7 @@ class ClusterNode:
         name, capacity = self._gateway_of.pop(session.id, ("", 0))
         self._gates.pop(session.id, None)
         e = SessionEntry(session.id, session.username, self.id, session.role, name, capacity)
-        self._write(self.state.drop_sessions, [e])
+        self._write_sessions(False, e)
         self._publish(None, {"t": "detach", "s": session.id, "n": self.id})
 
     def relay(self, session_id: str, msg: dict[str, Any]) -> bool:

@@ -338,6 +338,16 @@ class RedisState:
             await pipe.execute()
         await self._do(run)
 
+    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
+        items = list(changes)
+
+        async def run() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            for put, e in items:
+                (self._put if put else self._drop)(pipe, [e])
+            await pipe.execute()
+        await self._do(run)
+
     async def replace_node_sessions(self, node: str, entries: Iterable[SessionEntry]) -> None:
         old = await self.node_sessions(node)
         items = list(entries)

@@ -136,6 +136,9 @@ class SharedState(Protocol):
 
     async def drop_sessions(self, entries: Iterable[SessionEntry]) -> None: ...
 
+    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
+        """Puts (True) and drops (False), in this order, in one round trip."""
+
     async def replace_node_sessions(self, node: str, entries: Iterable[SessionEntry]) -> None:
         """Make the directory hold exactly `entries` for `node` (after the store came back)."""
 
@@ -301,6 +304,11 @@ class MemoryState:
         for e in entries:
             self.sessions.get(e.node, {}).pop(e.id, None)
             self.gw_load.pop(e.id, None)
+
+    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
+        self._check()
+        for put, e in changes:
+            await (self.put_sessions if put else self.drop_sessions)([e])
 
     async def replace_node_sessions(self, node: str, entries: Iterable[SessionEntry]) -> None:
         self._check()

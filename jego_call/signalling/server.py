@@ -297,7 +297,7 @@ async def _hub(app: web.Application) -> AsyncIterator[None]:
     app[HUB] = Hub(app[DIRECTORY], cfg.calls, cfg.signalling.max_sessions_per_user, call_log=app[CALL_LOG],
                    allow_international=cfg.bridge.allow_international)
     if CLUSTER in app:
-        app[CLUSTER].bind(app[HUB])
+        app[CLUSTER].bind(app[HUB], app[DIRECTORY])
     yield
     app[HUB].shutdown()
     await app[HUB].drain()  # the call records of the calls shutdown ended

@@ -20,10 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from jego_call.config import load_config
-from jego_call.signalling.keys import CALL_LOG, CLUSTER, GATEWAY_SECRET, HUB
+from jego_call.signalling.keys import CALL_LOG, CLUSTER, DIRECTORY, GATEWAY_SECRET, HUB
 from jego_call.signalling.server import create_app
 from tests.helpers import until
-from tests.servers import RedisServer, redis_server
+from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
 from .sigclient import FAKE_SDP, AppClient, Ws, add_contact, give_credit, new_call_id, register
 
@@ -171,7 +171,7 @@ async def test_first_answer_wins_with_devices_on_two_nodes(nodes: Nodes) -> None
 
 async def test_busy_and_ring_timeout_across_nodes(nodes: Nodes) -> None:
     a, b = await nodes("a", "b")
-    t = await users(a, "alice", "bob", "carol")
+    t = await users(b, "alice", "bob", "carol")       # written on b: a holds none of them yet
     alice = await Ws.open(a, t["alice"])
     bob = await Ws.open(b, t["bob"])
     carol = await Ws.open(b, t["carol"])
@@ -283,7 +283,7 @@ async def test_phone_to_app_rings_devices_on_every_node(nodes: Nodes) -> None:
 
 async def test_redis_away_and_back(nodes: Nodes, redis: RedisServer) -> None:
     a, b = await nodes("a", "b")
-    t = await users(a, "alice", "bob", "carol")
+    t = await users(b, "alice", "bob", "carol")       # written on b: a holds none of them yet
     alice = await Ws.open(a, t["alice"])
     bob = await Ws.open(b, t["bob"])
     carol = await Ws.open(a, t["carol"])
@@ -329,3 +329,30 @@ async def test_redis_away_and_back(nodes: Nodes, redis: RedisServer) -> None:
     await carol.expect("accept", call_id=cid3)
     cid4 = await invite(alice, "bob")
     assert (await alice.expect("call_ended", call_id=cid4))["reason"] == "busy"
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with postgres_server(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+async def test_presence_crosses_nodes_on_postgres(nodes: Nodes, pg: PostgresServer) -> None:
+    """On PostgreSQL each node holds people in a cache (jego_call/directory.py): a user who comes
+    online on the other node is loaded there first, so their contacts on this node hear of it
+    (the storm benchmark found them missed: a cache miss, and no presence)."""
+    a, b = await nodes("a", "b", db={"url": pg.url})
+    t = await users(b, "alice", "bob", "carol")       # written on b: a holds none of them yet
+    alice = await Ws.open(a, t["alice"])
+    bob = await Ws.open(b, t["bob"])
+    await settle(a, b, users_online={"alice": 1, "bob": 1})
+    got = [m for m in alice.seen if m["type"] == "presence" and m["username"] == "bob"]
+    seen = got[-1] if got else await alice.expect("presence", username="bob", presence="online")
+    assert seen["presence"] == "online"
+    carol = await Ws.open(b, t["carol"])
+    await alice.expect("presence", username="carol", presence="online")
+    await bob.expect("presence", username="carol", presence="online")   # and on carol's own node
+    await carol.close()
+    await alice.expect("presence", username="carol", presence="offline")
+    assert a.app[DIRECTORY].ready("bob") and a.app[DIRECTORY].ready("carol")
+    assert a.app[DIRECTORY].misses == 0
