@@ -271,24 +271,6 @@ class ClusterNode:
                 await self._wake.wait()
                 continue
             head = self._outbox[0]
-            if isinstance(head, _SessionWrite):
-                changes: list[tuple[bool, SessionEntry]] = []
-                for item in self._outbox:
-                    if not isinstance(item, _SessionWrite) or len(changes) >= BATCH:
-                        break
-                    changes.append((item.put, item.entry))
-                try:
-                    await self.state.apply_sessions(changes)
-                except StateUnavailable as exc:
-                    self._set_down(exc)
-                    self._fail_ops(exc)
-                    continue
-                except Exception:  # a bug must not stop the writer
-                    log.exception("node %s: directory write failed", self.id)
-                for _ in changes:
-                    if self._outbox and isinstance(self._outbox[0], _SessionWrite):
-                        self._outbox.popleft()
-                continue
             if isinstance(head, _Op):
                 self._outbox.popleft()
                 try:
@@ -308,21 +290,30 @@ class ClusterNode:
                 if head.done is not None and not head.done.done():
                     head.done.set_result(result)
                 continue
+            # a run of directory writes and bus messages (up to the next operation): one round trip,
+            # the writes first, then the messages, each message after every write made before it
+            changes: list[tuple[bool, SessionEntry]] = []
             batch: list[tuple[str | None, bytes]] = []
             for item in self._outbox:
-                if not isinstance(item, tuple) or len(batch) >= BATCH:
+                if isinstance(item, _Op) or len(changes) + len(batch) >= BATCH:
                     break
-                batch.append(item)
-            self._in_flight = len(batch)
+                if isinstance(item, _SessionWrite):
+                    changes.append((item.put, item.entry))
+                else:
+                    batch.append(item)
+            self._in_flight = len(changes) + len(batch)
             try:
-                await self.state.publish(_merge(batch))
+                await self.state.flush(changes, _merge(batch))
             except StateUnavailable as exc:
                 self._set_down(exc)
                 self._fail_ops(exc)
                 continue
+            except Exception:  # a bug must not stop the writer (the items are lost, and said so)
+                log.exception("node %s: shared-state flush of %d writes and %d messages failed",
+                              self.id, len(changes), len(batch))
             finally:
                 self._in_flight = 0
-            for _ in batch:
+            for _ in range(len(changes) + len(batch)):
                 self._outbox.popleft()
             self._bus_queued -= len(batch)
 

@@ -338,13 +338,16 @@ class RedisState:
             await pipe.execute()
         await self._do(run)
 
-    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
+    async def flush(self, changes: Iterable[tuple[bool, SessionEntry]],
+                    batches: list[tuple[str | None, bytes]]) -> None:
         items = list(changes)
 
         async def run() -> None:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.r.pipeline(transaction=False)  # one round trip; Redis runs it in order
             for put, e in items:
                 (self._put if put else self._drop)(pipe, [e])
+            for node, payload in batches:
+                pipe.publish(self.channel(node), payload)
             await pipe.execute()
         await self._do(run)
 

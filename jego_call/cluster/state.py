@@ -136,8 +136,10 @@ class SharedState(Protocol):
 
     async def drop_sessions(self, entries: Iterable[SessionEntry]) -> None: ...
 
-    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
-        """Puts (True) and drops (False), in this order, in one round trip."""
+    async def flush(self, changes: Iterable[tuple[bool, SessionEntry]],
+                    batches: list[tuple[str | None, bytes]]) -> None:
+        """Directory puts (True) and drops (False) in this order, then `publish(batches)`, in
+        one round trip."""
 
     async def replace_node_sessions(self, node: str, entries: Iterable[SessionEntry]) -> None:
         """Make the directory hold exactly `entries` for `node` (after the store came back)."""
@@ -305,10 +307,12 @@ class MemoryState:
             self.sessions.get(e.node, {}).pop(e.id, None)
             self.gw_load.pop(e.id, None)
 
-    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
+    async def flush(self, changes: Iterable[tuple[bool, SessionEntry]],
+                    batches: list[tuple[str | None, bytes]]) -> None:
         self._check()
         for put, e in changes:
             await (self.put_sessions if put else self.drop_sessions)([e])
+        await self.publish(batches)
 
     async def replace_node_sessions(self, node: str, entries: Iterable[SessionEntry]) -> None:
         self._check()

@@ -1,8 +1,8 @@
 """jego_call/cluster/node.py's ordered outbox: bus messages and directory writes leave in the
 order they were made; a full outbox drops the oldest bus message and never a directory write
 (a dropped write left a session out of the shared directory until the next resync: in a
-reconnect storm of 10,000 clients, 3,074 were listed); a run of directory writes goes in one
-round trip. The node runs on MemoryState with a store whose bus can be held shut.
+reconnect storm of 10,000 clients, 3,074 were listed); a run of directory writes and bus
+messages goes in one round trip, each message after the writes made before it. The node runs on MemoryState with a store whose bus can be held shut.
 """
 
 from __future__ import annotations
@@ -18,26 +18,28 @@ from jego_call.config import ClusterConfig
 
 
 class GatedState(MemoryState):
-    """MemoryState whose publish waits for `gate` and which counts directory round trips."""
+    """MemoryState whose round trips wait for `gate`, counted, with what each carried."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
-        self.published: list[bytes] = []
-        self.directory_trips = 0
+        self.published: list[dict[str, Any]] = []
+        self.trips = 0
         self.order: list[str] = []
 
-    async def publish(self, batches: list[tuple[str | None, bytes]]) -> None:
-        await self.gate.wait()
-        self.published.extend(p for _, p in batches)
-        self.order.extend("bus" for _ in batches)
-        await super().publish(batches)
-
-    async def apply_sessions(self, changes: Iterable[tuple[bool, SessionEntry]]) -> None:
+    async def flush(self, changes: Iterable[tuple[bool, SessionEntry]],
+                    batches: list[tuple[str | None, bytes]]) -> None:
         items = list(changes)
-        self.directory_trips += 1
+        await self.gate.wait()
+        self._check()
+        self.trips += 1
         self.order.extend("put" if put else "drop" for put, _ in items)
-        await super().apply_sessions(items)
+        for _, payload in batches:
+            sent = json.loads(payload)
+            for m in sent if isinstance(sent, list) else [sent]:
+                self.published.append(m)
+                self.order.append("bus")
+        await super().flush(items, batches)
 
 
 def entry(i: int) -> SessionEntry:
@@ -80,26 +82,33 @@ async def test_a_full_outbox_drops_old_bus_messages_and_keeps_every_directory_wr
         await drained(node)
         assert sorted(state.sessions["n1"]) == sorted(e.id for e in map(entry, range(10)))
         # message 0 (in flight when the outbox filled) and the four newest went out, in order
-        sent = [json.loads(p) for p in state.published]
-        flat = [m for x in sent for m in (x if isinstance(x, list) else [x])]
-        assert [m["i"] for m in flat] == [0, 17, 18, 19, 20]
+        assert [m["i"] for m in state.published] == [0, 17, 18, 19, 20]
     finally:
         await stop(node, task)
 
 
-async def test_a_run_of_directory_writes_is_one_round_trip_in_order_with_the_bus() -> None:
+async def test_directory_writes_and_bus_messages_share_round_trips_each_message_after_its_write() -> None:
     state = GatedState()
     state.gate.set()
-    node, task = await started(state, limit=100)
+    node, task = await started(state, limit=1000)
     try:
         for i in range(BATCH + 10):
             node._write_sessions(True, entry(i))
         node._publish(None, {"t": "m"})
         node._write_sessions(False, entry(0))
         await drained(node)
-        assert state.directory_trips == 3            # BATCH, the 10 left, then the drop
-        assert state.order == ["put"] * (BATCH + 10) + ["bus", "drop"]
+        assert state.trips == 2                      # BATCH items, then the 12 left
+        assert state.order == ["put"] * (BATCH + 10) + ["drop", "bus"]
         assert "n1-s0" not in state.sessions["n1"] and len(state.sessions["n1"]) == BATCH + 9
+        # alternating attach writes and messages (as a reconnect storm makes them): BATCH a trip
+        state.trips, state.order = 0, []
+        for i in range(BATCH):
+            node._write_sessions(True, entry(1000 + i))
+            node._publish(None, {"t": "attach", "s": f"n1-s{1000 + i}"})
+        await drained(node)
+        assert state.trips == 2
+        first = state.order[:BATCH]
+        assert first == ["put"] * (BATCH // 2) + ["bus"] * (BATCH // 2)
     finally:
         await stop(node, task)
 
