@@ -425,9 +425,8 @@ async def measure(args: argparse.Namespace, server: Server, tokens_file: Path,
         if cluster is not None:
             gone_name, gone_token, _w, watch_token = cluster.watch
             gone = await connect_ws(http, cluster.a.url, gone_token)
-            # The watcher connects once b knows the user on a, and is told so at its auth. (Connected
-            # first, it is not told when they come online: b's PostgreSQL directory cache misses the
-            # remote user's watchers on that first attach and loads them after it; see the report.)
+            # The watcher connects once b knows the user on a, and is told so at its auth (b loads
+            # a remote user into its PostgreSQL people cache before its core hears of them).
             await until_redis(cluster, f"{cluster.prefix}:user:{gone_name}")
             await asyncio.sleep(1.0)  # the attach broadcast reaches b (the bus, after the key)
             watcher = await connect_ws(http, cluster.b.url, watch_token)
