@@ -216,17 +216,18 @@ class JitterBuffer:
     SLACK_WINDOW = 15
     MIN_MARGIN = 0
     DRAIN_EVERY = 2
-    # adaptive: slots an empty buffer keeps playing (concealed) before it gives up and re-buffers.
-    # Its place is held, not advanced: a late packet still plays when it comes (the concealment
-    # was a stretch: `take_stretched`), a packet after a loss burst plays on time (the concealment
-    # stood for the lost frames). NetEq's "expand" does the same.
-    MAX_DRY = 5
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
     LOSS_COVER = 3
     # Loss runs are counted at playout (slots whose own packet was missing, RED-filled ones
     # included), not at arrival; a run longer than this is an outage, which no cover helps.
     LOSS_RUN_MAX = 2 * LOSS_COVER
+    # adaptive: slots an empty buffer keeps playing (concealed) before it gives up and re-buffers:
+    # a loss run up to LOSS_RUN_MAX, so from the 1-frame floor (nothing waiting) too.
+    # Its place is held, not advanced: a late packet still plays when it comes (the concealment
+    # was a stretch: `take_stretched`), a packet after a loss burst plays on time (the concealment
+    # stood for the lost frames). NetEq's "expand" does the same.
+    MAX_DRY = LOSS_RUN_MAX
     LOSS_MEMORY = 500  # slots (10 s) a seen loss run keeps the delay up
     SHORT_FOR = 10  # slots the delay must stay below the loss cover before it is raised
 
