@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bridge.net.opus import OpusCodec  # noqa: E402
 from bridge.rtp import g711  # noqa: E402
 from bridge.rtp.media import MediaFormat  # noqa: E402
+from bridge.rtp.session import APP_LEG_FLOOR  # noqa: E402
 from jego_call.media import analysis  # noqa: E402
 from tests.lossy_path import ADDR, run_path  # noqa: E402
 from tests.unit.test_adaptive_jitter import run as jitter_run  # noqa: E402
@@ -51,7 +52,8 @@ def through(speech: np.ndarray, spec: str, fec: bool, red: int = 0) -> tuple[flo
     tx_codec, rx_codec = OpusCodec(32000, 1), OpusCodec(32000, 1)
     if fec:
         tx_codec.enable_fec(10)
-    heard, rx, net = run_path(speech, fmt, tx_codec, rx_codec, spec, jitter_adaptive=True)
+    heard, rx, net = run_path(speech, fmt, tx_codec, rx_codec, spec, jitter_adaptive=True,
+                              jitter_prefetch=APP_LEG_FLOOR)
     phone = g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(heard))  # what the carrier records
     score = analysis.pesq_score(analysis.to_float(speech), analysis.to_float(phone), 8000, mode="nb")
     p = rx.playout
@@ -121,7 +123,7 @@ def main() -> int:
     print("|---|---|---|---|---|")
     s = args.stall_ms / 1000
     for adaptive in (True, False):
-        delays, _ = jitter_run(adaptive, stall(s))
+        delays, _ = jitter_run(adaptive, stall(s), prefetch=APP_LEG_FLOOR)
         floor = statistics.median(d for t, d in delays if 2.0 <= t < 2.8)
         after = [(t, d) for t, d in delays if t >= 3.0 + s]
         peak = max(d for _, d in after)

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.net.webrtc import WebRtcLeg
+from bridge.rtp.session import APP_LEG_FLOOR
 from jego_call.call.reasons import EndReason
 from jego_call.log import call_context
 from jego_call.media.impair import ImpairmentSpec
@@ -97,6 +98,11 @@ class PhoneLink:
     clock, the same one the SIP leg ticks on) the app's decoded 8 kHz audio goes to the SIP leg
     (`SipLeg.send_audio`) and the SIP leg's next frame (`SipLeg.read_audio`) comes back.
 
+    The hand-over is in the same slot both ways: after `send_audio`, `SipLeg.serve_media` (when
+    the leg has it: PyVoipLeg) has the media engine tick the SIP leg's due slot there and then
+    (bridge/net/media.py `MediaEngine.serve`), so the SIP leg sends this frame now, not 20 ms
+    later, and its received frame of this slot is there for `read_audio`.
+
     A small playout buffer sits between the two legs' slots: it drains what the SIP leg has,
     starts (and restarts after running dry) once `prefill` frames wait, and trims back to
     `prefill` above `max_frames`, so a stall costs neither a gap nor lasting latency. Both legs
@@ -117,12 +123,19 @@ class PhoneLink:
         self.trimmed = 0
         self.last_app: float | None = None
         self.last_phone: float | None = None
+        serve = getattr(leg, "serve_media", None)
+        self._serve: Callable[[], None] | None = serve if callable(serve) else None
 
     def exchange(self, rx: Pcm, live: bool) -> Pcm | None:
         if live:
             self.last_app = self.clock()
             self.leg.send_audio(rx.tobytes())
             self.sent += 1
+        if self._serve is not None:
+            try:
+                self._serve()  # the SIP leg's slot now: this frame goes out in it
+            except Exception:  # a leg that has ended may raise; the frame then waits, as it did
+                log.debug("serve_media failed", exc_info=True)
         buf = self._buf
         for _ in range(50):  # at most a second's worth per slot
             try:
@@ -162,7 +175,7 @@ def lean_app_leg(settings: CallSettings, ice_servers: list[dict[str, Any]], name
         codecs = ("opus", "PCMU", "PCMA") if settings.app_codec == "opus" else (settings.app_codec,)
         return WebRtcLeg(port, codecs=codecs, ice=ice_servers, opus_bitrate=settings.opus_bitrate,
                          opus_complexity=settings.opus_complexity, on_state=on_state, name=name, impair=impair,
-                         ice_transport_policy=settings.ice_transport_policy)
+                         ice_transport_policy=settings.ice_transport_policy, jitter_prefetch=APP_LEG_FLOOR)
 
     return make
 

@@ -21,6 +21,12 @@ received itself::
     engine.start(ep)
     engine.receive(ep, rtp_or_rtcp, now)               # from its transport, after SRTP
 
+Two legs that trade frames (the bridge's app leg and SIP leg, bridge/gateway/call.py
+``PhoneLink``) hand them over in the same 20 ms slot: the app leg's AudioPort queues its frame for
+the SIP leg, then calls ``engine.serve(sip_ep)`` (through ``PyVoipLeg.serve_media``), which ticks
+the SIP leg's due slot there and then, so it sends that frame and its received one is ready for
+the app leg to read; from then on the engine ticks the serving leg first in each wake-up.
+
 Callers (bridge/carrier/media.py, bridge/gateway/pyvoip/media.py, bridge/net/webrtc.py) must
 call these on the loop's thread. :func:`format_of` turns an SDP offer/answer result into a ``MediaFormat``.
 """
@@ -83,6 +89,7 @@ class RtpEndpoint:
         self.rtcp_port = rtcp_sock.getsockname()[1] if rtcp_sock is not None else None
         self.closed = False
         self.started = False
+        self.fed_by: RtpEndpoint | None = None  # the leg whose tick serves this one (MediaEngine.serve)
         self.tx_dropped = 0  # socket buffer full
         self.tx_errors = 0
         self.rx_errors = 0
@@ -152,6 +159,7 @@ class MediaEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._origin: float | None = None
+        self._ticking: RtpEndpoint | None = None  # the leg whose tick is running (serve)
         self.wakes = 0  # timer callbacks (one per 20 ms while any leg runs)
         self.ticks = 0  # leg ticks served by them
 
@@ -247,6 +255,7 @@ class MediaEngine:
         if ep.closed:
             return
         ep.closed = True
+        ep.fed_by = None
         self.scheduler.remove(ep)
         try:
             ep.session.close(self.loop.time(), reason)
@@ -358,19 +367,50 @@ class MediaEngine:
         # a fresh context: the one timer serves every leg, not the one whose call armed it
         self._timer = contextvars.Context().run(self.loop.call_at, nxt, self._on_timer)
 
+    def serve(self, ep: RtpEndpoint) -> None:
+        """Serve ``ep``'s slot due now at once: called from another leg's tick whose AudioPort
+        just queued a frame for ``ep`` (the bridge's PhoneLink), so that frame goes out in this
+        slot, not the next. From then on that leg is ticked before ``ep`` whenever both are due
+        (the first time, ``ep`` may have had its turn already). A slot not yet due is left alone."""
+        if ep.closed or not ep.started:
+            return
+        feeder = self._ticking
+        if feeder is not None and feeder is not ep:
+            ep.fed_by = feeder
+        now = self.loop.time()
+        due = ep.session.next_due
+        if due is not None and due <= now + TOLERANCE:
+            self._tick(ep, now)
+
+    def _tick(self, ep: RtpEndpoint, now: float) -> None:
+        outer, self._ticking = self._ticking, ep
+        try:
+            ep.session.tick(now, TOLERANCE)
+        except Exception:
+            log.exception("RTP clock of port %s failed", ep.local_port)
+        finally:
+            self._ticking = outer
+        self.ticks += 1
+        self.flush(ep)
+        if not ep.closed:
+            self.scheduler.set(ep, ep.session.next_due)
+
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.wakes += 1
         now = self.loop.time()
-        for ep in self.scheduler.pop_due(now):
-            try:
-                ep.session.tick(now, TOLERANCE)
-            except Exception:
-                log.exception("RTP clock of port %s failed", ep.local_port)
-            self.ticks += 1
-            self.flush(ep)
-            if not ep.closed:
-                self.scheduler.set(ep, ep.session.next_due)
+        due = self.scheduler.pop_due(now)
+        if any(ep.fed_by is not None for ep in due):
+            # a leg served by another (MediaEngine.serve) goes after it: its tick serves this one
+            here = set(due)
+            fed = [ep for ep in due if ep.fed_by is not None and ep.fed_by in here and not ep.fed_by.closed]
+            if fed:
+                later = set(fed)
+                due = [ep for ep in due if ep not in later] + fed
+        for ep in due:
+            if ep in self.scheduler:
+                continue  # served already in this wake-up (its next slot is scheduled)
+            self._tick(ep, now)
         self._arm()
 
     def stats(self) -> dict[str, int]:

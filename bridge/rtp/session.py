@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
 from .packet import RTP_SEQ_MOD, RtpPacket, seq_delta, ts_delta
+
+# The bridge's app leg plays out from 1 frame on a clean path (issue 15: <= 40 ms added each
+# way); its adaptive target raises that for measured jitter and for loss runs.
+APP_LEG_FLOOR = 1
 
 # RFC 3550 App. A.1 constants.
 MAX_DROPOUT = 3000
@@ -195,23 +200,34 @@ class JitterBuffer:
 
     ``adaptive=True`` (the bridge's app -> phone path): the playout delay follows the measured
     interarrival jitter (RFC 3550 §6.4.1) instead of keeping whatever a burst left behind.
-    ``target`` = ``prefetch`` (the floor) or 3 x jitter + 1 frame, at most ``capacity - 2``; while
-    more than ``target`` frames wait for ``DRAIN_EVERY`` slots in a row, one is dropped
-    (``latency_dropped``), so after a stall and its burst the delay is back at the floor within
-    about a second. ``capacity`` is
+    ``target`` = ``prefetch`` (the floor: 1 frame on the bridge's app leg, ``APP_LEG_FLOOR``),
+    3 x jitter + 1 frame (so at least 2 once any jitter is measured), or the loss cover, at most
+    ``capacity - 2``. The drain is NetEq-like: the slack of a slot is what still waits after it
+    played; when ``target`` or more frames wait and the slack never fell to ``MIN_MARGIN`` over
+    the last ``SLACK_WINDOW`` slots, one frame is dropped (``latency_dropped``, at most one per
+    ``DRAIN_EVERY`` slots), so after a stall and its burst the delay is back at the floor within
+    about a second, and a path whose packets come in clumps keeps what it needs. ``capacity`` is
     the ceiling: packets beyond it are dropped and counted
     (``overflow_dropped``), as are those that arrive after their slot (``late``).
     """
 
-    DRAIN_EVERY = 3
-    # adaptive: slots an empty buffer keeps playing (concealed) before it gives up and re-buffers.
-    # Its place is held, not advanced: a late packet still plays when it comes (the concealment
-    # was a stretch: `take_stretched`), a packet after a loss burst plays on time (the concealment
-    # stood for the lost frames). NetEq's "expand" does the same.
-    MAX_DRY = 5
+    # adaptive drain (see the class docstring): slots the slack minimum looks back over, the
+    # slack it must stay above, and the fewest slots between two dropped frames.
+    SLACK_WINDOW = 15
+    MIN_MARGIN = 0
+    DRAIN_EVERY = 2
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
     LOSS_COVER = 3
+    # Loss runs are counted at playout (slots whose own packet was missing, RED-filled ones
+    # included), not at arrival; a run longer than this is an outage, which no cover helps.
+    LOSS_RUN_MAX = 2 * LOSS_COVER
+    # adaptive: slots an empty buffer keeps playing (concealed) before it gives up and re-buffers:
+    # a loss run up to LOSS_RUN_MAX, so from the 1-frame floor (nothing waiting) too.
+    # Its place is held, not advanced: a late packet still plays when it comes (the concealment
+    # was a stretch: `take_stretched`), a packet after a loss burst plays on time (the concealment
+    # stood for the lost frames). NetEq's "expand" does the same.
+    MAX_DRY = LOSS_RUN_MAX
     LOSS_MEMORY = 500  # slots (10 s) a seen loss run keeps the delay up
     SHORT_FOR = 10  # slots the delay must stay below the loss cover before it is raised
 
@@ -233,14 +249,17 @@ class JitterBuffer:
         self.max_ts_jump = int(max_ts_jump * clock_rate)
         self.adaptive = adaptive
         self.target = prefetch  # frames of playout delay aimed at (adaptive)
-        self._over = 0  # consecutive slots above target
+        self._since_drain = 0  # slots since the last frame dropped for latency (adaptive)
+        self._slack: deque[int] = deque(maxlen=self.SLACK_WINDOW)  # slack + _drained, per slot
+        self._drained = 0  # frames dropped for latency or overflow, ever (offsets `_slack`)
+        self._miss = 0  # slots in a row played without their own packet (a loss run at playout)
         self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
         self._dry = 0  # consecutive slots played from an empty buffer (adaptive)
         self._stretched = 0  # dry slots that turned out to be a late packet, not a loss
         self._redundant: set[int] = set()  # slots filled from a RED copy, not the packet itself
         self.last_redundant = False  # the packet `pop_packet` gave last came from a RED copy
-        self._run = 0  # the longest loss run seen lately (adaptive target), and its age in slots
-        self._run_age = 0
+        self._run = 0  # the longest loss run (at most LOSS_COVER) seen in the last LOSS_MEMORY slots
+        self._run_age = [self.LOSS_MEMORY + 1] * (self.LOSS_COVER + 1)  # slots since a run of each length
         self._hold = 0  # slots still to hold back (raising the delay for loss runs)
         self._short = 0  # consecutive slots below the loss cover
         self.source: RtpSource | None = None
@@ -277,6 +296,10 @@ class JitterBuffer:
             return PushResult.INVALID
         if self._held:
             held, self._held = self._held, []
+            if self.adaptive and self._next is None:
+                # a fresh start: of what A.1 probation held back, only what the floor needs is kept
+                # (with a 1-frame floor the first packet would only be 20 ms of delay to drain)
+                held = held[max(0, len(held) + 1 - self.prefetch):]
             for old, old_audio in held:
                 if seq_delta(old.sequence_number, packet.sequence_number) < 0:
                     self._store(source.extended(old.sequence_number), old, old_audio)
@@ -292,25 +315,24 @@ class JitterBuffer:
         ext = src.extended(packet.sequence_number)
         if ext in self._slots or (self._next is not None and ext < self._next):
             return False
+        if self.adaptive and self._next is None and (not self._slots or ext < min(self._slots)):
+            return False  # before playout's first packet: it would only be delay
         if self._slots and ext < max(self._slots) - self.capacity + 1:
             return False
         self._slots[ext] = packet
         self._redundant.add(ext)
         return True
 
-    def _note_loss_run(self, ext: int) -> None:
-        """Loss runs seen on arrival (adaptive target): the gap before ``ext``."""
-        if self._ref is None:
-            return
-        gap = ext - self._ref[0] - 1
-        if 0 < gap < self.capacity and gap >= self._run:
-            self._run = min(gap, self.LOSS_COVER)
-            self._run_age = 0
+    def _note_loss_run(self, run: int) -> None:
+        """A loss run of ``run`` slots just ended at playout (adaptive target): the delay covers
+        up to ``LOSS_COVER`` of it for ``LOSS_MEMORY`` slots; an outage (> ``LOSS_RUN_MAX``) not."""
+        if 0 < run <= self.LOSS_RUN_MAX:
+            cover = min(run, self.LOSS_COVER)
+            self._run_age[cover] = 0
+            self._run = max(self._run, cover)
 
     def _store(self, ext: int, packet: RtpPacket, audio: bool) -> PushResult:
         if audio:
-            if self.adaptive:
-                self._note_loss_run(ext)
             if self._ref is not None:
                 ref_ext, ref_ts = self._ref
                 drift = ts_delta(packet.timestamp, ref_ts) - (ext - ref_ext) * self.frame_samples
@@ -358,27 +380,35 @@ class JitterBuffer:
             if len(self._slots) < self.prefetch:
                 return None
             first = min(self._slots)
+            if self._next is not None and first > self._next:
+                self._miss += first - self._next  # lost while it re-buffered: the run goes on
             self._next = first if self._next is None else max(first, self._next)
             self._playing = True
         self.last_redundant = False
         if self.adaptive:
-            self._run_age += 1
-            if self._run_age > self.LOSS_MEMORY:
-                self._run = 0
+            # the longest run still remembered: a shorter one seen since keeps its own cover
+            ages = self._run_age
+            for r in range(1, len(ages)):
+                ages[r] += 1
+            while self._run and ages[self._run] > self.LOSS_MEMORY:
+                self._run = max((r for r in range(1, self._run) if ages[r] <= self.LOSS_MEMORY), default=0)
         if self._hold and self._slots:
             # raising the delay (loss cover): this slot is concealed and playout's place kept
             self._hold -= 1
             self._stretched += 1
             self._n["stretched"] += 1
+            self._slack.append(self._drained)  # no slack to drain while raising it
             return None
         if not self._slots and self.adaptive and self._dry < self.MAX_DRY and self._next is not None:
             # an empty buffer: a loss burst, or a late packet. Its slot passes concealed and the
             # place is held (see MAX_DRY); re-buffering would add silence and delay.
             self._dry += 1
             self._n["concealed"] += 1
+            self._slack.append(self._drained)  # it ran dry: no slack
             return None
         if not self._slots:
             self._dry = 0
+            self._slack.clear()
             self._playing = False  # underrun: re-buffer ``prefetch`` packets before resuming
             self._n["underruns"] += 1
             self._n["concealed"] += 1
@@ -391,6 +421,7 @@ class JitterBuffer:
             for ext in range(self._next, self._next + covered):
                 self._slots.pop(ext, None)
             self._next += covered
+            self._miss += covered  # they stood for lost packets
             self._stretched += self._dry - covered
             self._n["stretched"] += self._dry - covered
             self._dry = 0
@@ -405,10 +436,17 @@ class JitterBuffer:
             self._redundant = {e for e in self._redundant if e >= self._next}
         if packet is not None:
             self._n["played"] += 1
+            if self.last_redundant:
+                self._miss += 1  # its own packet was lost: part of a loss run all the same
+            elif self._miss:
+                if self.adaptive:
+                    self._note_loss_run(self._miss)
+                self._miss = 0
         elif present:
             self._n["non_audio"] += 1  # a telephone-event slot: silent, but not a loss
         else:
             self._n["concealed"] += 1
+            self._miss += 1
         # Latency control: when the buffer is nearly full, drop one extra frame per pop.
         if self._slots and max(self._slots) - self._next >= self.capacity - 1:
             self._slots.pop(self._next, None)
@@ -416,6 +454,7 @@ class JitterBuffer:
             self._n["overflow_dropped"] += 1
             if self.adaptive:
                 self._skipped += 1
+                self._drained += 1
         elif self.adaptive:
             self._adapt()
         return packet
@@ -423,9 +462,9 @@ class JitterBuffer:
     def _adapt(self) -> None:
         """Adaptive playout delay: aim at 3 x jitter + 1 frame (floor ``prefetch``), drain above it."""
         src = self.source
-        frame_s = self.frame_samples / self.clock_rate
-        jitter = src.jitter_seconds if src is not None else 0.0
-        by_jitter = math.ceil(3 * jitter / frame_s) + 1
+        jitter = src.jitter if src is not None else 0.0  # RFC 3550 A.8, in timestamp units
+        # under one timestamp unit is no jitter (A.8's reported value, an integer, would be 0)
+        by_jitter = math.ceil(3 * jitter / self.frame_samples) + 1 if jitter >= 1.0 else 1
         by_loss = self._run + 1 if self._run else 0
         self.target = max(self.prefetch, min(self.capacity - 2, max(by_jitter, by_loss)))
         assert self._next is not None
@@ -440,16 +479,20 @@ class JitterBuffer:
                 self._short = 0
         else:
             self._short = 0
-        if waiting > self.target:
-            self._over += 1
-            if self._over >= self.DRAIN_EVERY:
-                self._over = 0
-                self._slots.pop(self._next, None)
-                self._next += 1
-                self._n["latency_dropped"] += 1
-                self._skipped += 1
-        else:
-            self._over = 0
+        # NetEq-like drain: the slack (frames still waiting after this slot) over the last
+        # SLACK_WINDOW slots; drained frames are counted in `_drained`, so older entries compare
+        # as if they had been dropped then too
+        slack = self._slack
+        slack.append(waiting + self._drained)
+        self._since_drain += 1
+        if (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
+                and min(slack) - self._drained > self.MIN_MARGIN):
+            self._since_drain = 0
+            self._drained += 1
+            self._slots.pop(self._next, None)
+            self._next += 1
+            self._n["latency_dropped"] += 1
+            self._skipped += 1
 
     def take_stretched(self) -> int:
         """Dry slots (concealed while empty) that a late packet, not a loss, stood behind, since
@@ -477,6 +520,8 @@ class JitterBuffer:
         self._redundant.clear()
         self._dry = 0
         self._hold = 0
+        self._miss = 0
+        self._slack.clear()
         self._next = None
         self._playing = False
         self._ref = None

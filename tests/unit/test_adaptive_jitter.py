@@ -36,13 +36,15 @@ class Clicks:
         return frame
 
 
-def run(adaptive: bool, schedule: list[float], capacity: int = 16) -> tuple[list[tuple[float, float]], RtpSession]:
+def run(adaptive: bool, schedule: list[float], capacity: int = 16,
+        prefetch: int = 3) -> tuple[list[tuple[float, float]], RtpSession]:
     """Packets sent every 20 ms, delivered at `schedule[i]` seconds after they were sent (None:
     lost); returns (receive time, playout delay in s) per played frame, and the receiver."""
     fmt = MediaFormat(codec="PCMU", payload_type=0, telephone_event_pt=None, remote=ADDR)
     src, dst = Clicks(), Clicks()
     tx = RtpSession(fmt, src, rtcp=False)
-    rx = RtpSession(fmt, dst, rtcp=False, jitter_adaptive=adaptive, jitter_capacity=capacity)
+    rx = RtpSession(fmt, dst, rtcp=False, jitter_adaptive=adaptive, jitter_capacity=capacity,
+                    jitter_prefetch=prefetch)
     t0 = 100.0
     tx.start(t0)
     rx.start(t0 + 0.005)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from bridge.net.media import PERIOD, MediaEngine, RtpEndpoint, bind_pair, format_of
+from bridge.rtp import g711
 from bridge.rtp.media import FrameQueues, MediaEvent, MediaFormat, RtpSession
 from bridge.rtp.packet import RtpPacket
 from bridge.sip.sdp import NegotiatedAudio
@@ -383,3 +384,34 @@ def test_format_of_takes_the_negotiated_audio(direction: str, send: bool, recv: 
     assert held.remote is None and not held.send
     mux = format_of(na, rtcp_mux=True, remote_rtcp=("127.0.0.1", 4000))
     assert mux.rtcp_mux and mux.remote_rtcp == ("127.0.0.1", 4000)
+
+
+# --- serving another leg in the same slot ------------------------------------------------------------------
+
+def test_serve_sends_the_frame_another_leg_just_queued_in_the_same_slot(engine: MediaEngine, loop: FakeLoop) -> None:
+    """The bridge's hand-over (bridge/gateway/call.py PhoneLink): leg A's AudioPort queues a frame
+    for leg B and calls `serve(B)`. B started first, so the engine ticks it first; once A has
+    served it, every later frame leaves on B in the slot A queued it, not 20 ms later."""
+    b, b_sent, bq, _ = attach(engine)
+    encode = g711.encoder_for("PCMU")
+
+    class Feeder:
+        slot = 0
+
+        def exchange(self, rx: np.ndarray, live: bool) -> np.ndarray | None:
+            if self.slot:  # from its second slot on (PhoneLink queues only once its leg plays)
+                bq.write(tone_frame(self.slot))
+            engine.serve(b)
+            self.slot += 1
+            return None
+
+    a_session = RtpSession(MediaFormat(remote=("127.0.0.1", 8)), Feeder(), timestamp=0, rtcp=False)
+    a = engine.attach(a_session, send=lambda d, ad, r: None)
+    engine.start(b)
+    engine.start(a)
+    loop.run_until(loop.now + 10 * PERIOD - 1e-6)
+    by_slot = {p.timestamp // 160: p.payload for p in rtp(b_sent)}
+    assert len(by_slot) == 10
+    for k in range(1, 10):
+        assert by_slot[k] == encode(np.frombuffer(tone_frame(k), dtype=np.int16)), k
+    assert b.fed_by is a and engine.ticks >= 2 * 9

@@ -13,7 +13,7 @@ from bridge.rtp.media import MediaFormat, RtpSession
 from bridge.rtp.packet import RtpPacket
 from bridge.rtp.red import RedBlock, RedEncoder, RedError, build_red, parse_red
 from bridge.rtp.rtcp import ReceiverReport, SenderReport
-from bridge.rtp.session import JitterBuffer
+from bridge.rtp.session import APP_LEG_FLOOR, JitterBuffer
 from jego_call.media import analysis
 from tests.integration.bridge_util import speech_8k
 from tests.lossy_path import ADDR, Player, run_path
@@ -83,12 +83,14 @@ def test_a_red_copy_fills_only_a_missing_unplayed_slot() -> None:
 
 
 def through(speech: np.ndarray, spec: str, red: int, seq: int | None = None) -> tuple[float, RtpSession]:
-    """Speech through Opus (FEC planned for 10 %, RED ``red`` frames deep) over the seeded path."""
+    """Speech through Opus (FEC planned for 10 %, RED ``red`` frames deep) over the seeded path,
+    into the bridge's app leg buffer (adaptive, from its 1-frame floor)."""
     fmt = MediaFormat(codec="opus", payload_type=111, telephone_event_pt=None, remote=ADDR,
                       red_pt=63, red_distance=red)
     tx_codec, rx_codec = OpusCodec(32000, 1), OpusCodec(32000, 1)
     tx_codec.enable_fec(10)
-    pcm, rx, _net = run_path(speech, fmt, tx_codec, rx_codec, spec, jitter_adaptive=True, seq=seq)
+    pcm, rx, _net = run_path(speech, fmt, tx_codec, rx_codec, spec, jitter_adaptive=True, seq=seq,
+                            jitter_prefetch=APP_LEG_FLOOR)
     heard = analysis.to_float(pcm)
     return analysis.pesq_score(analysis.to_float(speech), heard, 8000, mode="nb"), rx
 

@@ -263,6 +263,12 @@ class PyVoipLeg:
         if self.media is not None:
             self.media.write(bytes(pcm))
 
+    def serve_media(self) -> None:
+        """Called from the app leg's 20 ms slot after `send_audio`: our RTP sends that frame in
+        the same slot, and `read_audio` then has this slot's received frame (the media engine)."""
+        if self.media is not None:
+            self.media.serve()
+
     def read_audio(self) -> bytes | None:
         """The next received 20 ms frame (320 bytes PCM16), or None when nothing is due."""
         if self.media is None:

@@ -152,6 +152,12 @@ class _MediaClient:
         """Queue one 20 ms PCM16 frame; never blocks, the oldest is dropped when full."""
         self.queues.write(data)
 
+    def serve(self) -> None:
+        """After `write` from another leg's media tick: send that frame in this same slot (and
+        queue this slot's received frame for `read`): bridge/net/media.py `MediaEngine.serve`."""
+        if self._ep is not None and self._engine is not None:
+            self._engine.serve(self._ep)
+
     def read(self, length: int = FRAME_BYTES, blocking: bool = False) -> bytes:
         """The oldest received frame that is due (320 bytes PCM16), or b""."""
         return self.queues.read() or b""
