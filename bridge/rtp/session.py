@@ -211,7 +211,9 @@ class JitterBuffer:
     MAX_DRY = 5
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
-    LOSS_COVER = 3
+    # 4: a sender's RED 3 deep + the LBRR in its oldest copy rebuilds a run of 4 (RFC 2198, RFC 6716
+    # §2.1.7), if that packet arrives before the run's first frame is due.
+    LOSS_COVER = 4
     LOSS_MEMORY = 500  # slots (10 s) a seen loss run keeps the delay up
     SHORT_FOR = 10  # slots the delay must stay below the loss cover before it is raised
 
