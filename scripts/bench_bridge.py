@@ -176,7 +176,7 @@ def speech_pcm() -> np.ndarray:
     return np.asarray(np.clip(analysis.resample(x, rate, 8000) * 32768.0, -32768, 32767), dtype=np.int16)
 
 
-RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first); --red off
+RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first, 3 while its RR reports loss); --red off
 
 
 class PreEncoded:
@@ -254,7 +254,20 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             await leg.wait_connected(30)
             out["connect_ms"] = (time.monotonic() - t0) * 1000
             out["connected"] = time.monotonic()
-            await asyncio.gather(release.wait(), asyncio.sleep(speech_s + 1.0))
+
+            async def red_depth() -> None:  # the RED depth the caller sends (it follows the bridge's RR)
+                seen: dict[int, float] = {}
+                while True:
+                    d = int(leg.stats().get("red_distance") or 0)
+                    seen.setdefault(d, round(time.monotonic() - out["connected"], 1))
+                    out["red_depths"] = seen
+                    await asyncio.sleep(0.2)
+
+            sampler = asyncio.create_task(red_depth())
+            try:
+                await asyncio.gather(release.wait(), asyncio.sleep(speech_s + 1.0))
+            finally:
+                sampler.cancel()
             out["live_back"] = port.live
             await client.hangup(cid)
             await client.wait_for("call_ended", cid, timeout=20)
@@ -358,6 +371,8 @@ def run(n: int, url: str, pids: list[int], bridge_log: Path, data: Path, app_cod
             "threads": probe.get("threads"), "per_worker": probe.get("per_worker", {}),
             "ctxsw_per_call_s": round(probe["ctxsw"] / call_s, 1),
             "frames_back_min": min((r.get("live_back", 0) for r in results), default=0),
+            # RED depths the callers sent and how many seconds into the call each was first seen
+            "red_depths": results[0].get("red_depths") if results else None,
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "metrics_cpu_share": round(probe["metrics_share"], 5) if "metrics_share" in probe else None}
 
