@@ -177,6 +177,7 @@ def speech_pcm() -> np.ndarray:
 
 
 RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first, 3 while its RR reports loss); --red off
+RED_LOSSY_DEPTH = [3]  # --red-lossy-distance: the callers' RED depth while the bridge reports loss
 
 
 class PreEncoded:
@@ -242,7 +243,8 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             key = "opus" if name.lower() == "opus" else name.upper()
             return PreEncoded(key, *pre[key])
 
-        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user, red=RED[0])
+        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user, red=RED[0],
+                        red_lossy_distance=RED_LOSSY_DEPTH[0])
         cid = new_call_id()
         out["call_id"] = cid
         try:
@@ -478,6 +480,8 @@ def main() -> int:
     ap.add_argument("--impair", default="", metavar="SPEC",
                     help="the worker's [bridge] impair on the app leg, e.g. loss=10,burst=2.5,seed=1 (issue 15)")
     ap.add_argument("--red", choices=["on", "off"], default="on", help="the callers offer and send RED")
+    ap.add_argument("--red-lossy-distance", type=int, default=3, metavar="N",
+                    help="the callers' RED depth while the bridge's RR reports 3 %% loss or more (2: as before)")
     ap.add_argument("--fec-loss", type=int, default=0, metavar="PCT",
                     help="the callers' pre-encoded speech carries in-band FEC planned for PCT %% loss")
     ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
@@ -526,6 +530,7 @@ def main() -> int:
         if args.impair:
             common["JEGO_BRIDGE_IMPAIR"] = args.impair
         RED[0] = args.red == "on"
+        RED_LOSSY_DEPTH[0] = args.red_lossy_distance
         metrics_port = free_port()
         worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
                       "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}
