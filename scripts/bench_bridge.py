@@ -176,7 +176,8 @@ def speech_pcm() -> np.ndarray:
     return np.asarray(np.clip(analysis.resample(x, rate, 8000) * 32768.0, -32768, 32767), dtype=np.int16)
 
 
-RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first); --red off
+RED = [True]  # the callers offer RFC 2198 RED (sent 2 deep when the bridge answers it first, 3 while its RR reports loss); --red off
+RED_LOSSY_DEPTH = [3]  # --red-lossy-distance: the callers' RED depth while the bridge reports loss
 
 
 class PreEncoded:
@@ -242,7 +243,8 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             key = "opus" if name.lower() == "opus" else name.upper()
             return PreEncoded(key, *pre[key])
 
-        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user, red=RED[0])
+        leg = WebRtcLeg(port, codecs=codecs, ice=auth["ice_servers"], codec_factory=factory, name=user, red=RED[0],
+                        red_lossy_distance=RED_LOSSY_DEPTH[0])
         cid = new_call_id()
         out["call_id"] = cid
         try:
@@ -254,7 +256,20 @@ async def one_call(url: str, user: str, codecs: tuple[str, ...], pre: dict[str, 
             await leg.wait_connected(30)
             out["connect_ms"] = (time.monotonic() - t0) * 1000
             out["connected"] = time.monotonic()
-            await asyncio.gather(release.wait(), asyncio.sleep(speech_s + 1.0))
+
+            async def red_depth() -> None:  # the RED depth the caller sends (it follows the bridge's RR)
+                seen: dict[int, float] = {}
+                while True:
+                    d = int(leg.stats().get("red_distance") or 0)
+                    seen.setdefault(d, round(time.monotonic() - out["connected"], 1))
+                    out["red_depths"] = seen
+                    await asyncio.sleep(0.2)
+
+            sampler = asyncio.create_task(red_depth())
+            try:
+                await asyncio.gather(release.wait(), asyncio.sleep(speech_s + 1.0))
+            finally:
+                sampler.cancel()
             out["live_back"] = port.live
             await client.hangup(cid)
             await client.wait_for("call_ended", cid, timeout=20)
@@ -358,6 +373,8 @@ def run(n: int, url: str, pids: list[int], bridge_log: Path, data: Path, app_cod
             "threads": probe.get("threads"), "per_worker": probe.get("per_worker", {}),
             "ctxsw_per_call_s": round(probe["ctxsw"] / call_s, 1),
             "frames_back_min": min((r.get("live_back", 0) for r in results), default=0),
+            # RED depths the callers sent and how many seconds into the call each was first seen
+            "red_depths": results[0].get("red_depths") if results else None,
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "metrics_cpu_share": round(probe["metrics_share"], 5) if "metrics_share" in probe else None}
 
@@ -463,6 +480,8 @@ def main() -> int:
     ap.add_argument("--impair", default="", metavar="SPEC",
                     help="the worker's [bridge] impair on the app leg, e.g. loss=10,burst=2.5,seed=1 (issue 15)")
     ap.add_argument("--red", choices=["on", "off"], default="on", help="the callers offer and send RED")
+    ap.add_argument("--red-lossy-distance", type=int, default=3, metavar="N",
+                    help="the callers' RED depth while the bridge's RR reports 3 %% loss or more (2: as before)")
     ap.add_argument("--fec-loss", type=int, default=0, metavar="PCT",
                     help="the callers' pre-encoded speech carries in-band FEC planned for PCT %% loss")
     ap.add_argument("--scrape", type=float, default=0.0, metavar="S",
@@ -511,6 +530,7 @@ def main() -> int:
         if args.impair:
             common["JEGO_BRIDGE_IMPAIR"] = args.impair
         RED[0] = args.red == "on"
+        RED_LOSSY_DEPTH[0] = args.red_lossy_distance
         metrics_port = free_port()
         worker_env = {**common, "JEGO_METRICS_ENABLED": "true" if args.metrics == "on" else "false",
                       "JEGO_BRIDGE_METRICS_PORT": str(metrics_port)}

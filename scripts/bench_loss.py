@@ -5,8 +5,9 @@
    (bridge/net/opus.py, 32 kb/s complexity 1) from one RtpSession to another, a seeded
    jego_call/media/impair.py network between them, then through G.711 as the carrier hears it;
    narrowband PESQ against the source, with the sender's in-band FEC on (planned for 10 % loss)
-   and off (PLC only), with and without RFC 2198 RED (2 frames deep as our senders send it, 1
-   as Chromium does by default), on the SAME loss pattern, plus the FEC / RED recovered and
+   and off (PLC only), with and without RFC 2198 RED (3 frames deep as our senders send it
+   while the far end reports 3 % loss or more, 2 on a calmer path, 1 as Chromium does by
+   default), on the SAME loss pattern, plus the FEC / RED recovered and
    concealed frame counters. G.711 alone on the same speech is the clean reference. ``--tts``
    adds five synthesized voices (flite slt, rms, awb; espeak-ng Mandarin and US English) so the
    figures are not one sample's.
@@ -87,7 +88,7 @@ def load(path: Path) -> np.ndarray:
     return np.asarray(np.clip(analysis.resample(x, rate, 8000) * 32768, -32768, 32767), dtype=np.int16)
 
 
-MODES = (("on + RED 2", True, 2), ("on + RED 1 (Chromium's default)", True, 1), ("RED 2, no FEC", False, 2),
+MODES = (("on + RED 3 (ours when lossy)", True, 3), ("on + RED 2", True, 2), ("on + RED 1 (Chromium's default)", True, 1), ("RED 2, no FEC", False, 2),
          ("on", True, 0), ("off (PLC only)", False, 0))
 
 

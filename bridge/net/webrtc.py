@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 Addr = tuple[str, int]
 StateHandler = Callable[[str], None]
 
-__all__ = ["WebRtcError", "WebRtcLeg", "add_red", "ice_servers", "narrowband_opus", "red_payload_type"]
+__all__ = ["RED_LOSSY", "WebRtcError", "WebRtcLeg", "add_red", "ice_servers", "narrowband_opus", "red_payload_type"]
 
 CODEC_NAMES = {"opus": "opus", "pcmu": "PCMU", "pcma": "PCMA"}
 
@@ -156,6 +156,9 @@ def add_red(sdp: str, red_pt: int, opus_pt: int, *, first: bool) -> str:
     return "\r\n".join(lines)
 
 
+RED_LOSSY = 0.03  # the far end's reported loss (estimate) from which RED is sent red_lossy_distance deep
+
+
 def fec_loss_percent(fraction_lost: float) -> int:
     """The loss our encoder plans FEC for, from the far end's RR (0: FEC off; capped at 25 %)."""
     return 0 if fraction_lost <= 0 else max(1, min(25, round(fraction_lost * 100)))
@@ -231,7 +234,10 @@ class WebRtcLeg:
     - ``red``: RFC 2198 redundancy for Opus (``red/48000/2``, fmtp ``111/111``). Answering an
       offer that has it, we list it first (the far end, e.g. Chromium, sends each frame with
       the ones before it) and fill lost frames from the copies; offering, we add it after Opus
-      and, when the answer lists it first, send it ``red_distance`` frames deep.
+      and, when the answer lists it first, send it ``red_distance`` frames deep, or
+      ``red_lossy_distance`` while the far end's RTCP reports loss of ``RED_LOSSY`` or more
+      (bursty loss makes runs of 4 and more: 2 copies + FEC rebuild 3 frames, 3 copies 4;
+      docs/benchmarks.md "Loss and jitter on the lean leg").
     - ``codec_factory``: makes the codec for the negotiated encoding name ("opus", "PCMU",
       "PCMA") instead of ours (scripts/bench_bridge.py's caller: pre-encoded speech).
     """
@@ -244,7 +250,7 @@ class WebRtcLeg:
                  on_time_tolerance: float = 0.010, max_burst: int = 3,
                  codec_factory: Callable[[str], AudioCodec] | None = None,
                  impair: ImpairmentSpec | None = None, fec: bool = True, ice_transport_policy: str = "all",
-                 red: bool = True, red_distance: int = 2) -> None:
+                 red: bool = True, red_distance: int = 2, red_lossy_distance: int = 3) -> None:
         wanted = [CODEC_NAMES.get(c.lower()) for c in codecs]
         if not wanted or None in wanted:
             raise ValueError(f"codecs must be among opus, PCMU, PCMA: {list(codecs)}")
@@ -265,6 +271,7 @@ class WebRtcLeg:
         self.fec = fec
         self.red = red
         self.red_distance = red_distance
+        self.red_lossy_distance = red_lossy_distance
         self.red_pt: int | None = None  # negotiated RED payload type (None: plain Opus only)
         self.red_send = False  # the far end wants RED from us (listed first in its answer)
         self._red_offered: int | None = None
@@ -282,7 +289,7 @@ class WebRtcLeg:
         self.remote_bye = False
         self.remote_fec = False  # the far end asked for in-band FEC (useinbandfec=1)
         self.fec_loss_percent = 0  # what our encoder plans FEC for now (from the far end's RR)
-        self._loss_estimate = 0.0
+        self._loss_estimate = 0.0  # the far end's fraction lost (RTCP RR), decaying gently when it reports none
         self.n = {"tx_packets": 0, "tx_bytes": 0, "tx_dropped": 0, "rx_datagrams": 0, "rx_bytes": 0,
                   "rx_before_keys": 0}
         self._t: RTCRtpTransceiver | None = None
@@ -542,25 +549,41 @@ class WebRtcLeg:
         self.n["tx_bytes"] += len(wire)
 
     def _on_events(self, events: list[MediaEvent]) -> None:
+        """The session's events (the engine calls this): RTCP reports steer FEC and RED depth."""
         for ev in events:
             if isinstance(ev, ReportReceived):
-                self._adapt_fec(ev.stats.fraction_lost)
+                # RFC 3550 §6.4.1 fraction lost; a report without loss lowers the estimate gently
+                # (one calm second must not switch FEC off or RED back to its normal depth)
+                self._loss_estimate = max(ev.stats.fraction_lost, self._loss_estimate * 0.7)
+                self._adapt_fec()
+                self._adapt_red()
             elif isinstance(ev, RemoteBye):
                 self.remote_bye = True
                 log.debug("%s: RTCP BYE from the far end", self.name)
 
-    def _adapt_fec(self, fraction_lost: float) -> None:
+    def _adapt_fec(self) -> None:
         """RFC 7587 §3.3 / RFC 6716 §2.1.7: with a far end that decodes FEC, our encoder adds
         it sized to the loss the far end reports (off again some seconds after it reports none)."""
         codec = self.codec
         if not self.fec or not self.remote_fec or not isinstance(codec, OpusCodec):
             return
-        # a report without loss lowers the estimate gently (one calm second must not switch FEC off)
-        self._loss_estimate = max(fraction_lost, self._loss_estimate * 0.7)
         want = fec_loss_percent(self._loss_estimate if self._loss_estimate >= 0.005 else 0.0)
         if want != self.fec_loss_percent:
             codec.encoder.configure(loss_percent=want)
             self.fec_loss_percent = want
+
+    def _adapt_red(self) -> None:
+        """RFC 2198 depth from the far end's loss: ``red_lossy_distance`` copies from ``RED_LOSSY``
+        on (loss in bursts leaves runs that ``red_distance`` copies cannot bridge), else
+        ``red_distance``; only while we send RED. The encoder keeps its history (no gap)."""
+        s = self.session
+        if s is None or not s.fmt.red_distance:
+            return
+        want = self.red_lossy_distance if self._loss_estimate >= RED_LOSSY else self.red_distance
+        if want != s.fmt.red_distance:
+            s.set_red_distance(want)
+            log.debug("%s: RED %d deep (far end loss %.1f %%)", self.name or "webrtc leg", want,
+                      self._loss_estimate * 100)
 
     # --- results ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -579,7 +602,7 @@ class WebRtcLeg:
                        tx_underruns=s.n["tx_underruns"], malformed=s.n["malformed"], unknown_pt=s.n["unknown_pt"],
                        late_frames=max(0, ticks - s.n["on_time"]), fec_recovered=s.playout.recovered_frames, concealed_frames=s.playout.concealed_frames,
                        red_recovered=s.playout.red_recovered_frames, red_received=s.n["rx_red"],
-                       red_sent=bool(s.fmt.red_distance), stretched=jb.stretched,
+                       red_sent=bool(s.fmt.red_distance), red_distance=s.fmt.red_distance, stretched=jb.stretched,
                        fec_sent_for_loss=self.fec_loss_percent, latency_dropped=jb.latency_dropped,
                        late_dropped=jb.late + jb.overflow_dropped, playout_target_ms=s.playout.jitter.target * 20)
             if s.rtt is not None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -466,8 +466,20 @@ class RtpSession:
         want = fmt.red_distance if fmt.red_pt is not None else 0
         if not want:
             self._red = None
-        elif self._red is None or self._red.distance != want:
+        elif self._red is None or self._red.payload_type != fmt.payload_type:
             self._red = RedEncoder(fmt.payload_type, want)
+        else:
+            self._red.set_distance(want)  # the frames already sent stay in its history
+
+    def set_red_distance(self, distance: int) -> None:
+        """Send each packet with the previous ``distance`` frames (RFC 2198) from the next slot on,
+        e.g. deeper while the far end's RTCP reports loss; only when RED is negotiated and sent
+        (``fmt.red_pt`` set, ``fmt.red_distance`` > 0), else nothing changes."""
+        fmt = self.fmt
+        if fmt.red_pt is None or not fmt.red_distance or distance == fmt.red_distance:
+            return
+        self.fmt = replace(fmt, red_distance=max(1, distance))
+        self._set_red()
 
     # -- configuration -----------------------------------------------------------------------
     def configure(self, fmt: MediaFormat) -> None:

@@ -6,7 +6,8 @@ ts_offset, data)``; the last one is the primary (``ts_offset`` 0). A redundant b
 ``ts_offset = k * frame`` is the frame of the packet ``k`` sequence numbers before (the
 sender's 20 ms frames): ``bridge.rtp.session.JitterBuffer.push_redundant`` fills a lost slot
 with it. Send: ``enc = RedEncoder(pt=111, distance=2)``; ``enc.wrap(payload, timestamp)`` per
-frame returns the RED payload with the previous ``distance`` frames.
+frame returns the RED payload with the previous ``distance`` frames; ``enc.set_distance(n)``
+changes the depth on the fly (the history is kept: a deeper next packet already carries them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 MAX_OFFSET = 0x3FFF  # 14-bit timestamp offset (RFC 2198 §3)
 MAX_BLOCK = 0x3FF  # 10-bit block length
+MAX_DISTANCE = 8  # frames of history kept (the deepest RED a sender here may be set to)
 
 
 class RedError(ValueError):
@@ -78,18 +80,25 @@ class RedEncoder:
     does for Opus, RFC 2198 with the same payload type inside)."""
 
     def __init__(self, payload_type: int, distance: int = 2) -> None:
-        if not 0 <= distance <= 8:
-            raise ValueError("RED distance must be 0..8")
         self.payload_type = payload_type
+        self.distance = 0
+        self.set_distance(distance)
+        # the last MAX_DISTANCE frames, whatever the depth: `set_distance` deeper takes effect at once
+        self._past: deque[tuple[int, bytes]] = deque(maxlen=MAX_DISTANCE)
+
+    def set_distance(self, distance: int) -> None:
+        """Carry the previous ``distance`` frames from the next `wrap` on (0: the primary alone).
+        The history is kept, so going from 2 to 3 sends 3 copies in the very next packet."""
+        if not 0 <= distance <= MAX_DISTANCE:
+            raise ValueError(f"RED distance must be 0..{MAX_DISTANCE}")
         self.distance = distance
-        self._past: deque[tuple[int, bytes]] = deque(maxlen=max(1, distance))
 
     def wrap(self, payload: bytes, timestamp: int) -> bytes:
-        blocks = [RedBlock(self.payload_type, (timestamp - ts) & 0xFFFFFFFF, data)
-                  for ts, data in self._past] if self.distance else []
+        n = self.distance
+        past = list(self._past)[-n:] if n else []
+        blocks = [RedBlock(self.payload_type, (timestamp - ts) & 0xFFFFFFFF, data) for ts, data in past]
         out = build_red(self.payload_type, payload, blocks)
-        if self.distance:
-            self._past.append((timestamp, payload))
+        self._past.append((timestamp, payload))
         return out
 
     def reset(self) -> None:
@@ -97,4 +106,4 @@ class RedEncoder:
         self._past.clear()
 
 
-__all__ = ["RedBlock", "RedEncoder", "RedError", "build_red", "parse_red"]
+__all__ = ["MAX_DISTANCE", "RedBlock", "RedEncoder", "RedError", "build_red", "parse_red"]

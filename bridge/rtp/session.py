@@ -218,7 +218,9 @@ class JitterBuffer:
     DRAIN_EVERY = 2
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
-    LOSS_COVER = 3
+    # 4: a sender's RED 3 deep + the LBRR in its oldest copy rebuilds a run of 4 (RFC 2198, RFC 6716
+    # §2.1.7), if that packet arrives before the run's first frame is due.
+    LOSS_COVER = 4
     # Loss runs are counted at playout (slots whose own packet was missing, RED-filled ones
     # included), not at arrival; a run longer than this is an outage, which no cover helps.
     LOSS_RUN_MAX = 2 * LOSS_COVER

@@ -115,6 +115,7 @@ async def test_speech_through_the_lean_leg_scores_like_g711(legs: list[WebRtcLeg
     base = analysis.pesq_score(ref, g711_alone, 8000, mode="nb")
     print(f"PESQ nb: lean leg (Opus 8 kHz) {lean:.2f}, G.711 alone {base:.2f}")
     assert lean >= base - 0.1, (lean, base)
+    assert a.red_send and a.stats()["red_distance"] == 2  # a clean path: RED at its normal depth
 
 
 @pytest.mark.parametrize("fec", [True, False])
@@ -147,7 +148,8 @@ async def test_fec_through_lossy_lean_legs(legs: list[WebRtcLeg], fec: bool) -> 
 
 async def test_red_through_a_lossy_lean_leg(legs: list[WebRtcLeg]) -> None:
     """The caller offers RFC 2198 RED after Opus, the answerer lists it first and so gets it; with
-    10 % loss in bursts on b's receive path, b plays most lost frames from the copies."""
+    10 % loss in bursts on b's receive path, b plays most lost frames from the copies, and a sends
+    them 3 deep once b's RTCP reports the loss (WebRtcLeg.red_lossy_distance)."""
     from jego_call.media.impair import ImpairmentSpec
 
     speech = as_int16(speech_8k())
@@ -162,4 +164,5 @@ async def test_red_through_a_lossy_lean_leg(legs: list[WebRtcLeg]) -> None:
     print(f"b {sb['impaired']}, RED received {sb['red_received']}, RED recovered {sb['red_recovered']}, "
           f"FEC {sb['fec_recovered']}, concealed {sb['concealed_frames']}")
     assert sa["red_sent"] and sb["red_received"] > 200
+    assert sa["red_distance"] == 3 and a.red_lossy_distance == 3 and sb["red_distance"] == 0  # b sends plain Opus
     assert sb["impaired"]["dropped"] > 10 and sb["red_recovered"] > sb["concealed_frames"]
