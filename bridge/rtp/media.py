@@ -489,7 +489,7 @@ class RtpSession:
         )  # fmt: skip
         self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=self.codec,
                                adaptive=jitter_adaptive)
-        self.jitter_depth = StandingDepth()  # the receive buffer's packets at each slot: a gauge
+        self.jitter_depth = StandingDepth()  # packets left in the receive buffer after each slot: a gauge
         self._encode = self.codec.encode
         self.dtmf = DtmfReceiver()
         self.dtmf_gap_slots = max(1, dtmf_gap_ms // 20)
@@ -625,8 +625,8 @@ class RtpSession:
 
     def _slot(self, now: float, *, transmit: bool) -> None:
         self.n["ticks"] += 1
-        self.jitter_depth.observe(self.playout.jitter.depth)
         rx, live = self.playout.frame(now)
+        self.jitter_depth.observe(self.playout.jitter.depth)
         tx = self.audio.exchange(rx, live)
         if tx is None:
             tx = SILENCE
