@@ -130,7 +130,7 @@ def sender(port: Talker) -> RtpSession:
 
 def negotiated() -> NegotiatedAudio:
     return NegotiatedAudio(remote_host=ADDR[0], remote_port=ADDR[1], codec="PCMU", payload_type=0,
-                           clock_rate=8000, telephone_event_pt=None, ptime=20, direction="sendrecv")  # type: ignore[arg-type]
+                           clock_rate=8000, telephone_event_pt=None, ptime=20, direction="sendrecv")
 
 
 @dataclass
