@@ -154,7 +154,10 @@ def main() -> int:
                 st = leg.stats()
                 row = {"t_s": round(t, 3), "mono": time.monotonic(), "rss_mb": round(bl.rss_mb(stack.bridge.pid), 2),
                        "rx_packets": st["packets_received"], "tx_packets": st["packets_sent"],
-                       "lost": st["packets_lost"], "loadavg": bl.loadavg()[0]}
+                       "lost": st["packets_lost"], "loadavg": bl.loadavg()[0],
+                       # which buffer holds what: the caller's own receive buffer, the carrier's
+                       "caller_buffers": leg.session.buffers() if leg.session is not None else None,
+                       "carrier_buffers": carrier_status(stack.data).get("buffers")}
                 samples.append(row)
                 print(json.dumps(row), flush=True)
 
