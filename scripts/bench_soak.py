@@ -15,12 +15,22 @@ SRTP, Opus), a click every `--click-every` seconds. Reports:
 - latency: the round trip of each click (exact, on the caller's clock) and app -> phone
   (mouth to ear, in the carrier's recording), median of minute 1 against the last minute.
 
+`--stalls N` reproduces the hour's latency ratchet in minutes: N load stalls of `--stall-ms`
+(150 ms) spread evenly between the end of minute 1 and the start of the last minute, taking
+turns: the worker process stopped (SIGSTOP, then SIGCONT: its 20 ms clock falls behind and
+serves the missed slots back to back before it reads the datagrams that waited, as a loaded
+machine does), the carrier's process (`jego serve`) stopped the same way, and the caller's send
+path held and then delivered together (a burst on the app -> phone path). Each is logged with
+its time; minute 1 is before the first, the last minute after the last, so a buffer that keeps
+what a burst put in it shows as minute 1 -> last minute.
+
 Bounded: the call ends after `--minutes`; the script after that plus about a minute. Not a
 test: run as root inside `unshare -n`, e.g. in the background for the hour:
 
     unshare -n -- bash -c 'ip link set lo up && .venv/bin/python scripts/bench_soak.py --minutes 2'
     nohup unshare -n -- bash -c 'ip link set lo up && .venv/bin/python scripts/bench_soak.py \
         --minutes 60' > /tmp/soak60.log 2>&1 &
+    unshare -n -- bash -c 'ip link set lo up && .venv/bin/python scripts/bench_soak.py --minutes 3 --stalls 8'
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -62,10 +73,62 @@ def minute_medians(starts: list[float], values: list[float | None], lo: float, h
     return round(1000 * statistics.median(v), 1) if v else None
 
 
+STALL_KINDS = ("worker", "carrier", "caller")
+
+
+def stall_times(seconds: float, n: int) -> list[float]:
+    """`n` instants evenly inside (60 s, `seconds` - 60 s): minute 1 and the last are clean."""
+    lo, hi = 60.0, seconds - 60.0
+    if n <= 0 or hi <= lo:
+        return []
+    step = (hi - lo) / (n + 1)
+    return [round(lo + step * (k + 1), 3) for k in range(n)]
+
+
+async def stop_for(pid: int, seconds: float) -> None:
+    """SIGSTOP `pid` for `seconds` (a load stall of that process), SIGCONT always."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def stalls_task(stack: bl.Stack, times: list[float], stall_s: float, log: list[dict[str, Any]],
+                ) -> Any:
+    """The `during` coroutine for bl.one_call: the stalls at `times` (seconds after media is up)."""
+    async def run(leg: GatedLeg) -> None:
+        t_up = time.monotonic()
+        for k, at in enumerate(times):
+            await asyncio.sleep(max(0.0, t_up + at - time.monotonic()))
+            kind = STALL_KINDS[k % len(STALL_KINDS)]
+            if kind == "caller":
+                leg.gate.hold()
+                try:
+                    await asyncio.sleep(stall_s)
+                finally:
+                    leg.gate.release()
+            else:
+                await stop_for(stack.bridge.pid if kind == "worker" else stack.serve.pid, stall_s)
+            row = {"stall": k + 1, "kind": kind, "t_s": round(time.monotonic() - t_up, 3), "ms": round(1000 * stall_s)}
+            log.append(row)
+            print(json.dumps(row), flush=True)
+    return run
+
+
+def leg_buffers(bridge_log: Path) -> list[str]:
+    """The worker's end-of-call lines on the SIP leg's buffers and PhoneLink's (gateway/call.py)."""
+    text = bridge_log.read_text(errors="replace")
+    return [line[line.index("buffers"):][:400] for line in text.splitlines() if "leg stats" in line and "buffers" in line]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--click-every", type=float, default=10.0, metavar="S")
+    ap.add_argument("--stalls", type=int, default=0, metavar="N",
+                    help="inject N load stalls / burst deliveries between minute 1 and the last minute")
+    ap.add_argument("--stall-ms", type=float, default=150.0, help="length of each stall")
     ap.add_argument("--nice", type=int, default=-10, help="priority of this process, the worker and the server "
                     "(root only; 0: leave it)")
     args = ap.parse_args()
@@ -74,7 +137,11 @@ def main() -> int:
         raise SystemExit("--minutes must be at least 2 (minute 1 is the reference)")
     enable_loopback_candidates()
     seconds = args.minutes * 60
-    print(json.dumps({"minutes": args.minutes, "loadavg": bl.loadavg(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    times = stall_times(seconds, args.stalls)
+    if args.stalls and len(times) != args.stalls:
+        raise SystemExit("--stalls needs --minutes of at least 2 with room between minute 1 and the last")
+    stalls: list[dict[str, Any]] = []
+    print(json.dumps({"minutes": args.minutes, "stalls": times, "stall_ms": args.stall_ms, "loadavg": bl.loadavg(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
                       "started": time.strftime("%H:%M:%S")}),
           flush=True)
     samples: list[dict[str, Any]] = []
@@ -87,21 +154,32 @@ def main() -> int:
                 st = leg.stats()
                 row = {"t_s": round(t, 3), "mono": time.monotonic(), "rss_mb": round(bl.rss_mb(stack.bridge.pid), 2),
                        "rx_packets": st["packets_received"], "tx_packets": st["packets_sent"],
-                       "lost": st["packets_lost"], "loadavg": bl.loadavg()[0]}
+                       "lost": st["packets_lost"], "loadavg": bl.loadavg()[0],
+                       # which buffer holds what: the caller's own receive buffer, the carrier's
+                       "caller_buffers": leg.session.buffers() if leg.session is not None else None,
+                       "carrier_buffers": carrier_status(stack.data).get("buffers")}
                 samples.append(row)
                 print(json.dumps(row), flush=True)
 
-            call = asyncio.run(bl.one_call(stack, "soak", seconds, port, every_s=60.0, sample=sample))
+            during = stalls_task(stack, times, args.stall_ms / 1000, stalls) if times else None
+            call = asyncio.run(bl.one_call(stack, "soak", seconds, port, during=during, every_s=60.0, sample=sample))
             time.sleep(1.0)
             totals = carrier_status(stack.data)["media"]
             starts, d = bl.directions(port, call)
             rec_s = wav_8k(call["recording"]).size / RATE
+            time.sleep(1.0)
+            buffers = leg_buffers(stack.bridge_log)
         finally:
             stack.stop()
     first = next(s for s in samples if s["t_s"] >= 59.0)
     last = samples[-1]
     pa_pps = (last["rx_packets"] - first["rx_packets"]) / (last["mono"] - first["mono"])
     ap_pps = totals["packets_received"] / rec_s
+    # the stalls skip slots (a worker more than max_burst slots late sends fewer packets): the
+    # rate is also given from the first sample after the last stall, where nothing is skipped
+    calm = next((s for s in samples if s["t_s"] >= max(times) + 1.0), None) if times else None
+    calm_pps = ((last["rx_packets"] - calm["rx_packets"]) / (last["mono"] - calm["mono"])
+                if calm is not None and last["mono"] > calm["mono"] else None)
     warm = [s["rss_mb"] for s in samples if s["t_s"] >= 119.0]
     end = seconds
     lat = {
@@ -111,11 +189,15 @@ def main() -> int:
         "app_to_phone_ms_last_minute": minute_medians(starts, d["app_to_phone"], end - 60, end),
         "phone_to_app_ms_minute_1": minute_medians(starts, d["phone_to_app"], 0, 60),
         "phone_to_app_ms_last_minute": minute_medians(starts, d["phone_to_app"], end - 60, end),
+        "by_minute": {k: [minute_medians(starts, d[k], 60 * m, 60 * (m + 1)) for m in range(int(end // 60))]
+                      for k in ("app_to_phone", "phone_to_app")},
         "clicks": {k: analysis.delay_summary(v) for k, v in d.items()},
     }
     result = {
         "minutes": args.minutes,
         "phone_to_app_pps": round(pa_pps, 4), "phone_to_app_drift_pct": round(100 * (pa_pps / NOMINAL_PPS - 1), 4),
+        "phone_to_app_pps_after_stalls": None if calm_pps is None else round(calm_pps, 4),
+        "phone_to_app_after_stalls_drift_pct": None if calm_pps is None else round(100 * (calm_pps / NOMINAL_PPS - 1), 4),
         "app_to_phone_pps": round(ap_pps, 4), "app_to_phone_drift_pct": round(100 * (ap_pps / NOMINAL_PPS - 1), 4),
         "carrier_packets_received": totals["packets_received"], "carrier_recording_s": round(rec_s, 2),
         "caller_packets_lost": last["lost"],
@@ -123,6 +205,7 @@ def main() -> int:
         if warm else None,
         "rss_mb_series": [s["rss_mb"] for s in samples],
         "latency": lat,
+        "stalls": stalls, "worker_buffers_at_end": buffers,
         "loadavg_end": bl.loadavg(), "ended": time.strftime("%H:%M:%S"),
     }
     print(json.dumps(result), flush=True)

@@ -451,7 +451,9 @@ class RtpStream:
     """One call's RTP on the shared media engine: port, jitter buffer, recorder, DTMF, RTCP.
 
     Construct (no I/O), ``await open()`` to bind, ``configure(NegotiatedAudio)``, ``start()``;
-    or use :meth:`answer` / :meth:`create`. ``latch=True`` switches the send address to the
+    or use :meth:`answer` / :meth:`create`. The receive buffer is adaptive by default (floor
+    ``jitter_prefetch`` frames, raised by the measured jitter, RFC 3550 §6.4.1): what a burst
+    after a stall puts in it is drained again instead of staying as latency for the call. ``latch=True`` switches the send address to the
     source of the first valid RTP packet (symmetric RTP) and then only accepts that source.
     The RTP work is ``bridge.rtp.media.RtpSession``; ``bridge.net.media.MediaEngine`` runs it.
     """
@@ -470,6 +472,7 @@ class RtpStream:
         record_path: str | Path | None = None,
         jitter_capacity: int = 16,
         jitter_prefetch: int = 3,
+        jitter_adaptive: bool = True,
         fifo_ms: int = 300,
         max_burst: int = 3,
         on_time_tolerance: float = 0.005,
@@ -492,7 +495,8 @@ class RtpStream:
         self.session = RtpSession(
             fmt, self._programme, ssrc=ssrc, latch=latch, max_burst=max_burst,
             on_time_tolerance=on_time_tolerance, jitter_capacity=jitter_capacity,
-            jitter_prefetch=jitter_prefetch, fifo_ms=fifo_ms, rtcp=rtcp, rtcp_interval=rtcp_interval,
+            jitter_prefetch=jitter_prefetch, jitter_adaptive=jitter_adaptive, fifo_ms=fifo_ms, rtcp=rtcp,
+            rtcp_interval=rtcp_interval,
         )  # fmt: skip
         self.local_port = 0
         self._engine: MediaEngine | None = None

@@ -999,6 +999,8 @@ class Carrier:
                 self.media_totals["on_time"] / self.media_totals["send_ticks"]
                 if self.media_totals["send_ticks"] else 1.0)},
             "cdr": str(self.cdr.path),
+            # which receive buffer holds what, per call in progress (bridge/rtp/media.py buffers())
+            "buffers": [c.stream.session.buffers() for c in self._calls.values() if c.stream is not None],
         }
 
 

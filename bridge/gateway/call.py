@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.net.webrtc import WebRtcLeg
+from bridge.rtp.media import StandingDepth
 from bridge.rtp.session import APP_LEG_FLOOR
 from jego_call.call.reasons import EndReason
 from jego_call.log import call_context
@@ -104,19 +105,25 @@ class PhoneLink:
     later, and its received frame of this slot is there for `read_audio`.
 
     A small playout buffer sits between the two legs' slots: it drains what the SIP leg has,
-    starts (and restarts after running dry) once `prefill` frames wait, and trims back to
-    `prefill` above `max_frames`, so a stall costs neither a gap nor lasting latency. Both legs
-    tick in the same engine wake-up, so one frame is enough. `last_app` / `last_phone` are
-    when (on `clock`) audio last came from each side, for the core's media deadlines.
+    starts (and restarts after running dry) once `prefill` frames wait, trims back to `prefill`
+    above `max_frames`, and drains a standing backlog: when more than `prefill` frames have
+    waited for `drain_after` slots in a row, the oldest is dropped (`drained`; `depth` is the
+    bridge/rtp/media.py `StandingDepth` gauge). One in and one out per slot never shortens a
+    backlog, so without that a late burst from the SIP leg (a load stall) would stay as
+    latency for the rest of the call. Both legs tick in the same engine wake-up, so one frame
+    is enough. `last_app` / `last_phone` are when (on `clock`) audio last came from each side,
+    for the core's media deadlines.
     """
 
-    def __init__(self, leg: SipLeg, clock: Clock = loop_clock, prefill: int = 1, max_frames: int = 4) -> None:
+    def __init__(self, leg: SipLeg, clock: Clock = loop_clock, prefill: int = 1, max_frames: int = 4,
+                 drain_after: int = 5) -> None:
         self.leg = leg
         self.clock = clock
         self.prefill = prefill
         self.max_frames = max_frames
         self._buf: collections.deque[bytes] = collections.deque()
         self._playing = False
+        self.depth = StandingDepth(max(1, prefill), after=drain_after)
         self.sent = 0                     # frames given to the SIP leg
         self.received = 0                 # frames the SIP leg delivered
         self.underruns = 0
@@ -125,6 +132,11 @@ class PhoneLink:
         self.last_phone: float | None = None
         serve = getattr(leg, "serve_media", None)
         self._serve: Callable[[], None] | None = serve if callable(serve) else None
+
+    @property
+    def drained(self) -> int:
+        """Frames dropped by the standing drain (a backlog above `prefill` that stayed)."""
+        return self.depth.drained
 
     def exchange(self, rx: Pcm, live: bool) -> Pcm | None:
         if live:
@@ -151,6 +163,8 @@ class PhoneLink:
             while len(buf) > self.prefill:
                 buf.popleft()
                 self.trimmed += 1
+        if self.depth.observe(len(buf)):
+            buf.popleft()  # a standing backlog: one frame less of delay from now on
         if not self._playing:
             if len(buf) < self.prefill or not buf:
                 return None
@@ -419,8 +433,9 @@ class BridgeCall:
         self._snapshot_leg_stats()
         got = self.leg_stats
         if got:  # the leg's RTP counters, when it keeps them (pyvoip_leg: tx/rx_packets)
-            log.info("leg stats %s; app->phone frames %d; phone->app frames %d, %d underruns, %d trimmed",
-                     got, link.sent, link.received, link.underruns, link.trimmed)
+            log.info("leg stats %s; app->phone frames %d; phone->app frames %d, %d underruns, %d trimmed, "
+                     "%d drained, standing %d (peak %d)", got, link.sent, link.received, link.underruns,
+                     link.trimmed, link.drained, link.depth.standing, link.depth.peak)
             for ours, theirs in (("packets_sent", "tx_packets"), ("packets_received", "rx_packets")):
                 if theirs in got or ours in got:
                     phone[ours] = int(got.get(theirs, got.get(ours, 0)))

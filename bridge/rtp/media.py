@@ -74,19 +74,72 @@ class AudioPort(Protocol):
     def exchange(self, rx: Pcm, live: bool) -> Pcm | None: ...
 
 
+class StandingDepth:
+    """A buffer's standing backlog, observed once per 20 ms slot with :meth:`observe`.
+
+    A frame that comes and goes within a slot is the buffer working; a backlog that stays is
+    latency that nothing takes back (what a load stall's burst left in a queue that moves one
+    in, one out per slot). ``standing`` is the least depth of the last whole ``window`` slots
+    (the gauge); with a ``target``, :meth:`observe` returns True once the depth has been above
+    it for ``after`` slots in a row: the caller then drops one frame (counted in ``drained``).
+    """
+
+    def __init__(self, target: int | None = None, *, after: int = 5, window: int = 50) -> None:
+        self.target = target
+        self.after = max(1, after)
+        self.window = max(1, window)
+        self.standing = 0
+        self.peak = 0  # the deepest seen
+        self.drained = 0
+        self._low: int | None = None
+        self._seen = 0
+        self._above = 0
+
+    def observe(self, depth: int) -> bool:
+        """This slot's depth; True: drop one frame now (a standing backlog above ``target``)."""
+        self.peak = max(self.peak, depth)
+        low = self._low
+        self._low = depth if low is None or depth < low else low
+        self._seen += 1
+        if self._seen >= self.window:
+            self.standing = self._low
+            self._low = None
+            self._seen = 0
+        if self.target is None or depth <= self.target:
+            self._above = 0
+            return False
+        self._above += 1
+        if self._above < self.after:
+            return False
+        self._above = 0
+        self.drained += 1
+        return True
+
+
 class FrameQueues:
     """Bounded frame queues for an application that reads and writes at its own pace.
 
     ``write(pcm16_bytes)`` never blocks and drops the oldest frame when ``tx_max`` wait;
     ``read()`` returns the oldest received frame (bytes) or None. Only live frames are queued,
     so a leg whose far end went silent delivers nothing (the caller's media timeout sees it).
+    ``tx_target`` (None: off) is a standing drain on the send queue: when more than that many
+    frames wait at the leg's slot for ``drain_after`` slots in a row, the oldest is dropped
+    (``tx_drained``), so a backlog a stall left behind does not stay as latency (one in, one
+    out per slot never shortens it). ``tx_depth`` is its :class:`StandingDepth` gauge.
     """
 
-    def __init__(self, tx_max: int = 5, rx_max: int = 25) -> None:
+    def __init__(self, tx_max: int = 5, rx_max: int = 25, tx_target: int | None = None,
+                 drain_after: int = 5) -> None:
         self.tx: deque[bytes] = deque(maxlen=max(1, tx_max))
         self.rx: deque[bytes] = deque(maxlen=max(1, rx_max))
         self.tx_dropped = 0
         self.rx_dropped = 0
+        self.tx_depth = StandingDepth(None if tx_target is None else max(1, tx_target), after=drain_after)
+
+    @property
+    def tx_drained(self) -> int:
+        """Frames the standing drain dropped from the send queue."""
+        return self.tx_depth.drained
 
     def write(self, pcm: bytes) -> None:
         if len(self.tx) == self.tx.maxlen:
@@ -101,9 +154,12 @@ class FrameQueues:
             if len(self.rx) == self.rx.maxlen:
                 self.rx_dropped += 1
             self.rx.append(rx.tobytes())
-        if not self.tx:
+        tx = self.tx
+        if self.tx_depth.observe(len(tx)):
+            tx.popleft()  # a standing backlog: one frame less of delay from now on
+        if not tx:
             return None
-        return np.frombuffer(self.tx.popleft(), dtype=np.int16)
+        return np.frombuffer(tx.popleft(), dtype=np.int16)
 
 
 class Playout:
@@ -433,6 +489,7 @@ class RtpSession:
         )  # fmt: skip
         self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=self.codec,
                                adaptive=jitter_adaptive)
+        self.jitter_depth = StandingDepth()  # packets left in the receive buffer after each slot: a gauge
         self._encode = self.codec.encode
         self.dtmf = DtmfReceiver()
         self.dtmf_gap_slots = max(1, dtmf_gap_ms // 20)
@@ -581,6 +638,7 @@ class RtpSession:
     def _slot(self, now: float, *, transmit: bool) -> None:
         self.n["ticks"] += 1
         rx, live = self.playout.frame(now)
+        self.jitter_depth.observe(self.playout.jitter.depth)
         tx = self.audio.exchange(rx, live)
         if tx is None:
             tx = SILENCE
@@ -856,6 +914,19 @@ class RtpSession:
         ref = self.last_rx if self.last_rx is not None else (self.t0 if self.t0 is not None else now)
         return max(0.0, now - ref)
 
+    def buffers(self) -> dict[str, int]:
+        """Which buffer of this leg holds what, in 20 ms frames: the jitter buffer (``jitter``: now,
+        ``jitter_standing``: the least of the last second, ``jitter_peak``), the playout FIFO
+        (``fifo``, rounded down) and, when the audio port is a :class:`FrameQueues`, its send
+        queue (``tx``, ``tx_standing``, ``tx_drained``) and receive queue (``rx``)."""
+        jd = self.jitter_depth
+        out = {"jitter": self.playout.jitter.depth, "jitter_standing": jd.standing, "jitter_peak": jd.peak,
+               "fifo": self.playout.buffered // FRAME}
+        q = self.audio
+        if isinstance(q, FrameQueues):
+            out.update(tx=len(q.tx), tx_standing=q.tx_depth.standing, tx_drained=q.tx_drained, rx=len(q.rx))
+        return out
+
     @property
     def on_time_share(self) -> float:
         st = self.n["send_ticks"]
@@ -876,4 +947,5 @@ __all__ = [
     "RemoteStats",
     "ReportReceived",
     "RtpSession",
+    "StandingDepth",
 ]

@@ -53,9 +53,13 @@ class TrunkConfig:
     register_timeout: float = 8.0
     deregister_timeout: float = 2.0
     cancel_timeout: float = 8.0       # INVITE given up this long after our CANCEL without a 487
-    jitter_prefetch: int = 3
+    # The receive buffer (phone -> app): adaptive (its delay follows the measured jitter, RFC 3550
+    # §6.4.1, and drains what a burst left) from a floor of `jitter_prefetch` frames.
+    jitter_prefetch: int = 1
     jitter_capacity: int = 16
+    jitter_adaptive: bool = True
     tx_queue_frames: int = 5          # send_audio backlog bound (oldest dropped)
+    tx_queue_target: int | None = 1   # standing drain of that backlog down to this (None: off)
     rx_queue_frames: int = 25         # read_audio backlog bound (oldest dropped)
     rtp_initial_sequence: int | None = None  # tests: first RTP sequence number (None: random)
     rtcp_interval_s: float = 5.0      # RFC 3550 §6.2 minimum RTCP report interval

@@ -57,11 +57,11 @@ class _MediaClient:
         self._sock: socket.socket | None = sock
         self.inPort = int(sock.getsockname()[1])  # pyVoIP's name: leg.py answers re-INVITEs on it
         self.audio = audio
-        self.queues = FrameQueues(cfg.tx_queue_frames, cfg.rx_queue_frames)
+        self.queues = FrameQueues(cfg.tx_queue_frames, cfg.rx_queue_frames, tx_target=cfg.tx_queue_target)
         self.session = RtpSession(
             format_of(audio), self.queues, sequence_number=cfg.rtp_initial_sequence, latch=True,
             max_burst=MAX_BURST, jitter_capacity=cfg.jitter_capacity, jitter_prefetch=cfg.jitter_prefetch,
-            rtcp_interval=cfg.rtcp_interval_s,
+            jitter_adaptive=cfg.jitter_adaptive, rtcp_interval=cfg.rtcp_interval_s,
         )  # fmt: skip
         self.counters: collections.Counter[str] = collections.Counter()
         self._engine: MediaEngine | None = None
@@ -187,13 +187,14 @@ class _MediaClient:
         out: dict[str, Any] = dict(self.counters)
         out.update(
             tx_packets=s.sender.packets_sent, tx_dtmf_packets=n["tx_dtmf_packets"], tx_underruns=n["tx_underruns"],
-            tx_skipped_ticks=n["skipped"], tx_backlog=len(q.tx), tx_dropped=q.tx_dropped,
+            tx_skipped_ticks=n["skipped"], tx_backlog=len(q.tx), tx_dropped=q.tx_dropped, tx_drained=q.tx_drained,
             tx_errors=ep.tx_errors if ep else 0, tx_socket_dropped=ep.tx_dropped if ep else 0,
             rx_packets=n["rx_audio"], rx_dtmf_packets=n["rx_events"], rx_malformed=n["malformed"] + n["other"],
             rx_dropped=n["unknown_pt"] + n["wrong_source"] + n["bad_payload"] + n["rtcp_on_rtp_port"],
             rx_errors=ep.rx_errors if ep else 0, rx_backlog=len(q.rx), rx_dropped_frames=q.rx_dropped,
             jitter=s.playout.jitter.stats(), next_seq=s.sender.sequence_number, ticks=n["ticks"],
             on_time_share=s.on_time_share, rtcp_sent=n["rtcp_sent"], rtcp_received=n["rtcp_received"],
+            buffers=s.buffers(),
         )  # fmt: skip
         rs = s.remote_stats
         if rs is not None:
