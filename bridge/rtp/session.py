@@ -216,6 +216,11 @@ class JitterBuffer:
     SLACK_WINDOW = 15
     MIN_MARGIN = 0
     DRAIN_EVERY = 2
+    # adaptive: slots (3 s) the slack must stay above MIN_MARGIN before one frame is dropped below
+    # the jitter term of the target (down to the floor / loss cover), and the fewest between two
+    # such drops: RFC 3550 jitter is never 0 on a real path, and its 3 x jitter + 1 frame would
+    # otherwise hold a frame the arrivals show is not needed for the rest of the call.
+    CALM_WINDOW = 150
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
     # 4: a sender's RED 3 deep + the LBRR in its oldest copy rebuilds a run of 4 (RFC 2198, RFC 6716
@@ -254,6 +259,7 @@ class JitterBuffer:
         self._since_drain = 0  # slots since the last frame dropped for latency (adaptive)
         self._slack: deque[int] = deque(maxlen=self.SLACK_WINDOW)  # slack + _drained, per slot
         self._drained = 0  # frames dropped for latency or overflow, ever (offsets `_slack`)
+        self._calm = 0  # slots in a row whose slack stayed above MIN_MARGIN, since the last drop
         self._miss = 0  # slots in a row played without their own packet (a loss run at playout)
         self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
         self._dry = 0  # consecutive slots played from an empty buffer (adaptive)
@@ -400,6 +406,7 @@ class JitterBuffer:
             self._stretched += 1
             self._n["stretched"] += 1
             self._slack.append(self._drained)  # no slack to drain while raising it
+            self._calm = 0
             return None
         if not self._slots and self.adaptive and self._dry < self.MAX_DRY and self._next is not None:
             # an empty buffer: a loss burst, or a late packet. Its slot passes concealed and the
@@ -407,10 +414,12 @@ class JitterBuffer:
             self._dry += 1
             self._n["concealed"] += 1
             self._slack.append(self._drained)  # it ran dry: no slack
+            self._calm = 0
             return None
         if not self._slots:
             self._dry = 0
             self._slack.clear()
+            self._calm = 0
             self._playing = False  # underrun: re-buffer ``prefetch`` packets before resuming
             self._n["underruns"] += 1
             self._n["concealed"] += 1
@@ -457,6 +466,7 @@ class JitterBuffer:
             if self.adaptive:
                 self._skipped += 1
                 self._drained += 1
+                self._calm = 0
         elif self.adaptive:
             self._adapt()
         return packet
@@ -487,9 +497,16 @@ class JitterBuffer:
         slack = self._slack
         slack.append(waiting + self._drained)
         self._since_drain += 1
+        self._calm = self._calm + 1 if waiting > self.MIN_MARGIN else 0
+        # below the jitter term, down to the floor and the loss cover: only after CALM_WINDOW
+        # slots whose arrivals never used that frame (a jittery path's late packets empty the
+        # slack long before), and then the count starts again, so at most one such drop per window
+        floor = max(self.prefetch, by_loss)
         if (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
-                and min(slack) - self._drained > self.MIN_MARGIN):
+                and min(slack) - self._drained > self.MIN_MARGIN) or (
+                waiting >= floor and self._calm >= self.CALM_WINDOW):
             self._since_drain = 0
+            self._calm = 0
             self._drained += 1
             self._slots.pop(self._next, None)
             self._next += 1
@@ -524,6 +541,7 @@ class JitterBuffer:
         self._hold = 0
         self._miss = 0
         self._slack.clear()
+        self._calm = 0
         self._next = None
         self._playing = False
         self._ref = None
