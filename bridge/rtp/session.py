@@ -221,6 +221,10 @@ class JitterBuffer:
     # such drops: RFC 3550 jitter is never 0 on a real path, and its 3 x jitter + 1 frame would
     # otherwise hold a frame the arrivals show is not needed for the rest of the call.
     CALM_WINDOW = 150
+    # a drop below the target that a dry slot (a late packet's stretch) proves wrong within the
+    # window after it doubles the window the next one waits for, up to CALM_MAX (60 s): a path
+    # whose late packets come every few seconds keeps its frame; one that proves right halves it.
+    CALM_MAX = 3000
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
     # 4: a sender's RED 3 deep + the LBRR in its oldest copy rebuilds a run of 4 (RFC 2198, RFC 6716
@@ -260,6 +264,8 @@ class JitterBuffer:
         self._slack: deque[int] = deque(maxlen=self.SLACK_WINDOW)  # slack + _drained, per slot
         self._drained = 0  # frames dropped for latency or overflow, ever (offsets `_slack`)
         self._calm = 0  # slots in a row whose slack stayed above MIN_MARGIN, since the last drop
+        self._calm_need = self.CALM_WINDOW  # of those a drop below the target waits for
+        self._since_calm_drop: int | None = None  # slots since the last such drop, within its window
         self._miss = 0  # slots in a row played without their own packet (a loss run at playout)
         self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
         self._dry = 0  # consecutive slots played from an empty buffer (adaptive)
@@ -419,7 +425,7 @@ class JitterBuffer:
         if not self._slots:
             self._dry = 0
             self._slack.clear()
-            self._calm = 0
+            self._unsettled()
             self._playing = False  # underrun: re-buffer ``prefetch`` packets before resuming
             self._n["underruns"] += 1
             self._n["concealed"] += 1
@@ -435,6 +441,8 @@ class JitterBuffer:
             self._miss += covered  # they stood for lost packets
             self._stretched += self._dry - covered
             self._n["stretched"] += self._dry - covered
+            if self._dry > covered:
+                self._unsettled()  # a late packet: the frame a drop below the target took was needed
             self._dry = 0
         present = self._next in self._slots
         packet = self._slots.pop(self._next, None)
@@ -498,13 +506,19 @@ class JitterBuffer:
         slack.append(waiting + self._drained)
         self._since_drain += 1
         self._calm = self._calm + 1 if waiting > self.MIN_MARGIN else 0
-        # below the jitter term, down to the floor and the loss cover: only after CALM_WINDOW
+        if self._since_calm_drop is not None:
+            self._since_calm_drop += 1
+            if self._since_calm_drop >= self._calm_need:  # that drop proved right
+                self._since_calm_drop = None
+                self._calm_need = max(self.CALM_WINDOW, self._calm_need // 2)
+        # below the jitter term, down to the floor and the loss cover: only after `_calm_need`
         # slots whose arrivals never used that frame (a jittery path's late packets empty the
         # slack long before), and then the count starts again, so at most one such drop per window
-        floor = max(self.prefetch, by_loss)
-        if (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
-                and min(slack) - self._drained > self.MIN_MARGIN) or (
-                waiting >= floor and self._calm >= self.CALM_WINDOW):
+        below = waiting >= max(self.prefetch, by_loss) and self._calm >= self._calm_need
+        if below or (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
+                     and min(slack) - self._drained > self.MIN_MARGIN):
+            if below and waiting < self.target:
+                self._since_calm_drop = 0
             self._since_drain = 0
             self._calm = 0
             self._drained += 1
@@ -512,6 +526,14 @@ class JitterBuffer:
             self._next += 1
             self._n["latency_dropped"] += 1
             self._skipped += 1
+
+    def _unsettled(self) -> None:
+        """A stretch or an underrun: the calm count starts again, and a drop below the target
+        within the window before it was wrong (see ``CALM_MAX``)."""
+        self._calm = 0
+        if self._since_calm_drop is not None:
+            self._since_calm_drop = None
+            self._calm_need = min(self.CALM_MAX, 2 * self._calm_need)
 
     def take_stretched(self) -> int:
         """Dry slots (concealed while empty) that a late packet, not a loss, stood behind, since
@@ -542,6 +564,7 @@ class JitterBuffer:
         self._miss = 0
         self._slack.clear()
         self._calm = 0
+        self._since_calm_drop = None
         self._next = None
         self._playing = False
         self._ref = None
