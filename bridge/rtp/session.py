@@ -206,8 +206,13 @@ class JitterBuffer:
     played; when ``target`` or more frames wait and the slack never fell to ``MIN_MARGIN`` over
     the last ``SLACK_WINDOW`` slots, one frame is dropped (``latency_dropped``, at most one per
     ``DRAIN_EVERY`` slots), so after a stall and its burst the delay is back at the floor within
-    about a second, and a path whose packets come in clumps keeps what it needs. ``capacity`` is
-    the ceiling: packets beyond it are dropped and counted
+    about a second, and a path whose packets come in clumps keeps what it needs. RFC 3550 jitter
+    is never 0 on a real path, so that target is 2 frames even on a calm one; when the slack
+    stayed above ``MIN_MARGIN`` for ``CALM_WINDOW`` slots (3 s) in a row, one frame is dropped
+    below the target too, down to the floor (never below the loss cover), at most once per such
+    window; a stretch within the window after it (a late packet that frame was for) doubles the
+    window for the next one, up to ``CALM_MAX``, so a jittery path keeps its frame. ``capacity``
+    is the ceiling: packets beyond it are dropped and counted
     (``overflow_dropped``), as are those that arrive after their slot (``late``).
     """
 

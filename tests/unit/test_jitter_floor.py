@@ -2,7 +2,10 @@
 APP_LEG_FLOOR = 1, issue 15), in virtual time: a clean path plays at the floor and comes back to
 it after a late packet; after a stall's burst the NetEq-like drain takes the delay back to the
 floor; loss runs are counted at playout, so a run raises the delay to cover the next one while an
-outage longer than LOSS_RUN_MAX does not. Delays are of the simulated path, in whole frames."""
+outage longer than LOSS_RUN_MAX does not. On a calm path whose small jitter alone asks for 2
+frames, the frame a late packet or a burst left is dropped after CALM_WINDOW slots of unused
+slack; a jittery path (or one with a late packet every few seconds) keeps it, with no more gaps
+than without that drop. Delays are of the simulated path, in whole frames."""
 
 from __future__ import annotations
 
