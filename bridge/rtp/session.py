@@ -206,8 +206,13 @@ class JitterBuffer:
     played; when ``target`` or more frames wait and the slack never fell to ``MIN_MARGIN`` over
     the last ``SLACK_WINDOW`` slots, one frame is dropped (``latency_dropped``, at most one per
     ``DRAIN_EVERY`` slots), so after a stall and its burst the delay is back at the floor within
-    about a second, and a path whose packets come in clumps keeps what it needs. ``capacity`` is
-    the ceiling: packets beyond it are dropped and counted
+    about a second, and a path whose packets come in clumps keeps what it needs. RFC 3550 jitter
+    is never 0 on a real path, so that target is 2 frames even on a calm one; when the slack
+    stayed above ``MIN_MARGIN`` for ``CALM_WINDOW`` slots (3 s) in a row, one frame is dropped
+    below the target too, down to the floor (never below the loss cover), at most once per such
+    window; a stretch within the window after it (a late packet that frame was for) doubles the
+    window for the next one, up to ``CALM_MAX``, so a jittery path keeps its frame. ``capacity``
+    is the ceiling: packets beyond it are dropped and counted
     (``overflow_dropped``), as are those that arrive after their slot (``late``).
     """
 
@@ -216,6 +221,15 @@ class JitterBuffer:
     SLACK_WINDOW = 15
     MIN_MARGIN = 0
     DRAIN_EVERY = 2
+    # adaptive: slots (3 s) the slack must stay above MIN_MARGIN before one frame is dropped below
+    # the jitter term of the target (down to the floor / loss cover), and the fewest between two
+    # such drops: RFC 3550 jitter is never 0 on a real path, and its 3 x jitter + 1 frame would
+    # otherwise hold a frame the arrivals show is not needed for the rest of the call.
+    CALM_WINDOW = 150
+    # a drop below the target that a dry slot (a late packet's stretch) proves wrong within the
+    # window after it doubles the window the next one waits for, up to CALM_MAX (60 s): a path
+    # whose late packets come every few seconds keeps its frame; one that proves right halves it.
+    CALM_MAX = 3000
     # adaptive: the playout delay also covers the longest recent loss run (at most this many
     # frames), so the packet after a burst is here in time for its FEC / RED copies to rebuild it.
     # 4: a sender's RED 3 deep + the LBRR in its oldest copy rebuilds a run of 4 (RFC 2198, RFC 6716
@@ -254,6 +268,9 @@ class JitterBuffer:
         self._since_drain = 0  # slots since the last frame dropped for latency (adaptive)
         self._slack: deque[int] = deque(maxlen=self.SLACK_WINDOW)  # slack + _drained, per slot
         self._drained = 0  # frames dropped for latency or overflow, ever (offsets `_slack`)
+        self._calm = 0  # slots in a row whose slack stayed above MIN_MARGIN, since the last drop
+        self._calm_need = self.CALM_WINDOW  # of those a drop below the target waits for
+        self._since_calm_drop: int | None = None  # slots since the last such drop, within its window
         self._miss = 0  # slots in a row played without their own packet (a loss run at playout)
         self._skipped = 0  # frames dropped for latency since `take_skipped` (adaptive)
         self._dry = 0  # consecutive slots played from an empty buffer (adaptive)
@@ -400,6 +417,7 @@ class JitterBuffer:
             self._stretched += 1
             self._n["stretched"] += 1
             self._slack.append(self._drained)  # no slack to drain while raising it
+            self._calm = 0
             return None
         if not self._slots and self.adaptive and self._dry < self.MAX_DRY and self._next is not None:
             # an empty buffer: a loss burst, or a late packet. Its slot passes concealed and the
@@ -407,10 +425,12 @@ class JitterBuffer:
             self._dry += 1
             self._n["concealed"] += 1
             self._slack.append(self._drained)  # it ran dry: no slack
+            self._calm = 0
             return None
         if not self._slots:
             self._dry = 0
             self._slack.clear()
+            self._unsettled()
             self._playing = False  # underrun: re-buffer ``prefetch`` packets before resuming
             self._n["underruns"] += 1
             self._n["concealed"] += 1
@@ -426,6 +446,8 @@ class JitterBuffer:
             self._miss += covered  # they stood for lost packets
             self._stretched += self._dry - covered
             self._n["stretched"] += self._dry - covered
+            if self._dry > covered:
+                self._unsettled()  # a late packet: the frame a drop below the target took was needed
             self._dry = 0
         present = self._next in self._slots
         packet = self._slots.pop(self._next, None)
@@ -457,6 +479,7 @@ class JitterBuffer:
             if self.adaptive:
                 self._skipped += 1
                 self._drained += 1
+                self._calm = 0
         elif self.adaptive:
             self._adapt()
         return packet
@@ -487,14 +510,35 @@ class JitterBuffer:
         slack = self._slack
         slack.append(waiting + self._drained)
         self._since_drain += 1
-        if (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
-                and min(slack) - self._drained > self.MIN_MARGIN):
+        self._calm = self._calm + 1 if waiting > self.MIN_MARGIN else 0
+        if self._since_calm_drop is not None:
+            self._since_calm_drop += 1
+            if self._since_calm_drop >= self._calm_need:  # that drop proved right
+                self._since_calm_drop = None
+                self._calm_need = max(self.CALM_WINDOW, self._calm_need // 2)
+        # below the jitter term, down to the floor and the loss cover: only after `_calm_need`
+        # slots whose arrivals never used that frame (a jittery path's late packets empty the
+        # slack long before), and then the count starts again, so at most one such drop per window
+        below = waiting >= max(self.prefetch, by_loss) and self._calm >= self._calm_need
+        if below or (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
+                     and min(slack) - self._drained > self.MIN_MARGIN):
+            if below and waiting < self.target:
+                self._since_calm_drop = 0
             self._since_drain = 0
+            self._calm = 0
             self._drained += 1
             self._slots.pop(self._next, None)
             self._next += 1
             self._n["latency_dropped"] += 1
             self._skipped += 1
+
+    def _unsettled(self) -> None:
+        """A stretch or an underrun: the calm count starts again, and a drop below the target
+        within the window before it was wrong (see ``CALM_MAX``)."""
+        self._calm = 0
+        if self._since_calm_drop is not None:
+            self._since_calm_drop = None
+            self._calm_need = min(self.CALM_MAX, 2 * self._calm_need)
 
     def take_stretched(self) -> int:
         """Dry slots (concealed while empty) that a late packet, not a loss, stood behind, since
@@ -524,6 +568,8 @@ class JitterBuffer:
         self._hold = 0
         self._miss = 0
         self._slack.clear()
+        self._calm = 0
+        self._since_calm_drop = None
         self._next = None
         self._playing = False
         self._ref = None
