@@ -164,7 +164,9 @@ def test_dial_latency_through_the_echo_number(server: LiveServer) -> None:
     lat = res["latency"]
     print(lat)
     assert lat["clicks_sent"] >= 4 and lat["clicks_found"] >= lat["clicks_sent"] - 1, lat
-    assert 100 <= lat["round_trip_ms"] <= 1000, lat
+    # at least the carrier's echo delay (50 ms) and both Opus look-aheads (6.5 ms each way); the
+    # bridge's floors of 1 frame brought the rest down to ~30-60 ms (docs/benchmarks.md)
+    assert 50.0 + 13.0 <= lat["round_trip_ms"] <= 1000, lat
     assert lat["round_trip_min_ms"] <= lat["round_trip_ms"] <= lat["round_trip_max_ms"]
     assert lat["echo_delay_ms"] == 50.0
     assert res["added_latency_ms"] == lat["one_way_ms"] == pytest.approx((lat["round_trip_ms"] - 50.0) / 2, abs=0.1)
