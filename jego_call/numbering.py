@@ -262,6 +262,16 @@ def e164_of(raw: str | None, default_region: str = "CN") -> str:
 
 
 def _normalise_foreign(s: str, region: str, dial_string: str) -> str:
+    e164 = _foreign_once(s, region, dial_string)
+    for _ in range(3):  # phonenumbers may strip a national prefix from its own output again
+        again = _foreign_once(e164, "ZZ", dial_string)  # ("+310000000" -> "+31000000" -> "+3100000")
+        if again == e164:
+            break
+        e164 = again
+    return e164
+
+
+def _foreign_once(s: str, region: str, dial_string: str) -> str:
     try:
         num = phonenumbers.parse(s, region)
     except phonenumbers.NumberParseException as exc:

@@ -315,9 +315,11 @@ class JitterBuffer:
             return PushResult.INVALID
         if self._held:
             held, self._held = self._held, []
-            if self.adaptive and self._next is None:
+            duration = (packet.timestamp - held[-1][0].timestamp) & 0xFFFFFFFF  # RFC 3550 §5.1
+            if self.adaptive and self._next is None and duration <= self.clock_rate // 50:
                 # a fresh start: of what A.1 probation held back, only what the floor needs is kept
-                # (with a 1-frame floor the first packet would only be 20 ms of delay to drain)
+                # (with a 1-frame floor the first packet would only be 20 ms of delay to drain);
+                # longer packets (a 30 ms ptime peer) keep it: one of them is not a 20 ms slot's cover
                 held = held[max(0, len(held) + 1 - self.prefetch):]
             for old, old_audio in held:
                 if seq_delta(old.sequence_number, packet.sequence_number) < 0:
