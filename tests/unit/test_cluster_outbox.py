@@ -8,8 +8,9 @@ messages goes in one round trip, each message after the writes made before it. T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from jego_call.cluster.node import BATCH, ClusterNode
@@ -52,6 +53,19 @@ async def started(state: GatedState, limit: int) -> tuple[ClusterNode, asyncio.T
     return node, asyncio.get_running_loop().create_task(node._writer())
 
 
+@contextlib.asynccontextmanager
+async def running(limit: int, *, gate_open: bool = True) -> AsyncIterator[tuple[GatedState, ClusterNode]]:
+    """A node with its writer on a GatedState; the writer is stopped after the block."""
+    state = GatedState()
+    if gate_open:
+        state.gate.set()
+    node, task = await started(state, limit)
+    try:
+        yield state, node
+    finally:
+        await stop(node, task)
+
+
 async def drained(node: ClusterNode) -> None:
     for _ in range(200):
         if not node._outbox:
@@ -68,9 +82,7 @@ async def stop(node: ClusterNode, task: asyncio.Task[None]) -> None:
 
 
 async def test_a_full_outbox_drops_old_bus_messages_and_keeps_every_directory_write() -> None:
-    state = GatedState()
-    node, task = await started(state, limit=5)
-    try:
+    async with running(5, gate_open=False) as (state, node):
         node._publish(None, {"t": "m", "i": 0})
         await asyncio.sleep(0)                       # the writer takes message 0 and waits on the bus
         for i in range(10):
@@ -83,15 +95,10 @@ async def test_a_full_outbox_drops_old_bus_messages_and_keeps_every_directory_wr
         assert sorted(state.sessions["n1"]) == sorted(e.id for e in map(entry, range(10)))
         # message 0 (in flight when the outbox filled) and the four newest went out, in order
         assert [m["i"] for m in state.published] == [0, 17, 18, 19, 20]
-    finally:
-        await stop(node, task)
 
 
 async def test_directory_writes_and_bus_messages_share_round_trips_each_message_after_its_write() -> None:
-    state = GatedState()
-    state.gate.set()
-    node, task = await started(state, limit=1000)
-    try:
+    async with running(1000) as (state, node):
         for i in range(BATCH + 10):
             node._write_sessions(True, entry(i))
         node._publish(None, {"t": "m"})
@@ -109,15 +116,10 @@ async def test_directory_writes_and_bus_messages_share_round_trips_each_message_
         assert state.trips == 2
         first = state.order[:BATCH]
         assert first == ["put"] * (BATCH // 2) + ["bus"] * (BATCH // 2)
-    finally:
-        await stop(node, task)
 
 
 async def test_directory_writes_made_while_the_store_is_down_are_left_to_the_resync() -> None:
-    state = GatedState()
-    state.gate.set()
-    node, task = await started(state, limit=100)
-    try:
+    async with running(100) as (state, node):
         state.down = True
         node._write_sessions(True, entry(1))         # reaches the store: fails, node goes down
         await drained(node)
@@ -128,5 +130,3 @@ async def test_directory_writes_made_while_the_store_is_down_are_left_to_the_res
         assert len(node._outbox) == 1
         extra: dict[str, Any] = state.sessions
         assert "n1" not in extra
-    finally:
-        await stop(node, task)
