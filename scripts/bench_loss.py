@@ -54,7 +54,7 @@ def through(speech: np.ndarray, spec: str, fec: bool, red: int = 0) -> tuple[flo
     if fec:
         tx_codec.enable_fec(10)
     heard, rx, net = run_path(speech, fmt, tx_codec, rx_codec, spec, jitter_adaptive=True,
-                              jitter_prefetch=APP_LEG_FLOOR)
+                              jitter_prefetch=APP_LEG_FLOOR, jitter_speech=True)
     phone = g711.decoder_for("PCMU")(g711.encoder_for("PCMU")(heard))  # what the carrier records
     score = analysis.pesq_score(analysis.to_float(speech), analysis.to_float(phone), 8000, mode="nb")
     p = rx.playout

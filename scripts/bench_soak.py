@@ -192,6 +192,11 @@ def main() -> int:
         "by_minute": {k: [minute_medians(starts, d[k], 60 * m, 60 * (m + 1)) for m in range(int(end // 60))]
                       for k in ("app_to_phone", "phone_to_app")},
         "clicks": {k: analysis.delay_summary(v) for k, v in d.items()},
+        # each click: [seconds after media up, round trip, app -> phone] in ms (a flip between two
+        # values a frame apart is a receiver whose arrivals sit on its slot boundary)
+        "per_click": [[round(s, 1), *(None if d[k][i] is None else round(1000 * float(d[k][i]), 1)  # type: ignore[arg-type]
+                                     for k in ("round_trip", "app_to_phone"))]
+                      for i, s in enumerate(starts)],
     }
     result = {
         "minutes": args.minutes,

@@ -38,14 +38,15 @@ class Player:
 
 def run_path(speech: np.ndarray, fmt: MediaFormat, tx_codec: Codec, rx_codec: Codec, spec: str, *,
              jitter_adaptive: bool = False, seq: int | None = None,
-             jitter_prefetch: int = 3, drop: Collection[int] = ()) -> tuple[np.ndarray, RtpSession, Impairment[bytes]]:
+             jitter_prefetch: int = 3, drop: Collection[int] = (), jitter_speech: bool = False) -> tuple[np.ndarray, RtpSession, Impairment[bytes]]:
     """(heard int16, receiving session, the impairment with its counters); `seq`: the sender's first
     sequence number; `jitter_prefetch`: the receiver's floor (bridge.rtp.session.APP_LEG_FLOOR: the
-    bridge's app leg); `drop`: packet indices lost on purpose (counted in `net.counters.dropped`)."""
+    bridge's app leg); `drop`: packet indices lost on purpose (counted in `net.counters.dropped`); `jitter_speech`: the
+    app leg's speech-aware playout (a start cover, drops in pauses)."""
     src, dst = Player(speech), Player(np.zeros(0, dtype=np.int16))
     tx = RtpSession(fmt, src, codec=tx_codec, rtcp=False, sequence_number=seq)
     rx = RtpSession(fmt, dst, codec=rx_codec, rtcp=False, jitter_adaptive=jitter_adaptive,
-                    jitter_prefetch=jitter_prefetch)
+                    jitter_prefetch=jitter_prefetch, jitter_speech=jitter_speech)
     net: Impairment[bytes] = Impairment(ImpairmentSpec.parse(spec))
     now = 10.0
     tx.start(now)

@@ -189,7 +189,8 @@ def lean_app_leg(settings: CallSettings, ice_servers: list[dict[str, Any]], name
         codecs = ("opus", "PCMU", "PCMA") if settings.app_codec == "opus" else (settings.app_codec,)
         return WebRtcLeg(port, codecs=codecs, ice=ice_servers, opus_bitrate=settings.opus_bitrate,
                          opus_complexity=settings.opus_complexity, on_state=on_state, name=name, impair=impair,
-                         ice_transport_policy=settings.ice_transport_policy, jitter_prefetch=APP_LEG_FLOOR)
+                         ice_transport_policy=settings.ice_transport_policy, jitter_prefetch=APP_LEG_FLOOR,
+                         jitter_speech=True)
 
     return make
 

@@ -224,7 +224,9 @@ class WebRtcLeg:
     - ``sequence_number``/``ssrc``: our first RTP sequence number / SSRC (random by default).
     - ``jitter_adaptive``/``jitter_capacity``: the receive path's playout delay follows the
       measured jitter and comes back down after a burst; ``capacity`` frames is its ceiling
-      (bridge.rtp.session.JitterBuffer).
+      (bridge.rtp.session.JitterBuffer). ``jitter_speech``: speech-aware playout (the bridge's
+      app leg): a 2-frame loss cover for the first 3 s, and drops for latency taken in pauses
+      (JitterBuffer.START_COVER, QUIET_RUN).
     - ``impair``: a seeded network (loss, bursts, delay, jitter; jego_call/media/impair.py) on
       the SRTP/SRTCP this leg receives, below SRTP as a real network would; test and lab use
       only (`[bridge] impair`), logged as a warning when on.
@@ -246,7 +248,7 @@ class WebRtcLeg:
                  ice: Iterable[dict[str, Any]] = (), opus_bitrate: int = 32000, opus_complexity: int = 1,
                  on_state: StateHandler | None = None, engine: MediaEngine | None = None, name: str = "",
                  sequence_number: int | None = None, rtcp_interval: float = 1.0, jitter_prefetch: int = 3,
-                 jitter_adaptive: bool = True, jitter_capacity: int = 16,
+                 jitter_adaptive: bool = True, jitter_capacity: int = 16, jitter_speech: bool = False,
                  on_time_tolerance: float = 0.010, max_burst: int = 3,
                  codec_factory: Callable[[str], AudioCodec] | None = None,
                  impair: ImpairmentSpec | None = None, fec: bool = True, ice_transport_policy: str = "all",
@@ -264,6 +266,7 @@ class WebRtcLeg:
         self.rtcp_interval = rtcp_interval
         self.jitter_prefetch = jitter_prefetch
         self.jitter_adaptive = jitter_adaptive
+        self.jitter_speech = jitter_speech
         self.jitter_capacity = jitter_capacity
         self.on_time_tolerance = on_time_tolerance
         self.max_burst = max_burst
@@ -475,7 +478,7 @@ class WebRtcLeg:
         self.session = RtpSession(
             fmt, self.port, codec=codec, ssrc=t.sender._ssrc, sequence_number=self.sequence_number,
             rtcp_interval=self.rtcp_interval, cname=cname, jitter_prefetch=self.jitter_prefetch,
-            jitter_adaptive=self.jitter_adaptive, jitter_capacity=self.jitter_capacity,
+            jitter_adaptive=self.jitter_adaptive, jitter_capacity=self.jitter_capacity, jitter_speech=self.jitter_speech,
             on_time_tolerance=self.on_time_tolerance, max_burst=self.max_burst,
         )  # fmt: skip
         engine = self._engine or MediaEngine.get()

@@ -162,6 +162,12 @@ class FrameQueues:
         return np.frombuffer(tx.popleft(), dtype=np.int16)
 
 
+# A frame is quiet (a drop for latency may take it: JitterBuffer.QUIET_RUN) when its mean power
+# is under -44 dBFS, or 35 dB under the stream's recent peak frame (a 2.8 s half-life).
+QUIET_POWER = 200.0 ** 2
+QUIET_REL = 0.0003
+
+
 class Playout:
     """Jitter buffer + decoder + a FIFO of 8 kHz samples placed by RTP timestamp.
 
@@ -184,12 +190,15 @@ class Playout:
         clock_rate: int | None = None,
         codec: str | AudioCodec = "PCMU",
         adaptive: bool = False,
+        speech: bool = False,
     ) -> None:
         self.codec: AudioCodec = G711Codec(codec) if isinstance(codec, str) else codec
         self.clock_rate = clock_rate or self.codec.clock_rate
         self.ratio = max(1, self.clock_rate // RATE)  # RTP timestamp units per 8 kHz sample
         self.jitter = JitterBuffer(capacity=capacity, prefetch=prefetch, clock_rate=self.clock_rate,
-                                   frame_samples=FRAME * self.ratio, adaptive=adaptive)
+                                   frame_samples=FRAME * self.ratio, adaptive=adaptive,
+                                   start_cover=JitterBuffer.START_COVER if speech and adaptive else 0)
+        self.jitter.quiet_drops = speech and adaptive
         self.decode = self.codec.decode
         self.conceal = self.codec.conceal
         self.recover: Callable[[bytes, int], Pcm | None] | None = getattr(self.codec, "recover", None)
@@ -203,6 +212,8 @@ class Playout:
         self.red_recovered_frames = 0  # lost frames played from a later packet's RED copy (RFC 2198)
         self._back = 0  # stretched slots whose clock rewind waits for the slot's end
         self.concealed_frames = 0  # lost frames (or parts) filled by PLC / silence
+        self._level = 0.0
+        self._quiet_run = 0
 
     def set_codec(self, codec: AudioCodec) -> None:
         """A new codec on the same clock (re-INVITE from PCMU to PCMA)."""
@@ -254,6 +265,25 @@ class Playout:
         self._back = 0
 
     def frame(self, now: float) -> tuple[Pcm, bool]:
+        """The next 160 samples and whether anything was playing (see `_frame`). An adaptive
+        buffer's drop for latency is done here, on a quiet frame of a pause: that frame is
+        discarded and the slot plays the next packet (the decoder's state stays whole)."""
+        out, live = self._frame(now)
+        jb = self.jitter
+        if jb.quiet_drops:
+            self._quiet_run = self._quiet_run + 1 if self._quiet(out) else 0
+            if self._quiet_run >= jb.QUIET_RUN and live and not len(self._pcm) and jb.take_quiet_drop():
+                out, live = self._frame(now)
+        return out, live
+
+    def _quiet(self, out: Pcm) -> bool:
+        """True when ``out`` is quiet (QUIET_POWER, QUIET_REL); tracks the stream's peak power."""
+        f = out.astype(np.float32)
+        e = float(np.dot(f, f)) / FRAME
+        self._level = max(e, self._level * 0.995)
+        return e < max(QUIET_POWER, self._level * QUIET_REL)
+
+    def _frame(self, now: float) -> tuple[Pcm, bool]:
         """The next 160 samples: pull packets until the FIFO holds a frame; a short FIFO is
         padded (concealment inside a playing stream, else silence)."""
         gap = False
@@ -460,6 +490,7 @@ class RtpSession:
         jitter_capacity: int = 16,
         jitter_prefetch: int = 3,
         jitter_adaptive: bool = False,
+        jitter_speech: bool = False,
         fifo_ms: int = 300,
         rtcp: bool = True,
         rtcp_interval: float = 5.0,
@@ -488,7 +519,7 @@ class RtpSession:
             clock_rate=self.clock_rate, rng=rng or random.SystemRandom(),
         )  # fmt: skip
         self.playout = Playout(capacity=jitter_capacity, prefetch=jitter_prefetch, fifo_ms=fifo_ms, codec=self.codec,
-                               adaptive=jitter_adaptive)
+                               adaptive=jitter_adaptive, speech=jitter_speech)
         self.jitter_depth = StandingDepth()  # packets left in the receive buffer after each slot: a gauge
         self._encode = self.codec.encode
         self.dtmf = DtmfReceiver()

@@ -213,7 +213,9 @@ class JitterBuffer:
     window; a stretch within the window after it (a late packet that frame was for) doubles the
     window for the next one, up to ``CALM_MAX``, so a jittery path keeps its frame. ``capacity``
     is the ceiling: packets beyond it are dropped and counted
-    (``overflow_dropped``), as are those that arrive after their slot (``late``).
+    (``overflow_dropped``), as are those that arrive after their slot (``late``). With
+    ``start_cover`` a fresh stream starts with that loss cover (``START_COVER``); with
+    ``quiet_drops`` the player drops a frame of a pause instead (``take_quiet_drop``, ``QUIET_RUN``).
     """
 
     # adaptive drain (see the class docstring): slots the slack minimum looks back over, the
@@ -246,6 +248,21 @@ class JitterBuffer:
     MAX_DRY = LOSS_RUN_MAX
     LOSS_MEMORY = 500  # slots (10 s) a seen loss run keeps the delay up
     SHORT_FOR = 10  # slots the delay must stay below the loss cover before it is raised
+    # adaptive with ``start_cover=START_COVER`` (the bridge's app leg, Opus with FEC / RED: a
+    # speech-aware playout): a fresh stream starts as if a loss run of START_COVER had just been seen, for
+    # START_MEMORY slots (3 s) of playout: the first losses of a lossy path then find the next
+    # packet (its FEC / RED copies) already here instead of being concealed and the delay raised
+    # mid-speech; a clean path gives those 40 ms back in a pause after 3 s.
+    START_COVER = 2
+    START_MEMORY = 150
+    # quiet drops (``quiet_drops``, set by a player that can tell, bridge.rtp.media.Playout): a
+    # drop for latency waits until the player has played QUIET_RUN quiet frames (100 ms of a
+    # pause) and then discards a quiet frame, not speech (a 20 ms cut inside a word costs ~0.1
+    # PESQ); it waits at most QUIET_WAIT slots (5 s), and not at all while QUIET_EXCESS or more
+    # frames above the target wait (after a burst: the bulk drains at once, the last 40 ms in a pause).
+    QUIET_WAIT = 250
+    QUIET_EXCESS = 2
+    QUIET_RUN = 5
 
     def __init__(
         self,
@@ -255,6 +272,7 @@ class JitterBuffer:
         frame_samples: int = 160,
         max_ts_jump: float = 5.0,
         adaptive: bool = False,
+        start_cover: int = 0,
     ) -> None:
         if capacity < 1 or not 0 < prefetch <= capacity:
             raise ValueError("need capacity >= 1 and 0 < prefetch <= capacity")
@@ -280,7 +298,14 @@ class JitterBuffer:
         self._run = 0  # the longest loss run (at most LOSS_COVER) seen in the last LOSS_MEMORY slots
         self._run_age = [self.LOSS_MEMORY + 1] * (self.LOSS_COVER + 1)  # slots since a run of each length
         self._hold = 0  # slots still to hold back (raising the delay for loss runs)
+        if adaptive and start_cover > 0:
+            c = min(start_cover, self.LOSS_COVER)
+            self._run = c
+            self._run_age[c] = self.LOSS_MEMORY - self.START_MEMORY
         self._short = 0  # consecutive slots below the loss cover
+        self.quiet_drops = False  # the player calls `take_quiet_drop` on quiet frames (see QUIET_RUN)
+        self._want_drop = 0  # a drop waits for a quiet frame: 1 to drain, 2 below the target (calm)
+        self._deferred = 0  # slots the current drop has waited for one
         self.source: RtpSource | None = None
         self._slots: dict[int, RtpPacket | None] = {}
         self._next: int | None = None  # next extended seq to play, or floor while re-buffering
@@ -320,7 +345,7 @@ class JitterBuffer:
                 # a fresh start: of what A.1 probation held back, only what the floor needs is kept
                 # (with a 1-frame floor the first packet would only be 20 ms of delay to drain);
                 # longer packets (a 30 ms ptime peer) keep it: one of them is not a 20 ms slot's cover
-                held = held[max(0, len(held) + 1 - self.prefetch):]
+                held = held[max(0, len(held) + 1 - self._start_need()):]
             for old, old_audio in held:
                 if seq_delta(old.sequence_number, packet.sequence_number) < 0:
                     self._store(source.extended(old.sequence_number), old, old_audio)
@@ -343,6 +368,10 @@ class JitterBuffer:
         self._slots[ext] = packet
         self._redundant.add(ext)
         return True
+
+    def _start_need(self) -> int:
+        """Packets playout (re)starts with: the floor, or the loss cover + 1 (see START_COVER)."""
+        return max(self.prefetch, self._run + 1) if self.adaptive and self._run else self.prefetch
 
     def _note_loss_run(self, run: int) -> None:
         """A loss run of ``run`` slots just ended at playout (adaptive target): the delay covers
@@ -398,7 +427,7 @@ class JitterBuffer:
         """Like `pop`, but the whole packet: for playout that places samples by RTP timestamp."""
         del now  # playout is paced by the caller's clock; kept for symmetry with push
         if not self._playing:
-            if len(self._slots) < self.prefetch:
+            if len(self._slots) < self._start_need():
                 return None
             first = min(self._slots)
             if self._next is not None and first > self._next:
@@ -488,6 +517,7 @@ class JitterBuffer:
 
     def _adapt(self) -> None:
         """Adaptive playout delay: aim at 3 x jitter + 1 frame (floor ``prefetch``), drain above it."""
+        self._want_drop = 0
         src = self.source
         jitter = src.jitter if src is not None else 0.0  # RFC 3550 A.8, in timestamp units
         # under one timestamp unit is no jitter (A.8's reported value, an integer, would be 0)
@@ -524,15 +554,36 @@ class JitterBuffer:
         below = waiting >= max(self.prefetch, by_loss) and self._calm >= self._calm_need
         if below or (waiting >= self.target and len(slack) == slack.maxlen and self._since_drain >= self.DRAIN_EVERY
                      and min(slack) - self._drained > self.MIN_MARGIN):
-            if below and waiting < self.target:
-                self._since_calm_drop = 0
-            self._since_drain = 0
-            self._calm = 0
-            self._drained += 1
+            if self.quiet_drops and not (waiting >= self.target + self.QUIET_EXCESS or self._deferred >= self.QUIET_WAIT):
+                self._deferred += 1
+                self._want_drop = 2 if below and waiting < self.target else 1
+                return
+            self._dropped(below and waiting < self.target)
             self._slots.pop(self._next, None)
             self._next += 1
-            self._n["latency_dropped"] += 1
             self._skipped += 1
+        else:
+            self._deferred = 0
+
+    def _dropped(self, below_target: bool) -> None:
+        """Account for one frame dropped for latency (here, or by the player: `take_quiet_drop`)."""
+        self._deferred = 0
+        self._want_drop = 0
+        if below_target:
+            self._since_calm_drop = 0
+        self._since_drain = 0
+        self._calm = 0
+        self._drained += 1
+        self._n["latency_dropped"] += 1
+
+    def take_quiet_drop(self) -> bool:
+        """The frame just played out was quiet: True when a drop waits for one (the player then
+        discards that frame and plays the next packet in its slot)."""
+        want, self._want_drop = self._want_drop, 0
+        if not want or not self._slots:
+            return False
+        self._dropped(want == 2)
+        return True
 
     def _unsettled(self) -> None:
         """A stretch or an underrun: the calm count starts again, and a drop below the target
