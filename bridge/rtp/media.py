@@ -197,8 +197,7 @@ class Playout:
         self.ratio = max(1, self.clock_rate // RATE)  # RTP timestamp units per 8 kHz sample
         self.jitter = JitterBuffer(capacity=capacity, prefetch=prefetch, clock_rate=self.clock_rate,
                                    frame_samples=FRAME * self.ratio, adaptive=adaptive,
-                                   start_cover=JitterBuffer.START_COVER if speech and adaptive else 0)
-        self.jitter.quiet_drops = speech and adaptive
+                                   start_cover=JitterBuffer.START_COVER if speech else 0, quiet_drops=speech)
         self.decode = self.codec.decode
         self.conceal = self.codec.conceal
         self.recover: Callable[[bytes, int], Pcm | None] | None = getattr(self.codec, "recover", None)

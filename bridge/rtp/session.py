@@ -273,6 +273,7 @@ class JitterBuffer:
         max_ts_jump: float = 5.0,
         adaptive: bool = False,
         start_cover: int = 0,
+        quiet_drops: bool = False,
     ) -> None:
         if capacity < 1 or not 0 < prefetch <= capacity:
             raise ValueError("need capacity >= 1 and 0 < prefetch <= capacity")
@@ -303,7 +304,7 @@ class JitterBuffer:
             self._run = c
             self._run_age[c] = self.LOSS_MEMORY - self.START_MEMORY
         self._short = 0  # consecutive slots below the loss cover
-        self.quiet_drops = False  # the player calls `take_quiet_drop` on quiet frames (see QUIET_RUN)
+        self.quiet_drops = adaptive and quiet_drops  # the player calls `take_quiet_drop` on quiet frames (see QUIET_RUN)
         self._want_drop = 0  # a drop waits for a quiet frame: 1 to drain, 2 below the target (calm)
         self._deferred = 0  # slots the current drop has waited for one
         self.source: RtpSource | None = None
