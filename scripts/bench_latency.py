@@ -240,9 +240,15 @@ runpy.run_module("jego_call.cli.main", run_name="__main__")
 """
 
 
-def start_stack(tmp: Path, nice: int = 0, worker_prefetch: int = 0, **extra: str) -> Stack:
+def start_stack(tmp: Path, nice: int = 0, worker_prefetch: int = 0, record_hold: bool = False,
+                **extra: str) -> Stack:
+    """`jego serve --no-bridge` and one `jego bridge` worker; `record_hold`: the carrier writes
+    each recording's receive-buffer holds beside it ([media] record_hold)."""
     port = free_port()
-    common = {"JEGO_CARRIER_CONFIG": str(carrier_config(tmp, port)), "JEGO_BRIDGE_TRUNK_PORT": str(port),
+    ccfg = carrier_config(tmp, port)
+    if record_hold:
+        ccfg.write_text(ccfg.read_text().replace("\nrecord_hold = false", "\nrecord_hold = true", 1))
+    common = {"JEGO_CARRIER_CONFIG": str(ccfg), "JEGO_BRIDGE_TRUNK_PORT": str(port),
               "JEGO_LOG_LEVEL": "INFO", "JEGO_BILLING_ENABLED": "false",
               "JEGO_AUTH_REGISTER_SOURCE_BURST": "1000", "JEGO_AUTH_HASH_CPU_SHARE": "1.0", **extra}
     data = tmp / "data"
@@ -286,6 +292,7 @@ async def one_call(stack: Stack, user: str, seconds: float, port: ClickPort,
         client.token, client.username = stack.token(user), user
         auth = await client.connect()
         leg = GatedLeg(port, codecs=("opus",), ice=auth["ice_servers"], name=user)
+        port.hold_of = lambda: leg.session.last_hold if leg.session is not None else None
         cid = new_call_id()
         try:
             await client.invite(cid, PLAIN, await leg.create_offer())

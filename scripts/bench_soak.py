@@ -13,7 +13,12 @@ SRTP, Opus), a click every `--click-every` seconds. Reports:
 - the worker's RSS (/proc/PID/status VmRSS) sampled every minute: the spread after warm-up
   (minute 2 on; ±5 MB is the target);
 - latency: the round trip of each click (exact, on the caller's clock) and app -> phone
-  (mouth to ear, in the carrier's recording), median of minute 1 against the last minute.
+  (mouth to ear, in the carrier's recording), median of minute 1 against the last minute;
+  and at the wire (`at_wire`): each direction less the time the click's frame waited in the
+  receiving end's own buffer (the carrier's [media] record_hold file, the caller's
+  RtpSession.last_hold), so what is left is the sender, the bridge and the sockets: the two
+  simulated ends' adaptive buffers (a frame each, coming and going with the load) are not the
+  bridge's.
 
 `--stalls N` reproduces the hour's latency ratchet in minutes: N load stalls of `--stall-ms`
 (150 ms) spread evenly between the end of minute 1 and the start of the last minute, taking
@@ -54,9 +59,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_latency as bl  # noqa: E402  # noqa: E402
 
+from bridge.carrier.media import read_holds  # noqa: E402
 from jego_call.media import analysis  # noqa: E402
 from jego_call.media.endpoint import enable_loopback_candidates  # noqa: E402
-from tests.integration.latency_util import RATE, ClickPort, GatedLeg, wav_8k  # noqa: E402
+from tests.integration.latency_util import RATE, ClickPort, GatedLeg, hold_at, wav_8k  # noqa: E402
 
 NOMINAL_PPS = 50.0
 
@@ -116,6 +122,24 @@ def stalls_task(stack: bl.Stack, times: list[float], stall_s: float, log: list[d
     return run
 
 
+def at_wire(port: ClickPort, call: dict[str, Any], starts: list[float], d: dict[str, list[float | None]],
+            ) -> dict[str, list[float | None]]:
+    """Per click (s): app -> phone less the carrier's hold of the click's frame, phone -> app less
+    the caller's (see the module docstring); None where a click or a hold was not found."""
+    carrier = read_holds(Path(call["recording"]).with_suffix(".hold"))
+    shift = int(round((call["t0"] - call["carrier_t0"]) * RATE))
+    a2p: list[float | None] = []
+    p2a: list[float | None] = []
+    for i, t in enumerate(starts):
+        s = int(round(t * RATE))
+        a, r = d["app_to_phone"][i], d["round_trip"][i]
+        hc = None if a is None else hold_at(carrier, s + shift + int(round(a * RATE)))
+        hp = None if r is None else hold_at(port.holds, s + int(round(r * RATE)))
+        a2p.append(None if a is None or hc is None else a - hc / 1000)
+        p2a.append(None if a is None or r is None or hp is None else r - a - hp / 1000)
+    return {"app_to_phone": a2p, "phone_to_app": p2a}
+
+
 def leg_buffers(bridge_log: Path) -> list[str]:
     """The worker's end-of-call lines on the SIP leg's buffers and PhoneLink's (gateway/call.py)."""
     text = bridge_log.read_text(errors="replace")
@@ -146,7 +170,7 @@ def main() -> int:
           flush=True)
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp_s:
-        stack = bl.start_stack(Path(tmp_s), args.nice)
+        stack = bl.start_stack(Path(tmp_s), args.nice, record_hold=True)
         try:
             port = ClickPort(period_s=args.click_every, first_s=1.0, max_s=seconds + 30)
 
@@ -166,6 +190,7 @@ def main() -> int:
             time.sleep(1.0)
             totals = carrier_status(stack.data)["media"]
             starts, d = bl.directions(port, call)
+            wire = at_wire(port, call, starts, d)
             rec_s = wav_8k(call["recording"]).size / RATE
             time.sleep(1.0)
             buffers = leg_buffers(stack.bridge_log)
@@ -192,10 +217,18 @@ def main() -> int:
         "by_minute": {k: [minute_medians(starts, d[k], 60 * m, 60 * (m + 1)) for m in range(int(end // 60))]
                       for k in ("app_to_phone", "phone_to_app")},
         "clicks": {k: analysis.delay_summary(v) for k, v in d.items()},
-        # each click: [seconds after media up, round trip, app -> phone] in ms (a flip between two
-        # values a frame apart is a receiver whose arrivals sit on its slot boundary)
-        "per_click": [[round(s, 1), *(None if d[k][i] is None else round(1000 * float(d[k][i]), 1)  # type: ignore[arg-type]
-                                     for k in ("round_trip", "app_to_phone"))]
+        "at_wire": {
+            **{f"{k}_ms_{name}": minute_medians(starts, wire[k], lo, hi)
+               for k in ("app_to_phone", "phone_to_app") for name, lo, hi in (("minute_1", 0, 60), ("last_minute", end - 60, end))},
+            "by_minute": {k: [minute_medians(starts, wire[k], 60 * m, 60 * (m + 1)) for m in range(int(end // 60))]
+                          for k in ("app_to_phone", "phone_to_app")},
+            "clicks": {k: analysis.delay_summary(v) for k, v in wire.items()},
+        },
+        # each click: [seconds after media up, round trip, app -> phone, and both at the wire] in ms
+        # (a flip between two values a frame apart is a receiver whose arrivals sit on its slot boundary)
+        "per_click": [[round(s, 1), *(None if v is None else round(1000 * float(v), 1)
+                                     for v in (d["round_trip"][i], d["app_to_phone"][i],
+                                               wire["app_to_phone"][i], wire["phone_to_app"][i]))]
                       for i, s in enumerate(starts)],
     }
     result = {

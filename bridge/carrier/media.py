@@ -37,12 +37,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import struct
 import wave
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -337,6 +338,31 @@ class WavRecorder:
             self._wav = None
 
 
+class HoldRecorder:
+    """Beside a recording (``<call>.hold``): per 20 ms slot, how long its frame waited in the
+    receive buffer, little-endian float32 ms, NaN when no packet of its own played (lab use:
+    [media] record_hold; read it with `read_holds`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._f: BinaryIO | None = self.path.open("wb")
+        self._pack = struct.Struct("<f").pack
+
+    def write(self, hold_s: float | None) -> None:
+        if self._f is not None:
+            self._f.write(self._pack(math.nan if hold_s is None else 1000.0 * hold_s))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def read_holds(path: str | Path) -> npt.NDArray[np.float32]:
+    """A `HoldRecorder` file: ms per slot (NaN where none played)."""
+    return np.fromfile(str(path), dtype="<f4")
+
+
 # ------------------------------------------------------------------------------------------
 # port pool
 
@@ -430,10 +456,13 @@ class _Programme:
         self.source: AudioSource = Silence()
         self.done: asyncio.Future[None] | None = None
         self.recorder: WavRecorder | None = None
+        self.holds: HoldRecorder | None = None
 
     def exchange(self, rx: Pcm, live: bool) -> Pcm | None:
         if self.recorder is not None:
             self.recorder.write(rx)
+            if self.holds is not None:
+                self.holds.write(self.stream.session.last_hold)
         tx = self.source.read(FRAME, rx)
         if tx is None:
             self.finish()
@@ -480,9 +509,11 @@ class RtpStream:
         rtcp: bool = True,
         rtcp_interval: float = 5.0,
         impair: ImpairmentSpec | None = None,
+        record_hold: bool = False,
     ) -> None:
         self.host = host
         self.impair = impair
+        self.record_hold = record_hold
         self._want_port = port
         self._pool = port_pool
         self.ptime = FRAME_MS / 1000
@@ -621,6 +652,8 @@ class RtpStream:
             self._pool.take(self.local_port)
         if self.record_path is not None:
             self._programme.recorder = WavRecorder(self.record_path)
+            if self.record_hold:
+                self._programme.holds = HoldRecorder(self.record_path.with_suffix(".hold"))
 
     def configure(self, audio: NegotiatedAudio, *, rtcp_mux: bool | None = None,
                   remote_rtcp: Addr | None = None) -> None:
@@ -751,6 +784,8 @@ class RtpStream:
         prog = self._programme
         if prog.recorder is not None:
             prog.recorder.close()
+        if prog.holds is not None:
+            prog.holds.close()
         prog.finish()
         for fut in self._dtmf_done.values():
             if not fut.done():

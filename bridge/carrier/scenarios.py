@@ -308,9 +308,12 @@ class CdrConfig:
 @dataclass(frozen=True, slots=True)
 class MediaConfig:
     """[media]: `impair` is a seeded network on the carrier's RTP receive path ("" = off),
-    e.g. "loss=5,burst=2,jitter=30,delay=100,seed=1" (jego_call.media.impair). Lab use only."""
+    e.g. "loss=5,burst=2,jitter=30,delay=100,seed=1" (jego_call.media.impair). Lab use only.
+    `record_hold`: beside each recording, how long each slot's frame waited in the carrier's
+    receive buffer (media.HoldRecorder), so latency can be found at the wire."""
 
     impair: str = ""
+    record_hold: bool = False
 
     @property
     def impairment(self) -> ImpairmentSpec | None:

@@ -646,7 +646,7 @@ class Carrier:
             if call.offerless:
                 stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
                                                 rtcp_interval=sip.rtcp_interval_s, latch=True,
-                                                impair=self.cfg.media.impairment,
+                                                impair=self.cfg.media.impairment, record_hold=self.cfg.media.record_hold,
                                                 telephone_event_pt=sip.dtmf_payload_type)
                 call.local_sdp = build_offer(self.host, stream.local_port, codecs=sip.codecs,
                                              telephone_event_pt=sip.dtmf_payload_type)
@@ -654,7 +654,7 @@ class Carrier:
                 stream, ans = await RtpStream.answer(call.request.body, host=self.host, supported=sip.codecs,
                                                      start=False, port_pool=self.ports, record_path=record,
                                                      rtcp_interval=sip.rtcp_interval_s, latch=True,
-                                                     impair=self.cfg.media.impairment)
+                                                     impair=self.cfg.media.impairment, record_hold=self.cfg.media.record_hold)
                 call.local_sdp = ans.sdp
                 call.recv_media = ans.audio.recv
         except SdpError as err:
@@ -875,7 +875,7 @@ class Carrier:
         record = self.recordings_dir / f"{safe_name(call_id)}.wav" if self.cfg.cdr.recordings else None
         stream = await RtpStream.create(host=self.host, port_pool=self.ports, record_path=record,
                                         rtcp_interval=sip.rtcp_interval_s, latch=True,
-                                        impair=self.cfg.media.impairment,
+                                        impair=self.cfg.media.impairment, record_hold=self.cfg.media.record_hold,
                                         telephone_event_pt=sip.dtmf_payload_type)
         offer = build_offer(self.host, stream.local_port, codecs=sip.codecs,
                             telephone_event_pt=sip.dtmf_payload_type)

@@ -213,6 +213,7 @@ class Playout:
         self.concealed_frames = 0  # lost frames (or parts) filled by PLC / silence
         self._level = 0.0
         self._quiet_run = 0
+        self.last_arrival: float | None = None  # when the first packet of the last frame arrived
 
     def set_codec(self, codec: AudioCodec) -> None:
         """A new codec on the same clock (re-INVITE from PCMU to PCMA)."""
@@ -248,6 +249,8 @@ class Playout:
         """The jitter buffer's next packet; its clock changes (stretch) applied first."""
         jb = self.jitter
         item = jb.pop_packet(now)
+        if item is not None and self.last_arrival is None:
+            self.last_arrival = jb.last_arrival
         if jb.adaptive:
             self._back += jb.take_stretched()
             if item is not None:
@@ -267,11 +270,13 @@ class Playout:
         """The next 160 samples and whether anything was playing (see `_frame`). An adaptive
         buffer's drop for latency is done here, on a quiet frame of a pause: that frame is
         discarded and the slot plays the next packet (the decoder's state stays whole)."""
+        self.last_arrival = None
         out, live = self._frame(now)
         jb = self.jitter
         if jb.quiet_drops:
             self._quiet_run = self._quiet_run + 1 if self._quiet(out) else 0
             if self._quiet_run >= jb.QUIET_RUN and live and not len(self._pcm) and jb.take_quiet_drop():
+                self.last_arrival = None
                 out, live = self._frame(now)
         return out, live
 
@@ -540,6 +545,7 @@ class RtpSession:
         self.rtt: float | None = None
         self.closed = False
         self._slot_n = 0
+        self.last_hold: float | None = None  # seconds the last slot's frame waited in the playout buffer
         self._rtcp_next: float | None = None
         self._avg_rtcp = 100.0
         self._sent_at_reports = (0, 0)  # packets_sent at the last two reports (§6.4: SR or RR)
@@ -649,8 +655,8 @@ class RtpSession:
             if late >= self.max_burst * period:
                 # Fell behind: skip ahead so at most ``max_burst`` slots go out back to back.
                 skip = int(late / period) - self.max_burst + 1
-                for _ in range(skip):
-                    self._slot(now, transmit=False)
+                for k in range(skip):
+                    self._slot(now, transmit=False, deadline=deadline + k * period)
                 self._slot_n += skip
                 self.n["skipped"] += skip
                 continue
@@ -659,15 +665,19 @@ class RtpSession:
             self.n["send_ticks"] += 1
             if late <= self.on_time_tolerance:
                 self.n["on_time"] += 1
-            self._slot(now, transmit=True)
+            self._slot(now, transmit=True, deadline=deadline)
             self._slot_n += 1
         if self._rtcp_next is not None and now >= self._rtcp_next:
             self._send_report(now)
             self._rtcp_next = now + self._interval(initial=False)
 
-    def _slot(self, now: float, *, transmit: bool) -> None:
+    def _slot(self, now: float, *, transmit: bool, deadline: float) -> None:
         self.n["ticks"] += 1
         rx, live = self.playout.frame(now)
+        arrived = self.playout.last_arrival
+        # how long this slot's frame waited in the receive buffer, against the slot's own instant
+        # (t0 + n * 20 ms): mouth to ear less this is the latency at the wire (scripts/bench_soak.py)
+        self.last_hold = None if arrived is None else deadline - arrived
         self.jitter_depth.observe(self.playout.jitter.depth)
         tx = self.audio.exchange(rx, live)
         if tx is None:

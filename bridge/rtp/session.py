@@ -216,6 +216,8 @@ class JitterBuffer:
     (``overflow_dropped``), as are those that arrive after their slot (``late``). With
     ``start_cover`` a fresh stream starts with that loss cover (``START_COVER``); with
     ``quiet_drops`` the player drops a frame of a pause instead (``take_quiet_drop``, ``QUIET_RUN``).
+    ``last_arrival`` is the push time of the packet `pop_packet` gave last (None: none, or a RED
+    copy), so a player can tell how long each frame waited here (RtpSession.last_hold).
     """
 
     # adaptive drain (see the class docstring): slots the slack minimum looks back over, the
@@ -296,6 +298,8 @@ class JitterBuffer:
         self._stretched = 0  # dry slots that turned out to be a late packet, not a loss
         self._redundant: set[int] = set()  # slots filled from a RED copy, not the packet itself
         self.last_redundant = False  # the packet `pop_packet` gave last came from a RED copy
+        self._arrived: dict[int, float] = {}  # ext -> `now` of its push (see last_arrival)
+        self.last_arrival: float | None = None  # when the packet `pop_packet` gave last arrived
         self._run = 0  # the longest loss run (at most LOSS_COVER) seen in the last LOSS_MEMORY slots
         self._run_age = [self.LOSS_MEMORY + 1] * (self.LOSS_COVER + 1)  # slots since a run of each length
         self._hold = 0  # slots still to hold back (raising the delay for loss runs)
@@ -350,7 +354,13 @@ class JitterBuffer:
             for old, old_audio in held:
                 if seq_delta(old.sequence_number, packet.sequence_number) < 0:
                     self._store(source.extended(old.sequence_number), old, old_audio)
-        return self._store(ext, packet, audio)
+        result = self._store(ext, packet, audio)
+        if result is PushResult.ACCEPTED:
+            arrived = self._arrived
+            arrived[ext] = now
+            if len(arrived) > 2 * self.capacity + 8:  # bounded: only what still waits
+                self._arrived = {k: v for k, v in arrived.items() if k in self._slots}
+        return result
 
     def push_redundant(self, packet: RtpPacket, distance: int) -> bool:
         """A RED copy (RFC 2198) of the frame ``distance`` packets before one just pushed (same
@@ -427,6 +437,7 @@ class JitterBuffer:
     def pop_packet(self, now: float) -> RtpPacket | None:
         """Like `pop`, but the whole packet: for playout that places samples by RTP timestamp."""
         del now  # playout is paced by the caller's clock; kept for symmetry with push
+        self.last_arrival = None
         if not self._playing:
             if len(self._slots) < self._start_need():
                 return None
@@ -483,10 +494,13 @@ class JitterBuffer:
             self._dry = 0
         present = self._next in self._slots
         packet = self._slots.pop(self._next, None)
+        arrived = self._arrived.pop(self._next, None)
         if packet is not None and self._next in self._redundant:
             self._redundant.discard(self._next)
             self.last_redundant = True
             self._n["redundant_used"] += 1
+        elif packet is not None:
+            self.last_arrival = arrived
         self._next += 1
         if self._redundant:
             self._redundant = {e for e in self._redundant if e >= self._next}
@@ -617,6 +631,7 @@ class JitterBuffer:
         if self._slots or self._next is not None:
             self._n["resets"] += 1
         self._slots.clear()
+        self._arrived.clear()
         self._redundant.clear()
         self._dry = 0
         self._hold = 0

@@ -47,6 +47,10 @@ class ClickPort:
         self.slot = 0
         self.live = 0
         self.live_at: list[tuple[float, int]] = []   # (monotonic, live frames so far), by mark()
+        # per slot, the ms its received frame waited in the leg's receive buffer (NaN: none of its
+        # own played), from `hold_of` (one_call sets it to the leg's RtpSession.last_hold)
+        self.holds = np.full(self.rx.size // FRAME + 1, np.nan, dtype=np.float32)
+        self.hold_of: Callable[[], float | None] | None = None
 
     def click_starts(self, upto_s: float | None = None) -> list[int]:
         """Sample indices (on the sending timeline) of the clicks sent so far."""
@@ -61,6 +65,10 @@ class ClickPort:
             self.rx[a: a + FRAME] = rx[:FRAME]
         if live:
             self.live += 1
+        if self.hold_of is not None and k < self.holds.size:
+            hold = self.hold_of()
+            if hold is not None:
+                self.holds[k] = 1000.0 * hold
         tx = np.zeros(FRAME, dtype=np.int16)
         # the clicks that overlap samples [a, a + FRAME)
         i = max(0, (a - self.first - self.click.size) // self.period)
@@ -143,6 +151,16 @@ def one_way(recording: npt.ArrayLike, rec_t0: float, send_t0: float, starts: lis
     recording (its slots from `rec_t0`)."""
     shift = int(round((send_t0 - rec_t0) * RATE))
     return analysis.click_delays(recording, RATE, [s + shift for s in starts], max_delay_s=max_delay_s)
+
+
+def hold_at(holds: npt.NDArray[np.float32], sample: int) -> float | None:
+    """The receive-buffer hold (ms) of the frame holding `sample` (or the next one with its own
+    packet), from ClickPort.holds or a carrier `.hold` file; None when neither has one."""
+    n = sample // FRAME
+    for k in (n, n + 1):
+        if 0 <= k < holds.size and not np.isnan(holds[k]):
+            return float(holds[k])
+    return None
 
 
 def wav_8k(path: str | Path) -> npt.NDArray[np.float64]:
