@@ -315,7 +315,7 @@ class JitterBuffer:
         self._slots: dict[int, RtpPacket | None] = {}
         self._next: int | None = None  # next extended seq to play, or floor while re-buffering
         self._playing = False
-        self._held: list[tuple[RtpPacket, bool]] = []  # packets seen during A.1 probation
+        self._held: list[tuple[RtpPacket, bool, float]] = []  # packets seen during A.1 probation, when
         self._ref: tuple[int, int] | None = None  # (extended seq, timestamp) of the last audio packet
         self._n = {
             "accepted": 0, "duplicates": 0, "late": 0, "invalid": 0, "overflow_dropped": 0,
@@ -339,7 +339,7 @@ class JitterBuffer:
             self.reset()  # A.1 restart: the extended sequence space starts again
         if ext is None:
             if source.probation:
-                self._held = [*self._held[-(MIN_SEQUENTIAL - 1) :], (packet, audio)]
+                self._held = [*self._held[-(MIN_SEQUENTIAL - 1) :], (packet, audio, now)]
                 return PushResult.PROBATION
             self._n["invalid"] += 1
             return PushResult.INVALID
@@ -351,9 +351,11 @@ class JitterBuffer:
                 # (with a 1-frame floor the first packet would only be 20 ms of delay to drain);
                 # longer packets (a 30 ms ptime peer) keep it: one of them is not a 20 ms slot's cover
                 held = held[max(0, len(held) + 1 - self._start_need()):]
-            for old, old_audio in held:
+            for old, old_audio, old_at in held:
                 if seq_delta(old.sequence_number, packet.sequence_number) < 0:
-                    self._store(source.extended(old.sequence_number), old, old_audio)
+                    old_ext = source.extended(old.sequence_number)
+                    if self._store(old_ext, old, old_audio) is PushResult.ACCEPTED:
+                        self._arrived[old_ext] = old_at
         result = self._store(ext, packet, audio)
         if result is PushResult.ACCEPTED:
             arrived = self._arrived
