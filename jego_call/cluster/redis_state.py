@@ -460,7 +460,7 @@ class RedisState:
                     yield data if isinstance(data, bytes) else str(data).encode()
         finally:
             with contextlib.suppress(Exception):  # the connection may already be gone
-                await ps.aclose()  # type: ignore[no-untyped-call]
+                await ps.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
 
     # --- secrets, limits --------------------------------------------------------------------
     async def shared_secret(self, name: str, proposal: bytes) -> bytes:
