@@ -28,6 +28,10 @@ jego_call/cli/dial.py CARRIER_ECHO_DELAY_MS) and `leg_rx_ms`. The bridge adds:
 Both Opus look-aheads (6.5 ms each: the app's encoder, the bridge's) are counted as the
 bridge's. Each call has its own arrival phases (the worker's clock against the carrier's
 and ours: 0-20 ms each), so the figure is the median over `--calls` calls, with the range.
+Each call also reports `at_wire_*_ms`: the clicks from STEADY_FROM_S on, less the time each
+click's frame waited in the receiving end's own buffer (the carrier's [media] record_hold file,
+the caller's RtpSession.last_hold; `at_wire`), which leaves the sender, the bridge and the
+sockets, whatever the receivers' adaptive buffers do meanwhile.
 
 Then `--burst-ms`: on the caller's send path, `--burst-ms` of datagrams are held and then
 sent together (a stall: what made aiortc's buffer ratchet up, issue #543), or dropped
@@ -64,7 +68,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridge.carrier.media import PcmPlayback, RtpStream  # noqa: E402
+from bridge.carrier.media import PcmPlayback, RtpStream, read_holds  # noqa: E402
 from bridge.net.webrtc import WebRtcLeg  # noqa: E402
 from bridge.sip.sdp import build_offer, negotiated_from_answer  # noqa: E402
 from jego_call.client import JegoClient, new_call_id  # noqa: E402
@@ -72,7 +76,7 @@ from jego_call.media import analysis  # noqa: E402
 from jego_call.media.endpoint import enable_loopback_candidates  # noqa: E402
 from jego_call.media.impair import ImpairmentSpec  # noqa: E402
 from tests.integration.bridge_util import PLAIN, carrier_config, free_port  # noqa: E402
-from tests.integration.latency_util import RATE, ClickPort, GatedLeg, one_way, wait_t0, wav_8k  # noqa: E402
+from tests.integration.latency_util import RATE, ClickPort, GatedLeg, hold_at, one_way, wait_t0, wav_8k  # noqa: E402
 
 PASSWORD = "bench-password-1"
 PHASES_MS = (2.0, 6.0, 10.0, 14.0, 18.0)   # the middles of five 4 ms bins: a uniform phase
@@ -337,8 +341,31 @@ def directions(port: ClickPort, call: dict[str, Any], max_delay_s: float = 0.45,
     return [s / RATE for s in starts], {"round_trip": rt, "app_to_phone": ap, "phone_to_app": pa}
 
 
+def at_wire(port: ClickPort, call: dict[str, Any], starts: list[float], d: dict[str, list[float | None]],
+            ) -> dict[str, list[float | None]]:
+    """Per click (s): app -> phone less the carrier's hold of the click's frame, phone -> app less
+    the caller's (see the module docstring); None where a click or a hold was not found."""
+    carrier = read_holds(Path(call["recording"]).with_suffix(".hold"))
+    shift = int(round((call["t0"] - call["carrier_t0"]) * RATE))
+    a2p: list[float | None] = []
+    p2a: list[float | None] = []
+    for i, t in enumerate(starts):
+        s = int(round(t * RATE))
+        a, r = d["app_to_phone"][i], d["round_trip"][i]
+        hc = None if a is None else hold_at(carrier, s + shift + int(round(a * RATE)))
+        hp = None if r is None else hold_at(port.holds, s + int(round(r * RATE)))
+        a2p.append(None if a is None or hc is None else a - hc / 1000)
+        p2a.append(None if a is None or r is None or hp is None else r - a - hp / 1000)
+    return {"app_to_phone": a2p, "phone_to_app": p2a}
+
+
 def ms(values: list[float | None]) -> dict[str, Any]:
     return analysis.delay_summary(values)
+
+
+# the app leg's buffer covers a fresh stream's first 3 s with 2 more frames
+# (bridge/rtp/session.py JitterBuffer.START_MEMORY): steady state at the wire is counted after that
+STEADY_FROM_S = 4.0
 
 
 async def steady(stack: Stack, calls: int, seconds: float, cal: dict[str, Any]) -> dict[str, Any]:
@@ -346,15 +373,20 @@ async def steady(stack: Stack, calls: int, seconds: float, cal: dict[str, Any]) 
     for i in range(calls):
         port = ClickPort(period_s=1.0, first_s=1.0, max_s=seconds + 5)
         call = await one_call(stack, f"lat{i}", seconds, port)
-        _starts, d = directions(port, call)
+        starts, d = directions(port, call)
         row: dict[str, Any] = {k: ms(v) for k, v in d.items()}
         row["added_app_to_phone_ms"] = round(float(row["app_to_phone"]["median_ms"]) - cal["carrier_rx_ms"], 1)
         row["added_phone_to_app_ms"] = round(float(row["phone_to_app"]["median_ms"]) - cal["leg_rx_ms"], 1)
+        # at the wire: less the receiving end's own hold of each click's frame (bench_soak's
+        # docstring), from STEADY_FROM_S on (after the app leg's 3 s start cover)
+        wire = at_wire(port, call, starts, d)
+        for k, v in wire.items():
+            row[f"at_wire_{k}_ms"] = ms([x for x, t in zip(v, starts, strict=True) if t >= STEADY_FROM_S])["median_ms"]
         row["packets_lost"] = call["stats"].get("packets_lost")
         rows.append(row)
         print(json.dumps({"call": i, **row}), flush=True)
     out: dict[str, Any] = {"calls": calls}
-    for key in ("added_app_to_phone_ms", "added_phone_to_app_ms"):
+    for key in ("added_app_to_phone_ms", "added_phone_to_app_ms", "at_wire_app_to_phone_ms", "at_wire_phone_to_app_ms"):
         v = [r[key] for r in rows]
         out[key] = {"median": round(statistics.median(v), 1), "min": min(v), "max": max(v)}
     for key in ("round_trip", "app_to_phone", "phone_to_app"):
@@ -419,7 +451,7 @@ def main() -> int:
     cal = asyncio.run(calibrate())
     print(json.dumps({"receivers_alone": cal}), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp_s:
-        stack = start_stack(Path(tmp_s), args.nice, args.worker_prefetch)
+        stack = start_stack(Path(tmp_s), args.nice, args.worker_prefetch, record_hold=True)
         try:
             res = asyncio.run(steady(stack, args.calls, args.seconds, cal))
             print(json.dumps({"steady": res, "loadavg": loadavg()}), flush=True)

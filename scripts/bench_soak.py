@@ -57,12 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_latency as bl  # noqa: E402  # noqa: E402
+import bench_latency as bl  # noqa: E402
 
-from bridge.carrier.media import read_holds  # noqa: E402
 from jego_call.media import analysis  # noqa: E402
 from jego_call.media.endpoint import enable_loopback_candidates  # noqa: E402
-from tests.integration.latency_util import RATE, ClickPort, GatedLeg, hold_at, wav_8k  # noqa: E402
+from tests.integration.latency_util import RATE, ClickPort, GatedLeg, wav_8k  # noqa: E402
 
 NOMINAL_PPS = 50.0
 
@@ -122,24 +121,6 @@ def stalls_task(stack: bl.Stack, times: list[float], stall_s: float, log: list[d
     return run
 
 
-def at_wire(port: ClickPort, call: dict[str, Any], starts: list[float], d: dict[str, list[float | None]],
-            ) -> dict[str, list[float | None]]:
-    """Per click (s): app -> phone less the carrier's hold of the click's frame, phone -> app less
-    the caller's (see the module docstring); None where a click or a hold was not found."""
-    carrier = read_holds(Path(call["recording"]).with_suffix(".hold"))
-    shift = int(round((call["t0"] - call["carrier_t0"]) * RATE))
-    a2p: list[float | None] = []
-    p2a: list[float | None] = []
-    for i, t in enumerate(starts):
-        s = int(round(t * RATE))
-        a, r = d["app_to_phone"][i], d["round_trip"][i]
-        hc = None if a is None else hold_at(carrier, s + shift + int(round(a * RATE)))
-        hp = None if r is None else hold_at(port.holds, s + int(round(r * RATE)))
-        a2p.append(None if a is None or hc is None else a - hc / 1000)
-        p2a.append(None if a is None or r is None or hp is None else r - a - hp / 1000)
-    return {"app_to_phone": a2p, "phone_to_app": p2a}
-
-
 def leg_buffers(bridge_log: Path) -> list[str]:
     """The worker's end-of-call lines on the SIP leg's buffers and PhoneLink's (gateway/call.py)."""
     text = bridge_log.read_text(errors="replace")
@@ -190,7 +171,7 @@ def main() -> int:
             time.sleep(1.0)
             totals = carrier_status(stack.data)["media"]
             starts, d = bl.directions(port, call)
-            wire = at_wire(port, call, starts, d)
+            wire = bl.at_wire(port, call, starts, d)
             rec_s = wav_8k(call["recording"]).size / RATE
             time.sleep(1.0)
             buffers = leg_buffers(stack.bridge_log)
