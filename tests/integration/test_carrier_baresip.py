@@ -102,7 +102,9 @@ async def test_baresip_registers_calls_and_hears_its_echo(tmp_path: Path) -> Non
     assert registered, log
     assert carrier.stats["challenges"] >= 2  # REGISTER (401) and INVITE (407)
     assert (rec.to, rec.sip_code, rec.outcome, rec.codec) == ("+8613800138000", 200, "hangup", "PCMU")
-    assert 3.0 < rec.duration_s < 6.0, rec
+    # answer -> BYE: about the 4 s tone (baresip hangs up when its file ends; 3.000 s was seen
+    # on a loaded CI run)
+    assert 2.5 <= rec.duration_s < 6.0, rec
 
     [dec] = list(snd.glob("dump-*-dec.wav"))  # what baresip played out: ringback, then the echo
     heard, rate = load_wav(dec)
